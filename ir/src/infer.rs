@@ -1,0 +1,240 @@
+//! Result types of ops: the single definition used by builders and by the verifier.
+
+use crate::{Dim, DType, Op, ShapeDisplay, TensorType};
+
+/// Broadcasts two shapes numpy-style (aligned at the right; a size 1 stretches).
+pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
+    let n = a.len().max(b.len());
+    let one = Dim::known(1);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let da = if i + a.len() >= n { &a[i + a.len() - n] } else { &one };
+        let db = if i + b.len() >= n { &b[i + b.len() - n] } else { &one };
+        if da == db || *db == one {
+            out.push(da.clone());
+        } else if *da == one {
+            out.push(db.clone());
+        } else {
+            return Err(format!(
+                "shapes {} and {} do not broadcast (axis {i}: {da} vs {db})",
+                ShapeDisplay(a),
+                ShapeDisplay(b)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn arity(op: &Op) -> Option<usize> {
+    Some(match op {
+        Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Iota { .. } => 0,
+        Op::Unary(_) | Op::Cast | Op::Transpose(_) | Op::Reshape | Op::Broadcast => 1,
+        Op::Reduce { .. } | Op::Slice { .. } | Op::Cumsum { .. } => 1,
+        Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
+        Op::Where => 3,
+        Op::Concat { .. } => return None,
+    })
+}
+
+fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
+    if axis < rank {
+        Ok(())
+    } else {
+        Err(format!("axis {axis} out of range for rank {rank}"))
+    }
+}
+
+fn element_count(shape: &[Dim]) -> Dim {
+    shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d))
+}
+
+/// Computes the result type of `op` applied to operands of types `ins`. `declared` is the type
+/// written for ops whose type is an attribute (`input`, `param`, `const`, `iota`, `cast`,
+/// `reshape`, `broadcast`); it is ignored by the others.
+pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -> Result<TensorType, String> {
+    if let Some(n) = arity(op) {
+        if ins.len() != n {
+            return Err(format!("{op} takes {n} operand(s), got {}", ins.len()));
+        }
+    }
+    let need_decl = || declared.cloned().ok_or_else(|| format!("{op} needs a declared result type"));
+    match op {
+        Op::Input(_) | Op::Param(..) | Op::Const(_) => need_decl(),
+        Op::Iota { axis } => {
+            let t = need_decl()?;
+            check_axis(*axis, t.rank())?;
+            if t.dtype != DType::I64 {
+                return Err("iota produces i64".into());
+            }
+            Ok(t)
+        }
+        Op::Unary(u) => {
+            let t = ins[0];
+            let want_bool = *u == crate::UnaryOp::Not;
+            if want_bool != (t.dtype == DType::Bool) {
+                return Err(format!("{u:?} is not defined on {}", t.dtype));
+            }
+            if !want_bool && t.dtype == DType::I64 && !matches!(u, crate::UnaryOp::Neg | crate::UnaryOp::Abs) {
+                return Err(format!("{} is not defined on i64", u.name()));
+            }
+            Ok(t.clone())
+        }
+        Op::Binary(b) => {
+            let (x, y) = (ins[0], ins[1]);
+            if x.dtype != y.dtype {
+                return Err(format!("operand dtypes differ: {} vs {}", x.dtype, y.dtype));
+            }
+            if b.is_logical() != (x.dtype == DType::Bool) && !(x.dtype == DType::Bool && matches!(b, crate::BinaryOp::Eq | crate::BinaryOp::Ne)) {
+                return Err(format!("{} is not defined on {}", b.name(), x.dtype));
+            }
+            let shape = broadcast_shapes(&x.shape, &y.shape)?;
+            let dtype = if b.is_comparison() { DType::Bool } else { x.dtype };
+            Ok(TensorType::new(dtype, shape))
+        }
+        Op::Where => {
+            let (c, a, b) = (ins[0], ins[1], ins[2]);
+            if c.dtype != DType::Bool {
+                return Err(format!("where condition must be bool, got {}", c.dtype));
+            }
+            if a.dtype != b.dtype {
+                return Err(format!("where branches differ in dtype: {} vs {}", a.dtype, b.dtype));
+            }
+            let s = broadcast_shapes(&c.shape, &a.shape)?;
+            Ok(TensorType::new(a.dtype, broadcast_shapes(&s, &b.shape)?))
+        }
+        Op::Cast => {
+            let t = need_decl()?;
+            if t.shape != ins[0].shape {
+                return Err("cast keeps the shape".into());
+            }
+            Ok(t)
+        }
+        Op::MatMul => {
+            let (a, b) = (ins[0], ins[1]);
+            if a.dtype != DType::F32 || b.dtype != DType::F32 {
+                return Err(format!("matmul needs f32 operands, got {} and {}", a.dtype, b.dtype));
+            }
+            if a.rank() < 2 || b.rank() < 2 {
+                return Err(format!("matmul needs rank ≥ 2, got {} and {}", ShapeDisplay(&a.shape), ShapeDisplay(&b.shape)));
+            }
+            let (ra, rb) = (a.rank(), b.rank());
+            if a.shape[ra - 1] != b.shape[rb - 2] {
+                return Err(format!(
+                    "matmul inner sizes differ: {} @ {} ({} vs {})",
+                    ShapeDisplay(&a.shape),
+                    ShapeDisplay(&b.shape),
+                    a.shape[ra - 1],
+                    b.shape[rb - 2]
+                ));
+            }
+            let mut shape = broadcast_shapes(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
+            shape.push(a.shape[ra - 2].clone());
+            shape.push(b.shape[rb - 1].clone());
+            Ok(TensorType::new(DType::F32, shape))
+        }
+        Op::Transpose(perm) => {
+            let t = ins[0];
+            let mut seen = vec![false; t.rank()];
+            if perm.len() != t.rank() || perm.iter().any(|&p| p >= t.rank() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("{perm:?} is not a permutation of {} axes", t.rank()));
+            }
+            Ok(TensorType::new(t.dtype, perm.iter().map(|&p| t.shape[p].clone()).collect()))
+        }
+        Op::Reshape => {
+            let t = need_decl()?;
+            if t.dtype != ins[0].dtype {
+                return Err("reshape keeps the dtype".into());
+            }
+            if element_count(&t.shape) != element_count(&ins[0].shape) {
+                return Err(format!("cannot reshape {} to {}", ShapeDisplay(&ins[0].shape), ShapeDisplay(&t.shape)));
+            }
+            Ok(t)
+        }
+        Op::Broadcast => {
+            let t = need_decl()?;
+            if t.dtype != ins[0].dtype {
+                return Err("broadcast keeps the dtype".into());
+            }
+            if broadcast_shapes(&ins[0].shape, &t.shape)? != t.shape {
+                return Err(format!("cannot broadcast {} to {}", ShapeDisplay(&ins[0].shape), ShapeDisplay(&t.shape)));
+            }
+            Ok(t)
+        }
+        Op::Reduce { op, axes, keepdim } => {
+            let t = ins[0];
+            if !axes.windows(2).all(|w| w[0] < w[1]) {
+                return Err("reduction axes must be sorted and distinct".into());
+            }
+            for &a in axes {
+                check_axis(a, t.rank())?;
+            }
+            if t.dtype == DType::Bool || (t.dtype == DType::I64 && *op == crate::ReduceOp::Mean) {
+                return Err(format!("reduce_{} is not defined on {}", op.name(), t.dtype));
+            }
+            let mut shape = Vec::new();
+            for (i, d) in t.shape.iter().enumerate() {
+                if !axes.contains(&i) {
+                    shape.push(d.clone());
+                } else if *keepdim {
+                    shape.push(Dim::known(1));
+                }
+            }
+            Ok(TensorType::new(t.dtype, shape))
+        }
+        Op::Gather { axis } => {
+            let (table, idx) = (ins[0], ins[1]);
+            check_axis(*axis, table.rank())?;
+            if idx.dtype != DType::I64 {
+                return Err(format!("gather indices must be i64, got {}", idx.dtype));
+            }
+            let mut shape = table.shape[..*axis].to_vec();
+            shape.extend(idx.shape.iter().cloned());
+            shape.extend(table.shape[axis + 1..].iter().cloned());
+            Ok(TensorType::new(table.dtype, shape))
+        }
+        Op::Slice { axis, start, end, step } => {
+            let t = ins[0];
+            check_axis(*axis, t.rank())?;
+            let len = end.sub(start);
+            let size = if *step == 1 {
+                len
+            } else {
+                match (len.as_known(), *step > 1) {
+                    (Some(n), true) => Dim::known((n.max(0) + step - 1) / step),
+                    _ => return Err("a strided slice needs constant bounds and a positive step".into()),
+                }
+            };
+            if let (Some(s), Some(e), Some(n)) = (start.as_known(), end.as_known(), t.shape[*axis].as_known()) {
+                if s < 0 || e > n || s > e {
+                    return Err(format!("slice {s}..{e} out of range for size {n}"));
+                }
+            }
+            let mut shape = t.shape.clone();
+            shape[*axis] = size;
+            Ok(TensorType::new(t.dtype, shape))
+        }
+        Op::Concat { axis } => {
+            let Some(first) = ins.first() else { return Err("concat needs at least one operand".into()) };
+            check_axis(*axis, first.rank())?;
+            let mut total = Dim::known(0);
+            for t in ins {
+                let same_rest = t.rank() == first.rank()
+                    && t.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == *axis || a == b);
+                if t.dtype != first.dtype || !same_rest {
+                    return Err(format!("cannot concatenate {t} with {first} along axis {axis}"));
+                }
+                total = total.add(&t.shape[*axis]);
+            }
+            let mut shape = first.shape.clone();
+            shape[*axis] = total;
+            Ok(TensorType::new(first.dtype, shape))
+        }
+        Op::Cumsum { axis } => {
+            check_axis(*axis, ins[0].rank())?;
+            if !ins[0].dtype.is_numeric() {
+                return Err("cumsum needs a numeric operand".into());
+            }
+            Ok(ins[0].clone())
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The closed set of IR operations and their scalar semantics.
+//!
+//! Ops are few and orthogonal. Composite layers (norms, attention, MLPs, softmax) are built
+//! from these by the language; fused ops are added by the optimizer in a later stage.
+
+use crate::Dim;
+use std::fmt;
+
+/// Elementwise operations of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `|x|`
+    Abs,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// square root
+    Sqrt,
+    /// `1/sqrt(x)`
+    Rsqrt,
+    /// `max(x, 0)`
+    Relu,
+    /// GELU, exact form `x/2 (1 + erf(x/√2))`
+    GeluErf,
+    /// GELU, tanh approximation
+    GeluTanh,
+    /// `x * sigmoid(x)`
+    Silu,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// hyperbolic tangent
+    Tanh,
+    /// `log(1 + e^x)`
+    Softplus,
+    /// sine
+    Sin,
+    /// cosine
+    Cos,
+    /// logical not (bool)
+    Not,
+}
+
+/// Every unary op with its textual name, in one table for the printer and the parser.
+pub const UNARY_OPS: &[(UnaryOp, &str)] = &[
+    (UnaryOp::Neg, "neg"),
+    (UnaryOp::Abs, "abs"),
+    (UnaryOp::Exp, "exp"),
+    (UnaryOp::Log, "log"),
+    (UnaryOp::Sqrt, "sqrt"),
+    (UnaryOp::Rsqrt, "rsqrt"),
+    (UnaryOp::Relu, "relu"),
+    (UnaryOp::GeluErf, "gelu"),
+    (UnaryOp::GeluTanh, "gelu_tanh"),
+    (UnaryOp::Silu, "silu"),
+    (UnaryOp::Sigmoid, "sigmoid"),
+    (UnaryOp::Tanh, "tanh"),
+    (UnaryOp::Softplus, "softplus"),
+    (UnaryOp::Sin, "sin"),
+    (UnaryOp::Cos, "cos"),
+    (UnaryOp::Not, "not"),
+];
+
+impl UnaryOp {
+    /// Applies the op to one value (booleans are 0.0/1.0). This is the definition of the op's
+    /// semantics, shared by constant folding and the interpreter.
+    pub fn eval(self, x: f64) -> f64 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+            UnaryOp::GeluTanh => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            UnaryOp::Silu => x / (1.0 + (-x).exp()),
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Softplus => {
+                // log(1 + e^x) without overflow for large x.
+                if x > 30.0 {
+                    x
+                } else {
+                    x.exp().ln_1p()
+                }
+            }
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
+            UnaryOp::Not => f64::from(x == 0.0),
+        }
+    }
+
+    /// The op's name in the IR text.
+    pub fn name(self) -> &'static str {
+        UNARY_OPS.iter().find(|(o, _)| *o == self).map_or("?", |(_, n)| n)
+    }
+}
+
+/// Elementwise operations of two operands, with numpy-style broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b` (integer division truncates toward negative infinity for i64)
+    Div,
+    /// `a ** b`
+    Pow,
+    /// `max(a, b)`
+    Max,
+    /// `min(a, b)`
+    Min,
+    /// `a % b` (sign of b, as in Python)
+    Rem,
+    /// `a == b`
+    Eq,
+    /// `a != b`
+    Ne,
+    /// `a < b`
+    Lt,
+    /// `a <= b`
+    Le,
+    /// `a > b`
+    Gt,
+    /// `a >= b`
+    Ge,
+    /// logical and (bool)
+    And,
+    /// logical or (bool)
+    Or,
+}
+
+/// Every binary op with its textual name.
+pub const BINARY_OPS: &[(BinaryOp, &str)] = &[
+    (BinaryOp::Add, "add"),
+    (BinaryOp::Sub, "sub"),
+    (BinaryOp::Mul, "mul"),
+    (BinaryOp::Div, "div"),
+    (BinaryOp::Pow, "pow"),
+    (BinaryOp::Max, "max"),
+    (BinaryOp::Min, "min"),
+    (BinaryOp::Rem, "rem"),
+    (BinaryOp::Eq, "eq"),
+    (BinaryOp::Ne, "ne"),
+    (BinaryOp::Lt, "lt"),
+    (BinaryOp::Le, "le"),
+    (BinaryOp::Gt, "gt"),
+    (BinaryOp::Ge, "ge"),
+    (BinaryOp::And, "and"),
+    (BinaryOp::Or, "or"),
+];
+
+impl BinaryOp {
+    /// Whether the result is a boolean.
+    pub fn is_comparison(self) -> bool {
+        use BinaryOp::*;
+        matches!(self, Eq | Ne | Lt | Le | Gt | Ge)
+    }
+
+    /// Whether the operands are booleans.
+    pub fn is_logical(self) -> bool {
+        matches!(self, BinaryOp::And | BinaryOp::Or)
+    }
+
+    /// Applies the op to two values. `int` selects integer semantics for `div` and `rem`.
+    pub fn eval(self, a: f64, b: f64, int: bool) -> f64 {
+        use BinaryOp::*;
+        match self {
+            Add => a + b,
+            Sub => a - b,
+            Mul => a * b,
+            Div if int => (a / b).floor(),
+            Div => a / b,
+            Pow => a.powf(b),
+            Max => a.max(b),
+            Min => a.min(b),
+            Rem => a - b * (a / b).floor(),
+            Eq => f64::from(a == b),
+            Ne => f64::from(a != b),
+            Lt => f64::from(a < b),
+            Le => f64::from(a <= b),
+            Gt => f64::from(a > b),
+            Ge => f64::from(a >= b),
+            And => f64::from(a != 0.0 && b != 0.0),
+            Or => f64::from(a != 0.0 || b != 0.0),
+        }
+    }
+
+    /// The op's name in the IR text.
+    pub fn name(self) -> &'static str {
+        BINARY_OPS.iter().find(|(o, _)| *o == self).map_or("?", |(_, n)| n)
+    }
+}
+
+/// Reductions over a set of axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Arithmetic mean.
+    Mean,
+    /// Maximum.
+    Max,
+    /// Minimum.
+    Min,
+}
+
+impl ReduceOp {
+    /// The op's name in the IR text (prefixed `reduce_`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+        }
+    }
+}
+
+/// How a parameter is initialised when no checkpoint provides it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Normal with mean 0 and this standard deviation.
+    Normal(f64),
+    /// Every element equal to this value.
+    Fill(f64),
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Normal(s) => write!(f, "normal({s:?})"),
+            Init::Fill(v) => write!(f, "fill({v:?})"),
+        }
+    }
+}
+
+/// One IR operation. Attributes live here; the result type lives on the node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A model input, by name. No operands; the node's type is the declared type.
+    Input(String),
+    /// A learned parameter, by hierarchical name (`layers.3.attn.wq`), with the initialisation
+    /// used when no checkpoint provides it. No operands.
+    Param(String, Init),
+    /// A constant filled with one value; the node's type gives dtype and shape.
+    Const(f64),
+    /// Indices along `axis` (i64), broadcast over the node's shape.
+    Iota {
+        /// The axis whose index is the value.
+        axis: usize,
+    },
+    /// Elementwise op of one operand.
+    Unary(UnaryOp),
+    /// Elementwise op of two operands, broadcast.
+    Binary(BinaryOp),
+    /// `where(cond, a, b)`, broadcast.
+    Where,
+    /// Converts to the node's element type.
+    Cast,
+    /// Batched matrix product `[.., m, k] @ [.., k, n]`, batch axes broadcast.
+    MatMul,
+    /// Permutes axes: result axis `i` is operand axis `perm[i]`.
+    Transpose(Vec<usize>),
+    /// Same elements in row-major order, the node's shape.
+    Reshape,
+    /// Numpy-style broadcast to the node's shape.
+    Broadcast,
+    /// Reduction over `axes`; `keepdim` keeps them with size 1.
+    Reduce {
+        /// Which reduction.
+        op: ReduceOp,
+        /// Sorted, distinct axes.
+        axes: Vec<usize>,
+        /// Keep reduced axes as size 1.
+        keepdim: bool,
+    },
+    /// `table` indexed along `axis` by integer `indices`: result shape is
+    /// `table[..axis] ++ indices ++ table[axis+1..]`.
+    Gather {
+        /// Indexed axis of the table.
+        axis: usize,
+    },
+    /// Elements `start, start+step, ..` below `end` along `axis`.
+    Slice {
+        /// The sliced axis.
+        axis: usize,
+        /// First index.
+        start: Dim,
+        /// One past the last index.
+        end: Dim,
+        /// Stride (≥ 1; > 1 only for constant bounds).
+        step: i64,
+    },
+    /// Concatenation of all operands along `axis`.
+    Concat {
+        /// The joined axis.
+        axis: usize,
+    },
+    /// Inclusive prefix sum along `axis`.
+    Cumsum {
+        /// The scanned axis.
+        axis: usize,
+    },
+}
+
+impl Op {
+    /// The op's mnemonic in the IR text.
+    pub fn mnemonic(&self) -> String {
+        match self {
+            Op::Input(_) => "input".into(),
+            Op::Param(..) => "param".into(),
+            Op::Const(_) => "const".into(),
+            Op::Iota { .. } => "iota".into(),
+            Op::Unary(u) => u.name().into(),
+            Op::Binary(b) => b.name().into(),
+            Op::Where => "where".into(),
+            Op::Cast => "cast".into(),
+            Op::MatMul => "matmul".into(),
+            Op::Transpose(_) => "transpose".into(),
+            Op::Reshape => "reshape".into(),
+            Op::Broadcast => "broadcast".into(),
+            Op::Reduce { op, .. } => format!("reduce_{}", op.name()),
+            Op::Gather { .. } => "gather".into(),
+            Op::Slice { .. } => "slice".into(),
+            Op::Concat { .. } => "concat".into(),
+            Op::Cumsum { .. } => "cumsum".into(),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.mnemonic())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnaryOp;
+
+    #[test]
+    fn gelu_matches_tabulated_erf() {
+        // erf values from Abramowitz & Stegun, table 7.1: gelu(x) = x/2 (1 + erf(x/√2)).
+        for (x, erf) in [(0.5 * std::f64::consts::SQRT_2, 0.520_499_877_8), (std::f64::consts::SQRT_2, 0.842_700_792_9)] {
+            let want = 0.5 * x * (1.0 + erf);
+            assert!((UnaryOp::GeluErf.eval(x) - want).abs() < 1e-9);
+            assert!((UnaryOp::GeluErf.eval(-x) - (-0.5 * x * (1.0 - erf))).abs() < 1e-9);
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Reads the IR text form written by [`crate::print`]. The result is not verified: run
+//! [`crate::verify`] on it (the parser only checks the syntax).
+
+use crate::{Dim, DType, Graph, Init, Node, Op, ReduceOp, Span, TensorType, ValueId, BINARY_OPS, UNARY_OPS};
+use thiserror::Error;
+
+/// A syntax error in IR text, with its 1-based line.
+#[derive(Debug, Error, PartialEq)]
+#[error("line {line}: {msg}")]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What was wrong.
+    pub msg: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Punct(char),
+}
+
+fn lex(line: &str) -> Result<Vec<Tok>, String> {
+    let mut toks = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == '"' {
+            chars.next();
+            let mut s = String::new();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some(ch) => s.push(ch),
+                    None => return Err("unterminated string".into()),
+                }
+            }
+            toks.push(Tok::Str(s));
+        } else if "=:[](),{}*+".contains(c) {
+            chars.next();
+            toks.push(Tok::Punct(c));
+        } else if c.is_alphanumeric() || "_.%-".contains(c) {
+            let mut s = String::new();
+            while let Some(&ch) = chars.peek() {
+                if ch.is_alphanumeric() || "_.%-".contains(ch) {
+                    s.push(ch);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            toks.push(Tok::Word(s));
+        } else {
+            return Err(format!("unexpected character `{c}`"));
+        }
+    }
+    Ok(toks)
+}
+
+struct Cursor {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Cursor {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn next(&mut self) -> Result<Tok, String> {
+        let t = self.toks.get(self.pos).cloned().ok_or("unexpected end of line")?;
+        self.pos += 1;
+        Ok(t)
+    }
+    fn word(&mut self) -> Result<String, String> {
+        match self.next()? {
+            Tok::Word(w) => Ok(w),
+            t => Err(format!("expected a word, found {t:?}")),
+        }
+    }
+    fn string(&mut self) -> Result<String, String> {
+        match self.next()? {
+            Tok::Str(s) => Ok(s),
+            t => Err(format!("expected a string, found {t:?}")),
+        }
+    }
+    fn punct(&mut self, c: char) -> Result<(), String> {
+        match self.next()? {
+            Tok::Punct(p) if p == c => Ok(()),
+            t => Err(format!("expected `{c}`, found {t:?}")),
+        }
+    }
+    fn eat(&mut self, c: char) -> bool {
+        if self.peek() == Some(&Tok::Punct(c)) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn int<T: std::str::FromStr>(&mut self) -> Result<T, String> {
+        let w = self.word()?;
+        w.parse().map_err(|_| format!("expected an integer, found `{w}`"))
+    }
+    fn value(&mut self) -> Result<ValueId, String> {
+        let w = self.word()?;
+        w.strip_prefix('%').and_then(|n| n.parse().ok()).map(ValueId).ok_or_else(|| format!("expected a value like %3, found `{w}`"))
+    }
+    fn done(&self) -> Result<(), String> {
+        match self.peek() {
+            None => Ok(()),
+            Some(t) => Err(format!("unexpected {t:?} at end of line")),
+        }
+    }
+}
+
+/// Parses a dimension expression: `768`, `seq`, `2*seq + 1`, `batch*seq`, `seq - 1`.
+fn dim(c: &mut Cursor) -> Result<Dim, String> {
+    let mut total = Dim::known(0);
+    let mut sign = 1;
+    loop {
+        let mut term = Dim::known(sign);
+        loop {
+            let w = c.word()?;
+            let f = match w.parse::<i64>() {
+                Ok(n) => Dim::known(n),
+                Err(_) if w.chars().all(|ch| ch.is_alphanumeric() || ch == '_') => Dim::sym(&w),
+                Err(_) => return Err(format!("bad dimension `{w}`")),
+            };
+            term = term.mul(&f);
+            if !c.eat('*') {
+                break;
+            }
+        }
+        total = total.add(&term);
+        sign = match c.peek() {
+            Some(Tok::Punct('+')) => 1,
+            Some(Tok::Word(w)) if w == "-" => -1,
+            _ => return Ok(total),
+        };
+        c.pos += 1;
+    }
+}
+
+fn dim_attr(c: &mut Cursor) -> Result<Dim, String> {
+    if c.eat('(') {
+        let d = dim(c)?;
+        c.punct(')')?;
+        Ok(d)
+    } else {
+        dim(c)
+    }
+}
+
+fn ty(c: &mut Cursor) -> Result<TensorType, String> {
+    let w = c.word()?;
+    let dtype = DType::from_name(&w).ok_or_else(|| format!("unknown dtype `{w}`"))?;
+    c.punct('[')?;
+    let mut shape = Vec::new();
+    if !c.eat(']') {
+        loop {
+            shape.push(dim(c)?);
+            if c.eat(']') {
+                break;
+            }
+            c.punct(',')?;
+        }
+    }
+    Ok(TensorType::new(dtype, shape))
+}
+
+fn usize_list(c: &mut Cursor) -> Result<Vec<usize>, String> {
+    c.punct('[')?;
+    let mut out = Vec::new();
+    if c.eat(']') {
+        return Ok(out);
+    }
+    loop {
+        out.push(c.int()?);
+        if c.eat(']') {
+            return Ok(out);
+        }
+        c.punct(',')?;
+    }
+}
+
+/// Reads `key=` and checks the key.
+fn key(c: &mut Cursor, k: &str) -> Result<(), String> {
+    let w = c.word()?;
+    if w != k {
+        return Err(format!("expected attribute `{k}`, found `{w}`"));
+    }
+    c.punct('=')
+}
+
+fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
+    let id = c.value()?;
+    if id.index() != expect_id {
+        return Err(format!("expected %{expect_id}, found {id}: values are numbered in order"));
+    }
+    c.punct('=')?;
+    let m = c.word()?;
+    let op = match m.as_str() {
+        "input" => Op::Input(c.string()?),
+        "param" => {
+            let name = c.string()?;
+            key(c, "init")?;
+            let kind = c.word()?;
+            c.punct('(')?;
+            let w = c.word()?;
+            let v: f64 = w.parse().map_err(|_| format!("bad number `{w}`"))?;
+            c.punct(')')?;
+            let init = match kind.as_str() {
+                "normal" => Init::Normal(v),
+                "fill" => Init::Fill(v),
+                k => return Err(format!("unknown initialiser `{k}`")),
+            };
+            Op::Param(name, init)
+        }
+        "const" => {
+            let w = c.word()?;
+            Op::Const(w.parse().map_err(|_| format!("bad constant `{w}`"))?)
+        }
+        _ => Op::Where, // placeholder, replaced below once operands are read
+    };
+    let mut inputs = Vec::new();
+    if matches!(c.peek(), Some(Tok::Word(w)) if w.starts_with('%')) {
+        loop {
+            inputs.push(c.value()?);
+            if !c.eat(',') {
+                break;
+            }
+        }
+    }
+    let axis = |c: &mut Cursor| -> Result<usize, String> {
+        key(c, "axis")?;
+        c.int()
+    };
+    let op = match m.as_str() {
+        "input" | "param" | "const" => op,
+        "iota" => Op::Iota { axis: axis(c)? },
+        "gather" => Op::Gather { axis: axis(c)? },
+        "concat" => Op::Concat { axis: axis(c)? },
+        "cumsum" => Op::Cumsum { axis: axis(c)? },
+        "where" => Op::Where,
+        "cast" => Op::Cast,
+        "matmul" => Op::MatMul,
+        "reshape" => Op::Reshape,
+        "broadcast" => Op::Broadcast,
+        "transpose" => {
+            key(c, "perm")?;
+            Op::Transpose(usize_list(c)?)
+        }
+        "slice" => {
+            let axis = axis(c)?;
+            key(c, "start")?;
+            let start = dim_attr(c)?;
+            key(c, "end")?;
+            let end = dim_attr(c)?;
+            key(c, "step")?;
+            Op::Slice { axis, start, end, step: c.int()? }
+        }
+        r if r.starts_with("reduce_") => {
+            let op = match &r[7..] {
+                "sum" => ReduceOp::Sum,
+                "mean" => ReduceOp::Mean,
+                "max" => ReduceOp::Max,
+                "min" => ReduceOp::Min,
+                other => return Err(format!("unknown reduction `{other}`")),
+            };
+            key(c, "axes")?;
+            let axes = usize_list(c)?;
+            key(c, "keepdim")?;
+            let keepdim = match c.word()?.as_str() {
+                "true" => true,
+                "false" => false,
+                w => return Err(format!("expected true or false, found `{w}`")),
+            };
+            Op::Reduce { op, axes, keepdim }
+        }
+        other => {
+            if let Some((u, _)) = UNARY_OPS.iter().find(|(_, n)| *n == other) {
+                Op::Unary(*u)
+            } else if let Some((b, _)) = BINARY_OPS.iter().find(|(_, n)| *n == other) {
+                Op::Binary(*b)
+            } else {
+                return Err(format!("unknown op `{other}`"));
+            }
+        }
+    };
+    c.punct(':')?;
+    let ty = ty(c)?;
+    let mut span = Span::UNKNOWN;
+    if matches!(c.peek(), Some(Tok::Word(w)) if w == "loc") {
+        c.pos += 1;
+        c.punct('(')?;
+        span.file = c.int()?;
+        c.punct(':')?;
+        span.line = c.int()?;
+        c.punct(':')?;
+        span.col = c.int()?;
+        c.punct(')')?;
+    }
+    c.done()?;
+    Ok(Node { op, inputs, ty, span })
+}
+
+/// Parses a graph from its text form.
+pub fn parse(text: &str) -> Result<Graph, ParseError> {
+    let mut graph: Option<Graph> = None;
+    let mut closed = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split_once("//").map_or(raw, |(code, _)| code).trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |msg: String| ParseError { line: i + 1, msg };
+        if closed {
+            return Err(err("text after the closing `}`".into()));
+        }
+        let mut c = Cursor { toks: lex(line).map_err(err)?, pos: 0 };
+        let Some(g) = graph.as_mut() else {
+            let header = (|| {
+                if c.word()? != "graph" {
+                    return Err("expected `graph NAME {`".to_string());
+                }
+                let name = c.word()?;
+                c.punct('{')?;
+                c.done()?;
+                Ok(Graph::new(&name))
+            })();
+            graph = Some(header.map_err(err)?);
+            continue;
+        };
+        let r: Result<(), String> = (|| {
+            match c.peek() {
+                Some(Tok::Punct('}')) => {
+                    c.pos += 1;
+                    closed = true;
+                }
+                Some(Tok::Word(w)) if w == "file" => {
+                    c.pos += 1;
+                    let n: usize = c.int()?;
+                    if n != g.files.len() {
+                        return Err(format!("expected file {}, found file {n}", g.files.len()));
+                    }
+                    g.files.push(c.string()?);
+                }
+                Some(Tok::Word(w)) if w == "output" => {
+                    c.pos += 1;
+                    let name = c.string()?;
+                    c.punct('=')?;
+                    g.outputs.push((name, c.value()?));
+                }
+                _ => {
+                    let n = node(&mut c, g.len())?;
+                    g.push_unchecked(n);
+                }
+            }
+            c.done()
+        })();
+        r.map_err(err)?;
+    }
+    match (graph, closed) {
+        (Some(g), true) => Ok(g),
+        _ => Err(ParseError { line: text.lines().count().max(1), msg: "missing `graph NAME { ... }`".into() }),
+    }
+}

@@ -1,0 +1,81 @@
+//! The IR text form. [`crate::parse`] reads exactly what this writes.
+//!
+//! ```text
+//! graph gpt2 {
+//!   file 0 "stdlib/gpt2.tsr"
+//!   %0 = input "input_ids" : i64[batch, seq] loc(0:9:3)
+//!   %1 = param "wte" : f32[50257, 768] loc(0:10:3)
+//!   %2 = gather %1, %0 axis=0 : f32[batch, seq, 768] loc(0:12:7)
+//!   output "logits" = %2
+//! }
+//! ```
+
+use crate::{Dim, Graph, Node, Op};
+use std::fmt::{self, Write};
+
+fn dim_attr(d: &Dim) -> String {
+    let s = d.to_string();
+    if s.contains(' ') {
+        format!("({s})")
+    } else {
+        s
+    }
+}
+
+fn list(xs: &[usize]) -> String {
+    let items: Vec<String> = xs.iter().map(usize::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The attributes of an op as text (`axis=2 start=0 end=seq step=1`), empty if none.
+pub fn attrs(op: &Op) -> String {
+    match op {
+        Op::Iota { axis } | Op::Gather { axis } | Op::Concat { axis } | Op::Cumsum { axis } => format!("axis={axis}"),
+        Op::Transpose(perm) => format!("perm={}", list(perm)),
+        Op::Reduce { axes, keepdim, .. } => format!("axes={} keepdim={keepdim}", list(axes)),
+        Op::Slice { axis, start, end, step } => {
+            format!("axis={axis} start={} end={} step={step}", dim_attr(start), dim_attr(end))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Writes one node as a line without indentation or newline.
+pub fn node_line(id: usize, n: &Node) -> String {
+    let mut s = format!("%{id} = {}", n.op.mnemonic());
+    match &n.op {
+        Op::Input(name) => write!(s, " \"{name}\"").ok(),
+        Op::Param(name, init) => write!(s, " \"{name}\" init={init}").ok(),
+        Op::Const(v) => write!(s, " {v:?}").ok(),
+        _ => None,
+    };
+    for (i, v) in n.inputs.iter().enumerate() {
+        s.push_str(if i == 0 { " " } else { ", " });
+        write!(s, "{v}").ok();
+    }
+    let a = attrs(&n.op);
+    if !a.is_empty() {
+        write!(s, " {a}").ok();
+    }
+    write!(s, " : {}", n.ty).ok();
+    if n.span.is_known() {
+        write!(s, " loc({}:{}:{})", n.span.file, n.span.line, n.span.col).ok();
+    }
+    s
+}
+
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "graph {} {{", self.name)?;
+        for (i, file) in self.files.iter().enumerate() {
+            writeln!(f, "  file {i} \"{file}\"")?;
+        }
+        for (i, n) in self.nodes().iter().enumerate() {
+            writeln!(f, "  {}", node_line(i, n))?;
+        }
+        for (name, v) in &self.outputs {
+            writeln!(f, "  output \"{name}\" = {v}")?;
+        }
+        writeln!(f, "}}")
+    }
+}

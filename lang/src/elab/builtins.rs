@@ -1,0 +1,439 @@
+//! Built-in functions: activations, reductions, `softmax`, `where`, `arange`, `concat`,
+//! `split`, `cumsum`, `rearrange`, casts, and initialisers for `param`.
+
+use super::{ArgVal, Elab, Value};
+use crate::ast::Span;
+use crate::diag::{codes, Diagnostic};
+use tessera_ir::{DType, Dim, Op, ReduceOp, ShapeDisplay, TensorType, UnaryOp, ValueId};
+
+/// Every built-in name.
+pub const NAMES: &[&str] = &[
+    "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "softplus", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "softmax", "sum", "mean",
+    "max", "min", "maximum", "minimum", "where", "arange", "concat", "split", "cumsum", "rearrange", "transpose", "permute", "reshape", "float",
+    "int", "bool", "size", "normal", "fill", "topk",
+];
+
+pub fn lookup(name: &str) -> Option<&'static str> {
+    NAMES.iter().find(|n| **n == name).copied()
+}
+
+fn unary_of(name: &str) -> Option<UnaryOp> {
+    Some(match name {
+        "relu" => UnaryOp::Relu,
+        "gelu" => UnaryOp::GeluErf,
+        "gelu_tanh" => UnaryOp::GeluTanh,
+        "silu" => UnaryOp::Silu,
+        "sigmoid" => UnaryOp::Sigmoid,
+        "tanh" => UnaryOp::Tanh,
+        "softplus" => UnaryOp::Softplus,
+        "exp" => UnaryOp::Exp,
+        "log" => UnaryOp::Log,
+        "sqrt" => UnaryOp::Sqrt,
+        "rsqrt" => UnaryOp::Rsqrt,
+        "abs" => UnaryOp::Abs,
+        "sin" => UnaryOp::Sin,
+        "cos" => UnaryOp::Cos,
+        _ => return None,
+    })
+}
+
+fn signature(name: &str) -> &'static [&'static str] {
+    match name {
+        "softmax" | "cumsum" => &["x", "axis"],
+        "sum" | "mean" | "max" | "min" => &["x", "axis", "keepdim"],
+        "maximum" | "minimum" => &["a", "b"],
+        "where" => &["cond", "a", "b"],
+        "arange" => &["start", "end"],
+        "split" => &["x", "sections", "axis"],
+        "transpose" => &["x", "a", "b"],
+        "permute" => &["x", "dims"],
+        "reshape" => &["x", "shape"],
+        "size" => &["x", "axis"],
+        "normal" => &["std"],
+        "fill" => &["value"],
+        "topk" => &["x", "k", "axis"],
+        _ => &["x"],
+    }
+}
+
+impl Elab<'_> {
+    fn tensor_arg(&mut self, fname: &str, pname: &str, a: &Option<(Value, Span)>, span: Span) -> Option<ValueId> {
+        match a {
+            Some((Value::Tensor(t), _)) => Some(*t),
+            Some((Value::Poison, _)) => None,
+            Some((v, s)) => {
+                self.err(Diagnostic::error(codes::TYPE, format!("`{fname}` expects a tensor for `{pname}`, got {}", v.kind()), *s, "this value"));
+                None
+            }
+            None => {
+                self.err(Diagnostic::error(codes::BAD_ARGS, format!("missing argument `{pname}` of `{fname}`"), span, "in this call"));
+                None
+            }
+        }
+    }
+
+    /// Normalises an axis (negative counts from the end).
+    pub(super) fn axis(&mut self, v: &Value, rank: usize, span: Span) -> Option<usize> {
+        let n = match v {
+            Value::Int(d) => d.as_known(),
+            _ => None,
+        };
+        let Some(n) = n else {
+            if !matches!(v, Value::Poison) {
+                self.err(Diagnostic::error(codes::TYPE, format!("an axis must be an int, got {}", v.kind()), span, "this value"));
+            }
+            return None;
+        };
+        let a = if n < 0 { n + rank as i64 } else { n };
+        if a < 0 || a >= rank as i64 {
+            self.err(Diagnostic::error(codes::VALUE, format!("axis {n} is out of range for a tensor of rank {rank}"), span, "this axis"));
+            return None;
+        }
+        Some(a as usize)
+    }
+
+    fn axis_arg(&mut self, a: &Option<(Value, Span)>, default: i64, rank: usize, span: Span) -> Option<usize> {
+        match a {
+            Some((v, s)) => self.axis(v, rank, *s),
+            None => self.axis(&Value::int(default), rank, span),
+        }
+    }
+
+    pub(super) fn reduce(&mut self, op: ReduceOp, x: ValueId, axes: Vec<usize>, keepdim: bool, span: Span) -> Value {
+        self.add(Op::Reduce { op, axes, keepdim }, vec![x], None, span)
+    }
+
+    pub(super) fn builtin(&mut self, name: &'static str, args: Vec<ArgVal>, span: Span) -> Value {
+        match name {
+            "concat" => return self.concat(args, span),
+            "rearrange" => return self.rearrange_call(args, span),
+            "topk" => {
+                return self.err(
+                    Diagnostic::error(codes::UNSUPPORTED, "`topk` is reserved but not implemented yet", span, "not supported in this version")
+                        .with_help("top-k routing arrives with the `route` construct in a later version"),
+                )
+            }
+            _ => {}
+        }
+        let Some(a) = self.match_args(name, signature(name), args, span) else { return Value::Poison };
+        if let Some(u) = unary_of(name) {
+            return match &a[0] {
+                Some((Value::Int(_) | Value::Float(_), _)) => match to_f64(&a[0]) {
+                    Some(x) => Value::Float(u.eval(x)),
+                    None => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("`{name}` of a symbolic size"), span, "here")),
+                },
+                _ => {
+                    let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                    let x = match self.cast(x, DType::F32, span) {
+                        Value::Tensor(t) => t,
+                        v => return v,
+                    };
+                    self.unary(u, x, span)
+                }
+            };
+        }
+        match name {
+            "softmax" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let Some(ax) = self.axis_arg(&a[1], -1, self.ty(x).rank(), span) else { return Value::Poison };
+                self.softmax(x, ax, span)
+            }
+            "sum" | "mean" | "max" | "min" => {
+                if matches!(a[0], Some((Value::Int(_) | Value::Float(_), _))) && name != "sum" && name != "mean" {
+                    return self.scalar_extreme(name, &a, span);
+                }
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let rank = self.ty(x).rank();
+                let axes = match &a[1] {
+                    None | Some((Value::None, _)) => (0..rank).collect(),
+                    Some((Value::Tuple(items), s)) => {
+                        let mut out = Vec::new();
+                        for i in items {
+                            out.push(match self.axis(i, rank, *s) {
+                                Some(ax) => ax,
+                                None => return Value::Poison,
+                            });
+                        }
+                        out.sort_unstable();
+                        out.dedup();
+                        out
+                    }
+                    Some((v, s)) => match self.axis(v, rank, *s) {
+                        Some(ax) => vec![ax],
+                        None => return Value::Poison,
+                    },
+                };
+                let keepdim = matches!(a[2], Some((Value::Bool(true), _)));
+                let op = match name {
+                    "sum" => ReduceOp::Sum,
+                    "mean" => ReduceOp::Mean,
+                    "max" => ReduceOp::Max,
+                    _ => ReduceOp::Min,
+                };
+                let x = if op == ReduceOp::Mean { self.cast(x, DType::F32, span) } else { Value::Tensor(x) };
+                let Value::Tensor(x) = x else { return x };
+                self.reduce(op, x, axes, keepdim, span)
+            }
+            "maximum" | "minimum" => {
+                let (Some((l, ls)), Some((r, rs))) = (a[0].clone(), a[1].clone()) else {
+                    return self.err(Diagnostic::error(codes::BAD_ARGS, format!("`{name}` takes two arguments"), span, "in this call"));
+                };
+                let Some((x, y, _)) = self.coerce_pair(crate::ast::BinOp::Sub, &l, &r, ls, rs) else { return Value::Poison };
+                let op = if name == "maximum" { tessera_ir::BinaryOp::Max } else { tessera_ir::BinaryOp::Min };
+                self.add(Op::Binary(op), vec![x, y], None, span)
+            }
+            "where" => {
+                let Some(c) = self.tensor_arg(name, "cond", &a[0], span) else { return Value::Poison };
+                if self.ty(c).dtype != DType::Bool {
+                    let s = a[0].as_ref().map_or(span, |x| x.1);
+                    return self.err(Diagnostic::error(codes::DTYPE, format!("`where` needs a bool condition, got {}", self.ty(c).dtype), s, "not bool").with_help("compare to get a bool: `mask != 0`"));
+                }
+                let (Some((av, asp)), Some((bv, bsp))) = (a[1].clone(), a[2].clone()) else {
+                    return self.err(Diagnostic::error(codes::BAD_ARGS, "`where` takes three arguments", span, "in this call"));
+                };
+                // Operand types follow the binary-operator rules (numbers take the tensor's type).
+                let Some((x, y, _)) = self.coerce_pair(crate::ast::BinOp::Add, &av, &bv, asp, bsp) else { return Value::Poison };
+                let both = tessera_ir::broadcast_shapes(&self.ty(x).shape, &self.ty(y).shape).unwrap_or_default();
+                let (sc, sa) = (self.ty(c).shape.clone(), both);
+                if tessera_ir::broadcast_shapes(&sc, &sa).is_err() {
+                    let s = a[0].as_ref().map_or(span, |x| x.1);
+                    return self.err(
+                        Diagnostic::error(codes::SHAPE, format!("shape mismatch in `where`: condition {} and values {}", ShapeDisplay(&sc), ShapeDisplay(&sa)), s, format!("this has shape {}", ShapeDisplay(&sc)))
+                            .with_label(asp, format!("values have shape {}", ShapeDisplay(&sa))),
+                    );
+                }
+                self.add(Op::Where, vec![c, x, y], None, span)
+            }
+            "arange" => {
+                let (start, end) = match (&a[0], &a[1]) {
+                    (Some((s, _)), Some((e, _))) => (s.clone(), e.clone()),
+                    (Some((e, _)), None) => (Value::int(0), e.clone()),
+                    _ => return self.err(Diagnostic::error(codes::BAD_ARGS, "`arange` needs an end", span, "in this call")),
+                };
+                let (Value::Int(s), Value::Int(e)) = (&start, &end) else {
+                    return self.err(Diagnostic::error(codes::TYPE, format!("`arange` takes ints, got {} and {}", start.kind(), end.kind()), span, "here"));
+                };
+                let len = e.sub(s);
+                if matches!(len.as_known(), Some(n) if n < 0) {
+                    return self.err(Diagnostic::error(codes::VALUE, format!("`arange({s}, {e})` is empty backwards"), span, "here"));
+                }
+                let io = self.add(Op::Iota { axis: 0 }, vec![], Some(TensorType::new(DType::I64, vec![len])), span);
+                match (s.as_known(), io) {
+                    (Some(0), io) => io,
+                    (_, Value::Tensor(t)) => self.binary(crate::ast::BinOp::Add, Value::Tensor(t), start, span, span, span),
+                    (_, v) => v,
+                }
+            }
+            "split" => self.split(&a, span),
+            "cumsum" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let Some(ax) = self.axis_arg(&a[1], -1, self.ty(x).rank(), span) else { return Value::Poison };
+                self.add(Op::Cumsum { axis: ax }, vec![x], None, span)
+            }
+            "transpose" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let r = self.ty(x).rank();
+                let (Some(i), Some(j)) = (self.axis_arg(&a[1], -2, r, span), self.axis_arg(&a[2], -1, r, span)) else { return Value::Poison };
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(i, j);
+                self.add(Op::Transpose(perm), vec![x], None, span)
+            }
+            "permute" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let r = self.ty(x).rank();
+                let Some((Value::Tuple(items), s)) = a[1].clone() else {
+                    return self.err(Diagnostic::error(codes::TYPE, "`permute` takes a tuple of axes", span, "here"));
+                };
+                let mut perm = Vec::new();
+                for i in &items {
+                    match self.axis(i, r, s) {
+                        Some(p) => perm.push(p),
+                        None => return Value::Poison,
+                    }
+                }
+                self.add(Op::Transpose(perm), vec![x], None, span)
+            }
+            "reshape" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let Some((Value::Tuple(items), s)) = a[1].clone() else {
+                    return self.err(Diagnostic::error(codes::TYPE, "`reshape` takes a tuple of sizes", span, "here"));
+                };
+                let total = self.ty(x).shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d));
+                let mut shape = Vec::new();
+                let mut infer_at = None;
+                for (k, i) in items.iter().enumerate() {
+                    match i {
+                        Value::Int(d) if d.as_known() == Some(-1) && infer_at.is_none() => {
+                            infer_at = Some(k);
+                            shape.push(Dim::known(1));
+                        }
+                        Value::Int(d) => shape.push(d.clone()),
+                        v => return self.err(Diagnostic::error(codes::TYPE, format!("a size must be an int, got {}", v.kind()), s, "here")),
+                    }
+                }
+                if let Some(k) = infer_at {
+                    let rest = shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d));
+                    match total.div_exact(&rest) {
+                        Some(q) => shape[k] = q,
+                        None => return self.err(Diagnostic::error(codes::SHAPE, format!("cannot infer `-1`: {total} is not divisible by {rest}"), s, "here")),
+                    }
+                }
+                let from = self.ty(x).shape.clone();
+                if shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d)) != total {
+                    return self.err(Diagnostic::error(codes::SHAPE, format!("cannot reshape {} to {}", ShapeDisplay(&from), ShapeDisplay(&shape)), s, "element counts differ"));
+                }
+                self.reshape(x, shape, span)
+            }
+            "float" | "int" | "bool" => {
+                let to = match name {
+                    "float" => DType::F32,
+                    "int" => DType::I64,
+                    _ => DType::Bool,
+                };
+                match a[0].clone() {
+                    Some((Value::Tensor(t), _)) => self.cast(t, to, span),
+                    Some((v @ (Value::Int(_) | Value::Float(_) | Value::Bool(_)), s)) => match (name, to_f64(&Some((v.clone(), s)))) {
+                        ("float", Some(f)) => Value::Float(f),
+                        ("int", Some(f)) => Value::int(f.trunc() as i64),
+                        ("bool", Some(f)) => Value::Bool(f != 0.0),
+                        _ if name == "int" => v,
+                        _ => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("`{name}` of a symbolic size"), s, "here")),
+                    },
+                    Some((Value::Poison, _)) => Value::Poison,
+                    Some((v, s)) => self.err(Diagnostic::error(codes::TYPE, format!("`{name}` cannot convert {}", v.kind()), s, "here")),
+                    None => self.err(Diagnostic::error(codes::BAD_ARGS, format!("`{name}` takes one argument"), span, "here")),
+                }
+            }
+            "size" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let r = self.ty(x).rank();
+                let Some(ax) = self.axis_arg(&a[1], -1, r, span) else { return Value::Poison };
+                Value::Int(self.ty(x).shape[ax].clone())
+            }
+            "normal" | "fill" => match to_f64(&a[0]) {
+                Some(v) => Value::Tuple(vec![Value::Str(name.to_string()), Value::Float(v)]),
+                None => self.err(Diagnostic::error(codes::TYPE, format!("`{name}` takes a number"), span, "here")),
+            },
+            _ => self.err(Diagnostic::error(codes::UNKNOWN_NAME, format!("`{name}` is not a function"), span, "here")),
+        }
+    }
+
+    fn scalar_extreme(&mut self, name: &str, a: &[Option<(Value, Span)>], span: Span) -> Value {
+        let (Some(x), Some(y)) = (to_f64(&a[0]), to_f64(&a[1])) else {
+            return self.err(Diagnostic::error(codes::TYPE, format!("`{name}` of numbers takes two known numbers"), span, "here"));
+        };
+        let r = if name == "max" { x.max(y) } else { x.min(y) };
+        match (&a[0], &a[1]) {
+            (Some((Value::Int(_), _)), Some((Value::Int(_), _))) => Value::int(r as i64),
+            _ => Value::Float(r),
+        }
+    }
+
+    pub(super) fn softmax(&mut self, x: ValueId, axis: usize, span: Span) -> Value {
+        let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+        let Value::Tensor(m) = self.reduce(ReduceOp::Max, x, vec![axis], true, span) else { return Value::Poison };
+        let Value::Tensor(d) = self.add(Op::Binary(tessera_ir::BinaryOp::Sub), vec![x, m], None, span) else { return Value::Poison };
+        let Value::Tensor(e) = self.unary(UnaryOp::Exp, d, span) else { return Value::Poison };
+        let Value::Tensor(s) = self.reduce(ReduceOp::Sum, e, vec![axis], true, span) else { return Value::Poison };
+        self.add(Op::Binary(tessera_ir::BinaryOp::Div), vec![e, s], None, span)
+    }
+
+    fn concat(&mut self, args: Vec<ArgVal>, span: Span) -> Value {
+        let mut xs = Vec::new();
+        let mut axis = (Value::int(0), span);
+        for a in args {
+            match (a.name.as_ref().map(|n| n.name.as_str()), a.value) {
+                (Some("axis"), v) => axis = (v, a.span),
+                (Some(other), _) => {
+                    return self.err(
+                        Diagnostic::error(codes::UNKNOWN_ARG, format!("`concat` has no parameter `{other}`"), a.span, "unknown argument name")
+                            .with_help("the signature is `concat(x, y, ..., axis)`"),
+                    )
+                }
+                (None, Value::Tuple(items)) => xs.extend(items.into_iter().map(|v| (v, a.span))),
+                (None, v) => xs.push((v, a.span)),
+            }
+        }
+        let mut ids = Vec::new();
+        for (v, s) in &xs {
+            match v {
+                Value::Tensor(t) => ids.push(*t),
+                Value::Poison => return Value::Poison,
+                other => return self.err(Diagnostic::error(codes::TYPE, format!("`concat` joins tensors, got {}", other.kind()), *s, "this value")),
+            }
+        }
+        let Some(&first) = ids.first() else {
+            return self.err(Diagnostic::error(codes::BAD_ARGS, "`concat` needs at least one tensor", span, "in this call"));
+        };
+        let rank = self.ty(first).rank();
+        let Some(ax) = self.axis(&axis.0, rank, axis.1) else { return Value::Poison };
+        let t0 = self.ty(first).clone();
+        for (&t, (_, s)) in ids.iter().zip(&xs) {
+            let ti = self.ty(t).clone();
+            let fits = ti.rank() == rank && ti.dtype == t0.dtype && ti.shape.iter().zip(&t0.shape).enumerate().all(|(i, (p, q))| i == ax || p == q);
+            if !fits {
+                let code = if ti.dtype != t0.dtype { codes::DTYPE } else { codes::SHAPE };
+                return self.err(
+                    Diagnostic::error(code, format!("cannot concatenate {ti} with {t0} along axis {ax}"), *s, format!("this is {ti}"))
+                        .with_label(xs[0].1, format!("this is {t0}"))
+                        .with_help("all axes but the joined one must agree"),
+                );
+            }
+        }
+        if ids.len() == 1 {
+            return Value::Tensor(first);
+        }
+        self.add(Op::Concat { axis: ax }, ids, None, span)
+    }
+
+    fn split(&mut self, a: &[Option<(Value, Span)>], span: Span) -> Value {
+        let Some(x) = self.tensor_arg("split", "x", &a[0], span) else { return Value::Poison };
+        let t = self.ty(x).clone();
+        let Some(ax) = self.axis_arg(&a[2], -1, t.rank(), span) else { return Value::Poison };
+        let size = t.shape[ax].clone();
+        let sizes: Vec<Dim> = match &a[1] {
+            Some((Value::Int(n), s)) => {
+                let Some(k) = n.as_known().filter(|k| *k > 0) else {
+                    return self.err(Diagnostic::error(codes::VALUE, format!("`split` needs a positive number of parts, got {n}"), *s, "here"));
+                };
+                match size.div_exact(&Dim::known(k)) {
+                    Some(part) => vec![part; k as usize],
+                    None => return self.err(Diagnostic::error(codes::SHAPE, format!("cannot split size {size} into {k} equal parts"), *s, "here")),
+                }
+            }
+            Some((Value::Tuple(items), s)) => {
+                let mut out = Vec::new();
+                for i in items {
+                    match i {
+                        Value::Int(d) => out.push(d.clone()),
+                        v => return self.err(Diagnostic::error(codes::TYPE, format!("split sizes must be ints, got {}", v.kind()), *s, "here")),
+                    }
+                }
+                let total = out.iter().fold(Dim::known(0), |acc, d| acc.add(d));
+                if total != size {
+                    return self.err(Diagnostic::error(codes::SHAPE, format!("split sizes add up to {total}, but the axis has size {size}"), *s, "here"));
+                }
+                out
+            }
+            Some((Value::Poison, _)) => return Value::Poison,
+            _ => return self.err(Diagnostic::error(codes::BAD_ARGS, "`split` needs a number of parts or a tuple of sizes", span, "in this call")),
+        };
+        let mut start = Dim::known(0);
+        let mut parts = Vec::new();
+        for s in sizes {
+            let end = start.add(&s);
+            parts.push(self.add(Op::Slice { axis: ax, start: start.clone(), end: end.clone(), step: 1 }, vec![x], None, span));
+            start = end;
+        }
+        Value::Tuple(parts)
+    }
+}
+
+fn to_f64(a: &Option<(Value, Span)>) -> Option<f64> {
+    match a {
+        Some((Value::Int(d), _)) => d.as_known().map(|n| n as f64),
+        Some((Value::Float(f), _)) => Some(*f),
+        Some((Value::Bool(b), _)) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}

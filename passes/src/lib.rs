@@ -1,0 +1,59 @@
+//! IR-to-IR passes. Each pass lives in a file named for its effect, with a header saying what
+//! it assumes and guarantees; [`PIPELINE`] lists them in order and [`run_pipeline`] runs them,
+//! verifying the graph after each one (a verifier failure is a compiler bug).
+#![warn(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod cse;
+mod dce;
+mod fold_constants;
+
+pub use cse::cse;
+pub use dce::dce;
+pub use fold_constants::fold_constants;
+
+use tessera_ir::Graph;
+
+/// A named graph-to-graph transformation.
+pub struct Pass {
+    /// The name `--print-after` and logs use.
+    pub name: &'static str,
+    /// The transformation.
+    pub run: fn(&Graph) -> Graph,
+}
+
+/// The default pipeline, in order.
+pub const PIPELINE: &[Pass] = &[
+    Pass { name: "fold_constants", run: fold_constants },
+    Pass { name: "cse", run: cse },
+    Pass { name: "dce", run: dce },
+];
+
+/// A pass broke an IR invariant: a compiler bug, reported with the offending IR.
+#[derive(Debug, thiserror::Error)]
+#[error("internal compiler error: the IR is invalid after pass `{pass}`:\n{}\n{dump}", .errors.join("\n"))]
+pub struct VerifyError {
+    /// The pass after which verification failed.
+    pub pass: String,
+    /// The violations.
+    pub errors: Vec<String>,
+    /// The IR text.
+    pub dump: String,
+}
+
+/// Whether `name` is a pass of the pipeline.
+pub fn is_pass(name: &str) -> bool {
+    PIPELINE.iter().any(|p| p.name == name)
+}
+
+/// Runs the pipeline. After each pass the graph is verified; `after` is called with the pass
+/// name and the graph (for `--print-after`).
+pub fn run_pipeline(g: &Graph, mut after: impl FnMut(&str, &Graph)) -> Result<Graph, VerifyError> {
+    let mut g = g.clone();
+    for p in PIPELINE {
+        g = (p.run)(&g);
+        tessera_ir::verify(&g).map_err(|errors| VerifyError { pass: p.name.to_string(), errors, dump: g.to_string() })?;
+        after(p.name, &g);
+    }
+    Ok(g)
+}

@@ -1,0 +1,243 @@
+//! The reference interpreter: runs any IR graph on the host, one op at a time, in the plainest
+//! way that is obviously correct. Elementwise math is done in f64 and rounded to f32 on store;
+//! reductions and matmul accumulate in f64. It is the oracle every optimisation and backend is
+//! tested against, not a fast path.
+
+use crate::tensor::{broadcast_offsets, strides, Data, Tensor};
+use crate::RunError;
+use std::collections::HashMap;
+use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
+
+/// Concrete sizes for a graph's symbolic dimensions.
+pub type Dims = HashMap<String, i64>;
+
+/// Evaluates a symbolic shape under `dims`.
+pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
+    shape
+        .iter()
+        .map(|d| match d.eval(dims) {
+            Some(n) if n >= 0 => Ok(n as usize),
+            Some(n) => Err(RunError::Shape(format!("dimension {d} evaluates to {n}"))),
+            None => Err(RunError::UnboundDim(d.symbols().find(|s| !dims.contains_key(*s)).unwrap_or("?").to_string())),
+        })
+        .collect()
+}
+
+/// Runs `graph` with concrete `dims`, the model's `inputs` and `params` (by name). Returns the
+/// outputs by name. Every input and parameter must be present with its declared shape.
+pub fn run(graph: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>, params: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, RunError> {
+    let mut uses = graph.use_counts();
+    let mut vals: Vec<Option<Tensor>> = vec![None; graph.len()];
+    for (i, node) in graph.nodes().iter().enumerate() {
+        let shape = concrete(&node.ty.shape, dims)?;
+        let t = {
+            let args: Vec<&Tensor> = node.inputs.iter().map(|v| vals[v.index()].as_ref().ok_or_else(|| RunError::Internal(format!("{v} used after free")))).collect::<Result<_, _>>()?;
+            eval(graph, node, shape, &args, inputs, params, dims)?
+        };
+        for v in &node.inputs {
+            uses[v.index()] -= 1;
+            if uses[v.index()] == 0 {
+                vals[v.index()] = None;
+            }
+        }
+        vals[i] = Some(t);
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|(name, v)| Ok((name.clone(), vals[v.index()].clone().ok_or_else(|| RunError::Internal(format!("output {name} missing")))?)))
+        .collect()
+}
+
+fn lookup(kind: &'static str, table: &HashMap<String, Tensor>, name: &str, node: &Node, shape: &[usize]) -> Result<Tensor, RunError> {
+    let t = table.get(name).ok_or_else(|| RunError::Missing { kind, name: name.to_string() })?;
+    if t.shape != shape || t.dtype() != node.ty.dtype {
+        return Err(RunError::BadTensor {
+            kind,
+            name: name.to_string(),
+            expected: format!("{}{:?}", node.ty.dtype, shape),
+            got: format!("{}{:?}", t.dtype(), t.shape),
+        });
+    }
+    Ok(t.clone())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(graph: &Graph, node: &Node, shape: Vec<usize>, a: &[&Tensor], inputs: &HashMap<String, Tensor>, params: &HashMap<String, Tensor>, dims: &Dims) -> Result<Tensor, RunError> {
+    let n: usize = shape.iter().product();
+    let dtype = node.ty.dtype;
+    Ok(match &node.op {
+        Op::Input(name) => lookup("input", inputs, name, node, &shape)?,
+        Op::Param(name, _) => lookup("parameter", params, name, node, &shape)?,
+        Op::Const(v) => Tensor::from_f64(dtype, shape, std::iter::repeat_n(*v, n)),
+        Op::Iota { axis } => {
+            let inner: usize = shape[axis + 1..].iter().product();
+            let size = shape[*axis];
+            Tensor::from_f64(dtype, shape, (0..n).map(|i| ((i / inner) % size) as f64))
+        }
+        Op::Unary(u) => Tensor::from_f64(dtype, shape, (0..n).map(|i| u.eval(a[0].get(i)))),
+        Op::Binary(b) => {
+            let int = a[0].dtype() == DType::I64;
+            let (oa, ob) = (broadcast_offsets(&shape, &a[0].shape), broadcast_offsets(&shape, &a[1].shape));
+            Tensor::from_f64(dtype, shape, (0..n).map(|i| b.eval(a[0].get(oa[i]), a[1].get(ob[i]), int)))
+        }
+        Op::Where => {
+            let o: Vec<Vec<usize>> = a.iter().map(|t| broadcast_offsets(&shape, &t.shape)).collect();
+            Tensor::from_f64(dtype, shape, (0..n).map(|i| if a[0].get(o[0][i]) != 0.0 { a[1].get(o[1][i]) } else { a[2].get(o[2][i]) }))
+        }
+        Op::Cast => Tensor::from_f64(dtype, shape, (0..n).map(|i| a[0].get(i))),
+        Op::MatMul => matmul(a[0], a[1], shape),
+        Op::Transpose(perm) => {
+            let st = strides(&a[0].shape);
+            let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+            let offs = broadcast_offsets_strided(&shape, &out_st);
+            a[0].take(shape, offs.into_iter())
+        }
+        Op::Reshape => a[0].clone().reshaped(shape),
+        Op::Broadcast => {
+            let offs = broadcast_offsets(&shape, &a[0].shape);
+            a[0].take(shape, offs.into_iter())
+        }
+        Op::Reduce { op, axes, .. } => reduce(a[0], *op, axes, dtype, shape),
+        Op::Gather { axis } => {
+            let (t, idx) = (a[0], a[1]);
+            let outer: usize = t.shape[..*axis].iter().product();
+            let size = t.shape[*axis];
+            let inner: usize = t.shape[axis + 1..].iter().product();
+            let ids: Vec<i64> = (0..idx.len()).map(|i| idx.get(i) as i64).collect();
+            if let Some(bad) = ids.iter().find(|&&k| k < 0 || k as usize >= size) {
+                return Err(RunError::IndexOutOfRange { index: *bad, size, at: location(graph, node) });
+            }
+            let offs = (0..outer).flat_map(|o| ids.iter().flat_map(move |&k| (0..inner).map(move |j| (o * size + k as usize) * inner + j)));
+            t.take(shape, offs)
+        }
+        Op::Slice { axis, start, step, .. } => {
+            let start = start.eval(dims).ok_or_else(|| RunError::UnboundDim(start.to_string()))?;
+            let t = a[0];
+            let outer: usize = t.shape[..*axis].iter().product();
+            let (size, out_size) = (t.shape[*axis], shape[*axis]);
+            let inner: usize = t.shape[axis + 1..].iter().product();
+            if start < 0 || (out_size > 0 && start as usize + (out_size - 1) * *step as usize >= size) {
+                return Err(RunError::Shape(format!("slice from {start} by {step} of {out_size} is out of range for size {size} ({})", location(graph, node))));
+            }
+            let offs = (0..outer).flat_map(|o| (0..out_size).flat_map(move |k| (0..inner).map(move |j| (o * size + start as usize + k * *step as usize) * inner + j)));
+            t.take(shape, offs)
+        }
+        Op::Concat { axis } => {
+            let outer: usize = shape[..*axis].iter().product();
+            let vals: Vec<f64> = (0..outer)
+                .flat_map(|o| {
+                    a.iter().flat_map(move |t| {
+                        let chunk: usize = t.shape[*axis..].iter().product();
+                        (0..chunk).map(move |j| t.get(o * chunk + j))
+                    })
+                })
+                .collect();
+            Tensor::from_f64(dtype, shape, vals.into_iter())
+        }
+        Op::Cumsum { axis } => {
+            let t = a[0];
+            let outer: usize = shape[..*axis].iter().product();
+            let size = shape[*axis];
+            let inner: usize = shape[axis + 1..].iter().product();
+            let mut out = vec![0f64; n];
+            for o in 0..outer {
+                for j in 0..inner {
+                    let mut acc = 0f64;
+                    for k in 0..size {
+                        let i = (o * size + k) * inner + j;
+                        acc += t.get(i);
+                        out[i] = acc;
+                    }
+                }
+            }
+            Tensor::from_f64(dtype, shape, out.into_iter())
+        }
+    })
+}
+
+/// `file:line:col` of a node, for runtime errors.
+pub fn location(graph: &Graph, node: &Node) -> String {
+    if node.span.is_known() {
+        let f = graph.files.get(node.span.file as usize).map_or("?", String::as_str);
+        format!("{f}:{}:{}", node.span.line, node.span.col)
+    } else {
+        "unknown location".into()
+    }
+}
+
+fn broadcast_offsets_strided(out: &[usize], st: &[usize]) -> Vec<usize> {
+    let n: usize = out.iter().product();
+    let mut offs = Vec::with_capacity(n);
+    let mut idx = vec![0usize; out.len()];
+    let mut off = 0usize;
+    for _ in 0..n {
+        offs.push(off);
+        for a in (0..out.len()).rev() {
+            idx[a] += 1;
+            off += st[a];
+            if idx[a] < out[a] {
+                break;
+            }
+            off -= st[a] * idx[a];
+            idx[a] = 0;
+        }
+    }
+    offs
+}
+
+fn reduce(t: &Tensor, op: ReduceOp, axes: &[usize], dtype: DType, shape: Vec<usize>) -> Tensor {
+    let keep: Vec<usize> = t.shape.iter().enumerate().map(|(i, &s)| if axes.contains(&i) { 1 } else { s }).collect();
+    let m: usize = keep.iter().product();
+    let count: usize = axes.iter().map(|&a| t.shape[a]).product();
+    let init = match op {
+        ReduceOp::Sum | ReduceOp::Mean => 0.0,
+        ReduceOp::Max => f64::NEG_INFINITY,
+        ReduceOp::Min => f64::INFINITY,
+    };
+    let mut acc = vec![init; m];
+    // Map each input element to its output slot by broadcasting the kept shape over the input.
+    let st = strides(&keep);
+    let slot_st: Vec<usize> = keep.iter().zip(&st).map(|(&k, &s)| if k == 1 { 0 } else { s }).collect();
+    let slots = broadcast_offsets_strided(&t.shape, &slot_st);
+    for (i, &s) in slots.iter().enumerate() {
+        let x = t.get(i);
+        acc[s] = match op {
+            ReduceOp::Sum | ReduceOp::Mean => acc[s] + x,
+            ReduceOp::Max => acc[s].max(x),
+            ReduceOp::Min => acc[s].min(x),
+        };
+    }
+    if op == ReduceOp::Mean {
+        acc.iter_mut().for_each(|v| *v /= count as f64);
+    }
+    Tensor::from_f64(dtype, shape, acc.into_iter())
+}
+
+fn matmul(a: &Tensor, b: &Tensor, shape: Vec<usize>) -> Tensor {
+    let (ra, rb, r) = (a.shape.len(), b.shape.len(), shape.len());
+    let (m, k, nn) = (a.shape[ra - 2], a.shape[ra - 1], b.shape[rb - 1]);
+    let batch = &shape[..r - 2];
+    let oa = broadcast_offsets(batch, &a.shape[..ra - 2]);
+    let ob = broadcast_offsets(batch, &b.shape[..rb - 2]);
+    let (Data::F32(av), Data::F32(bv)) = (&a.data, &b.data) else {
+        return Tensor::f32(shape, Vec::new());
+    };
+    let mut out = Vec::with_capacity(oa.len() * m * nn);
+    let mut row = vec![0f64; nn];
+    for (&ia, &ib) in oa.iter().zip(&ob) {
+        let (pa, pb) = (&av[ia * m * k..(ia + 1) * m * k], &bv[ib * k * nn..(ib + 1) * k * nn]);
+        for i in 0..m {
+            row.iter_mut().for_each(|x| *x = 0.0);
+            for p in 0..k {
+                let x = f64::from(pa[i * k + p]);
+                for (acc, &y) in row.iter_mut().zip(&pb[p * nn..(p + 1) * nn]) {
+                    *acc += x * f64::from(y);
+                }
+            }
+            out.extend(row.iter().map(|&v| v as f32));
+        }
+    }
+    Tensor::f32(shape, out)
+}
+

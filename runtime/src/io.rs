@@ -1,0 +1,145 @@
+//! Tensors in and out: safetensors files, dimension binding, seeded random parameters and
+//! inputs.
+
+use crate::interp::{concrete, Dims};
+use crate::{RunError, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use tessera_ir::{DType, Graph, Init, Op};
+
+fn file_err(path: &str, msg: impl ToString) -> RunError {
+    RunError::File { path: path.to_string(), msg: msg.to_string() }
+}
+
+/// Reads every tensor of a safetensors file (memory-mapped). f32, bf16, i64, i32 and bool are
+/// accepted (bf16 widened to f32, i32 to i64).
+pub fn read_safetensors(path: &str) -> Result<HashMap<String, Tensor>, RunError> {
+    let file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
+    // SAFETY: the file is opened read-only and only read while mapped; a concurrent writer
+    // could change the bytes under us, which at worst yields wrong numbers, not unsoundness
+    // in this code (all reads are bounds-checked copies).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
+    let st = SafeTensors::deserialize(&map).map_err(|e| file_err(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let b = view.data();
+        let t = match view.dtype() {
+            Dtype::F32 => Tensor::f32(shape, b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            Dtype::BF16 => Tensor::f32(shape, b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect()),
+            Dtype::I64 => Tensor::i64(shape, b.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()),
+            Dtype::I32 => Tensor::i64(shape, b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()),
+            Dtype::BOOL => Tensor { shape, data: crate::Data::Bool(b.iter().map(|&x| x != 0).collect()) },
+            other => return Err(file_err(path, format!("tensor `{name}` has dtype {other:?}, which is not supported (use f32, bf16, i64, i32 or bool)"))),
+        };
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Writes tensors to a safetensors file, in the given order.
+pub fn write_safetensors(path: &str, tensors: &[(String, Tensor)]) -> Result<(), RunError> {
+    let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let (dt, b) = match &t.data {
+                crate::Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                crate::Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                crate::Data::Bool(v) => (Dtype::BOOL, v.iter().map(|&x| u8::from(x)).collect()),
+            };
+            (n.clone(), dt, t.shape.clone(), b)
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, dt, s, b)| safetensors::tensor::TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| RunError::Internal(e.to_string()))?;
+    safetensors::serialize_to_file(views, None, std::path::Path::new(path)).map_err(|e| file_err(path, e))
+}
+
+/// Fills `dims` with the sizes that the given inputs fix (an input declared `[batch, seq]`
+/// with shape `[2, 7]` fixes both). Explicit entries must agree.
+pub fn bind_dims(g: &Graph, inputs: &HashMap<String, Tensor>, dims: &mut Dims) -> Result<(), RunError> {
+    for (name, v) in g.inputs() {
+        let Some(t) = inputs.get(name) else { continue };
+        let decl = &g.ty(v).shape;
+        if decl.len() != t.shape.len() {
+            return Err(RunError::BadTensor { kind: "input", name: name.into(), expected: g.ty(v).to_string(), got: format!("{}{:?}", t.dtype(), t.shape) });
+        }
+        for (d, &n) in decl.iter().zip(&t.shape) {
+            if let Some(s) = d.as_sym() {
+                match dims.get(s) {
+                    Some(&have) if have != n as i64 => {
+                        return Err(RunError::Shape(format!("input `{name}` gives {s} = {n}, but {s} = {have} elsewhere")));
+                    }
+                    _ => {
+                        dims.insert(s.to_string(), n as i64);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A stable 64-bit hash (FNV-1a), so that a parameter's random values depend only on its name
+/// and the seed, not on the order of declaration.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Random parameters: each parameter with `init=normal(σ)` draws N(0, σ²) from a generator
+/// seeded by `seed` and the parameter's name; `init=fill(v)` is constant.
+pub fn random_params(g: &Graph, dims: &Dims, seed: u64) -> Result<HashMap<String, Tensor>, RunError> {
+    let mut out = HashMap::new();
+    for node in g.nodes() {
+        let Op::Param(name, init) = &node.op else { continue };
+        let shape = concrete(&node.ty.shape, dims)?;
+        let n: usize = shape.iter().product();
+        let t = match *init {
+            Init::Fill(v) => Tensor::from_f64(node.ty.dtype, shape, std::iter::repeat_n(v, n)),
+            Init::Normal(std) => {
+                let mut rng = StdRng::seed_from_u64(seed ^ fnv(name));
+                let dist = Normal::new(0.0, std.abs()).map_err(|e| RunError::Internal(e.to_string()))?;
+                Tensor::from_f64(node.ty.dtype, shape, (0..n).map(|_| dist.sample(&mut rng)))
+            }
+        };
+        out.insert(name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Random inputs for those not given: an i64 input that indexes a table (`embed[ids]`) draws
+/// uniform ids below the table's size; other i64 inputs (masks) are ones; f32 inputs are
+/// N(0, 1); bool inputs are true.
+pub fn random_inputs(g: &Graph, dims: &Dims, seed: u64, given: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, RunError> {
+    let mut out = HashMap::new();
+    for (name, v) in g.inputs() {
+        if given.contains_key(name) {
+            continue;
+        }
+        let ty = g.ty(v);
+        let shape = concrete(&ty.shape, dims)?;
+        let n: usize = shape.iter().product();
+        let mut rng = StdRng::seed_from_u64(seed ^ fnv(name) ^ 0x5eed);
+        let range = g.nodes().iter().find_map(|node| match node.op {
+            Op::Gather { axis } if node.inputs.get(1) == Some(&v) => g.ty(node.inputs[0]).shape.get(axis).and_then(|d| d.eval(dims)),
+            _ => None,
+        });
+        let t = match (ty.dtype, range) {
+            (DType::I64, Some(r)) => Tensor::i64(shape, (0..n).map(|_| rng.random_range(0..r.max(1))).collect()),
+            (DType::I64, None) => Tensor::i64(shape, vec![1; n]),
+            (DType::F32, _) => {
+                let dist = Normal::new(0.0f64, 1.0).map_err(|e| RunError::Internal(e.to_string()))?;
+                Tensor::from_f64(DType::F32, shape, (0..n).map(|_| dist.sample(&mut rng)))
+            }
+            (DType::Bool, _) => Tensor::from_f64(DType::Bool, shape, std::iter::repeat_n(1.0, n)),
+        };
+        out.insert(name.to_string(), t);
+    }
+    Ok(out)
+}
