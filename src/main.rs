@@ -206,11 +206,20 @@ fn front(m: &ModelArgs) -> Result<Graph, Fail> {
     let fe = Frontend::tsr(&m.file, &text, m.model.as_deref(), &overrides);
     eprint!("{}", render(&fe.diagnostics, &fe.sources, color(), 100));
     let g = fe.graph.ok_or_else(|| Fail::User(String::new()))?;
-    tessera::ir::verify(&g).map_err(|errs| Fail::Internal(format!("internal compiler error: elaboration produced invalid IR:\n  {}\n{g}", errs.join("\n  "))))?;
+    tessera::ir::verify(&g).map_err(|errs| {
+        Fail::Internal(format!("internal compiler error: elaboration produced invalid IR:\n  {}\n{g}", errs.join("\n  ")))
+    })?;
     Ok(g)
 }
 
-fn run(g: &Graph, dim: &[(String, String)], weights: Option<&str>, inputs: Option<&str>, out: Option<&str>, seed: u64) -> Result<(), runtime::RunError> {
+fn run(
+    g: &Graph,
+    dim: &[(String, String)],
+    weights: Option<&str>,
+    inputs: Option<&str>,
+    out: Option<&str>,
+    seed: u64,
+) -> Result<(), runtime::RunError> {
     let mut dims: runtime::Dims = HashMap::new();
     for (k, v) in dim {
         let n: i64 = v.parse().map_err(|_| runtime::RunError::Shape(format!("--dim {k}={v}: not an integer")))?;
@@ -246,7 +255,11 @@ fn run(g: &Graph, dim: &[(String, String)], weights: Option<&str>, inputs: Optio
             let names: Vec<&str> = g.params().iter().map(|(n, _)| *n).collect();
             let unused: Vec<&String> = w.keys().filter(|k| !names.contains(&k.as_str())).collect();
             if !unused.is_empty() {
-                eprintln!("warning: {} tensor(s) in {p} are not parameters of the model: {}", unused.len(), unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+                eprintln!(
+                    "warning: {} tensor(s) in {p} are not parameters of the model: {}",
+                    unused.len(),
+                    unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                );
             }
             w
         }

@@ -1,6 +1,6 @@
 //! Result types of ops: the single definition used by builders and by the verifier.
 
-use crate::{Dim, DType, Op, ShapeDisplay, TensorType};
+use crate::{DType, Dim, Op, ShapeDisplay, TensorType};
 
 /// Broadcasts two shapes numpy-style (aligned at the right; a size 1 stretches).
 pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
@@ -15,11 +15,7 @@ pub fn broadcast_shapes(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
         } else if *da == one {
             out.push(db.clone());
         } else {
-            return Err(format!(
-                "shapes {} and {} do not broadcast (axis {i}: {da} vs {db})",
-                ShapeDisplay(a),
-                ShapeDisplay(b)
-            ));
+            return Err(format!("shapes {} and {} do not broadcast (axis {i}: {da} vs {db})", ShapeDisplay(a), ShapeDisplay(b)));
         }
     }
     Ok(out)
@@ -84,7 +80,9 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             if x.dtype != y.dtype {
                 return Err(format!("operand dtypes differ: {} vs {}", x.dtype, y.dtype));
             }
-            if b.is_logical() != (x.dtype == DType::Bool) && !(x.dtype == DType::Bool && matches!(b, crate::BinaryOp::Eq | crate::BinaryOp::Ne)) {
+            if b.is_logical() != (x.dtype == DType::Bool)
+                && !(x.dtype == DType::Bool && matches!(b, crate::BinaryOp::Eq | crate::BinaryOp::Ne))
+            {
                 return Err(format!("{} is not defined on {}", b.name(), x.dtype));
             }
             let shape = broadcast_shapes(&x.shape, &y.shape)?;
@@ -218,8 +216,8 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             check_axis(*axis, first.rank())?;
             let mut total = Dim::known(0);
             for t in ins {
-                let same_rest = t.rank() == first.rank()
-                    && t.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == *axis || a == b);
+                let same_rest =
+                    t.rank() == first.rank() && t.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == *axis || a == b);
                 if t.dtype != first.dtype || !same_rest {
                     return Err(format!("cannot concatenate {t} with {first} along axis {axis}"));
                 }

@@ -1,7 +1,7 @@
 //! Reads the IR text form written by [`crate::print`]. The result is not verified: run
 //! [`crate::verify`] on it (the parser only checks the syntax).
 
-use crate::{Dim, DType, Graph, Init, Node, Op, ReduceOp, Span, TensorType, ValueId, BINARY_OPS, UNARY_OPS};
+use crate::{DType, Dim, Graph, Init, Node, Op, ReduceOp, Span, TensorType, ValueId, BINARY_OPS, UNARY_OPS};
 use thiserror::Error;
 
 /// A syntax error in IR text, with its 1-based line.

@@ -79,11 +79,16 @@ pub fn load(path: &str, text: &str) -> (Program, Vec<Diagnostic>) {
                     pending_imports.push((idx, imp.alias.name.clone(), mpath));
                 }
                 None => diags.push(
-                    Diagnostic::error(codes::UNKNOWN_MODULE, format!("no module named `{}`", imp.module.name), imp.module.span, "imported here")
-                        .with_help(format!(
-                            "modules are `NAME.tsr` files beside the importing file, or the standard library: {}",
-                            STDLIB.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                        )),
+                    Diagnostic::error(
+                        codes::UNKNOWN_MODULE,
+                        format!("no module named `{}`", imp.module.name),
+                        imp.module.span,
+                        "imported here",
+                    )
+                    .with_help(format!(
+                        "modules are `NAME.tsr` files beside the importing file, or the standard library: {}",
+                        STDLIB.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    )),
                 ),
             }
         }

@@ -23,11 +23,8 @@ pub struct Pass {
 }
 
 /// The default pipeline, in order.
-pub const PIPELINE: &[Pass] = &[
-    Pass { name: "fold_constants", run: fold_constants },
-    Pass { name: "cse", run: cse },
-    Pass { name: "dce", run: dce },
-];
+pub const PIPELINE: &[Pass] =
+    &[Pass { name: "fold_constants", run: fold_constants }, Pass { name: "cse", run: cse }, Pass { name: "dce", run: dce }];
 
 /// A pass broke an IR invariant: a compiler bug, reported with the offending IR.
 #[derive(Debug, thiserror::Error)]

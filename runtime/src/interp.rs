@@ -25,13 +25,22 @@ pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
 
 /// Runs `graph` with concrete `dims`, the model's `inputs` and `params` (by name). Returns the
 /// outputs by name. Every input and parameter must be present with its declared shape.
-pub fn run(graph: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>, params: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, RunError> {
+pub fn run(
+    graph: &Graph,
+    dims: &Dims,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+) -> Result<Vec<(String, Tensor)>, RunError> {
     let mut uses = graph.use_counts();
     let mut vals: Vec<Option<Tensor>> = vec![None; graph.len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         let shape = concrete(&node.ty.shape, dims)?;
         let t = {
-            let args: Vec<&Tensor> = node.inputs.iter().map(|v| vals[v.index()].as_ref().ok_or_else(|| RunError::Internal(format!("{v} used after free")))).collect::<Result<_, _>>()?;
+            let args: Vec<&Tensor> = node
+                .inputs
+                .iter()
+                .map(|v| vals[v.index()].as_ref().ok_or_else(|| RunError::Internal(format!("{v} used after free"))))
+                .collect::<Result<_, _>>()?;
             eval(graph, node, shape, &args, inputs, params, dims)?
         };
         for v in &node.inputs {
@@ -63,7 +72,15 @@ fn lookup(kind: &'static str, table: &HashMap<String, Tensor>, name: &str, node:
 }
 
 #[allow(clippy::too_many_arguments)]
-fn eval(graph: &Graph, node: &Node, shape: Vec<usize>, a: &[&Tensor], inputs: &HashMap<String, Tensor>, params: &HashMap<String, Tensor>, dims: &Dims) -> Result<Tensor, RunError> {
+fn eval(
+    graph: &Graph,
+    node: &Node,
+    shape: Vec<usize>,
+    a: &[&Tensor],
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    dims: &Dims,
+) -> Result<Tensor, RunError> {
     let n: usize = shape.iter().product();
     let dtype = node.ty.dtype;
     Ok(match &node.op {
@@ -118,9 +135,14 @@ fn eval(graph: &Graph, node: &Node, shape: Vec<usize>, a: &[&Tensor], inputs: &H
             let (size, out_size) = (t.shape[*axis], shape[*axis]);
             let inner: usize = t.shape[axis + 1..].iter().product();
             if start < 0 || (out_size > 0 && start as usize + (out_size - 1) * *step as usize >= size) {
-                return Err(RunError::Shape(format!("slice from {start} by {step} of {out_size} is out of range for size {size} ({})", location(graph, node))));
+                return Err(RunError::Shape(format!(
+                    "slice from {start} by {step} of {out_size} is out of range for size {size} ({})",
+                    location(graph, node)
+                )));
             }
-            let offs = (0..outer).flat_map(|o| (0..out_size).flat_map(move |k| (0..inner).map(move |j| (o * size + start as usize + k * *step as usize) * inner + j)));
+            let offs = (0..outer).flat_map(|o| {
+                (0..out_size).flat_map(move |k| (0..inner).map(move |j| (o * size + start as usize + k * *step as usize) * inner + j))
+            });
             t.take(shape, offs)
         }
         Op::Concat { axis } => {
@@ -240,4 +262,3 @@ fn matmul(a: &Tensor, b: &Tensor, shape: Vec<usize>) -> Tensor {
     }
     Tensor::f32(shape, out)
 }
-

@@ -29,11 +29,21 @@ pub fn read_safetensors(path: &str) -> Result<HashMap<String, Tensor>, RunError>
         let b = view.data();
         let t = match view.dtype() {
             Dtype::F32 => Tensor::f32(shape, b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            Dtype::BF16 => Tensor::f32(shape, b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect()),
-            Dtype::I64 => Tensor::i64(shape, b.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()),
+            Dtype::BF16 => {
+                Tensor::f32(shape, b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect())
+            }
+            Dtype::I64 => Tensor::i64(
+                shape,
+                b.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+            ),
             Dtype::I32 => Tensor::i64(shape, b.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()),
             Dtype::BOOL => Tensor { shape, data: crate::Data::Bool(b.iter().map(|&x| x != 0).collect()) },
-            other => return Err(file_err(path, format!("tensor `{name}` has dtype {other:?}, which is not supported (use f32, bf16, i64, i32 or bool)"))),
+            other => {
+                return Err(file_err(
+                    path,
+                    format!("tensor `{name}` has dtype {other:?}, which is not supported (use f32, bf16, i64, i32 or bool)"),
+                ))
+            }
         };
         out.insert(name, t);
     }
@@ -68,7 +78,12 @@ pub fn bind_dims(g: &Graph, inputs: &HashMap<String, Tensor>, dims: &mut Dims) -
         let Some(t) = inputs.get(name) else { continue };
         let decl = &g.ty(v).shape;
         if decl.len() != t.shape.len() {
-            return Err(RunError::BadTensor { kind: "input", name: name.into(), expected: g.ty(v).to_string(), got: format!("{}{:?}", t.dtype(), t.shape) });
+            return Err(RunError::BadTensor {
+                kind: "input",
+                name: name.into(),
+                expected: g.ty(v).to_string(),
+                got: format!("{}{:?}", t.dtype(), t.shape),
+            });
         }
         for (d, &n) in decl.iter().zip(&t.shape) {
             if let Some(s) = d.as_sym() {

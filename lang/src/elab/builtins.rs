@@ -8,9 +8,43 @@ use tessera_ir::{DType, Dim, Op, ReduceOp, ShapeDisplay, TensorType, UnaryOp, Va
 
 /// Every built-in name.
 pub const NAMES: &[&str] = &[
-    "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "softplus", "exp", "log", "sqrt", "rsqrt", "abs", "sin", "cos", "softmax", "sum", "mean",
-    "max", "min", "maximum", "minimum", "where", "arange", "concat", "split", "cumsum", "rearrange", "transpose", "permute", "reshape", "float",
-    "int", "bool", "size", "normal", "fill", "topk",
+    "relu",
+    "gelu",
+    "gelu_tanh",
+    "silu",
+    "sigmoid",
+    "tanh",
+    "softplus",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "sin",
+    "cos",
+    "softmax",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "maximum",
+    "minimum",
+    "where",
+    "arange",
+    "concat",
+    "split",
+    "cumsum",
+    "rearrange",
+    "transpose",
+    "permute",
+    "reshape",
+    "float",
+    "int",
+    "bool",
+    "size",
+    "normal",
+    "fill",
+    "topk",
 ];
 
 pub fn lookup(name: &str) -> Option<&'static str> {
@@ -62,7 +96,12 @@ impl Elab<'_> {
             Some((Value::Tensor(t), _)) => Some(*t),
             Some((Value::Poison, _)) => None,
             Some((v, s)) => {
-                self.err(Diagnostic::error(codes::TYPE, format!("`{fname}` expects a tensor for `{pname}`, got {}", v.kind()), *s, "this value"));
+                self.err(Diagnostic::error(
+                    codes::TYPE,
+                    format!("`{fname}` expects a tensor for `{pname}`, got {}", v.kind()),
+                    *s,
+                    "this value",
+                ));
                 None
             }
             None => {
@@ -109,8 +148,13 @@ impl Elab<'_> {
             "rearrange" => return self.rearrange_call(args, span),
             "topk" => {
                 return self.err(
-                    Diagnostic::error(codes::UNSUPPORTED, "`topk` is reserved but not implemented yet", span, "not supported in this version")
-                        .with_help("top-k routing arrives with the `route` construct in a later version"),
+                    Diagnostic::error(
+                        codes::UNSUPPORTED,
+                        "`topk` is reserved but not implemented yet",
+                        span,
+                        "not supported in this version",
+                    )
+                    .with_help("top-k routing arrives with the `route` construct in a later version"),
                 )
             }
             _ => {}
@@ -186,7 +230,10 @@ impl Elab<'_> {
                 let Some(c) = self.tensor_arg(name, "cond", &a[0], span) else { return Value::Poison };
                 if self.ty(c).dtype != DType::Bool {
                     let s = a[0].as_ref().map_or(span, |x| x.1);
-                    return self.err(Diagnostic::error(codes::DTYPE, format!("`where` needs a bool condition, got {}", self.ty(c).dtype), s, "not bool").with_help("compare to get a bool: `mask != 0`"));
+                    return self.err(
+                        Diagnostic::error(codes::DTYPE, format!("`where` needs a bool condition, got {}", self.ty(c).dtype), s, "not bool")
+                            .with_help("compare to get a bool: `mask != 0`"),
+                    );
                 }
                 let (Some((av, asp)), Some((bv, bsp))) = (a[1].clone(), a[2].clone()) else {
                     return self.err(Diagnostic::error(codes::BAD_ARGS, "`where` takes three arguments", span, "in this call"));
@@ -198,8 +245,13 @@ impl Elab<'_> {
                 if tessera_ir::broadcast_shapes(&sc, &sa).is_err() {
                     let s = a[0].as_ref().map_or(span, |x| x.1);
                     return self.err(
-                        Diagnostic::error(codes::SHAPE, format!("shape mismatch in `where`: condition {} and values {}", ShapeDisplay(&sc), ShapeDisplay(&sa)), s, format!("this has shape {}", ShapeDisplay(&sc)))
-                            .with_label(asp, format!("values have shape {}", ShapeDisplay(&sa))),
+                        Diagnostic::error(
+                            codes::SHAPE,
+                            format!("shape mismatch in `where`: condition {} and values {}", ShapeDisplay(&sc), ShapeDisplay(&sa)),
+                            s,
+                            format!("this has shape {}", ShapeDisplay(&sc)),
+                        )
+                        .with_label(asp, format!("values have shape {}", ShapeDisplay(&sa))),
                     );
                 }
                 self.add(Op::Where, vec![c, x, y], None, span)
@@ -211,7 +263,12 @@ impl Elab<'_> {
                     _ => return self.err(Diagnostic::error(codes::BAD_ARGS, "`arange` needs an end", span, "in this call")),
                 };
                 let (Value::Int(s), Value::Int(e)) = (&start, &end) else {
-                    return self.err(Diagnostic::error(codes::TYPE, format!("`arange` takes ints, got {} and {}", start.kind(), end.kind()), span, "here"));
+                    return self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("`arange` takes ints, got {} and {}", start.kind(), end.kind()),
+                        span,
+                        "here",
+                    ));
                 };
                 let len = e.sub(s);
                 if matches!(len.as_known(), Some(n) if n < 0) {
@@ -233,7 +290,9 @@ impl Elab<'_> {
             "transpose" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
                 let r = self.ty(x).rank();
-                let (Some(i), Some(j)) = (self.axis_arg(&a[1], -2, r, span), self.axis_arg(&a[2], -1, r, span)) else { return Value::Poison };
+                let (Some(i), Some(j)) = (self.axis_arg(&a[1], -2, r, span), self.axis_arg(&a[2], -1, r, span)) else {
+                    return Value::Poison;
+                };
                 let mut perm: Vec<usize> = (0..r).collect();
                 perm.swap(i, j);
                 self.add(Op::Transpose(perm), vec![x], None, span)
@@ -268,19 +327,33 @@ impl Elab<'_> {
                             shape.push(Dim::known(1));
                         }
                         Value::Int(d) => shape.push(d.clone()),
-                        v => return self.err(Diagnostic::error(codes::TYPE, format!("a size must be an int, got {}", v.kind()), s, "here")),
+                        v => {
+                            return self.err(Diagnostic::error(codes::TYPE, format!("a size must be an int, got {}", v.kind()), s, "here"))
+                        }
                     }
                 }
                 if let Some(k) = infer_at {
                     let rest = shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d));
                     match total.div_exact(&rest) {
                         Some(q) => shape[k] = q,
-                        None => return self.err(Diagnostic::error(codes::SHAPE, format!("cannot infer `-1`: {total} is not divisible by {rest}"), s, "here")),
+                        None => {
+                            return self.err(Diagnostic::error(
+                                codes::SHAPE,
+                                format!("cannot infer `-1`: {total} is not divisible by {rest}"),
+                                s,
+                                "here",
+                            ))
+                        }
                     }
                 }
                 let from = self.ty(x).shape.clone();
                 if shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d)) != total {
-                    return self.err(Diagnostic::error(codes::SHAPE, format!("cannot reshape {} to {}", ShapeDisplay(&from), ShapeDisplay(&shape)), s, "element counts differ"));
+                    return self.err(Diagnostic::error(
+                        codes::SHAPE,
+                        format!("cannot reshape {} to {}", ShapeDisplay(&from), ShapeDisplay(&shape)),
+                        s,
+                        "element counts differ",
+                    ));
                 }
                 self.reshape(x, shape, span)
             }
@@ -346,8 +419,13 @@ impl Elab<'_> {
                 (Some("axis"), v) => axis = (v, a.span),
                 (Some(other), _) => {
                     return self.err(
-                        Diagnostic::error(codes::UNKNOWN_ARG, format!("`concat` has no parameter `{other}`"), a.span, "unknown argument name")
-                            .with_help("the signature is `concat(x, y, ..., axis)`"),
+                        Diagnostic::error(
+                            codes::UNKNOWN_ARG,
+                            format!("`concat` has no parameter `{other}`"),
+                            a.span,
+                            "unknown argument name",
+                        )
+                        .with_help("the signature is `concat(x, y, ..., axis)`"),
                     )
                 }
                 (None, Value::Tuple(items)) => xs.extend(items.into_iter().map(|v| (v, a.span))),
@@ -359,7 +437,14 @@ impl Elab<'_> {
             match v {
                 Value::Tensor(t) => ids.push(*t),
                 Value::Poison => return Value::Poison,
-                other => return self.err(Diagnostic::error(codes::TYPE, format!("`concat` joins tensors, got {}", other.kind()), *s, "this value")),
+                other => {
+                    return self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("`concat` joins tensors, got {}", other.kind()),
+                        *s,
+                        "this value",
+                    ))
+                }
             }
         }
         let Some(&first) = ids.first() else {
@@ -370,7 +455,9 @@ impl Elab<'_> {
         let t0 = self.ty(first).clone();
         for (&t, (_, s)) in ids.iter().zip(&xs) {
             let ti = self.ty(t).clone();
-            let fits = ti.rank() == rank && ti.dtype == t0.dtype && ti.shape.iter().zip(&t0.shape).enumerate().all(|(i, (p, q))| i == ax || p == q);
+            let fits = ti.rank() == rank
+                && ti.dtype == t0.dtype
+                && ti.shape.iter().zip(&t0.shape).enumerate().all(|(i, (p, q))| i == ax || p == q);
             if !fits {
                 let code = if ti.dtype != t0.dtype { codes::DTYPE } else { codes::SHAPE };
                 return self.err(
@@ -394,11 +481,23 @@ impl Elab<'_> {
         let sizes: Vec<Dim> = match &a[1] {
             Some((Value::Int(n), s)) => {
                 let Some(k) = n.as_known().filter(|k| *k > 0) else {
-                    return self.err(Diagnostic::error(codes::VALUE, format!("`split` needs a positive number of parts, got {n}"), *s, "here"));
+                    return self.err(Diagnostic::error(
+                        codes::VALUE,
+                        format!("`split` needs a positive number of parts, got {n}"),
+                        *s,
+                        "here",
+                    ));
                 };
                 match size.div_exact(&Dim::known(k)) {
                     Some(part) => vec![part; k as usize],
-                    None => return self.err(Diagnostic::error(codes::SHAPE, format!("cannot split size {size} into {k} equal parts"), *s, "here")),
+                    None => {
+                        return self.err(Diagnostic::error(
+                            codes::SHAPE,
+                            format!("cannot split size {size} into {k} equal parts"),
+                            *s,
+                            "here",
+                        ))
+                    }
                 }
             }
             Some((Value::Tuple(items), s)) => {
@@ -406,17 +505,36 @@ impl Elab<'_> {
                 for i in items {
                     match i {
                         Value::Int(d) => out.push(d.clone()),
-                        v => return self.err(Diagnostic::error(codes::TYPE, format!("split sizes must be ints, got {}", v.kind()), *s, "here")),
+                        v => {
+                            return self.err(Diagnostic::error(
+                                codes::TYPE,
+                                format!("split sizes must be ints, got {}", v.kind()),
+                                *s,
+                                "here",
+                            ))
+                        }
                     }
                 }
                 let total = out.iter().fold(Dim::known(0), |acc, d| acc.add(d));
                 if total != size {
-                    return self.err(Diagnostic::error(codes::SHAPE, format!("split sizes add up to {total}, but the axis has size {size}"), *s, "here"));
+                    return self.err(Diagnostic::error(
+                        codes::SHAPE,
+                        format!("split sizes add up to {total}, but the axis has size {size}"),
+                        *s,
+                        "here",
+                    ));
                 }
                 out
             }
             Some((Value::Poison, _)) => return Value::Poison,
-            _ => return self.err(Diagnostic::error(codes::BAD_ARGS, "`split` needs a number of parts or a tuple of sizes", span, "in this call")),
+            _ => {
+                return self.err(Diagnostic::error(
+                    codes::BAD_ARGS,
+                    "`split` needs a number of parts or a tuple of sizes",
+                    span,
+                    "in this call",
+                ))
+            }
         };
         let mut start = Dim::known(0);
         let mut parts = Vec::new();

@@ -18,10 +18,20 @@ impl Elab<'_> {
                 return match i {
                     Value::Int(d) => match d.as_known().map(|k| if k < 0 { k + n } else { k }) {
                         Some(k) if (0..n).contains(&k) => vs[k as usize].clone(),
-                        _ => self.err(Diagnostic::error(codes::VALUE, format!("index {d} is out of range for a tuple of {n}"), e.span, "here")),
+                        _ => self.err(Diagnostic::error(
+                            codes::VALUE,
+                            format!("index {d} is out of range for a tuple of {n}"),
+                            e.span,
+                            "here",
+                        )),
                     },
                     Value::Poison => Value::Poison,
-                    other => self.err(Diagnostic::error(codes::TYPE, format!("a tuple index must be an int, got {}", other.kind()), e.span, "here")),
+                    other => self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("a tuple index must be an int, got {}", other.kind()),
+                        e.span,
+                        "here",
+                    )),
                 };
             }
             Value::Poison => return Value::Poison,
@@ -38,7 +48,12 @@ impl Elab<'_> {
         let has_ellipsis = items.iter().any(|i| matches!(i, IndexItem::Ellipsis(_)));
         if consumed > rank {
             let shape = self.ty(x).clone();
-            return self.err(Diagnostic::error(codes::SHAPE, format!("too many indices ({consumed}) for a tensor of type {shape}"), span, "here"));
+            return self.err(Diagnostic::error(
+                codes::SHAPE,
+                format!("too many indices ({consumed}) for a tensor of type {shape}"),
+                span,
+                "here",
+            ));
         }
         let mut cur = Value::Tensor(x);
         let mut axis = 0usize;
@@ -62,12 +77,19 @@ impl Elab<'_> {
                             }),
                             Value::Poison => None,
                             other => {
-                                s2.err(Diagnostic::error(codes::TYPE, format!("slice bounds must be ints, got {}", other.kind()), e.span, "here"));
+                                s2.err(Diagnostic::error(
+                                    codes::TYPE,
+                                    format!("slice bounds must be ints, got {}", other.kind()),
+                                    e.span,
+                                    "here",
+                                ));
                                 None
                             }
                         }
                     };
-                    let (Some(lo), Some(hi)) = (bound(self, start, Dim::known(0)), bound(self, end, n.clone())) else { return Value::Poison };
+                    let (Some(lo), Some(hi)) = (bound(self, start, Dim::known(0)), bound(self, end, n.clone())) else {
+                        return Value::Poison;
+                    };
                     let st = match step {
                         None => 1,
                         Some(e) => match self.eval(e, frame) {
@@ -95,12 +117,19 @@ impl Elab<'_> {
                         let n = size(self, axis);
                         let k = match (d.as_known(), n.as_known()) {
                             (Some(k), Some(len)) if k >= len || k < -len => {
-                                return self.err(Diagnostic::error(codes::VALUE, format!("index {k} is out of range for an axis of size {len}"), e.span, "here"))
+                                return self.err(Diagnostic::error(
+                                    codes::VALUE,
+                                    format!("index {k} is out of range for an axis of size {len}"),
+                                    e.span,
+                                    "here",
+                                ))
                             }
                             (Some(k), _) if k < 0 => n.add(&d),
                             _ => d,
                         };
-                        let Value::Tensor(s) = self.add(Op::Slice { axis, start: k.clone(), end: k.add(&Dim::known(1)), step: 1 }, vec![t], None, e.span) else {
+                        let Value::Tensor(s) =
+                            self.add(Op::Slice { axis, start: k.clone(), end: k.add(&Dim::known(1)), step: 1 }, vec![t], None, e.span)
+                        else {
                             return Value::Poison;
                         };
                         let mut shape = self.ty(s).shape.clone();
@@ -111,7 +140,8 @@ impl Elab<'_> {
                         if self.ty(idx).dtype != DType::I64 {
                             let it = self.ty(idx).clone();
                             return self.err(
-                                Diagnostic::error(codes::DTYPE, format!("index tensors must be i64, got {it}"), e.span, "this index").with_help("convert with `int(x)`"),
+                                Diagnostic::error(codes::DTYPE, format!("index tensors must be i64, got {it}"), e.span, "this index")
+                                    .with_help("convert with `int(x)`"),
                             );
                         }
                         let r = self.ty(idx).rank();

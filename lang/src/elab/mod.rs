@@ -56,6 +56,8 @@ pub(crate) struct Elab<'p> {
     /// The label of a call to an expression-bodied block (`block swiglu(..) = glu(..)`), which
     /// is transparent: the block it calls takes the label.
     inherited_label: Option<Ident>,
+    /// Spans of the block calls being elaborated, outermost first.
+    call_sites: Vec<Span>,
 }
 
 /// A hyper-parameter override from the command line or an API call.
@@ -103,8 +105,11 @@ pub fn elaborate(prog: &Program, model: Option<&str>, overrides: &[(String, Over
             None if names.is_empty() => "the file defines no model".to_string(),
             None => "the file defines several models; choose one with --model".to_string(),
         };
-        let d = Diagnostic::error(codes::MODEL, msg, Span { file, start: 0, end: 0 }, "in this file")
-            .with_help(if names.is_empty() { "a model is written `model NAME(hyper = value) { ... }`".to_string() } else { format!("models here: {}", names.join(", ")) });
+        let d = Diagnostic::error(codes::MODEL, msg, Span { file, start: 0, end: 0 }, "in this file").with_help(if names.is_empty() {
+            "a model is written `model NAME(hyper = value) { ... }`".to_string()
+        } else {
+            format!("models here: {}", names.join(", "))
+        });
         return (None, vec![d]);
     };
     let mut e = Elab {
@@ -120,6 +125,7 @@ pub fn elaborate(prog: &Program, model: Option<&str>, overrides: &[(String, Over
         aborted: false,
         unrolled: 0,
         inherited_label: None,
+        call_sites: Vec::new(),
     };
     e.model(def, overrides);
     let ok = !e.diags.iter().any(Diagnostic::is_error);
@@ -182,7 +188,14 @@ pub(crate) fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>)
 }
 
 impl<'p> Elab<'p> {
-    fn err(&mut self, d: Diagnostic) -> Value {
+    fn err(&mut self, mut d: Diagnostic) -> Value {
+        // An error inside an imported block also points at the call in the root file.
+        let root = self.prog.modules.first().map_or(0, |m| m.file);
+        if d.labels.first().is_some_and(|l| l.span.file != root) {
+            if let Some(site) = self.call_sites.iter().rev().find(|s| s.file == root) {
+                d = d.with_label(*site, "in this call");
+            }
+        }
         self.diags.push(d);
         Value::Poison
     }
@@ -208,8 +221,13 @@ impl<'p> Elab<'p> {
         if self.graph.len() >= MAX_NODES {
             self.aborted = true;
             return self.err(
-                Diagnostic::error(codes::LIMIT, format!("the model unrolls to more than {MAX_NODES} operations"), span, "while elaborating this")
-                    .with_help("reduce `layers` or other sizes with -D, or check for an unintended loop"),
+                Diagnostic::error(
+                    codes::LIMIT,
+                    format!("the model unrolls to more than {MAX_NODES} operations"),
+                    span,
+                    "while elaborating this",
+                )
+                .with_help("reduce `layers` or other sizes with -D, or check for an unintended loop"),
             );
         }
         let ispan = self.ir_span(span);
@@ -256,8 +274,13 @@ impl<'p> Elab<'p> {
         for (key, _) in overrides {
             if !hparams.iter().any(|h| h.name.name == *key) {
                 let names: Vec<&str> = hparams.iter().map(|h| h.name.name.as_str()).collect();
-                let mut d = Diagnostic::error(codes::MODEL, format!("model `{}` has no hyper-parameter `{key}`", def.name.name), def.name.span, "this model")
-                    .with_help(format!("its hyper-parameters are: {}", names.join(", ")));
+                let mut d = Diagnostic::error(
+                    codes::MODEL,
+                    format!("model `{}` has no hyper-parameter `{key}`", def.name.name),
+                    def.name.span,
+                    "this model",
+                )
+                .with_help(format!("its hyper-parameters are: {}", names.join(", ")));
                 if let Some(s) = suggest(key, names.iter().copied()) {
                     d = d.with_help(format!("{s} (hyper-parameters: {})", names.join(", ")));
                 }
@@ -275,8 +298,13 @@ impl<'p> Elab<'p> {
                 None => match &h.default {
                     Some(e) => self.eval(e, &mut frame),
                     None => self.err(
-                        Diagnostic::error(codes::BAD_ARGS, format!("hyper-parameter `{}` has no default", h.name.name), h.name.span, "needs a value")
-                            .with_help(format!("give it a default, or set it with -D {}=VALUE", h.name.name)),
+                        Diagnostic::error(
+                            codes::BAD_ARGS,
+                            format!("hyper-parameter `{}` has no default", h.name.name),
+                            h.name.span,
+                            "needs a value",
+                        )
+                        .with_help(format!("give it a default, or set it with -D {}=VALUE", h.name.name)),
                     ),
                 },
             };
@@ -291,6 +319,9 @@ impl<'p> Elab<'p> {
                 Diagnostic::error(codes::MISPLACED, format!("model `{}` declares no output", def.name.name), def.name.span, "this model")
                     .with_help("add `output NAME = expr`"),
             );
+        }
+        if self.diags.iter().any(Diagnostic::is_error) {
+            return;
         }
         let uses = self.graph.use_counts();
         for (v, name) in std::mem::take(&mut self.inputs) {
@@ -337,13 +368,23 @@ impl<'p> Elab<'p> {
                             None => return,
                         },
                         DimPat::Ellipsis(sp) => {
-                            self.diags.push(Diagnostic::error(codes::VALUE, "an input needs a full shape", *sp, "`..` is not allowed here"));
+                            self.diags.push(Diagnostic::error(
+                                codes::VALUE,
+                                "an input needs a full shape",
+                                *sp,
+                                "`..` is not allowed here",
+                            ));
                             return;
                         }
                     }
                 }
                 if self.graph.inputs().iter().any(|(n, _)| *n == name.name) {
-                    self.diags.push(Diagnostic::error(codes::DUPLICATE_NAME, format!("input `{}` is declared twice", name.name), name.span, "declared again here"));
+                    self.diags.push(Diagnostic::error(
+                        codes::DUPLICATE_NAME,
+                        format!("input `{}` is declared twice", name.name),
+                        name.span,
+                        "declared again here",
+                    ));
                     return;
                 }
                 let t = TensorType::new(ty.dtype.unwrap_or(DType::F32), shape);
@@ -365,14 +406,24 @@ impl<'p> Elab<'p> {
                 match v {
                     Value::Tensor(t) => {
                         if self.graph.output(&name.name).is_some() {
-                            self.diags.push(Diagnostic::error(codes::DUPLICATE_NAME, format!("output `{}` is declared twice", name.name), name.span, "declared again here"));
+                            self.diags.push(Diagnostic::error(
+                                codes::DUPLICATE_NAME,
+                                format!("output `{}` is declared twice", name.name),
+                                name.span,
+                                "declared again here",
+                            ));
                         } else {
                             self.graph.outputs.push((name.name.clone(), t));
                         }
                     }
                     Value::Poison => {}
                     other => {
-                        self.err(Diagnostic::error(codes::TYPE, format!("output `{}` must be a tensor, not {}", name.name, other.kind()), value.span, "this value"));
+                        self.err(Diagnostic::error(
+                            codes::TYPE,
+                            format!("output `{}` must be a tensor, not {}", name.name, other.kind()),
+                            value.span,
+                            "this value",
+                        ));
                     }
                 }
             }
@@ -390,8 +441,17 @@ impl<'p> Elab<'p> {
                     }
                     other => {
                         if !matches!(other, Value::Poison) {
-                            let got = if let Value::Tuple(items) = &other { format!("a tuple of {}", items.len()) } else { other.kind().to_string() };
-                            self.err(Diagnostic::error(codes::TYPE, format!("cannot unpack {got} into {} names", names.len()), value.span, "this value"));
+                            let got = if let Value::Tuple(items) = &other {
+                                format!("a tuple of {}", items.len())
+                            } else {
+                                other.kind().to_string()
+                            };
+                            self.err(Diagnostic::error(
+                                codes::TYPE,
+                                format!("cannot unpack {got} into {} names", names.len()),
+                                value.span,
+                                "this value",
+                            ));
                         }
                         for n in names {
                             frame.env.insert(n.name.clone(), Value::Poison);
@@ -407,8 +467,13 @@ impl<'p> Elab<'p> {
                 if self.unrolled > MAX_UNROLLED {
                     self.aborted = true;
                     self.diags.push(
-                        Diagnostic::error(codes::LIMIT, format!("loops unroll to more than {MAX_UNROLLED} iterations"), hi.span, "this bound")
-                            .with_help("loops are unrolled at compile time; use a smaller bound"),
+                        Diagnostic::error(
+                            codes::LIMIT,
+                            format!("loops unroll to more than {MAX_UNROLLED} iterations"),
+                            hi.span,
+                            "this bound",
+                        )
+                        .with_help("loops are unrolled at compile time; use a smaller bound"),
                     );
                     return;
                 }
@@ -432,12 +497,22 @@ impl<'p> Elab<'p> {
                 Value::Poison => {}
                 Value::Tensor(_) => {
                     self.err(
-                        Diagnostic::error(codes::NON_CONSTANT, "an `if` condition must be known at compile time", cond.span, "this is a tensor")
-                            .with_help("use `where(cond, a, b)` to choose between tensors elementwise"),
+                        Diagnostic::error(
+                            codes::NON_CONSTANT,
+                            "an `if` condition must be known at compile time",
+                            cond.span,
+                            "this is a tensor",
+                        )
+                        .with_help("use `where(cond, a, b)` to choose between tensors elementwise"),
                     );
                 }
                 other => {
-                    self.err(Diagnostic::error(codes::TYPE, format!("an `if` condition must be a bool, not {}", other.kind()), cond.span, "this value"));
+                    self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("an `if` condition must be a bool, not {}", other.kind()),
+                        cond.span,
+                        "this value",
+                    ));
                 }
             },
             Stmt::Return { values, .. } => {
@@ -456,8 +531,13 @@ impl<'p> Elab<'p> {
                 Some(n) => Some(n),
                 None => {
                     self.err(
-                        Diagnostic::error(codes::NON_CONSTANT, format!("loop bound `{d}` is not known at compile time"), e.span, "symbolic size")
-                            .with_help("loops are unrolled: bound them by hyper-parameters, not by input sizes"),
+                        Diagnostic::error(
+                            codes::NON_CONSTANT,
+                            format!("loop bound `{d}` is not known at compile time"),
+                            e.span,
+                            "symbolic size",
+                        )
+                        .with_help("loops are unrolled: bound them by hyper-parameters, not by input sizes"),
                     );
                     None
                 }
@@ -504,7 +584,9 @@ impl<'p> Elab<'p> {
                     Some(d) => shape.push(d),
                     None => return Value::Poison,
                 },
-                DimPat::Ellipsis(sp) => return self.err(Diagnostic::error(codes::VALUE, "a parameter needs a full shape", *sp, "`..` is not allowed here")),
+                DimPat::Ellipsis(sp) => {
+                    return self.err(Diagnostic::error(codes::VALUE, "a parameter needs a full shape", *sp, "`..` is not allowed here"))
+                }
             }
         }
         let init = match init {
@@ -538,9 +620,14 @@ impl<'p> Elab<'p> {
         let full = path.join(".");
         if let Some(prev) = self.params.get(&full).copied() {
             return self.err(
-                Diagnostic::error(codes::DUPLICATE_PARAM, format!("parameter `{full}` is declared twice"), name.span, "declared again here")
-                    .with_label(prev, "first declared here")
-                    .with_help("give each block call its own scope with `block(...) as NAME`, or rename the parameter"),
+                Diagnostic::error(
+                    codes::DUPLICATE_PARAM,
+                    format!("parameter `{full}` is declared twice"),
+                    name.span,
+                    "declared again here",
+                )
+                .with_label(prev, "first declared here")
+                .with_help("give each block call its own scope with `block(...) as NAME`, or rename the parameter"),
             );
         }
         self.params.insert(full.clone(), name.span);
@@ -606,7 +693,8 @@ impl<'p> Elab<'p> {
             }
             ExprKind::Call { callee, args, label } => {
                 let f = self.eval(callee, frame);
-                let args: Vec<ArgVal> = args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
+                let args: Vec<ArgVal> =
+                    args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
                 self.call(f, args, e.span, callee.span, label.as_ref())
             }
             ExprKind::Index { base, items } => {
@@ -623,8 +711,13 @@ impl<'p> Elab<'p> {
                 v
             }
             ExprKind::Reserved(what) => self.err(
-                Diagnostic::error(codes::UNSUPPORTED, format!("`{what}` is reserved but not implemented yet"), e.span, "not supported in this version")
-                    .with_help("recurrences (`scan`) and top-k routing (`route`) arrive in a later version"),
+                Diagnostic::error(
+                    codes::UNSUPPORTED,
+                    format!("`{what}` is reserved but not implemented yet"),
+                    e.span,
+                    "not supported in this version",
+                )
+                .with_help("recurrences (`scan`) and top-k routing (`route`) arrive in a later version"),
             ),
         }
     }
@@ -635,8 +728,14 @@ impl<'p> Elab<'p> {
                 Some(def) => Value::Func(Rc::new(Closure { def: def.clone(), module: m, bound: HashMap::new(), applied: 0 })),
                 None => {
                     let path = self.prog.modules.get(m).map_or("?", |md| self.prog.sources.path(md.file)).to_string();
-                    let mut d = Diagnostic::error(codes::UNKNOWN_NAME, format!("module `{path}` has no definition `{}`", name.name), name.span, "not defined there");
-                    let names: Vec<&str> = self.prog.modules.get(m).map(|md| md.defs.iter().map(|d| d.name.name.as_str()).collect()).unwrap_or_default();
+                    let mut d = Diagnostic::error(
+                        codes::UNKNOWN_NAME,
+                        format!("module `{path}` has no definition `{}`", name.name),
+                        name.span,
+                        "not defined there",
+                    );
+                    let names: Vec<&str> =
+                        self.prog.modules.get(m).map(|md| md.defs.iter().map(|d| d.name.name.as_str()).collect()).unwrap_or_default();
                     if let Some(s) = suggest(&name.name, names.into_iter()) {
                         d = d.with_help(s);
                     }
@@ -647,7 +746,12 @@ impl<'p> Elab<'p> {
                 "T" => {
                     let r = self.ty(t).rank();
                     if r < 2 {
-                        return self.err(Diagnostic::error(codes::SHAPE, format!("`.T` needs rank ≥ 2, got {}", self.ty(t)), span, "this tensor"));
+                        return self.err(Diagnostic::error(
+                            codes::SHAPE,
+                            format!("`.T` needs rank ≥ 2, got {}", self.ty(t)),
+                            span,
+                            "this tensor",
+                        ));
                     }
                     let mut perm: Vec<usize> = (0..r).collect();
                     perm.swap(r - 2, r - 1);
@@ -688,8 +792,13 @@ impl<'p> Elab<'p> {
                 Some(n) => n as f64,
                 None => {
                     self.err(
-                        Diagnostic::error(codes::NON_CONSTANT, format!("the symbolic size `{d}` cannot be used as a tensor value"), span, "symbolic")
-                            .with_help("use `arange` or a reduction over the axis instead"),
+                        Diagnostic::error(
+                            codes::NON_CONSTANT,
+                            format!("the symbolic size `{d}` cannot be used as a tensor value"),
+                            span,
+                            "symbolic",
+                        )
+                        .with_help("use `arange` or a reduction over the axis instead"),
                     );
                     return None;
                 }
@@ -716,7 +825,12 @@ impl<'p> Elab<'p> {
             _ => {}
         }
         let bad = |s: &mut Self| {
-            s.err(Diagnostic::error(codes::TYPE, format!("`{}` is not defined on {} and {}", op_name(op), l.kind(), r.kind()), span, "here"))
+            s.err(Diagnostic::error(
+                codes::TYPE,
+                format!("`{}` is not defined on {} and {}", op_name(op), l.kind(), r.kind()),
+                span,
+                "here",
+            ))
         };
         match (&l, &r) {
             (Int(a), Int(b)) => {
@@ -727,13 +841,25 @@ impl<'p> Elab<'p> {
                     BinOp::Mul => Int(a.mul(b)),
                     BinOp::FloorDiv | BinOp::Rem => match (ka, kb) {
                         (_, Some(0)) => self.err(Diagnostic::error(codes::VALUE, "division by zero", rs, "this is 0")),
-                        (Some(x), Some(y)) if op == BinOp::FloorDiv => Value::int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0)),
+                        (Some(x), Some(y)) if op == BinOp::FloorDiv => {
+                            Value::int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0))
+                        }
                         (Some(x), Some(y)) => Value::int(x - y * (x as f64 / y as f64).floor() as i64),
                         _ if op == BinOp::FloorDiv => match a.div_exact(b) {
                             Some(q) => Int(q),
-                            None => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("cannot divide `{a}` by `{b}` exactly"), span, "symbolic sizes")),
+                            None => self.err(Diagnostic::error(
+                                codes::NON_CONSTANT,
+                                format!("cannot divide `{a}` by `{b}` exactly"),
+                                span,
+                                "symbolic sizes",
+                            )),
                         },
-                        _ => self.err(Diagnostic::error(codes::NON_CONSTANT, "`%` needs sizes known at compile time", span, "symbolic sizes")),
+                        _ => self.err(Diagnostic::error(
+                            codes::NON_CONSTANT,
+                            "`%` needs sizes known at compile time",
+                            span,
+                            "symbolic sizes",
+                        )),
                     },
                     BinOp::Pow if matches!(kb, Some(y) if y >= 0) && ka.is_some() => {
                         let (x, y) = (ka.unwrap_or(0), kb.unwrap_or(0));
@@ -746,7 +872,12 @@ impl<'p> Elab<'p> {
                     BinOp::Ne => Bool(a != b),
                     _ => match (ka, kb) {
                         (Some(x), Some(y)) => self.float_op(op, x as f64, y as f64, span),
-                        _ => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("`{}` needs sizes known at compile time", op_name(op)), span, "symbolic sizes")),
+                        _ => self.err(Diagnostic::error(
+                            codes::NON_CONSTANT,
+                            format!("`{}` needs sizes known at compile time", op_name(op)),
+                            span,
+                            "symbolic sizes",
+                        )),
                     },
                 }
             }
@@ -816,23 +947,42 @@ impl<'p> Elab<'p> {
             }
             if ta.dtype != DType::F32 || tb.dtype != DType::F32 {
                 return self.err(
-                    Diagnostic::error(codes::DTYPE, format!("`@` needs f32 operands, got {} and {}", ta.dtype, tb.dtype), ls, format!("{}", ta.dtype))
-                        .with_label(rs, format!("{}", tb.dtype))
-                        .with_help("convert with `float(x)`"),
+                    Diagnostic::error(
+                        codes::DTYPE,
+                        format!("`@` needs f32 operands, got {} and {}", ta.dtype, tb.dtype),
+                        ls,
+                        format!("{}", ta.dtype),
+                    )
+                    .with_label(rs, format!("{}", tb.dtype))
+                    .with_help("convert with `float(x)`"),
                 );
             }
             let (k1, k2) = (&ta.shape[ta.rank() - 1], &tb.shape[tb.rank() - 2]);
             if k1 != k2 {
                 return self.err(
-                    Diagnostic::error(codes::SHAPE, format!("shape mismatch in `@`: {} @ {} (inner sizes {k1} and {k2} differ)", ShapeDisplay(&ta.shape), ShapeDisplay(&tb.shape)), ls, format!("this has shape {}", ShapeDisplay(&ta.shape)))
-                        .with_label(rs, format!("this has shape {}", ShapeDisplay(&tb.shape)))
-                        .with_help("the last axis of the left operand must equal the second-to-last axis of the right"),
+                    Diagnostic::error(
+                        codes::SHAPE,
+                        format!(
+                            "shape mismatch in `@`: {} @ {} (inner sizes {k1} and {k2} differ)",
+                            ShapeDisplay(&ta.shape),
+                            ShapeDisplay(&tb.shape)
+                        ),
+                        ls,
+                        format!("this has shape {}", ShapeDisplay(&ta.shape)),
+                    )
+                    .with_label(rs, format!("this has shape {}", ShapeDisplay(&tb.shape)))
+                    .with_help("the last axis of the left operand must equal the second-to-last axis of the right"),
                 );
             }
             if let Err(m) = ir::broadcast_shapes(&ta.shape[..ta.rank() - 2], &tb.shape[..tb.rank() - 2]) {
                 return self.err(
-                    Diagnostic::error(codes::SHAPE, format!("shape mismatch in `@`: batch axes {m}"), ls, format!("this has shape {}", ShapeDisplay(&ta.shape)))
-                        .with_label(rs, format!("this has shape {}", ShapeDisplay(&tb.shape))),
+                    Diagnostic::error(
+                        codes::SHAPE,
+                        format!("shape mismatch in `@`: batch axes {m}"),
+                        ls,
+                        format!("this has shape {}", ShapeDisplay(&ta.shape)),
+                    )
+                    .with_label(rs, format!("this has shape {}", ShapeDisplay(&tb.shape))),
                 );
             }
             return self.add(Op::MatMul, vec![*a, *b], None, span);
@@ -858,13 +1008,22 @@ impl<'p> Elab<'p> {
             BinOp::And => BinaryOp::And,
             BinOp::Or => BinaryOp::Or,
             BinOp::FloorDiv | BinOp::MatMul => {
-                return self.err(Diagnostic::error(codes::DTYPE, "`//` is defined on i64 tensors only", span, "here").with_help("use `/` on floats"))
+                return self.err(
+                    Diagnostic::error(codes::DTYPE, "`//` is defined on i64 tensors only", span, "here").with_help("use `/` on floats"),
+                )
             }
         };
         let logical = bop.is_logical();
         if logical != (dtype == DType::Bool) && !(dtype == DType::Bool && matches!(bop, BinaryOp::Eq | BinaryOp::Ne)) {
-            let msg = if logical { format!("`{}` needs bool operands, got {dtype}", op_name(op)) } else { format!("`{}` is not defined on bool tensors", op_name(op)) };
-            return self.err(Diagnostic::error(codes::DTYPE, msg, span, "here").with_help("comparisons give bools; `where(c, a, b)` turns them into numbers"));
+            let msg = if logical {
+                format!("`{}` needs bool operands, got {dtype}", op_name(op))
+            } else {
+                format!("`{}` is not defined on bool tensors", op_name(op))
+            };
+            return self.err(
+                Diagnostic::error(codes::DTYPE, msg, span, "here")
+                    .with_help("comparisons give bools; `where(c, a, b)` turns them into numbers"),
+            );
         }
         self.add(Op::Binary(bop), vec![a, b], None, span)
     }
@@ -880,11 +1039,19 @@ impl<'p> Elab<'p> {
         let mut dtype = ld.or(rd).unwrap_or(DType::F32);
         if let (Some(a), Some(b)) = (ld, rd) {
             if a != b {
-                { self.err(
-                    Diagnostic::error(codes::DTYPE, format!("dtype mismatch in `{}`: {a} and {b}", op_name(op)), ls, format!("this is {a}"))
+                {
+                    self.err(
+                        Diagnostic::error(
+                            codes::DTYPE,
+                            format!("dtype mismatch in `{}`: {a} and {b}", op_name(op)),
+                            ls,
+                            format!("this is {a}"),
+                        )
                         .with_label(rs, format!("this is {b}"))
                         .with_help("convert one side explicitly with `float(x)` or `int(x)`"),
-                ); return None; }
+                    );
+                    return None;
+                }
             }
         }
         let is_float = |v: &Value| matches!(v, Value::Float(_));
@@ -899,7 +1066,12 @@ impl<'p> Elab<'p> {
                 },
                 Value::Int(_) | Value::Float(_) | Value::Bool(_) => s.lift(v, dtype, sp),
                 other => {
-                    s.err(Diagnostic::error(codes::TYPE, format!("`{}` is not defined on a tensor and {}", op_name(op), other.kind()), sp, "this value"));
+                    s.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("`{}` is not defined on a tensor and {}", op_name(op), other.kind()),
+                        sp,
+                        "this value",
+                    ));
                     None
                 }
             }
@@ -909,11 +1081,19 @@ impl<'p> Elab<'p> {
         };
         let (sa, sb) = (self.ty(a).shape.clone(), self.ty(b).shape.clone());
         if ir::broadcast_shapes(&sa, &sb).is_err() {
-            { self.err(
-                Diagnostic::error(codes::SHAPE, format!("shape mismatch in `{}`: {} and {} do not broadcast", op_name(op), ShapeDisplay(&sa), ShapeDisplay(&sb)), ls, format!("this has shape {}", ShapeDisplay(&sa)))
+            {
+                self.err(
+                    Diagnostic::error(
+                        codes::SHAPE,
+                        format!("shape mismatch in `{}`: {} and {} do not broadcast", op_name(op), ShapeDisplay(&sa), ShapeDisplay(&sb)),
+                        ls,
+                        format!("this has shape {}", ShapeDisplay(&sa)),
+                    )
                     .with_label(rs, format!("this has shape {}", ShapeDisplay(&sb)))
                     .with_help("sizes must be equal or 1 when aligned from the right"),
-            ); return None; }
+                );
+                return None;
+            }
         }
         Some((a, b, dtype))
     }
@@ -943,9 +1123,14 @@ impl<'p> Elab<'p> {
                 None => {
                     if pos >= names.len() {
                         self.err(
-                            Diagnostic::error(codes::ARITY, format!("`{fname}` takes {} argument(s) but more were given", names.len()), a.span, "unexpected argument")
-                                .with_label(span, "in this call")
-                                .with_help(format!("the signature is `{sig}`")),
+                            Diagnostic::error(
+                                codes::ARITY,
+                                format!("`{fname}` takes {} argument(s) but more were given", names.len()),
+                                a.span,
+                                "unexpected argument",
+                            )
+                            .with_label(span, "in this call")
+                            .with_help(format!("the signature is `{sig}`")),
                         );
                         ok = false;
                     } else {
@@ -955,7 +1140,12 @@ impl<'p> Elab<'p> {
                 }
                 Some(n) => match names.iter().position(|p| *p == n.name) {
                     None => {
-                        let mut d = Diagnostic::error(codes::UNKNOWN_ARG, format!("`{fname}` has no parameter `{}`", n.name), n.span, "unknown argument name");
+                        let mut d = Diagnostic::error(
+                            codes::UNKNOWN_ARG,
+                            format!("`{fname}` has no parameter `{}`", n.name),
+                            n.span,
+                            "unknown argument name",
+                        );
                         d = d.with_help(match suggest(&n.name, names.iter().copied()) {
                             Some(s) => format!("{s} (the signature is `{sig}`)"),
                             None => format!("the signature is `{sig}`"),
@@ -964,7 +1154,12 @@ impl<'p> Elab<'p> {
                         ok = false;
                     }
                     Some(i) if slots[i].is_some() => {
-                        self.err(Diagnostic::error(codes::BAD_ARGS, format!("argument `{}` is given twice", n.name), n.span, "given again here"));
+                        self.err(Diagnostic::error(
+                            codes::BAD_ARGS,
+                            format!("argument `{}` is given twice", n.name),
+                            n.span,
+                            "given again here",
+                        ));
                         ok = false;
                     }
                     Some(i) => slots[i] = Some((a.value, a.span)),
@@ -980,7 +1175,10 @@ impl<'p> Elab<'p> {
             return self.err(Diagnostic::error(codes::ARITY, format!("`{}` takes no more arguments", def.name.name), span, "called here"));
         };
         if def.kind == DefKind::Model {
-            return self.err(Diagnostic::error(codes::MISPLACED, format!("model `{}` cannot be called", def.name.name), span, "called here").with_help("turn the shared part into a `block`"));
+            return self.err(
+                Diagnostic::error(codes::MISPLACED, format!("model `{}` cannot be called", def.name.name), span, "called here")
+                    .with_help("turn the shared part into a `block`"),
+            );
         }
         let names: Vec<&str> = params.iter().map(|p| p.name.name.as_str()).collect();
         let Some(slots) = self.match_args(&def.name.name, &names, args, span) else { return Value::Poison };
@@ -993,8 +1191,13 @@ impl<'p> Elab<'p> {
                     Some(d) => (self.eval(d, &mut frame), d.span),
                     None => {
                         self.err(
-                            Diagnostic::error(codes::BAD_ARGS, format!("missing argument `{}` of `{}`", p.name.name, def.name.name), span, "in this call")
-                                .with_label(p.name.span, "parameter declared here"),
+                            Diagnostic::error(
+                                codes::BAD_ARGS,
+                                format!("missing argument `{}` of `{}`", p.name.name, def.name.name),
+                                span,
+                                "in this call",
+                            )
+                            .with_label(p.name.span, "parameter declared here"),
                         );
                         ok = false;
                         continue;
@@ -1046,6 +1249,7 @@ impl<'p> Elab<'p> {
             self.prefix.push(scope);
         }
         self.stack.push(ptr);
+        self.call_sites.push(span);
         let result = match &def.body {
             Body::Expr(e) => self.eval(e, &mut frame),
             Body::Block(stmts) => {
@@ -1054,6 +1258,7 @@ impl<'p> Elab<'p> {
             }
         };
         self.stack.pop();
+        self.call_sites.pop();
         self.inherited_label = None;
         if scoped {
             self.prefix.pop();
@@ -1070,8 +1275,13 @@ impl<'p> Elab<'p> {
         }
         let mismatch = |s: &mut Self, want: &str, v: &Value, ann: Span| {
             s.err(
-                Diagnostic::error(codes::TYPE, format!("`{}` expects {want}, got {}", p.name.name, v.kind()), vspan, format!("this is {}", v.kind()))
-                    .with_label(ann, "declared here"),
+                Diagnostic::error(
+                    codes::TYPE,
+                    format!("`{}` expects {want}, got {}", p.name.name, v.kind()),
+                    vspan,
+                    format!("this is {}", v.kind()),
+                )
+                .with_label(ann, "declared here"),
             )
         };
         match ty {
@@ -1087,8 +1297,13 @@ impl<'p> Elab<'p> {
                 if let Some(want) = ann.dtype {
                     if want != tt.dtype {
                         return self.err(
-                            Diagnostic::error(codes::DTYPE, format!("`{}` expects {want}, got {}", p.name.name, tt.dtype), vspan, format!("this is {tt}"))
-                                .with_label(ann.span, "declared here"),
+                            Diagnostic::error(
+                                codes::DTYPE,
+                                format!("`{}` expects {want}, got {}", p.name.name, tt.dtype),
+                                vspan,
+                                format!("this is {tt}"),
+                            )
+                            .with_label(ann.span, "declared here"),
                         );
                     }
                 }
@@ -1097,8 +1312,13 @@ impl<'p> Elab<'p> {
                 } else {
                     let pattern: Vec<String> = ann.dims.iter().map(|d| self.pattern_text(d, frame)).collect();
                     self.err(
-                        Diagnostic::error(codes::SHAPE, format!("shape mismatch: `{}` expects [{}], got {}", p.name.name, pattern.join(", "), ShapeDisplay(&tt.shape)), vspan, format!("this has shape {}", ShapeDisplay(&tt.shape)))
-                            .with_label(ann.span, format!("expected [{}]", pattern.join(", "))),
+                        Diagnostic::error(
+                            codes::SHAPE,
+                            format!("shape mismatch: `{}` expects [{}], got {}", p.name.name, pattern.join(", "), ShapeDisplay(&tt.shape)),
+                            vspan,
+                            format!("this has shape {}", ShapeDisplay(&tt.shape)),
+                        )
+                        .with_label(ann.span, format!("expected [{}]", pattern.join(", "))),
                     )
                 }
             }

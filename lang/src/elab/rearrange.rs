@@ -21,10 +21,12 @@ fn parse_side(s: &str) -> Result<Vec<Vec<String>>, String> {
                 None => groups.push(Vec::new()),
                 Some(_) => {}
             },
-            name if name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit()) => match &mut open {
-                Some(g) => g.push(name.to_string()),
-                None => groups.push(vec![name.to_string()]),
-            },
+            name if name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit()) => {
+                match &mut open {
+                    Some(g) => g.push(name.to_string()),
+                    None => groups.push(vec![name.to_string()]),
+                }
+            }
             other => return Err(format!("unexpected `{other}`")),
         }
     }
@@ -44,7 +46,14 @@ impl Elab<'_> {
                 (Some(n), Value::Int(d)) => {
                     sizes.insert(n.name, (d, a.span));
                 }
-                (Some(n), v) => return self.err(Diagnostic::error(codes::TYPE, format!("size `{}` must be an int, got {}", n.name, v.kind()), a.span, "here")),
+                (Some(n), v) => {
+                    return self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("size `{}` must be an int, got {}", n.name, v.kind()),
+                        a.span,
+                        "here",
+                    ))
+                }
                 (None, v) => pos.push((v, a.span)),
             }
         }
@@ -55,7 +64,9 @@ impl Elab<'_> {
             );
         };
         let (x, pspan) = (*x, *pspan);
-        let bad = |s: &mut Self, msg: String| s.err(Diagnostic::error(codes::VALUE, format!("bad rearrange pattern: {msg}"), pspan, "this pattern"));
+        let bad = |s: &mut Self, msg: String| {
+            s.err(Diagnostic::error(codes::VALUE, format!("bad rearrange pattern: {msg}"), pspan, "this pattern"))
+        };
         let Some((lhs, rhs)) = pattern.split_once("->") else { return bad(self, "missing `->`".into()) };
         let (lhs, rhs) = match (parse_side(lhs), parse_side(rhs)) {
             (Ok(l), Ok(r)) => (l, r),
@@ -64,8 +75,13 @@ impl Elab<'_> {
         let shape = self.ty(x).shape.clone();
         if lhs.len() != shape.len() {
             return self.err(
-                Diagnostic::error(codes::SHAPE, format!("rearrange pattern has {} axes but the tensor is {}", lhs.len(), ShapeDisplay(&shape)), pspan, "this pattern")
-                    .with_label(pos[0].1, format!("this has shape {}", ShapeDisplay(&shape))),
+                Diagnostic::error(
+                    codes::SHAPE,
+                    format!("rearrange pattern has {} axes but the tensor is {}", lhs.len(), ShapeDisplay(&shape)),
+                    pspan,
+                    "this pattern",
+                )
+                .with_label(pos[0].1, format!("this has shape {}", ShapeDisplay(&shape))),
             );
         }
         // Sizes of the elementary axes, from the given sizes and the input shape.
@@ -75,7 +91,9 @@ impl Elab<'_> {
             let unknown: Vec<&String> = group.iter().filter(|n| !known.contains_key(*n)).collect();
             let product = group.iter().filter_map(|n| known.get(n)).fold(Dim::known(1), |a, d| a.mul(d));
             match unknown.as_slice() {
-                [] if product != *size => return bad(self, format!("group ({}) has size {product} but the axis has size {size}", group.join(" "))),
+                [] if product != *size => {
+                    return bad(self, format!("group ({}) has size {product} but the axis has size {size}", group.join(" ")))
+                }
                 [] => {}
                 [u] => match size.div_exact(&product) {
                     Some(q) => {

@@ -35,10 +35,7 @@ fn pratt() -> &'static PrattParser<Rule> {
                 | Op::infix(Rule::matmul, Assoc::Left))
             .op(Op::prefix(Rule::neg))
             .op(Op::infix(Rule::pow, Assoc::Right))
-            .op(Op::postfix(Rule::call_args)
-                | Op::postfix(Rule::index)
-                | Op::postfix(Rule::member)
-                | Op::postfix(Rule::label))
+            .op(Op::postfix(Rule::call_args) | Op::postfix(Rule::index) | Op::postfix(Rule::member) | Op::postfix(Rule::label))
     })
 }
 
@@ -394,11 +391,8 @@ impl Builder {
             Rule::expr => return self.expr(p),
             Rule::paren => {
                 let trailing = p.clone().into_inner().any(|q| q.as_rule() == Rule::trailing_comma);
-                let mut items: Vec<Expr> = self
-                    .inner(p)
-                    .filter(|q| q.as_rule() != Rule::trailing_comma)
-                    .map(|q| self.expr(q))
-                    .collect::<PResult<_>>()?;
+                let mut items: Vec<Expr> =
+                    self.inner(p).filter(|q| q.as_rule() != Rule::trailing_comma).map(|q| self.expr(q)).collect::<PResult<_>>()?;
                 if items.len() == 1 && !trailing {
                     let mut e = items.remove(0);
                     e.span = span;
