@@ -1,0 +1,40 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use tessera::ir::Graph;
+use tessera::lang::Override;
+use tessera::runtime::{self, Dims, Tensor};
+
+/// Elaborates a `.tsr` source (panicking with the rendered diagnostics on error).
+pub fn elaborate(path: &str, text: &str, overrides: &[(&str, &str)]) -> Graph {
+    let ov: Vec<(String, Override)> = overrides.iter().map(|(k, v)| (k.to_string(), Override::parse(v))).collect();
+    let fe = tessera::Frontend::tsr(path, text, None, &ov);
+    match fe.graph {
+        Some(g) => {
+            tessera::ir::verify(&g).expect("elaborated IR verifies");
+            g
+        }
+        None => panic!("{}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)),
+    }
+}
+
+pub fn stdlib(name: &str, overrides: &[(&str, &str)]) -> Graph {
+    let path = format!("stdlib/{name}.tsr");
+    let text = std::fs::read_to_string(&path).expect("stdlib file");
+    elaborate(&path, &text, overrides)
+}
+
+/// Runs a graph on the interpreter with seeded random parameters and inputs.
+pub fn run_random(g: &Graph, dims: &[(&str, i64)], seed: u64) -> Vec<(String, Tensor)> {
+    let dims: Dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let params = runtime::random_params(g, &dims, seed).expect("params");
+    let inputs = runtime::random_inputs(g, &dims, seed, &HashMap::new()).expect("inputs");
+    runtime::run(g, &dims, &inputs, &params).expect("runs")
+}
+
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    let scale = a.to_f64().iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+    a.to_f64().iter().zip(b.to_f64()).map(|(x, y)| (x - y).abs() / scale).fold(0.0, f64::max)
+}
