@@ -1,5 +1,6 @@
 //! `nn.attention` (grouped-query, causal, with padding) against a plain nested-loop
 //! implementation written here.
+#![allow(clippy::needless_range_loop)] // the reference is written as the textbook loops on purpose
 
 mod common;
 use std::collections::HashMap;

@@ -326,6 +326,7 @@ pub struct Arg {
 
 /// One item of an index expression.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum IndexItem {
     /// An integer (selects, removing the axis), a tensor (gathers) or `none` (new axis).
     Expr(Expr),

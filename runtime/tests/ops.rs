@@ -1,4 +1,5 @@
 //! Each IR op on the interpreter against values worked out by hand in the test.
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads best in these one-line cases
 
 use std::collections::HashMap;
 use tessera_ir::{BinaryOp, DType, Dim, Graph, Op, ReduceOp, Span, TensorType, UnaryOp, ValueId};

@@ -1035,7 +1035,7 @@ impl<'p> Elab<'p> {
         // Element types: a compile-time number takes the tensor's type; an i64 tensor meets a
         // float by becoming f32; two tensors must agree.
         let tensor_dtype = |s: &Self, v: &Value| if let Value::Tensor(t) = v { Some(s.ty(*t).dtype) } else { None };
-        let (ld, rd) = (tensor_dtype(self, &l), tensor_dtype(self, &r));
+        let (ld, rd) = (tensor_dtype(self, l), tensor_dtype(self, r));
         let mut dtype = ld.or(rd).unwrap_or(DType::F32);
         if let (Some(a), Some(b)) = (ld, rd) {
             if a != b {
@@ -1055,7 +1055,7 @@ impl<'p> Elab<'p> {
             }
         }
         let is_float = |v: &Value| matches!(v, Value::Float(_));
-        if dtype == DType::I64 && (is_float(&l) || is_float(&r) || op == BinOp::Div) {
+        if dtype == DType::I64 && (is_float(l) || is_float(r) || op == BinOp::Div) {
             dtype = DType::F32;
         }
         let operand = |s: &mut Self, v: &Value, sp: Span| -> Option<ValueId> {
@@ -1076,7 +1076,7 @@ impl<'p> Elab<'p> {
                 }
             }
         };
-        let (Some(a), Some(b)) = (operand(self, &l, ls), operand(self, &r, rs)) else {
+        let (Some(a), Some(b)) = (operand(self, l, ls), operand(self, r, rs)) else {
             return None;
         };
         let (sa, sb) = (self.ty(a).shape.clone(), self.ty(b).shape.clone());

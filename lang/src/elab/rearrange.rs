@@ -17,10 +17,11 @@ fn parse_side(s: &str) -> Result<Vec<Vec<String>>, String> {
             "(" if open.is_none() => open = Some(Vec::new()),
             "(" => return Err("nested parentheses".into()),
             ")" => groups.push(open.take().ok_or("unbalanced `)`")?),
-            "1" => match &mut open {
-                None => groups.push(Vec::new()),
-                Some(_) => {}
-            },
+            "1" => {
+                if open.is_none() {
+                    groups.push(Vec::new());
+                }
+            }
             name if name.chars().all(|c| c.is_alphanumeric() || c == '_') && !name.starts_with(|c: char| c.is_ascii_digit()) => {
                 match &mut open {
                     Some(g) => g.push(name.to_string()),
