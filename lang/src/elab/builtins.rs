@@ -168,7 +168,8 @@ impl Elab<'_> {
                 },
                 _ => {
                     let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
-                    let x = match self.cast(x, DType::F32, span) {
+                    let keep_int = u == UnaryOp::Abs && self.ty(x).dtype == DType::I64;
+                    let x = match if keep_int { Value::Tensor(x) } else { self.cast(x, DType::F32, span) } {
                         Value::Tensor(t) => t,
                         v => return v,
                     };

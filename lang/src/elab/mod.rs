@@ -1036,7 +1036,8 @@ impl<'p> Elab<'p> {
         // float by becoming f32; two tensors must agree.
         let tensor_dtype = |s: &Self, v: &Value| if let Value::Tensor(t) = v { Some(s.ty(*t).dtype) } else { None };
         let (ld, rd) = (tensor_dtype(self, l), tensor_dtype(self, r));
-        let mut dtype = ld.or(rd).unwrap_or(DType::F32);
+        let both_int = matches!((l, r), (Value::Int(_), Value::Int(_)));
+        let mut dtype = ld.or(rd).unwrap_or(if both_int { DType::I64 } else { DType::F32 });
         if let (Some(a), Some(b)) = (ld, rd) {
             if a != b {
                 {
@@ -1271,6 +1272,14 @@ impl<'p> Elab<'p> {
     fn check_type(&mut self, p: &HParam, v: Value, vspan: Span, frame: &mut Frame) -> Value {
         let Some(ty) = &p.ty else { return v };
         if matches!(v, Value::Poison) {
+            // Bind the pattern's names too, so that an earlier error does not cascade.
+            if let TypeAnn::Tensor(ann) = ty {
+                for d in &ann.dims {
+                    if let DimPat::Expr(Expr { kind: ExprKind::Name(n), .. }) = d {
+                        frame.env.entry(n.clone()).or_insert(Value::Poison);
+                    }
+                }
+            }
             return v;
         }
         let mismatch = |s: &mut Self, want: &str, v: &Value, ann: Span| {
