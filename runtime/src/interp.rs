@@ -3,7 +3,7 @@
 //! reductions and matmul accumulate in f64. It is the oracle every optimisation and backend is
 //! tested against, not a fast path.
 
-use crate::tensor::{broadcast_offsets, strides, Data, Tensor};
+use crate::tensor::{broadcast_offsets, strided_offsets, strides, Data, Tensor};
 use crate::RunError;
 use std::collections::HashMap;
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
@@ -107,7 +107,7 @@ fn eval(
         Op::Transpose(perm) => {
             let st = strides(&a[0].shape);
             let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
-            let offs = broadcast_offsets_strided(&shape, &out_st);
+            let offs = strided_offsets(&shape, &out_st);
             a[0].take(shape, offs.into_iter())
         }
         Op::Reshape => a[0].clone().reshaped(shape),
@@ -188,26 +188,6 @@ pub fn location(graph: &Graph, node: &Node) -> String {
     }
 }
 
-fn broadcast_offsets_strided(out: &[usize], st: &[usize]) -> Vec<usize> {
-    let n: usize = out.iter().product();
-    let mut offs = Vec::with_capacity(n);
-    let mut idx = vec![0usize; out.len()];
-    let mut off = 0usize;
-    for _ in 0..n {
-        offs.push(off);
-        for a in (0..out.len()).rev() {
-            idx[a] += 1;
-            off += st[a];
-            if idx[a] < out[a] {
-                break;
-            }
-            off -= st[a] * idx[a];
-            idx[a] = 0;
-        }
-    }
-    offs
-}
-
 fn reduce(t: &Tensor, op: ReduceOp, axes: &[usize], dtype: DType, shape: Vec<usize>) -> Tensor {
     let keep: Vec<usize> = t.shape.iter().enumerate().map(|(i, &s)| if axes.contains(&i) { 1 } else { s }).collect();
     let m: usize = keep.iter().product();
@@ -221,7 +201,7 @@ fn reduce(t: &Tensor, op: ReduceOp, axes: &[usize], dtype: DType, shape: Vec<usi
     // Map each input element to its output slot by broadcasting the kept shape over the input.
     let st = strides(&keep);
     let slot_st: Vec<usize> = keep.iter().zip(&st).map(|(&k, &s)| if k == 1 { 0 } else { s }).collect();
-    let slots = broadcast_offsets_strided(&t.shape, &slot_st);
+    let slots = strided_offsets(&t.shape, &slot_st);
     for (i, &s) in slots.iter().enumerate() {
         let x = t.get(i);
         acc[s] = match op {

@@ -111,11 +111,16 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
 /// For each element of `out` (row-major), the offset of the element of a tensor of shape
 /// `inp` that numpy broadcasting maps to it.
 pub fn broadcast_offsets(out: &[usize], inp: &[usize]) -> Vec<usize> {
-    let n: usize = out.iter().product();
     let pad = out.len() - inp.len();
     let ist = strides(inp);
     // Stride per output axis (0 where the input is broadcast).
     let st: Vec<usize> = (0..out.len()).map(|a| if a < pad || inp[a - pad] == 1 { 0 } else { ist[a - pad] }).collect();
+    strided_offsets(out, &st)
+}
+
+/// For each element of `out` (row-major), the offset `Σ index[a] * st[a]`.
+pub(crate) fn strided_offsets(out: &[usize], st: &[usize]) -> Vec<usize> {
+    let n: usize = out.iter().product();
     let mut offs = Vec::with_capacity(n);
     let mut idx = vec![0usize; out.len()];
     let mut off = 0usize;

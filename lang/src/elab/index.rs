@@ -45,7 +45,6 @@ impl Elab<'_> {
         if items.iter().filter(|i| matches!(i, IndexItem::Ellipsis(_))).count() > 1 {
             return self.err(Diagnostic::error(codes::VALUE, "at most one `..` per index", span, "here"));
         }
-        let has_ellipsis = items.iter().any(|i| matches!(i, IndexItem::Ellipsis(_)));
         if consumed > rank {
             let shape = self.ty(x).clone();
             return self.err(Diagnostic::error(
@@ -154,7 +153,6 @@ impl Elab<'_> {
                 },
             };
         }
-        let _ = has_ellipsis;
         cur
     }
 }
