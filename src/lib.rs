@@ -13,8 +13,10 @@ pub use tessera_lang as lang;
 pub use tessera_passes as passes;
 pub use tessera_runtime as runtime;
 
+pub mod hf;
+
 use miette::{GraphicalReportHandler, GraphicalTheme};
-use tessera_lang::{Diagnostic, Override, SourceMap};
+use tessera_lang::{CheckpointMap, Diagnostic, Override, SourceMap};
 
 /// Renders diagnostics as miette does in the CLI: without colour at a fixed `width` when
 /// `color` is false (stable output for snapshots and logs).
@@ -39,20 +41,65 @@ pub struct Frontend {
     pub diagnostics: Vec<Diagnostic>,
     /// The elaborated graph, when there is no error.
     pub graph: Option<ir::Graph>,
+    /// The model's checkpoint map, when its file has a `checkpoint` definition.
+    pub checkpoint: Option<CheckpointMap>,
 }
 
 impl Frontend {
     /// Parses and elaborates model `model` of the `.tsr` source `text` from `path`.
     pub fn tsr(path: &str, text: &str, model: Option<&str>, overrides: &[(String, Override)]) -> Frontend {
+        Frontend::tsr_with_config(path, text, model, overrides, None)
+    }
+
+    /// As [`Frontend::tsr`], with hyper-parameters also taken from a Hugging Face
+    /// `config.json` through the file's `checkpoint` map (`overrides` win over it).
+    pub fn tsr_with_config(
+        path: &str,
+        text: &str,
+        model: Option<&str>,
+        overrides: &[(String, Override)],
+        config: Option<&serde_json::Value>,
+    ) -> Frontend {
         let (prog, mut diagnostics) = tessera_lang::load(path, text);
-        let graph = if diagnostics.iter().any(Diagnostic::is_error) {
-            None
-        } else {
-            let (g, d) = tessera_lang::elaborate(&prog, model, overrides);
-            diagnostics.extend(d);
-            g
-        };
-        Frontend { sources: prog.sources, diagnostics, graph }
+        let mut fe = Frontend { sources: SourceMap::new(), diagnostics: Vec::new(), graph: None, checkpoint: None };
+        if !diagnostics.iter().any(Diagnostic::is_error) {
+            let models: Vec<&str> =
+                prog.root_defs().iter().filter(|d| d.kind == tessera_lang::ast::DefKind::Model).map(|d| d.name.name.as_str()).collect();
+            let name = model.or(if models.len() == 1 { models.first().copied() } else { None });
+            let lookup = |k: &str| config.and_then(|c| hf::config_value(c, k));
+            let mut all = Vec::new();
+            match name.map(|n| tessera_lang::resolve_checkpoint(&prog, n, config.map(|_| &lookup as tessera_lang::ConfigLookup), overrides)) {
+                Some(Err(d)) => diagnostics.extend(d),
+                Some(Ok(map)) => {
+                    if let Some(m) = &map {
+                        all.extend(m.hparams.iter().cloned());
+                    }
+                    fe.checkpoint = map;
+                }
+                None => {}
+            }
+            if config.is_some() && fe.checkpoint.is_none() && !diagnostics.iter().any(Diagnostic::is_error) {
+                let file = prog.modules.first().map_or(0, |m| m.file);
+                diagnostics.push(
+                    Diagnostic::error(
+                        tessera_lang::codes::CONFIG_UNSUPPORTED,
+                        format!("{path} has no `checkpoint` map for this model, so a config.json cannot be applied"),
+                        tessera_lang::Span { file, start: 0, end: 0 },
+                        "in this file",
+                    )
+                    .with_help("add `checkpoint MODEL { layers = config(\"num_hidden_layers\") ... }`, or pass hyper-parameters with -D"),
+                );
+            }
+            if !diagnostics.iter().any(Diagnostic::is_error) {
+                all.extend(overrides.iter().cloned());
+                let (g, d) = tessera_lang::elaborate(&prog, model, &all);
+                diagnostics.extend(d);
+                fe.graph = g;
+            }
+        }
+        fe.sources = prog.sources;
+        fe.diagnostics = diagnostics;
+        fe
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tessera::ir::Graph;
-use tessera::lang::{Diagnostic, Override};
+use tessera::lang::{CheckpointMap, Diagnostic, Override};
 use tessera::runtime::{self, Tensor};
 use tessera::{render, Frontend};
 
@@ -34,9 +34,12 @@ struct ModelArgs {
     /// Which model of the file (needed when it defines several).
     #[arg(long)]
     model: Option<String>,
-    /// Override a hyper-parameter: -D layers=2.
+    /// Override a hyper-parameter: -D layers=2 (wins over --config).
     #[arg(short = 'D', value_name = "KEY=VALUE", value_parser = key_value)]
     define: Vec<(String, String)>,
+    /// Hyper-parameters from a Hugging Face config.json, through the file's checkpoint map.
+    #[arg(long, value_name = "CONFIG.JSON")]
+    config: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,9 +68,12 @@ enum Cmd {
         /// Size of a symbolic dimension: --dim batch=2 --dim seq=16 (defaults: batch=1, seq=16, others 8).
         #[arg(long, value_name = "NAME=N", value_parser = key_value)]
         dim: Vec<(String, String)>,
-        /// Parameters from a safetensors file (otherwise random, see --seed).
+        /// Parameters from a safetensors file, by the model's checkpoint map (otherwise random, see --seed).
         #[arg(long)]
         weights: Option<String>,
+        /// A Hugging Face model folder: its config.json and model.safetensors.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "config"])]
+        hf: Option<String>,
         /// Inputs from a safetensors file (otherwise random).
         #[arg(long)]
         inputs: Option<String>,
@@ -77,6 +83,23 @@ enum Cmd {
         /// Seed of the random parameters and inputs.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
+    Embed {
+        /// The encoder's `.tsr` file (e.g. stdlib/bert.tsr).
+        file: String,
+        /// A Hugging Face model folder with config.json, model.safetensors and tokenizer.json.
+        #[arg(long, value_name = "DIR")]
+        hf: String,
+        /// Which model of the file.
+        #[arg(long)]
+        model: Option<String>,
+        /// Write the embeddings ([texts, d], `embeddings`) to this safetensors file.
+        #[arg(long)]
+        out: Option<String>,
+        /// The texts to embed.
+        #[arg(required = true)]
+        texts: Vec<String>,
     },
 }
 
@@ -164,7 +187,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                     return Err(Fail::User(format!("error: no pass named `{p}`; passes: {}, or `all`\n", names.join(", "))));
                 }
             }
-            let g = front(&m)?;
+            let (g, _) = front(&m)?;
             if emit == Emit::Ir && print_after.is_none() {
                 print!("{g}");
                 return Ok(());
@@ -180,19 +203,70 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { m, dim, weights, inputs, out, seed } => {
-            let g = front(&m)?;
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf } => {
+            if let Some(dir) = &hf {
+                m.config = Some(format!("{dir}/config.json"));
+                weights = Some(format!("{dir}/model.safetensors"));
+            }
+            let (g, map) = front(&m)?;
             let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
-            run(&g, &dim, weights.as_deref(), inputs.as_deref(), out.as_deref(), seed).map_err(|e| match e {
-                runtime::RunError::Internal(_) => Fail::Internal(format!("internal error: {e}")),
-                _ => Fail::User(format!("error: {e}\n")),
-            })
+            run(&g, map.as_ref(), &dim, weights.as_deref(), inputs.as_deref(), out.as_deref(), seed).map_err(run_fail)
+        }
+        Cmd::Embed { file, hf, model, out, texts } => {
+            let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
+            let (g, map) = front(&m)?;
+            let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
+            let tokens = tessera::hf::tokenize(&format!("{hf}/tokenizer.json"), &texts).map_err(|e| Fail::User(format!("error: {e}\n")))?;
+            let mask = tokens.iter().find(|(n, _)| n == "attention_mask").map(|(_, t)| t.clone());
+            let inputs = tessera::hf::declared_inputs(&g, tokens);
+            let mut dims = HashMap::new();
+            runtime::bind_dims(&g, &inputs, &mut dims).map_err(run_fail)?;
+            let bound = tessera::hf::load_weights(&g, &dims, map.as_ref(), &format!("{hf}/model.safetensors")).map_err(run_fail)?;
+            warn_unused(&bound.unused, &hf);
+            let outputs = runtime::run(&g, &dims, &inputs, &bound.params).map_err(run_fail)?;
+            let hidden = outputs.iter().find(|(n, _)| n == "last_hidden_state").map(|(_, t)| t);
+            let (Some(hidden), Some(mask)) = (hidden, mask) else {
+                return Err(Fail::User("error: embed needs a model with a `last_hidden_state` output\n".into()));
+            };
+            let emb = tessera::hf::mean_pool_normalize(hidden, &mask).map_err(|e| Fail::User(format!("error: {e}\n")))?;
+            let d = emb.shape[1];
+            for (i, text) in texts.iter().enumerate() {
+                let head: Vec<String> = (0..d.min(6)).map(|k| format!("{:+.5}", emb.get(i * d + k))).collect();
+                println!("{i}: [{}, ...] ({d} dims)  {text:?}", head.join(", "));
+            }
+            if texts.len() > 1 {
+                println!("cosine similarity:");
+                for i in 0..texts.len() {
+                    let row: Vec<String> =
+                        (0..texts.len()).map(|j| format!("{:.4}", (0..d).map(|k| emb.get(i * d + k) * emb.get(j * d + k)).sum::<f64>())).collect();
+                    println!("  {i}: {}", row.join(" "));
+                }
+            }
+            if let Some(p) = out {
+                runtime::write_safetensors(&p, &[("embeddings".to_string(), emb)]).map_err(run_fail)?;
+                println!("wrote embeddings to {p}");
+            }
+            Ok(())
         }
     }
 }
 
-/// Front end for `ir` and `run`: a verified graph from a `.tsr` or `.tir` file.
-fn front(m: &ModelArgs) -> Result<Graph, Fail> {
+fn run_fail(e: runtime::RunError) -> Fail {
+    match e {
+        runtime::RunError::Internal(_) => Fail::Internal(format!("internal error: {e}")),
+        _ => Fail::User(format!("error: {e}\n")),
+    }
+}
+
+fn warn_unused(unused: &[String], path: &str) {
+    if !unused.is_empty() {
+        eprintln!("warning: {} tensor(s) in {path} are not used by the model: {}", unused.len(), unused.join(", "));
+    }
+}
+
+/// Front end for `ir` and `run`: a verified graph from a `.tsr` or `.tir` file, and the
+/// model's checkpoint map if it has one.
+fn front(m: &ModelArgs) -> Result<(Graph, Option<CheckpointMap>), Fail> {
     let text = read(&m.file)?;
     if m.file.ends_with(".tir") {
         if !m.define.is_empty() {
@@ -200,20 +274,28 @@ fn front(m: &ModelArgs) -> Result<Graph, Fail> {
         }
         let g = tessera::ir::parse(&text).map_err(|e| Fail::User(format!("error: {}:{}: {}\n", m.file, e.line, e.msg)))?;
         tessera::ir::verify(&g).map_err(|errs| Fail::User(format!("error: {} is not valid IR:\n  {}\n", m.file, errs.join("\n  "))))?;
-        return Ok(g);
+        if m.config.is_some() {
+            return Err(Fail::User("error: --config applies to .tsr files; a .tir file has its hyper-parameters already applied\n".into()));
+        }
+        return Ok((g, None));
     }
+    let config = match &m.config {
+        Some(p) => Some(tessera::hf::read_config(p).map_err(|e| Fail::User(format!("error: {e}\n")))?),
+        None => None,
+    };
     let overrides: Vec<(String, Override)> = m.define.iter().map(|(k, v)| (k.clone(), Override::parse(v))).collect();
-    let fe = Frontend::tsr(&m.file, &text, m.model.as_deref(), &overrides);
+    let fe = Frontend::tsr_with_config(&m.file, &text, m.model.as_deref(), &overrides, config.as_ref());
     eprint!("{}", render(&fe.diagnostics, &fe.sources, color(), 100));
     let g = fe.graph.ok_or_else(|| Fail::User(String::new()))?;
     tessera::ir::verify(&g).map_err(|errs| {
         Fail::Internal(format!("internal compiler error: elaboration produced invalid IR:\n  {}\n{g}", errs.join("\n  ")))
     })?;
-    Ok(g)
+    Ok((g, fe.checkpoint))
 }
 
 fn run(
     g: &Graph,
+    map: Option<&CheckpointMap>,
     dim: &[(String, String)],
     weights: Option<&str>,
     inputs: Option<&str>,
@@ -251,17 +333,9 @@ fn run(
     }
     let params = match weights {
         Some(p) => {
-            let w = runtime::read_safetensors(p)?;
-            let names: Vec<&str> = g.params().iter().map(|(n, _)| *n).collect();
-            let unused: Vec<&String> = w.keys().filter(|k| !names.contains(&k.as_str())).collect();
-            if !unused.is_empty() {
-                eprintln!(
-                    "warning: {} tensor(s) in {p} are not parameters of the model: {}",
-                    unused.len(),
-                    unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            w
+            let bound = tessera::hf::load_weights(g, &dims, map, p)?;
+            warn_unused(&bound.unused, p);
+            bound.params
         }
         None => runtime::random_params(g, &dims, seed)?,
     };

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod checkpoint;
 mod dim;
 mod graph;
 mod infer;
@@ -26,6 +27,7 @@ mod print;
 mod types;
 mod verify;
 
+pub use checkpoint::{fill_template, match_pattern, WeightExpr, WeightRule};
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
 pub use infer::{broadcast_shapes, infer_type};

@@ -57,6 +57,9 @@ pub enum DefKind {
     Block,
     /// A whole model with inputs and outputs.
     Model,
+    /// How a standard checkpoint (config keys, tensor names) maps onto the model of the same
+    /// name.
+    Checkpoint,
 }
 
 impl DefKind {
@@ -67,6 +70,7 @@ impl DefKind {
             DefKind::Score => "score",
             DefKind::Block => "block",
             DefKind::Model => "model",
+            DefKind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -198,6 +202,16 @@ pub enum Stmt {
         values: Vec<Expr>,
         /// The statement.
         span: Span,
+    },
+    /// `"pattern" <- expr` in a `checkpoint`: parameters matching the pattern are computed
+    /// from checkpoint tensors.
+    Map {
+        /// The parameter name pattern (`layers.{l}.attn.q.weight`).
+        pattern: String,
+        /// The pattern literal.
+        span: Span,
+        /// The checkpoint tensor expression.
+        value: Expr,
     },
     /// An expression evaluated for its errors only.
     Expr(Expr),

@@ -208,4 +208,8 @@ pub mod codes {
     pub const VALUE: &str = "tessera::value::invalid";
     /// No model of that name, or a hyper-parameter override that does not apply.
     pub const MODEL: &str = "tessera::model::not_found";
+    /// A `config.json` lacks a key the checkpoint map requires.
+    pub const CONFIG_MISSING: &str = "tessera::config::missing";
+    /// A `config.json` value the model does not implement (`require` failed) or of the wrong kind.
+    pub const CONFIG_UNSUPPORTED: &str = "tessera::config::unsupported";
 }

@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod ast;
+mod checkpoint;
 mod diag;
 mod elab;
 mod parser;
@@ -11,6 +12,7 @@ mod program;
 mod source;
 
 pub use ast::{FileId, Span};
+pub use checkpoint::{find as find_checkpoint, resolve as resolve_checkpoint, CheckpointMap, ConfigLookup, ConfigValue};
 pub use diag::{codes, Diagnostic, Label, Report, Severity};
 pub use elab::{elaborate, Override, MASKED, MAX_DEPTH, MAX_NODES, MAX_UNROLLED};
 pub use parser::parse;

@@ -1,6 +1,6 @@
 //! Loading a program: the root file and, transitively, the modules it imports.
 
-use crate::ast::{Def, Module};
+use crate::ast::{Def, DefKind, Module};
 use crate::diag::{codes, Diagnostic};
 use crate::{parser, FileId, SourceMap};
 use std::collections::HashMap;
@@ -34,7 +34,7 @@ impl Program {
 
     /// The definition `name` of module `m`.
     pub fn def(&self, m: usize, name: &str) -> Option<&Rc<Def>> {
-        self.modules.get(m)?.defs.iter().find(|d| d.name.name == name)
+        self.modules.get(m)?.defs.iter().find(|d| d.name.name == name && d.kind != DefKind::Checkpoint)
     }
 
     /// The root module's definitions.

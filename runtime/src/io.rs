@@ -14,21 +14,26 @@ fn file_err(path: &str, msg: impl ToString) -> RunError {
     RunError::File { path: path.to_string(), msg: msg.to_string() }
 }
 
-/// Reads every tensor of a safetensors file (memory-mapped). f32, bf16, i64, i32 and bool are
-/// accepted (bf16 widened to f32, i32 to i64).
+/// Reads every tensor of a safetensors file (memory-mapped). f32, f16, bf16, i64, i32 and bool
+/// are accepted (f16 and bf16 widened to f32, i32 to i64). A name given twice in the header is
+/// an error (the format's parser would keep one silently).
 pub fn read_safetensors(path: &str) -> Result<HashMap<String, Tensor>, RunError> {
     let file = std::fs::File::open(path).map_err(|e| file_err(path, e))?;
     // SAFETY: the file is opened read-only and only read while mapped; a concurrent writer
     // could change the bytes under us, which at worst yields wrong numbers, not unsoundness
     // in this code (all reads are bounds-checked copies).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| file_err(path, e))?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| file_err(path, format!("not a valid safetensors file: {e}")))?;
+    if let Some(dup) = duplicate_name(&map) {
+        return Err(file_err(path, format!("the checkpoint names tensor `{dup}` more than once")));
+    }
+    let st = SafeTensors::deserialize(&map).map_err(|e| file_err(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let b = view.data();
         let t = match view.dtype() {
             Dtype::F32 => Tensor::f32(shape, b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            Dtype::F16 => Tensor::f32(shape, b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
             Dtype::BF16 => {
                 Tensor::f32(shape, b.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)).collect())
             }
@@ -41,13 +46,39 @@ pub fn read_safetensors(path: &str) -> Result<HashMap<String, Tensor>, RunError>
             other => {
                 return Err(file_err(
                     path,
-                    format!("tensor `{name}` has dtype {other:?}, which is not supported (use f32, bf16, i64, i32 or bool)"),
+                    format!("tensor `{name}` has dtype {other:?}, which is not supported (use f32, f16, bf16, i64, i32 or bool)"),
                 ))
             }
         };
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// The first tensor name that the header of a safetensors file gives twice, if any. A header
+/// that does not parse is left to the format's own parser to report.
+fn duplicate_name(bytes: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(k.clone()) && self.0.is_none() {
+                    self.0 = Some(k);
+                }
+            }
+            Ok(self.0)
+        }
+    }
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header = bytes.get(8..8usize.checked_add(len)?)?;
+    let mut de = serde_json::Deserializer::from_slice(header);
+    serde::Deserializer::deserialize_map(&mut de, Keys(None)).ok().flatten()
 }
 
 /// Writes tensors to a safetensors file, in the given order.

@@ -2,10 +2,12 @@
 //! inputs in safetensors files, and seeded random initialisation. It never compiles.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod checkpoint;
 pub mod interp;
 mod io;
 mod tensor;
 
+pub use checkpoint::{bind_checkpoint, Bound};
 pub use interp::{concrete, run, Dims};
 pub use io::{bind_dims, random_inputs, random_params, read_safetensors, write_safetensors};
 pub use tensor::{broadcast_offsets, strides, Data, Tensor};
@@ -65,6 +67,14 @@ pub enum RunError {
         path: String,
         /// What went wrong.
         msg: String,
+    },
+    /// A checkpoint that does not fit the model: every problem found, one per line.
+    #[error("{path} does not fit the model:\n  {}", errors.join("\n  "))]
+    Checkpoint {
+        /// The checkpoint file.
+        path: String,
+        /// One message per problem, each naming the parameter and the checkpoint tensor.
+        errors: Vec<String>,
     },
     /// A bug in Tessera.
     #[error("internal error: {0}")]

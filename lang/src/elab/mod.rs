@@ -522,6 +522,12 @@ impl<'p> Elab<'p> {
             Stmt::Expr(e) => {
                 self.eval(e, frame);
             }
+            Stmt::Map { span, .. } => {
+                self.err(
+                    Diagnostic::error(codes::MISPLACED, "`\"pattern\" <- tensor` is only allowed in a `checkpoint`", *span, "here")
+                        .with_help("checkpoint maps are written `checkpoint MODEL { \"param.name\" <- \"checkpoint.name\" }`"),
+                );
+            }
         }
     }
 

@@ -117,6 +117,7 @@ fn is_keyword(r: Rule) -> bool {
             | Rule::kw_score
             | Rule::kw_block
             | Rule::kw_model
+            | Rule::kw_checkpoint
             | Rule::kw_input
             | Rule::kw_param
             | Rule::kw_output
@@ -153,6 +154,7 @@ impl Builder {
             Some("mask") => DefKind::Mask,
             Some("score") => DefKind::Score,
             Some("model") => DefKind::Model,
+            Some("checkpoint") => DefKind::Checkpoint,
             _ => DefKind::Block,
         };
         let mut name = None;
@@ -237,6 +239,12 @@ impl Builder {
                     None => Vec::new(),
                 };
                 Stmt::If { cond, then, els }
+            }
+            Rule::map_stmt => {
+                let pat = next().ok_or_else(|| self.bug(span))?;
+                let pattern = pat.as_str().trim_matches('"').to_string();
+                let pspan = self.span(&pat);
+                Stmt::Map { pattern, span: pspan, value: self.expr(next().ok_or_else(|| self.bug(span))?)? }
             }
             Rule::return_stmt => Stmt::Return { values: it.map(|e| self.expr(e)).collect::<PResult<_>>()?, span },
             Rule::assign => {

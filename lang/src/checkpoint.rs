@@ -1,0 +1,456 @@
+//! `checkpoint` definitions: how a standard checkpoint's `config.json` keys and tensor names
+//! map onto a model's hyper-parameters and parameters.
+//!
+//! ```text
+//! checkpoint llama {
+//!   layers = config("num_hidden_layers")             # required key
+//!   eps    = config("rms_norm_eps", 1e-6)            # default when absent
+//!   require(config("rope_scaling", none) == none, "RoPE scaling is not implemented")
+//!   prefix("model.")                                 # tensor names may carry this prefix
+//!   "layers.{l}.self_attn.q.weight" <- transpose("layers.{l}.self_attn.q_proj.weight")
+//! }
+//! ```
+//!
+//! The body runs once, before elaboration: an assignment to one of the model's
+//! hyper-parameters becomes an override (command-line overrides win), other assignments are
+//! local names, `require` checks the configuration, and each `"pattern" <- expr` line becomes
+//! a [`WeightRule`]. Without a configuration, `config(key)` without a default is unknown and
+//! the assignments and checks that use it are skipped (the model's defaults apply).
+
+use crate::ast::*;
+use crate::diag::{codes, Diagnostic};
+use crate::elab::Override;
+use crate::program::Program;
+use std::collections::HashMap;
+use tessera_ir::{WeightExpr, WeightRule};
+
+/// A value read from a configuration file (`config.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigValue {
+    /// `null`
+    Null,
+    /// `true` / `false`
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A non-integer number.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// An array or object, as JSON text.
+    Other(String),
+}
+
+/// Looks a key up in the configuration; dotted keys (`rope_parameters.rope_theta`) reach
+/// into nested objects.
+pub type ConfigLookup<'a> = &'a dyn Fn(&str) -> Option<ConfigValue>;
+
+/// What a `checkpoint` definition yields for one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointMap {
+    /// Hyper-parameter values taken from the configuration.
+    pub hparams: Vec<(String, Override)>,
+    /// How each parameter is computed from checkpoint tensors, in source order (first match wins).
+    pub rules: Vec<WeightRule>,
+    /// Prefixes that checkpoint tensor names may carry (`transformer.`, `bert.`).
+    pub prefixes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+enum CV {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    None,
+    Other(String),
+    /// A `config(key)` of a key we cannot know (no configuration given).
+    Unknown,
+    Weight(WeightExpr),
+    /// `split(w, parts, axis)` before it is indexed.
+    Parts(WeightExpr, usize, i64),
+    List(Vec<CV>),
+    /// Already reported.
+    Poison,
+}
+
+impl CV {
+    fn kind(&self) -> &'static str {
+        match self {
+            CV::Int(_) => "an int",
+            CV::Float(_) => "a float",
+            CV::Bool(_) => "a bool",
+            CV::Str(_) => "a string",
+            CV::None => "none",
+            CV::Other(_) => "a JSON array or object",
+            CV::List(_) => "a tuple",
+            CV::Unknown | CV::Poison => "unknown",
+            CV::Weight(_) => "a checkpoint tensor",
+            CV::Parts(..) => "a split tensor (index it: `split(w, 3)[0]`)",
+        }
+    }
+
+    /// A string names a checkpoint tensor where a tensor is expected.
+    fn weight(&self) -> Option<WeightExpr> {
+        match self {
+            CV::Str(s) => Some(WeightExpr::Load(s.clone())),
+            CV::Weight(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+
+    fn into_weight(self) -> CV {
+        match self.weight() {
+            Some(w) => CV::Weight(w),
+            None => self,
+        }
+    }
+
+    fn from_config(v: ConfigValue) -> CV {
+        match v {
+            ConfigValue::Null => CV::None,
+            ConfigValue::Bool(b) => CV::Bool(b),
+            ConfigValue::Int(i) => CV::Int(i),
+            ConfigValue::Float(f) => CV::Float(f),
+            ConfigValue::Str(s) => CV::Str(s),
+            ConfigValue::Other(s) => CV::Other(s),
+        }
+    }
+
+    fn show(&self) -> String {
+        match self {
+            CV::Int(i) => i.to_string(),
+            CV::Float(f) => f.to_string(),
+            CV::Bool(b) => b.to_string(),
+            CV::Str(s) => format!("\"{s}\""),
+            CV::None => "null".into(),
+            CV::Other(s) => s.clone(),
+            CV::Weight(w) => w.to_string(),
+            _ => self.kind().into(),
+        }
+    }
+}
+
+/// The `checkpoint` definition for `model` in the root file, if there is one.
+pub fn find<'p>(prog: &'p Program, model: &str) -> Option<&'p Def> {
+    prog.root_defs().iter().find(|d| d.kind == DefKind::Checkpoint && d.name.name == model).map(|d| &**d)
+}
+
+/// Evaluates the `checkpoint` definition of `model` against a configuration (`None`: no
+/// `config.json`). `overrides` (from the command line) take precedence over the
+/// configuration. Returns `Ok(None)` when the file has no checkpoint map for the model.
+pub fn resolve(
+    prog: &Program,
+    model: &str,
+    config: Option<ConfigLookup>,
+    overrides: &[(String, Override)],
+) -> Result<Option<CheckpointMap>, Vec<Diagnostic>> {
+    let Some(def) = find(prog, model) else { return Ok(None) };
+    let hparams: Vec<String> = prog
+        .root_defs()
+        .iter()
+        .find(|d| d.kind == DefKind::Model && d.name.name == model)
+        .map(|d| d.params.iter().flatten().map(|h| h.name.name.clone()).collect())
+        .unwrap_or_default();
+    let mut ev = Eval { prog, config, env: HashMap::new(), diags: Vec::new(), map: CheckpointMap::default() };
+    for (k, o) in overrides {
+        ev.env.insert(k.clone(), from_override(o));
+    }
+    let Body::Block(stmts) = &def.body else {
+        return Err(vec![Diagnostic::error(codes::MISPLACED, "a checkpoint map needs a `{ ... }` body", def.span, "here")]);
+    };
+    ev.stmts(stmts, &hparams, overrides);
+    if ev.diags.iter().any(Diagnostic::is_error) {
+        return Err(ev.diags);
+    }
+    Ok(Some(ev.map))
+}
+
+fn from_override(o: &Override) -> CV {
+    match o {
+        Override::Int(i) => CV::Int(*i),
+        Override::Float(f) => CV::Float(*f),
+        Override::Bool(b) => CV::Bool(*b),
+        Override::Str(s) => CV::Str(s.clone()),
+    }
+}
+
+struct Eval<'a> {
+    prog: &'a Program,
+    config: Option<ConfigLookup<'a>>,
+    env: HashMap<String, CV>,
+    diags: Vec<Diagnostic>,
+    map: CheckpointMap,
+}
+
+impl Eval<'_> {
+    fn err(&mut self, d: Diagnostic) -> CV {
+        self.diags.push(d);
+        CV::Poison
+    }
+
+    fn stmts(&mut self, stmts: &[Stmt], hparams: &[String], overrides: &[(String, Override)]) {
+        for s in stmts {
+            match s {
+                Stmt::Assign { names, value } => {
+                    let v = self.expr(value);
+                    let [name] = names.as_slice() else {
+                        self.err(Diagnostic::error(codes::MISPLACED, "assign one name at a time here", value.span, "here"));
+                        continue;
+                    };
+                    if overrides.iter().any(|(k, _)| *k == name.name) {
+                        continue;
+                    }
+                    if hparams.contains(&name.name) {
+                        let o = match &v {
+                            CV::Int(i) => Some(Override::Int(*i)),
+                            CV::Float(f) => Some(Override::Float(*f)),
+                            CV::Bool(b) => Some(Override::Bool(*b)),
+                            CV::Str(s) => Some(Override::Str(s.clone())),
+                            CV::Unknown | CV::Poison => None,
+                            other => {
+                                let msg = format!("hyper-parameter `{}` cannot take {} ({})", name.name, other.kind(), other.show());
+                                self.err(Diagnostic::error(codes::CONFIG_UNSUPPORTED, msg, value.span, "this value"));
+                                None
+                            }
+                        };
+                        if let Some(o) = o {
+                            self.map.hparams.push((name.name.clone(), o));
+                        }
+                    }
+                    self.env.insert(name.name.clone(), v);
+                }
+                Stmt::If { cond, then, els } => match self.expr(cond) {
+                    CV::Bool(true) => self.stmts(then, hparams, overrides),
+                    CV::Bool(false) => self.stmts(els, hparams, overrides),
+                    CV::Unknown | CV::Poison => {}
+                    other => {
+                        let msg = format!("an `if` condition must be a bool, not {}", other.kind());
+                        self.err(Diagnostic::error(codes::TYPE, msg, cond.span, "this value"));
+                    }
+                },
+                Stmt::Map { pattern, span, value } => match self.expr(value).into_weight() {
+                    CV::Weight(w) => {
+                        let (line, col) = self.prog.sources.line_col(*span);
+                        let origin = format!("{}:{line}:{col}", self.prog.sources.path(span.file));
+                        self.map.rules.push(WeightRule { pattern: pattern.clone(), expr: w, origin });
+                    }
+                    CV::Poison => {}
+                    other => {
+                        let msg = format!("a parameter is computed from checkpoint tensors, not from {}", other.kind());
+                        self.err(
+                            Diagnostic::error(codes::TYPE, msg, value.span, "this value")
+                                .with_help("name a checkpoint tensor: \"h.{l}.attn.c_proj.weight\""),
+                        );
+                    }
+                },
+                Stmt::Expr(e) => {
+                    self.expr(e);
+                }
+                other => {
+                    let span = match other {
+                        Stmt::Input { name, .. } | Stmt::Param { name, .. } | Stmt::Output { name, .. } => name.span,
+                        Stmt::For { span, .. } | Stmt::Return { span, .. } => *span,
+                        _ => Span { file: 0, start: 0, end: 0 },
+                    };
+                    self.err(
+                        Diagnostic::error(codes::MISPLACED, "this statement is not allowed in a checkpoint map", span, "here").with_help(
+                            "a checkpoint map holds `name = config(\"key\")`, `require(cond, \"why\")`, `prefix(\"p.\")`, `if` and `\"param\" <- \"tensor\"` lines",
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn config(&mut self, key: &str, default: Option<CV>, span: Span) -> CV {
+        let Some(lookup) = self.config else { return default.unwrap_or(CV::Unknown) };
+        match (lookup(key), default) {
+            (Some(v), _) => CV::from_config(v),
+            (None, Some(d)) => d,
+            (None, None) => self.err(
+                Diagnostic::error(codes::CONFIG_MISSING, format!("the configuration has no key `{key}`"), span, "required here")
+                    .with_help(format!("add \"{key}\" to config.json, or give a default: config(\"{key}\", VALUE)")),
+            ),
+        }
+    }
+
+    fn args(&mut self, args: &[Arg]) -> Vec<(Option<String>, CV, Span)> {
+        args.iter().map(|a| (a.name.as_ref().map(|n| n.name.clone()), self.expr(&a.value), a.value.span)).collect()
+    }
+
+    fn call(&mut self, f: &str, args: &[Arg], span: Span) -> CV {
+        let vals = self.args(args);
+        if vals.iter().any(|(_, v, _)| matches!(v, CV::Poison)) {
+            return CV::Poison;
+        }
+        let pos: Vec<&CV> = vals.iter().filter(|(n, ..)| n.is_none()).map(|(_, v, _)| v).collect();
+        let w0 = pos.first().and_then(|v| v.weight());
+        let named = |k: &str| vals.iter().find(|(n, ..)| n.as_deref() == Some(k)).map(|(_, v, _)| v.clone());
+        let arity = |n: usize, m: usize| pos.len() >= n && pos.len() <= m;
+        let bad = |this: &mut Self, usage: &str| {
+            this.err(Diagnostic::error(codes::BAD_ARGS, format!("bad arguments to `{f}`"), span, "this call").with_help(format!("usage: {usage}")))
+        };
+        match f {
+            "config" => match (pos.first(), arity(1, 2)) {
+                (Some(CV::Str(k)), true) => {
+                    let k = k.clone();
+                    let d = pos.get(1).map(|v| (*v).clone());
+                    self.config(&k, d, span)
+                }
+                _ => bad(self, "config(\"key\") or config(\"key\", default)"),
+            },
+            "require" => match (pos.first(), pos.get(1), arity(2, 2)) {
+                (Some(CV::Bool(true)), _, true) | (Some(CV::Unknown), _, true) => CV::None,
+                (Some(CV::Bool(false)), Some(CV::Str(msg)), true) => {
+                    let msg = msg.clone();
+                    self.err(
+                        Diagnostic::error(codes::CONFIG_UNSUPPORTED, format!("unsupported configuration: {msg}"), span, "this check failed")
+                            .with_help("this model file does not implement that configuration; it would compute a different model"),
+                    )
+                }
+                _ => bad(self, "require(condition, \"what is unsupported\")"),
+            },
+            "prefix" => match (pos.first(), arity(1, 1)) {
+                (Some(CV::Str(p)), true) => {
+                    self.map.prefixes.push(p.clone());
+                    CV::None
+                }
+                _ => bad(self, "prefix(\"transformer.\")"),
+            },
+            "transpose" => match (w0, arity(1, 1)) {
+                (Some(w), true) => CV::Weight(WeightExpr::Transpose(Box::new(w))),
+                _ => bad(self, "transpose(\"tensor.name\")"),
+            },
+            "split" => {
+                let axis = match named("axis").or_else(|| pos.get(2).map(|v| (*v).clone())) {
+                    None => Some(0),
+                    Some(CV::Int(a)) => Some(a),
+                    Some(_) => None,
+                };
+                match (w0, pos.get(1), axis, arity(2, 3)) {
+                    (Some(w), Some(CV::Int(n)), Some(a), true) if *n > 0 => CV::Parts(w, *n as usize, a),
+                    _ => bad(self, "split(\"tensor.name\", parts, axis = 0)[index]"),
+                }
+            }
+            "reshape" => {
+                let dims: Option<Vec<i64>> = match pos.get(1) {
+                    Some(CV::List(items)) => items.iter().map(|v| if let CV::Int(i) = v { Some(*i) } else { None }).collect(),
+                    Some(CV::Int(i)) => Some(vec![*i]),
+                    _ => None,
+                };
+                match (w0, dims, arity(2, 2)) {
+                    (Some(w), Some(d), true) => CV::Weight(WeightExpr::Reshape(Box::new(w), d)),
+                    _ => bad(self, "reshape(\"tensor.name\", (rows, cols))"),
+                }
+            }
+            "rope_halves" => match (w0, pos.get(1), arity(2, 2)) {
+                (Some(w), Some(CV::Int(h)), true) if *h > 0 => CV::Weight(WeightExpr::RopeHalves(Box::new(w), *h as usize)),
+                _ => bad(self, "rope_halves(\"tensor.name\", heads)"),
+            },
+            _ => self.err(
+                Diagnostic::error(codes::UNKNOWN_NAME, format!("`{f}` is not available in a checkpoint map"), span, "unknown here")
+                    .with_help("available: config, require, prefix, transpose, split, reshape, rope_halves"),
+            ),
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> CV {
+        match &e.kind {
+            ExprKind::Int(i) => CV::Int(*i),
+            ExprKind::Float(f) => CV::Float(*f),
+            ExprKind::Bool(b) => CV::Bool(*b),
+            ExprKind::None => CV::None,
+            ExprKind::Str(s) => CV::Str(s.clone()),
+            ExprKind::Tuple(items) | ExprKind::List(items) => CV::List(items.iter().map(|x| self.expr(x)).collect()),
+            ExprKind::Name(n) => match self.env.get(n) {
+                Some(v) => v.clone(),
+                None => self.err(Diagnostic::error(codes::UNKNOWN_NAME, format!("unknown name `{n}`"), e.span, "not defined here")),
+            },
+            ExprKind::Call { callee, args, .. } => match &callee.kind {
+                ExprKind::Name(f) => self.call(f, args, e.span),
+                _ => self.err(Diagnostic::error(codes::TYPE, "only built-in functions can be called here", callee.span, "this")),
+            },
+            ExprKind::Member { base, name } if name.name == "T" => match self.expr(base).into_weight() {
+                CV::Weight(w) => CV::Weight(WeightExpr::Transpose(Box::new(w))),
+                CV::Poison => CV::Poison,
+                other => self.err(Diagnostic::error(codes::TYPE, format!("`.T` of {}", other.kind()), base.span, "this value")),
+            },
+            ExprKind::Index { base, items } => {
+                let b = self.expr(base);
+                let idx = match items.as_slice() {
+                    [IndexItem::Expr(i)] => self.expr(i),
+                    _ => CV::Poison,
+                };
+                match (b, idx) {
+                    (CV::Parts(w, parts, axis), CV::Int(i)) if (0..parts as i64).contains(&i) => {
+                        CV::Weight(WeightExpr::Split { of: Box::new(w), parts, index: i as usize, axis })
+                    }
+                    (CV::Poison, _) => CV::Poison,
+                    _ => self.err(Diagnostic::error(codes::VALUE, "index a split by a part number below its count", e.span, "here")),
+                }
+            }
+            ExprKind::Unary(op, x) => match (op, self.expr(x)) {
+                (UnOp::Neg, CV::Int(i)) => CV::Int(-i),
+                (UnOp::Neg, CV::Float(f)) => CV::Float(-f),
+                (UnOp::Not, CV::Bool(b)) => CV::Bool(!b),
+                (_, v @ (CV::Unknown | CV::Poison)) => v,
+                (_, v) => self.err(Diagnostic::error(codes::TYPE, format!("cannot apply this operator to {}", v.kind()), x.span, "this")),
+            },
+            ExprKind::Binary(op, a, b) => {
+                let (x, y) = (self.expr(a), self.expr(b));
+                self.binary(*op, x, y, e.span)
+            }
+            _ => self.err(Diagnostic::error(codes::UNSUPPORTED, "this expression is not available in a checkpoint map", e.span, "here")),
+        }
+    }
+
+    fn binary(&mut self, op: BinOp, x: CV, y: CV, span: Span) -> CV {
+        use BinOp::*;
+        let num = |v: &CV| match v {
+            CV::Int(i) => Some(*i as f64),
+            CV::Float(f) => Some(*f),
+            _ => None,
+        };
+        match (op, &x, &y) {
+            (_, CV::Poison, _) | (_, _, CV::Poison) => CV::Poison,
+            (_, CV::Unknown, _) | (_, _, CV::Unknown) => CV::Unknown,
+            (Eq | Ne, _, _) => {
+                let same = match (num(&x), num(&y)) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => match (&x, &y) {
+                        (CV::Str(a), CV::Str(b)) | (CV::Other(a), CV::Other(b)) => a == b,
+                        (CV::Bool(a), CV::Bool(b)) => a == b,
+                        (CV::None, CV::None) => true,
+                        _ => false,
+                    },
+                };
+                CV::Bool(same == (op == Eq))
+            }
+            (And | Or, CV::Bool(a), CV::Bool(b)) => CV::Bool(if op == And { *a && *b } else { *a || *b }),
+            (Add | Sub | Mul | FloorDiv | Rem, CV::Int(a), CV::Int(b)) => match op {
+                Add => CV::Int(a + b),
+                Sub => CV::Int(a - b),
+                Mul => CV::Int(a * b),
+                _ if *b == 0 => self.err(Diagnostic::error(codes::VALUE, "division by zero", span, "here")),
+                FloorDiv => CV::Int(a.div_euclid(*b)),
+                _ => CV::Int(a.rem_euclid(*b)),
+            },
+            _ => match (num(&x), num(&y)) {
+                (Some(a), Some(b)) => match op {
+                    Add => CV::Float(a + b),
+                    Sub => CV::Float(a - b),
+                    Mul => CV::Float(a * b),
+                    Div => CV::Float(a / b),
+                    Pow => CV::Float(a.powf(b)),
+                    Lt => CV::Bool(a < b),
+                    Le => CV::Bool(a <= b),
+                    Gt => CV::Bool(a > b),
+                    Ge => CV::Bool(a >= b),
+                    _ => self.err(Diagnostic::error(codes::TYPE, "this operator does not apply to numbers", span, "here")),
+                },
+                _ => self.err(Diagnostic::error(codes::TYPE, format!("cannot combine {} and {}", x.kind(), y.kind()), span, "here")),
+            },
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Hugging Face-format models: `config.json` → hyper-parameters, `model.safetensors` →
+//! parameters (through the model file's `checkpoint` map), `tokenizer.json` → token ids, and
+//! sentence embeddings (mean pooling) on top.
+
+use crate::ir::Graph;
+use crate::lang::{CheckpointMap, ConfigValue};
+use crate::runtime::{self, Bound, Dims, RunError, Tensor};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+
+/// Reads a `config.json`.
+pub fn read_config(path: &str) -> Result<Json, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let v: Json = serde_json::from_str(&text).map_err(|e| format!("{path} is not valid JSON: {e}"))?;
+    if !v.is_object() {
+        return Err(format!("{path} should hold a JSON object"));
+    }
+    Ok(v)
+}
+
+/// Looks `key` up in a configuration; `a.b` reaches into nested objects. A key holding `null`
+/// reads as [`ConfigValue::Null`], an absent one as `None`.
+pub fn config_value(config: &Json, key: &str) -> Option<ConfigValue> {
+    let v = key.split('.').try_fold(config, |v, k| v.get(k))?;
+    Some(match v {
+        Json::Null => ConfigValue::Null,
+        Json::Bool(b) => ConfigValue::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => ConfigValue::Int(i),
+            None => ConfigValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => ConfigValue::Str(s.clone()),
+        other => ConfigValue::Other(other.to_string()),
+    })
+}
+
+/// Reads the checkpoint at `path` and binds it to the parameters of `g`, through `map` when
+/// the model file has one (names taken as they are otherwise).
+pub fn load_weights(g: &Graph, dims: &Dims, map: Option<&CheckpointMap>, path: &str) -> Result<Bound, RunError> {
+    let ck = runtime::read_safetensors(path)?;
+    let (rules, prefixes) = map.map_or((&[][..], &[][..]), |m| (&m.rules[..], &m.prefixes[..]));
+    runtime::bind_checkpoint(g, dims, rules, prefixes, &ck, path)
+}
+
+/// Token ids for a batch of texts from a `tokenizer.json`, padded to the longest: the
+/// tensors `input_ids`, `attention_mask` and `token_type_ids` ([n, longest], i64).
+pub fn tokenize(tokenizer_json: &str, texts: &[String]) -> Result<Vec<(String, Tensor)>, String> {
+    let mut tok = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| format!("cannot load {tokenizer_json}: {e}"))?;
+    tok.with_padding(Some(tokenizers::PaddingParams::default()));
+    let enc = tok.encode_batch(texts.to_vec(), true).map_err(|e| format!("cannot tokenize: {e}"))?;
+    let n = enc.len();
+    let len = enc.iter().map(|e| e.len()).max().unwrap_or(0);
+    let field = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| {
+        let data = enc.iter().flat_map(|e| f(e).iter().map(|&x| i64::from(x))).collect();
+        Tensor::i64(vec![n, len], data)
+    };
+    Ok(vec![
+        ("input_ids".to_string(), field(&|e| e.get_ids())),
+        ("attention_mask".to_string(), field(&|e| e.get_attention_mask())),
+        ("token_type_ids".to_string(), field(&|e| e.get_type_ids())),
+    ])
+}
+
+/// Sentence embeddings: `hidden` [n, s, d] averaged over the positions where `mask` [n, s] is
+/// nonzero, then scaled to unit length. Returns [n, d].
+pub fn mean_pool_normalize(hidden: &Tensor, mask: &Tensor) -> Result<Tensor, String> {
+    let [n, s, d] = hidden.shape[..] else { return Err(format!("expected a [batch, seq, d] output, got {:?}", hidden.shape)) };
+    if mask.shape != [n, s] {
+        return Err(format!("attention_mask is {:?}, the output {:?}", mask.shape, hidden.shape));
+    }
+    let mut out = vec![0.0f64; n * d];
+    for b in 0..n {
+        let row = &mut out[b * d..(b + 1) * d];
+        let mut count = 0.0;
+        for t in 0..s {
+            if mask.get(b * s + t) != 0.0 {
+                count += 1.0;
+                for (k, r) in row.iter_mut().enumerate() {
+                    *r += hidden.get((b * s + t) * d + k);
+                }
+            }
+        }
+        row.iter_mut().for_each(|r| *r /= f64::max(count, 1e-9));
+        let norm = row.iter().map(|r| r * r).sum::<f64>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|r| *r /= norm);
+    }
+    Ok(Tensor::from_f64(crate::ir::DType::F32, vec![n, d], out.into_iter()))
+}
+
+/// The inputs of `g` among `tensors`, by name; the others are dropped (a tokenizer gives
+/// `token_type_ids` to models that may not take them).
+pub fn declared_inputs(g: &Graph, tensors: Vec<(String, Tensor)>) -> HashMap<String, Tensor> {
+    let declared: Vec<&str> = g.inputs().iter().map(|(n, _)| *n).collect();
+    tensors.into_iter().filter(|(n, _)| declared.contains(&n.as_str())).collect()
+}

