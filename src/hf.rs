@@ -38,8 +38,8 @@ pub fn config_value(config: &Json, key: &str) -> Option<ConfigValue> {
 /// the model file has one (names taken as they are otherwise).
 pub fn load_weights(g: &Graph, dims: &Dims, map: Option<&CheckpointMap>, path: &str) -> Result<Bound, RunError> {
     let ck = runtime::read_safetensors(path)?;
-    let (rules, prefixes) = map.map_or((&[][..], &[][..]), |m| (&m.rules[..], &m.prefixes[..]));
-    runtime::bind_checkpoint(g, dims, rules, prefixes, &ck, path)
+    let empty = crate::ir::NameMap::default();
+    runtime::bind_checkpoint(g, dims, map.map_or(&empty, |m| &m.names), &ck, path)
 }
 
 /// Token ids for a batch of texts from a `tokenizer.json`, padded to the longest: the

@@ -35,6 +35,9 @@ pub enum WeightExpr {
     /// layout (pairs `2i, 2i+1`, as in Meta's LLaMA checkpoints) to the rotate-half layout
     /// (`i, i + head_dim/2`) that `nn.rope` uses.
     RopeHalves(Box<WeightExpr>, usize),
+    /// The first when the checkpoint has every tensor it loads, else the second (an
+    /// `lm_head.weight` that may be left out when tied to the embedding).
+    Or(Box<WeightExpr>, Box<WeightExpr>),
 }
 
 impl WeightExpr {
@@ -45,6 +48,7 @@ impl WeightExpr {
             WeightExpr::Transpose(e) | WeightExpr::Split { of: e, .. } | WeightExpr::Reshape(e, _) | WeightExpr::RopeHalves(e, _) => {
                 e.loads()
             }
+            WeightExpr::Or(a, b) => [a.loads(), b.loads()].concat(),
         }
     }
 }
@@ -57,6 +61,7 @@ impl fmt::Display for WeightExpr {
             WeightExpr::Split { of, parts, index, axis } => write!(f, "split({of}, {parts}, axis = {axis})[{index}]"),
             WeightExpr::Reshape(e, s) => write!(f, "reshape({e}, {s:?})"),
             WeightExpr::RopeHalves(e, h) => write!(f, "rope_halves({e}, {h})"),
+            WeightExpr::Or(a, b) => write!(f, "{a} or {b}"),
         }
     }
 }
@@ -70,6 +75,18 @@ pub struct WeightRule {
     pub expr: WeightExpr,
     /// Where the rule is written, as `file:line:col`.
     pub origin: String,
+}
+
+/// How a checkpoint's tensor names map onto a graph's parameters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NameMap {
+    /// How each parameter is computed, in order (the first matching pattern wins).
+    pub rules: Vec<WeightRule>,
+    /// Prefixes that checkpoint tensor names may carry (`transformer.`, `bert.`).
+    pub prefixes: Vec<String>,
+    /// Patterns of checkpoint tensors known to be unneeded (buffers such as
+    /// `embeddings.position_ids`): not reported as unused.
+    pub ignored: Vec<String>,
 }
 
 /// Matches a parameter name against a pattern: `{x}` matches one non-empty segment without

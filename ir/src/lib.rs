@@ -27,7 +27,7 @@ mod print;
 mod types;
 mod verify;
 
-pub use checkpoint::{fill_template, match_pattern, WeightExpr, WeightRule};
+pub use checkpoint::{fill_template, match_pattern, NameMap, WeightExpr, WeightRule};
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
 pub use infer::{broadcast_shapes, infer_type};

@@ -7,6 +7,7 @@
 //!   eps    = config("rms_norm_eps", 1e-6)            # default when absent
 //!   require(config("rope_scaling", none) == none, "RoPE scaling is not implemented")
 //!   prefix("model.")                                 # tensor names may carry this prefix
+//!   ignore("rotary_emb.inv_freq")                    # a buffer, not a parameter
 //!   "layers.{l}.self_attn.q.weight" <- transpose("layers.{l}.self_attn.q_proj.weight")
 //! }
 //! ```
@@ -22,7 +23,7 @@ use crate::diag::{codes, Diagnostic};
 use crate::elab::Override;
 use crate::program::Program;
 use std::collections::HashMap;
-use tessera_ir::{WeightExpr, WeightRule};
+use tessera_ir::{NameMap, WeightExpr, WeightRule};
 
 /// A value read from a configuration file (`config.json`).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,10 +51,8 @@ pub type ConfigLookup<'a> = &'a dyn Fn(&str) -> Option<ConfigValue>;
 pub struct CheckpointMap {
     /// Hyper-parameter values taken from the configuration.
     pub hparams: Vec<(String, Override)>,
-    /// How each parameter is computed from checkpoint tensors, in source order (first match wins).
-    pub rules: Vec<WeightRule>,
-    /// Prefixes that checkpoint tensor names may carry (`transformer.`, `bert.`).
-    pub prefixes: Vec<String>,
+    /// How checkpoint tensors become parameters.
+    pub names: NameMap,
 }
 
 #[derive(Clone, Debug)]
@@ -233,7 +232,7 @@ impl Eval<'_> {
                     CV::Weight(w) => {
                         let (line, col) = self.prog.sources.line_col(*span);
                         let origin = format!("{}:{line}:{col}", self.prog.sources.path(span.file));
-                        self.map.rules.push(WeightRule { pattern: pattern.clone(), expr: w, origin });
+                        self.map.names.rules.push(WeightRule { pattern: pattern.clone(), expr: w, origin });
                     }
                     CV::Poison => {}
                     other => {
@@ -313,10 +312,17 @@ impl Eval<'_> {
             },
             "prefix" => match (pos.first(), arity(1, 1)) {
                 (Some(CV::Str(p)), true) => {
-                    self.map.prefixes.push(p.clone());
+                    self.map.names.prefixes.push(p.clone());
                     CV::None
                 }
                 _ => bad(self, "prefix(\"transformer.\")"),
+            },
+            "ignore" => match (pos.first(), arity(1, 1)) {
+                (Some(CV::Str(p)), true) => {
+                    self.map.names.ignored.push(p.clone());
+                    CV::None
+                }
+                _ => bad(self, "ignore(\"embeddings.position_ids\")"),
             },
             "transpose" => match (w0, arity(1, 1)) {
                 (Some(w), true) => CV::Weight(WeightExpr::Transpose(Box::new(w))),
@@ -350,7 +356,7 @@ impl Eval<'_> {
             },
             _ => self.err(
                 Diagnostic::error(codes::UNKNOWN_NAME, format!("`{f}` is not available in a checkpoint map"), span, "unknown here")
-                    .with_help("available: config, require, prefix, transpose, split, reshape, rope_halves"),
+                    .with_help("available: config, require, prefix, ignore, transpose, split, reshape, rope_halves"),
             ),
         }
     }
@@ -415,6 +421,10 @@ impl Eval<'_> {
         match (op, &x, &y) {
             (_, CV::Poison, _) | (_, _, CV::Poison) => CV::Poison,
             (_, CV::Unknown, _) | (_, _, CV::Unknown) => CV::Unknown,
+            (Or, CV::Str(_) | CV::Weight(_), CV::Str(_) | CV::Weight(_)) => match (x.weight(), y.weight()) {
+                (Some(a), Some(b)) => CV::Weight(WeightExpr::Or(Box::new(a), Box::new(b))),
+                _ => CV::Poison,
+            },
             (Eq | Ne, _, _) => {
                 let same = match (num(&x), num(&y)) {
                     (Some(a), Some(b)) => a == b,

@@ -13,6 +13,9 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("gpt2", include_str!("../../stdlib/gpt2.tsr")),
     ("llama", include_str!("../../stdlib/llama.tsr")),
     ("bert", include_str!("../../stdlib/bert.tsr")),
+    ("mistral", include_str!("../../stdlib/mistral.tsr")),
+    ("modernbert", include_str!("../../stdlib/modernbert.tsr")),
+    ("t5", include_str!("../../stdlib/t5.tsr")),
 ];
 
 /// Parsed modules of one compilation with their sources.

@@ -5,7 +5,7 @@
 use crate::interp::{concrete, Dims};
 use crate::{RunError, Tensor};
 use std::collections::{BTreeSet, HashMap};
-use tessera_ir::{fill_template, match_pattern, Graph, Op, WeightExpr, WeightRule};
+use tessera_ir::{fill_template, match_pattern, Graph, NameMap, Op, WeightExpr};
 
 /// Parameters bound from a checkpoint, and what the checkpoint held that no parameter used.
 #[derive(Debug)]
@@ -16,14 +16,13 @@ pub struct Bound {
     pub unused: Vec<String>,
 }
 
-/// Computes every parameter of `g` from the checkpoint `ck` (read from `path`). With no
-/// rules, or when the checkpoint holds every parameter under its own name, names are taken
+/// Computes every parameter of `g` from the checkpoint `ck` (read from `path`) by `names`.
+/// With no rules, or when the checkpoint holds every parameter under its own name, names are taken
 /// as they are. All problems are collected into one [`RunError::Checkpoint`].
 pub fn bind_checkpoint(
     g: &Graph,
     dims: &Dims,
-    rules: &[WeightRule],
-    prefixes: &[String],
+    names: &NameMap,
     ck: &HashMap<String, Tensor>,
     path: &str,
 ) -> Result<Bound, RunError> {
@@ -35,6 +34,7 @@ pub fn bind_checkpoint(
             _ => None,
         })
         .collect();
+    let (rules, prefixes) = (&names.rules, &names.prefixes);
     let native = rules.is_empty() || params.iter().all(|(n, _)| ck.contains_key(*n));
     let mut used = BTreeSet::new();
     let mut errors = Vec::new();
@@ -77,7 +77,8 @@ pub fn bind_checkpoint(
     if !errors.is_empty() {
         return Err(RunError::Checkpoint { path: path.to_string(), errors });
     }
-    let unused = ck.keys().filter(|k| !used.contains(k.as_str())).cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let ignored = |k: &str| names.ignored.iter().any(|p| std::iter::once(k).chain(prefixes.iter().filter_map(|pre| k.strip_prefix(pre.as_str()))).any(|k| match_pattern(p, k).is_some()));
+    let unused = ck.keys().filter(|k| !used.contains(k.as_str()) && !ignored(k)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
     Ok(Bound { params: out, unused })
 }
 
@@ -90,6 +91,7 @@ fn fill(e: &WeightExpr, holes: &HashMap<String, String>) -> WeightExpr {
         }
         WeightExpr::Reshape(x, s) => WeightExpr::Reshape(Box::new(fill(x, holes)), s.clone()),
         WeightExpr::RopeHalves(x, h) => WeightExpr::RopeHalves(Box::new(fill(x, holes)), *h),
+        WeightExpr::Or(a, b) => WeightExpr::Or(Box::new(fill(a, holes)), Box::new(fill(b, holes))),
     }
 }
 
@@ -106,8 +108,19 @@ impl Ctx<'_> {
         format!("parameter `{}`: {what}{}", self.param, self.origin)
     }
 
+    fn has(&self, name: &str) -> bool {
+        std::iter::once(name.to_string()).chain(self.prefixes.iter().map(|p| format!("{p}{name}"))).any(|n| self.ck.contains_key(&n))
+    }
+
     fn eval(&mut self, e: &WeightExpr) -> Result<Tensor, String> {
         match e {
+            WeightExpr::Or(a, b) => {
+                if a.loads().iter().all(|n| self.has(n)) {
+                    self.eval(a)
+                } else {
+                    self.eval(b)
+                }
+            }
             WeightExpr::Load(name) => {
                 let found = std::iter::once(name.clone())
                     .chain(self.prefixes.iter().map(|p| format!("{p}{name}")))
