@@ -68,7 +68,8 @@ impl Frontend {
             let name = model.or(if models.len() == 1 { models.first().copied() } else { None });
             let lookup = |k: &str| config.and_then(|c| hf::config_value(c, k));
             let mut all = Vec::new();
-            match name.map(|n| tessera_lang::resolve_checkpoint(&prog, n, config.map(|_| &lookup as tessera_lang::ConfigLookup), overrides)) {
+            match name.map(|n| tessera_lang::resolve_checkpoint(&prog, n, config.map(|_| &lookup as tessera_lang::ConfigLookup), overrides))
+            {
                 Some(Err(d)) => diagnostics.extend(d),
                 Some(Ok(map)) => {
                     if let Some(m) = &map {

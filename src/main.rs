@@ -237,8 +237,9 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if texts.len() > 1 {
                 println!("cosine similarity:");
                 for i in 0..texts.len() {
-                    let row: Vec<String> =
-                        (0..texts.len()).map(|j| format!("{:.4}", (0..d).map(|k| emb.get(i * d + k) * emb.get(j * d + k)).sum::<f64>())).collect();
+                    let row: Vec<String> = (0..texts.len())
+                        .map(|j| format!("{:.4}", (0..d).map(|k| emb.get(i * d + k) * emb.get(j * d + k)).sum::<f64>()))
+                        .collect();
                     println!("  {i}: {}", row.join(" "));
                 }
             }

@@ -9,11 +9,21 @@ const SMALL: &[(&str, &[(&str, &str)])] = &[
     ("gpt2", &[("layers", "2"), ("d", "32"), ("heads", "4"), ("vocab", "97"), ("max_pos", "64")]),
     ("llama", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97")]),
     ("bert", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "64"), ("vocab", "97"), ("max_pos", "64")]),
+    ("mistral", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97"), ("window", "3")]),
+    (
+        "modernbert",
+        &[("layers", "3"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("local", "4"), ("global_every", "2")],
+    ),
+    ("t5", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("d_kv", "20"), ("d_ff", "80"), ("vocab", "97"), ("gated", "true")]),
 ];
+
+/// Every model of the standard library.
+const MODELS: &[&str] = &["gpt2", "llama", "mistral", "bert", "modernbert", "t5"];
+const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
 
 #[test]
 fn ir_text_round_trips_for_every_stdlib_model() {
-    for name in ["gpt2", "llama", "bert"] {
+    for name in MODELS {
         for overrides in [&[("layers", "2")][..], &[]] {
             let g = stdlib(name, overrides);
             let text = g.to_string();
@@ -25,13 +35,29 @@ fn ir_text_round_trips_for_every_stdlib_model() {
 }
 
 #[test]
+fn every_stdlib_file_is_tested() {
+    let mut files: Vec<String> = std::fs::read_dir("stdlib")
+        .expect("stdlib")
+        .filter_map(|e| e.ok()?.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|n| n != "nn")
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = MODELS.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(files, listed, "add new stdlib models to MODELS and SMALL");
+    assert_eq!(SMALL.len(), MODELS.len());
+}
+
+#[test]
 fn every_stdlib_model_runs_to_finite_outputs_of_the_right_shape() {
     for (name, ov) in SMALL {
         let g = stdlib(name, ov);
-        let out = run_random(&g, &[("batch", 2), ("seq", 7)], 1);
+        let out = run_random(&g, DIMS, 1);
         let expect: &[(&str, &[usize])] = match *name {
-            "gpt2" | "llama" => &[("logits", &[2, 7, 97])],
-            _ => &[("last_hidden_state", &[2, 7, 48]), ("pooler_output", &[2, 48])],
+            "gpt2" | "llama" | "mistral" => &[("logits", &[2, 7, 97])],
+            "bert" => &[("last_hidden_state", &[2, 7, 48]), ("pooler_output", &[2, 48])],
+            "modernbert" => &[("last_hidden_state", &[2, 7, 48])],
+            _ => &[("encoder_last_hidden_state", &[2, 7, 48]), ("logits", &[2, 5, 97])],
         };
         assert_eq!(out.len(), expect.len(), "{name}");
         for ((n, t), (en, es)) in out.iter().zip(expect) {
@@ -48,8 +74,8 @@ fn the_pass_pipeline_preserves_every_model_s_outputs() {
         let g = stdlib(name, ov);
         let opt = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline verifies");
         assert!(opt.len() < g.len(), "{name}: the pipeline removed nothing ({} nodes)", g.len());
-        let before = run_random(&g, &[("batch", 2), ("seq", 5)], 3);
-        let after = run_random(&opt, &[("batch", 2), ("seq", 5)], 3);
+        let before = run_random(&g, DIMS, 3);
+        let after = run_random(&opt, DIMS, 3);
         for ((n, a), (_, b)) in before.iter().zip(&after) {
             let d = max_rel_diff(a, b);
             assert!(d <= 1e-6, "{name}.{n}: relative difference {d}");
@@ -75,7 +101,7 @@ fn parameters_have_hierarchical_names() {
 
 #[test]
 fn dims_and_layers_work_the_same_on_every_model() {
-    for name in ["gpt2", "llama", "bert"] {
+    for name in MODELS {
         let path = format!("stdlib/{name}.tsr");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["run", &path, "-D", "layers=1", "-D", "d=32", "-D", "heads=8", "-D", "vocab=50", "--dim", "seq=37", "--dim", "batch=2"])

@@ -49,10 +49,7 @@ fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     let (bsz, seq) = (mask.shape[0], mask.shape[1]);
     let per_pos = if a.shape.len() >= 2 && a.shape[0] == bsz && a.shape[1] == seq { a.len() / (bsz * seq) } else { 0 };
     let (av, bv) = (a.to_f64(), b.to_f64());
-    (0..a.len())
-        .filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0)
-        .map(|i| (av[i] - bv[i]).abs())
-        .fold(0.0, f64::max)
+    (0..a.len()).filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0).map(|i| (av[i] - bv[i]).abs()).fold(0.0, f64::max)
 }
 
 fn check_family(family: &str) {
@@ -127,7 +124,8 @@ fn minilm_sentence_embeddings_match_transformers() {
         return;
     };
     let fx = "tests/parity/fixtures/minilm";
-    let sentences: Vec<String> = serde_json::from_str(&std::fs::read_to_string(format!("{fx}/sentences.json")).expect("sentences")).expect("json");
+    let sentences: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fx}/sentences.json")).expect("sentences")).expect("json");
     let expected = runtime::read_safetensors(&format!("{fx}/expected.safetensors")).expect("expected");
 
     let tokens = tessera::hf::tokenize(&format!("{dir}/tokenizer.json"), &sentences).expect("tokenize");

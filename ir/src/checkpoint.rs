@@ -141,6 +141,7 @@ pub fn fill_template(template: &str, holes: &HashMap<String, String>) -> String 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -288,7 +288,10 @@ impl Eval<'_> {
         let named = |k: &str| vals.iter().find(|(n, ..)| n.as_deref() == Some(k)).map(|(_, v, _)| v.clone());
         let arity = |n: usize, m: usize| pos.len() >= n && pos.len() <= m;
         let bad = |this: &mut Self, usage: &str| {
-            this.err(Diagnostic::error(codes::BAD_ARGS, format!("bad arguments to `{f}`"), span, "this call").with_help(format!("usage: {usage}")))
+            this.err(
+                Diagnostic::error(codes::BAD_ARGS, format!("bad arguments to `{f}`"), span, "this call")
+                    .with_help(format!("usage: {usage}")),
+            )
         };
         match f {
             "config" => match (pos.first(), arity(1, 2)) {
@@ -304,8 +307,13 @@ impl Eval<'_> {
                 (Some(CV::Bool(false)), Some(CV::Str(msg)), true) => {
                     let msg = msg.clone();
                     self.err(
-                        Diagnostic::error(codes::CONFIG_UNSUPPORTED, format!("unsupported configuration: {msg}"), span, "this check failed")
-                            .with_help("this model file does not implement that configuration; it would compute a different model"),
+                        Diagnostic::error(
+                            codes::CONFIG_UNSUPPORTED,
+                            format!("unsupported configuration: {msg}"),
+                            span,
+                            "this check failed",
+                        )
+                        .with_help("this model file does not implement that configuration; it would compute a different model"),
                     )
                 }
                 _ => bad(self, "require(condition, \"what is unsupported\")"),

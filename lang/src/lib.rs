@@ -27,8 +27,20 @@ pub fn check(path: &str, text: &str) -> Vec<Diagnostic> {
         return diags;
     }
     let models: Vec<String> = prog.root_defs().iter().filter(|d| d.kind == ast::DefKind::Model).map(|d| d.name.name.clone()).collect();
-    for m in models {
-        diags.extend(elaborate(&prog, Some(&m), &[]).1);
+    for m in &models {
+        diags.extend(elaborate(&prog, Some(m), &[]).1);
+    }
+    for c in prog.root_defs().iter().filter(|d| d.kind == ast::DefKind::Checkpoint) {
+        if !models.contains(&c.name.name) {
+            diags.push(Diagnostic::error(
+                codes::MODEL,
+                format!("no model named `{}` for this checkpoint map", c.name.name),
+                c.name.span,
+                "names no model of this file",
+            ));
+        } else if let Err(d) = resolve_checkpoint(&prog, &c.name.name, None, &[]) {
+            diags.extend(d);
+        }
     }
     diags
 }

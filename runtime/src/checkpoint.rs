@@ -19,13 +19,7 @@ pub struct Bound {
 /// Computes every parameter of `g` from the checkpoint `ck` (read from `path`) by `names`.
 /// With no rules, or when the checkpoint holds every parameter under its own name, names are taken
 /// as they are. All problems are collected into one [`RunError::Checkpoint`].
-pub fn bind_checkpoint(
-    g: &Graph,
-    dims: &Dims,
-    names: &NameMap,
-    ck: &HashMap<String, Tensor>,
-    path: &str,
-) -> Result<Bound, RunError> {
+pub fn bind_checkpoint(g: &Graph, dims: &Dims, names: &NameMap, ck: &HashMap<String, Tensor>, path: &str) -> Result<Bound, RunError> {
     let params: Vec<(&str, &tessera_ir::TensorType)> = g
         .nodes()
         .iter()
@@ -77,7 +71,11 @@ pub fn bind_checkpoint(
     if !errors.is_empty() {
         return Err(RunError::Checkpoint { path: path.to_string(), errors });
     }
-    let ignored = |k: &str| names.ignored.iter().any(|p| std::iter::once(k).chain(prefixes.iter().filter_map(|pre| k.strip_prefix(pre.as_str()))).any(|k| match_pattern(p, k).is_some()));
+    let ignored = |k: &str| {
+        names.ignored.iter().any(|p| {
+            std::iter::once(k).chain(prefixes.iter().filter_map(|pre| k.strip_prefix(pre.as_str()))).any(|k| match_pattern(p, k).is_some())
+        })
+    };
     let unused = ck.keys().filter(|k| !used.contains(k.as_str()) && !ignored(k)).cloned().collect::<BTreeSet<_>>().into_iter().collect();
     Ok(Bound { params: out, unused })
 }
@@ -125,7 +123,14 @@ impl Ctx<'_> {
                 let found = std::iter::once(name.clone())
                     .chain(self.prefixes.iter().map(|p| format!("{p}{name}")))
                     .find(|n| self.ck.contains_key(n))
-                    .ok_or_else(|| self.fail(format!("expected checkpoint tensor `{name}`, which the checkpoint does not have")))?;
+                    .ok_or_else(|| {
+                        let tried = if self.prefixes.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (nor with prefix {})", self.prefixes.join(", "))
+                        };
+                        self.fail(format!("expected checkpoint tensor `{name}`, which the checkpoint does not have{tried}"))
+                    })?;
                 self.used.insert(found.clone());
                 self.ck.get(&found).cloned().ok_or_else(|| self.fail(format!("checkpoint tensor `{found}` vanished")))
             }
@@ -139,7 +144,8 @@ impl Ctx<'_> {
                 let mut shape = t.shape.clone();
                 shape.swap(r - 2, r - 1);
                 let batch = t.len() / (rows * cols).max(1);
-                let idx = (0..batch).flat_map(move |b| (0..cols).flat_map(move |c| (0..rows).map(move |rr| b * rows * cols + rr * cols + c)));
+                let idx =
+                    (0..batch).flat_map(move |b| (0..cols).flat_map(move |c| (0..rows).map(move |rr| b * rows * cols + rr * cols + c)));
                 Ok(t.take(shape, idx))
             }
             WeightExpr::Split { of, parts, index, axis } => {
@@ -156,7 +162,8 @@ impl Ctx<'_> {
                 let start = index * part;
                 let mut shape = t.shape.clone();
                 shape[a] = part;
-                let idx = (0..outer).flat_map(move |o| (start..start + part).flat_map(move |k| (0..inner).map(move |i| (o * full + k) * inner + i)));
+                let idx = (0..outer)
+                    .flat_map(move |o| (start..start + part).flat_map(move |k| (0..inner).map(move |i| (o * full + k) * inner + i)));
                 Ok(t.take(shape, idx))
             }
             WeightExpr::Reshape(x, dims) => {
@@ -179,7 +186,9 @@ impl Ctx<'_> {
                 let t = self.eval(x)?;
                 let (rows, cols) = (t.shape.first().copied().unwrap_or(0), t.shape.get(1).copied().unwrap_or(0));
                 if t.shape.len() != 2 || rows % heads != 0 || (rows / heads) % 2 != 0 {
-                    return Err(self.fail(format!("rope_halves needs [heads * even head_dim, d] rows; {x} is {:?} for {heads} heads", t.shape)));
+                    return Err(
+                        self.fail(format!("rope_halves needs [heads * even head_dim, d] rows; {x} is {:?} for {heads} heads", t.shape))
+                    );
                 }
                 let hd = rows / heads;
                 let half = hd / 2;

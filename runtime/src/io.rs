@@ -26,7 +26,8 @@ pub fn read_safetensors(path: &str) -> Result<HashMap<String, Tensor>, RunError>
     if let Some(dup) = duplicate_name(&map) {
         return Err(file_err(path, format!("the checkpoint names tensor `{dup}` more than once")));
     }
-    let st = SafeTensors::deserialize(&map).map_err(|e| file_err(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let st =
+        SafeTensors::deserialize(&map).map_err(|e| file_err(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
