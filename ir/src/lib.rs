@@ -24,6 +24,7 @@ mod infer;
 mod op;
 mod parse;
 mod print;
+mod score_fn;
 mod types;
 mod verify;
 
@@ -34,5 +35,6 @@ pub use infer::{broadcast_shapes, infer_type};
 pub use op::{BinaryOp, Init, Op, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
 pub use parse::{parse, ParseError};
 pub use print::node_line;
+pub use score_fn::{SNode, ScoreFn, TileClass, Var, MASK_THRESHOLD};
 pub use types::{DType, ShapeDisplay, TensorType};
 pub use verify::verify;

@@ -25,6 +25,17 @@ impl DType {
     }
 
     /// Parses a dtype name.
+    /// `v` as an element of this type stores it: rounded to f32, truncated to i64, or 0/1
+    /// for bool (the interpreter's storage semantics, in f64).
+    pub fn store(self, v: f64) -> f64 {
+        match self {
+            DType::F32 => f64::from(v as f32),
+            DType::I64 => (v as i64) as f64,
+            DType::Bool => f64::from(v != 0.0),
+        }
+    }
+
+    /// The dtype named `s` (`f32`, `i64`, `bool`).
     pub fn from_name(s: &str) -> Option<DType> {
         match s {
             "f32" => Some(DType::F32),
