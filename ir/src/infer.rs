@@ -28,7 +28,8 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Reduce { .. } | Op::Slice { .. } | Op::Cumsum { .. } => 1,
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
         Op::Where => 3,
-        Op::Concat { .. } => return None,
+        Op::Softmax { .. } => 1,
+        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) => return None,
     })
 }
 
@@ -42,6 +43,46 @@ fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
 
 fn element_count(shape: &[Dim]) -> Dim {
     shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d))
+}
+
+fn f32_only(op: &Op, ins: &[&TensorType]) -> Result<(), String> {
+    match ins.iter().find(|t| t.dtype != DType::F32) {
+        Some(t) => Err(format!("{op} needs f32 operands, got {t}")),
+        None => Ok(()),
+    }
+}
+
+fn transposed(shape: &[Dim]) -> Result<Vec<Dim>, String> {
+    let mut s = shape.to_vec();
+    let r = s.len();
+    if r < 2 {
+        return Err("attention needs rank ≥ 2 operands".into());
+    }
+    s.swap(r - 2, r - 1);
+    Ok(s)
+}
+
+fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
+    if a.dtype != DType::F32 || b.dtype != DType::F32 {
+        return Err(format!("matmul needs f32 operands, got {} and {}", a.dtype, b.dtype));
+    }
+    if a.rank() < 2 || b.rank() < 2 {
+        return Err(format!("matmul needs rank ≥ 2, got {} and {}", ShapeDisplay(&a.shape), ShapeDisplay(&b.shape)));
+    }
+    let (ra, rb) = (a.rank(), b.rank());
+    if a.shape[ra - 1] != b.shape[rb - 2] {
+        return Err(format!(
+            "matmul inner sizes differ: {} @ {} ({} vs {})",
+            ShapeDisplay(&a.shape),
+            ShapeDisplay(&b.shape),
+            a.shape[ra - 1],
+            b.shape[rb - 2]
+        ));
+    }
+    let mut shape = broadcast_shapes(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
+    shape.push(a.shape[ra - 2].clone());
+    shape.push(b.shape[rb - 1].clone());
+    Ok(TensorType::new(DType::F32, shape))
 }
 
 /// Computes the result type of `op` applied to operands of types `ins`. `declared` is the type
@@ -107,28 +148,67 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             }
             Ok(t)
         }
-        Op::MatMul => {
-            let (a, b) = (ins[0], ins[1]);
-            if a.dtype != DType::F32 || b.dtype != DType::F32 {
-                return Err(format!("matmul needs f32 operands, got {} and {}", a.dtype, b.dtype));
+        Op::MatMul => matmul_type(ins[0], ins[1]),
+        Op::Softmax { axis } => {
+            check_axis(*axis, ins[0].rank())?;
+            f32_only(op, ins)?;
+            Ok(ins[0].clone())
+        }
+        Op::Norm { .. } => {
+            if ins.is_empty() || ins.len() > 3 {
+                return Err("norm takes x, then optionally weight and bias".into());
             }
-            if a.rank() < 2 || b.rank() < 2 {
-                return Err(format!("matmul needs rank ≥ 2, got {} and {}", ShapeDisplay(&a.shape), ShapeDisplay(&b.shape)));
+            f32_only(op, ins)?;
+            let x = ins[0];
+            let d = x.shape.last().ok_or("norm needs rank ≥ 1")?;
+            if ins[1..].iter().any(|w| w.shape != [d.clone()]) {
+                return Err(format!("norm weight and bias must be [{d}]"));
             }
-            let (ra, rb) = (a.rank(), b.rank());
-            if a.shape[ra - 1] != b.shape[rb - 2] {
-                return Err(format!(
-                    "matmul inner sizes differ: {} @ {} ({} vs {})",
-                    ShapeDisplay(&a.shape),
-                    ShapeDisplay(&b.shape),
-                    a.shape[ra - 1],
-                    b.shape[rb - 2]
-                ));
+            Ok(x.clone())
+        }
+        Op::Gemm { bias, act, residual } => {
+            let n = 2 + usize::from(*bias) + usize::from(*residual);
+            if ins.len() != n {
+                return Err(format!("gemm with these flags takes {n} operands, got {}", ins.len()));
             }
-            let mut shape = broadcast_shapes(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
-            shape.push(a.shape[ra - 2].clone());
-            shape.push(b.shape[rb - 1].clone());
-            Ok(TensorType::new(DType::F32, shape))
+            f32_only(op, ins)?;
+            let mut t = matmul_type(ins[0], ins[1])?;
+            if *bias {
+                t.shape = broadcast_shapes(&t.shape, &ins[2].shape)?;
+            }
+            if act.is_some_and(|a| a == crate::UnaryOp::Not) {
+                return Err("gemm activation cannot be `not`".into());
+            }
+            if *residual {
+                t.shape = broadcast_shapes(&t.shape, &ins[n - 1].shape)?;
+            }
+            Ok(t)
+        }
+        Op::Ffn { gated, bias, .. } => {
+            let n = if *bias { 5 } else { 3 };
+            if ins.len() != n {
+                return Err(format!("ffn takes {n} operands, got {}", ins.len()));
+            }
+            f32_only(op, ins)?;
+            let (x, w_in) = (ins[0], ins[1]);
+            let w_out = ins[if *bias { 3 } else { 2 }];
+            let h = matmul_type(x, w_in)?;
+            let mut hidden = h.shape.clone();
+            if *gated {
+                let last = hidden.pop().ok_or("ffn needs rank ≥ 1")?;
+                hidden.push(last.div_exact(&Dim::known(2)).ok_or_else(|| format!("a gated ffn needs an even [gate | up] width, got {last}"))?);
+            }
+            matmul_type(&TensorType::new(DType::F32, hidden), w_out)
+        }
+        Op::Attention(_) => {
+            if ins.len() < 3 {
+                return Err("attention takes q, k, v and the score function's operands".into());
+            }
+            f32_only(op, &ins[..3])?;
+            let (q, k, v) = (ins[0], ins[1], ins[2]);
+            let scores = matmul_type(q, &TensorType::new(DType::F32, transposed(&k.shape)?))?;
+            let out = matmul_type(&scores, v)?;
+            Ok(out)
         }
         Op::Transpose(perm) => {
             let t = ins[0];

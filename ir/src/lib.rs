@@ -32,7 +32,7 @@ pub use checkpoint::{fill_template, match_pattern, NameMap, WeightExpr, WeightRu
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
 pub use infer::{broadcast_shapes, infer_type};
-pub use op::{BinaryOp, Init, Op, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
+pub use op::{BinaryOp, Init, NormKind, Op, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
 pub use parse::{parse, ParseError};
 pub use print::node_line;
 pub use score_fn::{SNode, ScoreFn, TileClass, Var, MASK_THRESHOLD};

@@ -245,6 +245,15 @@ impl std::fmt::Display for Init {
     }
 }
 
+/// Which normalisation a fused `norm` computes over the last axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps)`.
+    Layer,
+    /// `x / sqrt(mean(x²) + eps)`.
+    Rms,
+}
+
 /// One IR operation. Attributes live here; the result type lives on the node.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -312,9 +321,54 @@ pub enum Op {
         /// The scanned axis.
         axis: usize,
     },
+    // ---- Fused ops: only the optimizer creates these.
+    /// Numerically stable softmax along `axis` (max subtracted before `exp`).
+    Softmax {
+        /// The normalised axis.
+        axis: usize,
+    },
+    /// Normalisation over the last axis; operands `x`, then optionally `weight` (multiplied)
+    /// and `bias` (added).
+    Norm {
+        /// Layer norm or RMS norm.
+        kind: NormKind,
+        /// Added to the variance.
+        eps: f64,
+    },
+    /// `a @ b`, then `+ bias` (operand 3 when `bias`), then `act`, then `+ residual` (the
+    /// last operand when `residual`).
+    Gemm {
+        /// A bias operand follows `b`.
+        bias: bool,
+        /// Activation applied after the bias.
+        act: Option<UnaryOp>,
+        /// A residual operand comes last.
+        residual: bool,
+    },
+    /// A feed-forward block: operands `x, w_in, [b_in], w_out, [b_out]`. Plain:
+    /// `act(x @ w_in + b_in) @ w_out + b_out`. Gated: `x @ w_in` is `[gate | up]` (one GEMM
+    /// for both) and the hidden value is `act(gate) * up`.
+    Ffn {
+        /// GLU-family (gate and up halves) rather than a plain MLP.
+        gated: bool,
+        /// The activation.
+        act: UnaryOp,
+        /// Biases follow the weights.
+        bias: bool,
+    },
+    /// Fused attention `softmax(f(q·kᵀ)) @ v` over the last two axes, never materialising the
+    /// scores: operands `q [.., s, e]`, `k [.., t, e]`, `v [.., t, ev]` (batch axes broadcast,
+    /// so grouped-query heads share k and v), then the score function's extra operands. In
+    /// `f`, `B` is the index of axis 0 and `H` the row-major index over axes `1..rank-2`.
+    Attention(Box<crate::ScoreFn>),
 }
 
 impl Op {
+    /// Whether only the optimizer creates this op.
+    pub fn is_fused(&self) -> bool {
+        matches!(self, Op::Softmax { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_))
+    }
+
     /// The op's mnemonic in the IR text.
     pub fn mnemonic(&self) -> String {
         match self {
@@ -335,6 +389,11 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Concat { .. } => "concat".into(),
             Op::Cumsum { .. } => "cumsum".into(),
+            Op::Softmax { .. } => "softmax".into(),
+            Op::Norm { .. } => "norm".into(),
+            Op::Gemm { .. } => "gemm".into(),
+            Op::Ffn { .. } => "ffn".into(),
+            Op::Attention(_) => "attention".into(),
         }
     }
 }

@@ -194,6 +194,18 @@ fn key(c: &mut Cursor, k: &str) -> Result<(), String> {
     c.punct('=')
 }
 
+fn boolean(c: &mut Cursor) -> Result<bool, String> {
+    match c.word()?.as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        w => Err(format!("expected true or false, found `{w}`")),
+    }
+}
+
+fn unary(w: &str) -> Result<crate::UnaryOp, String> {
+    UNARY_OPS.iter().find(|(_, n)| *n == w).map(|(u, _)| *u).ok_or_else(|| format!("unknown activation `{w}`"))
+}
+
 fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
     let id = c.value()?;
     if id.index() != expect_id {
@@ -260,6 +272,41 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             let end = dim_attr(c)?;
             key(c, "step")?;
             Op::Slice { axis, start, end, step: c.int()? }
+        }
+        "softmax" => Op::Softmax { axis: axis(c)? },
+        "norm" => {
+            key(c, "kind")?;
+            let kind = match c.word()?.as_str() {
+                "layer" => crate::NormKind::Layer,
+                "rms" => crate::NormKind::Rms,
+                w => return Err(format!("unknown norm kind `{w}`")),
+            };
+            key(c, "eps")?;
+            let w = c.word()?;
+            Op::Norm { kind, eps: w.parse().map_err(|_| format!("bad number `{w}`"))? }
+        }
+        "gemm" => {
+            key(c, "bias")?;
+            let bias = boolean(c)?;
+            key(c, "act")?;
+            let act = match c.word()?.as_str() {
+                "none" => None,
+                w => Some(unary(w)?),
+            };
+            key(c, "residual")?;
+            Op::Gemm { bias, act, residual: boolean(c)? }
+        }
+        "ffn" => {
+            key(c, "gated")?;
+            let gated = boolean(c)?;
+            key(c, "act")?;
+            let act = unary(&c.word()?)?;
+            key(c, "bias")?;
+            Op::Ffn { gated, act, bias: boolean(c)? }
+        }
+        "attention" => {
+            key(c, "fn")?;
+            Op::Attention(Box::new(crate::ScoreFn::parse(&c.string()?)?))
         }
         r if r.starts_with("reduce_") => {
             let op = match &r[7..] {

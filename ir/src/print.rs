@@ -36,6 +36,11 @@ pub fn attrs(op: &Op) -> String {
         Op::Slice { axis, start, end, step } => {
             format!("axis={axis} start={} end={} step={step}", dim_attr(start), dim_attr(end))
         }
+        Op::Softmax { axis } => format!("axis={axis}"),
+        Op::Norm { kind, eps } => format!("kind={} eps={eps:?}", if *kind == crate::NormKind::Layer { "layer" } else { "rms" }),
+        Op::Gemm { bias, act, residual } => format!("bias={bias} act={} residual={residual}", act.map_or("none", |a| a.name())),
+        Op::Ffn { gated, act, bias } => format!("gated={gated} act={} bias={bias}", act.name()),
+        Op::Attention(f) => format!("fn=\"{f}\""),
         _ => String::new(),
     }
 }

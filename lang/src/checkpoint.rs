@@ -17,6 +17,7 @@
 //! local names, `require` checks the configuration, and each `"pattern" <- expr` line becomes
 //! a [`WeightRule`]. Without a configuration, `config(key)` without a default is unknown and
 //! the assignments and checks that use it are skipped (the model's defaults apply).
+//! Without a configuration, every `config(..)` is unknown, with or without a default.
 
 use crate::ast::*;
 use crate::diag::{codes, Diagnostic};
@@ -263,7 +264,9 @@ impl Eval<'_> {
     }
 
     fn config(&mut self, key: &str, default: Option<CV>, span: Span) -> CV {
-        let Some(lookup) = self.config else { return default.unwrap_or(CV::Unknown) };
+        // Without a configuration every key is unknown, defaults included: the model's own
+        // defaults (and -D) apply, not the checkpoint format's.
+        let Some(lookup) = self.config else { return CV::Unknown };
         match (lookup(key), default) {
             (Some(v), _) => CV::from_config(v),
             (None, Some(d)) => d,

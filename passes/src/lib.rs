@@ -6,11 +6,15 @@
 
 mod cse;
 mod dce;
+pub mod egraph;
 mod fold_constants;
+mod optimize;
+pub mod rules;
 
 pub use cse::cse;
 pub use dce::dce;
 pub use fold_constants::fold_constants;
+pub use optimize::{describe, optimize, optimize_with, Fusion, Limits, Report};
 
 use tessera_ir::Graph;
 
@@ -23,8 +27,13 @@ pub struct Pass {
 }
 
 /// The default pipeline, in order.
-pub const PIPELINE: &[Pass] =
-    &[Pass { name: "fold_constants", run: fold_constants }, Pass { name: "cse", run: cse }, Pass { name: "dce", run: dce }];
+pub const PIPELINE: &[Pass] = &[
+    Pass { name: "fold_constants", run: fold_constants },
+    Pass { name: "cse", run: cse },
+    Pass { name: "dce", run: dce },
+    Pass { name: "optimize", run: optimize },
+    Pass { name: "cleanup", run: dce },
+];
 
 /// A pass broke an IR invariant: a compiler bug, reported with the offending IR.
 #[derive(Debug, thiserror::Error)]

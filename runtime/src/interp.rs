@@ -4,7 +4,7 @@
 //! tested against, not a fast path.
 
 use crate::tensor::{broadcast_offsets, strided_offsets, strides, Data, Tensor};
-use crate::RunError;
+use crate::{fused, RunError};
 use std::collections::HashMap;
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 
@@ -175,7 +175,23 @@ fn eval(
             }
             Tensor::from_f64(dtype, shape, out.into_iter())
         }
+        Op::Softmax { axis } => fused::softmax(a[0], *axis),
+        Op::Norm { kind, eps } => fused::norm(a[0], *kind, *eps, a.get(1).copied(), a.get(2).copied()),
+        Op::Gemm { bias, act, residual } => fused::gemm(product, a, *bias, *act, *residual),
+        Op::Ffn { gated, act, bias } => fused::ffn(product, a, *gated, *act, *bias),
+        Op::Attention(f) => fused::attention(f, a, shape),
     })
+}
+
+/// The interpreter's matmul with its result shape computed from the operands.
+fn product(a: &Tensor, b: &Tensor) -> Tensor {
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (ba, bb) = (&a.shape[..ra - 2], &b.shape[..rb - 2]);
+    let n = ba.len().max(bb.len());
+    let at = |s: &[usize], i: usize| if i + s.len() >= n { s[i + s.len() - n] } else { 1 };
+    let mut shape: Vec<usize> = (0..n).map(|i| at(ba, i).max(at(bb, i))).collect();
+    shape.extend([a.shape[ra - 2], b.shape[rb - 1]]);
+    matmul(a, b, shape)
 }
 
 /// `file:line:col` of a node, for runtime errors.
