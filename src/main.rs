@@ -60,6 +60,9 @@ enum Cmd {
         /// Print the IR after this pass (or `all`).
         #[arg(long, value_name = "PASS")]
         print_after: Option<String>,
+        /// List every fusion the optimizer made, with the source it came from.
+        #[arg(long)]
+        explain: bool,
     },
     /// Run a model on the reference interpreter.
     Run {
@@ -101,6 +104,26 @@ enum Cmd {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+}
+
+/// Writes to stdout, ending quietly when the reader has gone (`tessera ir ... | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if write!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -157,7 +180,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 if diags.iter().any(Diagnostic::is_error) {
                     failed = true;
                 } else {
-                    println!("{f}: ok");
+                    outln!("{f}: ok");
                 }
             }
             if failed {
@@ -166,12 +189,12 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 Ok(())
             }
         }
-        Cmd::Ir { m, emit, print_after } => {
+        Cmd::Ir { m, emit, print_after, explain } => {
             if emit == Emit::Ast {
                 let text = read(&m.file)?;
                 return match tessera::lang::parse(0, &text) {
                     Ok(module) => {
-                        println!("{module:#?}");
+                        outln!("{module:#?}");
                         Ok(())
                     }
                     Err(d) => {
@@ -188,18 +211,24 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
             }
             let (g, _) = front(&m)?;
-            if emit == Emit::Ir && print_after.is_none() {
-                print!("{g}");
+            if emit == Emit::Ir && print_after.is_none() && !explain {
+                out!("{g}");
                 return Ok(());
             }
-            let opt = tessera::passes::run_pipeline(&g, |name, g| {
+            let (opt, report) = tessera::passes::run_pipeline_with_report(&g, |name, g| {
                 if print_after.as_deref().is_some_and(|p| p == "all" || p == name) {
-                    println!("// after {name}\n{g}");
+                    outln!("// after {name}\n{g}");
                 }
             })
             .map_err(|e| Fail::Internal(e.to_string()))?;
-            if emit == Emit::Opt {
-                print!("{opt}");
+            if explain {
+                outln!("// {}", report.header());
+                for f in &report.fusions {
+                    outln!("{} {} ← {} ops", tessera::span_location(&opt, f.span), f.what, f.replaced);
+                }
+            } else if emit == Emit::Opt {
+                outln!("// {}", report.header());
+                out!("{opt}");
             }
             Ok(())
         }
@@ -232,20 +261,20 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let d = emb.shape[1];
             for (i, text) in texts.iter().enumerate() {
                 let head: Vec<String> = (0..d.min(6)).map(|k| format!("{:+.5}", emb.get(i * d + k))).collect();
-                println!("{i}: [{}, ...] ({d} dims)  {text:?}", head.join(", "));
+                outln!("{i}: [{}, ...] ({d} dims)  {text:?}", head.join(", "));
             }
             if texts.len() > 1 {
-                println!("cosine similarity:");
+                outln!("cosine similarity:");
                 for i in 0..texts.len() {
                     let row: Vec<String> = (0..texts.len())
                         .map(|j| format!("{:.4}", (0..d).map(|k| emb.get(i * d + k) * emb.get(j * d + k)).sum::<f64>()))
                         .collect();
-                    println!("  {i}: {}", row.join(" "));
+                    outln!("  {i}: {}", row.join(" "));
                 }
             }
             if let Some(p) = out {
                 runtime::write_safetensors(&p, &[("embeddings".to_string(), emb)]).map_err(run_fail)?;
-                println!("wrote embeddings to {p}");
+                outln!("wrote embeddings to {p}");
             }
             Ok(())
         }
@@ -344,14 +373,14 @@ fn run(
     all_inputs.extend(given);
     let mut dims_list: Vec<_> = dims.iter().collect();
     dims_list.sort();
-    println!("{}: {}", g.name, dims_list.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    outln!("{}: {}", g.name, dims_list.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
     let outputs = runtime::run(g, &dims, &all_inputs, &params)?;
     for (name, t) in &outputs {
-        println!("{name}: {}", summary(t));
+        outln!("{name}: {}", summary(t));
     }
     if let Some(p) = out {
         runtime::write_safetensors(p, &outputs)?;
-        println!("wrote {} output(s) to {p}", outputs.len());
+        outln!("wrote {} output(s) to {p}", outputs.len());
     }
     Ok(())
 }

@@ -210,6 +210,27 @@ impl ScoreFn {
         self.root().map_or_else(String::new, |r| self.pretty_node(r, 0))
     }
 
+    /// The readable form of node `k`.
+    pub fn pretty_at(&self, k: usize) -> String {
+        if k < self.nodes.len() {
+            self.pretty_node(k, 0)
+        } else {
+            String::new()
+        }
+    }
+
+    /// The score before masking: the node under the mask `where`s of [`Self::mask_conditions`].
+    pub fn unmasked(&self) -> Option<usize> {
+        let mut at = self.root()?;
+        while let SNode::Where(_, x, m) = &self.nodes[at].0 {
+            if !matches!(self.nodes.get(*m as usize), Some((SNode::Const(v), _)) if *v <= MASK_THRESHOLD) {
+                break;
+            }
+            at = *x as usize;
+        }
+        Some(at)
+    }
+
     fn pretty_node(&self, k: usize, depth: usize) -> String {
         if depth > 12 {
             return "…".into();

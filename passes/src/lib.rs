@@ -54,12 +54,24 @@ pub fn is_pass(name: &str) -> bool {
 
 /// Runs the pipeline. After each pass the graph is verified; `after` is called with the pass
 /// name and the graph (for `--print-after`).
-pub fn run_pipeline(g: &Graph, mut after: impl FnMut(&str, &Graph)) -> Result<Graph, VerifyError> {
+pub fn run_pipeline(g: &Graph, after: impl FnMut(&str, &Graph)) -> Result<Graph, VerifyError> {
+    run_pipeline_with_report(g, after).map(|(g, _)| g)
+}
+
+/// As [`run_pipeline`], also returning what the `optimize` pass did.
+pub fn run_pipeline_with_report(g: &Graph, mut after: impl FnMut(&str, &Graph)) -> Result<(Graph, Report), VerifyError> {
     let mut g = g.clone();
+    let mut report = Report::default();
     for p in PIPELINE {
-        g = (p.run)(&g);
+        g = if p.name == "optimize" {
+            let (out, r) = optimize_with(&g, Limits::default());
+            report = r;
+            out
+        } else {
+            (p.run)(&g)
+        };
         tessera_ir::verify(&g).map_err(|errors| VerifyError { pass: p.name.to_string(), errors, dump: g.to_string() })?;
         after(p.name, &g);
     }
-    Ok(g)
+    Ok((g, report))
 }

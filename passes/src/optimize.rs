@@ -121,15 +121,10 @@ fn explain(g: &Graph, ids: &[Id], eg: &EG, out: &Graph) -> Vec<Fusion> {
         first.insert(*c, i);
     }
     let mut found = Vec::new();
-    let mut out_class = HashMap::new();
-    // Map each output node back to its class through the original ids (spans identify them).
-    for (i, n) in out.nodes().iter().enumerate() {
+    for n in out.nodes() {
         if !n.op.is_fused() {
             continue;
         }
-        let operand_types: Vec<_> = n.inputs.iter().map(|v| out.ty(*v).clone()).collect();
-        let _ = operand_types;
-        out_class.insert(i, ());
         // The class: an original node with the same span and type whose class holds this op.
         let class = class_of.iter().copied().find(|&c| eg[c].data.span == n.span && eg[c].data.ty == n.ty && eg[c].nodes.iter().any(|m| m.op == n.op));
         let replaced = class.map_or(0, |c| {
@@ -158,19 +153,24 @@ fn explain(g: &Graph, ids: &[Id], eg: &EG, out: &Graph) -> Vec<Fusion> {
 pub fn describe(g: &Graph, n: &tessera_ir::Node) -> String {
     match &n.op {
         Op::Attention(f) => {
-            let heads = |v: &tessera_ir::ValueId| {
-                let s = &g.ty(*v).shape;
-                s.iter().skip(1).take(s.len().saturating_sub(3)).map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+            // Heads: the product of the batch axes after the first (query vs key/value).
+            let heads = |v: Option<&tessera_ir::ValueId>| {
+                v.map(|v| {
+                    let s = &g.ty(*v).shape;
+                    s.iter().skip(1).take(s.len().saturating_sub(3)).fold(tessera_ir::Dim::known(1), |a, d| a.mul(d)).to_string()
+                })
             };
-            let conds = f.mask_conditions();
             let mut parts = Vec::new();
-            if !conds.is_empty() {
-                let masks: Vec<String> = conds.iter().map(|&c| sub_pretty(f, c)).collect();
+            let masks: Vec<String> = f.mask_conditions().iter().map(|&c| f.pretty_at(c)).collect();
+            if !masks.is_empty() {
                 parts.push(format!("mask: {}", masks.join(" and ")));
             }
-            parts.push(format!("score: {}", f.pretty()));
-            if let (Some(q), Some(k)) = (n.inputs.first(), n.inputs.get(1)) {
-                parts.push(format!("heads {} over kv {}", heads(q), heads(k)));
+            parts.push(format!("score: {}", f.unmasked().map_or_else(String::new, |k| f.pretty_at(k))));
+            if let (Some(h), Some(kv)) = (heads(n.inputs.first()), heads(n.inputs.get(1))) {
+                parts.push(if h == kv { format!("{h} heads") } else { format!("gqa {h}:{kv}") });
+            }
+            if n.inputs.len() > 3 {
+                parts.push(format!("{} extra operand(s)", n.inputs.len() - 3));
             }
             format!("attention({})", parts.join(", "))
         }
@@ -196,7 +196,3 @@ pub fn describe(g: &Graph, n: &tessera_ir::Node) -> String {
     }
 }
 
-fn sub_pretty(f: &tessera_ir::ScoreFn, node: usize) -> String {
-    let sub = tessera_ir::ScoreFn { nodes: f.nodes[..=node].to_vec() };
-    sub.pretty()
-}
