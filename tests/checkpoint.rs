@@ -259,3 +259,15 @@ fn cli_runs_a_hugging_face_folder_and_refuses_unknown_inputs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no input named `position_ids`"));
 }
+
+/// Without a config.json, a checkpoint map's defaults (`config("rms_norm_eps", 1e-6)`) must
+/// not replace the model's own (`eps = 1e-5`).
+#[test]
+fn without_a_config_the_model_defaults_apply() {
+    let text = std::fs::read_to_string("stdlib/llama.tsr").expect("llama.tsr");
+    let fe = tessera::Frontend::tsr("stdlib/llama.tsr", &text, None, &[("layers".into(), tessera::lang::Override::Int(1))]);
+    let g = fe.graph.expect("graph");
+    let eps: Vec<f64> = g.nodes().iter().filter_map(|n| if let tessera::ir::Op::Const(v) = n.op { Some(v) } else { None }).collect();
+    assert!(eps.contains(&1e-5) && !eps.contains(&1e-6), "{eps:?}");
+    assert!(fe.checkpoint.expect("map").hparams.is_empty());
+}

@@ -38,3 +38,27 @@ pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     let scale = a.to_f64().iter().fold(1e-6f64, |m, x| m.max(x.abs()));
     a.to_f64().iter().zip(b.to_f64()).map(|(x, y)| (x - y).abs() / scale).fold(0.0, f64::max)
 }
+
+/// Every stdlib model at a small size (odd widths, 2–3 layers).
+pub const SMALL: &[(&str, &[(&str, &str)])] = &[
+    ("gpt2", &[("layers", "2"), ("d", "32"), ("heads", "4"), ("vocab", "97"), ("max_pos", "64")]),
+    ("llama", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97")]),
+    ("bert", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "64"), ("vocab", "97"), ("max_pos", "64")]),
+    ("mistral", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97"), ("window", "3")]),
+    (
+        "modernbert",
+        &[("layers", "3"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("local", "4"), ("global_every", "2")],
+    ),
+    ("t5", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("d_kv", "20"), ("d_ff", "80"), ("vocab", "97"), ("gated", "true")]),
+];
+
+/// Every model of the standard library.
+pub const MODELS: &[&str] = &["gpt2", "llama", "mistral", "bert", "modernbert", "t5"];
+
+/// Sizes of the symbolic dimensions used with [`SMALL`].
+pub const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
+
+/// How many ops of the graph have this mnemonic.
+pub fn count(g: &Graph, mnemonic: &str) -> usize {
+    g.nodes().iter().filter(|n| n.op.mnemonic() == mnemonic).count()
+}

@@ -5,22 +5,6 @@
 mod common;
 use common::*;
 
-const SMALL: &[(&str, &[(&str, &str)])] = &[
-    ("gpt2", &[("layers", "2"), ("d", "32"), ("heads", "4"), ("vocab", "97"), ("max_pos", "64")]),
-    ("llama", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97")]),
-    ("bert", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "64"), ("vocab", "97"), ("max_pos", "64")]),
-    ("mistral", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97"), ("window", "3")]),
-    (
-        "modernbert",
-        &[("layers", "3"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("local", "4"), ("global_every", "2")],
-    ),
-    ("t5", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("d_kv", "20"), ("d_ff", "80"), ("vocab", "97"), ("gated", "true")]),
-];
-
-/// Every model of the standard library.
-const MODELS: &[&str] = &["gpt2", "llama", "mistral", "bert", "modernbert", "t5"];
-const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
-
 #[test]
 fn ir_text_round_trips_for_every_stdlib_model() {
     for name in MODELS {
@@ -74,11 +58,12 @@ fn the_pass_pipeline_preserves_every_model_s_outputs() {
         let g = stdlib(name, ov);
         let opt = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline verifies");
         assert!(opt.len() < g.len(), "{name}: the pipeline removed nothing ({} nodes)", g.len());
+        assert!(count(&opt, "attention") > 0 && count(&opt, "ffn") > 0, "{name}: nothing fused");
         let before = run_random(&g, DIMS, 3);
         let after = run_random(&opt, DIMS, 3);
         for ((n, a), (_, b)) in before.iter().zip(&after) {
             let d = max_rel_diff(a, b);
-            assert!(d <= 1e-6, "{name}.{n}: relative difference {d}");
+            assert!(d <= 1e-5, "{name}.{n}: relative difference {d}");
         }
     }
 }

@@ -196,7 +196,9 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             let mut hidden = h.shape.clone();
             if *gated {
                 let last = hidden.pop().ok_or("ffn needs rank ≥ 1")?;
-                hidden.push(last.div_exact(&Dim::known(2)).ok_or_else(|| format!("a gated ffn needs an even [gate | up] width, got {last}"))?);
+                hidden.push(
+                    last.div_exact(&Dim::known(2)).ok_or_else(|| format!("a gated ffn needs an even [gate | up] width, got {last}"))?,
+                );
             }
             matmul_type(&TensorType::new(DType::F32, hidden), w_out)
         }

@@ -424,7 +424,8 @@ mod tests {
             let f = causal_window(w);
             for (i0, j0) in [(0, 0), (8, 0), (0, 8), (16, 0), (32, 24), (24, 32)] {
                 let (i, j) = ((i0, i0 + 7), (j0, j0 + 7));
-                let visible = (i.0..=i.1).flat_map(|a| (j.0..=j.1).map(move |b| (a, b))).filter(|&(a, b)| b <= a && ((a - b) as f64) < w).count();
+                let visible =
+                    (i.0..=i.1).flat_map(|a| (j.0..=j.1).map(move |b| (a, b))).filter(|&(a, b)| b <= a && ((a - b) as f64) < w).count();
                 let want = match visible {
                     0 => TileClass::Dead,
                     64 => TileClass::Full,

@@ -126,9 +126,13 @@ fn explain(g: &Graph, ids: &[Id], eg: &EG, out: &Graph) -> Vec<Fusion> {
             continue;
         }
         // The class: an original node with the same span and type whose class holds this op.
-        let class = class_of.iter().copied().find(|&c| eg[c].data.span == n.span && eg[c].data.ty == n.ty && eg[c].nodes.iter().any(|m| m.op == n.op));
+        let class = class_of
+            .iter()
+            .copied()
+            .find(|&c| eg[c].data.span == n.span && eg[c].data.ty == n.ty && eg[c].nodes.iter().any(|m| m.op == n.op));
         let replaced = class.map_or(0, |c| {
-            let stops: HashSet<Id> = eg[c].nodes.iter().filter(|m| m.op == n.op).flat_map(|m| m.children.iter().map(|x| eg.find(*x))).collect();
+            let stops: HashSet<Id> =
+                eg[c].nodes.iter().filter(|m| m.op == n.op).flat_map(|m| m.children.iter().map(|x| eg.find(*x))).collect();
             let mut seen = HashSet::new();
             let mut stack: Vec<usize> = first.get(&c).into_iter().copied().collect();
             while let Some(k) = stack.pop() {
@@ -190,9 +194,12 @@ pub fn describe(g: &Graph, n: &tessera_ir::Node) -> String {
             }
             format!("gemm({})", e.join(", "))
         }
-        Op::Norm { kind, eps } => format!("{}(eps={eps:?}, {} operands)", if *kind == tessera_ir::NormKind::Layer { "layer_norm" } else { "rms_norm" }, n.inputs.len()),
+        Op::Norm { kind, eps } => format!(
+            "{}(eps={eps:?}, {} operands)",
+            if *kind == tessera_ir::NormKind::Layer { "layer_norm" } else { "rms_norm" },
+            n.inputs.len()
+        ),
         Op::Softmax { axis } => format!("softmax(axis={axis})"),
         other => other.mnemonic(),
     }
 }
-

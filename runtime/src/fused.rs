@@ -59,13 +59,7 @@ fn activate(x: &Tensor, act: UnaryOp) -> Tensor {
 }
 
 /// `a @ b (+ bias) → act → (+ residual)`. `matmul` is the interpreter's product.
-pub fn gemm(
-    matmul: impl Fn(&Tensor, &Tensor) -> Tensor,
-    a: &[&Tensor],
-    bias: bool,
-    act: Option<UnaryOp>,
-    residual: bool,
-) -> Tensor {
+pub fn gemm(matmul: impl Fn(&Tensor, &Tensor) -> Tensor, a: &[&Tensor], bias: bool, act: Option<UnaryOp>, residual: bool) -> Tensor {
     let mut y = matmul(a[0], a[1]);
     if bias {
         y = add_broadcast(&y, a[2]);
@@ -131,9 +125,7 @@ pub fn attention(f: &ScoreFn, a: &[&Tensor], out_shape: Vec<usize>) -> Tensor {
         .map(|l| {
             let st = strides(&l.shape);
             let pad = score_shape.len().saturating_sub(l.shape.len());
-            (0..score_shape.len())
-                .map(|d| if d < pad || l.shape[d - pad] == 1 { 0 } else { st[d - pad] })
-                .collect()
+            (0..score_shape.len()).map(|d| if d < pad || l.shape[d - pad] == 1 { 0 } else { st[d - pad] }).collect()
         })
         .collect();
     let batch_st = strides(batch);

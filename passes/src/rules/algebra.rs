@@ -24,7 +24,8 @@ fn softmax(eg: &EG, id: Id) -> Vec<Rhs> {
         .into_iter()
         .filter_map(|(num, den)| {
             let d = unary(eg, num, UnaryOp::Exp)?;
-            let (x, m) = binary(eg, d, Sub).into_iter().find(|&(x, m)| reduce_last(eg, m, ReduceOp::Max).is_some_and(|x2| same(eg, x, x2)))?;
+            let (x, m) =
+                binary(eg, d, Sub).into_iter().find(|&(x, m)| reduce_last(eg, m, ReduceOp::Max).is_some_and(|x2| same(eg, x, x2)))?;
             let _ = m;
             let summed = reduce_last(eg, den, ReduceOp::Sum)?;
             same(eg, summed, num).then(|| Rhs::Node(Op::Softmax { axis: rank - 1 }, None, vec![Rhs::Class(x)]))
@@ -51,7 +52,8 @@ fn layer_norm(eg: &EG, id: Id) -> Vec<Rhs> {
             if !same(eg, square_of(eg, sq)?, xc) {
                 return None;
             }
-            let (x, m) = binary(eg, xc, Sub).into_iter().find(|&(x, m)| reduce_last(eg, m, ReduceOp::Mean).is_some_and(|x2| same(eg, x, x2)))?;
+            let (x, m) =
+                binary(eg, xc, Sub).into_iter().find(|&(x, m)| reduce_last(eg, m, ReduceOp::Mean).is_some_and(|x2| same(eg, x, x2)))?;
             let _ = m;
             Some(Rhs::Node(Op::Norm { kind: NormKind::Layer, eps }, None, vec![Rhs::Class(x)]))
         })

@@ -31,7 +31,9 @@ fn linear_forms(eg: &EG, id: Id) -> Vec<(Id, Id, Option<Id>)> {
     let d = ty(eg, id).shape.last().cloned();
     for (m, b) in binary(eg, id, Add) {
         if d.as_ref().is_some_and(|d| ty(eg, b).shape.as_slice() == [d.clone()]) {
-            out.extend(find_all(eg, m, |n| (n.op == Op::MatMul && is_matrix(n.children[1])).then(|| (n.children[0], n.children[1], Some(b)))));
+            out.extend(find_all(eg, m, |n| {
+                (n.op == Op::MatMul && is_matrix(n.children[1])).then(|| (n.children[0], n.children[1], Some(b)))
+            }));
         }
     }
     out
@@ -63,7 +65,9 @@ fn gemm_act(eg: &EG, id: Id) -> Vec<Rhs> {
     .flat_map(|(u, g)| {
         find_all(eg, g, move |n| match n.op {
             Op::MatMul => Some(Rhs::Node(Op::Gemm { bias: false, act: Some(u), residual: false }, None, classes(&n.children))),
-            Op::Gemm { bias, act: None, residual: false } => Some(Rhs::Node(Op::Gemm { bias, act: Some(u), residual: false }, None, classes(&n.children))),
+            Op::Gemm { bias, act: None, residual: false } => {
+                Some(Rhs::Node(Op::Gemm { bias, act: Some(u), residual: false }, None, classes(&n.children)))
+            }
             _ => None,
         })
     })
@@ -132,7 +136,9 @@ fn glu(eg: &EG, id: Id) -> Vec<Rhs> {
         }
         for (a, u) in binary(eg, g, Mul).into_iter().flat_map(|(a, b)| [(a, b), (b, a)]) {
             for (act, x, wg, bg) in activated_linear(eg, a) {
-                let up = linear_forms(eg, u).into_iter().find(|&(x2, wu, bu)| super::same(eg, x, x2) && bu.is_none() && ty(eg, wu) == ty(eg, wg));
+                let up = linear_forms(eg, u)
+                    .into_iter()
+                    .find(|&(x2, wu, bu)| super::same(eg, x, x2) && bu.is_none() && ty(eg, wu) == ty(eg, wg));
                 if let (Some((_, wu, _)), None) = (up, bg) {
                     let both = Rhs::Node(Op::Concat { axis: 1 }, None, vec![Rhs::Class(wg), Rhs::Class(wu)]);
                     return vec![Rhs::Node(Op::Ffn { gated: true, act, bias: false }, None, vec![Rhs::Class(x), both, Rhs::Class(wd)])];

@@ -1,0 +1,123 @@
+//! The e-graph optimizer on whole models: one fused attention per attention layer and one
+//! fused feed-forward per FFN in every stdlib model (with golden dumps in
+//! `tests/filetests/opt/`, re-blessed by `TESSERA_BLESS=1`), a user-invented attention variant
+//! fusing too, and the mask analysis skipping exactly the tiles a mask rules out.
+
+mod common;
+use common::*;
+use tessera::ir::{Graph, Op, ScoreFn, TileClass};
+
+fn optimized(g: &Graph) -> (Graph, tessera::passes::Report) {
+    tessera::passes::run_pipeline_with_report(g, |_, _| {}).expect("pipeline verifies")
+}
+
+fn layers(ov: &[(&str, &str)]) -> usize {
+    ov.iter().find(|(k, _)| *k == "layers").and_then(|(_, v)| v.parse().ok()).expect("layers")
+}
+
+#[test]
+fn every_stdlib_model_fuses_one_attention_and_one_ffn_per_layer() {
+    for (name, ov) in SMALL {
+        let (opt, report) = optimized(&stdlib(name, ov));
+        let l = layers(ov);
+        // T5: self-attention in both stacks plus cross-attention in the decoder.
+        let (attn, ffn) = if *name == "t5" { (3 * l, 2 * l) } else { (l, l) };
+        assert_eq!(count(&opt, "attention"), attn, "{name}: fused attentions\n{opt}");
+        assert_eq!(count(&opt, "ffn"), ffn, "{name}: fused FFNs\n{opt}");
+        assert_eq!(count(&opt, "softmax") + count(&opt, "reduce_max"), 0, "{name}: a softmax was left unfused\n{opt}");
+        assert!(report.stop == "saturated", "{name}: {}", report.header());
+        let explained = report.fusions.iter().filter(|f| f.what.starts_with("attention(")).count();
+        assert_eq!(explained, attn, "{name}: --explain lists every attention");
+    }
+}
+
+#[test]
+fn optimized_dumps_match_the_golden_files_and_read_back() {
+    let bless = std::env::var_os("TESSERA_BLESS").is_some();
+    let mut failures = Vec::new();
+    for (name, ov) in SMALL {
+        let one: Vec<(&str, &str)> = ov.iter().map(|&(k, v)| if k == "layers" { (k, "1") } else { (k, v) }).collect();
+        let (opt, _) = optimized(&stdlib(name, &one));
+        let text = opt.to_string();
+        let back = tessera::ir::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back, opt, "{name}: the optimized dump does not read back to the same graph");
+        let path = format!("tests/filetests/opt/{name}.tir");
+        if bless {
+            std::fs::create_dir_all("tests/filetests/opt").expect("dir");
+            std::fs::write(&path, &text).expect("write");
+        } else if std::fs::read_to_string(&path).unwrap_or_default() != text {
+            failures.push(path);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?} differ; re-bless with TESSERA_BLESS=1 cargo test --test optimize");
+}
+
+/// The score function of the `nth` fused attention of a model.
+fn score_fn(name: &str, ov: &[(&str, &str)], nth: usize) -> ScoreFn {
+    let (opt, _) = optimized(&stdlib(name, ov));
+    opt.nodes()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Attention(f) => Some((**f).clone()),
+            _ => None,
+        })
+        .nth(nth)
+        .expect("an attention")
+}
+
+/// Dead tiles found by the interval analysis, and those a brute-force scan of the mask finds.
+fn dead_tiles(f: &ScoreFn, seq: i64, tile: i64, visible: impl Fn(i64, i64) -> bool) -> (usize, usize, usize) {
+    let (mut found, mut truth, mut total) = (0, 0, 0);
+    for i0 in (0..seq).step_by(tile as usize) {
+        for j0 in (0..seq).step_by(tile as usize) {
+            total += 1;
+            let class = f.tile_class((i0, i0 + tile - 1), (j0, j0 + tile - 1));
+            let none_visible = (i0..i0 + tile).all(|i| (j0..j0 + tile).all(|j| !visible(i, j)));
+            assert!(class != TileClass::Dead || none_visible, "tile ({i0}, {j0}) is called dead but has visible scores");
+            found += usize::from(class == TileClass::Dead);
+            truth += usize::from(none_visible);
+        }
+    }
+    (found, truth, total)
+}
+
+#[test]
+fn the_mask_analysis_skips_exactly_the_dead_tiles() {
+    let causal = score_fn("llama", SMALL[1].1, 0);
+    let (found, truth, total) = dead_tiles(&causal, 128, 16, |i, j| j <= i);
+    println!("causal: {found}/{total} tiles skipped");
+    assert_eq!((found, truth, total), (28, 28, 64));
+
+    let mut ov: Vec<(&str, &str)> = SMALL[3].1.to_vec();
+    ov.retain(|(k, _)| *k != "window");
+    ov.push(("window", "40"));
+    let window = score_fn("mistral", &ov, 0);
+    let (found, truth, total) = dead_tiles(&window, 256, 16, |i, j| j <= i && i - j < 40);
+    println!("window 40: {found}/{total} tiles skipped");
+    assert_eq!(found, truth);
+    assert!(found > total / 2);
+
+    // Layer 0 of ModernBERT is global; layer 1 is local (|i - j| <= 4 // 2).
+    let local = score_fn("modernbert", SMALL[4].1, 1);
+    let (found, truth, _) = dead_tiles(&local, 64, 8, |i, j| (i - j).abs() <= 2);
+    assert_eq!(found, truth);
+}
+
+/// A variant nobody wrote a kernel for: a document mask from segment ids with a soft-capped,
+/// ALiBi-biased score (`examples/custom_attention.tsr`).
+#[test]
+fn a_user_defined_attention_variant_fuses_and_computes_the_same() {
+    let path = "examples/custom_attention.tsr";
+    let text = std::fs::read_to_string(path).expect("example");
+    let g = elaborate(path, &text, &[("layers", "2")]);
+    let (opt, report) = optimized(&g);
+    assert_eq!(count(&opt, "attention"), 2, "{opt}");
+    let attn = report.fusions.iter().find(|f| f.what.starts_with("attention(")).expect("explained");
+    assert!(attn.what.contains("tanh"), "{}", attn.what);
+    let before = run_random(&g, &[("batch", 2), ("seq", 9)], 5);
+    let after = run_random(&opt, &[("batch", 2), ("seq", 9)], 5);
+    for ((n, a), (_, b)) in before.iter().zip(&after) {
+        let d = max_rel_diff(a, b);
+        assert!(d <= 1e-5, "{n}: {d}");
+    }
+}
