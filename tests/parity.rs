@@ -25,13 +25,18 @@ fn fixture_dirs(family: &str) -> Vec<String> {
     dirs
 }
 
-/// Compiles, binds and runs one fixture; returns (outputs, inputs).
-fn run_fixture(family: &str, dir: &str) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+/// Compiles, binds and runs one fixture, as elaborated or after the optimizing pipeline
+/// (fused attention, FFN, norms); returns (outputs, inputs).
+fn run_fixture(family: &str, dir: &str, optimize: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let path = format!("stdlib/{family}.tsr");
     let text = std::fs::read_to_string(&path).expect("stdlib file");
     let config = tessera::hf::read_config(&format!("{dir}/config.json")).expect("config");
     let fe = tessera::Frontend::tsr_with_config(&path, &text, None, &[], Some(&config));
-    let Some(g) = fe.graph else { panic!("{dir}: {}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)) };
+    let Some(mut g) = fe.graph else { panic!("{dir}: {}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)) };
+    if optimize {
+        g = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline");
+        assert!(g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
+    }
     let inputs = runtime::read_safetensors(&format!("{dir}/inputs.safetensors")).expect("inputs");
     let mut dims = HashMap::new();
     runtime::bind_dims(&g, &inputs, &mut dims).expect("dims");
@@ -53,9 +58,10 @@ fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
 }
 
 fn check_family(family: &str) {
-    for name in fixture_dirs(family) {
+    for (name, optimize) in fixture_dirs(family).into_iter().flat_map(|n| [(n.clone(), false), (n, true)]) {
         let dir = format!("tests/parity/fixtures/{name}");
-        let (out, inputs) = run_fixture(family, &dir);
+        let (out, inputs) = run_fixture(family, &dir, optimize);
+        let name = if optimize { format!("{name} (opt)") } else { name };
         let expected = runtime::read_safetensors(&format!("{dir}/expected.safetensors")).expect("expected");
         let mask = &inputs["attention_mask"];
         let mut names: Vec<&String> = expected.keys().collect();
