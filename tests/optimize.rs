@@ -121,3 +121,25 @@ fn a_user_defined_attention_variant_fuses_and_computes_the_same() {
         assert!(d <= 1e-5, "{n}: {d}");
     }
 }
+
+/// Q, K and V projections of one input become one GEMM over concatenated weights. In T5 the
+/// K and V projections of every decoder layer's cross-attention read the same encoder output,
+/// so they all become one GEMM.
+#[test]
+fn projections_sharing_an_input_are_merged() {
+    for (name, ov) in SMALL {
+        let (opt, report) = optimized(&stdlib(name, ov));
+        let merged: Vec<&str> =
+            report.fusions.iter().filter(|f| f.what.starts_with("merged projection")).map(|f| f.what.as_str()).collect();
+        let l = layers(ov);
+        let want = if *name == "t5" { 2 * l + 1 } else { l };
+        assert_eq!(merged.len(), want, "{name}: {merged:#?}");
+        assert!(merged.iter().any(|m| m.contains("q.weight") && m.contains("k.weight") && m.contains("v.weight")), "{name}");
+        let products_of_concat = opt
+            .nodes()
+            .iter()
+            .filter(|n| matches!(n.op, Op::MatMul | Op::Gemm { .. }) && matches!(opt.node(n.inputs[1]).op, Op::Concat { .. }))
+            .count();
+        assert_eq!(products_of_concat, want, "{name}");
+    }
+}

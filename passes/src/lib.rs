@@ -8,12 +8,14 @@ mod cse;
 mod dce;
 pub mod egraph;
 mod fold_constants;
+mod merge_projections;
 mod optimize;
 pub mod rules;
 
 pub use cse::cse;
 pub use dce::dce;
 pub use fold_constants::fold_constants;
+pub use merge_projections::merge_projections;
 pub use optimize::{describe, optimize, optimize_with, Fusion, Limits, Report};
 
 use tessera_ir::Graph;
@@ -32,6 +34,7 @@ pub const PIPELINE: &[Pass] = &[
     Pass { name: "cse", run: cse },
     Pass { name: "dce", run: dce },
     Pass { name: "optimize", run: optimize },
+    Pass { name: "merge_projections", run: merge_projections },
     Pass { name: "cleanup", run: dce },
 ];
 
@@ -45,6 +48,31 @@ pub struct VerifyError {
     pub errors: Vec<String>,
     /// The IR text.
     pub dump: String,
+}
+
+/// The merged projections of a graph (products whose weight is a concat of parameters), for
+/// `--explain`.
+fn merged_projections(g: &Graph) -> Vec<Fusion> {
+    g.nodes()
+        .iter()
+        .filter(|n| matches!(n.op, tessera_ir::Op::MatMul | tessera_ir::Op::Gemm { .. }))
+        .filter_map(|n| {
+            let w = g.node(*n.inputs.get(1)?);
+            let names: Vec<&str> = w
+                .inputs
+                .iter()
+                .filter_map(|p| match &g.node(*p).op {
+                    tessera_ir::Op::Param(name, _) => Some(name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            (matches!(w.op, tessera_ir::Op::Concat { .. }) && names.len() == w.inputs.len() && names.len() > 1).then(|| Fusion {
+                span: n.span,
+                what: format!("merged projection({})", names.join(", ")),
+                replaced: names.len(),
+            })
+        })
+        .collect()
 }
 
 /// Whether `name` is a pass of the pipeline.
@@ -73,5 +101,6 @@ pub fn run_pipeline_with_report(g: &Graph, mut after: impl FnMut(&str, &Graph)) 
         tessera_ir::verify(&g).map_err(|errors| VerifyError { pass: p.name.to_string(), errors, dump: g.to_string() })?;
         after(p.name, &g);
     }
+    report.fusions.extend(merged_projections(&g));
     Ok((g, report))
 }
