@@ -143,3 +143,20 @@ fn projections_sharing_an_input_are_merged() {
         assert_eq!(products_of_concat, want, "{name}");
     }
 }
+
+/// Identical layers are saturated once: the e-graph is the same size for 4 layers as for 16,
+/// and every layer is still fused.
+#[test]
+fn identical_layers_are_saturated_once_and_reused() {
+    for (name, ov) in SMALL {
+        let with = |l: &'static str| {
+            let ov: Vec<(&str, &str)> = ov.iter().map(|&(k, v)| if k == "layers" { (k, l) } else { (k, v) }).collect();
+            optimized(&stdlib(name, &ov))
+        };
+        let (g4, r4) = with("6");
+        let (g16, r16) = with("18");
+        assert!(r4.reused_layers >= 2 && r16.reused_layers > r4.reused_layers, "{name}: {} / {}", r4.header(), r16.header());
+        assert_eq!(r4.enodes, r16.enodes, "{name}: saturation grew with depth: {} / {}", r4.header(), r16.header());
+        assert_eq!(count(&g16, "attention") * 6, count(&g4, "attention") * 18, "{name}");
+    }
+}

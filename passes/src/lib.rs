@@ -8,8 +8,10 @@ mod cse;
 mod dce;
 pub mod egraph;
 mod fold_constants;
+pub mod layers;
 mod merge_projections;
 mod optimize;
+mod reuse;
 pub mod rules;
 
 pub use cse::cse;
@@ -31,9 +33,12 @@ pub struct Pass {
 /// The default pipeline, in order.
 pub const PIPELINE: &[Pass] = &[
     Pass { name: "fold_constants", run: fold_constants },
-    Pass { name: "cse", run: cse },
     Pass { name: "dce", run: dce },
+    // Before `cse`: identical layers are still identical (cse hoists what they share into
+    // the first), so `optimize` can saturate one and reuse it; cse then merges what the
+    // optimised layers share.
     Pass { name: "optimize", run: optimize },
+    Pass { name: "cse", run: cse },
     Pass { name: "merge_projections", run: merge_projections },
     Pass { name: "cleanup", run: dce },
 ];

@@ -46,6 +46,8 @@ pub struct Report {
     pub seconds: f64,
     /// The fused ops in the result.
     pub fusions: Vec<Fusion>,
+    /// Identical layers optimised once and reused (0: none found).
+    pub reused_layers: usize,
 }
 
 /// One fused op of the result, for `--explain`.
@@ -62,8 +64,13 @@ pub struct Fusion {
 impl Report {
     /// The one-line summary printed in dump headers.
     pub fn header(&self) -> String {
+        let reuse = if self.reused_layers > 0 {
+            format!(", repeated layers saturated once and reused for {}", self.reused_layers)
+        } else {
+            String::new()
+        };
         format!(
-            "optimize: {} after {} iteration(s), {} e-nodes in {} e-classes, {:.3} s",
+            "optimize: {} after {} iteration(s), {} e-nodes in {} e-classes{reuse}, {:.3} s",
             self.stop, self.iterations, self.enodes, self.eclasses, self.seconds
         )
     }
@@ -74,8 +81,22 @@ pub fn optimize(g: &Graph) -> Graph {
     optimize_with(g, Limits::default()).0
 }
 
-/// Optimises `g` within `limits`; returns the graph and the report.
+/// Optimises `g` within `limits`; returns the graph and the report. When the graph is a run
+/// of identical layers ([`crate::layers`]), one layer is saturated and its result reused for
+/// all of them; the rest of the model is saturated on its own.
 pub fn optimize_with(g: &Graph, limits: Limits) -> (Graph, Report) {
+    let start = Instant::now();
+    if let Some(blocks) = crate::layers::find_blocks(g) {
+        if let Some((out, mut report)) = crate::reuse::optimize_blocks(g, &blocks, |h| saturate(h, limits), |h| optimize_with(h, limits)) {
+            report.seconds = start.elapsed().as_secs_f64();
+            return (out, report);
+        }
+    }
+    saturate(g, limits)
+}
+
+/// Equality saturation and extraction of a whole graph.
+pub(crate) fn saturate(g: &Graph, limits: Limits) -> (Graph, Report) {
     let start = Instant::now();
     let (eg, ids) = to_egraph(g);
     let rewrites: Vec<_> = rules::all().into_iter().map(rules::rewrite).collect();
@@ -108,6 +129,7 @@ pub fn optimize_with(g: &Graph, limits: Limits) -> (Graph, Report) {
         eclasses: eg.number_of_classes(),
         seconds: start.elapsed().as_secs_f64(),
         fusions,
+        reused_layers: 0,
     };
     (out, report)
 }
