@@ -106,6 +106,18 @@ pub fn run_pipeline_with_report(g: &Graph, mut after: impl FnMut(&str, &Graph)) 
         tessera_ir::verify(&g).map_err(|errors| VerifyError { pass: p.name.to_string(), errors, dump: g.to_string() })?;
         after(p.name, &g);
     }
+    // List fusions in the order of the final graph, keeping what the optimizer counted.
+    let counted = std::mem::take(&mut report.fusions);
+    report.fusions = g
+        .nodes()
+        .iter()
+        .filter(|n| n.op.is_fused())
+        .map(|n| {
+            let what = describe(&g, n);
+            let replaced = counted.iter().find(|f| f.span == n.span && f.what == what).map_or(0, |f| f.replaced);
+            Fusion { span: n.span, what, replaced }
+        })
+        .collect();
     report.fusions.extend(merged_projections(&g));
     Ok((g, report))
 }
