@@ -13,7 +13,11 @@ pub use tessera_lang as lang;
 pub use tessera_passes as passes;
 pub use tessera_runtime as runtime;
 
+mod api;
 pub mod hf;
+
+pub use api::{Backend, Compiler, Error, Model};
+pub use tessera_codegen as codegen;
 
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use tessera_lang::{CheckpointMap, Diagnostic, Override, SourceMap};

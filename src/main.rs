@@ -25,6 +25,18 @@ enum Emit {
     Ir,
     /// The IR after the pass pipeline.
     Opt,
+    /// The kernel program of the CPU backend.
+    Kernels,
+    /// The Cranelift IR of the compiled kernels.
+    Clif,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BackendArg {
+    /// The reference interpreter.
+    Interp,
+    /// Compiled CPU kernels (Cranelift).
+    Cpu,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +98,9 @@ enum Cmd {
         /// Seed of the random parameters and inputs.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// What runs the model.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
     },
     /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
     Embed {
@@ -221,6 +236,18 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
             })
             .map_err(|e| Fail::Internal(e.to_string()))?;
+            if matches!(emit, Emit::Kernels | Emit::Clif) {
+                let program = tessera::codegen::schedule(&opt);
+                if emit == Emit::Kernels {
+                    out!("{program}");
+                } else {
+                    let exe = tessera::codegen::Executable::new(program, true).map_err(Fail::Internal)?;
+                    for f in &exe.clif {
+                        outln!("{f}");
+                    }
+                }
+                return Ok(());
+            }
             if explain {
                 outln!("// {}", report.header());
                 for f in &report.fusions {
@@ -232,14 +259,19 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf } => {
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend } => {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
             }
             let (g, map) = front(&m)?;
             let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
-            run(&g, map.as_ref(), &dim, weights.as_deref(), inputs.as_deref(), out.as_deref(), seed).map_err(run_fail)
+            let exe = match backend {
+                BackendArg::Cpu => Some(tessera::codegen::Executable::new(tessera::codegen::schedule(&g), false).map_err(Fail::Internal)?),
+                BackendArg::Interp => None,
+            };
+            let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
+            run(&g, exe.as_ref(), map.as_ref(), &dim, files, seed).map_err(run_fail)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -323,15 +355,22 @@ fn front(m: &ModelArgs) -> Result<(Graph, Option<CheckpointMap>), Fail> {
     Ok((g, fe.checkpoint))
 }
 
+/// Files `run` reads and writes.
+struct RunFiles<'a> {
+    weights: Option<&'a str>,
+    inputs: Option<&'a str>,
+    out: Option<&'a str>,
+}
+
 fn run(
     g: &Graph,
+    exe: Option<&tessera::codegen::Executable>,
     map: Option<&CheckpointMap>,
     dim: &[(String, String)],
-    weights: Option<&str>,
-    inputs: Option<&str>,
-    out: Option<&str>,
+    files: RunFiles,
     seed: u64,
 ) -> Result<(), runtime::RunError> {
+    let RunFiles { weights, inputs, out } = files;
     let mut dims: runtime::Dims = HashMap::new();
     for (k, v) in dim {
         let n: i64 = v.parse().map_err(|_| runtime::RunError::Shape(format!("--dim {k}={v}: not an integer")))?;
@@ -374,7 +413,22 @@ fn run(
     let mut dims_list: Vec<_> = dims.iter().collect();
     dims_list.sort();
     outln!("{}: {}", g.name, dims_list.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
-    let outputs = runtime::run(g, &dims, &all_inputs, &params)?;
+    let start = std::time::Instant::now();
+    let outputs = match exe {
+        Some(exe) => {
+            let (outputs, stats) = exe.run(&dims, &all_inputs, &params)?;
+            let a = stats.attention;
+            outln!(
+                "cpu: {:.1} ms, activation arena {:.2} MiB, attention tiles {} computed / {} skipped",
+                start.elapsed().as_secs_f64() * 1e3,
+                stats.arena_bytes as f64 / (1 << 20) as f64,
+                a.tiles,
+                a.skipped
+            );
+            outputs
+        }
+        None => runtime::run(g, &dims, &all_inputs, &params)?,
+    };
     for (name, t) in &outputs {
         outln!("{name}: {}", summary(t));
     }

@@ -1389,3 +1389,33 @@ impl<'p> Elab<'p> {
         true
     }
 }
+
+impl From<i64> for Override {
+    fn from(v: i64) -> Override {
+        Override::Int(v)
+    }
+}
+
+impl From<i32> for Override {
+    fn from(v: i32) -> Override {
+        Override::Int(i64::from(v))
+    }
+}
+
+impl From<f64> for Override {
+    fn from(v: f64) -> Override {
+        Override::Float(v)
+    }
+}
+
+impl From<bool> for Override {
+    fn from(v: bool) -> Override {
+        Override::Bool(v)
+    }
+}
+
+impl From<&str> for Override {
+    fn from(v: &str) -> Override {
+        Override::Str(v.to_string())
+    }
+}

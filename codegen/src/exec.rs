@@ -1,0 +1,392 @@
+//! Running a kernel program on the CPU: JIT compilation of its kernels, the memory plan (one
+//! arena; a buffer's slot is reused once its last reader has run), and the executor.
+
+use crate::host::{self, size_of, View};
+use crate::jit::{Jit, RowFn, ScalarFn};
+use crate::kernel::{BufId, Kernel, Program, Storage};
+use std::collections::HashMap;
+use tessera_ir::DType;
+use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
+
+enum Native {
+    None,
+    Row(RowFn),
+    Score(ScalarFn),
+}
+
+/// A program with its kernels compiled.
+pub struct Executable {
+    /// The program.
+    pub program: Program,
+    natives: Vec<Native>,
+    _jit: Jit,
+    /// Cranelift IR of the compiled kernels (when asked for).
+    pub clif: Vec<String>,
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Bytes of the activation arena (the peak of live intermediate buffers).
+    pub arena_bytes: usize,
+    /// Attention tiles computed and skipped.
+    pub attention: host::AttentionStats,
+}
+
+/// Where each arena buffer lives: byte offsets and the arena size.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    /// Offset of each buffer (arena buffers only).
+    pub offsets: Vec<Option<usize>>,
+    /// Arena size in bytes.
+    pub bytes: usize,
+}
+
+const ALIGN: usize = 64;
+
+/// Plans the arena: buffers are placed first-fit when their step runs and freed after their
+/// last reader (outputs live to the end).
+pub fn plan(p: &Program, sizes: &[usize]) -> MemoryPlan {
+    let n = p.buffers.len();
+    let root = |mut b: BufId| {
+        while let Storage::Alias(a) = p.buffers[b].storage {
+            b = a;
+        }
+        b
+    };
+    let mut last = vec![0usize; n];
+    for (s, step) in p.steps.iter().enumerate() {
+        for &i in &step.ins {
+            last[root(i)] = s;
+        }
+    }
+    for (_, b) in &p.outputs {
+        last[root(*b)] = usize::MAX;
+    }
+    let mut offsets = vec![None; n];
+    let mut live: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, size, buffer)
+    let mut bytes = 0;
+    for (s, step) in p.steps.iter().enumerate() {
+        let b = step.out;
+        if p.buffers[b].storage == Storage::Arena && offsets[b].is_none() {
+            let size = sizes[b].div_ceil(ALIGN).max(1) * ALIGN;
+            live.sort_unstable();
+            let mut at = 0;
+            for &(o, sz, _) in &live {
+                if o >= at + size {
+                    break;
+                }
+                at = at.max(o + sz);
+            }
+            live.push((at, size, b));
+            offsets[b] = Some(at);
+            bytes = bytes.max(at + size);
+        }
+        live.retain(|&(_, _, buf)| last[buf] > s);
+    }
+    MemoryPlan { offsets, bytes }
+}
+
+impl Executable {
+    /// Compiles the elementwise kernels and score functions of `program`.
+    pub fn new(program: Program, keep_clif: bool) -> Result<Executable, String> {
+        let mut jit = Jit::new(keep_clif)?;
+        let mut ids = Vec::new();
+        for s in &program.steps {
+            ids.push(match &s.kernel {
+                Kernel::Elementwise(f) => {
+                    let leaf_types: Vec<DType> = s.ins.iter().map(|&b| program.buffers[b].ty.dtype).collect();
+                    Some((true, jit.row(f, &leaf_types, program.buffers[s.out].ty.dtype)?))
+                }
+                Kernel::Attention(f) => Some((false, jit.scalar(f)?)),
+                _ => None,
+            });
+        }
+        jit.finalize()?;
+        let natives = ids
+            .into_iter()
+            .map(|id| match id {
+                Some((true, id)) => Native::Row(jit.row_fn(id)),
+                Some((false, id)) => Native::Score(jit.scalar_fn(id)),
+                None => Native::None,
+            })
+            .collect();
+        let clif = std::mem::take(&mut jit.clif);
+        Ok(Executable { program, natives, _jit: jit, clif })
+    }
+
+    /// Runs with concrete `dims`, the model's `inputs` and `params`; returns the outputs by
+    /// name and what the run did.
+    pub fn run(
+        &self,
+        dims: &Dims,
+        inputs: &HashMap<String, Tensor>,
+        params: &HashMap<String, Tensor>,
+    ) -> Result<(Vec<(String, Tensor)>, RunStats), RunError> {
+        let p = &self.program;
+        let shapes: Vec<Vec<usize>> = p.buffers.iter().map(|b| concrete(&b.ty.shape, dims)).collect::<Result<_, _>>()?;
+        let sizes: Vec<usize> = shapes.iter().zip(&p.buffers).map(|(s, b)| s.iter().product::<usize>() * size_of(b.ty.dtype)).collect();
+        let mem = plan(p, &sizes);
+        let mut arena = vec![0u64; mem.bytes.div_ceil(8).max(1)];
+        let base = arena.as_mut_ptr() as *mut u8;
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
+        for (i, b) in p.buffers.iter().enumerate() {
+            let (kind, table, name) = match &b.storage {
+                Storage::Input(n) => ("input", inputs, n),
+                Storage::Param(n) => ("parameter", params, n),
+                Storage::Arena => {
+                    // SAFETY: the plan places every buffer inside the arena.
+                    ptrs[i] = unsafe { base.add(mem.offsets[i].unwrap_or(0)) };
+                    continue;
+                }
+                Storage::Alias(a) => {
+                    ptrs[i] = ptrs[*a];
+                    continue;
+                }
+            };
+            let t = table.get(name).ok_or_else(|| RunError::Missing { kind, name: name.clone() })?;
+            if t.shape != shapes[i] || t.dtype() != b.ty.dtype {
+                return Err(RunError::BadTensor {
+                    kind,
+                    name: name.clone(),
+                    expected: format!("{}{:?}", b.ty.dtype, shapes[i]),
+                    got: format!("{}{:?}", t.dtype(), t.shape),
+                });
+            }
+            ptrs[i] = match &t.data {
+                Data::F32(v) => v.as_ptr() as *mut u8,
+                Data::I64(v) => v.as_ptr() as *mut u8,
+                Data::Bool(v) => v.as_ptr() as *mut u8,
+            };
+        }
+        let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
+        let mut stats = RunStats { arena_bytes: mem.bytes, ..RunStats::default() };
+        for (s, step) in p.steps.iter().enumerate() {
+            let out = view(step.out);
+            let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
+            // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
+            // (the plan frees a slot only after its last reader).
+            unsafe { self.step(s, &out, &ins, dims, &mut stats) }.map_err(|e| match e {
+                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: location(p, step.span) },
+                other => other,
+            })?;
+        }
+        let outputs = p
+            .outputs
+            .iter()
+            .map(|(name, b)| {
+                let v = view(*b);
+                // SAFETY: the output buffer holds `len` elements of its type.
+                let t = unsafe {
+                    match v.dtype {
+                        DType::F32 => Tensor::f32(v.shape.clone(), v.f32().to_vec()),
+                        DType::I64 => Tensor::i64(v.shape.clone(), std::slice::from_raw_parts(v.ptr as *const i64, v.len()).to_vec()),
+                        DType::Bool => Tensor {
+                            shape: v.shape.clone(),
+                            data: Data::Bool(std::slice::from_raw_parts(v.ptr, v.len()).iter().map(|&x| x != 0).collect()),
+                        },
+                    }
+                };
+                (name.clone(), t)
+            })
+            .collect();
+        drop(arena);
+        Ok((outputs, stats))
+    }
+
+    /// Runs step `s`.
+    ///
+    /// # Safety
+    /// Views as the executor makes them.
+    unsafe fn step(&self, s: usize, out: &View, ins: &[View], dims: &Dims, stats: &mut RunStats) -> Result<(), RunError> {
+        let step = &self.program.steps[s];
+        unsafe {
+            match (&step.kernel, &self.natives[s]) {
+                (Kernel::Elementwise(_), Native::Row(f)) => elementwise(*f, out, ins),
+                (Kernel::Gemm { trans_b, bias, act, residual }, _) => {
+                    host::matmul(out, &ins[0], &ins[1], *trans_b);
+                    host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
+                }
+                (Kernel::Ffn { gated, act, bias }, _) => ffn(out, ins, *gated, *act, *bias),
+                (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
+                (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
+                (Kernel::Attention(f), Native::Score(score)) => {
+                    let a = host::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, *score);
+                    stats.attention.tiles += a.tiles;
+                    stats.attention.skipped += a.skipped;
+                }
+                (Kernel::Reduce { op, axes }, _) => host::reduce(out, &ins[0], *op, axes),
+                (Kernel::Gather { axis }, _) => gather(out, &ins[0], &ins[1], *axis)?,
+                (Kernel::Transpose(perm), _) => {
+                    let st = tessera_runtime::strides(&ins[0].shape);
+                    let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
+                    host::gather_elements(out, &ins[0], host::strided(&out.shape, &out_st));
+                }
+                (Kernel::Broadcast, _) => {
+                    let st = host::broadcast_strides(&ins[0].shape, out.shape.len());
+                    host::gather_elements(out, &ins[0], host::strided(&out.shape, &st));
+                }
+                (Kernel::Slice { axis, start, step: by }, _) => {
+                    let start = start.eval(dims).ok_or_else(|| RunError::UnboundDim(start.to_string()))?.max(0) as usize;
+                    let x = &ins[0];
+                    let (size, osize) = (x.shape[*axis], out.shape[*axis]);
+                    let inner: usize = x.shape[axis + 1..].iter().product();
+                    let by = *by as usize;
+                    if osize > 0 && start + (osize - 1) * by >= size {
+                        return Err(RunError::Shape(format!("slice from {start} out of range for size {size}")));
+                    }
+                    host::gather_elements(out, x, move |i| {
+                        let (o, rest) = (i / (osize * inner), i % (osize * inner));
+                        let (k, j) = (rest / inner, rest % inner);
+                        (o * size + start + k * by) * inner + j
+                    });
+                }
+                (Kernel::Concat { axis }, _) => {
+                    let outer: usize = out.shape[..*axis].iter().product();
+                    let mut at = 0;
+                    let esize = size_of(out.dtype);
+                    let total: usize = out.shape[*axis..].iter().product();
+                    for x in ins {
+                        let chunk: usize = x.shape[*axis..].iter().product();
+                        for o in 0..outer {
+                            std::ptr::copy_nonoverlapping(
+                                x.ptr.add(o * chunk * esize),
+                                out.ptr.add((o * total + at) * esize),
+                                chunk * esize,
+                            );
+                        }
+                        at += chunk;
+                    }
+                }
+                (Kernel::Cumsum { axis }, _) => {
+                    let x = &ins[0];
+                    let size = x.shape[*axis];
+                    let inner: usize = x.shape[axis + 1..].iter().product();
+                    let outer: usize = x.shape[..*axis].iter().product();
+                    let mut vals = vec![0f64; x.len()];
+                    for o in 0..outer {
+                        for j in 0..inner {
+                            let mut acc = 0.0;
+                            for k in 0..size {
+                                let i = (o * size + k) * inner + j;
+                                acc += x.get(i);
+                                vals[i] = acc;
+                            }
+                        }
+                    }
+                    host::store(out, &vals);
+                }
+                (Kernel::Iota { axis }, _) => {
+                    let inner: usize = out.shape[axis + 1..].iter().product();
+                    let size = out.shape[*axis].max(1);
+                    let vals: Vec<f64> = (0..out.len()).map(|i| ((i / inner.max(1)) % size) as f64).collect();
+                    host::store(out, &vals);
+                }
+                (Kernel::Fill(v), _) => host::store(out, &vec![*v; out.len()]),
+                _ => return Err(RunError::Internal(format!("kernel {} was not compiled", step.kernel.name()))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn location(p: &Program, span: tessera_ir::Span) -> String {
+    if span.is_known() {
+        format!("{}:{}:{}", p.files.get(span.file as usize).map_or("?", String::as_str), span.line, span.col)
+    } else {
+        "unknown location".into()
+    }
+}
+
+/// Runs a compiled row kernel over every row of the output (rows in parallel).
+///
+/// # Safety
+/// Views valid; `f` compiled for these operand types.
+unsafe fn elementwise(f: RowFn, out: &View, ins: &[View]) {
+    use rayon::prelude::*;
+    let r = out.shape.len();
+    let len = out.shape.last().copied().unwrap_or(1);
+    let rows = out.len().checked_div(len).unwrap_or(0);
+    let osize = size_of(out.dtype);
+    let st: Vec<Vec<usize>> = ins.iter().map(|x| host::broadcast_strides(&x.shape, r)).collect();
+    let steps: Vec<i64> = st.iter().map(|s| s.last().copied().unwrap_or(0) as i64).collect();
+    let outer_shape: Vec<usize> = out.shape[..r.saturating_sub(1)].to_vec();
+    let ptrs: Vec<usize> = ins.iter().map(|x| x.ptr as usize).collect();
+    let sizes: Vec<usize> = ins.iter().map(|x| size_of(x.dtype)).collect();
+    let optr = out.ptr as usize;
+    (0..rows).into_par_iter().with_min_len((4096 / len.max(1)).max(1)).for_each(|row| {
+        let bases: Vec<*const u8> = (0..ins.len())
+            .map(|k| {
+                let outer_st = &st[k][..r.saturating_sub(1)];
+                let off = host::strided(&outer_shape, outer_st)(row);
+                (ptrs[k] + off * sizes[k]) as *const u8
+            })
+            .collect();
+        unsafe { f((optr + row * len * osize) as *mut u8, len as i64, bases.as_ptr(), steps.as_ptr()) };
+    });
+}
+
+/// `table` indexed along `axis` by `idx` (bounds-checked).
+///
+/// # Safety
+/// Views valid.
+unsafe fn gather(out: &View, table: &View, idx: &View, axis: usize) -> Result<(), RunError> {
+    let size = table.shape[axis];
+    let inner: usize = table.shape[axis + 1..].iter().product();
+    let ids: Vec<i64> = (0..idx.len()).map(|i| unsafe { idx.get(i) } as i64).collect();
+    if let Some(&bad) = ids.iter().find(|&&k| k < 0 || k as usize >= size) {
+        return Err(RunError::IndexOutOfRange { index: bad, size, at: String::new() });
+    }
+    let n = ids.len();
+    unsafe {
+        host::gather_elements(out, table, move |i| {
+            let (o, rest) = (i / (n * inner), i % (n * inner));
+            let (k, j) = (rest / inner, rest % inner);
+            (o * size + ids[k] as usize) * inner + j
+        })
+    };
+    Ok(())
+}
+
+/// A feed-forward block: two GEMMs around the activation (gated: the first GEMM's output is
+/// `[gate | up]`).
+///
+/// # Safety
+/// f32 views as `Op::Ffn` types them.
+unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, bias: bool) {
+    let x = &ins[0];
+    let (w_in, w_out) = (&ins[1], &ins[if bias { 3 } else { 2 }]);
+    let d = x.shape.last().copied().unwrap_or(1);
+    let rows = x.len() / d.max(1);
+    let h_in = w_in.shape[1];
+    let mut h = vec![0f32; rows * h_in];
+    let hv = View { ptr: h.as_mut_ptr() as *mut u8, shape: vec![rows, h_in], dtype: DType::F32 };
+    let xv = View { ptr: x.ptr, shape: vec![rows, d], dtype: DType::F32 };
+    unsafe {
+        host::matmul(&hv, &xv, w_in, false);
+        if bias {
+            host::epilogue(&hv, Some(&ins[2]), None, None);
+        }
+    }
+    let hidden: Vec<f32> = if gated {
+        let half = h_in / 2;
+        (0..rows * half)
+            .map(|i| {
+                let (r, c) = (i / half, i % half);
+                (act.eval(f64::from(h[r * h_in + c])) * f64::from(h[r * h_in + half + c])) as f32
+            })
+            .collect()
+    } else {
+        h.iter().map(|&v| act.eval(f64::from(v)) as f32).collect()
+    };
+    let width = hidden.len() / rows.max(1);
+    let mut hidden = hidden;
+    let hv = View { ptr: hidden.as_mut_ptr() as *mut u8, shape: vec![rows, width], dtype: DType::F32 };
+    let ov = View { ptr: out.ptr, shape: vec![rows, w_out.shape[1]], dtype: DType::F32 };
+    unsafe {
+        host::matmul(&ov, &hv, w_out, false);
+        if bias {
+            host::epilogue(&ov, Some(&ins[4]), None, None);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The Cranelift lowering of scalar programs ([`ScoreFn`]): elementwise kernels (a loop over
+//! one row of the output, operands read with a per-operand step so that broadcast operands
+//! cost nothing) and attention score functions (one score at a time, called from the tiled
+//! attention kernel).
+//!
+//! Values are computed in f64 and rounded to each node's element type after every node, as the
+//! reference interpreter does, so results agree with it. Transcendental functions call into
+//! the same Rust code the interpreter uses.
+
+use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{FuncId, Linkage, Module};
+use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
+
+/// A compiled row kernel: `(out, len, operand pointers, operand steps)`.
+pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64);
+/// A compiled score function: `(vars [S, B, H, I, J], leaf values, tables, table lengths)`.
+pub type ScalarFn = unsafe extern "C" fn(*const f64, *const f64, *const *const f32, *const i64) -> f64;
+
+extern "C" fn tsr_unary(code: i64, x: f64) -> f64 {
+    UNARY_OPS.get(code as usize).map_or(f64::NAN, |(u, _)| u.eval(x))
+}
+
+extern "C" fn tsr_binary(code: i64, a: f64, b: f64, int: i64) -> f64 {
+    BINARY_OPS.get(code as usize).map_or(f64::NAN, |(o, _)| o.eval(a, b, int != 0))
+}
+
+/// Element `idx` of table `t`, or NaN out of range.
+///
+/// # Safety
+/// `tables` and `lens` hold at least `t + 1` entries, each table at least its length.
+unsafe extern "C" fn tsr_gather(tables: *const *const f32, lens: *const i64, t: i64, idx: f64) -> f64 {
+    let (table, len) = unsafe { (*tables.add(t as usize), *lens.add(t as usize)) };
+    let i = idx as i64;
+    if i < 0 || i >= len {
+        return f64::NAN;
+    }
+    f64::from(unsafe { *table.add(i as usize) })
+}
+
+/// A JIT module with the kernels compiled into it.
+pub struct Jit {
+    module: JITModule,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    helpers: [FuncId; 3],
+    count: usize,
+    /// The Cranelift IR of every function compiled, when `keep_clif` is set.
+    pub clif: Vec<String>,
+    keep_clif: bool,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    format!("cranelift: {e}")
+}
+
+impl Jit {
+    /// A JIT for the host CPU. `keep_clif` keeps the Cranelift IR text of each function.
+    pub fn new(keep_clif: bool) -> Result<Jit, String> {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").map_err(err)?;
+        flags.set("use_colocated_libcalls", "false").map_err(err)?;
+        flags.set("is_pic", "false").map_err(err)?;
+        let isa = cranelift_native::builder().map_err(err)?.finish(settings::Flags::new(flags)).map_err(err)?;
+        let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
+        jb.symbol("tsr_unary", tsr_unary as *const u8);
+        jb.symbol("tsr_binary", tsr_binary as *const u8);
+        jb.symbol("tsr_gather", tsr_gather as *const u8);
+        let mut module = JITModule::new(jb);
+        let ptr = module.target_config().pointer_type();
+        let sig = |params: &[types::Type]| {
+            let mut s = module.make_signature();
+            s.params.extend(params.iter().map(|t| AbiParam::new(*t)));
+            s.returns.push(AbiParam::new(types::F64));
+            s
+        };
+        let (su, sb, sg) = (
+            sig(&[types::I64, types::F64]),
+            sig(&[types::I64, types::F64, types::F64, types::I64]),
+            sig(&[ptr, ptr, types::I64, types::F64]),
+        );
+        let helpers = [
+            module.declare_function("tsr_unary", Linkage::Import, &su).map_err(err)?,
+            module.declare_function("tsr_binary", Linkage::Import, &sb).map_err(err)?,
+            module.declare_function("tsr_gather", Linkage::Import, &sg).map_err(err)?,
+        ];
+        Ok(Jit { ctx: module.make_context(), module, fctx: FunctionBuilderContext::new(), helpers, count: 0, clif: Vec::new(), keep_clif })
+    }
+
+    fn ptr(&self) -> types::Type {
+        self.module.target_config().pointer_type()
+    }
+
+    /// Compiles an elementwise row kernel for `f`, whose leaf `k` has element type
+    /// `leaf_types[k]`, writing `out` elements.
+    pub fn row(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType) -> Result<FuncId, String> {
+        let ptr = self.ptr();
+        let mut sig = self.module.make_signature();
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        let name = format!("row{}", self.count);
+        let helpers = self.declare_helpers(&sig)?;
+        let cfg = self.module.target_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (out_ptr, len, ins, steps) = (params[0], params[1], params[2], params[3]);
+        let flags = MemFlagsData::trusted();
+        let bases: Vec<(Value, Value)> = (0..leaf_types.len())
+            .map(|k| {
+                let base = b.ins().load(ptr, flags, ins, (8 * k) as i32);
+                let step = b.ins().load(types::I64, flags, steps, (8 * k) as i32);
+                (base, step)
+            })
+            .collect();
+        let i = b.declare_var(types::I64);
+        let zero = b.ins().iconst(types::I64, 0);
+        b.def_var(i, zero);
+        let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+        b.ins().jump(header, &[]);
+        b.switch_to_block(header);
+        let iv = b.use_var(i);
+        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, iv, len);
+        b.ins().brif(more, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        let iv = b.use_var(i);
+        let leaf = |b: &mut FunctionBuilder, k: u32| -> Value {
+            let (base, step) = bases[k as usize];
+            let ty = leaf_types[k as usize];
+            let size = match ty {
+                DType::F32 => 4,
+                DType::I64 => 8,
+                DType::Bool => 1,
+            };
+            let off = b.ins().imul(iv, step);
+            let off = b.ins().imul_imm_s(off, size);
+            let addr = b.ins().iadd(base, off);
+            match ty {
+                DType::F32 => {
+                    let x = b.ins().load(types::F32, flags, addr, 0);
+                    b.ins().fpromote(types::F64, x)
+                }
+                DType::I64 => {
+                    let x = b.ins().load(types::I64, flags, addr, 0);
+                    b.ins().fcvt_from_sint(types::F64, x)
+                }
+                DType::Bool => {
+                    let x = b.ins().uload8(types::I32, flags, addr, 0);
+                    b.ins().fcvt_from_uint(types::F64, x)
+                }
+            }
+        };
+        let v = emit(&mut b, f, &helpers, None, &leaf, &|b: &mut FunctionBuilder, _| b.ins().f64const(f64::NAN))?;
+        let size = match out {
+            DType::F32 => 4,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        };
+        let off = b.ins().imul_imm_s(iv, size);
+        let addr = b.ins().iadd(out_ptr, off);
+        match out {
+            DType::F32 => {
+                let x = b.ins().fdemote(types::F32, v);
+                b.ins().store(flags, x, addr, 0);
+            }
+            DType::I64 => {
+                let x = b.ins().fcvt_to_sint_sat(types::I64, v);
+                b.ins().store(flags, x, addr, 0);
+            }
+            DType::Bool => {
+                let zero = b.ins().f64const(0.0);
+                let c = b.ins().fcmp(FloatCC::NotEqual, v, zero);
+                b.ins().istore8(flags, c, addr, 0);
+            }
+        }
+        let next = b.ins().iadd_imm_s(iv, 1);
+        b.def_var(i, next);
+        b.ins().jump(header, &[]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(cfg);
+        self.define(&name, sig)
+    }
+
+    /// Compiles a score function `(vars, leaves, tables, lens) -> score`.
+    pub fn scalar(&mut self, f: &ScoreFn) -> Result<FuncId, String> {
+        let ptr = self.ptr();
+        let mut sig = self.module.make_signature();
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        sig.returns.push(AbiParam::new(types::F64));
+        let name = format!("score{}", self.count);
+        let helpers = self.declare_helpers(&sig)?;
+        let cfg = self.module.target_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (vars, leaves, tables, lens) = (params[0], params[1], params[2], params[3]);
+        let flags = MemFlagsData::trusted();
+        let leaf = |b: &mut FunctionBuilder, k: u32| b.ins().load(types::F64, flags, leaves, (8 * k) as i32);
+        let var = |b: &mut FunctionBuilder, k: usize| b.ins().load(types::F64, flags, vars, (8 * k) as i32);
+        let v = emit(&mut b, f, &helpers, Some((tables, lens)), &leaf, &var)?;
+        b.ins().return_(&[v]);
+        b.seal_all_blocks();
+        b.finalize(cfg);
+        self.define(&name, sig)
+    }
+
+    fn declare_helpers(&mut self, sig: &Signature) -> Result<[cranelift_codegen::ir::FuncRef; 3], String> {
+        self.ctx.func.signature = sig.clone();
+        self.ctx.func.name = UserFuncName::user(0, self.count as u32);
+        let h = self.helpers;
+        Ok([
+            self.module.declare_func_in_func(h[0], &mut self.ctx.func),
+            self.module.declare_func_in_func(h[1], &mut self.ctx.func),
+            self.module.declare_func_in_func(h[2], &mut self.ctx.func),
+        ])
+    }
+
+    fn define(&mut self, name: &str, sig: Signature) -> Result<FuncId, String> {
+        let id = self.module.declare_function(name, Linkage::Local, &sig).map_err(err)?;
+        if self.keep_clif {
+            self.clif.push(format!("; {name}\n{}", self.ctx.func.display()));
+        }
+        self.module.define_function(id, &mut self.ctx).map_err(|e| format!("cranelift: {e:?}"))?;
+        self.module.clear_context(&mut self.ctx);
+        self.count += 1;
+        Ok(id)
+    }
+
+    /// Makes every compiled function callable.
+    pub fn finalize(&mut self) -> Result<(), String> {
+        self.module.finalize_definitions().map_err(err)
+    }
+
+    /// A compiled row kernel (after [`Jit::finalize`]).
+    pub fn row_fn(&self, id: FuncId) -> RowFn {
+        let p = self.module.get_finalized_function(id);
+        // SAFETY: `id` was defined by `row`, whose signature is `RowFn`'s.
+        unsafe { std::mem::transmute::<*const u8, RowFn>(p) }
+    }
+
+    /// A compiled score function (after [`Jit::finalize`]).
+    pub fn scalar_fn(&self, id: FuncId) -> ScalarFn {
+        let p = self.module.get_finalized_function(id);
+        // SAFETY: `id` was defined by `scalar`, whose signature is `ScalarFn`'s.
+        unsafe { std::mem::transmute::<*const u8, ScalarFn>(p) }
+    }
+}
+
+type Reader<'a> = &'a dyn Fn(&mut FunctionBuilder, u32) -> Value;
+
+/// Emits the nodes of `f`; returns the last one's value (f64).
+fn emit(
+    b: &mut FunctionBuilder,
+    f: &ScoreFn,
+    helpers: &[cranelift_codegen::ir::FuncRef; 3],
+    tables: Option<(Value, Value)>,
+    leaf: Reader,
+    var: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
+) -> Result<Value, String> {
+    let mut vals: Vec<Value> = Vec::with_capacity(f.nodes.len());
+    for (n, ty) in &f.nodes {
+        let get = |k: &u32| vals.get(*k as usize).copied().ok_or_else(|| "score function refers forward".to_string());
+        let call = |b: &mut FunctionBuilder, h: usize, args: &[Value]| {
+            let c = b.ins().call(helpers[h], args);
+            b.inst_results(c)[0]
+        };
+        let x = match n {
+            SNode::Var(v) => var(b, *v as usize),
+            SNode::Leaf(k) => leaf(b, *k),
+            SNode::Const(c) => b.ins().f64const(*c),
+            SNode::Unary(u, a) => {
+                let a = get(a)?;
+                match u {
+                    UnaryOp::Neg => b.ins().fneg(a),
+                    UnaryOp::Abs => b.ins().fabs(a),
+                    UnaryOp::Sqrt => b.ins().sqrt(a),
+                    _ => {
+                        let code = UNARY_OPS.iter().position(|(o, _)| o == u).unwrap_or(usize::MAX);
+                        let code = b.ins().iconst(types::I64, code as i64);
+                        call(b, 0, &[code, a])
+                    }
+                }
+            }
+            SNode::Binary(op, x, y) => {
+                let (x_ty, a, c) = (f.nodes.get(*x as usize).map(|n| n.1), get(x)?, get(y)?);
+                let int = x_ty == Some(DType::I64);
+                let cmp = |b: &mut FunctionBuilder, cc: FloatCC| {
+                    let t = b.ins().fcmp(cc, a, c);
+                    let (one, zero) = (b.ins().f64const(1.0), b.ins().f64const(0.0));
+                    b.ins().select(t, one, zero)
+                };
+                match op {
+                    BinaryOp::Add => b.ins().fadd(a, c),
+                    BinaryOp::Sub => b.ins().fsub(a, c),
+                    BinaryOp::Mul => b.ins().fmul(a, c),
+                    BinaryOp::Div if !int => b.ins().fdiv(a, c),
+                    BinaryOp::Eq => cmp(b, FloatCC::Equal),
+                    BinaryOp::Ne => cmp(b, FloatCC::NotEqual),
+                    BinaryOp::Lt => cmp(b, FloatCC::LessThan),
+                    BinaryOp::Le => cmp(b, FloatCC::LessThanOrEqual),
+                    BinaryOp::Gt => cmp(b, FloatCC::GreaterThan),
+                    BinaryOp::Ge => cmp(b, FloatCC::GreaterThanOrEqual),
+                    _ => {
+                        let code = BINARY_OPS.iter().position(|(o, _)| o == op).unwrap_or(usize::MAX);
+                        let code = b.ins().iconst(types::I64, code as i64);
+                        let int = b.ins().iconst(types::I64, i64::from(int));
+                        call(b, 1, &[code, a, c, int])
+                    }
+                }
+            }
+            SNode::Where(c, x, y) => {
+                let (c, x, y) = (get(c)?, get(x)?, get(y)?);
+                let zero = b.ins().f64const(0.0);
+                let t = b.ins().fcmp(FloatCC::NotEqual, c, zero);
+                b.ins().select(t, x, y)
+            }
+            SNode::Cast(a) => get(a)?,
+            SNode::Gather(t, i) => {
+                let Some((tables, lens)) = tables else { return Err("gather outside a score function".into()) };
+                let i = get(i)?;
+                let t = b.ins().iconst(types::I64, i64::from(*t));
+                call(b, 2, &[tables, lens, t, i])
+            }
+        };
+        // Store semantics of the node's element type.
+        let x = match ty {
+            DType::F32 => {
+                let s = b.ins().fdemote(types::F32, x);
+                b.ins().fpromote(types::F64, s)
+            }
+            DType::I64 => {
+                let i = b.ins().fcvt_to_sint_sat(types::I64, x);
+                b.ins().fcvt_from_sint(types::F64, i)
+            }
+            DType::Bool => {
+                let zero = b.ins().f64const(0.0);
+                let t = b.ins().fcmp(FloatCC::NotEqual, x, zero);
+                let one = b.ins().f64const(1.0);
+                b.ins().select(t, one, zero)
+            }
+        };
+        vals.push(x);
+    }
+    vals.last().copied().ok_or_else(|| "empty scalar program".to_string())
+}

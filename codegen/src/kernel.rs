@@ -1,0 +1,222 @@
+//! The kernel program: what the CPU backend runs. A list of [`Step`]s, each one kernel
+//! writing one buffer from others, in dependency order. Buffers have symbolic types; sizes
+//! are known when a run fixes the dimensions, and the memory plan is made then.
+//!
+//! Kernels are loop-level descriptions, not code: an elementwise kernel carries the scalar
+//! program of a whole fused chain (a [`ScoreFn`] over its inputs `L0, L1, ..`), attention its
+//! score function; a backend lowers each kind (Cranelift here; LLVM, MLIR or CUDA later).
+
+use std::fmt;
+use tessera_ir::{NormKind, ReduceOp, ScoreFn, Span, TensorType, UnaryOp};
+
+/// A buffer of the program.
+pub type BufId = usize;
+
+/// Where a buffer's memory comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    /// A model input, by name.
+    Input(String),
+    /// A parameter, by name.
+    Param(String),
+    /// A slot of the activation arena.
+    Arena,
+    /// The same memory as another buffer (a reshape).
+    Alias(BufId),
+}
+
+/// A buffer: its type and storage.
+#[derive(Clone, Debug)]
+pub struct Buffer {
+    /// Element type and symbolic shape.
+    pub ty: TensorType,
+    /// Where it lives.
+    pub storage: Storage,
+}
+
+/// One kernel kind with its attributes.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// A fused chain of elementwise ops: `out[i] = f(L0[i], L1[i], ..)` with operands broadcast
+    /// to the output shape.
+    Elementwise(ScoreFn),
+    /// `out = a @ b (+ bias) → act → (+ residual)` (batched, batch axes broadcast); with
+    /// `trans_b`, the operand is `bᵀ` stored untransposed (a tied embedding).
+    Gemm {
+        /// The second operand is stored transposed.
+        trans_b: bool,
+        /// A bias vector follows `b`.
+        bias: bool,
+        /// Activation after the bias.
+        act: Option<UnaryOp>,
+        /// A residual comes last.
+        residual: bool,
+    },
+    /// Feed-forward block (see `Op::Ffn`).
+    Ffn {
+        /// Gated (GLU) rather than plain.
+        gated: bool,
+        /// Activation.
+        act: UnaryOp,
+        /// With biases.
+        bias: bool,
+    },
+    /// Layer or RMS norm over the last axis, with optional weight and bias.
+    Norm {
+        /// Which norm.
+        kind: NormKind,
+        /// Epsilon.
+        eps: f64,
+    },
+    /// Stable softmax along an axis.
+    Softmax {
+        /// The axis.
+        axis: usize,
+    },
+    /// Flash-style attention: tiles of keys with an online softmax, dead tiles skipped.
+    Attention(Box<ScoreFn>),
+    /// Reduction over axes (keepdim or not: the output shape says).
+    Reduce {
+        /// Which reduction.
+        op: ReduceOp,
+        /// Reduced axes of the input.
+        axes: Vec<usize>,
+    },
+    /// Rows of a table selected by indices.
+    Gather {
+        /// Indexed axis.
+        axis: usize,
+    },
+    /// Axis permutation (a copy).
+    Transpose(Vec<usize>),
+    /// Broadcast copy to the output shape.
+    Broadcast,
+    /// Strided slice along an axis; `start` is evaluated at run time.
+    Slice {
+        /// The axis.
+        axis: usize,
+        /// First index.
+        start: tessera_ir::Dim,
+        /// Stride.
+        step: i64,
+    },
+    /// Concatenation along an axis.
+    Concat {
+        /// The axis.
+        axis: usize,
+    },
+    /// Inclusive prefix sum along an axis.
+    Cumsum {
+        /// The axis.
+        axis: usize,
+    },
+    /// Indices along an axis.
+    Iota {
+        /// The axis.
+        axis: usize,
+    },
+    /// A constant fill.
+    Fill(f64),
+}
+
+impl Kernel {
+    /// The kernel kind's name in dumps.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kernel::Elementwise(_) => "elementwise",
+            Kernel::Gemm { .. } => "gemm",
+            Kernel::Ffn { .. } => "ffn",
+            Kernel::Norm { .. } => "norm",
+            Kernel::Softmax { .. } => "softmax",
+            Kernel::Attention(_) => "attention",
+            Kernel::Reduce { .. } => "reduce",
+            Kernel::Gather { .. } => "gather",
+            Kernel::Transpose(_) => "transpose",
+            Kernel::Broadcast => "broadcast",
+            Kernel::Slice { .. } => "slice",
+            Kernel::Concat { .. } => "concat",
+            Kernel::Cumsum { .. } => "cumsum",
+            Kernel::Iota { .. } => "iota",
+            Kernel::Fill(_) => "fill",
+        }
+    }
+}
+
+/// One kernel launch.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// What runs.
+    pub kernel: Kernel,
+    /// The buffer written.
+    pub out: BufId,
+    /// The buffers read.
+    pub ins: Vec<BufId>,
+    /// Where the computation was written.
+    pub span: Span,
+    /// How many IR ops it implements.
+    pub ops: usize,
+}
+
+/// A scheduled model.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The model's name.
+    pub name: String,
+    /// Source files, for spans.
+    pub files: Vec<String>,
+    /// Every buffer.
+    pub buffers: Vec<Buffer>,
+    /// Kernels in execution order.
+    pub steps: Vec<Step>,
+    /// Outputs by name.
+    pub outputs: Vec<(String, BufId)>,
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "program {} {{", self.name)?;
+        for (i, b) in self.buffers.iter().enumerate() {
+            match &b.storage {
+                Storage::Input(n) => writeln!(f, "  buf{i}: {} = input \"{n}\"", b.ty)?,
+                Storage::Param(n) => writeln!(f, "  buf{i}: {} = param \"{n}\"", b.ty)?,
+                Storage::Alias(a) => writeln!(f, "  buf{i}: {} = view of buf{a}", b.ty)?,
+                Storage::Arena => {}
+            }
+        }
+        for s in &self.steps {
+            let ins: Vec<String> = s.ins.iter().map(|i| format!("buf{i}")).collect();
+            let detail = match &s.kernel {
+                Kernel::Elementwise(p) => format!(" {}", p.pretty()),
+                Kernel::Attention(p) => format!(" score={}", p.pretty()),
+                Kernel::Gemm { trans_b, bias, act, residual } => {
+                    format!(" trans_b={trans_b} bias={bias} act={} residual={residual}", act.map_or("none", |a| a.name()))
+                }
+                Kernel::Ffn { gated, act, bias } => format!(" gated={gated} act={} bias={bias}", act.name()),
+                Kernel::Norm { kind, eps } => format!(" {kind:?} eps={eps:?}"),
+                Kernel::Softmax { axis }
+                | Kernel::Concat { axis }
+                | Kernel::Cumsum { axis }
+                | Kernel::Iota { axis }
+                | Kernel::Gather { axis } => {
+                    format!(" axis={axis}")
+                }
+                Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),
+                Kernel::Transpose(p) => format!(" perm={p:?}"),
+                Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),
+                Kernel::Fill(v) => format!(" {v:?}"),
+                Kernel::Broadcast => String::new(),
+            };
+            let loc = if s.span.is_known() {
+                format!("  // {}:{}:{}", self.files.get(s.span.file as usize).map_or("?", String::as_str), s.span.line, s.span.col)
+            } else {
+                String::new()
+            };
+            let ty = &self.buffers[s.out].ty;
+            writeln!(f, "  buf{} = {}({}){detail} : {ty}{loc}", s.out, s.kernel.name(), ins.join(", "))?;
+        }
+        for (n, b) in &self.outputs {
+            writeln!(f, "  output \"{n}\" = buf{b}")?;
+        }
+        writeln!(f, "}}")
+    }
+}

@@ -1,0 +1,15 @@
+//! The CPU backend: the optimised IR is scheduled into a kernel [`Program`] ([`schedule`]),
+//! whose elementwise chains and attention score functions are compiled with Cranelift
+//! ([`jit`]), and run by the [`exec`] module: a memory plan over one arena, GEMMs by the
+//! `gemm` crate, a flash-style attention kernel, threads from rayon.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod exec;
+pub mod host;
+pub mod jit;
+mod kernel;
+mod schedule;
+
+pub use exec::{plan, Executable, MemoryPlan, RunStats};
+pub use kernel::{BufId, Buffer, Kernel, Program, Step, Storage};
+pub use schedule::schedule;

@@ -1,0 +1,195 @@
+//! The Rust API (the JIT use case):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), tessera::Error> {
+//! let mut model = tessera::Compiler::new().define("layers", 2).compile_file("stdlib/llama.tsr")?;
+//! model.random_weights(0)?;                     // or model.load_weights("model.safetensors")?
+//! let inputs = model.random_inputs(&[("batch", 1), ("seq", 16)], 0)?;
+//! let outputs = model.run(&inputs)?;
+//! # Ok(()) }
+//! ```
+
+use crate::{hf, render, Frontend};
+use std::collections::HashMap;
+use tessera_codegen::{Executable, RunStats};
+use tessera_ir::Graph;
+use tessera_lang::{CheckpointMap, Override};
+use tessera_runtime::{Dims, RunError, Tensor};
+
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter (slow, the oracle).
+    Interp,
+    /// Kernels compiled with Cranelift (the default).
+    Cpu,
+}
+
+/// Errors of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program has mistakes; the rendered diagnostics.
+    #[error("{0}")]
+    Diagnostics(String),
+    /// Running or loading failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A file could not be read.
+    #[error("{0}")]
+    Io(String),
+    /// A compiler bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Compiles model files into runnable [`Model`]s.
+#[derive(Clone, Debug)]
+pub struct Compiler {
+    defines: Vec<(String, Override)>,
+    model: Option<String>,
+    config: Option<serde_json::Value>,
+    backend: Backend,
+    keep_clif: bool,
+}
+
+impl Default for Compiler {
+    fn default() -> Compiler {
+        Compiler::new()
+    }
+}
+
+impl Compiler {
+    /// Defaults: the file's only model, its default hyper-parameters, the CPU backend.
+    pub fn new() -> Compiler {
+        Compiler { defines: Vec::new(), model: None, config: None, backend: Backend::Cpu, keep_clif: false }
+    }
+
+    /// Sets a hyper-parameter (wins over a config.json).
+    pub fn define(mut self, key: &str, value: impl Into<Override>) -> Compiler {
+        self.defines.push((key.to_string(), value.into()));
+        self
+    }
+
+    /// Chooses the model of a file that defines several.
+    pub fn model(mut self, name: &str) -> Compiler {
+        self.model = Some(name.to_string());
+        self
+    }
+
+    /// Takes hyper-parameters from a Hugging Face config.json (through the checkpoint map).
+    pub fn config_file(mut self, path: &str) -> Result<Compiler, Error> {
+        self.config = Some(hf::read_config(path).map_err(Error::Io)?);
+        Ok(self)
+    }
+
+    /// Chooses the backend.
+    pub fn backend(mut self, backend: Backend) -> Compiler {
+        self.backend = backend;
+        self
+    }
+
+    /// Keeps the Cranelift IR of the compiled kernels (see [`Model::clif`]).
+    pub fn keep_clif(mut self, keep: bool) -> Compiler {
+        self.keep_clif = keep;
+        self
+    }
+
+    /// Compiles a `.tsr` file.
+    pub fn compile_file(&self, path: &str) -> Result<Model, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {path}: {e}")))?;
+        self.compile_str(path, &text)
+    }
+
+    /// Compiles `.tsr` source text (`path` names it in diagnostics and resolves imports).
+    pub fn compile_str(&self, path: &str, text: &str) -> Result<Model, Error> {
+        let fe = Frontend::tsr_with_config(path, text, self.model.as_deref(), &self.defines, self.config.as_ref());
+        let Some(g) = fe.graph else { return Err(Error::Diagnostics(render(&fe.diagnostics, &fe.sources, false, 100))) };
+        Model::from_graph(g, fe.checkpoint, self.backend, self.keep_clif)
+    }
+}
+
+/// A compiled model with its parameters.
+pub struct Model {
+    graph: Graph,
+    checkpoint: Option<CheckpointMap>,
+    exe: Option<Executable>,
+    params: HashMap<String, Tensor>,
+    /// What the last CPU run did.
+    pub stats: std::cell::Cell<Option<(usize, usize, usize)>>,
+}
+
+impl Model {
+    /// Optimises `g` and, for the CPU backend, schedules and compiles it.
+    pub fn from_graph(g: Graph, checkpoint: Option<CheckpointMap>, backend: Backend, keep_clif: bool) -> Result<Model, Error> {
+        tessera_ir::verify(&g).map_err(|e| Error::Internal(e.join("\n")))?;
+        let g = tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| Error::Internal(e.to_string()))?;
+        let exe = match backend {
+            Backend::Interp => None,
+            Backend::Cpu => Some(Executable::new(tessera_codegen::schedule(&g), keep_clif).map_err(Error::Internal)?),
+        };
+        Ok(Model { graph: g, checkpoint, exe, params: HashMap::new(), stats: std::cell::Cell::new(None) })
+    }
+
+    /// The optimised graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The kernel program (CPU backend).
+    pub fn program(&self) -> Option<&tessera_codegen::Program> {
+        self.exe.as_ref().map(|e| &e.program)
+    }
+
+    /// The Cranelift IR of the compiled kernels (when the compiler kept it).
+    pub fn clif(&self) -> &[String] {
+        self.exe.as_ref().map_or(&[], |e| &e.clif)
+    }
+
+    /// Loads a safetensors checkpoint through the model's checkpoint map. Returns the names
+    /// of checkpoint tensors no parameter used.
+    pub fn load_weights(&mut self, path: &str) -> Result<Vec<String>, Error> {
+        let bound = hf::load_weights(&self.graph, &Dims::new(), self.checkpoint.as_ref(), path)?;
+        self.params = bound.params;
+        Ok(bound.unused)
+    }
+
+    /// Seeded random parameters (the documented initialisation).
+    pub fn random_weights(&mut self, seed: u64) -> Result<(), Error> {
+        self.params = tessera_runtime::random_params(&self.graph, &Dims::new(), seed)?;
+        Ok(())
+    }
+
+    /// Seeded random inputs for the given dimension sizes.
+    pub fn random_inputs(&self, dims: &[(&str, i64)], seed: u64) -> Result<HashMap<String, Tensor>, Error> {
+        let dims: Dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        Ok(tessera_runtime::random_inputs(&self.graph, &dims, seed, &HashMap::new())?)
+    }
+
+    /// Runs on the inputs (dimension sizes taken from them).
+    pub fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
+        let mut dims = Dims::new();
+        tessera_runtime::bind_dims(&self.graph, inputs, &mut dims)?;
+        self.run_with_dims(&dims, inputs)
+    }
+
+    /// Runs with explicit dimension sizes.
+    pub fn run_with_dims(&self, dims: &Dims, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, Error> {
+        let declared: Vec<&str> = self.graph.inputs().iter().map(|(n, _)| *n).collect();
+        if let Some(extra) = inputs.keys().find(|k| !declared.contains(&k.as_str())) {
+            return Err(RunError::Unknown { kind: "input", name: extra.clone() }.into());
+        }
+        match &self.exe {
+            None => Ok(tessera_runtime::run(&self.graph, dims, inputs, &self.params)?),
+            Some(exe) => {
+                let (out, stats): (_, RunStats) = exe.run(dims, inputs, &self.params)?;
+                self.stats.set(Some((stats.arena_bytes, stats.attention.tiles, stats.attention.skipped)));
+                Ok(out)
+            }
+        }
+    }
+
+    /// Replaces the parameters.
+    pub fn set_params(&mut self, params: HashMap<String, Tensor>) {
+        self.params = params;
+    }
+}
