@@ -425,6 +425,9 @@ fn run(
                 a.tiles,
                 a.skipped
             );
+            for (kind, secs) in &stats.profile {
+                outln!("  {kind:<12} {:8.1} ms", secs * 1e3);
+            }
             outputs
         }
         None => runtime::run(g, &dims, &all_inputs, &params)?,

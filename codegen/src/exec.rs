@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use crate::host::{self, size_of, View};
-use crate::jit::{Jit, RowFn, ScalarFn};
+use crate::jit::{Jit, RowFn};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
 use tessera_ir::DType;
@@ -11,7 +11,6 @@ use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
 enum Native {
     None,
     Row(RowFn),
-    Score(ScalarFn),
 }
 
 /// A program with its kernels compiled.
@@ -31,6 +30,8 @@ pub struct RunStats {
     pub arena_bytes: usize,
     /// Attention tiles computed and skipped.
     pub attention: host::AttentionStats,
+    /// Seconds per kernel kind, when profiling (`TESSERA_PROFILE=1`).
+    pub profile: Vec<(&'static str, f64)>,
 }
 
 /// Where each arena buffer lives: byte offsets and the arena size.
@@ -98,7 +99,10 @@ impl Executable {
                     let leaf_types: Vec<DType> = s.ins.iter().map(|&b| program.buffers[b].ty.dtype).collect();
                     Some((true, jit.row(f, &leaf_types, program.buffers[s.out].ty.dtype)?))
                 }
-                Kernel::Attention(f) => Some((false, jit.scalar(f)?)),
+                Kernel::Attention(f) => {
+                    let leaf_types: Vec<DType> = s.ins[3..].iter().map(|&b| program.buffers[b].ty.dtype).collect();
+                    Some((true, jit.row(f, &leaf_types, DType::F32)?))
+                }
                 _ => None,
             });
         }
@@ -106,8 +110,7 @@ impl Executable {
         let natives = ids
             .into_iter()
             .map(|id| match id {
-                Some((true, id)) => Native::Row(jit.row_fn(id)),
-                Some((false, id)) => Native::Score(jit.scalar_fn(id)),
+                Some((_, id)) => Native::Row(jit.row_fn(id)),
                 None => Native::None,
             })
             .collect();
@@ -161,7 +164,9 @@ impl Executable {
         }
         let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
         let mut stats = RunStats { arena_bytes: mem.bytes, ..RunStats::default() };
+        let profile = std::env::var_os("TESSERA_PROFILE").is_some();
         for (s, step) in p.steps.iter().enumerate() {
+            let t0 = profile.then(std::time::Instant::now);
             let out = view(step.out);
             let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
             // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
@@ -170,6 +175,14 @@ impl Executable {
                 RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: location(p, step.span) },
                 other => other,
             })?;
+            if let Some(t0) = t0 {
+                let name = step.kernel.name();
+                let dt = t0.elapsed().as_secs_f64();
+                match stats.profile.iter_mut().find(|(n, _)| *n == name) {
+                    Some(e) => e.1 += dt,
+                    None => stats.profile.push((name, dt)),
+                }
+            }
         }
         let outputs = p
             .outputs
@@ -210,7 +223,7 @@ impl Executable {
                 (Kernel::Ffn { gated, act, bias }, _) => ffn(out, ins, *gated, *act, *bias),
                 (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Attention(f), Native::Score(score)) => {
+                (Kernel::Attention(f), Native::Row(score)) => {
                     let a = host::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, *score);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
@@ -220,11 +233,11 @@ impl Executable {
                 (Kernel::Transpose(perm), _) => {
                     let st = tessera_runtime::strides(&ins[0].shape);
                     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
-                    host::gather_elements(out, &ins[0], host::strided(&out.shape, &out_st));
+                    host::copy_strided(out, &ins[0], &out_st);
                 }
                 (Kernel::Broadcast, _) => {
                     let st = host::broadcast_strides(&ins[0].shape, out.shape.len());
-                    host::gather_elements(out, &ins[0], host::strided(&out.shape, &st));
+                    host::copy_strided(out, &ins[0], &st);
                 }
                 (Kernel::Slice { axis, start, step: by }, _) => {
                     let start = start.eval(dims).ok_or_else(|| RunError::UnboundDim(start.to_string()))?.max(0) as usize;
@@ -235,11 +248,17 @@ impl Executable {
                     if osize > 0 && start + (osize - 1) * by >= size {
                         return Err(RunError::Shape(format!("slice from {start} out of range for size {size}")));
                     }
-                    host::gather_elements(out, x, move |i| {
-                        let (o, rest) = (i / (osize * inner), i % (osize * inner));
-                        let (k, j) = (rest / inner, rest % inner);
-                        (o * size + start + k * by) * inner + j
-                    });
+                    if inner > 1 {
+                        host::copy_runs(out, x, inner, move |r| {
+                            let (o, k) = (r / osize, r % osize);
+                            (o * size + start + k * by) * inner
+                        });
+                    } else {
+                        host::gather_elements(out, x, move |i| {
+                            let (o, k) = (i / osize, i % osize);
+                            o * size + start + k * by
+                        });
+                    }
                 }
                 (Kernel::Concat { axis }, _) => {
                     let outer: usize = out.shape[..*axis].iter().product();
@@ -322,7 +341,17 @@ unsafe fn elementwise(f: RowFn, out: &View, ins: &[View]) {
                 (ptrs[k] + off * sizes[k]) as *const u8
             })
             .collect();
-        unsafe { f((optr + row * len * osize) as *mut u8, len as i64, bases.as_ptr(), steps.as_ptr()) };
+        unsafe {
+            f(
+                (optr + row * len * osize) as *mut u8,
+                len as i64,
+                bases.as_ptr(),
+                steps.as_ptr(),
+                std::ptr::null(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
     });
 }
 
@@ -368,19 +397,24 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
             host::epilogue(&hv, Some(&ins[2]), None, None);
         }
     }
-    let hidden: Vec<f32> = if gated {
-        let half = h_in / 2;
-        (0..rows * half)
-            .map(|i| {
-                let (r, c) = (i / half, i % half);
-                (act.eval(f64::from(h[r * h_in + c])) * f64::from(h[r * h_in + half + c])) as f32
-            })
-            .collect()
-    } else {
-        h.iter().map(|&v| act.eval(f64::from(v)) as f32).collect()
-    };
-    let width = hidden.len() / rows.max(1);
-    let mut hidden = hidden;
+    // The activation (and gating), rows in parallel, in f32.
+    let width = if gated { h_in / 2 } else { h_in };
+    let mut hidden = vec![0f32; rows * width];
+    {
+        use rayon::prelude::*;
+        let act32 = |x: f32| act.eval(f64::from(x)) as f32;
+        hidden.par_chunks_mut(width.max(1)).zip(h.par_chunks(h_in.max(1))).for_each(|(out, hrow)| {
+            if gated {
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = act32(hrow[c]) * hrow[width + c];
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(hrow) {
+                    *o = act32(x);
+                }
+            }
+        });
+    }
     let hv = View { ptr: hidden.as_mut_ptr() as *mut u8, shape: vec![rows, width], dtype: DType::F32 };
     let ov = View { ptr: out.ptr, shape: vec![rows, w_out.shape[1]], dtype: DType::F32 };
     unsafe {

@@ -5,7 +5,7 @@
 //! Every function takes [`View`]s: a pointer, a shape and an element type. The executor
 //! guarantees that an output never overlaps a live input.
 
-use crate::jit::ScalarFn;
+use crate::jit::RowFn;
 use rayon::prelude::*;
 use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn, TileClass, UnaryOp};
 use tessera_runtime::{broadcast_offsets, strides};
@@ -88,6 +88,36 @@ impl Shared {
     /// The pointer (a method, so that closures capture the `Send` wrapper, not its field).
     fn ptr(self) -> *mut u8 {
         self.0
+    }
+}
+
+/// Copies runs of `run` contiguous elements: run `r` of the output comes from the input
+/// starting at element `src(r)`.
+///
+/// # Safety
+/// Views valid; every run in range.
+pub unsafe fn copy_runs(out: &View, x: &View, run: usize, src: impl Fn(usize) -> usize + Sync) {
+    let size = size_of(x.dtype);
+    let runs = out.len().checked_div(run).unwrap_or(0);
+    let (o, s) = (Shared(out.ptr), Shared(x.ptr));
+    (0..runs).into_par_iter().with_min_len((1024 / run.max(1)).max(1)).for_each(|r| {
+        unsafe { std::ptr::copy_nonoverlapping(s.ptr().add(src(r) * size), o.ptr().add(r * run * size), run * size) };
+    });
+}
+
+/// Copies through a stride map: `out[i] = x[Σ idx_d · st_d]`, by contiguous runs when the
+/// innermost axis has stride 1.
+///
+/// # Safety
+/// Views valid; strides in range.
+pub unsafe fn copy_strided(out: &View, x: &View, st: &[usize]) {
+    let r = out.shape.len();
+    if r > 0 && st[r - 1] == 1 && out.shape[r - 1] > 1 {
+        let run = out.shape[r - 1];
+        let outer = strided(&out.shape[..r - 1], &st[..r - 1]);
+        unsafe { copy_runs(out, x, run, outer) };
+    } else {
+        unsafe { gather_elements(out, x, strided(&out.shape, st)) };
     }
 }
 
@@ -247,12 +277,28 @@ pub struct AttentionStats {
     pub skipped: usize,
 }
 
+/// `Σ a[i]·b[i]` with eight partial sums (so that it vectorizes).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
-/// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored.
+/// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
+/// beyond one row of one tile. The score function runs as a compiled row kernel over a tile
+/// row (`score`, see [`crate::jit::RowFn`]).
 ///
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
-pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: ScalarFn) -> AttentionStats {
+pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: RowFn) -> AttentionStats {
     let r = out.shape.len();
     let (s, e) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
     let (t, ev) = (k.shape[k.shape.len() - 2], v.shape[v.shape.len() - 1]);
@@ -262,9 +308,8 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         broadcast_offsets(&batch, &k.shape[..k.shape.len() - 2]),
         broadcast_offsets(&batch, &v.shape[..v.shape.len() - 2]),
     );
-    let mut score_shape = batch.clone();
-    score_shape.extend([s, t]);
     let leaf_st: Vec<Vec<usize>> = extra.iter().map(|l| broadcast_strides(&l.shape, r)).collect();
+    let leaf_steps: Vec<i64> = leaf_st.iter().map(|st| st[r - 1] as i64).collect();
     // Tables read by gather, widened to f32.
     let tables: Vec<Vec<f32>> = extra.iter().map(|l| (0..l.len()).map(|i| unsafe { l.get(i) } as f32).collect()).collect();
     let table_ptrs: Vec<usize> = tables.iter().map(|t| t.as_ptr() as usize).collect();
@@ -275,64 +320,81 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     let o = Shared(out.ptr);
     let q_tiles = s.div_ceil(TILE_Q);
     let k_tiles = t.div_ceil(TILE_K);
-    let counts: Vec<(usize, usize)> = (0..oq.len() * q_tiles)
-        .into_par_iter()
-        .map(|job| {
-            let (bi, qt) = (job / q_tiles, job % q_tiles);
-            let idx: Vec<usize> = batch_st.iter().zip(&batch).map(|(&st, &n)| (bi / st.max(1)) % n.max(1)).collect();
-            let b_index = idx.first().copied().unwrap_or(0) as f64;
-            let h_index = if batch.len() > 1 { (bi % heads.max(1)) as f64 } else { 0.0 };
-            let lbase: Vec<usize> = leaf_st.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
+    // Which key tiles each query tile visits: the mask analysis, once per pair of tiles.
+    let live: Vec<Vec<usize>> = (0..q_tiles)
+        .map(|qt| {
             let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-            let rows = i1 - i0;
-            let mut m = vec![f64::NEG_INFINITY; rows];
-            let mut l = vec![0f64; rows];
-            let mut acc = vec![0f64; rows * ev];
-            let mut leaves = vec![0f64; extra.len()];
-            let (mut done, mut skipped) = (0, 0);
-            let qrow = |i: usize| &qs[(oq[bi] * s + i) * e..(oq[bi] * s + i + 1) * e];
-            for kt in 0..k_tiles {
-                let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                if f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) == TileClass::Dead {
-                    skipped += 1;
-                    continue;
-                }
-                done += 1;
-                for i in i0..i1 {
-                    let qi = qrow(i);
-                    let row = i - i0;
-                    for j in j0..j1 {
-                        let kj = &ks[(ok[bi] * t + j) * e..(ok[bi] * t + j + 1) * e];
-                        let dot: f32 = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                        for (n, lv) in leaves.iter_mut().enumerate() {
-                            let st = &leaf_st[n];
-                            *lv = unsafe { extra[n].get(lbase[n] + i * st[r - 2] + j * st[r - 1]) };
-                        }
-                        let vars = [f64::from(dot), b_index, h_index, i as f64, j as f64];
-                        let sc =
-                            unsafe { score(vars.as_ptr(), leaves.as_ptr(), table_ptrs.as_ptr() as *const *const f32, table_lens.as_ptr()) };
-                        let new_m = m[row].max(sc);
-                        let scale = (m[row] - new_m).exp();
-                        let p = (sc - new_m).exp();
-                        l[row] = l[row] * scale + p;
-                        let vj = &vs[(ov[bi] * t + j) * ev..(ov[bi] * t + j + 1) * ev];
-                        for (a, &vv) in acc[row * ev..(row + 1) * ev].iter_mut().zip(vj) {
-                            *a = *a * scale + p * f64::from(vv);
-                        }
-                        m[row] = new_m;
-                    }
-                }
-            }
-            for row in 0..rows {
-                for c in 0..ev {
-                    let val = if l[row] > 0.0 { acc[row * ev + c] / l[row] } else { 0.0 };
-                    unsafe { *(o.ptr() as *mut f32).add((bi * s + i0 + row) * ev + c) = val as f32 };
-                }
-            }
-            (done, skipped)
+            (0..k_tiles)
+                .filter(|kt| {
+                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+                    f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) != TileClass::Dead
+                })
+                .collect()
         })
         .collect();
-    AttentionStats { tiles: counts.iter().map(|c| c.0).sum(), skipped: counts.iter().map(|c| c.1).sum() }
+    let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
+    (0..oq.len() * q_tiles).into_par_iter().for_each(|job| {
+        let (bi, qt) = (job / q_tiles, job % q_tiles);
+        let idx: Vec<usize> = batch_st.iter().zip(&batch).map(|(&st, &n)| (bi / st.max(1)) % n.max(1)).collect();
+        let b_index = idx.first().copied().unwrap_or(0) as f64;
+        let h_index = if batch.len() > 1 { (bi % heads.max(1)) as f64 } else { 0.0 };
+        let lbase: Vec<usize> = leaf_st.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
+        let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
+        let mut scores = [0f32; TILE_K];
+        let mut acc = vec![0f32; ev];
+        let mut ptrs = vec![std::ptr::null::<u8>(); extra.len()];
+        for i in i0..i1 {
+            let qi = &qs[(oq[bi] * s + i) * e..(oq[bi] * s + i + 1) * e];
+            let (mut m, mut l) = (f64::NEG_INFINITY, 0f64);
+            acc.iter_mut().for_each(|a| *a = 0.0);
+            for &kt in &live[qt] {
+                let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+                let n = j1 - j0;
+                for (j, sc) in (j0..j1).zip(scores.iter_mut()) {
+                    *sc = dot(qi, &ks[(ok[bi] * t + j) * e..(ok[bi] * t + j + 1) * e]);
+                }
+                for (n_leaf, p) in ptrs.iter_mut().enumerate() {
+                    let st = &leaf_st[n_leaf];
+                    let off = lbase[n_leaf] + i * st[r - 2] + j0 * st[r - 1];
+                    *p = unsafe { extra[n_leaf].ptr.add(off * size_of(extra[n_leaf].dtype)) };
+                }
+                let vars = [b_index, h_index, i as f64, j0 as f64];
+                unsafe {
+                    score(
+                        scores.as_mut_ptr() as *mut u8,
+                        n as i64,
+                        ptrs.as_ptr(),
+                        leaf_steps.as_ptr(),
+                        vars.as_ptr(),
+                        table_ptrs.as_ptr() as *const *const f32,
+                        table_lens.as_ptr(),
+                    )
+                };
+                let tile_max = scores[..n].iter().fold(f64::NEG_INFINITY, |a, &x| a.max(f64::from(x)));
+                let new_m = m.max(tile_max);
+                let rescale = (m - new_m).exp() as f32;
+                if rescale != 1.0 {
+                    acc.iter_mut().for_each(|a| *a *= rescale);
+                }
+                l *= f64::from(rescale);
+                for (j, &sc) in (j0..j1).zip(&scores[..n]) {
+                    let p = (f64::from(sc) - new_m).exp();
+                    l += p;
+                    let p = p as f32;
+                    let vj = &vs[(ov[bi] * t + j) * ev..(ov[bi] * t + j + 1) * ev];
+                    for (a, &vv) in acc.iter_mut().zip(vj) {
+                        *a += p * vv;
+                    }
+                }
+                m = new_m;
+            }
+            for (c, a) in acc.iter().enumerate() {
+                let val = if l > 0.0 { f64::from(*a) / l } else { 0.0 };
+                unsafe { *(o.ptr() as *mut f32).add((bi * s + i) * ev + c) = val as f32 };
+            }
+        }
+    });
+    AttentionStats { tiles: done, skipped: oq.len() * q_tiles * k_tiles - done }
 }
 
 /// Reduction over `axes` (the output's shape, keepdim or not, has the same element count as

@@ -16,8 +16,11 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
 use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
 
-/// A compiled row kernel: `(out, len, operand pointers, operand steps)`.
-pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64);
+/// A compiled row kernel: `(out, len, operand pointers, operand steps, vars, tables, table
+/// lengths)`. For elementwise kernels the last three are unused; for attention score rows
+/// `out` holds the raw scores (f32) and receives the modified ones, `vars` is `[B, H, I, J0]`
+/// and the key index of element `j` is `J0 + j`.
+pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64, *const f64, *const *const f32, *const i64);
 /// A compiled score function: `(vars [S, B, H, I, J], leaf values, tables, table lengths)`.
 pub type ScalarFn = unsafe extern "C" fn(*const f64, *const f64, *const *const f32, *const i64) -> f64;
 
@@ -101,6 +104,7 @@ impl Jit {
         let ptr = self.ptr();
         let mut sig = self.module.make_signature();
         sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
         let name = format!("row{}", self.count);
         let helpers = self.declare_helpers(&sig)?;
         let cfg = self.module.target_config();
@@ -110,6 +114,7 @@ impl Jit {
         b.switch_to_block(entry);
         let params = b.block_params(entry).to_vec();
         let (out_ptr, len, ins, steps) = (params[0], params[1], params[2], params[3]);
+        let (vars, tables, lens) = (params[4], params[5], params[6]);
         let flags = MemFlagsData::trusted();
         let bases: Vec<(Value, Value)> = (0..leaf_types.len())
             .map(|k| {
@@ -155,7 +160,25 @@ impl Jit {
                 }
             }
         };
-        let v = emit(&mut b, f, &helpers, None, &leaf, &|b: &mut FunctionBuilder, _| b.ins().f64const(f64::NAN))?;
+        let var = |b: &mut FunctionBuilder, k: usize| -> Value {
+            match k {
+                // The raw score: this element of `out` (f32).
+                0 => {
+                    let off = b.ins().imul_imm_s(iv, 4);
+                    let addr = b.ins().iadd(out_ptr, off);
+                    let x = b.ins().load(types::F32, flags, addr, 0);
+                    b.ins().fpromote(types::F64, x)
+                }
+                // The key index: J0 + j.
+                4 => {
+                    let j0 = b.ins().load(types::F64, flags, vars, 24);
+                    let j = b.ins().fcvt_from_sint(types::F64, iv);
+                    b.ins().fadd(j0, j)
+                }
+                k => b.ins().load(types::F64, flags, vars, (8 * (k - 1)) as i32),
+            }
+        };
+        let v = emit(&mut b, f, &helpers, Some((tables, lens)), &leaf, &var)?;
         let size = match out {
             DType::F32 => 4,
             DType::I64 => 8,
