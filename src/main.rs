@@ -101,6 +101,9 @@ enum Cmd {
         /// What runs the model.
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
+        /// Run this many times and report the median time (benchmarking).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
     Embed {
@@ -259,19 +262,21 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend } => {
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, repeat } => {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
             }
+            let compile_start = std::time::Instant::now();
             let (g, map) = front(&m)?;
             let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
             let exe = match backend {
                 BackendArg::Cpu => Some(tessera::codegen::Executable::new(tessera::codegen::schedule(&g), false).map_err(Fail::Internal)?),
                 BackendArg::Interp => None,
             };
+            outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
-            run(&g, exe.as_ref(), map.as_ref(), &dim, files, seed).map_err(run_fail)
+            run(&g, exe.as_ref(), map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -369,6 +374,7 @@ fn run(
     dim: &[(String, String)],
     files: RunFiles,
     seed: u64,
+    repeat: usize,
 ) -> Result<(), runtime::RunError> {
     let RunFiles { weights, inputs, out } = files;
     let mut dims: runtime::Dims = HashMap::new();
@@ -413,6 +419,15 @@ fn run(
     let mut dims_list: Vec<_> = dims.iter().collect();
     dims_list.sort();
     outln!("{}: {}", g.name, dims_list.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    let mut times = Vec::new();
+    for _ in 1..repeat {
+        let t = std::time::Instant::now();
+        match exe {
+            Some(exe) => drop(exe.run(&dims, &all_inputs, &params)?),
+            None => drop(runtime::run(g, &dims, &all_inputs, &params)?),
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
     let start = std::time::Instant::now();
     let outputs = match exe {
         Some(exe) => {
@@ -432,6 +447,11 @@ fn run(
         }
         None => runtime::run(g, &dims, &all_inputs, &params)?,
     };
+    if repeat > 1 {
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        times.sort_by(f64::total_cmp);
+        outln!("median of {repeat} runs: {:.1} ms", times[times.len() / 2]);
+    }
     for (name, t) in &outputs {
         outln!("{name}: {}", summary(t));
     }
