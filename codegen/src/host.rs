@@ -264,7 +264,7 @@ pub unsafe fn softmax(out: &View, x: &View, axis: usize) {
 }
 
 /// Query rows per attention tile.
-pub const TILE_Q: usize = 32;
+pub const TILE_Q: usize = 64;
 /// Keys per attention tile.
 pub const TILE_K: usize = 64;
 
@@ -275,6 +275,19 @@ pub struct AttentionStats {
     pub tiles: usize,
     /// Tiles skipped as fully masked.
     pub skipped: usize,
+}
+
+/// `e^x` for `x ≤ 0` in f32 (softmax probabilities), branch-free so that loops over it
+/// vectorize: `x = n·ln 2 + r`, `2^n` from the exponent bits, a degree-6 polynomial for `e^r`
+/// (relative error below 5e-7). Inputs below -87 give e^-87 ≈ 1.6e-38, negligible next to any
+/// visible score.
+#[inline]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
 }
 
 /// `Σ a[i]·b[i]` with eight partial sums (so that it vectorizes).
@@ -333,6 +346,20 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         })
         .collect();
     let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
+    // Tiles where every score is visible and the function is only a scale need no score kernel.
+    let full: Vec<Vec<bool>> = (0..q_tiles)
+        .map(|qt| {
+            let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
+            live[qt]
+                .iter()
+                .map(|&kt| {
+                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+                    f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) == TileClass::Full
+                })
+                .collect()
+        })
+        .collect();
+    let plain = f.plain_scale();
     (0..oq.len() * q_tiles).into_par_iter().for_each(|job| {
         let (bi, qt) = (job / q_tiles, job % q_tiles);
         let idx: Vec<usize> = batch_st.iter().zip(&batch).map(|(&st, &n)| (bi / st.max(1)) % n.max(1)).collect();
@@ -340,57 +367,110 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         let h_index = if batch.len() > 1 { (bi % heads.max(1)) as f64 } else { 0.0 };
         let lbase: Vec<usize> = leaf_st.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
         let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-        let mut scores = [0f32; TILE_K];
-        let mut acc = vec![0f32; ev];
+        let rows = i1 - i0;
+        // Scores of one tile (rows × TILE_K), then probabilities in place; output accumulators.
+        let mut sp = vec![0f32; rows * TILE_K];
+        let mut acc = vec![0f32; rows * ev];
+        let mut m = vec![f32::NEG_INFINITY; rows];
+        let mut l = vec![0f64; rows];
         let mut ptrs = vec![std::ptr::null::<u8>(); extra.len()];
-        for i in i0..i1 {
-            let qi = &qs[(oq[bi] * s + i) * e..(oq[bi] * s + i + 1) * e];
-            let (mut m, mut l) = (f64::NEG_INFINITY, 0f64);
-            acc.iter_mut().for_each(|a| *a = 0.0);
-            for &kt in &live[qt] {
-                let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                let n = j1 - j0;
-                for (j, sc) in (j0..j1).zip(scores.iter_mut()) {
-                    *sc = dot(qi, &ks[(ok[bi] * t + j) * e..(ok[bi] * t + j + 1) * e]);
-                }
+        let q_tile = &qs[(oq[bi] * s + i0) * e..(oq[bi] * s + i1) * e];
+        for (&kt, &is_full) in live[qt].iter().zip(&full[qt]) {
+            let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+            let n = j1 - j0;
+            let scale_only = if is_full { plain } else { None };
+            let k_tile = &ks[(ok[bi] * t + j0) * e..(ok[bi] * t + j1) * e];
+            let v_tile = &vs[(ov[bi] * t + j0) * ev..(ov[bi] * t + j1) * ev];
+            // S = Q Kᵀ (row stride n), times the scale when that is all the function does here.
+            let beta = scale_only.map_or(1.0, |c| c as f32);
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    e,
+                    sp.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    q_tile.as_ptr(),
+                    1,
+                    e as isize,
+                    k_tile.as_ptr(),
+                    e as isize,
+                    1,
+                    0.0,
+                    beta,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+            for row in 0..rows {
+                let i = i0 + row;
+                let srow = &mut sp[row * n..(row + 1) * n];
                 for (n_leaf, p) in ptrs.iter_mut().enumerate() {
                     let st = &leaf_st[n_leaf];
                     let off = lbase[n_leaf] + i * st[r - 2] + j0 * st[r - 1];
                     *p = unsafe { extra[n_leaf].ptr.add(off * size_of(extra[n_leaf].dtype)) };
                 }
                 let vars = [b_index, h_index, i as f64, j0 as f64];
-                unsafe {
-                    score(
-                        scores.as_mut_ptr() as *mut u8,
-                        n as i64,
-                        ptrs.as_ptr(),
-                        leaf_steps.as_ptr(),
-                        vars.as_ptr(),
-                        table_ptrs.as_ptr() as *const *const f32,
-                        table_lens.as_ptr(),
-                    )
-                };
-                let tile_max = scores[..n].iter().fold(f64::NEG_INFINITY, |a, &x| a.max(f64::from(x)));
-                let new_m = m.max(tile_max);
-                let rescale = (m - new_m).exp() as f32;
+                if scale_only.is_none() {
+                    unsafe {
+                        score(
+                            srow.as_mut_ptr() as *mut u8,
+                            n as i64,
+                            ptrs.as_ptr(),
+                            leaf_steps.as_ptr(),
+                            vars.as_ptr(),
+                            table_ptrs.as_ptr() as *const *const f32,
+                            table_lens.as_ptr(),
+                        )
+                    };
+                }
+                // Online softmax: rescale what was accumulated when the running max grows.
+                let tile_max = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let new_m = m[row].max(tile_max);
+                let rescale = (m[row] - new_m).exp();
+                for x in srow.iter_mut() {
+                    *x = exp_neg(*x - new_m);
+                }
+                let sum: f32 = srow.iter().sum();
+                l[row] = l[row] * f64::from(rescale) + f64::from(sum);
                 if rescale != 1.0 {
-                    acc.iter_mut().for_each(|a| *a *= rescale);
+                    acc[row * ev..(row + 1) * ev].iter_mut().for_each(|a| *a *= rescale);
                 }
-                l *= f64::from(rescale);
-                for (j, &sc) in (j0..j1).zip(&scores[..n]) {
-                    let p = (f64::from(sc) - new_m).exp();
-                    l += p;
-                    let p = p as f32;
-                    let vj = &vs[(ov[bi] * t + j) * ev..(ov[bi] * t + j + 1) * ev];
-                    for (a, &vv) in acc.iter_mut().zip(vj) {
-                        *a += p * vv;
-                    }
-                }
-                m = new_m;
+                m[row] = new_m;
             }
-            for (c, a) in acc.iter().enumerate() {
-                let val = if l > 0.0 { f64::from(*a) / l } else { 0.0 };
-                unsafe { *(o.ptr() as *mut f32).add((bi * s + i) * ev + c) = val as f32 };
+            // acc += P V.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    ev,
+                    n,
+                    acc.as_mut_ptr(),
+                    1,
+                    ev as isize,
+                    true,
+                    sp.as_ptr(),
+                    1,
+                    n as isize,
+                    v_tile.as_ptr(),
+                    1,
+                    ev as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            };
+        }
+        for row in 0..rows {
+            for c in 0..ev {
+                let val = if l[row] > 0.0 { f64::from(acc[row * ev + c]) / l[row] } else { 0.0 };
+                unsafe { *(o.ptr() as *mut f32).add((bi * s + i0 + row) * ev + c) = val as f32 };
             }
         }
     });
@@ -442,5 +522,31 @@ pub unsafe fn store(out: &View, vals: &[f64]) {
                 DType::Bool => *out.ptr.add(i) = u8::from(v != 0.0),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dot, exp_neg};
+
+    #[test]
+    fn exp_neg_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        for k in 0..=20000 {
+            let x = -(k as f32) * 0.0045;
+            let (got, want) = (f64::from(exp_neg(x)), f64::from(x).exp());
+            worst = worst.max((got - want).abs() / want.max(1e-30));
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert!(exp_neg(-1e30) < 1e-37);
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    #[test]
+    fn dot_matches_a_plain_sum() {
+        let a: Vec<f32> = (0..77).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..77).map(|i| (i as f32 * 0.11).cos()).collect();
+        let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-5);
     }
 }

@@ -219,6 +219,24 @@ impl ScoreFn {
         }
     }
 
+    /// `Some(c)` when the score before masking is just the raw score times a constant
+    /// (`S`, `S * c`, `S / c`): then fully visible tiles need no per-score work but the scale.
+    pub fn plain_scale(&self) -> Option<f64> {
+        let k = self.unmasked()?;
+        let is_score = |k: u32| matches!(self.nodes.get(k as usize), Some((SNode::Var(Var::Score), _)));
+        let constant = |k: u32| match self.nodes.get(k as usize) {
+            Some((SNode::Const(c), _)) => Some(*c),
+            _ => None,
+        };
+        match &self.nodes[k].0 {
+            SNode::Var(Var::Score) => Some(1.0),
+            SNode::Binary(BinaryOp::Mul, a, b) if is_score(*a) => constant(*b),
+            SNode::Binary(BinaryOp::Mul, a, b) if is_score(*b) => constant(*a),
+            SNode::Binary(BinaryOp::Div, a, b) if is_score(*a) => constant(*b).map(|c| 1.0 / c),
+            _ => None,
+        }
+    }
+
     /// The score before masking: the node under the mask `where`s of [`Self::mask_conditions`].
     pub fn unmasked(&self) -> Option<usize> {
         let mut at = self.root()?;
