@@ -77,7 +77,9 @@ print(json.dumps(res))
 
 def torch_run(spec: dict) -> dict:
     spec = dict(spec, repeat=REPEAT)
-    out = subprocess.run([sys.executable, "-c", TORCH_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    # Cold compiles: torch.compile otherwise reuses its on-disk cache from earlier runs.
+    env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    out = subprocess.run([sys.executable, "-c", TORCH_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])

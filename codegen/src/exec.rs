@@ -402,7 +402,7 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     let mut hidden = vec![0f32; rows * width];
     {
         use rayon::prelude::*;
-        let act32 = |x: f32| act.eval(f64::from(x)) as f32;
+        let act32 = |x: f32| host::act_f32(act, x);
         hidden.par_chunks_mut(width.max(1)).zip(h.par_chunks(h_in.max(1))).for_each(|(out, hrow)| {
             if gated {
                 for (c, o) in out.iter_mut().enumerate() {

@@ -215,7 +215,7 @@ pub unsafe fn epilogue(y: &View, bias: Option<&View>, act: Option<UnaryOp>, resi
                 x = f64::from((x + f64::from(b[c])) as f32);
             }
             if let Some(a) = act {
-                x = f64::from(a.eval(x) as f32);
+                x = f64::from(act_f32(a, x as f32));
             }
             if let Some((r, offs)) = &res {
                 x += f64::from(r[offs[row * d + c]]);
@@ -288,6 +288,21 @@ pub fn exp_neg(x: f32) -> f32 {
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
     f32::from_bits(((n as i32 + 127) << 23) as u32) * p
+}
+
+/// An activation in f32 (the common ones through f32 library functions, the rest through
+/// the interpreter's f64 definition).
+#[inline]
+pub fn act_f32(u: UnaryOp, x: f32) -> f32 {
+    match u {
+        UnaryOp::Relu => x.max(0.0),
+        UnaryOp::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
+        UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        UnaryOp::Silu => x / (1.0 + (-x).exp()),
+        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        UnaryOp::Tanh => x.tanh(),
+        other => other.eval(f64::from(x)) as f32,
+    }
 }
 
 /// `Σ a[i]·b[i]` with eight partial sums (so that it vectorizes).
@@ -378,7 +393,35 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         for (&kt, &is_full) in live[qt].iter().zip(&full[qt]) {
             let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
             let n = j1 - j0;
-            let scale_only = if is_full { plain } else { None };
+            // With the actual values of the extra operands over this tile (a padding mask),
+            // the tile may turn out fully visible, or fully masked.
+            let class = if is_full || extra.is_empty() {
+                if is_full {
+                    TileClass::Full
+                } else {
+                    TileClass::Partial
+                }
+            } else {
+                let range = |k: u32| -> Option<(f64, f64)> {
+                    let k = k as usize;
+                    let (x, st) = (extra.get(k)?, &leaf_st[k]);
+                    let (si, sj) = (st[r - 2], st[r - 1]);
+                    let (ri, rj) = (if si == 0 { i0..i0 + 1 } else { i0..i1 }, if sj == 0 { j0..j0 + 1 } else { j0..j1 });
+                    let mut lo_hi = (f64::INFINITY, f64::NEG_INFINITY);
+                    for a in ri {
+                        for b in rj.clone() {
+                            let v = unsafe { x.get(lbase[k] + a * si + b * sj) };
+                            lo_hi = (lo_hi.0.min(v), lo_hi.1.max(v));
+                        }
+                    }
+                    Some(lo_hi)
+                };
+                f.tile_class_with((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1), &range)
+            };
+            if class == TileClass::Dead {
+                continue;
+            }
+            let scale_only = if class == TileClass::Full { plain } else { None };
             let k_tile = &ks[(ok[bi] * t + j0) * e..(ok[bi] * t + j1) * e];
             let v_tile = &vs[(ov[bi] * t + j0) * ev..(ov[bi] * t + j1) * ev];
             // S = Q Kᵀ (row stride n), times the scale when that is all the function does here.
@@ -527,7 +570,19 @@ pub unsafe fn store(out: &View, vals: &[f64]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{dot, exp_neg};
+    use super::{act_f32, dot, exp_neg};
+    use tessera_ir::UnaryOp;
+
+    #[test]
+    fn f32_activations_match_the_reference() {
+        for u in [UnaryOp::Relu, UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Silu, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+            for k in -400..=400 {
+                let x = k as f32 * 0.025;
+                let (got, want) = (f64::from(act_f32(u, x)), u.eval(f64::from(x)));
+                assert!((got - want).abs() <= 2e-6 * want.abs().max(1.0), "{u:?}({x}) = {got}, want {want}");
+            }
+        }
+    }
 
     #[test]
     fn exp_neg_is_accurate_over_the_softmax_range() {

@@ -137,11 +137,17 @@ impl ScoreFn {
 
     /// Classifies the tile of queries `i.0..=i.1` and keys `j.0..=j.1` (see [`TileClass`]).
     pub fn tile_class(&self, i: (i64, i64), j: (i64, i64)) -> TileClass {
+        self.tile_class_with(i, j, &|_| None)
+    }
+
+    /// As [`Self::tile_class`], knowing the range of some extra operands over the tile (a
+    /// padding mask that is all ones there makes a causal tile fully visible).
+    pub fn tile_class_with(&self, i: (i64, i64), j: (i64, i64), leaf: &dyn Fn(u32) -> Option<(f64, f64)>) -> TileClass {
         let conds = self.mask_conditions();
         if conds.is_empty() {
             return TileClass::Full;
         }
-        let iv = self.intervals(i, j);
+        let iv = self.intervals(i, j, leaf);
         let mut all_true = true;
         for c in conds {
             match iv[c] {
@@ -158,7 +164,7 @@ impl ScoreFn {
     }
 
     /// Bounds of every node over the tile (unknown values are (-inf, inf); booleans are 0/1).
-    fn intervals(&self, i: (i64, i64), j: (i64, i64)) -> Vec<(f64, f64)> {
+    fn intervals(&self, i: (i64, i64), j: (i64, i64), leaf: &dyn Fn(u32) -> Option<(f64, f64)>) -> Vec<(f64, f64)> {
         const ANY: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
         let mut iv: Vec<(f64, f64)> = Vec::with_capacity(self.nodes.len());
         for (n, ty) in &self.nodes {
@@ -166,7 +172,8 @@ impl ScoreFn {
             let r = match n {
                 SNode::Var(Var::Query) => (i.0 as f64, i.1 as f64),
                 SNode::Var(Var::Key) => (j.0 as f64, j.1 as f64),
-                SNode::Var(_) | SNode::Leaf(_) | SNode::Gather(..) => ANY,
+                SNode::Leaf(k) => leaf(*k).unwrap_or(ANY),
+                SNode::Var(_) | SNode::Gather(..) => ANY,
                 SNode::Const(c) => (*c, *c),
                 SNode::Cast(a) => {
                     let (lo, hi) = g(a);
