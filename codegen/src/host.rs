@@ -264,7 +264,7 @@ pub unsafe fn softmax(out: &View, x: &View, axis: usize) {
 }
 
 /// Query rows per attention tile.
-pub const TILE_Q: usize = 64;
+pub const TILE_Q: usize = 128;
 /// Keys per attention tile.
 pub const TILE_K: usize = 64;
 
