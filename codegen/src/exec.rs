@@ -13,10 +13,14 @@ enum Native {
     Row(RowFn),
 }
 
+/// Buffers derived from parameters, with the parameter pointers they were computed from.
+type DerivedCache = HashMap<BufId, (Vec<usize>, Vec<u64>)>;
+
 /// A program with its kernels compiled.
 pub struct Executable {
     /// The program.
     pub program: Program,
+    derived: std::sync::Mutex<DerivedCache>,
     natives: Vec<Native>,
     _jit: Jit,
     /// Cranelift IR of the compiled kernels (when asked for).
@@ -115,7 +119,7 @@ impl Executable {
             })
             .collect();
         let clif = std::mem::take(&mut jit.clif);
-        Ok(Executable { program, natives, _jit: jit, clif })
+        Ok(Executable { program, derived: std::sync::Mutex::new(HashMap::new()), natives, _jit: jit, clif })
     }
 
     /// Runs with concrete `dims`, the model's `inputs` and `params`; returns the outputs by
@@ -146,6 +150,7 @@ impl Executable {
                     ptrs[i] = ptrs[*a];
                     continue;
                 }
+                Storage::Derived => continue,
             };
             let t = table.get(name).ok_or_else(|| RunError::Missing { kind, name: name.clone() })?;
             if t.shape != shapes[i] || t.dtype() != b.ty.dtype {
@@ -162,10 +167,29 @@ impl Executable {
                 Data::Bool(v) => v.as_ptr() as *mut u8,
             };
         }
-        let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
         let mut stats = RunStats { arena_bytes: mem.bytes, ..RunStats::default() };
         let profile = std::env::var_os("TESSERA_PROFILE").is_some();
+        let mut derived = self.derived.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
         for (s, step) in p.steps.iter().enumerate() {
+            // Buffers derived from parameters: reuse them while the parameters are the same.
+            let mut fresh = None;
+            if p.buffers[step.out].storage == Storage::Derived {
+                let key: Vec<usize> = step.ins.iter().map(|&b| ptrs[b] as usize).collect();
+                match derived.get_mut(&step.out) {
+                    Some((k, data)) if *k == key => {
+                        ptrs[step.out] = data.as_mut_ptr() as *mut u8;
+                        alias_views(p, &mut ptrs, step.out);
+                        continue;
+                    }
+                    _ => {
+                        let mut data = vec![0u64; sizes[step.out].div_ceil(8).max(1)];
+                        ptrs[step.out] = data.as_mut_ptr() as *mut u8;
+                        alias_views(p, &mut ptrs, step.out);
+                        fresh = Some((key, data));
+                    }
+                }
+            }
+            let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
             let t0 = profile.then(std::time::Instant::now);
             let out = view(step.out);
             let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
@@ -175,6 +199,9 @@ impl Executable {
                 RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: location(p, step.span) },
                 other => other,
             })?;
+            if let Some(entry) = fresh {
+                derived.insert(step.out, entry);
+            }
             if let Some(t0) = t0 {
                 let name = step.kernel.name();
                 let dt = t0.elapsed().as_secs_f64();
@@ -184,6 +211,7 @@ impl Executable {
                 }
             }
         }
+        let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
         let outputs = p
             .outputs
             .iter()
@@ -306,6 +334,16 @@ impl Executable {
             }
         }
         Ok(())
+    }
+}
+
+/// Points the views of `b` (reshapes) at its memory.
+fn alias_views(p: &Program, ptrs: &mut [*mut u8], b: BufId) {
+    for (i, buf) in p.buffers.iter().enumerate() {
+        if buf.storage == Storage::Alias(b) {
+            ptrs[i] = ptrs[b];
+            alias_views(p, ptrs, i);
+        }
     }
 }
 

@@ -23,6 +23,9 @@ pub enum Storage {
     Arena,
     /// The same memory as another buffer (a reshape).
     Alias(BufId),
+    /// Computed from parameters only (merged weights): once, then kept between runs while the
+    /// parameters stay the same.
+    Derived,
 }
 
 /// A buffer: its type and storage.
@@ -180,6 +183,7 @@ impl fmt::Display for Program {
                 Storage::Input(n) => writeln!(f, "  buf{i}: {} = input \"{n}\"", b.ty)?,
                 Storage::Param(n) => writeln!(f, "  buf{i}: {} = param \"{n}\"", b.ty)?,
                 Storage::Alias(a) => writeln!(f, "  buf{i}: {} = view of buf{a}", b.ty)?,
+                Storage::Derived => writeln!(f, "  buf{i}: {} = derived from parameters, computed once", b.ty)?,
                 Storage::Arena => {}
             }
         }
