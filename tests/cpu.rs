@@ -70,6 +70,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
     let cases: &[(&str, &str)] = &[
         ("elementwise", "input x: [batch, seq, 7]\n output y = where(x > 0.5, gelu(x) * 2.0, tanh(x)) + exp(-x)"),
         ("broadcast elementwise", "input x: [batch, seq, 7]\n input b: [7]\n output y = silu(x - b) / (1.0 + x * x)"),
+        ("f32x4 elementwise", "input x: [batch, seq, 7]\n input b: [7]\n output y = where(x > b, x * 2.0 - b, -x) / (1.0 + abs(x)) + sqrt(abs(b))"),
         ("int elementwise", "input x: i64[batch, seq]\n output y = float(x % 5 - x // 3)"),
         ("gemm epilogue", "input x: [batch, seq, 13]\n output y = x + relu(x @ param w: [13, 13] + param b: [13])"),
         ("mlp", "input x: [batch, seq, 11]\n output y = nn.mlp(x, 19)"),
@@ -100,4 +101,15 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
             }
         }
     }
+}
+
+/// Elementwise chains of exact f32 ops get an f32x4 kernel (and a scalar one for row tails).
+#[test]
+fn exact_elementwise_chains_are_vectorized() {
+    let src = "model m() {\n input x: [batch, 7]\n input b: [7]\n output y = (x - b) * (x + b) / 3.0\n}\n";
+    let m = Compiler::new().keep_clif(true).compile_str("v.tsr", src).expect("compiles");
+    assert!(m.clif().iter().any(|f| f.contains("f32x4") && f.contains("fmul")), "{:#?}", m.clif());
+    let src = "model m() {\n input x: [batch, 7]\n output y = exp(x)\n}\n";
+    let m = Compiler::new().keep_clif(true).compile_str("s.tsr", src).expect("compiles");
+    assert!(!m.clif().iter().any(|f| f.contains("f32x4")), "exp has no exact f32x4 form");
 }

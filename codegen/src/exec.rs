@@ -11,6 +11,8 @@ use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
 enum Native {
     None,
     Row(RowFn),
+    /// An elementwise kernel with its f32x4 version and the operand steps that one assumes.
+    Elementwise(RowFn, Option<(RowFn, Vec<i64>)>),
 }
 
 /// Buffers derived from parameters, with the parameter pointers they were computed from.
@@ -97,11 +99,19 @@ impl Executable {
     pub fn new(program: Program, keep_clif: bool) -> Result<Executable, String> {
         let mut jit = Jit::new(keep_clif)?;
         let mut ids = Vec::new();
+        let mut simd = Vec::new();
         for s in &program.steps {
+            simd.push(None);
             ids.push(match &s.kernel {
                 Kernel::Elementwise(f) => {
                     let leaf_types: Vec<DType> = s.ins.iter().map(|&b| program.buffers[b].ty.dtype).collect();
-                    Some((true, jit.row(f, &leaf_types, program.buffers[s.out].ty.dtype)?))
+                    let out_ty = program.buffers[s.out].ty.dtype;
+                    if let Some(steps) = static_steps(&program, s) {
+                        if let Some(id) = jit.row_simd(f, &leaf_types, out_ty, &steps)? {
+                            *simd.last_mut().ok_or("no step")? = Some((id, steps));
+                        }
+                    }
+                    Some((true, jit.row(f, &leaf_types, out_ty)?))
                 }
                 Kernel::Attention(f) => {
                     let leaf_types: Vec<DType> = s.ins[3..].iter().map(|&b| program.buffers[b].ty.dtype).collect();
@@ -113,9 +123,14 @@ impl Executable {
         jit.finalize()?;
         let natives = ids
             .into_iter()
-            .map(|id| match id {
-                Some((_, id)) => Native::Row(jit.row_fn(id)),
-                None => Native::None,
+            .zip(simd)
+            .zip(&program.steps)
+            .map(|((id, simd), step)| match (id, &step.kernel) {
+                (Some((_, id)), Kernel::Elementwise(_)) => {
+                    Native::Elementwise(jit.row_fn(id), simd.map(|(v, steps)| (jit.row_fn(v), steps)))
+                }
+                (Some((_, id)), _) => Native::Row(jit.row_fn(id)),
+                (None, _) => Native::None,
             })
             .collect();
         let clif = std::mem::take(&mut jit.clif);
@@ -243,7 +258,7 @@ impl Executable {
         let step = &self.program.steps[s];
         unsafe {
             match (&step.kernel, &self.natives[s]) {
-                (Kernel::Elementwise(_), Native::Row(f)) => elementwise(*f, out, ins),
+                (Kernel::Elementwise(_), Native::Elementwise(f, simd)) => elementwise(*f, simd.as_ref(), out, ins),
                 (Kernel::Gemm { trans_b, bias, act, residual }, _) => {
                     host::matmul(out, &ins[0], &ins[1], *trans_b);
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
@@ -355,11 +370,29 @@ fn location(p: &Program, span: tessera_ir::Span) -> String {
     }
 }
 
-/// Runs a compiled row kernel over every row of the output (rows in parallel).
+/// The step of each operand of an elementwise kernel along the output's last axis, when the
+/// symbolic shapes decide it (1: contiguous, 0: broadcast).
+fn static_steps(p: &Program, s: &crate::kernel::Step) -> Option<Vec<i64>> {
+    let out = p.buffers[s.out].ty.shape.last()?.clone();
+    let one = tessera_ir::Dim::known(1);
+    s.ins
+        .iter()
+        .map(|&b| match p.buffers[b].ty.shape.last() {
+            None => Some(0),
+            Some(d) if *d == one => Some(0),
+            Some(d) if *d == out && out != one => Some(1),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs a compiled row kernel over every row of the output (rows in parallel), with its
+/// f32x4 version over the first multiple of 4 of each row when the operand steps are the ones
+/// it was compiled for.
 ///
 /// # Safety
 /// Views valid; `f` compiled for these operand types.
-unsafe fn elementwise(f: RowFn, out: &View, ins: &[View]) {
+unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, ins: &[View]) {
     use rayon::prelude::*;
     let r = out.shape.len();
     let len = out.shape.last().copied().unwrap_or(1);
@@ -379,17 +412,32 @@ unsafe fn elementwise(f: RowFn, out: &View, ins: &[View]) {
                 (ptrs[k] + off * sizes[k]) as *const u8
             })
             .collect();
-        unsafe {
-            f(
-                (optr + row * len * osize) as *mut u8,
-                len as i64,
-                bases.as_ptr(),
-                steps.as_ptr(),
-                std::ptr::null(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
+        let null = std::ptr::null();
+        let row_out = optr + row * len * osize;
+        let vector = simd.filter(|(_, st)| *st == steps && len >= 4);
+        let done = match vector {
+            Some((v, _)) => {
+                let nv = len / 4 * 4;
+                unsafe { v(row_out as *mut u8, nv as i64, bases.as_ptr(), steps.as_ptr(), null, std::ptr::null(), std::ptr::null()) };
+                nv
+            }
+            None => 0,
         };
+        if done < len {
+            let tail: Vec<*const u8> =
+                bases.iter().zip(&steps).zip(&sizes).map(|((b, st), sz)| unsafe { b.add(done * *st as usize * sz) }).collect();
+            unsafe {
+                f(
+                    (row_out + done * osize) as *mut u8,
+                    (len - done) as i64,
+                    tail.as_ptr(),
+                    steps.as_ptr(),
+                    null,
+                    std::ptr::null(),
+                    std::ptr::null(),
+                )
+            };
+        }
     });
 }
 

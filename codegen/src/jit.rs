@@ -211,6 +211,131 @@ impl Jit {
         self.define(&name, sig)
     }
 
+    /// Compiles an f32x4 version of an elementwise row kernel, for rows whose length is a
+    /// multiple of 4 and whose operand `k` advances by `steps[k]` (0: broadcast, 1:
+    /// contiguous). Only programs whose every op gives in f32 exactly what the interpreter's
+    /// f64-then-round gives qualify (+, −, ×, ÷, √, negation, abs, comparisons, `where`, all
+    /// on f32); `None` otherwise.
+    pub fn row_simd(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: &[i64]) -> Result<Option<FuncId>, String> {
+        let exact = f.nodes.iter().all(|(n, ty)| {
+            let f32_or_bool = matches!(ty, DType::F32 | DType::Bool);
+            f32_or_bool
+                && match n {
+                    SNode::Leaf(_) | SNode::Const(_) | SNode::Where(..) => true,
+                    SNode::Unary(u, _) => matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt),
+                    SNode::Binary(b, _, _) => {
+                        use BinaryOp::*;
+                        matches!(b, Add | Sub | Mul | Div | Eq | Ne | Lt | Le | Gt | Ge)
+                    }
+                    _ => false,
+                }
+        });
+        if !exact || out != DType::F32 || leaf_types.iter().any(|t| *t != DType::F32) || steps.iter().any(|s| !matches!(s, 0 | 1)) {
+            return Ok(None);
+        }
+        let ptr = self.ptr();
+        let mut sig = self.module.make_signature();
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        let name = format!("row{}_x4", self.count);
+        self.declare_helpers(&sig)?;
+        let cfg = self.module.target_config();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let params = b.block_params(entry).to_vec();
+        let (out_ptr, len, ins) = (params[0], params[1], params[2]);
+        let flags = MemFlagsData::new().with_notrap();
+        let bases: Vec<Value> = (0..leaf_types.len()).map(|k| b.ins().load(ptr, flags, ins, (8 * k) as i32)).collect();
+        let i = b.declare_var(types::I64);
+        let zero = b.ins().iconst(types::I64, 0);
+        b.def_var(i, zero);
+        let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+        b.ins().jump(header, &[]);
+        b.switch_to_block(header);
+        let iv = b.use_var(i);
+        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, iv, len);
+        b.ins().brif(more, body, &[], exit, &[]);
+        b.switch_to_block(body);
+        let iv = b.use_var(i);
+        let off = b.ins().imul_imm_s(iv, 4);
+        let v4 = types::F32X4;
+        let splat = |b: &mut FunctionBuilder, c: f32| {
+            let x = b.ins().f32const(c);
+            b.ins().splat(v4, x)
+        };
+        let as_f32 = |b: &mut FunctionBuilder, mask: Value| {
+            let m = b.ins().bitcast(v4, MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), mask);
+            let (one, zero) = (splat(b, 1.0), splat(b, 0.0));
+            b.ins().bitselect(m, one, zero)
+        };
+        let mut vals: Vec<Value> = Vec::with_capacity(f.nodes.len());
+        for (n, _) in &f.nodes {
+            let get = |k: &u32| vals.get(*k as usize).copied().ok_or_else(|| "score function refers forward".to_string());
+            let x = match n {
+                SNode::Leaf(k) => {
+                    let base = bases[*k as usize];
+                    if steps[*k as usize] == 0 {
+                        let s = b.ins().load(types::F32, flags, base, 0);
+                        b.ins().splat(v4, s)
+                    } else {
+                        let addr = b.ins().iadd(base, off);
+                        b.ins().load(v4, flags, addr, 0)
+                    }
+                }
+                SNode::Const(c) => splat(&mut b, *c as f32),
+                SNode::Unary(u, a) => {
+                    let a = get(a)?;
+                    match u {
+                        UnaryOp::Neg => b.ins().fneg(a),
+                        UnaryOp::Abs => b.ins().fabs(a),
+                        _ => b.ins().sqrt(a),
+                    }
+                }
+                SNode::Binary(op, x, y) => {
+                    let (x, y) = (get(x)?, get(y)?);
+                    let cmp = |b: &mut FunctionBuilder, cc: FloatCC| {
+                        let m = b.ins().fcmp(cc, x, y);
+                        as_f32(b, m)
+                    };
+                    match op {
+                        BinaryOp::Add => b.ins().fadd(x, y),
+                        BinaryOp::Sub => b.ins().fsub(x, y),
+                        BinaryOp::Mul => b.ins().fmul(x, y),
+                        BinaryOp::Div => b.ins().fdiv(x, y),
+                        BinaryOp::Eq => cmp(&mut b, FloatCC::Equal),
+                        BinaryOp::Ne => cmp(&mut b, FloatCC::NotEqual),
+                        BinaryOp::Lt => cmp(&mut b, FloatCC::LessThan),
+                        BinaryOp::Le => cmp(&mut b, FloatCC::LessThanOrEqual),
+                        BinaryOp::Gt => cmp(&mut b, FloatCC::GreaterThan),
+                        _ => cmp(&mut b, FloatCC::GreaterThanOrEqual),
+                    }
+                }
+                SNode::Where(c, x, y) => {
+                    let (c, x, y) = (get(c)?, get(x)?, get(y)?);
+                    let z = splat(&mut b, 0.0);
+                    let m = b.ins().fcmp(FloatCC::NotEqual, c, z);
+                    let m = b.ins().bitcast(v4, MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), m);
+                    b.ins().bitselect(m, x, y)
+                }
+                _ => return Err("not vectorizable".into()),
+            };
+            vals.push(x);
+        }
+        let v = vals.last().copied().ok_or("empty program")?;
+        let addr = b.ins().iadd(out_ptr, off);
+        b.ins().store(flags, v, addr, 0);
+        let next = b.ins().iadd_imm_s(iv, 4);
+        b.def_var(i, next);
+        b.ins().jump(header, &[]);
+        b.switch_to_block(exit);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+        b.finalize(cfg);
+        self.define(&name, sig).map(Some)
+    }
+
     /// Compiles a score function `(vars, leaves, tables, lens) -> score`.
     pub fn scalar(&mut self, f: &ScoreFn) -> Result<FuncId, String> {
         let ptr = self.ptr();
