@@ -242,6 +242,30 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if matches!(emit, Emit::Kernels | Emit::Clif) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Kernels {
+                    // The memory plan at the sizes `run` uses by default.
+                    let mut dims = HashMap::new();
+                    for b in &program.buffers {
+                        for d in &b.ty.shape {
+                            for s in d.symbols() {
+                                dims.entry(s.to_string()).or_insert(match s {
+                                    "batch" => 1,
+                                    "seq" => 16,
+                                    _ => 8,
+                                });
+                            }
+                        }
+                    }
+                    let sizes: Option<Vec<usize>> = program
+                        .buffers
+                        .iter()
+                        .map(|b| runtime::concrete(&b.ty.shape, &dims).ok().map(|s| s.iter().product::<usize>() * b.ty.dtype.size()))
+                        .collect();
+                    if let Some(sizes) = sizes {
+                        let plan = tessera::codegen::plan(&program, &sizes);
+                        let mut d: Vec<_> = dims.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        d.sort();
+                        outln!("// peak activation memory (arena) at {}: {} bytes", d.join(" "), plan.bytes);
+                    }
                     out!("{program}");
                 } else {
                     let exe = tessera::codegen::Executable::new(program, true).map_err(Fail::Internal)?;

@@ -113,3 +113,23 @@ fn exact_elementwise_chains_are_vectorized() {
     let m = Compiler::new().keep_clif(true).compile_str("s.tsr", src).expect("compiles");
     assert!(!m.clif().iter().any(|f| f.contains("f32x4")), "exp has no exact f32x4 form");
 }
+
+/// The memory plan reuses a slot once its last reader has run: a chain of four softmaxes
+/// needs two slots, not four.
+#[test]
+fn the_memory_plan_reuses_dead_buffers() {
+    let src = "model m() {\n input x: [4, 1000]\n output y = softmax(softmax(softmax(softmax(x, -1), -1), -1), -1)\n}\n";
+    let m = Compiler::new().compile_str("chain.tsr", src).expect("compiles");
+    let p = m.program().expect("cpu program");
+    assert_eq!(p.steps.len(), 4, "{p}");
+    let sizes: Vec<usize> =
+        p.buffers.iter().map(|b| b.ty.shape.iter().map(|d| d.as_known().unwrap_or(1) as usize).product::<usize>() * 4).collect();
+    assert_eq!(tessera::codegen::plan(p, &sizes).bytes, 2 * 16000);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ir", "stdlib/gpt2.tsr", "-D", "layers=1", "--emit", "kernels"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("// peak activation memory (arena) at batch=1 seq=16: "), "{text}");
+    assert!(text.contains("= attention(") && text.contains("= ffn("), "{text}");
+}

@@ -25,6 +25,15 @@ impl DType {
     }
 
     /// Parses a dtype name.
+    /// Bytes per element in memory.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::I64 => 8,
+            DType::Bool => 1,
+        }
+    }
+
     /// `v` as an element of this type stores it: rounded to f32, truncated to i64, or 0/1
     /// for bool (the interpreter's storage semantics, in f64).
     pub fn store(self, v: f64) -> f64 {
