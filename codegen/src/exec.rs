@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use crate::host::{self, size_of, View};
-use crate::jit::{Jit, NormFn, RowFn};
+use crate::jit::{Jit, RowFn};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
 use tessera_ir::DType;
@@ -13,8 +13,6 @@ enum Native {
     Row(RowFn),
     /// An elementwise kernel with its f32x4 version and the operand steps that one assumes.
     Elementwise(RowFn, Option<(RowFn, Vec<i64>)>),
-    /// A norm over rows.
-    Norm(NormFn),
 }
 
 /// Buffers derived from parameters, with the parameter pointers they were computed from.
@@ -119,7 +117,6 @@ impl Executable {
                     let leaf_types: Vec<DType> = s.ins[3..].iter().map(|&b| program.buffers[b].ty.dtype).collect();
                     Some((true, jit.row(f, &leaf_types, DType::F32)?))
                 }
-                Kernel::Norm { kind, eps } => Some((false, jit.norm_row(*kind, *eps, s.ins.len() > 1, s.ins.len() > 2)?)),
                 _ => None,
             });
         }
@@ -132,7 +129,6 @@ impl Executable {
                 (Some((_, id)), Kernel::Elementwise(_)) => {
                     Native::Elementwise(jit.row_fn(id), simd.map(|(v, steps)| (jit.row_fn(v), steps)))
                 }
-                (Some((_, id)), Kernel::Norm { .. }) => Native::Norm(jit.norm_fn(id)),
                 (Some((_, id)), _) => Native::Row(jit.row_fn(id)),
                 (None, _) => Native::None,
             })
@@ -268,7 +264,6 @@ impl Executable {
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
                 }
                 (Kernel::Ffn { gated, act, bias }, _) => ffn(out, ins, *gated, *act, *bias),
-                (Kernel::Norm { .. }, Native::Norm(f)) => norm(*f, out, ins),
                 (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
                 (Kernel::Attention(f), Native::Row(score)) => {
@@ -444,23 +439,6 @@ unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, in
             };
         }
     });
-}
-
-/// Runs a compiled norm over every row (rows in parallel).
-///
-/// # Safety
-/// f32 views: `x` and `out` of one shape, weight and bias (when present) of its last size.
-unsafe fn norm(f: NormFn, out: &View, ins: &[View]) {
-    use rayon::prelude::*;
-    let d = out.shape.last().copied().unwrap_or(1).max(1);
-    let rows = out.len() / d;
-    let (x, o) = (ins[0].ptr as usize, out.ptr as usize);
-    let w = ins.get(1).map_or(0, |v| v.ptr as usize);
-    let b = ins.get(2).map_or(0, |v| v.ptr as usize);
-    (0..rows)
-        .into_par_iter()
-        .with_min_len(8)
-        .for_each(|r| unsafe { f((x + r * d * 4) as *const f32, (o + r * d * 4) as *mut f32, d as i64, w as *const f32, b as *const f32) });
 }
 
 /// `table` indexed along `axis` by `idx` (bounds-checked).

@@ -21,8 +21,6 @@ use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS
 /// `out` holds the raw scores (f32) and receives the modified ones, `vars` is `[B, H, I, J0]`
 /// and the key index of element `j` is `J0 + j`.
 pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64, *const f64, *const *const f32, *const i64);
-/// A compiled norm row: `(x, out, d, weight, bias)`.
-pub type NormFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *const f32);
 /// A compiled score function: `(vars [S, B, H, I, J], leaf values, tables, table lengths)`.
 pub type ScalarFn = unsafe extern "C" fn(*const f64, *const f64, *const *const f32, *const i64) -> f64;
 
@@ -336,104 +334,6 @@ impl Jit {
         b.seal_all_blocks();
         b.finalize(cfg);
         self.define(&name, sig).map(Some)
-    }
-
-    /// Compiles a norm over one row: `(x, out, d, weight, bias)`, f32 in and out, f64 inside:
-    /// the mean (layer norm), the variance, then `(x - mean) / sqrt(var + eps) * w + b`.
-    pub fn norm_row(&mut self, kind: tessera_ir::NormKind, eps: f64, weight: bool, bias: bool) -> Result<FuncId, String> {
-        let ptr = self.ptr();
-        let mut sig = self.module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
-        let name = format!("norm{}", self.count);
-        self.declare_helpers(&sig)?;
-        let cfg = self.module.target_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let p = b.block_params(entry).to_vec();
-        let (x, out, d, w, bs) = (p[0], p[1], p[2], p[3], p[4]);
-        let flags = MemFlagsData::new().with_notrap();
-        let df = b.ins().fcvt_from_sint(types::F64, d);
-        let load_x = |b: &mut FunctionBuilder, base: Value, k: Value| {
-            let off = b.ins().imul_imm_s(k, 4);
-            let addr = b.ins().iadd(base, off);
-            let v = b.ins().load(types::F32, flags, addr, 0);
-            b.ins().fpromote(types::F64, v)
-        };
-        // A loop over k in 0..d with one f64 accumulator; `step` gives the new accumulator.
-        let fold = |b: &mut FunctionBuilder, init: Value, step: &dyn Fn(&mut FunctionBuilder, Value, Value) -> Value| -> Value {
-            let (k, acc) = (b.declare_var(types::I64), b.declare_var(types::F64));
-            let zero = b.ins().iconst(types::I64, 0);
-            b.def_var(k, zero);
-            b.def_var(acc, init);
-            let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
-            b.ins().jump(header, &[]);
-            b.switch_to_block(header);
-            let kv = b.use_var(k);
-            let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, kv, d);
-            b.ins().brif(more, body, &[], exit, &[]);
-            b.switch_to_block(body);
-            let (kv, a) = (b.use_var(k), b.use_var(acc));
-            let next = step(b, kv, a);
-            b.def_var(acc, next);
-            let k1 = b.ins().iadd_imm_s(kv, 1);
-            b.def_var(k, k1);
-            b.ins().jump(header, &[]);
-            b.switch_to_block(exit);
-            b.use_var(acc)
-        };
-        let zero = b.ins().f64const(0.0);
-        let mean = if kind == tessera_ir::NormKind::Layer {
-            let sum = fold(&mut b, zero, &|b, k, a| {
-                let v = load_x(b, x, k);
-                b.ins().fadd(a, v)
-            });
-            b.ins().fdiv(sum, df)
-        } else {
-            zero
-        };
-        let ss = fold(&mut b, zero, &|b, k, a| {
-            let v = load_x(b, x, k);
-            let c = b.ins().fsub(v, mean);
-            let c2 = b.ins().fmul(c, c);
-            b.ins().fadd(a, c2)
-        });
-        let var = b.ins().fdiv(ss, df);
-        let e = b.ins().f64const(eps);
-        let ve = b.ins().fadd(var, e);
-        let sd = b.ins().sqrt(ve);
-        let one = b.ins().f64const(1.0);
-        let inv = b.ins().fdiv(one, sd);
-        fold(&mut b, zero, &|b, k, a| {
-            let v = load_x(b, x, k);
-            let c = b.ins().fsub(v, mean);
-            let mut y = b.ins().fmul(c, inv);
-            if weight {
-                let wv = load_x(b, w, k);
-                y = b.ins().fmul(y, wv);
-            }
-            if bias {
-                let bv = load_x(b, bs, k);
-                y = b.ins().fadd(y, bv);
-            }
-            let yf = b.ins().fdemote(types::F32, y);
-            let off = b.ins().imul_imm_s(k, 4);
-            let addr = b.ins().iadd(out, off);
-            b.ins().store(flags, yf, addr, 0);
-            a
-        });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
-        b.finalize(cfg);
-        self.define(&name, sig)
-    }
-
-    /// A compiled norm row (after [`Jit::finalize`]).
-    pub fn norm_fn(&self, id: FuncId) -> NormFn {
-        let p = self.module.get_finalized_function(id);
-        // SAFETY: `id` was defined by `norm_row`, whose signature is `NormFn`'s.
-        unsafe { std::mem::transmute::<*const u8, NormFn>(p) }
     }
 
     /// Compiles a score function `(vars, leaves, tables, lens) -> score`.
