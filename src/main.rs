@@ -277,8 +277,27 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             if explain {
                 outln!("// {}", report.header());
+                // Identical fusions (one per layer) are listed once, with their count.
+                let mut lines: Vec<(String, usize)> = Vec::new();
                 for f in &report.fusions {
-                    outln!("{} {} ← {} ops", tessera::span_location(&opt, f.span), f.what, f.replaced);
+                    // Parameter names up to their layer numbers (`layers.#.self_attn.q.weight`).
+                    let what = if f.what.starts_with("merged projection") {
+                        f.what.split(", ").map(tessera::passes::layers::generic_name).collect::<Vec<_>>().join(", ")
+                    } else {
+                        f.what.clone()
+                    };
+                    let line = format!("{} {} ← {} ops", tessera::span_location(&opt, f.span), what, f.replaced);
+                    match lines.iter_mut().find(|(l, _)| *l == line) {
+                        Some((_, n)) => *n += 1,
+                        None => lines.push((line, 1)),
+                    }
+                }
+                for (line, n) in lines {
+                    if n > 1 {
+                        outln!("{line} (×{n})");
+                    } else {
+                        outln!("{line}");
+                    }
                 }
             } else if emit == Emit::Opt {
                 outln!("// {}", report.header());

@@ -160,3 +160,20 @@ fn identical_layers_are_saturated_once_and_reused() {
         assert_eq!(count(&g16, "attention") * 6, count(&g4, "attention") * 18, "{name}");
     }
 }
+
+/// `tessera ir --explain` lists each kind of fusion once with its source span and count.
+#[test]
+fn explain_lists_fusions_with_spans_and_counts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ir", "stdlib/llama.tsr", "-D", "layers=4", "--explain"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.starts_with("// optimize: saturated"), "{text}");
+    let attn: Vec<&str> = text.lines().filter(|l| l.contains(" attention(")).collect();
+    assert_eq!(attn.len(), 1, "{text}");
+    assert!(attn[0].starts_with("stdlib/nn.tsr:") && attn[0].contains("gqa 32:8") && attn[0].ends_with("(×4)"), "{text}");
+    assert!(text.lines().any(|l| l.contains("ffn(gated, silu)") && l.ends_with("(×4)")), "{text}");
+    assert!(text.lines().any(|l| l.contains("merged projection(layers.#.self_attn")), "{text}");
+}
