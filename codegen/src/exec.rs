@@ -23,6 +23,10 @@ pub struct Executable {
     /// The program.
     pub program: Program,
     derived: std::sync::Mutex<DerivedCache>,
+    /// The activation arena, kept between runs.
+    arena: std::sync::Mutex<Vec<u64>>,
+    /// Scratch buffers of feed-forward kernels, kept between calls.
+    scratch: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
     natives: Vec<Native>,
     _jit: Jit,
     /// Cranelift IR of the compiled kernels (when asked for).
@@ -134,7 +138,15 @@ impl Executable {
             })
             .collect();
         let clif = std::mem::take(&mut jit.clif);
-        Ok(Executable { program, derived: std::sync::Mutex::new(HashMap::new()), natives, _jit: jit, clif })
+        Ok(Executable {
+            program,
+            derived: std::sync::Mutex::new(HashMap::new()),
+            arena: std::sync::Mutex::new(Vec::new()),
+            scratch: std::sync::Mutex::new((Vec::new(), Vec::new())),
+            natives,
+            _jit: jit,
+            clif,
+        })
     }
 
     /// Runs with concrete `dims`, the model's `inputs` and `params`; returns the outputs by
@@ -149,7 +161,12 @@ impl Executable {
         let shapes: Vec<Vec<usize>> = p.buffers.iter().map(|b| concrete(&b.ty.shape, dims)).collect::<Result<_, _>>()?;
         let sizes: Vec<usize> = shapes.iter().zip(&p.buffers).map(|(s, b)| s.iter().product::<usize>() * size_of(b.ty.dtype)).collect();
         let mem = plan(p, &sizes);
-        let mut arena = vec![0u64; mem.bytes.div_ceil(8).max(1)];
+        // The arena is kept between runs: no fresh pages (and page faults) at every call.
+        let mut arena = self.arena.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+        let words = mem.bytes.div_ceil(8).max(1);
+        if arena.len() < words {
+            arena.resize(words, 0);
+        }
         let base = arena.as_mut_ptr() as *mut u8;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
         for (i, b) in p.buffers.iter().enumerate() {
@@ -263,7 +280,10 @@ impl Executable {
                     host::matmul(out, &ins[0], &ins[1], *trans_b);
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
                 }
-                (Kernel::Ffn { gated, act, bias }, _) => ffn(out, ins, *gated, *act, *bias),
+                (Kernel::Ffn { gated, act, bias }, _) => {
+                    let mut scratch = self.scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+                    ffn(out, ins, *gated, *act, *bias, &mut scratch)
+                }
                 (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
                 (Kernel::Attention(f), Native::Row(score)) => {
@@ -468,13 +488,15 @@ unsafe fn gather(out: &View, table: &View, idx: &View, axis: usize) -> Result<()
 ///
 /// # Safety
 /// f32 views as `Op::Ffn` types them.
-unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, bias: bool) {
+unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, bias: bool, scratch: &mut (Vec<f32>, Vec<f32>)) {
     let x = &ins[0];
     let (w_in, w_out) = (&ins[1], &ins[if bias { 3 } else { 2 }]);
     let d = x.shape.last().copied().unwrap_or(1);
     let rows = x.len() / d.max(1);
     let h_in = w_in.shape[1];
-    let mut h = vec![0f32; rows * h_in];
+    // Hidden activations in buffers kept between calls (no page faults at every layer).
+    let (h, hidden) = scratch;
+    h.resize(rows * h_in, 0.0);
     let hv = View { ptr: h.as_mut_ptr() as *mut u8, shape: vec![rows, h_in], dtype: DType::F32 };
     let xv = View { ptr: x.ptr, shape: vec![rows, d], dtype: DType::F32 };
     unsafe {
@@ -485,7 +507,7 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     }
     // The activation (and gating), rows in parallel, in f32.
     let width = if gated { h_in / 2 } else { h_in };
-    let mut hidden = vec![0f32; rows * width];
+    hidden.resize(rows * width, 0.0);
     {
         use rayon::prelude::*;
         let act32 = |x: f32| host::act_f32(act, x);
