@@ -108,15 +108,6 @@ impl Frontend {
     }
 }
 
-/// `file:line:col` of a span of graph `g` (`?` when unknown).
-pub fn span_location(g: &ir::Graph, span: ir::Span) -> String {
-    if span.is_known() {
-        format!("{}:{}:{}", g.files.get(span.file as usize).map_or("?", String::as_str), span.line, span.col)
-    } else {
-        "?".into()
-    }
-}
-
 /// Compiles a `.tsr` source with default options and returns the verified, optimised graph,
 /// or the rendered diagnostics (no colour, 100 columns).
 pub fn compile_str(path: &str, text: &str, overrides: &[(&str, &str)]) -> Result<ir::Graph, String> {

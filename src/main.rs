@@ -286,7 +286,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                     } else {
                         f.what.clone()
                     };
-                    let line = format!("{} {} ← {} ops", tessera::span_location(&opt, f.span), what, f.replaced);
+                    let line = format!("{} {} ← {} ops", f.span.display_in(&opt.files).unwrap_or_else(|| "?".into()), what, f.replaced);
                     match lines.iter_mut().find(|(l, _)| *l == line) {
                         Some((_, n)) => *n += 1,
                         None => lines.push((line, 1)),

@@ -1,7 +1,7 @@
 //! Running a kernel program on the CPU: JIT compilation of its kernels, the memory plan (one
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
-use crate::host::{self, size_of, View};
+use crate::host::{self, View};
 use crate::jit::{Jit, RowFn};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
@@ -159,7 +159,7 @@ impl Executable {
     ) -> Result<(Vec<(String, Tensor)>, RunStats), RunError> {
         let p = &self.program;
         let shapes: Vec<Vec<usize>> = p.buffers.iter().map(|b| concrete(&b.ty.shape, dims)).collect::<Result<_, _>>()?;
-        let sizes: Vec<usize> = shapes.iter().zip(&p.buffers).map(|(s, b)| s.iter().product::<usize>() * size_of(b.ty.dtype)).collect();
+        let sizes: Vec<usize> = shapes.iter().zip(&p.buffers).map(|(s, b)| s.iter().product::<usize>() * b.ty.dtype.size()).collect();
         let mem = plan(p, &sizes);
         // The arena is kept between runs: no fresh pages (and page faults) at every call.
         let mut arena = self.arena.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
@@ -228,7 +228,11 @@ impl Executable {
             // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
             // (the plan frees a slot only after its last reader).
             unsafe { self.step(s, &out, &ins, dims, &mut stats) }.map_err(|e| match e {
-                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: location(p, step.span) },
+                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange {
+                    index,
+                    size,
+                    at: step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into()),
+                },
                 other => other,
             })?;
             if let Some(entry) = fresh {
@@ -326,7 +330,7 @@ impl Executable {
                 (Kernel::Concat { axis }, _) => {
                     let outer: usize = out.shape[..*axis].iter().product();
                     let mut at = 0;
-                    let esize = size_of(out.dtype);
+                    let esize = out.dtype.size();
                     let total: usize = out.shape[*axis..].iter().product();
                     for x in ins {
                         let chunk: usize = x.shape[*axis..].iter().product();
@@ -382,14 +386,6 @@ fn alias_views(p: &Program, ptrs: &mut [*mut u8], b: BufId) {
     }
 }
 
-fn location(p: &Program, span: tessera_ir::Span) -> String {
-    if span.is_known() {
-        format!("{}:{}:{}", p.files.get(span.file as usize).map_or("?", String::as_str), span.line, span.col)
-    } else {
-        "unknown location".into()
-    }
-}
-
 /// The step of each operand of an elementwise kernel along the output's last axis, when the
 /// symbolic shapes decide it (1: contiguous, 0: broadcast).
 fn static_steps(p: &Program, s: &crate::kernel::Step) -> Option<Vec<i64>> {
@@ -417,12 +413,12 @@ unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, in
     let r = out.shape.len();
     let len = out.shape.last().copied().unwrap_or(1);
     let rows = out.len().checked_div(len).unwrap_or(0);
-    let osize = size_of(out.dtype);
+    let osize = out.dtype.size();
     let st: Vec<Vec<usize>> = ins.iter().map(|x| host::broadcast_strides(&x.shape, r)).collect();
     let steps: Vec<i64> = st.iter().map(|s| s.last().copied().unwrap_or(0) as i64).collect();
     let outer_shape: Vec<usize> = out.shape[..r.saturating_sub(1)].to_vec();
     let ptrs: Vec<usize> = ins.iter().map(|x| x.ptr as usize).collect();
-    let sizes: Vec<usize> = ins.iter().map(|x| size_of(x.dtype)).collect();
+    let sizes: Vec<usize> = ins.iter().map(|x| x.dtype.size()).collect();
     let optr = out.ptr as usize;
     (0..rows).into_par_iter().with_min_len((4096 / len.max(1)).max(1)).for_each(|row| {
         let bases: Vec<*const u8> = (0..ins.len())

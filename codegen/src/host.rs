@@ -26,15 +26,6 @@ pub struct View {
 unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
-/// Element size in bytes.
-pub fn size_of(d: DType) -> usize {
-    match d {
-        DType::F32 => 4,
-        DType::I64 => 8,
-        DType::Bool => 1,
-    }
-}
-
 impl View {
     /// Number of elements.
     pub fn len(&self) -> usize {
@@ -97,7 +88,7 @@ impl Shared {
 /// # Safety
 /// Views valid; every run in range.
 pub unsafe fn copy_runs(out: &View, x: &View, run: usize, src: impl Fn(usize) -> usize + Sync) {
-    let size = size_of(x.dtype);
+    let size = x.dtype.size();
     let runs = out.len().checked_div(run).unwrap_or(0);
     let (o, s) = (Shared(out.ptr), Shared(x.ptr));
     (0..runs).into_par_iter().with_min_len((1024 / run.max(1)).max(1)).for_each(|r| {
@@ -126,7 +117,7 @@ pub unsafe fn copy_strided(out: &View, x: &View, st: &[usize]) {
 /// # Safety
 /// Views valid; `src` in range.
 pub unsafe fn gather_elements(out: &View, x: &View, src: impl Fn(usize) -> usize + Sync) {
-    let size = size_of(x.dtype);
+    let size = x.dtype.size();
     let (o, s) = (Shared(out.ptr), Shared(x.ptr));
     (0..out.len()).into_par_iter().with_min_len(4096).for_each(|i| {
         unsafe { std::ptr::copy_nonoverlapping(s.ptr().add(src(i) * size), o.ptr().add(i * size), size) };
@@ -455,7 +446,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
                 for (n_leaf, p) in ptrs.iter_mut().enumerate() {
                     let st = &leaf_st[n_leaf];
                     let off = lbase[n_leaf] + i * st[r - 2] + j0 * st[r - 1];
-                    *p = unsafe { extra[n_leaf].ptr.add(off * size_of(extra[n_leaf].dtype)) };
+                    *p = unsafe { extra[n_leaf].ptr.add(off * extra[n_leaf].dtype.size()) };
                 }
                 let vars = [b_index, h_index, i as f64, j0 as f64];
                 if scale_only.is_none() {

@@ -98,21 +98,25 @@ impl Jit {
         self.module.target_config().pointer_type()
     }
 
-    /// Compiles an elementwise row kernel for `f`, whose leaf `k` has element type
-    /// `leaf_types[k]`, writing `out` elements.
-    pub fn row(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType) -> Result<FuncId, String> {
+    /// The signature of row kernels ([`RowFn`]).
+    fn row_signature(&self) -> Signature {
         let ptr = self.ptr();
         let mut sig = self.module.make_signature();
         sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
         sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        sig
+    }
+
+    /// Compiles an elementwise row kernel for `f`, whose leaf `k` has element type
+    /// `leaf_types[k]`, writing `out` elements.
+    pub fn row(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType) -> Result<FuncId, String> {
+        let ptr = self.ptr();
+        let sig = self.row_signature();
         let name = format!("row{}", self.count);
         let helpers = self.declare_helpers(&sig)?;
         let cfg = self.module.target_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
+        let params = enter(&mut b);
         let (out_ptr, len, ins, steps) = (params[0], params[1], params[2], params[3]);
         let (vars, tables, lens) = (params[4], params[5], params[6]);
         let flags = MemFlagsData::trusted();
@@ -123,27 +127,13 @@ impl Jit {
                 (base, step)
             })
             .collect();
-        let i = b.declare_var(types::I64);
-        let zero = b.ins().iconst(types::I64, 0);
-        b.def_var(i, zero);
-        let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
-        b.ins().jump(header, &[]);
-        b.switch_to_block(header);
-        let iv = b.use_var(i);
-        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, iv, len);
-        b.ins().brif(more, body, &[], exit, &[]);
-        b.switch_to_block(body);
-        let iv = b.use_var(i);
+        let lp = open_loop(&mut b, len);
+        let iv = lp.value;
         let leaf = |b: &mut FunctionBuilder, k: u32| -> Value {
             let (base, step) = bases[k as usize];
             let ty = leaf_types[k as usize];
-            let size = match ty {
-                DType::F32 => 4,
-                DType::I64 => 8,
-                DType::Bool => 1,
-            };
             let off = b.ins().imul(iv, step);
-            let off = b.ins().imul_imm_s(off, size);
+            let off = b.ins().imul_imm_s(off, ty.size() as i64);
             let addr = b.ins().iadd(base, off);
             match ty {
                 DType::F32 => {
@@ -179,12 +169,7 @@ impl Jit {
             }
         };
         let v = emit(&mut b, f, &helpers, Some((tables, lens)), &leaf, &var)?;
-        let size = match out {
-            DType::F32 => 4,
-            DType::I64 => 8,
-            DType::Bool => 1,
-        };
-        let off = b.ins().imul_imm_s(iv, size);
+        let off = b.ins().imul_imm_s(iv, out.size() as i64);
         let addr = b.ins().iadd(out_ptr, off);
         match out {
             DType::F32 => {
@@ -201,11 +186,7 @@ impl Jit {
                 b.ins().istore8(flags, c, addr, 0);
             }
         }
-        let next = b.ins().iadd_imm_s(iv, 1);
-        b.def_var(i, next);
-        b.ins().jump(header, &[]);
-        b.switch_to_block(exit);
-        b.ins().return_(&[]);
+        close_loop(&mut b, &lp, 1);
         b.seal_all_blocks();
         b.finalize(cfg);
         self.define(&name, sig)
@@ -234,31 +215,17 @@ impl Jit {
             return Ok(None);
         }
         let ptr = self.ptr();
-        let mut sig = self.module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(ptr), AbiParam::new(ptr)]);
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
+        let sig = self.row_signature();
         let name = format!("row{}_x4", self.count);
         self.declare_helpers(&sig)?;
         let cfg = self.module.target_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
+        let params = enter(&mut b);
         let (out_ptr, len, ins) = (params[0], params[1], params[2]);
         let flags = MemFlagsData::new().with_notrap();
         let bases: Vec<Value> = (0..leaf_types.len()).map(|k| b.ins().load(ptr, flags, ins, (8 * k) as i32)).collect();
-        let i = b.declare_var(types::I64);
-        let zero = b.ins().iconst(types::I64, 0);
-        b.def_var(i, zero);
-        let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
-        b.ins().jump(header, &[]);
-        b.switch_to_block(header);
-        let iv = b.use_var(i);
-        let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, iv, len);
-        b.ins().brif(more, body, &[], exit, &[]);
-        b.switch_to_block(body);
-        let iv = b.use_var(i);
+        let lp = open_loop(&mut b, len);
+        let iv = lp.value;
         let off = b.ins().imul_imm_s(iv, 4);
         let v4 = types::F32X4;
         let splat = |b: &mut FunctionBuilder, c: f32| {
@@ -326,11 +293,7 @@ impl Jit {
         let v = vals.last().copied().ok_or("empty program")?;
         let addr = b.ins().iadd(out_ptr, off);
         b.ins().store(flags, v, addr, 0);
-        let next = b.ins().iadd_imm_s(iv, 4);
-        b.def_var(i, next);
-        b.ins().jump(header, &[]);
-        b.switch_to_block(exit);
-        b.ins().return_(&[]);
+        close_loop(&mut b, &lp, 4);
         b.seal_all_blocks();
         b.finalize(cfg);
         self.define(&name, sig).map(Some)
@@ -346,10 +309,7 @@ impl Jit {
         let helpers = self.declare_helpers(&sig)?;
         let cfg = self.module.target_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let params = b.block_params(entry).to_vec();
+        let params = enter(&mut b);
         let (vars, leaves, tables, lens) = (params[0], params[1], params[2], params[3]);
         let flags = MemFlagsData::trusted();
         let leaf = |b: &mut FunctionBuilder, k: u32| b.ins().load(types::F64, flags, leaves, (8 * k) as i32);
@@ -401,6 +361,47 @@ impl Jit {
         // SAFETY: `id` was defined by `scalar`, whose signature is `ScalarFn`'s.
         unsafe { std::mem::transmute::<*const u8, ScalarFn>(p) }
     }
+}
+
+/// Starts a function body: its entry block, with the function's parameters.
+fn enter(b: &mut FunctionBuilder) -> Vec<Value> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.block_params(entry).to_vec()
+}
+
+/// A counted loop being built: the counter, its value in the body, and the blocks around it.
+struct Loop {
+    var: cranelift_frontend::Variable,
+    value: Value,
+    header: cranelift_codegen::ir::Block,
+    exit: cranelift_codegen::ir::Block,
+}
+
+/// Opens `for i in 0.. while i < len`; leaves the builder in the loop body.
+fn open_loop(b: &mut FunctionBuilder, len: Value) -> Loop {
+    let var = b.declare_var(types::I64);
+    let zero = b.ins().iconst(types::I64, 0);
+    b.def_var(var, zero);
+    let (header, body, exit) = (b.create_block(), b.create_block(), b.create_block());
+    b.ins().jump(header, &[]);
+    b.switch_to_block(header);
+    let i = b.use_var(var);
+    let more = b.ins().icmp(cranelift_codegen::ir::condcodes::IntCC::SignedLessThan, i, len);
+    b.ins().brif(more, body, &[], exit, &[]);
+    b.switch_to_block(body);
+    Loop { var, value: b.use_var(var), header, exit }
+}
+
+/// Ends the body of `lp` (the counter advances by `stride`) and returns from the function
+/// after the loop.
+fn close_loop(b: &mut FunctionBuilder, lp: &Loop, stride: i64) {
+    let next = b.ins().iadd_imm_s(lp.value, stride);
+    b.def_var(lp.var, next);
+    b.ins().jump(lp.header, &[]);
+    b.switch_to_block(lp.exit);
+    b.ins().return_(&[]);
 }
 
 type Reader<'a> = &'a dyn Fn(&mut FunctionBuilder, u32) -> Value;

@@ -210,11 +210,7 @@ impl fmt::Display for Program {
                 Kernel::Fill(v) => format!(" {v:?}"),
                 Kernel::Broadcast => String::new(),
             };
-            let loc = if s.span.is_known() {
-                format!("  // {}:{}:{}", self.files.get(s.span.file as usize).map_or("?", String::as_str), s.span.line, s.span.col)
-            } else {
-                String::new()
-            };
+            let loc = s.span.display_in(&self.files).map_or_else(String::new, |l| format!("  // {l}"));
             let ty = &self.buffers[s.out].ty;
             writeln!(f, "  buf{} = {}({}){detail} : {ty}{loc}", s.out, s.kernel.name(), ins.join(", "))?;
         }

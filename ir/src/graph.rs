@@ -40,6 +40,12 @@ impl Span {
     pub fn is_known(self) -> bool {
         self.file != u32::MAX
     }
+
+    /// `file:line:col`, the file named from `files` (a graph's file table); `None` when the
+    /// span is unknown.
+    pub fn display_in(self, files: &[String]) -> Option<String> {
+        self.is_known().then(|| format!("{}:{}:{}", files.get(self.file as usize).map_or("?", String::as_str), self.line, self.col))
+    }
 }
 
 /// One operation with its operands, result type and source span.

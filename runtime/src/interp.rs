@@ -196,12 +196,7 @@ fn product(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// `file:line:col` of a node, for runtime errors.
 pub fn location(graph: &Graph, node: &Node) -> String {
-    if node.span.is_known() {
-        let f = graph.files.get(node.span.file as usize).map_or("?", String::as_str);
-        format!("{f}:{}:{}", node.span.line, node.span.col)
-    } else {
-        "unknown location".into()
-    }
+    node.span.display_in(&graph.files).unwrap_or_else(|| "unknown location".into())
 }
 
 fn reduce(t: &Tensor, op: ReduceOp, axes: &[usize], dtype: DType, shape: Vec<usize>) -> Tensor {
