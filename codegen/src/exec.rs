@@ -416,18 +416,14 @@ unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, in
     let osize = out.dtype.size();
     let st: Vec<Vec<usize>> = ins.iter().map(|x| host::broadcast_strides(&x.shape, r)).collect();
     let steps: Vec<i64> = st.iter().map(|s| s.last().copied().unwrap_or(0) as i64).collect();
-    let outer_shape: Vec<usize> = out.shape[..r.saturating_sub(1)].to_vec();
+    let outer_shape = &out.shape[..r.saturating_sub(1)];
+    // Where row `row` of each operand starts (made once, not per row).
+    let row_start: Vec<_> = st.iter().map(|s| host::strided(outer_shape, &s[..r.saturating_sub(1)])).collect();
     let ptrs: Vec<usize> = ins.iter().map(|x| x.ptr as usize).collect();
     let sizes: Vec<usize> = ins.iter().map(|x| x.dtype.size()).collect();
     let optr = out.ptr as usize;
     (0..rows).into_par_iter().with_min_len((4096 / len.max(1)).max(1)).for_each(|row| {
-        let bases: Vec<*const u8> = (0..ins.len())
-            .map(|k| {
-                let outer_st = &st[k][..r.saturating_sub(1)];
-                let off = host::strided(&outer_shape, outer_st)(row);
-                (ptrs[k] + off * sizes[k]) as *const u8
-            })
-            .collect();
+        let bases: Vec<*const u8> = (0..ins.len()).map(|k| (ptrs[k] + row_start[k](row) * sizes[k]) as *const u8).collect();
         let null = std::ptr::null();
         let row_out = optr + row * len * osize;
         let vector = simd.filter(|(_, st)| *st == steps && len >= 4);

@@ -339,32 +339,23 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     let o = Shared(out.ptr);
     let q_tiles = s.div_ceil(TILE_Q);
     let k_tiles = t.div_ceil(TILE_K);
-    // Which key tiles each query tile visits: the mask analysis, once per pair of tiles.
-    let live: Vec<Vec<usize>> = (0..q_tiles)
+    // Which key tiles each query tile visits, and whether they are fully visible: the mask
+    // analysis, once per pair of tiles.
+    let live: Vec<Vec<(usize, bool)>> = (0..q_tiles)
         .map(|qt| {
             let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
             (0..k_tiles)
-                .filter(|kt| {
+                .filter_map(|kt| {
                     let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                    f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) != TileClass::Dead
+                    match f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) {
+                        TileClass::Dead => None,
+                        class => Some((kt, class == TileClass::Full)),
+                    }
                 })
                 .collect()
         })
         .collect();
     let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
-    // Tiles where every score is visible and the function is only a scale need no score kernel.
-    let full: Vec<Vec<bool>> = (0..q_tiles)
-        .map(|qt| {
-            let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-            live[qt]
-                .iter()
-                .map(|&kt| {
-                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                    f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) == TileClass::Full
-                })
-                .collect()
-        })
-        .collect();
     let plain = f.plain_scale();
     (0..oq.len() * q_tiles).into_par_iter().for_each(|job| {
         let (bi, qt) = (job / q_tiles, job % q_tiles);
@@ -381,7 +372,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         let mut l = vec![0f64; rows];
         let mut ptrs = vec![std::ptr::null::<u8>(); extra.len()];
         let q_tile = &qs[(oq[bi] * s + i0) * e..(oq[bi] * s + i1) * e];
-        for (&kt, &is_full) in live[qt].iter().zip(&full[qt]) {
+        for &(kt, is_full) in &live[qt] {
             let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
             let n = j1 - j0;
             // With the actual values of the extra operands over this tile (a padding mask),
