@@ -247,11 +247,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                     for b in &program.buffers {
                         for d in &b.ty.shape {
                             for s in d.symbols() {
-                                dims.entry(s.to_string()).or_insert(match s {
-                                    "batch" => 1,
-                                    "seq" => 16,
-                                    _ => 8,
-                                });
+                                dims.entry(s.to_string()).or_insert(default_dim(s));
                             }
                         }
                     }
@@ -403,6 +399,15 @@ fn front(m: &ModelArgs) -> Result<(Graph, Option<CheckpointMap>), Fail> {
     Ok((g, fe.checkpoint))
 }
 
+/// The size of a symbolic dimension that neither `--dim` nor an input fixes.
+fn default_dim(name: &str) -> i64 {
+    match name {
+        "batch" => 1,
+        "seq" => 16,
+        _ => 8,
+    }
+}
+
 /// Files `run` reads and writes.
 struct RunFiles<'a> {
     weights: Option<&'a str>,
@@ -440,12 +445,7 @@ fn run(
     for (_, v) in g.inputs() {
         for d in &g.ty(v).shape {
             for s in d.symbols() {
-                let default = match s {
-                    "batch" => 1,
-                    "seq" => 16,
-                    _ => 8,
-                };
-                dims.entry(s.to_string()).or_insert(default);
+                dims.entry(s.to_string()).or_insert(default_dim(s));
             }
         }
     }

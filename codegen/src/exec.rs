@@ -344,24 +344,7 @@ impl Executable {
                         at += chunk;
                     }
                 }
-                (Kernel::Cumsum { axis }, _) => {
-                    let x = &ins[0];
-                    let size = x.shape[*axis];
-                    let inner: usize = x.shape[axis + 1..].iter().product();
-                    let outer: usize = x.shape[..*axis].iter().product();
-                    let mut vals = vec![0f64; x.len()];
-                    for o in 0..outer {
-                        for j in 0..inner {
-                            let mut acc = 0.0;
-                            for k in 0..size {
-                                let i = (o * size + k) * inner + j;
-                                acc += x.get(i);
-                                vals[i] = acc;
-                            }
-                        }
-                    }
-                    host::store(out, &vals);
-                }
+                (Kernel::Cumsum { axis }, _) => host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i))),
                 (Kernel::Iota { axis }, _) => {
                     let inner: usize = out.shape[axis + 1..].iter().product();
                     let size = out.shape[*axis].max(1);

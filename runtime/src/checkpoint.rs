@@ -106,31 +106,26 @@ impl Ctx<'_> {
         format!("parameter `{}`: {what}{}", self.param, self.origin)
     }
 
-    fn has(&self, name: &str) -> bool {
-        std::iter::once(name.to_string()).chain(self.prefixes.iter().map(|p| format!("{p}{name}"))).any(|n| self.ck.contains_key(&n))
+    /// The checkpoint's name for `name`: as written, or with one of the prefixes.
+    fn lookup(&self, name: &str) -> Option<String> {
+        std::iter::once(name.to_string()).chain(self.prefixes.iter().map(|p| format!("{p}{name}"))).find(|n| self.ck.contains_key(n))
     }
 
     fn eval(&mut self, e: &WeightExpr) -> Result<Tensor, String> {
         match e {
             WeightExpr::Or(a, b) => {
-                if a.loads().iter().all(|n| self.has(n)) {
+                if a.loads().iter().all(|n| self.lookup(n).is_some()) {
                     self.eval(a)
                 } else {
                     self.eval(b)
                 }
             }
             WeightExpr::Load(name) => {
-                let found = std::iter::once(name.clone())
-                    .chain(self.prefixes.iter().map(|p| format!("{p}{name}")))
-                    .find(|n| self.ck.contains_key(n))
-                    .ok_or_else(|| {
-                        let tried = if self.prefixes.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (nor with prefix {})", self.prefixes.join(", "))
-                        };
-                        self.fail(format!("expected checkpoint tensor `{name}`, which the checkpoint does not have{tried}"))
-                    })?;
+                let found = self.lookup(name).ok_or_else(|| {
+                    let tried =
+                        if self.prefixes.is_empty() { String::new() } else { format!(" (nor with prefix {})", self.prefixes.join(", ")) };
+                    self.fail(format!("expected checkpoint tensor `{name}`, which the checkpoint does not have{tried}"))
+                })?;
                 self.used.insert(found.clone());
                 self.ck.get(&found).cloned().ok_or_else(|| self.fail(format!("checkpoint tensor `{found}` vanished")))
             }

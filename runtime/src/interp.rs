@@ -157,24 +157,7 @@ fn eval(
                 .collect();
             Tensor::from_f64(dtype, shape, vals.into_iter())
         }
-        Op::Cumsum { axis } => {
-            let t = a[0];
-            let outer: usize = shape[..*axis].iter().product();
-            let size = shape[*axis];
-            let inner: usize = shape[axis + 1..].iter().product();
-            let mut out = vec![0f64; n];
-            for o in 0..outer {
-                for j in 0..inner {
-                    let mut acc = 0f64;
-                    for k in 0..size {
-                        let i = (o * size + k) * inner + j;
-                        acc += t.get(i);
-                        out[i] = acc;
-                    }
-                }
-            }
-            Tensor::from_f64(dtype, shape, out.into_iter())
-        }
+        Op::Cumsum { axis } => Tensor::from_f64(dtype, shape.clone(), cumsum(&shape, *axis, |i| a[0].get(i)).into_iter()),
         Op::Softmax { axis } => fused::softmax(a[0], *axis),
         Op::Norm { kind, eps } => fused::norm(a[0], *kind, *eps, a.get(1).copied(), a.get(2).copied()),
         Op::Gemm { bias, act, residual } => fused::gemm(product, a, *bias, *act, *residual),
@@ -192,6 +175,26 @@ fn product(a: &Tensor, b: &Tensor) -> Tensor {
     let mut shape: Vec<usize> = (0..n).map(|i| at(ba, i).max(at(bb, i))).collect();
     shape.extend([a.shape[ra - 2], b.shape[rb - 1]]);
     matmul(a, b, shape)
+}
+
+/// Inclusive prefix sums along `axis` of the elements `get(i)` of a tensor of `shape`, in
+/// f64 (the interpreter's and the CPU backend's definition).
+pub fn cumsum(shape: &[usize], axis: usize, get: impl Fn(usize) -> f64) -> Vec<f64> {
+    let outer: usize = shape[..axis].iter().product();
+    let size = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut out = vec![0f64; outer * size * inner];
+    for o in 0..outer {
+        for j in 0..inner {
+            let mut acc = 0f64;
+            for k in 0..size {
+                let i = (o * size + k) * inner + j;
+                acc += get(i);
+                out[i] = acc;
+            }
+        }
+    }
+    out
 }
 
 /// `file:line:col` of a node, for runtime errors.
