@@ -11,7 +11,7 @@
 
 use crate::{hf, render, Frontend};
 use std::collections::HashMap;
-use tessera_codegen::{Executable, RunStats};
+use tessera_codegen::Executable;
 use tessera_ir::Graph;
 use tessera_lang::{CheckpointMap, Override};
 use tessera_runtime::{Dims, RunError, Tensor};
@@ -114,8 +114,6 @@ pub struct Model {
     checkpoint: Option<CheckpointMap>,
     exe: Option<Executable>,
     params: HashMap<String, Tensor>,
-    /// What the last CPU run did.
-    pub stats: std::cell::Cell<Option<(usize, usize, usize)>>,
 }
 
 impl Model {
@@ -127,7 +125,7 @@ impl Model {
             Backend::Interp => None,
             Backend::Cpu => Some(Executable::new(tessera_codegen::schedule(&g), keep_clif).map_err(Error::Internal)?),
         };
-        Ok(Model { graph: g, checkpoint, exe, params: HashMap::new(), stats: std::cell::Cell::new(None) })
+        Ok(Model { graph: g, checkpoint, exe, params: HashMap::new() })
     }
 
     /// The optimised graph.
@@ -180,11 +178,7 @@ impl Model {
         }
         match &self.exe {
             None => Ok(tessera_runtime::run(&self.graph, dims, inputs, &self.params)?),
-            Some(exe) => {
-                let (out, stats): (_, RunStats) = exe.run(dims, inputs, &self.params)?;
-                self.stats.set(Some((stats.arena_bytes, stats.attention.tiles, stats.attention.skipped)));
-                Ok(out)
-            }
+            Some(exe) => Ok(exe.run(dims, inputs, &self.params)?.0),
         }
     }
 

@@ -296,20 +296,6 @@ pub fn act_f32(u: UnaryOp, x: f32) -> f32 {
     }
 }
 
-/// `Σ a[i]·b[i]` with eight partial sums (so that it vectorizes).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
 /// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
 /// beyond one row of one tile. The score function runs as a compiled row kernel over a tile
@@ -552,7 +538,7 @@ pub unsafe fn store(out: &View, vals: &[f64]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{act_f32, dot, exp_neg};
+    use super::{act_f32, exp_neg};
     use tessera_ir::UnaryOp;
 
     #[test]
@@ -577,13 +563,5 @@ mod tests {
         assert!(worst < 5e-7, "relative error {worst}");
         assert!(exp_neg(-1e30) < 1e-37);
         assert_eq!(exp_neg(0.0), 1.0);
-    }
-
-    #[test]
-    fn dot_matches_a_plain_sum() {
-        let a: Vec<f32> = (0..77).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..77).map(|i| (i as f32 * 0.11).cos()).collect();
-        let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-        assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-5);
     }
 }

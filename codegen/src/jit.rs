@@ -1,7 +1,7 @@
 //! The Cranelift lowering of scalar programs ([`ScoreFn`]): elementwise kernels (a loop over
 //! one row of the output, operands read with a per-operand step so that broadcast operands
-//! cost nothing) and attention score functions (one score at a time, called from the tiled
-//! attention kernel).
+//! cost nothing), the same over one row of an attention score tile (the score function), and
+//! f32x4 versions of elementwise kernels whose ops are exact in f32.
 //!
 //! Values are computed in f64 and rounded to each node's element type after every node, as the
 //! reference interpreter does, so results agree with it. Transcendental functions call into
@@ -21,8 +21,6 @@ use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS
 /// `out` holds the raw scores (f32) and receives the modified ones, `vars` is `[B, H, I, J0]`
 /// and the key index of element `j` is `J0 + j`.
 pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64, *const f64, *const *const f32, *const i64);
-/// A compiled score function: `(vars [S, B, H, I, J], leaf values, tables, table lengths)`.
-pub type ScalarFn = unsafe extern "C" fn(*const f64, *const f64, *const *const f32, *const i64) -> f64;
 
 extern "C" fn tsr_unary(code: i64, x: f64) -> f64 {
     UNARY_OPS.get(code as usize).map_or(f64::NAN, |(u, _)| u.eval(x))
@@ -168,7 +166,7 @@ impl Jit {
                 k => b.ins().load(types::F64, flags, vars, (8 * (k - 1)) as i32),
             }
         };
-        let v = emit(&mut b, f, &helpers, Some((tables, lens)), &leaf, &var)?;
+        let v = emit(&mut b, f, &helpers, (tables, lens), &leaf, &var)?;
         let off = b.ins().imul_imm_s(iv, out.size() as i64);
         let addr = b.ins().iadd(out_ptr, off);
         match out {
@@ -299,28 +297,6 @@ impl Jit {
         self.define(&name, sig).map(Some)
     }
 
-    /// Compiles a score function `(vars, leaves, tables, lens) -> score`.
-    pub fn scalar(&mut self, f: &ScoreFn) -> Result<FuncId, String> {
-        let ptr = self.ptr();
-        let mut sig = self.module.make_signature();
-        sig.params.extend([AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr), AbiParam::new(ptr)]);
-        sig.returns.push(AbiParam::new(types::F64));
-        let name = format!("score{}", self.count);
-        let helpers = self.declare_helpers(&sig)?;
-        let cfg = self.module.target_config();
-        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
-        let params = enter(&mut b);
-        let (vars, leaves, tables, lens) = (params[0], params[1], params[2], params[3]);
-        let flags = MemFlagsData::trusted();
-        let leaf = |b: &mut FunctionBuilder, k: u32| b.ins().load(types::F64, flags, leaves, (8 * k) as i32);
-        let var = |b: &mut FunctionBuilder, k: usize| b.ins().load(types::F64, flags, vars, (8 * k) as i32);
-        let v = emit(&mut b, f, &helpers, Some((tables, lens)), &leaf, &var)?;
-        b.ins().return_(&[v]);
-        b.seal_all_blocks();
-        b.finalize(cfg);
-        self.define(&name, sig)
-    }
-
     fn declare_helpers(&mut self, sig: &Signature) -> Result<[cranelift_codegen::ir::FuncRef; 3], String> {
         self.ctx.func.signature = sig.clone();
         self.ctx.func.name = UserFuncName::user(0, self.count as u32);
@@ -353,13 +329,6 @@ impl Jit {
         let p = self.module.get_finalized_function(id);
         // SAFETY: `id` was defined by `row`, whose signature is `RowFn`'s.
         unsafe { std::mem::transmute::<*const u8, RowFn>(p) }
-    }
-
-    /// A compiled score function (after [`Jit::finalize`]).
-    pub fn scalar_fn(&self, id: FuncId) -> ScalarFn {
-        let p = self.module.get_finalized_function(id);
-        // SAFETY: `id` was defined by `scalar`, whose signature is `ScalarFn`'s.
-        unsafe { std::mem::transmute::<*const u8, ScalarFn>(p) }
     }
 }
 
@@ -411,7 +380,7 @@ fn emit(
     b: &mut FunctionBuilder,
     f: &ScoreFn,
     helpers: &[cranelift_codegen::ir::FuncRef; 3],
-    tables: Option<(Value, Value)>,
+    (tables, lens): (Value, Value),
     leaf: Reader,
     var: &dyn Fn(&mut FunctionBuilder, usize) -> Value,
 ) -> Result<Value, String> {
@@ -474,7 +443,6 @@ fn emit(
             }
             SNode::Cast(a) => get(a)?,
             SNode::Gather(t, i) => {
-                let Some((tables, lens)) = tables else { return Err("gather outside a score function".into()) };
                 let i = get(i)?;
                 let t = b.ins().iconst(types::I64, i64::from(*t));
                 call(b, 2, &[tables, lens, t, i])
