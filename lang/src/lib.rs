@@ -12,7 +12,7 @@ mod program;
 mod source;
 
 pub use ast::{FileId, Span};
-pub use checkpoint::{find as find_checkpoint, resolve as resolve_checkpoint, CheckpointMap, ConfigLookup, ConfigValue};
+pub use checkpoint::{resolve as resolve_checkpoint, CheckpointMap, ConfigLookup, ConfigValue};
 pub use diag::{codes, Diagnostic, Label, Report, Severity};
 pub use elab::{elaborate, Override, MASKED, MAX_DEPTH, MAX_NODES, MAX_UNROLLED};
 pub use parser::parse;
