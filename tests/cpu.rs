@@ -63,6 +63,14 @@ fn parity_fixtures_pass_on_the_cpu_backend() {
     }
 }
 
+/// Attention whose score function (a float bias, query and key positions, `and`) is exact in
+/// f32, so that its rows run as f32x4 code.
+const SCORE_X4: &str = "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]
+ input bias: [batch, 1, 1, seq]
+ i = arange(seq)[:, none]
+ j = arange(seq)[none, :]
+ output y = softmax(where(j <= i + 2 and bias > -0.5, (q @ k.T) * 0.5 + bias - float(i - j) * 0.25, -1e30), -1) @ v";
+
 /// Small programs exercising one kernel kind each, at odd sizes (lengths not multiples of
 /// the attention tiles), compared with the interpreter.
 #[test]
@@ -83,6 +91,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
         ("attention causal", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, 2, mask = nn.causal)"),
         ("attention window alibi", "input x: [batch, seq, 24]\n input m: i64[batch, seq]\n output y = nn.attention(x, 4, mask = nn.window(7), score = nn.alibi(4), padding = m)"),
+        ("attention f32x4 score", SCORE_X4),
         ("attention t5 bias", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, score = nn.t5_bias(param table: [8, 4], 4, 8, 20), scale = 1.0)"),
     ];
     for (seq, batch) in [(5, 1), (37, 2), (70, 1)] {
@@ -109,6 +118,10 @@ fn exact_elementwise_chains_are_vectorized() {
     let src = "model m() {\n input x: [batch, 7]\n input b: [7]\n output y = (x - b) * (x + b) / 3.0\n}\n";
     let m = Compiler::new().keep_clif(true).compile_str("v.tsr", src).expect("compiles");
     assert!(m.clif().iter().any(|f| f.contains("f32x4") && f.contains("fmul")), "{:#?}", m.clif());
+    let src = format!("model m() {{\n {SCORE_X4}\n}}\n");
+    let m = Compiler::new().keep_clif(true).compile_str("a.tsr", &src).expect("compiles");
+    assert!(m.program().is_some_and(|p| p.steps.iter().any(|s| matches!(s.kernel, tessera::codegen::Kernel::Attention(_)))));
+    assert!(m.clif().iter().any(|f| f.contains("f32x4") && f.contains("fcmp")), "the score function has an f32x4 form");
     let src = "model m() {\n input x: [batch, 7]\n output y = exp(x)\n}\n";
     let m = Compiler::new().keep_clif(true).compile_str("s.tsr", src).expect("compiles");
     assert!(!m.clif().iter().any(|f| f.contains("f32x4")), "exp has no exact f32x4 form");

@@ -1,19 +1,13 @@
 //! Running a kernel program on the CPU: JIT compilation of its kernels, the memory plan (one
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
+use crate::attention;
 use crate::host::{self, View};
-use crate::jit::{Jit, RowFn};
+use crate::jit::{Jit, Rows};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
 use tessera_ir::DType;
 use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
-
-enum Native {
-    None,
-    Row(RowFn),
-    /// An elementwise kernel with its f32x4 version and the operand steps that one assumes.
-    Elementwise(RowFn, Option<(RowFn, Vec<i64>)>),
-}
 
 /// Buffers derived from parameters, with the parameter pointers they were computed from.
 type DerivedCache = HashMap<BufId, (Vec<usize>, Vec<u64>)>;
@@ -27,7 +21,8 @@ pub struct Executable {
     arena: std::sync::Mutex<Vec<u64>>,
     /// Scratch buffers of feed-forward kernels, kept between calls.
     scratch: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
-    natives: Vec<Native>,
+    /// The compiled row kernel of each step (elementwise and attention steps).
+    natives: Vec<Option<Rows>>,
     _jit: Jit,
     /// Cranelift IR of the compiled kernels (when asked for).
     pub clif: Vec<String>,
@@ -39,7 +34,7 @@ pub struct RunStats {
     /// Bytes of the activation arena (the peak of live intermediate buffers).
     pub arena_bytes: usize,
     /// Attention tiles computed and skipped.
-    pub attention: host::AttentionStats,
+    pub attention: attention::AttentionStats,
     /// Seconds per kernel kind, when profiling (`TESSERA_PROFILE=1`).
     pub profile: Vec<(&'static str, f64)>,
 }
@@ -103,39 +98,27 @@ impl Executable {
     pub fn new(program: Program, keep_clif: bool) -> Result<Executable, String> {
         let mut jit = Jit::new(keep_clif)?;
         let mut ids = Vec::new();
-        let mut simd = Vec::new();
         for s in &program.steps {
-            simd.push(None);
-            ids.push(match &s.kernel {
-                Kernel::Elementwise(f) => {
-                    let leaf_types: Vec<DType> = s.ins.iter().map(|&b| program.buffers[b].ty.dtype).collect();
-                    let out_ty = program.buffers[s.out].ty.dtype;
-                    if let Some(steps) = static_steps(&program, s) {
-                        if let Some(id) = jit.row_simd(f, &leaf_types, out_ty, &steps)? {
-                            *simd.last_mut().ok_or("no step")? = Some((id, steps));
-                        }
-                    }
-                    Some((true, jit.row(f, &leaf_types, out_ty)?))
+            let (f, leaf_types, out_ty, along) = match &s.kernel {
+                Kernel::Elementwise(f) => (f, &s.ins[..], program.buffers[s.out].ty.dtype, program.buffers[s.out].ty.shape.last()),
+                // Score rows run along the keys.
+                Kernel::Attention(f) => (&**f, &s.ins[3..], DType::F32, program.buffers[s.ins[1]].ty.shape.iter().rev().nth(1)),
+                _ => {
+                    ids.push(None);
+                    continue;
                 }
-                Kernel::Attention(f) => {
-                    let leaf_types: Vec<DType> = s.ins[3..].iter().map(|&b| program.buffers[b].ty.dtype).collect();
-                    Some((true, jit.row(f, &leaf_types, DType::F32)?))
-                }
-                _ => None,
-            });
+            };
+            let types: Vec<DType> = leaf_types.iter().map(|&b| program.buffers[b].ty.dtype).collect();
+            let simd = match along.and_then(|d| static_steps(&program, leaf_types, d)) {
+                Some(steps) => jit.row_simd(f, &types, out_ty, &steps)?.map(|id| (id, steps)),
+                None => None,
+            };
+            ids.push(Some((jit.row(f, &types, out_ty)?, simd)));
         }
         jit.finalize()?;
         let natives = ids
             .into_iter()
-            .zip(simd)
-            .zip(&program.steps)
-            .map(|((id, simd), step)| match (id, &step.kernel) {
-                (Some((_, id)), Kernel::Elementwise(_)) => {
-                    Native::Elementwise(jit.row_fn(id), simd.map(|(v, steps)| (jit.row_fn(v), steps)))
-                }
-                (Some((_, id)), _) => Native::Row(jit.row_fn(id)),
-                (None, _) => Native::None,
-            })
+            .map(|id| id.map(|(id, simd)| Rows { scalar: jit.row_fn(id), simd: simd.map(|(v, st)| (jit.row_fn(v), st)) }))
             .collect();
         let clif = std::mem::take(&mut jit.clif);
         Ok(Executable {
@@ -279,7 +262,7 @@ impl Executable {
         let step = &self.program.steps[s];
         unsafe {
             match (&step.kernel, &self.natives[s]) {
-                (Kernel::Elementwise(_), Native::Elementwise(f, simd)) => elementwise(*f, simd.as_ref(), out, ins),
+                (Kernel::Elementwise(_), Some(rows)) => elementwise(rows, out, ins),
                 (Kernel::Gemm { trans_b, bias, act, residual }, _) => {
                     host::matmul(out, &ins[0], &ins[1], *trans_b);
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
@@ -290,8 +273,8 @@ impl Executable {
                 }
                 (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Attention(f), Native::Row(score)) => {
-                    let a = host::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, *score);
+                (Kernel::Attention(f), Some(score)) => {
+                    let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
                 }
@@ -369,29 +352,26 @@ fn alias_views(p: &Program, ptrs: &mut [*mut u8], b: BufId) {
     }
 }
 
-/// The step of each operand of an elementwise kernel along the output's last axis, when the
-/// symbolic shapes decide it (1: contiguous, 0: broadcast).
-fn static_steps(p: &Program, s: &crate::kernel::Step) -> Option<Vec<i64>> {
-    let out = p.buffers[s.out].ty.shape.last()?.clone();
+/// The step of each operand of a row kernel along the row (`along`: the output's last axis,
+/// or the keys for score rows), when the symbolic shapes decide it (1: contiguous, 0:
+/// broadcast).
+fn static_steps(p: &Program, ins: &[BufId], along: &tessera_ir::Dim) -> Option<Vec<i64>> {
     let one = tessera_ir::Dim::known(1);
-    s.ins
-        .iter()
+    ins.iter()
         .map(|&b| match p.buffers[b].ty.shape.last() {
             None => Some(0),
             Some(d) if *d == one => Some(0),
-            Some(d) if *d == out && out != one => Some(1),
+            Some(d) if d == along && *along != one => Some(1),
             _ => None,
         })
         .collect()
 }
 
-/// Runs a compiled row kernel over every row of the output (rows in parallel), with its
-/// f32x4 version over the first multiple of 4 of each row when the operand steps are the ones
-/// it was compiled for.
+/// Runs a compiled row kernel over every row of the output (rows in parallel).
 ///
 /// # Safety
-/// Views valid; `f` compiled for these operand types.
-unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, ins: &[View]) {
+/// Views valid; `kernel` compiled for these operand types.
+unsafe fn elementwise(kernel: &Rows, out: &View, ins: &[View]) {
     use rayon::prelude::*;
     let r = out.shape.len();
     let len = out.shape.last().copied().unwrap_or(1);
@@ -407,32 +387,9 @@ unsafe fn elementwise(f: RowFn, simd: Option<&(RowFn, Vec<i64>)>, out: &View, in
     let optr = out.ptr as usize;
     (0..rows).into_par_iter().with_min_len((4096 / len.max(1)).max(1)).for_each(|row| {
         let bases: Vec<*const u8> = (0..ins.len()).map(|k| (ptrs[k] + row_start[k](row) * sizes[k]) as *const u8).collect();
-        let null = std::ptr::null();
-        let row_out = optr + row * len * osize;
-        let vector = simd.filter(|(_, st)| *st == steps && len >= 4);
-        let done = match vector {
-            Some((v, _)) => {
-                let nv = len / 4 * 4;
-                unsafe { v(row_out as *mut u8, nv as i64, bases.as_ptr(), steps.as_ptr(), null, std::ptr::null(), std::ptr::null()) };
-                nv
-            }
-            None => 0,
-        };
-        if done < len {
-            let tail: Vec<*const u8> =
-                bases.iter().zip(&steps).zip(&sizes).map(|((b, st), sz)| unsafe { b.add(done * *st as usize * sz) }).collect();
-            unsafe {
-                f(
-                    (row_out + done * osize) as *mut u8,
-                    (len - done) as i64,
-                    tail.as_ptr(),
-                    steps.as_ptr(),
-                    null,
-                    std::ptr::null(),
-                    std::ptr::null(),
-                )
-            };
-        }
+        let row_out = (optr + row * len * osize) as *mut u8;
+        let none = (std::ptr::null(), std::ptr::null());
+        unsafe { kernel.run(row_out, osize, len, &bases, &steps, &sizes, None, none, true) };
     });
 }
 

@@ -1,13 +1,11 @@
 //! Kernels written in Rust, run by the executor on buffers of the arena: GEMMs (through the
-//! `gemm` crate) with their epilogues, feed-forward blocks, norms, softmax, the flash-style
-//! attention kernel, and the data-movement ops (gather, transpose, slice, concat, ...).
+//! `gemm` crate) with their epilogues, feed-forward blocks, norms, softmax, and the data-movement ops (gather, transpose, slice, concat, ...).
 //!
 //! Every function takes [`View`]s: a pointer, a shape and an element type. The executor
 //! guarantees that an output never overlaps a live input.
 
-use crate::jit::RowFn;
 use rayon::prelude::*;
-use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn, TileClass, UnaryOp};
+use tessera_ir::{DType, NormKind, ReduceOp, UnaryOp};
 use tessera_runtime::{broadcast_offsets, strides};
 
 /// A buffer during a run.
@@ -71,13 +69,13 @@ impl View {
 
 /// A pointer that may cross threads (each thread writes a disjoint part).
 #[derive(Clone, Copy)]
-struct Shared(*mut u8);
+pub(crate) struct Shared(pub(crate) *mut u8);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The pointer (a method, so that closures capture the `Send` wrapper, not its field).
-    fn ptr(self) -> *mut u8 {
+    pub(crate) fn ptr(self) -> *mut u8 {
         self.0
     }
 }
@@ -254,33 +252,6 @@ pub unsafe fn softmax(out: &View, x: &View, axis: usize) {
     });
 }
 
-/// Query rows per attention tile.
-pub const TILE_Q: usize = 128;
-/// Keys per attention tile.
-pub const TILE_K: usize = 64;
-
-/// What the attention kernel did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AttentionStats {
-    /// Tiles computed.
-    pub tiles: usize,
-    /// Tiles skipped as fully masked.
-    pub skipped: usize,
-}
-
-/// `e^x` for `x ≤ 0` in f32 (softmax probabilities), branch-free so that loops over it
-/// vectorize: `x = n·ln 2 + r`, `2^n` from the exponent bits, a degree-6 polynomial for `e^r`
-/// (relative error below 5e-7). Inputs below -87 give e^-87 ≈ 1.6e-38, negligible next to any
-/// visible score.
-#[inline]
-pub fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    f32::from_bits(((n as i32 + 127) << 23) as u32) * p
-}
-
 /// An activation in f32 (the common ones through f32 library functions, the rest through
 /// the interpreter's f64 definition).
 #[inline]
@@ -294,198 +265,6 @@ pub fn act_f32(u: UnaryOp, x: f32) -> f32 {
         UnaryOp::Tanh => x.tanh(),
         other => other.eval(f64::from(x)) as f32,
     }
-}
-
-/// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
-/// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
-/// beyond one row of one tile. The score function runs as a compiled row kernel over a tile
-/// row (`score`, see [`crate::jit::RowFn`]).
-///
-/// # Safety
-/// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
-pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: RowFn) -> AttentionStats {
-    let r = out.shape.len();
-    let (s, e) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
-    let (t, ev) = (k.shape[k.shape.len() - 2], v.shape[v.shape.len() - 1]);
-    let batch = out.shape[..r - 2].to_vec();
-    let (oq, ok, ov) = (
-        broadcast_offsets(&batch, &q.shape[..q.shape.len() - 2]),
-        broadcast_offsets(&batch, &k.shape[..k.shape.len() - 2]),
-        broadcast_offsets(&batch, &v.shape[..v.shape.len() - 2]),
-    );
-    let leaf_st: Vec<Vec<usize>> = extra.iter().map(|l| broadcast_strides(&l.shape, r)).collect();
-    let leaf_steps: Vec<i64> = leaf_st.iter().map(|st| st[r - 1] as i64).collect();
-    // Tables read by gather, widened to f32.
-    let tables: Vec<Vec<f32>> = extra.iter().map(|l| (0..l.len()).map(|i| unsafe { l.get(i) } as f32).collect()).collect();
-    let table_ptrs: Vec<usize> = tables.iter().map(|t| t.as_ptr() as usize).collect();
-    let table_lens: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
-    let batch_st = strides(&batch);
-    let heads: usize = batch.iter().skip(1).product();
-    let (qs, ks, vs) = unsafe { (q.f32(), k.f32(), v.f32()) };
-    let o = Shared(out.ptr);
-    let q_tiles = s.div_ceil(TILE_Q);
-    let k_tiles = t.div_ceil(TILE_K);
-    // Which key tiles each query tile visits, and whether they are fully visible: the mask
-    // analysis, once per pair of tiles.
-    let live: Vec<Vec<(usize, bool)>> = (0..q_tiles)
-        .map(|qt| {
-            let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-            (0..k_tiles)
-                .filter_map(|kt| {
-                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                    match f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) {
-                        TileClass::Dead => None,
-                        class => Some((kt, class == TileClass::Full)),
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
-    let plain = f.plain_scale();
-    (0..oq.len() * q_tiles).into_par_iter().for_each(|job| {
-        let (bi, qt) = (job / q_tiles, job % q_tiles);
-        let idx: Vec<usize> = batch_st.iter().zip(&batch).map(|(&st, &n)| (bi / st.max(1)) % n.max(1)).collect();
-        let b_index = idx.first().copied().unwrap_or(0) as f64;
-        let h_index = if batch.len() > 1 { (bi % heads.max(1)) as f64 } else { 0.0 };
-        let lbase: Vec<usize> = leaf_st.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
-        let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-        let rows = i1 - i0;
-        // Scores of one tile (rows × TILE_K), then probabilities in place; output accumulators.
-        let mut sp = vec![0f32; rows * TILE_K];
-        let mut acc = vec![0f32; rows * ev];
-        let mut m = vec![f32::NEG_INFINITY; rows];
-        let mut l = vec![0f64; rows];
-        let mut ptrs = vec![std::ptr::null::<u8>(); extra.len()];
-        let q_tile = &qs[(oq[bi] * s + i0) * e..(oq[bi] * s + i1) * e];
-        for &(kt, is_full) in &live[qt] {
-            let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-            let n = j1 - j0;
-            // With the actual values of the extra operands over this tile (a padding mask),
-            // the tile may turn out fully visible, or fully masked.
-            let class = if is_full || extra.is_empty() {
-                if is_full {
-                    TileClass::Full
-                } else {
-                    TileClass::Partial
-                }
-            } else {
-                let range = |k: u32| -> Option<(f64, f64)> {
-                    let k = k as usize;
-                    let (x, st) = (extra.get(k)?, &leaf_st[k]);
-                    let (si, sj) = (st[r - 2], st[r - 1]);
-                    let (ri, rj) = (if si == 0 { i0..i0 + 1 } else { i0..i1 }, if sj == 0 { j0..j0 + 1 } else { j0..j1 });
-                    let mut lo_hi = (f64::INFINITY, f64::NEG_INFINITY);
-                    for a in ri {
-                        for b in rj.clone() {
-                            let v = unsafe { x.get(lbase[k] + a * si + b * sj) };
-                            lo_hi = (lo_hi.0.min(v), lo_hi.1.max(v));
-                        }
-                    }
-                    Some(lo_hi)
-                };
-                f.tile_class_with((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1), &range)
-            };
-            if class == TileClass::Dead {
-                continue;
-            }
-            let scale_only = if class == TileClass::Full { plain } else { None };
-            let k_tile = &ks[(ok[bi] * t + j0) * e..(ok[bi] * t + j1) * e];
-            let v_tile = &vs[(ov[bi] * t + j0) * ev..(ov[bi] * t + j1) * ev];
-            // S = Q Kᵀ (row stride n), times the scale when that is all the function does here.
-            let beta = scale_only.map_or(1.0, |c| c as f32);
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    e,
-                    sp.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    q_tile.as_ptr(),
-                    1,
-                    e as isize,
-                    k_tile.as_ptr(),
-                    e as isize,
-                    1,
-                    0.0,
-                    beta,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            };
-            for row in 0..rows {
-                let i = i0 + row;
-                let srow = &mut sp[row * n..(row + 1) * n];
-                for (n_leaf, p) in ptrs.iter_mut().enumerate() {
-                    let st = &leaf_st[n_leaf];
-                    let off = lbase[n_leaf] + i * st[r - 2] + j0 * st[r - 1];
-                    *p = unsafe { extra[n_leaf].ptr.add(off * extra[n_leaf].dtype.size()) };
-                }
-                let vars = [b_index, h_index, i as f64, j0 as f64];
-                if scale_only.is_none() {
-                    unsafe {
-                        score(
-                            srow.as_mut_ptr() as *mut u8,
-                            n as i64,
-                            ptrs.as_ptr(),
-                            leaf_steps.as_ptr(),
-                            vars.as_ptr(),
-                            table_ptrs.as_ptr() as *const *const f32,
-                            table_lens.as_ptr(),
-                        )
-                    };
-                }
-                // Online softmax: rescale what was accumulated when the running max grows.
-                let tile_max = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let new_m = m[row].max(tile_max);
-                let rescale = (m[row] - new_m).exp();
-                for x in srow.iter_mut() {
-                    *x = exp_neg(*x - new_m);
-                }
-                let sum: f32 = srow.iter().sum();
-                l[row] = l[row] * f64::from(rescale) + f64::from(sum);
-                if rescale != 1.0 {
-                    acc[row * ev..(row + 1) * ev].iter_mut().for_each(|a| *a *= rescale);
-                }
-                m[row] = new_m;
-            }
-            // acc += P V.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    ev,
-                    n,
-                    acc.as_mut_ptr(),
-                    1,
-                    ev as isize,
-                    true,
-                    sp.as_ptr(),
-                    1,
-                    n as isize,
-                    v_tile.as_ptr(),
-                    1,
-                    ev as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            };
-        }
-        for row in 0..rows {
-            for c in 0..ev {
-                let val = if l[row] > 0.0 { f64::from(acc[row * ev + c]) / l[row] } else { 0.0 };
-                unsafe { *(o.ptr() as *mut f32).add((bi * s + i0 + row) * ev + c) = val as f32 };
-            }
-        }
-    });
-    AttentionStats { tiles: done, skipped: oq.len() * q_tiles * k_tiles - done }
 }
 
 /// Reduction over `axes` (the output's shape, keepdim or not, has the same element count as
@@ -538,7 +317,7 @@ pub unsafe fn store(out: &View, vals: &[f64]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{act_f32, exp_neg};
+    use super::act_f32;
     use tessera_ir::UnaryOp;
 
     #[test]
@@ -550,18 +329,5 @@ mod tests {
                 assert!((got - want).abs() <= 2e-6 * want.abs().max(1.0), "{u:?}({x}) = {got}, want {want}");
             }
         }
-    }
-
-    #[test]
-    fn exp_neg_is_accurate_over_the_softmax_range() {
-        let mut worst = 0f64;
-        for k in 0..=20000 {
-            let x = -(k as f32) * 0.0045;
-            let (got, want) = (f64::from(exp_neg(x)), f64::from(x).exp());
-            worst = worst.max((got - want).abs() / want.max(1e-30));
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
-        assert!(exp_neg(-1e30) < 1e-37);
-        assert_eq!(exp_neg(0.0), 1.0);
     }
 }

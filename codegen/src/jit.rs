@@ -1,7 +1,7 @@
 //! The Cranelift lowering of scalar programs ([`ScoreFn`]): elementwise kernels (a loop over
 //! one row of the output, operands read with a per-operand step so that broadcast operands
 //! cost nothing), the same over one row of an attention score tile (the score function), and
-//! f32x4 versions of elementwise kernels whose ops are exact in f32.
+//! f32x4 versions of both where every op is exact in f32.
 //!
 //! Values are computed in f64 and rounded to each node's element type after every node, as the
 //! reference interpreter does, so results agree with it. Transcendental functions call into
@@ -14,13 +14,71 @@ use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module};
-use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
+use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, Var, BINARY_OPS, UNARY_OPS};
 
 /// A compiled row kernel: `(out, len, operand pointers, operand steps, vars, tables, table
 /// lengths)`. For elementwise kernels the last three are unused; for attention score rows
 /// `out` holds the raw scores (f32) and receives the modified ones, `vars` is `[B, H, I, J0]`
 /// and the key index of element `j` is `J0 + j`.
 pub type RowFn = unsafe extern "C" fn(*mut u8, i64, *const *const u8, *const i64, *const f64, *const *const f32, *const i64);
+
+/// A row kernel with its f32x4 version, if it has one, and the operand steps that version was
+/// compiled for.
+pub struct Rows {
+    /// The scalar kernel (any row).
+    pub scalar: RowFn,
+    /// The f32x4 kernel and its operand steps.
+    pub simd: Option<(RowFn, Vec<i64>)>,
+}
+
+impl Rows {
+    /// Runs one row of `len` elements: the f32x4 kernel over the first multiple of 4 when the
+    /// operand steps are the ones it was compiled for and `vector` allows it, the scalar
+    /// kernel over the rest. `sizes` are the operands' element sizes; `vars` (a score row's
+    /// `[B, H, I, J0]`) may be null for elementwise kernels.
+    ///
+    /// # Safety
+    /// As for the kernels: pointers valid for `len` elements at their steps.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run(
+        &self,
+        out: *mut u8,
+        out_size: usize,
+        len: usize,
+        bases: &[*const u8],
+        steps: &[i64],
+        sizes: &[usize],
+        vars: Option<[f64; 4]>,
+        tables: (*const *const f32, *const i64),
+        vector: bool,
+    ) {
+        let vars_ptr = |v: &Option<[f64; 4]>| v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
+        let done = match &self.simd {
+            Some((f, st)) if vector && st == steps && len >= 4 => {
+                let n = len / 4 * 4;
+                unsafe { f(out, n as i64, bases.as_ptr(), steps.as_ptr(), vars_ptr(&vars), tables.0, tables.1) };
+                n
+            }
+            _ => 0,
+        };
+        if done < len {
+            let tail: Vec<*const u8> =
+                bases.iter().zip(steps).zip(sizes).map(|((b, st), sz)| unsafe { b.add(done * *st as usize * sz) }).collect();
+            let vars = vars.map(|[b, h, i, j0]| [b, h, i, j0 + done as f64]);
+            unsafe {
+                (self.scalar)(
+                    out.add(done * out_size),
+                    (len - done) as i64,
+                    tail.as_ptr(),
+                    steps.as_ptr(),
+                    vars_ptr(&vars),
+                    tables.0,
+                    tables.1,
+                )
+            };
+        }
+    }
+}
 
 extern "C" fn tsr_unary(code: i64, x: f64) -> f64 {
     UNARY_OPS.get(code as usize).map_or(f64::NAN, |(u, _)| u.eval(x))
@@ -190,24 +248,25 @@ impl Jit {
         self.define(&name, sig)
     }
 
-    /// Compiles an f32x4 version of an elementwise row kernel, for rows whose length is a
-    /// multiple of 4 and whose operand `k` advances by `steps[k]` (0: broadcast, 1:
-    /// contiguous). Only programs whose every op gives in f32 exactly what the interpreter's
-    /// f64-then-round gives qualify (+, −, ×, ÷, √, negation, abs, comparisons, `where`, all
-    /// on f32); `None` otherwise.
+    /// Compiles an f32x4 version of a row kernel (elementwise or attention score row), for
+    /// rows whose length is a multiple of 4 and whose operand `k` advances by `steps[k]` (0:
+    /// broadcast, 1: contiguous). Only programs whose every op gives in f32 exactly what the
+    /// interpreter's f64-then-round gives qualify: +, −, ×, ÷, √, negation, abs, min, max,
+    /// comparisons, `and`, `or` and `where` on f32, and on integers (the positions and
+    /// indices, exact in f32 below 2²⁴, which the caller ensures) only +, − and comparisons;
+    /// `None` otherwise.
     pub fn row_simd(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: &[i64]) -> Result<Option<FuncId>, String> {
-        let exact = f.nodes.iter().all(|(n, ty)| {
-            let f32_or_bool = matches!(ty, DType::F32 | DType::Bool);
-            f32_or_bool
-                && match n {
-                    SNode::Leaf(_) | SNode::Const(_) | SNode::Where(..) => true,
-                    SNode::Unary(u, _) => matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt),
-                    SNode::Binary(b, _, _) => {
-                        use BinaryOp::*;
-                        matches!(b, Add | Sub | Mul | Div | Eq | Ne | Lt | Le | Gt | Ge)
-                    }
-                    _ => false,
-                }
+        use BinaryOp::*;
+        let exact = f.nodes.iter().all(|(n, ty)| match (n, ty) {
+            (SNode::Var(_), _) => true,
+            (SNode::Const(c), DType::I64) => c.abs() < 16_777_216.0,
+            (SNode::Binary(Add | Sub, ..), DType::I64) => true,
+            (_, DType::I64) => false,
+            (SNode::Leaf(_) | SNode::Const(_) | SNode::Where(..), _) => true,
+            (SNode::Cast(a), _) => f.nodes.get(*a as usize).is_some_and(|(_, t)| t == ty || (*t != DType::F32 && *ty != DType::Bool)),
+            (SNode::Unary(u, _), _) => matches!(u, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt),
+            (SNode::Binary(b, _, _), _) => matches!(b, Add | Sub | Mul | Div | Max | Min | Eq | Ne | Lt | Le | Gt | Ge | And | Or),
+            _ => false,
         });
         if !exact || out != DType::F32 || leaf_types.iter().any(|t| *t != DType::F32) || steps.iter().any(|s| !matches!(s, 0 | 1)) {
             return Ok(None);
@@ -219,17 +278,37 @@ impl Jit {
         let cfg = self.module.target_config();
         let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
         let params = enter(&mut b);
-        let (out_ptr, len, ins) = (params[0], params[1], params[2]);
+        let (out_ptr, len, ins, vars) = (params[0], params[1], params[2], params[4]);
         let flags = MemFlagsData::new().with_notrap();
         let bases: Vec<Value> = (0..leaf_types.len()).map(|k| b.ins().load(ptr, flags, ins, (8 * k) as i32)).collect();
-        let lp = open_loop(&mut b, len);
-        let iv = lp.value;
-        let off = b.ins().imul_imm_s(iv, 4);
         let v4 = types::F32X4;
         let splat = |b: &mut FunctionBuilder, c: f32| {
             let x = b.ins().f32const(c);
             b.ins().splat(v4, x)
         };
+        // The scalar variables B, H, I (splat) and the key positions J0 + [0, 1, 2, 3], before
+        // the loop; only a score function reads them.
+        let uses = |v: Var| f.nodes.iter().any(|(n, _)| *n == SNode::Var(v));
+        let mut var_vals = [None; 5];
+        for (k, v) in [(1, Var::Batch), (2, Var::Head), (3, Var::Query), (4, Var::Key)] {
+            if uses(v) {
+                let x = b.ins().load(types::F64, flags, vars, 8 * (k as i32 - 1));
+                let x = b.ins().fdemote(types::F32, x);
+                let mut x = b.ins().splat(v4, x);
+                if v == Var::Key {
+                    let lanes = [0.0, 1.0, 2.0, 3.0].map(|c| b.ins().f32const(c));
+                    let mut l = splat(&mut b, 0.0);
+                    for (lane, c) in lanes.into_iter().enumerate().skip(1) {
+                        l = b.ins().insertlane(l, c, lane as u8);
+                    }
+                    x = b.ins().fadd(x, l);
+                }
+                var_vals[k] = Some(x);
+            }
+        }
+        let lp = open_loop(&mut b, len);
+        let iv = lp.value;
+        let off = b.ins().imul_imm_s(iv, 4);
         let as_f32 = |b: &mut FunctionBuilder, mask: Value| {
             let m = b.ins().bitcast(v4, MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little), mask);
             let (one, zero) = (splat(b, 1.0), splat(b, 0.0));
@@ -250,6 +329,22 @@ impl Jit {
                     }
                 }
                 SNode::Const(c) => splat(&mut b, *c as f32),
+                SNode::Var(Var::Score) => {
+                    let addr = b.ins().iadd(out_ptr, off);
+                    b.ins().load(v4, flags, addr, 0)
+                }
+                SNode::Var(v) => {
+                    let x = var_vals[*v as usize].ok_or("variable not loaded")?;
+                    if *v == Var::Key {
+                        // J = J0 + i + lane.
+                        let i = b.ins().fcvt_from_sint(types::F32, iv);
+                        let i = b.ins().splat(v4, i);
+                        b.ins().fadd(x, i)
+                    } else {
+                        x
+                    }
+                }
+                SNode::Cast(a) => get(a)?,
                 SNode::Unary(u, a) => {
                     let a = get(a)?;
                     match u {
@@ -269,6 +364,14 @@ impl Jit {
                         BinaryOp::Sub => b.ins().fsub(x, y),
                         BinaryOp::Mul => b.ins().fmul(x, y),
                         BinaryOp::Div => b.ins().fdiv(x, y),
+                        BinaryOp::Max => b.ins().fmax(x, y),
+                        BinaryOp::Min => b.ins().fmin(x, y),
+                        BinaryOp::And | BinaryOp::Or => {
+                            let z = splat(&mut b, 0.0);
+                            let (mx, my) = (b.ins().fcmp(FloatCC::NotEqual, x, z), b.ins().fcmp(FloatCC::NotEqual, y, z));
+                            let m = if *op == BinaryOp::And { b.ins().band(mx, my) } else { b.ins().bor(mx, my) };
+                            as_f32(&mut b, m)
+                        }
                         BinaryOp::Eq => cmp(&mut b, FloatCC::Equal),
                         BinaryOp::Ne => cmp(&mut b, FloatCC::NotEqual),
                         BinaryOp::Lt => cmp(&mut b, FloatCC::LessThan),

@@ -4,11 +4,13 @@
 //! `gemm` crate, a flash-style attention kernel, threads from rayon.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod attention;
 mod exec;
 pub mod host;
 pub mod jit;
 mod kernel;
 mod schedule;
+mod tile_gemm;
 
 pub use exec::{plan, Executable, MemoryPlan, RunStats};
 pub use kernel::{BufId, Buffer, Kernel, Program, Step, Storage};

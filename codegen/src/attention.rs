@@ -1,0 +1,268 @@
+//! The flash-style attention kernel: for each (batch, head, query tile), key tiles are visited
+//! with an online softmax, tiles that the mask analysis proves dead are skipped, and the scores
+//! of one tile are the only ones ever stored.
+
+use crate::host::{broadcast_strides, Shared, View};
+use crate::jit::Rows;
+use crate::tile_gemm::TileProduct;
+use rayon::prelude::*;
+use tessera_ir::{ScoreFn, TileClass};
+use tessera_runtime::{broadcast_offsets, strides};
+
+/// Query rows per attention tile.
+pub const TILE_Q: usize = 64;
+/// Keys per attention tile.
+pub const TILE_K: usize = 64;
+
+/// What the attention kernel did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttentionStats {
+    /// Tiles computed.
+    pub tiles: usize,
+    /// Tiles skipped as fully masked.
+    pub skipped: usize,
+}
+
+/// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
+/// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
+/// beyond one row of one tile. The score function runs as a compiled row kernel over a tile
+/// row (`score`, see [`crate::jit::RowFn`]).
+///
+/// # Safety
+/// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
+pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: &Rows) -> AttentionStats {
+    let r = out.shape.len();
+    let (s, e) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
+    let (t, ev) = (k.shape[k.shape.len() - 2], v.shape[v.shape.len() - 1]);
+    let batch = out.shape[..r - 2].to_vec();
+    let (oq, ok, ov) = (
+        broadcast_offsets(&batch, &q.shape[..q.shape.len() - 2]),
+        broadcast_offsets(&batch, &k.shape[..k.shape.len() - 2]),
+        broadcast_offsets(&batch, &v.shape[..v.shape.len() - 2]),
+    );
+    let leaf_st: Vec<Vec<usize>> = extra.iter().map(|l| broadcast_strides(&l.shape, r)).collect();
+    let leaf_steps: Vec<i64> = leaf_st.iter().map(|st| st[r - 1] as i64).collect();
+    // Tables read by gather, widened to f32.
+    let tables: Vec<Vec<f32>> = extra.iter().map(|l| (0..l.len()).map(|i| unsafe { l.get(i) } as f32).collect()).collect();
+    let table_ptrs: Vec<usize> = tables.iter().map(|t| t.as_ptr() as usize).collect();
+    let leaf_sizes: Vec<usize> = extra.iter().map(|l| l.dtype.size()).collect();
+    let table_lens: Vec<i64> = tables.iter().map(|t| t.len() as i64).collect();
+    let batch_st = strides(&batch);
+    let heads: usize = batch.iter().skip(1).product();
+    let (qs, ks, vs) = unsafe { (q.f32(), k.f32(), v.f32()) };
+    // Kᵀ of each key tile of each head ([e, n] at the tile's place in K), so that the Q Kᵀ
+    // products read keys as short contiguous rows.
+    let mut k_t = vec![0f32; ks.len()];
+    let (head, tile) = ((t * e).max(1), (TILE_K * e).max(1));
+    k_t.par_chunks_mut(head).zip(ks.par_chunks(head)).for_each(|(dst, src)| {
+        for (dst, src) in dst.chunks_mut(tile).zip(src.chunks(tile)) {
+            let n = src.len() / e.max(1);
+            for (j, row) in src.chunks_exact(e.max(1)).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    dst[c * n + j] = x;
+                }
+            }
+        }
+    });
+    let o = Shared(out.ptr);
+    let q_tiles = s.div_ceil(TILE_Q);
+    let k_tiles = t.div_ceil(TILE_K);
+    // Which key tiles each query tile visits, and whether they are fully visible: the mask
+    // analysis, once per pair of tiles.
+    let live: Vec<Vec<(usize, bool)>> = (0..q_tiles)
+        .map(|qt| {
+            let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
+            (0..k_tiles)
+                .filter_map(|kt| {
+                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+                    match f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) {
+                        TileClass::Dead => None,
+                        class => Some((kt, class == TileClass::Full)),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
+    let plain = f.plain_scale();
+    // Positions are exact in f32 below 2^24, as the f32x4 score rows need.
+    let f32_exact = s.max(t) < 1 << 23;
+    (0..oq.len() * q_tiles).into_par_iter().for_each(|job| {
+        let (bi, qt) = (job / q_tiles, job % q_tiles);
+        let idx: Vec<usize> = batch_st.iter().zip(&batch).map(|(&st, &n)| (bi / st.max(1)) % n.max(1)).collect();
+        let b_index = idx.first().copied().unwrap_or(0) as f64;
+        let h_index = if batch.len() > 1 { (bi % heads.max(1)) as f64 } else { 0.0 };
+        let lbase: Vec<usize> = leaf_st.iter().map(|st| idx.iter().zip(st).map(|(i, s)| i * s).sum()).collect();
+        let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
+        let rows = i1 - i0;
+        // Scores of one tile (rows × TILE_K), then probabilities in place; output accumulators.
+        let mut sp = vec![0f32; rows * TILE_K];
+        let mut acc = vec![0f32; rows * ev];
+        let mut m = vec![f32::NEG_INFINITY; rows];
+        let mut l = vec![0f64; rows];
+        let mut ptrs = vec![std::ptr::null::<u8>(); extra.len()];
+        let q_tile = &qs[(oq[bi] * s + i0) * e..(oq[bi] * s + i1) * e];
+        for &(kt, is_full) in &live[qt] {
+            let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
+            let n = j1 - j0;
+            // With the actual values of the extra operands over this tile (a padding mask),
+            // the tile may turn out fully visible, or fully masked.
+            let class = if is_full || extra.is_empty() {
+                if is_full {
+                    TileClass::Full
+                } else {
+                    TileClass::Partial
+                }
+            } else {
+                let range = |k: u32| -> Option<(f64, f64)> {
+                    let k = k as usize;
+                    let (x, st) = (extra.get(k)?, &leaf_st[k]);
+                    let (si, sj) = (st[r - 2], st[r - 1]);
+                    let (ri, rj) = (if si == 0 { i0..i0 + 1 } else { i0..i1 }, if sj == 0 { j0..j0 + 1 } else { j0..j1 });
+                    let mut lo_hi = (f64::INFINITY, f64::NEG_INFINITY);
+                    for a in ri {
+                        for b in rj.clone() {
+                            let v = unsafe { x.get(lbase[k] + a * si + b * sj) };
+                            lo_hi = (lo_hi.0.min(v), lo_hi.1.max(v));
+                        }
+                    }
+                    Some(lo_hi)
+                };
+                f.tile_class_with((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1), &range)
+            };
+            if class == TileClass::Dead {
+                continue;
+            }
+            let scale_only = if class == TileClass::Full { plain } else { None };
+            let v_tile = &vs[(ov[bi] * t + j0) * ev..(ov[bi] * t + j1) * ev];
+            // S = Q Kᵀ (row stride n), times the scale when that is all the function does here.
+            let qk = TileProduct { m: rows, n, k: e, alpha: scale_only.map_or(1.0, |c| c as f32), accumulate: false };
+            unsafe { qk.run(q_tile.as_ptr(), e, k_t[(ok[bi] * t + j0) * e..].as_ptr(), n, sp.as_mut_ptr(), n) };
+            // The score function, row by row, unless the scale was all it does here.
+            for row in (0..rows).filter(|_| scale_only.is_none()) {
+                let i = i0 + row;
+                for (n_leaf, p) in ptrs.iter_mut().enumerate() {
+                    let st = &leaf_st[n_leaf];
+                    let off = lbase[n_leaf] + i * st[r - 2] + j0 * st[r - 1];
+                    *p = unsafe { extra[n_leaf].ptr.add(off * extra[n_leaf].dtype.size()) };
+                }
+                let vars = [b_index, h_index, i as f64, j0 as f64];
+                let tables = (table_ptrs.as_ptr() as *const *const f32, table_lens.as_ptr());
+                let row_out = sp[row * n..].as_mut_ptr() as *mut u8;
+                unsafe { score.run(row_out, 4, n, &ptrs, &leaf_steps, &leaf_sizes, Some(vars), tables, f32_exact) };
+            }
+            online_softmax(&mut sp[..rows * n], n, &mut m, &mut l, &mut acc, ev);
+            // acc += P V.
+            let pv = TileProduct { m: rows, n: ev, k: n, alpha: 1.0, accumulate: true };
+            unsafe { pv.run(sp.as_ptr(), n, v_tile.as_ptr(), ev, acc.as_mut_ptr(), ev) };
+        }
+        for row in 0..rows {
+            for c in 0..ev {
+                let val = if l[row] > 0.0 { f64::from(acc[row * ev + c]) / l[row] } else { 0.0 };
+                unsafe { *(o.ptr() as *mut f32).add((bi * s + i0 + row) * ev + c) = val as f32 };
+            }
+        }
+    });
+    AttentionStats { tiles: done, skipped: oq.len() * q_tiles * k_tiles - done }
+}
+
+/// One online-softmax step over a tile of scores (`rows × n`, row stride `n`), in place: the
+/// scores become probabilities relative to the new running maxima `m`, the running sums `l`
+/// grow, and the output accumulators `acc` (`rows × ev`) are rescaled where a maximum grew.
+fn online_softmax(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { online_softmax_avx2(sp, n, m, l, acc, ev) };
+    }
+    online_softmax_body::<false>(sp, n, m, l, acc, ev)
+}
+
+/// [`online_softmax`] compiled for AVX2 and FMA, so that its loops vectorize eight wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn online_softmax_avx2(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
+    online_softmax_body::<true>(sp, n, m, l, acc, ev)
+}
+
+#[inline(always)]
+fn online_softmax_body<const FMA: bool>(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
+    for ((srow, (m, l)), acc) in sp.chunks_exact_mut(n).zip(m.iter_mut().zip(l.iter_mut())).zip(acc.chunks_exact_mut(ev)) {
+        let new_m = m.max(lanes(srow, f32::NEG_INFINITY, f32::max));
+        if new_m == f32::NEG_INFINITY {
+            // Every score so far is -inf: nothing is visible yet.
+            srow.fill(0.0);
+            continue;
+        }
+        let rescale = exp_neg::<FMA>(*m - new_m);
+        srow.iter_mut().for_each(|x| *x = exp_neg::<FMA>(*x - new_m));
+        *l = *l * f64::from(rescale) + f64::from(lanes(srow, 0.0, |a, b| a + b));
+        if rescale != 1.0 {
+            acc.iter_mut().for_each(|a| *a *= rescale);
+        }
+        *m = new_m;
+    }
+}
+
+/// Folds `xs` with `f` in eight independent lanes (so that the loop vectorizes), then folds
+/// the lanes.
+#[inline(always)]
+fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = f(*a, x);
+        }
+    }
+    chunks.remainder().iter().fold(acc.into_iter().fold(init, &f), |a, &x| f(a, x))
+}
+
+/// `e^x` for `x ≤ 0` in f32 (softmax probabilities), branch-free and free of library calls so
+/// that loops over it vectorize: `x = n·ln 2 + r`, with `n` rounded by the 1.5·2²³ trick (its
+/// integer value then sits in the low mantissa bits), `2^n` built from exponent bits, and a
+/// degree-6 polynomial for `e^r` (relative error below 5e-7). Inputs below -87 give
+/// e^-87 ≈ 1.6e-38, negligible next to any visible score. `FMA` evaluates the polynomial with
+/// fused multiply-adds (only where the target has them: otherwise they are library calls).
+#[inline(always)]
+pub fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let x = x.max(-87.0);
+    let t = madd(x, std::f32::consts::LOG2_E, ROUND);
+    let n = t - ROUND;
+    let bits = (t.to_bits().wrapping_sub(ROUND.to_bits()) as i32).wrapping_add(127) << 23;
+    let r = madd(n, -1.428_606_8e-6, madd(n, -0.693_145_75, x));
+    let mut p = 0.001_388_889;
+    for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+        p = madd(p, r, c);
+    }
+    f32::from_bits(bits as u32) * p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_neg;
+
+    #[test]
+    fn exp_neg_is_accurate_over_the_softmax_range() {
+        let mut worst = 0f64;
+        for k in 0..=20000 {
+            let x = -(k as f32) * 0.0045;
+            let (got, want) = (f64::from(exp_neg::<false>(x)), f64::from(x).exp());
+            worst = worst.max((got - want).abs() / want.max(1e-30));
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert!(exp_neg::<false>(-1e30) < 1e-37);
+        assert_eq!(exp_neg::<false>(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_neg_with_fma_agrees() {
+        for k in 0..=20000 {
+            let x = -(k as f32) * 0.0045;
+            let (a, b) = (exp_neg::<false>(x), exp_neg::<true>(x));
+            assert!((a - b).abs() <= 2e-7 * a, "{x}: {a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Small dense products for the attention kernel's tiles (`C = α·A·B`, or `C += A·B`), where
+//! a general GEMM's packing and dispatch would cost as much as the arithmetic: both operands
+//! are read in place (A by rows, B by rows of `n` contiguous columns), and the x86-64 version
+//! keeps a 4 × 16 block of C in eight AVX2 registers while it streams over `k`.
+
+/// One product: `C[m×n] = α·A[m×k]·B[k×n]`, or `C += A·B` when `accumulate` (then α is 1).
+/// Leading dimensions are in elements.
+#[derive(Clone, Copy)]
+pub struct TileProduct {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// Columns of A, rows of B.
+    pub k: usize,
+    /// Scale of the product (ignored when accumulating).
+    pub alpha: f32,
+    /// Add to C instead of overwriting it.
+    pub accumulate: bool,
+}
+
+impl TileProduct {
+    /// Computes the product, vectorized where the CPU has AVX2 and FMA.
+    ///
+    /// # Safety
+    /// `a` valid for `m` rows of `k` at stride `lda`, `b` for `k` rows of `n` at stride `ldb`,
+    /// `c` for `m` rows of `n` at stride `ldc`, and `c` overlapping neither.
+    pub unsafe fn run(&self, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features; the caller guarantees the pointers.
+            return unsafe { avx2::product(self, a, lda, b, ldb, c, ldc) };
+        }
+        unsafe { self.scalar(a, lda, b, ldb, c, ldc, 0, 0) }
+    }
+
+    /// The plain loops, over rows `row0..` and columns `col0..` (what the vector version
+    /// leaves over, or everything).
+    ///
+    /// # Safety
+    /// As [`TileProduct::run`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scalar(&self, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, row0: usize, col0: usize) {
+        for i in row0..self.m {
+            for j in col0..self.n {
+                let mut s = 0f32;
+                for p in 0..self.k {
+                    s += unsafe { *a.add(i * lda + p) * *b.add(p * ldb + j) };
+                }
+                let out = unsafe { &mut *c.add(i * ldc + j) };
+                *out = if self.accumulate { *out + s } else { self.alpha * s };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::TileProduct;
+    use std::arch::x86_64::*;
+
+    /// Columns per block: two registers of eight.
+    const NR: usize = 16;
+
+    /// Blocks of 4 rows × 16 columns, then blocks of fewer rows, then the columns that do not
+    /// fill a block by the scalar loops.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn product(p: &TileProduct, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+        let cols = p.n / NR * NR;
+        let mut i = 0;
+        while i + 6 <= p.m {
+            unsafe { rows::<6>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols) };
+            i += 6;
+        }
+        unsafe {
+            match p.m - i {
+                5 => rows::<5>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols),
+                4 => rows::<4>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols),
+                3 => rows::<3>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols),
+                2 => rows::<2>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols),
+                1 => rows::<1>(p, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, cols),
+                _ => {}
+            }
+        }
+        if cols < p.n {
+            unsafe { p.scalar(a, lda, b, ldb, c, ldc, 0, cols) };
+        }
+    }
+
+    /// `MR` rows of C, columns `0..cols` in blocks of 16: the block's accumulators stay in
+    /// registers over the whole `k` loop.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows<const MR: usize>(
+        p: &TileProduct,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        let mut j = 0;
+        while j < cols {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for q in 0..p.k {
+                let (b0, b1) = unsafe { (_mm256_loadu_ps(b.add(q * ldb + j)), _mm256_loadu_ps(b.add(q * ldb + j + 8))) };
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = unsafe { _mm256_broadcast_ss(&*a.add(r * lda + q)) };
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                }
+            }
+            let alpha = _mm256_set1_ps(p.alpha);
+            for (r, acc) in acc.iter().enumerate() {
+                for (h, v) in acc.iter().enumerate() {
+                    let out = unsafe { c.add(r * ldc + j + 8 * h) };
+                    let v = if p.accumulate { _mm256_add_ps(unsafe { _mm256_loadu_ps(out) }, *v) } else { _mm256_mul_ps(alpha, *v) };
+                    unsafe { _mm256_storeu_ps(out, v) };
+                }
+            }
+            j += NR;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TileProduct;
+
+    fn check(m: usize, n: usize, k: usize, accumulate: bool) {
+        let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
+        let a: Vec<f32> = (0..m * lda).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25).collect();
+        let b: Vec<f32> = (0..k * ldb).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
+        let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
+        let p = TileProduct { m, n, k, alpha: if accumulate { 1.0 } else { 0.5 }, accumulate };
+        let mut fast = c0.clone();
+        unsafe { p.run(a.as_ptr(), lda, b.as_ptr(), ldb, fast.as_mut_ptr(), ldc) };
+        for i in 0..m {
+            for j in 0..ldc {
+                let want = if j >= n {
+                    f64::from(c0[i * ldc + j])
+                } else {
+                    let s: f64 = (0..k).map(|q| f64::from(a[i * lda + q]) * f64::from(b[q * ldb + j])).sum();
+                    if accumulate {
+                        f64::from(c0[i * ldc + j]) + s
+                    } else {
+                        0.5 * s
+                    }
+                };
+                let got = f64::from(fast[i * ldc + j]);
+                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{m}×{n}×{k} at ({i}, {j}): {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn products_of_odd_and_tile_sizes_match_f64_sums() {
+        for (m, n, k) in [(64, 64, 64), (7, 37, 5), (1, 16, 1), (5, 15, 9), (3, 48, 64), (64, 3, 2), (0, 8, 3)] {
+            check(m, n, k, false);
+            check(m, n, k, true);
+        }
+    }
+}
