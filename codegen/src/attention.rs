@@ -5,6 +5,7 @@
 use crate::host::{broadcast_strides, Shared, View};
 use crate::jit::Rows;
 use crate::tile_gemm::TileProduct;
+use crate::vmath::{exp_neg, lanes, vectorized};
 use rayon::prelude::*;
 use tessera_ir::{ScoreFn, TileClass};
 use tessera_runtime::{broadcast_offsets, strides};
@@ -166,24 +167,13 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     AttentionStats { tiles: done, skipped: oq.len() * q_tiles * k_tiles - done }
 }
 
-/// One online-softmax step over a tile of scores (`rows × n`, row stride `n`), in place: the
-/// scores become probabilities relative to the new running maxima `m`, the running sums `l`
-/// grow, and the output accumulators `acc` (`rows × ev`) are rescaled where a maximum grew.
-fn online_softmax(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { online_softmax_avx2(sp, n, m, l, acc, ev) };
-    }
-    online_softmax_body::<false>(sp, n, m, l, acc, ev)
-}
-
-/// [`online_softmax`] compiled for AVX2 and FMA, so that its loops vectorize eight wide.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn online_softmax_avx2(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
-    online_softmax_body::<true>(sp, n, m, l, acc, ev)
-}
+vectorized!(
+    /// One online-softmax step over a tile of scores (`rows × n`, row stride `n`), in place:
+    /// the scores become probabilities relative to the new running maxima `m`, the running
+    /// sums `l` grow, and the output accumulators `acc` (`rows × ev`) are rescaled where a
+    /// maximum grew.
+    fn online_softmax(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) => online_softmax_body
+);
 
 #[inline(always)]
 fn online_softmax_body<const FMA: bool>(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
@@ -201,68 +191,5 @@ fn online_softmax_body<const FMA: bool>(sp: &mut [f32], n: usize, m: &mut [f32],
             acc.iter_mut().for_each(|a| *a *= rescale);
         }
         *m = new_m;
-    }
-}
-
-/// Folds `xs` with `f` in eight independent lanes (so that the loop vectorizes), then folds
-/// the lanes.
-#[inline(always)]
-fn lanes(xs: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 8];
-    let mut chunks = xs.chunks_exact(8);
-    for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = f(*a, x);
-        }
-    }
-    chunks.remainder().iter().fold(acc.into_iter().fold(init, &f), |a, &x| f(a, x))
-}
-
-/// `e^x` for `x ≤ 0` in f32 (softmax probabilities), branch-free and free of library calls so
-/// that loops over it vectorize: `x = n·ln 2 + r`, with `n` rounded by the 1.5·2²³ trick (its
-/// integer value then sits in the low mantissa bits), `2^n` built from exponent bits, and a
-/// degree-6 polynomial for `e^r` (relative error below 5e-7). Inputs below -87 give
-/// e^-87 ≈ 1.6e-38, negligible next to any visible score. `FMA` evaluates the polynomial with
-/// fused multiply-adds (only where the target has them: otherwise they are library calls).
-#[inline(always)]
-pub fn exp_neg<const FMA: bool>(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0;
-    let madd = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let x = x.max(-87.0);
-    let t = madd(x, std::f32::consts::LOG2_E, ROUND);
-    let n = t - ROUND;
-    let bits = (t.to_bits().wrapping_sub(ROUND.to_bits()) as i32).wrapping_add(127) << 23;
-    let r = madd(n, -1.428_606_8e-6, madd(n, -0.693_145_75, x));
-    let mut p = 0.001_388_889;
-    for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
-        p = madd(p, r, c);
-    }
-    f32::from_bits(bits as u32) * p
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exp_neg;
-
-    #[test]
-    fn exp_neg_is_accurate_over_the_softmax_range() {
-        let mut worst = 0f64;
-        for k in 0..=20000 {
-            let x = -(k as f32) * 0.0045;
-            let (got, want) = (f64::from(exp_neg::<false>(x)), f64::from(x).exp());
-            worst = worst.max((got - want).abs() / want.max(1e-30));
-        }
-        assert!(worst < 5e-7, "relative error {worst}");
-        assert!(exp_neg::<false>(-1e30) < 1e-37);
-        assert_eq!(exp_neg::<false>(0.0), 1.0);
-    }
-
-    #[test]
-    fn exp_neg_with_fma_agrees() {
-        for k in 0..=20000 {
-            let x = -(k as f32) * 0.0045;
-            let (a, b) = (exp_neg::<false>(x), exp_neg::<true>(x));
-            assert!((a - b).abs() <= 2e-7 * a, "{x}: {a} vs {b}");
-        }
     }
 }

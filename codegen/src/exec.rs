@@ -431,36 +431,23 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     h.resize(rows * h_in, 0.0);
     let hv = View { ptr: h.as_mut_ptr() as *mut u8, shape: vec![rows, h_in], dtype: DType::F32 };
     let xv = View { ptr: x.ptr, shape: vec![rows, d], dtype: DType::F32 };
-    unsafe {
-        host::matmul(&hv, &xv, w_in, false);
-        if bias {
-            host::epilogue(&hv, Some(&ins[2]), None, None);
-        }
-    }
-    // The activation (and gating), rows in parallel, in f32.
+    unsafe { host::matmul(&hv, &xv, w_in, false) };
+    // Bias and activation in place; a gated layer then multiplies the halves into `hidden`.
+    let bias_in = bias.then(|| &ins[2]);
     let width = if gated { h_in / 2 } else { h_in };
-    hidden.resize(rows * width, 0.0);
-    {
+    if !gated {
+        unsafe { host::epilogue(&hv, bias_in, Some(act), None) };
+    } else {
+        unsafe { host::epilogue(&hv, bias_in, None, None) };
         use rayon::prelude::*;
-        let act32 = |x: f32| host::act_f32(act, x);
-        hidden.par_chunks_mut(width.max(1)).zip(h.par_chunks(h_in.max(1))).for_each(|(out, hrow)| {
-            if gated {
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = act32(hrow[c]) * hrow[width + c];
-                }
-            } else {
-                for (o, &x) in out.iter_mut().zip(hrow) {
-                    *o = act32(x);
-                }
-            }
-        });
+        hidden.resize(rows * width, 0.0);
+        hidden.par_chunks_mut(width.max(1)).zip(h.par_chunks(h_in.max(1))).for_each(|(out, hrow)| host::gate_row(out, hrow, act, true));
     }
+    let hidden = if gated { hidden } else { h };
     let hv = View { ptr: hidden.as_mut_ptr() as *mut u8, shape: vec![rows, width], dtype: DType::F32 };
     let ov = View { ptr: out.ptr, shape: vec![rows, w_out.shape[1]], dtype: DType::F32 };
     unsafe {
         host::matmul(&ov, &hv, w_out, false);
-        if bias {
-            host::epilogue(&ov, Some(&ins[4]), None, None);
-        }
+        host::epilogue(&ov, bias.then(|| &ins[4]), None, None);
     }
 }

@@ -4,6 +4,7 @@
 //! Every function takes [`View`]s: a pointer, a shape and an element type. The executor
 //! guarantees that an output never overlaps a live input.
 
+use crate::vmath::{activate, vectorized};
 use rayon::prelude::*;
 use tessera_ir::{DType, NormKind, ReduceOp, UnaryOp};
 use tessera_runtime::{broadcast_offsets, strides};
@@ -185,7 +186,8 @@ pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool) {
     }
 }
 
-/// `y += bias`, `act`, `+= residual` over rows of `y`.
+/// `y += bias`, `act`, `+= residual` over rows of `y`, in f32 (each step rounds as the
+/// interpreter's f64-then-round does: one f32 operation on f32 operands is correctly rounded).
 ///
 /// # Safety
 /// f32 views; `bias` has the last size of `y`, `residual` broadcasts to `y`.
@@ -196,22 +198,46 @@ pub unsafe fn epilogue(y: &View, bias: Option<&View>, act: Option<UnaryOp>, resi
     let d = y.shape.last().copied().unwrap_or(1).max(1);
     let out = unsafe { y.f32_mut() };
     let b = bias.map(|b| unsafe { b.f32() });
-    let res = residual.map(|r| (unsafe { r.f32() }, broadcast_offsets(&y.shape, &r.shape)));
+    // A residual of the output's shape is read in place; a broadcast one through offsets.
+    let res = residual.map(|r| (unsafe { r.f32() }, (r.shape != y.shape).then(|| broadcast_offsets(&y.shape, &r.shape))));
     out.par_chunks_mut(d).enumerate().with_min_len(16).for_each(|(row, ys)| {
-        for (c, v) in ys.iter_mut().enumerate() {
-            let mut x = f64::from(*v);
-            if let Some(b) = b {
-                x = f64::from((x + f64::from(b[c])) as f32);
-            }
-            if let Some(a) = act {
-                x = f64::from(act_f32(a, x as f32));
-            }
-            if let Some((r, offs)) = &res {
-                x += f64::from(r[offs[row * d + c]]);
-            }
-            *v = x as f32;
-        }
+        let r = res.as_ref().map(|(r, offs)| match offs {
+            None => std::borrow::Cow::Borrowed(&r[row * d..(row + 1) * d]),
+            Some(offs) => std::borrow::Cow::Owned(offs[row * d..(row + 1) * d].iter().map(|&o| r[o]).collect()),
+        });
+        epilogue_row(ys, b, act, r.as_deref());
     });
+}
+
+vectorized!(fn epilogue_row(ys: &mut [f32], bias: Option<&[f32]>, act: Option<UnaryOp>, res: Option<&[f32]>) => epilogue_row_body);
+
+#[inline(always)]
+fn epilogue_row_body<const FMA: bool>(ys: &mut [f32], bias: Option<&[f32]>, act: Option<UnaryOp>, res: Option<&[f32]>) {
+    if let Some(b) = bias {
+        ys.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+    }
+    if let Some(a) = act {
+        activate::<FMA>(a, ys);
+    }
+    if let Some(r) = res {
+        ys.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+    }
+}
+
+vectorized!(
+    /// One row of a gated (or plain) feed-forward hidden layer: `out = act(h[..w]) ⊙ h[w..]`
+    /// where `w` is `out`'s length, or `act(h)` when not gated.
+    pub fn gate_row(out: &mut [f32], h: &[f32], act: UnaryOp, gated: bool) => gate_row_body
+);
+
+#[inline(always)]
+fn gate_row_body<const FMA: bool>(out: &mut [f32], h: &[f32], act: UnaryOp, gated: bool) {
+    let w = out.len();
+    out.copy_from_slice(&h[..w]);
+    activate::<FMA>(act, out);
+    if gated {
+        out.iter_mut().zip(&h[w..]).for_each(|(o, u)| *o *= u);
+    }
 }
 
 /// Layer or RMS norm over the last axis.
@@ -250,21 +276,6 @@ pub unsafe fn softmax(out: &View, x: &View, axis: usize) {
             unsafe { *(o.ptr() as *mut f32).add(at(k)) = ((f64::from(xs[at(k)]) - m).exp() / s) as f32 };
         }
     });
-}
-
-/// An activation in f32 (the common ones through f32 library functions, the rest through
-/// the interpreter's f64 definition).
-#[inline]
-pub fn act_f32(u: UnaryOp, x: f32) -> f32 {
-    match u {
-        UnaryOp::Relu => x.max(0.0),
-        UnaryOp::GeluTanh => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
-        UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
-        UnaryOp::Silu => x / (1.0 + (-x).exp()),
-        UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        UnaryOp::Tanh => x.tanh(),
-        other => other.eval(f64::from(x)) as f32,
-    }
 }
 
 /// Reduction over `axes` (the output's shape, keepdim or not, has the same element count as
@@ -310,23 +321,6 @@ pub unsafe fn store(out: &View, vals: &[f64]) {
                 DType::F32 => *(out.ptr as *mut f32).add(i) = v as f32,
                 DType::I64 => *(out.ptr as *mut i64).add(i) = v as i64,
                 DType::Bool => *out.ptr.add(i) = u8::from(v != 0.0),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::act_f32;
-    use tessera_ir::UnaryOp;
-
-    #[test]
-    fn f32_activations_match_the_reference() {
-        for u in [UnaryOp::Relu, UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Silu, UnaryOp::Sigmoid, UnaryOp::Tanh] {
-            for k in -400..=400 {
-                let x = k as f32 * 0.025;
-                let (got, want) = (f64::from(act_f32(u, x)), u.eval(f64::from(x)));
-                assert!((got - want).abs() <= 2e-6 * want.abs().max(1.0), "{u:?}({x}) = {got}, want {want}");
             }
         }
     }

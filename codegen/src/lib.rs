@@ -11,6 +11,7 @@ pub mod jit;
 mod kernel;
 mod schedule;
 mod tile_gemm;
+mod vmath;
 
 pub use exec::{plan, Executable, MemoryPlan, RunStats};
 pub use kernel::{BufId, Buffer, Kernel, Program, Step, Storage};
