@@ -92,6 +92,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         ("attention causal", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, 2, mask = nn.causal)"),
         ("attention window alibi", "input x: [batch, seq, 24]\n input m: i64[batch, seq]\n output y = nn.attention(x, 4, mask = nn.window(7), score = nn.alibi(4), padding = m)"),
         ("attention f32x4 score", SCORE_X4),
+        ("attention fully masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
         ("attention t5 bias", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, score = nn.t5_bias(param table: [8, 4], 4, 8, 20), scale = 1.0)"),
     ];
     for (seq, batch) in [(5, 1), (37, 2), (70, 1)] {

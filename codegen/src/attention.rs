@@ -7,7 +7,7 @@ use crate::jit::Rows;
 use crate::tile_gemm::TileProduct;
 use crate::vmath::{exp_neg, lanes, vectorized};
 use rayon::prelude::*;
-use tessera_ir::{ScoreFn, TileClass};
+use tessera_ir::{ScoreFn, TileClass, MASK_THRESHOLD};
 use tessera_runtime::{broadcast_offsets, strides};
 
 /// Query rows per attention tile.
@@ -157,9 +157,18 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
             let pv = TileProduct { m: rows, n: ev, k: n, alpha: 1.0, accumulate: true };
             unsafe { pv.run(sp.as_ptr(), n, v_tile.as_ptr(), ev, acc.as_mut_ptr(), ev) };
         }
+        // A row whose every key is masked gets, as from a softmax over equal masked scores,
+        // the mean of the values (only padding rows, in practice).
+        let all_masked = |row: usize| f64::from(m[row]) <= MASK_THRESHOLD;
+        let mean_v: Vec<f64> = if (0..rows).any(all_masked) {
+            let v_all = &vs[ov[bi] * t * ev..(ov[bi] + 1) * t * ev];
+            (0..ev).map(|c| (0..t).map(|j| f64::from(v_all[j * ev + c])).sum::<f64>() / t.max(1) as f64).collect()
+        } else {
+            Vec::new()
+        };
         for row in 0..rows {
             for c in 0..ev {
-                let val = if l[row] > 0.0 { f64::from(acc[row * ev + c]) / l[row] } else { 0.0 };
+                let val = if all_masked(row) { mean_v[c] } else { f64::from(acc[row * ev + c]) / l[row] };
                 unsafe { *(o.ptr() as *mut f32).add((bi * s + i0 + row) * ev + c) = val as f32 };
             }
         }
