@@ -119,6 +119,11 @@ fn exact_elementwise_chains_are_vectorized() {
     let src = "model m() {\n input x: [batch, 7]\n input b: [7]\n output y = (x - b) * (x + b) / 3.0\n}\n";
     let m = Compiler::new().keep_clif(true).compile_str("v.tsr", src).expect("compiles");
     assert!(m.clif().iter().any(|f| f.contains("f32x4") && f.contains("fmul")), "{:#?}", m.clif());
+    // A product read once by a sum is fused where the CPU has FMA.
+    let src = "model m() {\n input x: [batch, 7]\n input b: [7]\n output y = x * b + 1.0\n}\n";
+    let m = Compiler::new().keep_clif(true).compile_str("f.tsr", src).expect("compiles");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(m.clif().iter().any(|f| f.contains("fma")), std::arch::is_x86_feature_detected!("fma"), "{:#?}", m.clif());
     let src = format!("model m() {{\n {SCORE_X4}\n}}\n");
     let m = Compiler::new().keep_clif(true).compile_str("a.tsr", &src).expect("compiles");
     assert!(m.program().is_some_and(|p| p.steps.iter().any(|s| matches!(s.kernel, tessera::codegen::Kernel::Attention(_)))));

@@ -108,6 +108,8 @@ pub struct Jit {
     fctx: FunctionBuilderContext,
     helpers: [FuncId; 3],
     count: usize,
+    /// The target has fused multiply-add (f32x4 kernels then fuse `a·b ± c`).
+    has_fma: bool,
     /// The Cranelift IR of every function compiled, when `keep_clif` is set.
     pub clif: Vec<String>,
     keep_clif: bool,
@@ -125,6 +127,7 @@ impl Jit {
         flags.set("use_colocated_libcalls", "false").map_err(err)?;
         flags.set("is_pic", "false").map_err(err)?;
         let isa = cranelift_native::builder().map_err(err)?.finish(settings::Flags::new(flags)).map_err(err)?;
+        let has_fma = isa.isa_flags().iter().any(|f| f.name == "has_fma" && f.as_bool() == Some(true));
         let mut jb = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
         jb.symbol("tsr_unary", tsr_unary as *const u8);
         jb.symbol("tsr_binary", tsr_binary as *const u8);
@@ -147,7 +150,16 @@ impl Jit {
             module.declare_function("tsr_binary", Linkage::Import, &sb).map_err(err)?,
             module.declare_function("tsr_gather", Linkage::Import, &sg).map_err(err)?,
         ];
-        Ok(Jit { ctx: module.make_context(), module, fctx: FunctionBuilderContext::new(), helpers, count: 0, clif: Vec::new(), keep_clif })
+        Ok(Jit {
+            ctx: module.make_context(),
+            module,
+            fctx: FunctionBuilderContext::new(),
+            helpers,
+            count: 0,
+            has_fma,
+            clif: Vec::new(),
+            keep_clif,
+        })
     }
 
     fn ptr(&self) -> types::Type {
@@ -254,7 +266,8 @@ impl Jit {
     /// interpreter's f64-then-round gives qualify: +, −, ×, ÷, √, negation, abs, min, max,
     /// comparisons, `and`, `or` and `where` on f32, and on integers (the positions and
     /// indices, exact in f32 below 2²⁴, which the caller ensures) only +, − and comparisons;
-    /// `None` otherwise.
+    /// `None` otherwise. Where the target has FMA, a product read once by a sum or difference
+    /// is fused into it (one rounding instead of two).
     pub fn row_simd(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: &[i64]) -> Result<Option<FuncId>, String> {
         use BinaryOp::*;
         let exact = f.nodes.iter().all(|(n, ty)| match (n, ty) {
@@ -314,9 +327,22 @@ impl Jit {
             let (one, zero) = (splat(b, 1.0), splat(b, 0.0));
             b.ins().bitselect(m, one, zero)
         };
+        // A product read once, by a sum or difference, is fused into it where the target has
+        // FMA (one rounding instead of two: at least as accurate as the interpreter).
+        let mut uses = vec![0usize; f.nodes.len()];
+        for (n, _) in &f.nodes {
+            match n {
+                SNode::Unary(_, a) | SNode::Cast(a) | SNode::Gather(_, a) => uses[*a as usize] += 1,
+                SNode::Binary(_, a, c) => [a, c].iter().for_each(|k| uses[**k as usize] += 1),
+                SNode::Where(a, c, d) => [a, c, d].iter().for_each(|k| uses[**k as usize] += 1),
+                _ => {}
+            }
+        }
+        let mut products: Vec<Option<(Value, Value)>> = vec![None; f.nodes.len()];
         let mut vals: Vec<Value> = Vec::with_capacity(f.nodes.len());
         for (n, _) in &f.nodes {
             let get = |k: &u32| vals.get(*k as usize).copied().ok_or_else(|| "score function refers forward".to_string());
+            let product = |k: &u32| products.get(*k as usize).copied().flatten().filter(|_| self.has_fma && uses[*k as usize] == 1);
             let x = match n {
                 SNode::Leaf(k) => {
                     let base = bases[*k as usize];
@@ -353,31 +379,47 @@ impl Jit {
                         _ => b.ins().sqrt(a),
                     }
                 }
-                SNode::Binary(op, x, y) => {
-                    let (x, y) = (get(x)?, get(y)?);
+                SNode::Binary(op, xk, yk) => {
+                    let (x, y) = (get(xk)?, get(yk)?);
                     let cmp = |b: &mut FunctionBuilder, cc: FloatCC| {
                         let m = b.ins().fcmp(cc, x, y);
                         as_f32(b, m)
                     };
-                    match op {
-                        BinaryOp::Add => b.ins().fadd(x, y),
-                        BinaryOp::Sub => b.ins().fsub(x, y),
-                        BinaryOp::Mul => b.ins().fmul(x, y),
-                        BinaryOp::Div => b.ins().fdiv(x, y),
-                        BinaryOp::Max => b.ins().fmax(x, y),
-                        BinaryOp::Min => b.ins().fmin(x, y),
-                        BinaryOp::And | BinaryOp::Or => {
-                            let z = splat(&mut b, 0.0);
-                            let (mx, my) = (b.ins().fcmp(FloatCC::NotEqual, x, z), b.ins().fcmp(FloatCC::NotEqual, y, z));
-                            let m = if *op == BinaryOp::And { b.ins().band(mx, my) } else { b.ins().bor(mx, my) };
-                            as_f32(&mut b, m)
+                    let (px, py) = (product(xk), product(yk));
+                    if *op == BinaryOp::Mul {
+                        products[vals.len()] = Some((x, y));
+                    }
+                    match (op, px, py) {
+                        (BinaryOp::Add, Some((p, q)), _) => b.ins().fma(p, q, y),
+                        (BinaryOp::Add, None, Some((p, q))) => b.ins().fma(p, q, x),
+                        (BinaryOp::Sub, Some((p, q)), _) => {
+                            let y = b.ins().fneg(y);
+                            b.ins().fma(p, q, y)
                         }
-                        BinaryOp::Eq => cmp(&mut b, FloatCC::Equal),
-                        BinaryOp::Ne => cmp(&mut b, FloatCC::NotEqual),
-                        BinaryOp::Lt => cmp(&mut b, FloatCC::LessThan),
-                        BinaryOp::Le => cmp(&mut b, FloatCC::LessThanOrEqual),
-                        BinaryOp::Gt => cmp(&mut b, FloatCC::GreaterThan),
-                        _ => cmp(&mut b, FloatCC::GreaterThanOrEqual),
+                        (BinaryOp::Sub, None, Some((p, q))) => {
+                            let p = b.ins().fneg(p);
+                            b.ins().fma(p, q, x)
+                        }
+                        _ => match op {
+                            BinaryOp::Add => b.ins().fadd(x, y),
+                            BinaryOp::Sub => b.ins().fsub(x, y),
+                            BinaryOp::Mul => b.ins().fmul(x, y),
+                            BinaryOp::Div => b.ins().fdiv(x, y),
+                            BinaryOp::Max => b.ins().fmax(x, y),
+                            BinaryOp::Min => b.ins().fmin(x, y),
+                            BinaryOp::And | BinaryOp::Or => {
+                                let z = splat(&mut b, 0.0);
+                                let (mx, my) = (b.ins().fcmp(FloatCC::NotEqual, x, z), b.ins().fcmp(FloatCC::NotEqual, y, z));
+                                let m = if *op == BinaryOp::And { b.ins().band(mx, my) } else { b.ins().bor(mx, my) };
+                                as_f32(&mut b, m)
+                            }
+                            BinaryOp::Eq => cmp(&mut b, FloatCC::Equal),
+                            BinaryOp::Ne => cmp(&mut b, FloatCC::NotEqual),
+                            BinaryOp::Lt => cmp(&mut b, FloatCC::LessThan),
+                            BinaryOp::Le => cmp(&mut b, FloatCC::LessThanOrEqual),
+                            BinaryOp::Gt => cmp(&mut b, FloatCC::GreaterThan),
+                            _ => cmp(&mut b, FloatCC::GreaterThanOrEqual),
+                        },
                     }
                 }
                 SNode::Where(c, x, y) => {
