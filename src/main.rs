@@ -29,6 +29,8 @@ enum Emit {
     Kernels,
     /// The Cranelift IR of the compiled kernels.
     Clif,
+    /// The CUDA C of the generated GPU kernels.
+    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -239,9 +241,11 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
             })
             .map_err(|e| Fail::Internal(e.to_string()))?;
-            if matches!(emit, Emit::Kernels | Emit::Clif) {
+            if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
-                if emit == Emit::Kernels {
+                if emit == Emit::Cuda {
+                    out!("{}", tessera::codegen::cuda::dump(&program).map_err(Fail::Internal)?);
+                } else if emit == Emit::Kernels {
                     // The memory plan at the sizes `run` uses by default.
                     let mut dims = HashMap::new();
                     for b in &program.buffers {
