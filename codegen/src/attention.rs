@@ -26,8 +26,8 @@ pub struct AttentionStats {
 
 /// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
 /// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
-/// beyond one row of one tile. The score function runs as a compiled row kernel over a tile
-/// row (`score`, see [`crate::jit::RowFn`]).
+/// beyond one tile. The score function runs as a compiled row kernel over each tile row
+/// (`score`, see [`crate::jit::Rows`]).
 ///
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
