@@ -13,7 +13,7 @@
 
 use crate::kernel::{Kernel, Program, Step};
 use std::fmt::Write;
-use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp};
+use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, Var};
 
 /// Device functions every generated source starts with (the interpreter's integer division
 /// and remainder round toward −∞, as in Python).
@@ -26,6 +26,10 @@ __device__ inline float tsr_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); 
 __device__ inline float tsr_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ inline float tsr_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))); }
 __device__ inline float tsr_softplus(float x) { return x > 30.0f ? x : log1pf(expf(x)); }
+template <typename T> __device__ inline float tsr_table(const T* t, i64 n, double idx) {
+  const i64 k = (i64)idx;
+  return (k < 0 || k >= n) ? __int_as_float(0x7fc00000) : (float)t[k];
+}
 "#;
 
 /// One generated kernel.
@@ -37,17 +41,36 @@ pub struct CudaKernel {
     pub name: String,
     /// The CUDA C source (after [`PRELUDE`]).
     pub source: String,
+    /// The C types of its parameters: the output, the step's inputs in order, then `meta`.
+    pub params: Vec<String>,
+    /// What one thread computes: an output element (elementwise) or a query row (attention).
+    pub per_thread: PerThread,
+}
+
+/// The unit of work of one thread of a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PerThread {
+    /// One output element (`meta[0]` threads).
+    Element,
+    /// One query row (`meta[0]` threads).
+    QueryRow,
 }
 
 /// Generates the kernels of every step that this lowering covers.
 pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
     let mut out = Vec::new();
     for (i, step) in program.steps.iter().enumerate() {
-        if let Kernel::Elementwise(f) = &step.kernel {
-            let name = format!("tsr_k{i}");
-            let source = elementwise(program, i, step, f, &name).map_err(|e| format!("step {i}: {e}"))?;
-            out.push(CudaKernel { step: i, name, source });
-        }
+        let name = format!("tsr_k{i}");
+        let (source, per_thread) = match &step.kernel {
+            Kernel::Elementwise(f) => (elementwise(program, i, step, f, &name), PerThread::Element),
+            Kernel::Attention(f) => (attention(program, i, step, f, &name), PerThread::QueryRow),
+            _ => continue,
+        };
+        let ty = |b: usize| c_type(program.buffers[b].ty.dtype);
+        let mut params = vec![format!("{}*", ty(step.out))];
+        params.extend(step.ins.iter().map(|&b| format!("const {}*", ty(b))));
+        params.push("const i64*".into());
+        out.push(CudaKernel { step: i, name, source: source.map_err(|e| format!("step {i}: {e}"))?, params, per_thread });
     }
     Ok(out)
 }
@@ -93,19 +116,52 @@ fn literal(c: f64, t: DType) -> String {
     }
 }
 
-/// The kernel of one elementwise step.
+/// The scalar program's nodes as C statements `const T vK = ...;`. `leaf(k)` is the C
+/// expression of operand `k` at this element, `var(v)` that of a variable (attention only),
+/// `table(t, idx)` a read of operand `t` at linear index `idx` (bounds-checked).
+fn nodes(
+    f: &ScoreFn,
+    leaf: &dyn Fn(u32) -> String,
+    var: &dyn Fn(Var) -> Option<String>,
+    table: &dyn Fn(u32, &str) -> String,
+) -> Result<String, String> {
+    let mut s = String::new();
+    for (k, (node, ty)) in f.nodes.iter().enumerate() {
+        let t = *ty;
+        let v = |a: &u32| format!("v{a}");
+        let ty_of = |a: &u32| f.nodes.get(*a as usize).map_or(t, |n| n.1);
+        let expr = match node {
+            SNode::Leaf(l) => leaf(*l),
+            SNode::Const(c) => literal(*c, t),
+            SNode::Cast(a) if t == DType::Bool => format!("({} != 0)", v(a)),
+            SNode::Cast(a) => format!("({}){}", c_type(t), v(a)),
+            SNode::Unary(u, a) => unary(*u, &v(a), ty_of(a)),
+            SNode::Binary(op, a, b) => binary(*op, &v(a), &v(b), ty_of(a)),
+            SNode::Where(c, a, b) => format!("{} ? {} : {}", v(c), v(a), v(b)),
+            SNode::Var(x) => var(*x).ok_or_else(|| format!("the variable `{x:?}` outside an attention kernel"))?,
+            SNode::Gather(tb, i) => table(*tb, &v(i)),
+        };
+        let _ = writeln!(s, "  const {} v{k} = ({})({expr});", c_type(t), c_type(t));
+    }
+    Ok(s)
+}
+
+/// The comment heading a kernel: its step, what it fuses and where it was written.
+fn heading(p: &Program, index: usize, step: &Step, what: &str, f: &ScoreFn) -> String {
+    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
+    format!("// step {index}: {what} of {} IR op(s) at {loc} -> {}\n//   {}\n", step.ops, p.buffers[step.out].ty, f.pretty())
+}
+
+/// The kernel of one elementwise step: one thread per output element.
 fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
     let out_ty = p.buffers[step.out].ty.dtype;
     let leaf_types: Vec<DType> = step.ins.iter().map(|&b| p.buffers[b].ty.dtype).collect();
-    let mut s = String::new();
-    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
-    let _ = writeln!(s, "// step {index}: elementwise of {} IR op(s) at {loc} -> {}", step.ops, p.buffers[step.out].ty);
-    let _ = writeln!(s, "//   {f}");
+    let mut s = heading(p, index, step, "elementwise", f);
     let mut params = vec![format!("{}* __restrict__ out", c_type(out_ty))];
     params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", c_type(*t))));
     params.push("const i64* __restrict__ meta".into());
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
-    let _ = writeln!(s, "  i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
+    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
     let _ = writeln!(s, "  if (i >= meta[0]) return;");
     let n_in = leaf_types.len();
     if n_in > 0 {
@@ -113,30 +169,135 @@ fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) 
         let _ = writeln!(s, "  const int rank = (int)meta[1];");
         let _ = writeln!(s, "  i64 r = i, {};", offs.join(", "));
         let _ = writeln!(s, "  for (int d = rank - 1; d >= 0; --d) {{");
-        let _ = writeln!(s, "    i64 c = r % meta[2 + d]; r /= meta[2 + d];");
+        let _ = writeln!(s, "    const i64 c = r % meta[2 + d]; r /= meta[2 + d];");
         for k in 0..n_in {
             let _ = writeln!(s, "    o{k} += c * meta[2 + rank * {} + d];", k + 1);
         }
         let _ = writeln!(s, "  }}");
     }
-    for (k, (node, ty)) in f.nodes.iter().enumerate() {
-        let t = *ty;
-        let v = |a: &u32| format!("v{a}");
-        let ty_of = |a: &u32| f.nodes.get(*a as usize).map_or(t, |n| n.1);
-        let expr = match node {
-            SNode::Leaf(l) => format!("in{l}[o{l}]"),
-            SNode::Const(c) => literal(*c, t),
-            SNode::Cast(a) if t == DType::Bool => format!("({} != 0)", v(a)),
-            SNode::Cast(a) => format!("({}){}", c_type(t), v(a)),
-            SNode::Unary(u, a) => unary(*u, &v(a), ty_of(a)),
-            SNode::Binary(op, a, b) => binary(*op, &v(a), &v(b), ty_of(a)),
-            SNode::Where(c, a, b) => format!("{} ? {} : {}", v(c), v(a), v(b)),
-            SNode::Var(_) | SNode::Gather(..) => return Err(format!("`{node:?}` in an elementwise kernel")),
-        };
-        let _ = writeln!(s, "  const {} v{k} = ({})({expr});", c_type(t), c_type(t));
-    }
+    let leaf = |k: u32| format!("in{k}[o{k}]");
+    s += &nodes(f, &leaf, &|_| None, &|_, _| String::new())?;
     let last = f.nodes.len().checked_sub(1).ok_or("an empty scalar program")?;
     let _ = writeln!(s, "  out[i] = v{last};");
+    let _ = writeln!(s, "}}");
+    Ok(s)
+}
+
+/// The `meta` array of an elementwise step: `[n, rank, dims.., strides of each operand..]`
+/// (broadcast strides in elements, 0 along broadcast axes).
+pub fn elementwise_meta(out: &[usize], ins: &[&[usize]]) -> Vec<i64> {
+    let mut m = vec![out.iter().product::<usize>() as i64, out.len() as i64];
+    m.extend(out.iter().map(|&d| d as i64));
+    for x in ins {
+        m.extend(crate::host::broadcast_strides(x, out.len()).iter().map(|&s| s as i64));
+    }
+    m
+}
+
+/// The `meta` array of an attention step: `[rows, s, t, rank_b, batch dims.., the q, k and v
+/// strides over the batch dims (in matrices), then for each extra operand its element strides
+/// over [batch.., s, t] and its length]`.
+pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]]) -> Vec<i64> {
+    let r = out.len();
+    let batch = &out[..r - 2];
+    let (s, t) = (out[r - 2], k[k.len() - 2]);
+    let mut m = vec![(batch.iter().product::<usize>() * s) as i64, s as i64, t as i64, batch.len() as i64];
+    m.extend(batch.iter().map(|&d| d as i64));
+    for x in [q, k, v] {
+        m.extend(crate::host::broadcast_strides(&x[..x.len() - 2], batch.len()).iter().map(|&d| d as i64));
+    }
+    for x in extra {
+        m.extend(crate::host::broadcast_strides(x, r).iter().map(|&d| d as i64));
+        m.push(x.iter().product::<usize>() as i64);
+    }
+    m
+}
+
+/// The attention kernel of one step: one thread per query row, which streams over the keys
+/// with an online softmax (scores never stored), the score function inlined. This is the
+/// reference lowering, simple enough to check by reading; the tiled tensor-core kernel is to
+/// be measured against it. `meta`: see [`attention_meta`].
+fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
+    let ty = |b: usize| &p.buffers[step.ins[b]].ty;
+    let known = |b: usize, from_end: usize| {
+        let shape = &ty(b).shape;
+        shape.get(shape.len().wrapping_sub(from_end)).and_then(|d| d.as_known())
+    };
+    let (e, ev) = match (known(0, 1), known(2, 1)) {
+        (Some(e), Some(ev)) => (e, ev),
+        _ => return Err("the CUDA attention kernel needs static head sizes".into()),
+    };
+    let leaf_types: Vec<DType> = step.ins[3..].iter().map(|&b| p.buffers[b].ty.dtype).collect();
+    let mut s = heading(p, index, step, "attention", f);
+    let mut params = vec!["float* __restrict__ out".to_string()];
+    params.extend(["q", "k", "v"].iter().map(|n| format!("const float* __restrict__ {n}")));
+    params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", c_type(*t))));
+    params.push("const i64* __restrict__ meta".into());
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
+    let _ = writeln!(s, "  const i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
+    let _ = writeln!(s, "  if (row >= meta[0]) return;");
+    let _ = writeln!(s, "  const i64 S = meta[1], T = meta[2]; const int rb = (int)meta[3];");
+    let _ = writeln!(s, "  const i64* dims = meta + 4; const i64* qst = dims + rb; const i64* kst = qst + rb; const i64* vst = kst + rb;");
+    let _ = writeln!(s, "  const i64 bi = row / S, i = row % S;");
+    let _ = writeln!(s, "  i64 r = bi, qo = 0, ko = 0, vo = 0, b0 = 0, heads = 1;");
+    let n_in = leaf_types.len();
+    for k in 0..n_in {
+        let _ = writeln!(s, "  const i64* lst{k} = vst + rb + {k} * (rb + 3); i64 lo{k} = i * lst{k}[rb];");
+    }
+    let _ = writeln!(s, "  for (int d = rb - 1; d >= 0; --d) {{");
+    let _ = writeln!(s, "    const i64 c = r % dims[d]; r /= dims[d];");
+    let _ = writeln!(s, "    qo += c * qst[d]; ko += c * kst[d]; vo += c * vst[d];");
+    let _ = writeln!(s, "    if (d == 0) b0 = c; else heads *= dims[d];");
+    for k in 0..n_in {
+        let _ = writeln!(s, "    lo{k} += c * lst{k}[d];");
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "  const i64 h = rb > 1 ? bi % heads : 0;");
+    let _ = writeln!(s, "  const float* qr = q + (qo * S + i) * {e};");
+    let _ = writeln!(s, "  const float* kb = k + ko * T * {e};");
+    let _ = writeln!(s, "  const float* vb = v + vo * T * {ev};");
+    let _ = writeln!(s, "  float qv[{e}], acc[{ev}];");
+    let _ = writeln!(s, "  for (int c = 0; c < {e}; ++c) qv[c] = qr[c];");
+    let _ = writeln!(s, "  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;");
+    let _ = writeln!(s, "  float m = -__int_as_float(0x7f800000), l = 0.0f;");
+    let _ = writeln!(s, "  for (i64 j = 0; j < T; ++j) {{");
+    let _ = writeln!(s, "    float dot = 0.0f;");
+    let _ = writeln!(s, "    for (int c = 0; c < {e}; ++c) dot += qv[c] * kb[j * {e} + c];");
+    let leaf = |k: u32| format!("in{k}[lo{k} + j * lst{k}[rb + 1]]");
+    let var = |v: Var| {
+        Some(match v {
+            Var::Score => "dot".to_string(),
+            Var::Batch => "b0".into(),
+            Var::Head => "h".into(),
+            Var::Query => "i".into(),
+            Var::Key => "j".into(),
+        })
+    };
+    let table = |t: u32, idx: &str| format!("tsr_table(in{t}, lst{t}[rb + 2], {idx})");
+    let body = nodes(f, &leaf, &var, &table)?;
+    s += &body.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    let last = f.nodes.len().checked_sub(1).ok_or("an empty score function")?;
+    let _ = writeln!(s, "    const float sc = v{last};");
+    let _ = writeln!(s, "    if (sc > m) {{");
+    let _ = writeln!(s, "      const float scale = expf(m - sc);");
+    let _ = writeln!(s, "      l *= scale;");
+    let _ = writeln!(s, "      for (int c = 0; c < {ev}; ++c) acc[c] *= scale;");
+    let _ = writeln!(s, "      m = sc;");
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "    const float pj = expf(sc - m);");
+    let _ = writeln!(s, "    l += pj;");
+    let _ = writeln!(s, "    for (int c = 0; c < {ev}; ++c) acc[c] += pj * vb[j * {ev} + c];");
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "  float* o = out + row * {ev};");
+    let _ = writeln!(s, "  if (m <= -1e29f) {{");
+    let _ = writeln!(s, "    // Every key masked: the mean of the values, as from equal masked scores.");
+    let _ = writeln!(
+        s,
+        "    for (int c = 0; c < {ev}; ++c) {{ float t = 0.0f; for (i64 j = 0; j < T; ++j) t += vb[j * {ev} + c]; o[c] = t / (float)T; }}"
+    );
+    let _ = writeln!(s, "  }} else {{");
+    let _ = writeln!(s, "    for (int c = 0; c < {ev}; ++c) o[c] = acc[c] / l;");
+    let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
     Ok(s)
 }
