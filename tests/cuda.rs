@@ -3,7 +3,9 @@
 
 mod common;
 use common::{max_rel_diff, MODELS};
+use std::collections::HashMap;
 use tessera::codegen::{cuda, Kernel, Storage};
+use tessera::ir::DType;
 use tessera::runtime::{Data, Tensor};
 use tessera::{Backend, Compiler};
 
@@ -19,14 +21,15 @@ fn programs() -> Vec<(String, tessera::codegen::Program)> {
 }
 
 #[test]
-fn every_elementwise_and_attention_step_of_every_model_gets_a_cuda_kernel() {
+fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
     for (name, p) in programs() {
         let kernels = tessera::codegen::cuda::lower(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let lowered = p.steps.iter().filter(|s| matches!(s.kernel, Kernel::Elementwise(_) | Kernel::Attention(_))).count();
+        let lowered = p.steps.iter().filter(|s| !matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. })).count();
         assert_eq!(kernels.len(), lowered, "{name}");
         for k in &kernels {
             assert!(k.source.contains(&format!("__global__ void {}(", k.name)), "{name}: {}", k.source);
-            assert!(k.source.contains(".tsr:"), "{name}: the kernel names its source line\n{}", k.source);
+            let fused = matches!(p.steps[k.step].kernel, Kernel::Elementwise(_) | Kernel::Attention(_));
+            assert!(!fused || k.source.contains(".tsr:"), "{name}: the kernel names its source line\n{}", k.source);
         }
     }
 }
@@ -62,11 +65,19 @@ fn every_models_kernels_compile_with_nvrtc() {
     }
 }
 
-/// Programs of one generated kernel that reads the model's inputs directly (plus views).
-const ONE_KERNEL: &[(&str, &str)] = &[
+/// Programs of generated kernels only (no GEMM, which is cuBLAS's), one kernel kind or more
+/// each, reading the model's inputs and parameters.
+const EMULATED: &[(&str, &str)] = &[
     ("elementwise", "input x: [batch, seq, 7]\n output y = where(x > 0.5, gelu(x) * 2.0, tanh(x)) + exp(-x)"),
-    ("broadcast", "input x: [batch, seq, 7]\n input b: [7]\n output y = silu(x - b) / (1.0 + x * x)"),
+    ("broadcast", "input x: [batch, seq, 7]\n input b: [7]\n output y = silu(x - b) / (1.0 + x * x) + sqrt(abs(b))"),
     ("integers", "input x: i64[batch, seq]\n output y = float(x % 5 - x // 3) + float(x > 2)"),
+    ("norms", "input x: [batch, seq, 9]\n output y = nn.layer_norm(x) + nn.rms_norm(x)"),
+    ("softmax", "input x: [batch, seq, 9]\n output y = softmax(x, -1) + softmax(x, 1)"),
+    ("reduce", "input x: [batch, seq, 9]\n output y = sum(x, -1) + max(x, -1) + mean(x, -1) + mean(min(x, 1), -1)[:, none]"),
+    ("gather", "input ids: i64[batch, seq]\n output y = (param e: [23, 6])[ids]"),
+    ("layout", "input x: [batch, seq, 6]\n output y = concat(transpose(x, -1, -2), transpose(x, -1, -2) * 2.0, axis = 1)[:, 1:5]"),
+    ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
+    ("iota concat", "input x: [batch, seq]\n input b: [seq]\n output y = float(arange(seq))[none, :] + x\n output z = concat(b[none, :] + 0.0 * float(arange(2))[:, none], x, axis = 0)"),
     ("attention causal", "input q: [batch, 3, seq, 8]\n input k: [batch, 3, seq, 8]\n input v: [batch, 3, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.35, -1e30), -1) @ v"),
     ("attention gqa bias", "input q: [batch, 2, 2, seq, 8]\n input k: [batch, 2, 1, seq, 8]\n input v: [batch, 2, 1, seq, 6]\n input bias: [batch, 1, 1, 1, seq]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i + 2 and bias > -0.5, (q @ k.T) * 0.5 + bias - float(i - j) * 0.25, -1e30), -1) @ v"),
     ("attention alibi table", "input q: [batch, 4, seq, 8]\n input k: [batch, 4, seq, 8]\n input v: [batch, 4, seq, 8]\n input slopes: [4]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n h = arange(4)[:, none, none]\n output y = softmax(where(j <= i, (q @ k.T) - slopes[h] * float(i - j), -1e30), -1) @ v"),
@@ -81,17 +92,35 @@ fn bytes(t: &Tensor) -> Vec<u8> {
     }
 }
 
-/// A C++ program that runs kernel `k` once per thread, one after another: it reads the
-/// buffers (output first, `meta` last) from the file named by its first argument and writes
-/// the output to the second.
-fn emulator_main(k: &cuda::CudaKernel) -> String {
-    let args: Vec<String> = k.params.iter().enumerate().map(|(i, t)| format!("({t})bufs[{i}].data()")).collect();
+fn from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType) -> Tensor {
+    let data = match dtype {
+        DType::F32 => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        DType::I64 => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
+        DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
+    };
+    Tensor { shape, data }
+}
+
+/// A C++ program that runs one of `kernels` (chosen by its third argument) once per thread,
+/// one thread after another: it reads the buffers (output first, `meta` last) from the file
+/// named by its first argument and writes the output to the second.
+fn emulator_main(kernels: &[cuda::CudaKernel]) -> String {
+    let cases: String = kernels
+        .iter()
+        .enumerate()
+        .map(|(n, k)| {
+            let args: Vec<String> = k.params.iter().enumerate().map(|(i, t)| format!("({t})bufs[{i}].data()")).collect();
+            format!("      case {n}: {}({}); break;\n", k.name, args.join(", "))
+        })
+        .collect();
     format!(
         r#"
 #include <stdio.h>
+#include <stdlib.h>
 #include <vector>
 int main(int argc, char** argv) {{
-  if (argc != 3) return 2;
+  if (argc != 4) return 2;
+  const int which = atoi(argv[3]);
   FILE* f = fopen(argv[1], "rb");
   if (!f) return 2;
   unsigned long long n = 0, len = 0, out_len = 0;
@@ -110,22 +139,76 @@ int main(int argc, char** argv) {{
   for (long long t = 0; t < threads; ++t) {{
     blockIdx.x = t / 128;
     threadIdx.x = t % 128;
-    {name}({args});
+    switch (which) {{
+{cases}      default: return 3;
+    }}
   }}
   FILE* o = fopen(argv[2], "wb");
   fwrite(bufs[0].data(), 1, out_len, o);
   fclose(o);
   return 0;
 }}
-"#,
-        name = k.name,
-        args = args.join(", ")
+"#
     )
 }
 
-/// Each generated kernel kind, compiled as C++ by g++ against a small CUDA emulation header
-/// and run on the CPU thread by thread, equals the interpreter, at sizes that are not
-/// multiples of anything. This checks the generated CUDA C's meaning where there is no GPU.
+/// Runs a program's generated kernels in order under emulation; returns its outputs.
+fn emulate(
+    p: &tessera::codegen::Program,
+    exe: &std::path::Path,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    dims: &HashMap<String, i64>,
+) -> Vec<(String, Tensor)> {
+    let kernels = cuda::lower(p).expect("lowers");
+    let mut values: HashMap<usize, Tensor> = HashMap::new();
+    let shape = |b: usize| tessera::runtime::concrete(&p.buffers[b].ty.shape, dims).expect("shape");
+    // A buffer's tensor: an input, a parameter, a step's output, or a view of one of these.
+    let value = |values: &HashMap<usize, Tensor>, b: usize| -> Tensor {
+        let mut root = b;
+        while let Storage::Alias(a) = p.buffers[root].storage {
+            root = a;
+        }
+        let data = match &p.buffers[root].storage {
+            Storage::Input(name) => inputs[name].data.clone(),
+            Storage::Param(name) => params[name].data.clone(),
+            _ => values[&root].data.clone(),
+        };
+        Tensor { shape: shape(b), data }
+    };
+    let dir = exe.parent().expect("a folder");
+    for (n, k) in kernels.iter().enumerate() {
+        let step = &p.steps[k.step];
+        let ins: Vec<Tensor> = step.ins.iter().map(|&b| value(&values, b)).collect();
+        let shapes: Vec<&[usize]> = ins.iter().map(|t| t.shape.as_slice()).collect();
+        let out_shape = shape(step.out);
+        let meta = cuda::meta(&step.kernel, &out_shape, &shapes, dims).expect("meta");
+        let out_bytes = out_shape.iter().product::<usize>() * p.buffers[step.out].ty.dtype.size();
+        let mut file = Vec::new();
+        file.extend((ins.len() as u64 + 2).to_le_bytes());
+        file.extend((out_bytes as u64).to_le_bytes());
+        file.extend(vec![0u8; out_bytes]);
+        for t in &ins {
+            let b = bytes(t);
+            file.extend((b.len() as u64).to_le_bytes());
+            file.extend(b);
+        }
+        file.extend(((meta.len() * 8) as u64).to_le_bytes());
+        file.extend(meta.iter().flat_map(|m| m.to_le_bytes()));
+        let (fin, fout) = (dir.join("in.bin"), dir.join("out.bin"));
+        std::fs::write(&fin, file).expect("write");
+        let run = std::process::Command::new(exe).arg(&fin).arg(&fout).arg(n.to_string()).output().expect("runs");
+        assert!(run.status.success(), "the emulated kernel {} failed\n{}", k.name, k.source);
+        let raw = std::fs::read(&fout).expect("output");
+        values.insert(step.out, from_bytes(&raw, out_shape, p.buffers[step.out].ty.dtype));
+    }
+    p.outputs.iter().map(|(name, b)| (name.clone(), value(&values, *b))).collect()
+}
+
+/// Every generated kernel kind, compiled as C++ by g++ against a small CUDA emulation header
+/// and run on the CPU thread by thread, step after step, equals the interpreter, at sizes
+/// that are not multiples of anything. This checks what the generated CUDA C computes on
+/// machines without a GPU.
 #[test]
 fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
     if std::process::Command::new("g++").arg("--version").output().is_err() {
@@ -135,19 +218,17 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
     }
     let dir = std::env::temp_dir().join(format!("tessera-cuda-emu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for (what, body) in ONE_KERNEL {
-        let src = format!("model m() {{\n {body}\n}}\n");
+    for (what, body) in EMULATED {
+        let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
         let model = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
+        let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
         let p = model.program().expect("program");
         let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let computing: Vec<usize> = (0..p.steps.len()).filter(|&i| !matches!(p.steps[i].kernel, Kernel::Iota { .. })).collect();
-        assert_eq!(kernels.len(), 1, "{what}: one kernel expected\n{p}");
-        assert_eq!(computing, vec![kernels[0].step], "{what}: the kernel must be the only computing step\n{p}");
-        let k = &kernels[0];
-        let exe = dir.join(format!("k{}", what.replace(' ', "_")));
-        let cpp = dir.join(format!("k{}.cpp", what.replace(' ', "_")));
-        std::fs::write(&cpp, format!("{}\n{}\n{}", cuda::PRELUDE, k.source, emulator_main(k))).expect("write");
+        assert_eq!(kernels.len(), p.steps.len(), "{what}: every step must have a kernel\n{p}");
+        let name = what.replace(' ', "_");
+        let (cpp, exe) = (dir.join(format!("{name}.cpp")), dir.join(&name));
+        let sources: String = kernels.iter().map(|k| format!("{}\n", k.source)).collect();
+        std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::PRELUDE, emulator_main(&kernels))).expect("write");
         let emu_h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/emu.h");
         let out = std::process::Command::new("g++")
             .args(["-std=c++17", "-O1", "-include"])
@@ -157,51 +238,31 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
             .arg(&exe)
             .output()
             .expect("g++ runs");
-        assert!(out.status.success(), "{what}: g++ failed\n{}\n{}", String::from_utf8_lossy(&out.stderr), k.source);
+        assert!(out.status.success(), "{what}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
+        // Parameters: small deterministic values.
+        let params: HashMap<String, Tensor> = p
+            .buffers
+            .iter()
+            .filter_map(|b| match &b.storage {
+                Storage::Param(n) => {
+                    let shape = tessera::runtime::concrete(&b.ty.shape, &HashMap::new()).expect("static parameter");
+                    let len: usize = shape.iter().product();
+                    Some((n.clone(), Tensor { shape, data: Data::F32((0..len).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect()) }))
+                }
+                _ => None,
+            })
+            .collect();
+        interp.set_params(params.clone());
         for (batch, seq) in [(1, 5), (2, 37), (1, 70)] {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
-            let want = &interp.run(&inputs).expect("interpreter")[0].1;
-            let step = &p.steps[k.step];
-            // Each operand's tensor, following views to the input they alias.
-            let tensor_of = |mut b: usize| -> Tensor {
-                let shape = tessera::runtime::concrete(
-                    &p.buffers[b].ty.shape,
-                    &[("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect(),
-                )
-                .expect("shape");
-                while let Storage::Alias(a) = p.buffers[b].storage {
-                    b = a;
-                }
-                let Storage::Input(name) = &p.buffers[b].storage else { panic!("{what}: operand buf{b} is not an input") };
-                Tensor { shape, data: inputs[name].data.clone() }
-            };
-            let ins: Vec<Tensor> = step.ins.iter().map(|&b| tensor_of(b)).collect();
-            let shapes: Vec<&[usize]> = ins.iter().map(|t| t.shape.as_slice()).collect();
-            let meta = match step.kernel {
-                Kernel::Attention(_) => cuda::attention_meta(&want.shape, shapes[0], shapes[1], shapes[2], &shapes[3..]),
-                _ => cuda::elementwise_meta(&want.shape, &shapes),
-            };
-            let mut file = Vec::new();
-            file.extend((ins.len() as u64 + 2).to_le_bytes());
-            file.extend(((want.len() * 4) as u64).to_le_bytes());
-            file.extend(vec![0u8; want.len() * 4]);
-            for t in &ins {
-                let b = bytes(t);
-                file.extend((b.len() as u64).to_le_bytes());
-                file.extend(b);
+            let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
+            let want = interp.run(&inputs).expect("interpreter");
+            let got = emulate(p, &exe, &inputs, &params, &dims);
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let d = max_rel_diff(g, w);
+                println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
+                assert!(d <= 1e-4, "{what} (batch {batch}, seq {seq}): {n} differs by {d}\n{sources}");
             }
-            file.extend(((meta.len() * 8) as u64).to_le_bytes());
-            file.extend(meta.iter().flat_map(|m| m.to_le_bytes()));
-            let (fin, fout) = (dir.join("in.bin"), dir.join("out.bin"));
-            std::fs::write(&fin, file).expect("write");
-            let run = std::process::Command::new(&exe).arg(&fin).arg(&fout).output().expect("runs");
-            assert!(run.status.success(), "{what}: the emulated kernel failed");
-            let raw = std::fs::read(&fout).expect("output");
-            let got: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            let got = Tensor { shape: want.shape.clone(), data: Data::F32(got) };
-            let d = max_rel_diff(&got, want);
-            println!("{what:<24} batch {batch} seq {seq:<3} max rel diff {d:.2e} (emulated CUDA C)");
-            assert!(d <= 1e-4, "{what} (batch {batch}, seq {seq}): differs by {d}\n{}", k.source);
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
