@@ -3,9 +3,9 @@
 
 mod common;
 use common::{max_rel_diff, MODELS};
+use std::cell::RefCell;
 use std::collections::HashMap;
-use tessera::codegen::{cuda, Kernel, Storage};
-use tessera::ir::DType;
+use tessera::codegen::{cuda, gpu, Kernel, Storage};
 use tessera::runtime::{Data, Tensor};
 use tessera::{Backend, Compiler};
 
@@ -84,23 +84,6 @@ const EMULATED: &[(&str, &str)] = &[
     ("attention masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
 ];
 
-fn bytes(t: &Tensor) -> Vec<u8> {
-    match &t.data {
-        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
-    }
-}
-
-fn from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType) -> Tensor {
-    let data = match dtype {
-        DType::F32 => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        DType::I64 => Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()),
-        DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
-    };
-    Tensor { shape, data }
-}
-
 /// A C++ program that runs one of `kernels` (chosen by its third argument) once per thread,
 /// one thread after another: it reads the buffers (output first, `meta` last) from the file
 /// named by its first argument and writes the output to the second.
@@ -152,57 +135,111 @@ int main(int argc, char** argv) {{
     )
 }
 
-/// Runs a program's generated kernels in order under emulation; returns its outputs.
-fn emulate(
-    p: &tessera::codegen::Program,
-    exe: &std::path::Path,
-    inputs: &HashMap<String, Tensor>,
-    params: &HashMap<String, Tensor>,
-    dims: &HashMap<String, i64>,
-) -> Vec<(String, Tensor)> {
-    let kernels = cuda::lower(p).expect("lowers");
-    let mut values: HashMap<usize, Tensor> = HashMap::new();
-    let shape = |b: usize| tessera::runtime::concrete(&p.buffers[b].ty.shape, dims).expect("shape");
-    // A buffer's tensor: an input, a parameter, a step's output, or a view of one of these.
-    let value = |values: &HashMap<usize, Tensor>, b: usize| -> Tensor {
-        let mut root = b;
-        while let Storage::Alias(a) = p.buffers[root].storage {
-            root = a;
-        }
-        let data = match &p.buffers[root].storage {
-            Storage::Input(name) => inputs[name].data.clone(),
-            Storage::Param(name) => params[name].data.clone(),
-            _ => values[&root].data.clone(),
-        };
-        Tensor { shape: shape(b), data }
-    };
-    let dir = exe.parent().expect("a folder");
-    for (n, k) in kernels.iter().enumerate() {
-        let step = &p.steps[k.step];
-        let ins: Vec<Tensor> = step.ins.iter().map(|&b| value(&values, b)).collect();
-        let shapes: Vec<&[usize]> = ins.iter().map(|t| t.shape.as_slice()).collect();
-        let out_shape = shape(step.out);
-        let meta = cuda::meta(&step.kernel, &out_shape, &shapes, dims).expect("meta");
-        let out_bytes = out_shape.iter().product::<usize>() * p.buffers[step.out].ty.dtype.size();
+/// A CPU stand-in for a GPU: buffers are host memory, each launch runs the program's
+/// generated kernels compiled by g++ against `tests/cuda_emu/emu.h` (one thread after
+/// another, in a child process), and GEMMs are plain loops.
+struct Emulator {
+    exe: std::path::PathBuf,
+}
+
+impl Emulator {
+    /// Compiles every kernel of `kernels` into one emulator program named `name` in `dir`.
+    fn new(dir: &std::path::Path, name: &str, kernels: &[cuda::CudaKernel]) -> Emulator {
+        let (cpp, exe) = (dir.join(format!("{name}.cpp")), dir.join(name));
+        let sources: String = kernels.iter().map(|k| format!("{}\n", k.source)).collect();
+        std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::PRELUDE, emulator_main(kernels))).expect("write");
+        let emu_h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/emu.h");
+        let out = std::process::Command::new("g++")
+            .args(["-std=c++17", "-O1", "-include"])
+            .arg(&emu_h)
+            .arg(&cpp)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .expect("g++ runs");
+        assert!(out.status.success(), "{name}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
+        Emulator { exe }
+    }
+}
+
+impl gpu::Device for Emulator {
+    type Buf = RefCell<Vec<u8>>;
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String> {
+        Ok(RefCell::new(vec![0; bytes]))
+    }
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
+        Ok(RefCell::new(bytes.to_vec()))
+    }
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
+        Ok(buf.borrow()[..bytes].to_vec())
+    }
+    fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
         let mut file = Vec::new();
-        file.extend((ins.len() as u64 + 2).to_le_bytes());
-        file.extend((out_bytes as u64).to_le_bytes());
-        file.extend(vec![0u8; out_bytes]);
-        for t in &ins {
-            let b = bytes(t);
-            file.extend((b.len() as u64).to_le_bytes());
-            file.extend(b);
+        file.extend((args.len() as u64 + 1).to_le_bytes());
+        for a in args {
+            let a = a.borrow();
+            file.extend((a.len() as u64).to_le_bytes());
+            file.extend(a.iter());
         }
         file.extend(((meta.len() * 8) as u64).to_le_bytes());
         file.extend(meta.iter().flat_map(|m| m.to_le_bytes()));
-        let (fin, fout) = (dir.join("in.bin"), dir.join("out.bin"));
-        std::fs::write(&fin, file).expect("write");
-        let run = std::process::Command::new(exe).arg(&fin).arg(&fout).arg(n.to_string()).output().expect("runs");
-        assert!(run.status.success(), "the emulated kernel {} failed\n{}", k.name, k.source);
-        let raw = std::fs::read(&fout).expect("output");
-        values.insert(step.out, from_bytes(&raw, out_shape, p.buffers[step.out].ty.dtype));
+        let dir = self.exe.parent().ok_or("no folder")?;
+        let (fin, fout) = (dir.join(format!("in{kernel}.bin")), dir.join(format!("out{kernel}.bin")));
+        std::fs::write(&fin, file).map_err(|e| e.to_string())?;
+        let run = std::process::Command::new(&self.exe).arg(&fin).arg(&fout).arg(kernel.to_string()).output().map_err(|e| e.to_string())?;
+        if !run.status.success() {
+            return Err(format!("emulated kernel {kernel} failed"));
+        }
+        *args[0].borrow_mut() = std::fs::read(&fout).map_err(|e| e.to_string())?;
+        Ok(())
     }
-    p.outputs.iter().map(|(name, b)| (name.clone(), value(&values, *b))).collect()
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_b: bool,
+    ) -> Result<(), String> {
+        let f = |buf: &Self::Buf, at: usize| {
+            let v = buf.borrow();
+            f32::from_le_bytes([v[4 * at], v[4 * at + 1], v[4 * at + 2], v[4 * at + 3]])
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|q| f(a.0, a.1 + i * k + q) * f(b.0, b.1 + if trans_b { j * k + q } else { q * n + j })).sum();
+                let at = 4 * (c.1 + i * n + j);
+                c.0.borrow_mut()[at..at + 4].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deterministic small values for every parameter of `p`.
+fn params_of(p: &tessera::codegen::Program, dims: &HashMap<String, i64>) -> HashMap<String, Tensor> {
+    p.buffers
+        .iter()
+        .filter_map(|b| match &b.storage {
+            Storage::Param(n) => {
+                let shape = tessera::runtime::concrete(&b.ty.shape, dims).expect("parameter shape");
+                let len: usize = shape.iter().product();
+                Some((n.clone(), Tensor { shape, data: Data::F32((0..len).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.05).collect()) }))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_gxx() -> bool {
+    if std::process::Command::new("g++").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI needs g++ for the CUDA emulation tests");
+    println!("skipped: no g++");
+    false
 }
 
 /// Every generated kernel kind, compiled as C++ by g++ against a small CUDA emulation header
@@ -211,9 +248,7 @@ fn emulate(
 /// machines without a GPU.
 #[test]
 fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
-    if std::process::Command::new("g++").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI needs g++ for the CUDA emulation test");
-        println!("skipped: no g++");
+    if !has_gxx() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("tessera-cuda-emu-{}", std::process::id()));
@@ -224,45 +259,54 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
         let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
         let p = model.program().expect("program");
         let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(kernels.len(), p.steps.len(), "{what}: every step must have a kernel\n{p}");
-        let name = what.replace(' ', "_");
-        let (cpp, exe) = (dir.join(format!("{name}.cpp")), dir.join(&name));
-        let sources: String = kernels.iter().map(|k| format!("{}\n", k.source)).collect();
-        std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::PRELUDE, emulator_main(&kernels))).expect("write");
-        let emu_h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/emu.h");
-        let out = std::process::Command::new("g++")
-            .args(["-std=c++17", "-O1", "-include"])
-            .arg(&emu_h)
-            .arg(&cpp)
-            .arg("-o")
-            .arg(&exe)
-            .output()
-            .expect("g++ runs");
-        assert!(out.status.success(), "{what}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
-        // Parameters: small deterministic values.
-        let params: HashMap<String, Tensor> = p
-            .buffers
-            .iter()
-            .filter_map(|b| match &b.storage {
-                Storage::Param(n) => {
-                    let shape = tessera::runtime::concrete(&b.ty.shape, &HashMap::new()).expect("static parameter");
-                    let len: usize = shape.iter().product();
-                    Some((n.clone(), Tensor { shape, data: Data::F32((0..len).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.1).collect()) }))
-                }
-                _ => None,
-            })
-            .collect();
+        let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels);
+        let params = params_of(p, &HashMap::new());
         interp.set_params(params.clone());
         for (batch, seq) in [(1, 5), (2, 37), (1, 70)] {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&inputs).expect("interpreter");
-            let got = emulate(p, &exe, &inputs, &params, &dims);
+            let got = gpu::run(p, &kernels, &emu, &inputs, &params, &dims).unwrap_or_else(|e| panic!("{what}: {e}"));
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
-                assert!(d <= 1e-4, "{what} (batch {batch}, seq {seq}): {n} differs by {d}\n{sources}");
+                assert!(d <= 1e-4, "{what} (batch {batch}, seq {seq}): {n} differs by {d}");
             }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every stdlib model (small configurations) through the CUDA executor, its generated kernels
+/// emulated on the CPU and its GEMMs as plain loops, equals the interpreter.
+#[test]
+fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
+    if !has_gxx() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tessera-cuda-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (name, overrides) in common::SMALL {
+        let mut c = Compiler::new();
+        for (k, v) in *overrides {
+            c = c.define(k, tessera::lang::Override::parse(v));
+        }
+        let path = format!("stdlib/{name}.tsr");
+        let model = c.clone().compile_file(&path).expect("compiles");
+        let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
+        let p = model.program().expect("program");
+        let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let emu = Emulator::new(&dir, name, &kernels);
+        let inputs = model.random_inputs(common::DIMS, 4).expect("inputs");
+        let dims: HashMap<String, i64> = common::DIMS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let params = params_of(p, &dims);
+        interp.set_params(params.clone());
+        let want = interp.run(&inputs).expect("interpreter");
+        let got = gpu::run(p, &kernels, &emu, &inputs, &params, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for ((n, g), (_, w)) in got.iter().zip(&want) {
+            let d = max_rel_diff(g, w);
+            println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA)");
+            assert!(d <= 1e-4, "{name}.{n}: {d}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -45,10 +45,38 @@ pub struct CudaKernel {
     pub name: String,
     /// The CUDA C source (after [`PRELUDE`]).
     pub source: String,
-    /// The C types of its parameters: the output, the step's inputs in order, then `meta`.
+    /// The C types of its parameters: one per entry of `args`, then `meta`.
     pub params: Vec<String>,
+    /// The buffers passed to it, in order (the written one first).
+    pub args: Vec<Arg>,
+    /// Its part in the step.
+    pub role: Role,
     /// What one thread computes: an output element (elementwise) or a query row (attention).
     pub per_thread: PerThread,
+}
+
+/// A buffer passed to a kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    /// The step's output.
+    Out,
+    /// The step's input `i`.
+    In(usize),
+    /// A feed-forward block's first GEMM output (`[rows, gate | up]`, scratch).
+    Gates,
+    /// A feed-forward block's hidden layer (scratch).
+    Hidden,
+}
+
+/// The part a kernel plays in its step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The step's whole computation.
+    Main,
+    /// Bias, activation and residual applied in place to a GEMM's output.
+    Epilogue,
+    /// A feed-forward block's activation (and gating) between its two GEMMs.
+    FfnAct,
 }
 
 /// The unit of work of one thread of a kernel.
@@ -67,24 +95,66 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
     let mut out = Vec::new();
     for (i, step) in program.steps.iter().enumerate() {
         let name = format!("tsr_k{i}");
-        let (source, per_thread) = match &step.kernel {
-            Kernel::Elementwise(f) => (elementwise(program, i, step, f, &name), PerThread::Element),
-            Kernel::Attention(f) => (attention(program, i, step, f, &name), PerThread::QueryRow),
-            Kernel::Gemm { .. } | Kernel::Ffn { .. } => continue,
-            k => (
-                Ok(fixed(program, i, step, k, &name)),
-                if matches!(k, Kernel::Norm { .. } | Kernel::Softmax { .. } | Kernel::Cumsum { .. }) {
+        let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
+        let last = step.ins.len().saturating_sub(1);
+        let mut push = |name: String,
+                        source: Result<String, String>,
+                        args: Vec<Arg>,
+                        role: Role,
+                        per_thread: PerThread|
+         -> Result<(), String> {
+            let ty = |a: &Arg| match a {
+                Arg::Out => c_type(program.buffers[step.out].ty.dtype),
+                Arg::In(k) => c_type(program.buffers[step.ins[*k]].ty.dtype),
+                Arg::Gates | Arg::Hidden => "float",
+            };
+            let mut params: Vec<String> =
+                args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
+            params.push("const i64*".into());
+            out.push(CudaKernel { step: i, name, source: source.map_err(|e| format!("step {i}: {e}"))?, params, args, role, per_thread });
+            Ok(())
+        };
+        match &step.kernel {
+            Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main, PerThread::Element)?,
+            Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main, PerThread::QueryRow)?,
+            Kernel::Gemm { bias, act, residual, .. } => {
+                if *bias || act.is_some() || *residual {
+                    let mut args = vec![Arg::Out];
+                    args.extend(bias.then_some(Arg::In(2)));
+                    args.extend(residual.then_some(Arg::In(last)));
+                    push(
+                        name.clone(),
+                        Ok(epilogue(program, i, step, &name, *bias, *act, *residual)),
+                        args,
+                        Role::Epilogue,
+                        PerThread::Element,
+                    )?;
+                }
+            }
+            Kernel::Ffn { gated, act, bias } => {
+                let mut args = vec![Arg::Hidden, Arg::Gates];
+                args.extend(bias.then_some(Arg::In(2)));
+                push(name.clone(), Ok(ffn_act(program, i, step, &name, *gated, *act, *bias)), args, Role::FfnAct, PerThread::Element)?;
+                if *bias {
+                    let name = format!("{name}_bias");
+                    push(
+                        name.clone(),
+                        Ok(epilogue(program, i, step, &name, true, None, false)),
+                        vec![Arg::Out, Arg::In(4)],
+                        Role::Epilogue,
+                        PerThread::Element,
+                    )?;
+                }
+            }
+            k => {
+                let per_thread = if matches!(k, Kernel::Norm { .. } | Kernel::Softmax { .. } | Kernel::Cumsum { .. }) {
                     PerThread::Line
                 } else {
                     PerThread::Element
-                },
-            ),
-        };
-        let ty = |b: usize| c_type(program.buffers[b].ty.dtype);
-        let mut params = vec![format!("{}*", ty(step.out))];
-        params.extend(step.ins.iter().map(|&b| format!("const {}*", ty(b))));
-        params.push("const i64*".into());
-        out.push(CudaKernel { step: i, name, source: source.map_err(|e| format!("step {i}: {e}"))?, params, per_thread });
+                };
+                push(name.clone(), Ok(fixed(program, i, step, k, &name)), all, Role::Main, per_thread)?;
+            }
+        }
     }
     Ok(out)
 }
@@ -102,11 +172,11 @@ pub fn dump(program: &Program) -> Result<String, String> {
         .steps
         .iter()
         .enumerate()
-        .filter(|(i, _)| !kernels.iter().any(|k| k.step == *i))
+        .filter(|(_, s)| matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. }))
         .map(|(i, s)| format!("//   step {i}: {}", s.kernel.name()))
         .collect();
     if !rest.is_empty() {
-        let _ = write!(s, "\n// Not lowered to CUDA C yet:\n{}\n", rest.join("\n"));
+        let _ = write!(s, "\n// GEMMs run by cuBLAS (their epilogues and activations are the kernels above):\n{}\n", rest.join("\n"));
     }
     Ok(s)
 }
@@ -379,6 +449,68 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     s += &body;
     s += "}\n";
     s
+}
+
+/// The in-place epilogue of a GEMM: `out = act(out + bias) + residual`, one thread per
+/// element; `meta` as [`epilogue_meta`] makes it.
+fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act: Option<UnaryOp>, residual: bool) -> String {
+    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
+    let mut s = format!("// step {index}: epilogue of {} at {loc} -> {}\n", step.kernel.name(), p.buffers[step.out].ty);
+    let mut params = vec!["float* out".to_string()];
+    params.extend(bias.then(|| "const float* __restrict__ bias".to_string()));
+    params.extend(residual.then(|| "const float* __restrict__ res".to_string()));
+    params.push("const i64* __restrict__ meta".into());
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
+    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
+    let _ = writeln!(s, "  if (i >= meta[0]) return;");
+    let _ = writeln!(s, "  const int rank = (int)meta[1];");
+    let _ = writeln!(s, "  float y = out[i];");
+    if bias {
+        let _ = writeln!(s, "  y += bias[i % meta[1 + rank]];");
+    }
+    if let Some(a) = act {
+        let _ = writeln!(s, "  y = {};", unary(a, "y", DType::F32));
+    }
+    if residual {
+        let _ = writeln!(s, "  i64 r = i, off = 0;");
+        let _ = writeln!(
+            s,
+            "  for (int d = rank - 1; d >= 0; --d) {{ const i64 c = r % meta[2 + d]; r /= meta[2 + d]; off += c * meta[2 + rank + d]; }}"
+        );
+        let _ = writeln!(s, "  y += res[off];");
+    }
+    let _ = writeln!(s, "  out[i] = y;");
+    s + "}\n"
+}
+
+/// The `meta` of an epilogue: `[n, rank, out dims.., the residual's broadcast strides..]`.
+pub fn epilogue_meta(out: &[usize], residual: Option<&[usize]>) -> Vec<i64> {
+    let mut m = vec![out.iter().product::<usize>() as i64, out.len() as i64];
+    m.extend(out.iter().map(|&d| d as i64));
+    if let Some(r) = residual {
+        m.extend(crate::host::broadcast_strides(r, out.len()).iter().map(|&d| d as i64));
+    }
+    m
+}
+
+/// A feed-forward block's activation: `hidden = act(gates[.., :w] + b) ⊙ (gates[.., w:] + b)`
+/// (gated) or `act(gates + b)`, one thread per hidden element; `meta` is
+/// `[rows · width, width, gates width]`.
+fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act: UnaryOp, bias: bool) -> String {
+    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
+    let mut s = format!("// step {index}: activation of the ffn at {loc}\n");
+    let b = if bias { ", const float* __restrict__ bias" } else { "" };
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}(float* __restrict__ hidden, const float* __restrict__ gates{b}, const i64* __restrict__ meta) {{");
+    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
+    let _ = writeln!(s, "  if (i >= meta[0]) return;");
+    let _ = writeln!(s, "  const i64 width = meta[1], row = i / width, c = i % width;");
+    let _ = writeln!(s, "  float g = gates[row * meta[2] + c]{};", if bias { " + bias[c]" } else { "" });
+    let _ = writeln!(s, "  g = {};", unary(act, "g", DType::F32));
+    if gated {
+        let _ = writeln!(s, "  g *= gates[row * meta[2] + width + c]{};", if bias { " + bias[width + c]" } else { "" });
+    }
+    let _ = writeln!(s, "  hidden[i] = g;");
+    s + "}\n"
 }
 
 /// The `meta` array of a step of kind `k`, whose output has shape `out` and inputs `ins`, at

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod cuda;
 mod exec;
+pub mod gpu;
 pub mod host;
 pub mod jit;
 mod kernel;

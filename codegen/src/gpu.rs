@@ -1,0 +1,197 @@
+//! Running a kernel program on a GPU-like [`Device`]: every buffer gets device memory (inputs
+//! and parameters uploaded, views sharing their base's memory), each step runs its generated
+//! CUDA kernels ([`crate::cuda`]) and GEMMs through the device's GEMM, and the outputs come
+//! back. The device is a trait so that the same executor runs on CUDA (`cuda_device`, feature
+//! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
+//!
+//! Not yet here: a memory plan (every buffer gets its own allocation), streams and graphs,
+//! caching uploaded parameters between runs.
+
+use crate::cuda::{self, Arg, CudaKernel, Role};
+use crate::kernel::{BufId, Kernel, Program, Storage};
+use std::collections::HashMap;
+use tessera_ir::DType;
+use tessera_runtime::{broadcast_offsets, concrete, Data, Dims, Tensor};
+
+/// What the executor needs from a device. Offsets and sizes are in elements unless named
+/// bytes; buffers are untyped.
+pub trait Device {
+    /// A device allocation.
+    type Buf;
+    /// Zeroed memory of `bytes` bytes.
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String>;
+    /// A copy of `bytes` on the device.
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String>;
+    /// The first `bytes` bytes of `buf`.
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String>;
+    /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
+    /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
+    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
+    /// `c = a · b` in f32 for one matrix: `a` is `m × k`, `b` is `k × n` (or `n × k` stored,
+    /// with `trans_b`), `c` is `m × n`, all row-major at the given element offsets.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_b: bool,
+    ) -> Result<(), String>;
+}
+
+/// The bytes of a tensor as the kernels read them (bools as one byte each).
+pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    match &t.data {
+        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+    }
+}
+
+/// A tensor from the bytes of a buffer.
+pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType) -> Tensor {
+    let data = match dtype {
+        DType::F32 => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        DType::I64 => {
+            Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+        }
+        DType::Bool => Data::Bool(raw.iter().map(|&b| b != 0).collect()),
+    };
+    Tensor { shape, data }
+}
+
+/// Runs `program`, whose kernels were lowered as `kernels`, on `device`.
+pub fn run<D: Device>(
+    program: &Program,
+    kernels: &[CudaKernel],
+    device: &D,
+    inputs: &HashMap<String, Tensor>,
+    params: &HashMap<String, Tensor>,
+    dims: &Dims,
+) -> Result<Vec<(String, Tensor)>, String> {
+    let shapes: Vec<Vec<usize>> =
+        program.buffers.iter().map(|b| concrete(&b.ty.shape, dims).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let root = |mut b: BufId| {
+        while let Storage::Alias(a) = program.buffers[b].storage {
+            b = a;
+        }
+        b
+    };
+    // Device memory of every buffer that is not a view.
+    let mut mem: HashMap<BufId, D::Buf> = HashMap::new();
+    for (b, buf) in program.buffers.iter().enumerate() {
+        let bytes = shapes[b].iter().product::<usize>() * buf.ty.dtype.size();
+        let host = |t: Option<&Tensor>, what: &str, name: &str| -> Result<Vec<u8>, String> {
+            let t = t.ok_or_else(|| format!("no {what} `{name}`"))?;
+            if t.shape != shapes[b] || t.dtype() != buf.ty.dtype {
+                return Err(format!(
+                    "{what} `{name}`: expected {}{:?}, got {}{:?}",
+                    buf.ty.dtype.name(),
+                    shapes[b],
+                    t.dtype().name(),
+                    t.shape
+                ));
+            }
+            Ok(tensor_bytes(t))
+        };
+        let m = match &buf.storage {
+            Storage::Alias(_) => continue,
+            Storage::Input(name) => device.upload(&host(inputs.get(name), "input", name)?)?,
+            Storage::Param(name) => device.upload(&host(params.get(name), "parameter", name)?)?,
+            Storage::Arena | Storage::Derived => device.alloc(bytes.max(1))?,
+        };
+        mem.insert(b, m);
+    }
+    let buf = |b: BufId| mem.get(&root(b)).ok_or_else(|| format!("buf{b} has no memory"));
+    let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
+    for (s, step) in program.steps.iter().enumerate() {
+        let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
+        let out_shape = &shapes[step.out];
+        // Scratch memory of a feed-forward block: the first GEMM's output and the hidden layer.
+        let mut scratch: HashMap<Arg, D::Buf> = HashMap::new();
+        let launch = |n: usize, k: &CudaKernel, meta: &[i64], scratch: &HashMap<Arg, D::Buf>| -> Result<(), String> {
+            let args: Vec<&D::Buf> = k
+                .args
+                .iter()
+                .map(|a| match a {
+                    Arg::Out => buf(step.out),
+                    Arg::In(i) => buf(step.ins[*i]),
+                    other => scratch.get(other).ok_or_else(|| format!("no scratch {other:?}")),
+                })
+                .collect::<Result<_, _>>()?;
+            device.launch(n, meta.first().copied().unwrap_or(0).max(0) as usize, &args, meta)
+        };
+        match &step.kernel {
+            Kernel::Gemm { trans_b, residual, .. } => {
+                matmul(
+                    device,
+                    (buf(step.out)?, out_shape),
+                    (buf(step.ins[0])?, in_shapes[0]),
+                    (buf(step.ins[1])?, in_shapes[1]),
+                    *trans_b,
+                )?;
+                let res = if *residual { in_shapes.last().copied() } else { None };
+                for (n, k) in kernels_of(s) {
+                    launch(n, k, &cuda::epilogue_meta(out_shape, res), &scratch)?;
+                }
+            }
+            Kernel::Ffn { gated, bias, .. } => {
+                // Operands: x, w_in, (b_in), w_out, (b_out).
+                let wo = if *bias { 3 } else { 2 };
+                let (x, w_in, w_out) = (in_shapes[0], in_shapes[1], in_shapes[wo]);
+                let d = x.last().copied().unwrap_or(1);
+                let rows = x.iter().product::<usize>() / d.max(1);
+                let h_in = w_in[1];
+                let width = if *gated { h_in / 2 } else { h_in };
+                scratch.insert(Arg::Gates, device.alloc((rows * h_in * 4).max(1))?);
+                scratch.insert(Arg::Hidden, device.alloc((rows * width * 4).max(1))?);
+                matmul(device, (&scratch[&Arg::Gates], &[rows, h_in]), (buf(step.ins[0])?, &[rows, d]), (buf(step.ins[1])?, w_in), false)?;
+                for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::FfnAct) {
+                    launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64], &scratch)?;
+                }
+                let w_out_buf = buf(step.ins[wo])?;
+                matmul(device, (buf(step.out)?, &[rows, w_out[1]]), (&scratch[&Arg::Hidden], &[rows, width]), (w_out_buf, w_out), false)?;
+                for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
+                    launch(n, k, &cuda::epilogue_meta(out_shape, None), &scratch)?;
+                }
+            }
+            kernel => {
+                let meta = cuda::meta(kernel, out_shape, &in_shapes, dims)?;
+                for (n, k) in kernels_of(s) {
+                    launch(n, k, &meta, &scratch)?;
+                }
+            }
+        }
+    }
+    program
+        .outputs
+        .iter()
+        .map(|(name, b)| {
+            let ty = &program.buffers[*b].ty;
+            let bytes = shapes[*b].iter().product::<usize>() * ty.dtype.size();
+            Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype)))
+        })
+        .collect()
+}
+
+/// A batched matmul as one device GEMM per matrix (batch axes broadcast).
+fn matmul<D: Device>(
+    device: &D,
+    out: (&D::Buf, &[usize]),
+    a: (&D::Buf, &[usize]),
+    b: (&D::Buf, &[usize]),
+    trans_b: bool,
+) -> Result<(), String> {
+    let (ra, rb, r) = (a.1.len(), b.1.len(), out.1.len());
+    let (m, k) = (a.1[ra - 2], a.1[ra - 1]);
+    let n = if trans_b { b.1[rb - 2] } else { b.1[rb - 1] };
+    let batch = &out.1[..r - 2];
+    let (oa, ob) = (broadcast_offsets(batch, &a.1[..ra - 2]), broadcast_offsets(batch, &b.1[..rb - 2]));
+    for (i, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
+        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), m, n, k, trans_b)?;
+    }
+    Ok(())
+}
