@@ -9,9 +9,9 @@
 //! # Ok(()) }
 //! ```
 
+use crate::engine::Engine;
 use crate::{hf, render, Frontend};
 use std::collections::HashMap;
-use tessera_codegen::Executable;
 use tessera_ir::Graph;
 use tessera_lang::{CheckpointMap, Override};
 use tessera_runtime::{Dims, RunError, Tensor};
@@ -23,6 +23,8 @@ pub enum Backend {
     Interp,
     /// Kernels compiled with Cranelift (the default).
     Cpu,
+    /// Generated CUDA kernels and cuBLAS on GPU 0 (the `cuda` feature and an NVIDIA GPU).
+    Cuda,
 }
 
 /// Errors of the API.
@@ -112,7 +114,7 @@ impl Compiler {
 pub struct Model {
     graph: Graph,
     checkpoint: Option<CheckpointMap>,
-    exe: Option<Executable>,
+    engine: Engine,
     params: HashMap<String, Tensor>,
 }
 
@@ -121,11 +123,8 @@ impl Model {
     pub fn from_graph(g: Graph, checkpoint: Option<CheckpointMap>, backend: Backend, keep_clif: bool) -> Result<Model, Error> {
         tessera_ir::verify(&g).map_err(|e| Error::Internal(e.join("\n")))?;
         let g = tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| Error::Internal(e.to_string()))?;
-        let exe = match backend {
-            Backend::Interp => None,
-            Backend::Cpu => Some(Executable::new(tessera_codegen::schedule(&g), keep_clif).map_err(Error::Internal)?),
-        };
-        Ok(Model { graph: g, checkpoint, exe, params: HashMap::new() })
+        let engine = Engine::new(&g, backend, keep_clif)?;
+        Ok(Model { graph: g, checkpoint, engine, params: HashMap::new() })
     }
 
     /// The optimised graph.
@@ -133,14 +132,14 @@ impl Model {
         &self.graph
     }
 
-    /// The kernel program (CPU backend).
+    /// The kernel program (compiled backends).
     pub fn program(&self) -> Option<&tessera_codegen::Program> {
-        self.exe.as_ref().map(|e| &e.program)
+        self.engine.program()
     }
 
     /// The Cranelift IR of the compiled kernels (when the compiler kept it).
     pub fn clif(&self) -> &[String] {
-        self.exe.as_ref().map_or(&[], |e| &e.clif)
+        self.engine.clif()
     }
 
     /// Loads a safetensors checkpoint through the model's checkpoint map. Returns the names
@@ -176,10 +175,7 @@ impl Model {
         if let Some(extra) = inputs.keys().find(|k| !declared.contains(&k.as_str())) {
             return Err(RunError::Unknown { kind: "input", name: extra.clone() }.into());
         }
-        match &self.exe {
-            None => Ok(tessera_runtime::run(&self.graph, dims, inputs, &self.params)?),
-            Some(exe) => Ok(exe.run(dims, inputs, &self.params)?.0),
-        }
+        Ok(self.engine.run(&self.graph, dims, inputs, &self.params)?.0)
     }
 
     /// Replaces the parameters.

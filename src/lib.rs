@@ -14,9 +14,11 @@ pub use tessera_passes as passes;
 pub use tessera_runtime as runtime;
 
 mod api;
+pub mod engine;
 pub mod hf;
 
 pub use api::{Backend, Compiler, Error, Model};
+pub use engine::Engine;
 pub use tessera_codegen as codegen;
 
 use miette::{GraphicalReportHandler, GraphicalTheme};

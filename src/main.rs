@@ -39,6 +39,8 @@ enum BackendArg {
     Interp,
     /// Compiled CPU kernels (Cranelift).
     Cpu,
+    /// Generated CUDA kernels and cuBLAS on GPU 0 (needs the `cuda` feature and a GPU).
+    Cuda,
 }
 
 #[derive(clap::Args)]
@@ -313,13 +315,15 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let compile_start = std::time::Instant::now();
             let (g, map) = front(&m)?;
             let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
-            let exe = match backend {
-                BackendArg::Cpu => Some(tessera::codegen::Executable::new(tessera::codegen::schedule(&g), false).map_err(Fail::Internal)?),
-                BackendArg::Interp => None,
+            let backend = match backend {
+                BackendArg::Cpu => tessera::Backend::Cpu,
+                BackendArg::Interp => tessera::Backend::Interp,
+                BackendArg::Cuda => tessera::Backend::Cuda,
             };
+            let engine = tessera::Engine::new(&g, backend, false).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
-            run(&g, exe.as_ref(), map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
+            run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -421,7 +425,7 @@ struct RunFiles<'a> {
 
 fn run(
     g: &Graph,
-    exe: Option<&tessera::codegen::Executable>,
+    engine: &tessera::Engine,
     map: Option<&CheckpointMap>,
     dim: &[(String, String)],
     files: RunFiles,
@@ -469,31 +473,24 @@ fn run(
     let mut times = Vec::new();
     for _ in 1..repeat {
         let t = std::time::Instant::now();
-        match exe {
-            Some(exe) => drop(exe.run(&dims, &all_inputs, &params)?),
-            None => drop(runtime::run(g, &dims, &all_inputs, &params)?),
-        }
+        drop(engine.run(g, &dims, &all_inputs, &params)?);
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let start = std::time::Instant::now();
-    let outputs = match exe {
-        Some(exe) => {
-            let (outputs, stats) = exe.run(&dims, &all_inputs, &params)?;
-            let a = stats.attention;
-            outln!(
-                "cpu: {:.1} ms, activation arena {:.2} MiB, attention tiles {} computed / {} skipped",
-                start.elapsed().as_secs_f64() * 1e3,
-                stats.arena_bytes as f64 / (1 << 20) as f64,
-                a.tiles,
-                a.skipped
-            );
-            for (kind, secs) in &stats.profile {
-                outln!("  {kind:<12} {:8.1} ms", secs * 1e3);
-            }
-            outputs
+    let (outputs, stats) = engine.run(g, &dims, &all_inputs, &params)?;
+    if let Some(stats) = stats {
+        let a = stats.attention;
+        outln!(
+            "cpu: {:.1} ms, activation arena {:.2} MiB, attention tiles {} computed / {} skipped",
+            start.elapsed().as_secs_f64() * 1e3,
+            stats.arena_bytes as f64 / (1 << 20) as f64,
+            a.tiles,
+            a.skipped
+        );
+        for (kind, secs) in &stats.profile {
+            outln!("  {kind:<12} {:8.1} ms", secs * 1e3);
         }
-        None => runtime::run(g, &dims, &all_inputs, &params)?,
-    };
+    }
     if repeat > 1 {
         times.push(start.elapsed().as_secs_f64() * 1e3);
         times.sort_by(f64::total_cmp);

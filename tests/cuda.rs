@@ -314,3 +314,55 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--backend cuda` and `Backend::Cuda` fail with a clear message where they cannot run: a
+/// build without the `cuda` feature, or a machine without the CUDA driver. (On a GPU machine
+/// they run, and the next test compares them with the interpreter.)
+#[test]
+fn the_cuda_backend_says_clearly_when_it_cannot_run() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--backend", "cuda"])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let api = Compiler::new().backend(Backend::Cuda).define("layers", 1).compile_file("stdlib/gpt2.tsr");
+    #[cfg(feature = "cuda")]
+    if tessera::codegen::cuda_device::driver_present() {
+        assert!(out.status.success(), "{err}");
+        return;
+    }
+    let want = if cfg!(feature = "cuda") { "no CUDA device" } else { "no CUDA backend" };
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(want), "{err}");
+    assert!(api.err().is_some_and(|e| e.to_string().contains(want)));
+}
+
+/// On a machine with an NVIDIA GPU (feature `cuda`): every stdlib model on the GPU equals the
+/// interpreter. Elsewhere it says that it was skipped.
+#[cfg(feature = "cuda")]
+#[test]
+fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
+    if !tessera::codegen::cuda_device::driver_present() {
+        println!("skipped: no CUDA driver on this machine");
+        return;
+    }
+    for (name, overrides) in common::SMALL {
+        let mut c = Compiler::new();
+        for (k, v) in *overrides {
+            c = c.define(k, tessera::lang::Override::parse(v));
+        }
+        let path = format!("stdlib/{name}.tsr");
+        let mut gpu = c.clone().backend(Backend::Cuda).compile_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
+        gpu.random_weights(3).expect("weights");
+        interp.random_weights(3).expect("weights");
+        let inputs = gpu.random_inputs(common::DIMS, 4).expect("inputs");
+        let want = interp.run(&inputs).expect("interpreter");
+        let got = gpu.run(&inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for ((n, g), (_, w)) in got.iter().zip(&want) {
+            let d = max_rel_diff(g, w);
+            println!("{name:<11} {n:<26} max rel diff {d:.2e} (GPU)");
+            assert!(d <= 1e-4, "{name}.{n}: {d}");
+        }
+    }
+}

@@ -7,6 +7,8 @@
 
 pub mod attention;
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_device;
 mod exec;
 pub mod gpu;
 pub mod host;

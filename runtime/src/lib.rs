@@ -77,6 +77,9 @@ pub enum RunError {
         /// One message per problem, each naming the parameter and the checkpoint tensor.
         errors: Vec<String>,
     },
+    /// The device failed or is missing (no GPU, out of device memory, ...).
+    #[error("{0}")]
+    Device(String),
     /// A bug in Tessera.
     #[error("internal error: {0}")]
     Internal(String),

@@ -1,0 +1,130 @@
+//! The CUDA [`Device`] (feature `cuda`): cudarc with the driver, NVRTC and cuBLAS loaded at run
+//! time. Creating one checks for the driver library first, because cudarc panics on first use
+//! when it is missing; every later failure is an error, not a panic.
+//!
+//! Compiled and type-checked everywhere the feature is on, but run only on a machine with an
+//! NVIDIA GPU: the emulated device of `tests/cuda.rs` checks the executor and the kernels'
+//! meaning, not this file.
+
+use crate::cuda::CudaKernel;
+use crate::gpu::Device;
+use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// Threads per block of every generated kernel.
+const BLOCK: u32 = 128;
+
+/// One GPU with the compiled kernels of one program.
+pub struct CudaDevice {
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: Vec<CudaFunction>,
+}
+
+fn err(e: impl std::fmt::Debug) -> String {
+    format!("CUDA: {e:?}")
+}
+
+/// Whether the CUDA driver library can be loaded (cudarc panics on first use when not).
+pub fn driver_present() -> bool {
+    // SAFETY: only probes for the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal` and compiles `kernels` (one NVRTC module) for it.
+    pub fn new(ordinal: usize, source: &str, kernels: &[CudaKernel]) -> Result<CudaDevice, String> {
+        if !driver_present() {
+            return Err("no CUDA device: the CUDA driver library (libcuda) was not found".into());
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("no CUDA device {ordinal}: {e:?}"))?;
+        let (major, minor) = (
+            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?,
+            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?,
+        );
+        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
+        let ptx = crate::nvrtc::compile(source, arch)?;
+        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(err)?;
+        let functions = kernels.iter().map(|k| module.load_function(&k.name).map_err(err)).collect::<Result<_, _>>()?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(err)?;
+        Ok(CudaDevice { stream, blas, functions })
+    }
+}
+
+impl Device for CudaDevice {
+    type Buf = RefCell<CudaSlice<u8>>;
+
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String> {
+        self.stream.alloc_zeros::<u8>(bytes).map(RefCell::new).map_err(err)
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
+        self.stream.clone_htod(bytes).map(RefCell::new).map_err(err)
+    }
+
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
+        let b = buf.borrow();
+        self.stream.clone_dtoh(&b.slice(..bytes)).map_err(err)
+    }
+
+    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
+        if threads == 0 {
+            return Ok(());
+        }
+        let f = self.functions.get(kernel).ok_or_else(|| format!("no kernel {kernel}"))?;
+        let meta = self.stream.clone_htod(meta).map_err(err)?;
+        let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> = args.iter().map(|a| a.borrow()).collect();
+        let mut b = self.stream.launch_builder(f);
+        for buf in &bufs {
+            b.arg(&**buf);
+        }
+        b.arg(&meta);
+        let blocks =
+            u32::try_from(threads.div_ceil(BLOCK as usize)).map_err(|_| format!("{threads} threads are too many for one launch"))?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: the kernel's parameters are the buffers and `meta` in the order lowered, and
+        // `meta` describes sizes within those buffers.
+        unsafe { b.launch(cfg) }.map(|_| ()).map_err(err)
+    }
+
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_b: bool,
+    ) -> Result<(), String> {
+        let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
+        let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's memory is Bᵀ (n × k, ld n), or
+        // with `trans_b` the stored [n, k] matrix transposed (ld k).
+        let cfg = GemmConfig {
+            transa: if trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: ni,
+            n: mi,
+            k: ki,
+            alpha: 1.0f32,
+            lda: if trans_b { ki } else { ni },
+            ldb: ki,
+            beta: 0.0f32,
+            ldc: ni,
+        };
+        let (a_buf, b_buf) = (a.0.borrow(), b.0.borrow());
+        let (a, b) = (a_buf.slice(4 * a.1..), b_buf.slice(4 * b.1..));
+        let mut c_buf = c.0.borrow_mut();
+        let mut c_view = c_buf.slice_mut(4 * c.1..);
+        // SAFETY: the views are f32 data of at least the sizes the GEMM reads and writes.
+        unsafe {
+            let (a, b) = (a.transmute::<f32>(m * k).ok_or("A too small")?, b.transmute::<f32>(k * n).ok_or("B too small")?);
+            let mut c = c_view.transmute_mut::<f32>(m * n).ok_or("C too small")?;
+            self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
+        }
+    }
+}

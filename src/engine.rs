@@ -1,0 +1,98 @@
+//! What runs an optimised graph: the interpreter, the compiled CPU kernels, or (feature
+//! `cuda`) the generated CUDA kernels on a GPU. Shared by [`crate::Model`] and the CLI.
+
+use crate::api::Backend;
+use std::collections::HashMap;
+use tessera_codegen::{Executable, RunStats};
+use tessera_ir::Graph;
+use tessera_runtime::{Dims, RunError, Tensor};
+
+/// Named output tensors, in the model's order.
+pub type Outputs = Vec<(String, Tensor)>;
+
+/// A compiled graph, ready to run.
+pub enum Engine {
+    /// The reference interpreter over the graph.
+    Interp,
+    /// Cranelift-compiled CPU kernels.
+    Cpu(Box<Executable>),
+    /// Generated CUDA kernels and cuBLAS on GPU 0.
+    #[cfg(feature = "cuda")]
+    Cuda(Box<Gpu>),
+}
+
+/// A program lowered to CUDA with the device that runs it.
+#[cfg(feature = "cuda")]
+pub struct Gpu {
+    program: tessera_codegen::Program,
+    kernels: Vec<tessera_codegen::cuda::CudaKernel>,
+    device: tessera_codegen::cuda_device::CudaDevice,
+}
+
+impl Engine {
+    /// Compiles `g` (already optimised) for `backend`. The CUDA backend fails with
+    /// [`RunError::Device`] in a build without the `cuda` feature or on a machine without a
+    /// GPU.
+    pub fn new(g: &Graph, backend: Backend, keep_clif: bool) -> Result<Engine, RunError> {
+        match backend {
+            Backend::Interp => Ok(Engine::Interp),
+            Backend::Cpu => {
+                Ok(Engine::Cpu(Box::new(Executable::new(tessera_codegen::schedule(g), keep_clif).map_err(RunError::Internal)?)))
+            }
+            Backend::Cuda => cuda(g),
+        }
+    }
+
+    /// The kernel program, for the compiled backends.
+    pub fn program(&self) -> Option<&tessera_codegen::Program> {
+        match self {
+            Engine::Interp => None,
+            Engine::Cpu(e) => Some(&e.program),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(g) => Some(&g.program),
+        }
+    }
+
+    /// The Cranelift IR of the CPU kernels, when kept.
+    pub fn clif(&self) -> &[String] {
+        match self {
+            Engine::Cpu(e) => &e.clif,
+            _ => &[],
+        }
+    }
+
+    /// Runs; the CPU backend also reports what it did.
+    pub fn run(
+        &self,
+        g: &Graph,
+        dims: &Dims,
+        inputs: &HashMap<String, Tensor>,
+        params: &HashMap<String, Tensor>,
+    ) -> Result<(Outputs, Option<RunStats>), RunError> {
+        match self {
+            Engine::Interp => Ok((tessera_runtime::run(g, dims, inputs, params)?, None)),
+            Engine::Cpu(e) => e.run(dims, inputs, params).map(|(o, s)| (o, Some(s))),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(gpu) => {
+                let out =
+                    tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, &gpu.device, inputs, params, dims).map_err(RunError::Device)?;
+                Ok((out, None))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(g: &Graph) -> Result<Engine, RunError> {
+    use tessera_codegen::cuda;
+    let program = tessera_codegen::schedule(g);
+    let kernels = cuda::lower(&program).map_err(RunError::Internal)?;
+    let source = cuda::dump(&program).map_err(RunError::Internal)?;
+    let device = tessera_codegen::cuda_device::CudaDevice::new(0, &source, &kernels).map_err(RunError::Device)?;
+    Ok(Engine::Cuda(Box::new(Gpu { program, kernels, device })))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &Graph) -> Result<Engine, RunError> {
+    Err(RunError::Device("this build has no CUDA backend: build with `--features cuda`".into()))
+}
