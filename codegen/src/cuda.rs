@@ -15,6 +15,7 @@
 //! will be checked against.
 
 use crate::kernel::{Kernel, Program, Step};
+use std::collections::HashMap;
 use std::fmt::Write;
 use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, Var};
 
@@ -43,7 +44,8 @@ pub struct CudaKernel {
     pub step: usize,
     /// Its entry point.
     pub name: String,
-    /// The CUDA C source (after [`PRELUDE`]).
+    /// The CUDA C source (after [`PRELUDE`]); empty when the kernel is an earlier one's
+    /// (`name` is then that kernel's).
     pub source: String,
     /// The C types of its parameters: one per entry of `args`, then `meta`.
     pub params: Vec<String>,
@@ -90,30 +92,40 @@ pub enum PerThread {
     Line,
 }
 
-/// Generates the kernels of every step that this lowering covers.
+/// Generates the kernels of every step that this lowering covers. Steps whose kernels are the
+/// same code (the same op in every layer) share one function: the later ones carry the first
+/// one's name and an empty `source`, so a model compiles as many functions as it has distinct
+/// kernels, not as many as it has steps.
 pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
     let mut out = Vec::new();
+    // Kernel code without its heading comment and with its name blanked, to the name given.
+    let mut seen: HashMap<String, String> = HashMap::new();
     for (i, step) in program.steps.iter().enumerate() {
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
         let last = step.ins.len().saturating_sub(1);
-        let mut push = |name: String,
-                        source: Result<String, String>,
-                        args: Vec<Arg>,
-                        role: Role,
-                        per_thread: PerThread|
-         -> Result<(), String> {
-            let ty = |a: &Arg| match a {
-                Arg::Out => c_type(program.buffers[step.out].ty.dtype),
-                Arg::In(k) => c_type(program.buffers[step.ins[*k]].ty.dtype),
-                Arg::Gates | Arg::Hidden => "float",
+        let mut push =
+            |name: String, source: Result<String, String>, args: Vec<Arg>, role: Role, per_thread: PerThread| -> Result<(), String> {
+                let ty = |a: &Arg| match a {
+                    Arg::Out => c_type(program.buffers[step.out].ty.dtype),
+                    Arg::In(k) => c_type(program.buffers[step.ins[*k]].ty.dtype),
+                    Arg::Gates | Arg::Hidden => "float",
+                };
+                let mut params: Vec<String> =
+                    args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
+                params.push("const i64*".into());
+                let source = source.map_err(|e| format!("step {i}: {e}"))?;
+                let code: String = source.lines().filter(|l| !l.starts_with("//")).collect::<Vec<_>>().join("\n").replace(&name, "@");
+                let (name, source) = match seen.get(&code) {
+                    Some(first) => (first.clone(), String::new()),
+                    None => {
+                        seen.insert(code, name.clone());
+                        (name, source)
+                    }
+                };
+                out.push(CudaKernel { step: i, name, source, params, args, role, per_thread });
+                Ok(())
             };
-            let mut params: Vec<String> =
-                args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
-            params.push("const i64*".into());
-            out.push(CudaKernel { step: i, name, source: source.map_err(|e| format!("step {i}: {e}"))?, params, args, role, per_thread });
-            Ok(())
-        };
         match &step.kernel {
             Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main, PerThread::Element)?,
             Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main, PerThread::QueryRow)?,
@@ -166,7 +178,11 @@ pub fn dump(program: &Program) -> Result<String, String> {
     let mut s = String::from(PRELUDE);
     for k in &kernels {
         s.push('\n');
-        s.push_str(&k.source);
+        if k.source.is_empty() {
+            let _ = writeln!(s, "// step {}: {} again", k.step, k.name);
+        } else {
+            s.push_str(&k.source);
+        }
     }
     let rest: Vec<String> = program
         .steps
