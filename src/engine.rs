@@ -27,6 +27,9 @@ pub struct Gpu {
     program: tessera_codegen::Program,
     kernels: Vec<tessera_codegen::cuda::CudaKernel>,
     device: tessera_codegen::cuda_device::CudaDevice,
+    /// Parameters kept on the GPU between runs.
+    resident:
+        std::sync::Mutex<tessera_codegen::gpu::Resident<<tessera_codegen::cuda_device::CudaDevice as tessera_codegen::gpu::Device>::Buf>>,
 }
 
 impl Engine {
@@ -74,8 +77,9 @@ impl Engine {
             Engine::Cpu(e) => e.run(dims, inputs, params).map(|(o, s)| (o, Some(s))),
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
-                let out =
-                    tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, &gpu.device, inputs, params, dims).map_err(RunError::Device)?;
+                let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+                let out = tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, &gpu.device, inputs, params, &mut resident, dims)
+                    .map_err(RunError::Device)?;
                 Ok((out, None))
             }
         }
@@ -89,7 +93,7 @@ fn cuda(g: &Graph) -> Result<Engine, RunError> {
     let kernels = cuda::lower(&program).map_err(RunError::Internal)?;
     let source = cuda::dump(&program).map_err(RunError::Internal)?;
     let device = tessera_codegen::cuda_device::CudaDevice::new(0, &source, &kernels).map_err(RunError::Device)?;
-    Ok(Engine::Cuda(Box::new(Gpu { program, kernels, device })))
+    Ok(Engine::Cuda(Box::new(Gpu { program, kernels, device, resident: Default::default() })))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -149,6 +149,8 @@ int main(int argc, char** argv) {{
 /// another, in a child process), and GEMMs are plain loops.
 struct Emulator {
     exe: std::path::PathBuf,
+    /// Uploads so far.
+    uploads: std::cell::Cell<usize>,
 }
 
 impl Emulator {
@@ -167,7 +169,7 @@ impl Emulator {
             .output()
             .expect("g++ runs");
         assert!(out.status.success(), "{name}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
-        Emulator { exe }
+        Emulator { exe, uploads: Default::default() }
     }
 }
 
@@ -177,6 +179,7 @@ impl gpu::Device for Emulator {
         Ok(RefCell::new(vec![0; bytes]))
     }
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
+        self.uploads.set(self.uploads.get() + 1);
         Ok(RefCell::new(bytes.to_vec()))
     }
     fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
@@ -275,7 +278,7 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&inputs).expect("interpreter");
-            let got = gpu::run(p, &kernels, &emu, &inputs, &params, &dims).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got = gpu::run(p, &kernels, &emu, &inputs, &params, &mut HashMap::new(), &dims).unwrap_or_else(|e| panic!("{what}: {e}"));
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
@@ -311,12 +314,18 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let params = params_of(p, &dims);
         interp.set_params(params.clone());
         let want = interp.run(&inputs).expect("interpreter");
-        let got = gpu::run(p, &kernels, &emu, &inputs, &params, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut resident = HashMap::new();
+        let got = gpu::run(p, &kernels, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
         for ((n, g), (_, w)) in got.iter().zip(&want) {
             let d = max_rel_diff(g, w);
             println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA)");
             assert!(d <= 1e-4, "{name}.{n}: {d}");
         }
+        // A second run uploads the inputs only: the parameters stayed on the device.
+        emu.uploads.set(0);
+        let again = gpu::run(p, &kernels, &emu, &inputs, &params, &mut resident, &dims).expect("runs again");
+        assert_eq!(emu.uploads.get(), inputs.len(), "{name}");
+        assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

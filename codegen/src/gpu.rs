@@ -4,8 +4,8 @@
 //! back. The device is a trait so that the same executor runs on CUDA (`cuda_device`, feature
 //! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
 //!
-//! Not yet here: a memory plan (every buffer gets its own allocation), streams and graphs,
-//! caching uploaded parameters between runs.
+//! Parameters stay on the device between runs ([`Resident`]). Not yet here: a memory plan
+//! (every intermediate buffer gets its own allocation), streams and CUDA graphs.
 
 use crate::cuda::{self, Arg, CudaKernel, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
@@ -63,13 +63,30 @@ pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType) -> Tensor 
     Tensor { shape, data }
 }
 
-/// Runs `program`, whose kernels were lowered as `kernels`, on `device`.
+/// Parameters kept on the device between runs: by name, with the host tensor they were
+/// uploaded from (its data address and length), so that a changed parameter is uploaded again.
+pub type Resident<B> = HashMap<String, ((usize, usize), B)>;
+
+/// Where a tensor's data lives on the host and how long it is: the key that tells whether a
+/// resident copy is still current.
+fn fingerprint(t: &Tensor) -> (usize, usize) {
+    match &t.data {
+        Data::F32(v) => (v.as_ptr() as usize, v.len()),
+        Data::I64(v) => (v.as_ptr() as usize, v.len()),
+        Data::Bool(v) => (v.as_ptr() as usize, v.len()),
+    }
+}
+
+/// Runs `program`, whose kernels were lowered as `kernels`, on `device`. Parameters already in
+/// `resident` (uploaded from the same host tensors) are not uploaded again.
+#[allow(clippy::too_many_arguments)]
 pub fn run<D: Device>(
     program: &Program,
     kernels: &[CudaKernel],
     device: &D,
     inputs: &HashMap<String, Tensor>,
     params: &HashMap<String, Tensor>,
+    resident: &mut Resident<D::Buf>,
     dims: &Dims,
 ) -> Result<Vec<(String, Tensor)>, String> {
     let shapes: Vec<Vec<usize>> =
@@ -80,32 +97,43 @@ pub fn run<D: Device>(
         }
         b
     };
-    // Device memory of every buffer that is not a view.
+    // The host tensor of an input or parameter buffer, checked against the buffer's type.
+    let host = |b: BufId, t: Option<&'_ Tensor>, what: &str, name: &str| -> Result<Vec<u8>, String> {
+        let t = t.ok_or_else(|| format!("no {what} `{name}`"))?;
+        let ty = &program.buffers[b].ty;
+        if t.shape != shapes[b] || t.dtype() != ty.dtype {
+            return Err(format!("{what} `{name}`: expected {}{:?}, got {}{:?}", ty.dtype.name(), shapes[b], t.dtype().name(), t.shape));
+        }
+        Ok(tensor_bytes(t))
+    };
+    // Device memory of every buffer that is not a view; parameters are uploaded unless
+    // resident from the same host tensor.
     let mut mem: HashMap<BufId, D::Buf> = HashMap::new();
     for (b, buf) in program.buffers.iter().enumerate() {
         let bytes = shapes[b].iter().product::<usize>() * buf.ty.dtype.size();
-        let host = |t: Option<&Tensor>, what: &str, name: &str| -> Result<Vec<u8>, String> {
-            let t = t.ok_or_else(|| format!("no {what} `{name}`"))?;
-            if t.shape != shapes[b] || t.dtype() != buf.ty.dtype {
-                return Err(format!(
-                    "{what} `{name}`: expected {}{:?}, got {}{:?}",
-                    buf.ty.dtype.name(),
-                    shapes[b],
-                    t.dtype().name(),
-                    t.shape
-                ));
-            }
-            Ok(tensor_bytes(t))
-        };
         let m = match &buf.storage {
             Storage::Alias(_) => continue,
-            Storage::Input(name) => device.upload(&host(inputs.get(name), "input", name)?)?,
-            Storage::Param(name) => device.upload(&host(params.get(name), "parameter", name)?)?,
+            Storage::Input(name) => device.upload(&host(b, inputs.get(name), "input", name)?)?,
+            Storage::Param(name) => {
+                let key = params.get(name).map(fingerprint);
+                if key.is_none() || resident.get(name).map(|(k, _)| *k) != key {
+                    let data = host(b, params.get(name), "parameter", name)?;
+                    resident.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
+                }
+                continue;
+            }
             Storage::Arena | Storage::Derived => device.alloc(bytes.max(1))?,
         };
         mem.insert(b, m);
     }
-    let buf = |b: BufId| mem.get(&root(b)).ok_or_else(|| format!("buf{b} has no memory"));
+    let buf = |b: BufId| {
+        let r = root(b);
+        match &program.buffers[r].storage {
+            Storage::Param(name) => resident.get(name).map(|(_, m)| m),
+            _ => mem.get(&r),
+        }
+        .ok_or_else(|| format!("buf{b} has no memory"))
+    };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
     for (s, step) in program.steps.iter().enumerate() {
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
