@@ -294,10 +294,34 @@ pub fn elementwise_meta(out: &[usize], ins: &[&[usize]]) -> Vec<i64> {
     m
 }
 
+/// Query rows and keys per tile of the attention kernel's mask analysis.
+pub const ATTENTION_TILE: usize = 64;
+
+/// For each tile of [`ATTENTION_TILE`] query rows, the range of keys `[lo, hi)` that covers
+/// every key tile the mask analysis of `f` does not prove fully masked (an empty range when
+/// all are): `[tile, lo₀, hi₀, lo₁, hi₁, ..]`.
+pub fn live_keys(f: &ScoreFn, s: usize, t: usize) -> Vec<i64> {
+    let tile = ATTENTION_TILE;
+    let mut m = vec![tile as i64];
+    for i0 in (0..s).step_by(tile) {
+        let rows = (i0 as i64, (i0 + tile).min(s) as i64 - 1);
+        let live: Vec<usize> = (0..t)
+            .step_by(tile)
+            .filter(|&j0| f.tile_class(rows, (j0 as i64, (j0 + tile).min(t) as i64 - 1)) != tessera_ir::TileClass::Dead)
+            .collect();
+        match (live.first(), live.last()) {
+            (Some(&lo), Some(&hi)) => m.extend([lo as i64, (hi + tile).min(t) as i64]),
+            _ => m.extend([0, 0]),
+        }
+    }
+    m
+}
+
 /// The `meta` array of an attention step: `[rows, s, t, rank_b, batch dims.., the q, k and v
 /// strides over the batch dims (in matrices), then for each extra operand its element strides
-/// over [batch.., s, t] and its length]`.
-pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]]) -> Vec<i64> {
+/// over [batch.., s, t] and its length]`, then [`live_keys`] (all keys live when `f` is
+/// `None`).
+pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]], f: Option<&ScoreFn>) -> Vec<i64> {
     let r = out.len();
     let batch = &out[..r - 2];
     let (s, t) = (out[r - 2], k[k.len() - 2]);
@@ -309,6 +333,10 @@ pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extr
     for x in extra {
         m.extend(crate::host::broadcast_strides(x, r).iter().map(|&d| d as i64));
         m.push(x.iter().product::<usize>() as i64);
+    }
+    match f {
+        Some(f) => m.extend(live_keys(f, s, t)),
+        None => m.extend([s.max(1) as i64, 0, t as i64]),
     }
     m
 }
@@ -360,7 +388,11 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     let _ = writeln!(s, "  for (int c = 0; c < {e}; ++c) qv[c] = qr[c];");
     let _ = writeln!(s, "  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;");
     let _ = writeln!(s, "  float m = -__int_as_float(0x7f800000), l = 0.0f;");
-    let _ = writeln!(s, "  for (i64 j = 0; j < T; ++j) {{");
+    // The live keys of this row's query tile, from the mask analysis: outside them every
+    // score is masked, and skipping them changes nothing.
+    let _ = writeln!(s, "  const i64* tiles = vst + rb + {n_in} * (rb + 3);");
+    let _ = writeln!(s, "  const i64 qt = i / tiles[0], jlo = tiles[1 + 2 * qt], jhi = tiles[2 + 2 * qt];");
+    let _ = writeln!(s, "  for (i64 j = jlo; j < jhi; ++j) {{");
     let _ = writeln!(s, "    float dot = 0.0f;");
     let _ = writeln!(s, "    for (int c = 0; c < {e}; ++c) dot += qv[c] * kb[j * {e} + c];");
     let leaf = |k: u32| format!("in{k}[lo{k} + j * lst{k}[rb + 1]]");
@@ -541,7 +573,7 @@ pub fn meta(k: &Kernel, out: &[usize], ins: &[&[usize]], dims: &std::collections
     };
     let mut m = match k {
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
-        Kernel::Attention(_) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..]),
+        Kernel::Attention(f) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..], Some(f)),
         Kernel::Norm { .. } => {
             let d = out.last().copied().unwrap_or(1).max(1);
             vec![(out.iter().product::<usize>() / d) as i64, d as i64]
@@ -672,5 +704,29 @@ fn binary(op: BinaryOp, a: &str, b: &str, t: DType) -> String {
         Ge => infix(">="),
         And => format!("({a} != 0) && ({b} != 0)"),
         Or => format!("({a} != 0) || ({b} != 0)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::live_keys;
+    use tessera_ir::ScoreFn;
+
+    #[test]
+    fn live_keys_follow_the_mask_analysis() {
+        let causal = ScoreFn::parse("[J:i64; I:i64; le(0,1):bool; S:f32; #-1e30:f32; where(2,3,4):f32]").expect("parses");
+        // 200 queries and keys in tiles of 64: query tile q sees keys up to its last row.
+        assert_eq!(live_keys(&causal, 200, 200), vec![64, 0, 64, 0, 128, 0, 192, 0, 200]);
+        // A window of 8 keys: tile 2 (rows 128..191) needs keys 121..191, so key tiles 1 and 2.
+        let window = ScoreFn::parse(
+            "[J:i64; I:i64; le(0,1):bool; sub(1,0):i64; #8.0:i64; lt(3,4):bool; and(2,5):bool; S:f32; #-1e30:f32; where(6,7,8):f32]",
+        )
+        .expect("parses");
+        assert_eq!(&live_keys(&window, 200, 200)[5..7], &[64, 192]);
+        // Nothing visible: empty ranges.
+        let none =
+            ScoreFn::parse("[J:i64; I:i64; lt(1,0):bool; #0.0:i64; lt(1,3):bool; and(2,4):bool; S:f32; #-1e30:f32; where(5,6,7):f32]")
+                .expect("parses");
+        assert_eq!(live_keys(&none, 70, 70), vec![64, 0, 0, 0, 0]);
     }
 }
