@@ -708,6 +708,7 @@ fn binary(op: BinaryOp, a: &str, b: &str, t: DType) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::live_keys;
     use tessera_ir::ScoreFn;
