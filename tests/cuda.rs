@@ -381,3 +381,22 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
         }
     }
 }
+
+/// With the `cuda` feature and NVRTC: a Hopper CUBIN (`sm_90a`) is made without a GPU, and a
+/// second compilation of the same source comes from the disk cache.
+#[cfg(feature = "cuda")]
+#[test]
+fn kernels_compile_to_sm_90a_cubins_and_are_cached() {
+    if !tessera::codegen::nvrtc::available() {
+        println!("skipped: libnvrtc not found");
+        return;
+    }
+    let (_, p) = programs().into_iter().next().expect("a model");
+    let source = cuda::dump(&p).expect("lowers");
+    let dir = std::env::temp_dir().join(format!("tessera-nvrtc-cache-{}", std::process::id()));
+    let (cubin, cached) = tessera::codegen::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("compiles");
+    assert!(!cached && cubin.starts_with(b"\x7fELF"), "a CUBIN is an ELF image");
+    let (again, cached) = tessera::codegen::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("cached");
+    assert!(cached && again == cubin);
+    let _ = std::fs::remove_dir_all(&dir);
+}

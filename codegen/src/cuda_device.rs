@@ -44,9 +44,17 @@ impl CudaDevice {
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?,
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?,
         );
-        let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
-        let ptx = crate::nvrtc::compile(source, arch)?;
-        let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(err)?;
+        // Hopper gets a CUBIN for sm_90a (no driver JIT at load); others PTX for their
+        // compute capability. Both come from the disk cache when the source was seen before.
+        let arch: &'static str =
+            Box::leak(if (major, minor) == (9, 0) { "sm_90a".to_string() } else { format!("compute_{major}{minor}") }.into_boxed_str());
+        let (code, _cached) = crate::nvrtc::compile_cached(source, arch)?;
+        let image = if arch.starts_with("sm_") {
+            cudarc::nvrtc::Ptx::from_binary(code)
+        } else {
+            cudarc::nvrtc::Ptx::from_src(String::from_utf8(code).map_err(|_| "a cached PTX that is not text")?)
+        };
+        let module = ctx.load_module(image).map_err(err)?;
         let functions = kernels.iter().map(|k| module.load_function(&k.name).map_err(err)).collect::<Result<_, _>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
