@@ -23,8 +23,9 @@ pub enum Backend {
     Interp,
     /// Kernels compiled with Cranelift (the default).
     Cpu,
-    /// Generated CUDA kernels and cuBLAS on GPU 0 (the `cuda` feature and an NVIDIA GPU).
-    Cuda,
+    /// Generated CUDA kernels and cuBLAS on the GPU of this ordinal (the `cuda` feature and
+    /// an NVIDIA GPU).
+    Cuda(usize),
 }
 
 /// Errors of the API.

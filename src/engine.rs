@@ -16,7 +16,7 @@ pub enum Engine {
     Interp,
     /// Cranelift-compiled CPU kernels.
     Cpu(Box<Executable>),
-    /// Generated CUDA kernels and cuBLAS on GPU 0.
+    /// Generated CUDA kernels and cuBLAS on a GPU.
     #[cfg(feature = "cuda")]
     Cuda(Box<Gpu>),
 }
@@ -42,7 +42,7 @@ impl Engine {
             Backend::Cpu => {
                 Ok(Engine::Cpu(Box::new(Executable::new(tessera_codegen::schedule(g), keep_clif).map_err(RunError::Internal)?)))
             }
-            Backend::Cuda => cuda(g),
+            Backend::Cuda(gpu) => cuda(g, gpu),
         }
     }
 
@@ -87,16 +87,16 @@ impl Engine {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(g: &Graph) -> Result<Engine, RunError> {
+fn cuda(g: &Graph, gpu: usize) -> Result<Engine, RunError> {
     use tessera_codegen::cuda;
     let program = tessera_codegen::schedule(g);
     let kernels = cuda::lower(&program).map_err(RunError::Internal)?;
     let source = cuda::dump(&program).map_err(RunError::Internal)?;
-    let device = tessera_codegen::cuda_device::CudaDevice::new(0, &source, &kernels).map_err(RunError::Device)?;
+    let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels).map_err(RunError::Device)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, device, resident: Default::default() })))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Graph) -> Result<Engine, RunError> {
+fn cuda(_: &Graph, _: usize) -> Result<Engine, RunError> {
     Err(RunError::Device("this build has no CUDA backend: build with `--features cuda`".into()))
 }

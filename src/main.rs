@@ -39,7 +39,7 @@ enum BackendArg {
     Interp,
     /// Compiled CPU kernels (Cranelift).
     Cpu,
-    /// Generated CUDA kernels and cuBLAS on GPU 0 (needs the `cuda` feature and a GPU).
+    /// Generated CUDA kernels and cuBLAS on a GPU (`--gpu N`; needs the `cuda` feature).
     Cuda,
 }
 
@@ -105,6 +105,9 @@ enum Cmd {
         /// What runs the model.
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendArg,
+        /// The GPU to run on (`--backend cuda`), by ordinal.
+        #[arg(long, default_value_t = 0)]
+        gpu: usize,
         /// Run this many times and report the median time (benchmarking).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
@@ -307,7 +310,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, repeat } => {
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, gpu, repeat } => {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
@@ -318,7 +321,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
                 BackendArg::Interp => tessera::Backend::Interp,
-                BackendArg::Cuda => tessera::Backend::Cuda,
+                BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
             let engine = tessera::Engine::new(&g, backend, false).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);

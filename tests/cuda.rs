@@ -330,7 +330,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `--backend cuda` and `Backend::Cuda` fail with a clear message where they cannot run: a
+/// `--backend cuda` and `Backend::Cuda(0)` fail with a clear message where they cannot run: a
 /// build without the `cuda` feature, or a machine without the CUDA driver. (On a GPU machine
 /// they run, and the next test compares them with the interpreter.)
 #[test]
@@ -340,7 +340,7 @@ fn the_cuda_backend_says_clearly_when_it_cannot_run() {
         .output()
         .expect("runs");
     let err = String::from_utf8_lossy(&out.stderr);
-    let api = Compiler::new().backend(Backend::Cuda).define("layers", 1).compile_file("stdlib/gpt2.tsr");
+    let api = Compiler::new().backend(Backend::Cuda(0)).define("layers", 1).compile_file("stdlib/gpt2.tsr");
     #[cfg(feature = "cuda")]
     if tessera::codegen::cuda_device::driver_present() {
         assert!(out.status.success(), "{err}");
@@ -367,7 +367,7 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
             c = c.define(k, tessera::lang::Override::parse(v));
         }
         let path = format!("stdlib/{name}.tsr");
-        let mut gpu = c.clone().backend(Backend::Cuda).compile_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut gpu = c.clone().backend(Backend::Cuda(0)).compile_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         gpu.random_weights(3).expect("weights");
         interp.random_weights(3).expect("weights");
