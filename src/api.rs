@@ -12,6 +12,7 @@
 use crate::engine::Engine;
 use crate::{hf, render, Frontend};
 use std::collections::HashMap;
+pub use tessera_codegen::cuda::Precision;
 use tessera_ir::Graph;
 use tessera_lang::{CheckpointMap, Override};
 use tessera_runtime::{Dims, RunError, Tensor};
@@ -53,6 +54,7 @@ pub struct Compiler {
     config: Option<serde_json::Value>,
     backend: Backend,
     keep_clif: bool,
+    precision: Precision,
 }
 
 impl Default for Compiler {
@@ -64,7 +66,7 @@ impl Default for Compiler {
 impl Compiler {
     /// Defaults: the file's only model, its default hyper-parameters, the CPU backend.
     pub fn new() -> Compiler {
-        Compiler { defines: Vec::new(), model: None, config: None, backend: Backend::Cpu, keep_clif: false }
+        Compiler { defines: Vec::new(), model: None, config: None, backend: Backend::Cpu, keep_clif: false, precision: Precision::F32 }
     }
 
     /// Sets a hyper-parameter (wins over a config.json).
@@ -91,6 +93,12 @@ impl Compiler {
         self
     }
 
+    /// Stores f32 tensors as `precision` says (bf16: the CUDA backend only).
+    pub fn precision(mut self, precision: Precision) -> Compiler {
+        self.precision = precision;
+        self
+    }
+
     /// Keeps the Cranelift IR of the compiled kernels (see [`Model::clif`]).
     pub fn keep_clif(mut self, keep: bool) -> Compiler {
         self.keep_clif = keep;
@@ -107,7 +115,7 @@ impl Compiler {
     pub fn compile_str(&self, path: &str, text: &str) -> Result<Model, Error> {
         let fe = Frontend::tsr_with_config(path, text, self.model.as_deref(), &self.defines, self.config.as_ref());
         let Some(g) = fe.graph else { return Err(Error::Diagnostics(render(&fe.diagnostics, &fe.sources, false, 100))) };
-        Model::from_graph(g, fe.checkpoint, self.backend, self.keep_clif)
+        Model::from_graph(g, fe.checkpoint, self.backend, self.keep_clif, self.precision)
     }
 }
 
@@ -121,10 +129,16 @@ pub struct Model {
 
 impl Model {
     /// Optimises `g` and, for the CPU backend, schedules and compiles it.
-    pub fn from_graph(g: Graph, checkpoint: Option<CheckpointMap>, backend: Backend, keep_clif: bool) -> Result<Model, Error> {
+    pub fn from_graph(
+        g: Graph,
+        checkpoint: Option<CheckpointMap>,
+        backend: Backend,
+        keep_clif: bool,
+        precision: Precision,
+    ) -> Result<Model, Error> {
         tessera_ir::verify(&g).map_err(|e| Error::Internal(e.join("\n")))?;
         let g = tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| Error::Internal(e.to_string()))?;
-        let engine = Engine::new(&g, backend, keep_clif)?;
+        let engine = Engine::new(&g, backend, keep_clif, precision)?;
         Ok(Model { graph: g, checkpoint, engine, params: HashMap::new() })
     }
 

@@ -3,6 +3,7 @@
 
 use crate::api::Backend;
 use std::collections::HashMap;
+use tessera_codegen::cuda::Precision;
 use tessera_codegen::{Executable, RunStats};
 use tessera_ir::Graph;
 use tessera_runtime::{Dims, RunError, Tensor};
@@ -26,6 +27,7 @@ pub enum Engine {
 pub struct Gpu {
     program: tessera_codegen::Program,
     kernels: Vec<tessera_codegen::cuda::CudaKernel>,
+    precision: Precision,
     device: tessera_codegen::cuda_device::CudaDevice,
     /// Parameters kept on the GPU between runs.
     resident:
@@ -33,16 +35,21 @@ pub struct Gpu {
 }
 
 impl Engine {
-    /// Compiles `g` (already optimised) for `backend`. The CUDA backend fails with
-    /// [`RunError::Device`] in a build without the `cuda` feature or on a machine without a
-    /// GPU.
-    pub fn new(g: &Graph, backend: Backend, keep_clif: bool) -> Result<Engine, RunError> {
+    /// Compiles `g` (already optimised) for `backend`, storing f32 tensors as `precision`
+    /// says (bf16 only on the GPU). The CUDA backend fails with [`RunError::Device`] in a
+    /// build without the `cuda` feature or on a machine without a GPU.
+    pub fn new(g: &Graph, backend: Backend, keep_clif: bool, precision: Precision) -> Result<Engine, RunError> {
+        if precision != Precision::F32 && !matches!(backend, Backend::Cuda(_)) {
+            return Err(RunError::Device(
+                "bf16 storage is for the CUDA backend; the interpreter and the CPU backend compute in f32".into(),
+            ));
+        }
         match backend {
             Backend::Interp => Ok(Engine::Interp),
             Backend::Cpu => {
                 Ok(Engine::Cpu(Box::new(Executable::new(tessera_codegen::schedule(g), keep_clif).map_err(RunError::Internal)?)))
             }
-            Backend::Cuda(gpu) => cuda(g, gpu),
+            Backend::Cuda(gpu) => cuda(g, gpu, precision),
         }
     }
 
@@ -78,8 +85,9 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                let out = tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, &gpu.device, inputs, params, &mut resident, dims)
-                    .map_err(RunError::Device)?;
+                let out =
+                    tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
+                        .map_err(RunError::Device)?;
                 Ok((out, None))
             }
         }
@@ -87,16 +95,16 @@ impl Engine {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(g: &Graph, gpu: usize) -> Result<Engine, RunError> {
+fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError> {
     use tessera_codegen::cuda;
     let program = tessera_codegen::schedule(g);
     let kernels = cuda::lower(&program).map_err(RunError::Internal)?;
-    let source = cuda::dump(&program).map_err(RunError::Internal)?;
+    let source = cuda::dump(&program, precision).map_err(RunError::Internal)?;
     let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels).map_err(RunError::Device)?;
-    Ok(Engine::Cuda(Box::new(Gpu { program, kernels, device, resident: Default::default() })))
+    Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_: &Graph, _: usize) -> Result<Engine, RunError> {
+fn cuda(_: &Graph, _: usize, _: Precision) -> Result<Engine, RunError> {
     Err(RunError::Device("this build has no CUDA backend: build with `--features cuda`".into()))
 }

@@ -17,7 +17,7 @@ mod api;
 pub mod engine;
 pub mod hf;
 
-pub use api::{Backend, Compiler, Error, Model};
+pub use api::{Backend, Compiler, Error, Model, Precision};
 pub use engine::Engine;
 pub use tessera_codegen as codegen;
 

@@ -43,6 +43,14 @@ enum BackendArg {
     Cuda,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum DtypeArg {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 storage, f32 arithmetic (CUDA backend).
+    Bf16,
+}
+
 #[derive(clap::Args)]
 struct ModelArgs {
     /// A `.tsr` model file or a `.tir` IR file.
@@ -108,6 +116,9 @@ enum Cmd {
         /// The GPU to run on (`--backend cuda`), by ordinal.
         #[arg(long, default_value_t = 0)]
         gpu: usize,
+        /// How f32 tensors are stored: `bf16` (computed in f32) is for `--backend cuda`.
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
         /// Run this many times and report the median time (benchmarking).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
@@ -249,7 +260,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {
-                    out!("{}", tessera::codegen::cuda::dump(&program).map_err(Fail::Internal)?);
+                    out!("{}", tessera::codegen::cuda::dump(&program, tessera::codegen::cuda::Precision::F32).map_err(Fail::Internal)?);
                 } else if emit == Emit::Kernels {
                     // The memory plan at the sizes `run` uses by default.
                     let mut dims = HashMap::new();
@@ -310,7 +321,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, gpu, repeat } => {
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, gpu, dtype, repeat } => {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
@@ -323,7 +334,11 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
-            let engine = tessera::Engine::new(&g, backend, false).map_err(run_fail)?;
+            let precision = match dtype {
+                DtypeArg::F32 => tessera::codegen::cuda::Precision::F32,
+                DtypeArg::Bf16 => tessera::codegen::cuda::Precision::Bf16,
+            };
+            let engine = tessera::Engine::new(&g, backend, false, precision).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
             run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)

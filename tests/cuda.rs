@@ -63,7 +63,7 @@ fn every_models_kernels_compile_with_nvrtc() {
         return;
     }
     for (name, p) in programs() {
-        let source = tessera::codegen::cuda::dump(&p).expect("lowers");
+        let source = tessera::codegen::cuda::dump(&p, cuda::Precision::F32).expect("lowers");
         let start = std::time::Instant::now();
         let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}\n{source}"));
         let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -154,11 +154,12 @@ struct Emulator {
 }
 
 impl Emulator {
-    /// Compiles every kernel of `kernels` into one emulator program named `name` in `dir`.
-    fn new(dir: &std::path::Path, name: &str, kernels: &[cuda::CudaKernel]) -> Emulator {
+    /// Compiles every kernel of `kernels`, storing f32 tensors as `precision` says, into one
+    /// emulator program named `name` in `dir`.
+    fn new(dir: &std::path::Path, name: &str, kernels: &[cuda::CudaKernel], precision: cuda::Precision) -> Emulator {
         let (cpp, exe) = (dir.join(format!("{name}.cpp")), dir.join(name));
         let sources: String = kernels.iter().map(|k| format!("{}\n", k.source)).collect();
-        std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::PRELUDE, emulator_main(kernels))).expect("write");
+        std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::prelude(precision), emulator_main(kernels))).expect("write");
         let emu_h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/emu.h");
         let out = std::process::Command::new("g++")
             .args(["-std=c++17", "-O1", "-include"])
@@ -214,16 +215,23 @@ impl gpu::Device for Emulator {
         n: usize,
         k: usize,
         trans_b: bool,
+        precision: cuda::Precision,
     ) -> Result<(), String> {
+        let es = precision.f32_size();
         let f = |buf: &Self::Buf, at: usize| {
-            let v = buf.borrow();
-            f32::from_le_bytes([v[4 * at], v[4 * at + 1], v[4 * at + 2], v[4 * at + 3]])
+            let (v, at) = (buf.borrow(), es * at);
+            if es == 2 {
+                f32::from_bits(u32::from(u16::from_le_bytes([v[at], v[at + 1]])) << 16)
+            } else {
+                f32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]])
+            }
         };
         for i in 0..m {
             for j in 0..n {
                 let s: f32 = (0..k).map(|q| f(a.0, a.1 + i * k + q) * f(b.0, b.1 + if trans_b { j * k + q } else { q * n + j })).sum();
-                let at = 4 * (c.1 + i * n + j);
-                c.0.borrow_mut()[at..at + 4].copy_from_slice(&s.to_le_bytes());
+                let at = es * (c.1 + i * n + j);
+                let bytes = if es == 2 { half::bf16::from_f32(s).to_le_bytes().to_vec() } else { s.to_le_bytes().to_vec() };
+                c.0.borrow_mut()[at..at + es].copy_from_slice(&bytes);
             }
         }
         Ok(())
@@ -271,14 +279,15 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
         let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
         let p = model.program().expect("program");
         let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels);
+        let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels, cuda::Precision::F32);
         let params = params_of(p, &HashMap::new());
         interp.set_params(params.clone());
         for (batch, seq) in [(1, 5), (2, 37), (1, 70)] {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&inputs).expect("interpreter");
-            let got = gpu::run(p, &kernels, &emu, &inputs, &params, &mut HashMap::new(), &dims).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got = gpu::run(p, &kernels, cuda::Precision::F32, &emu, &inputs, &params, &mut HashMap::new(), &dims)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
@@ -308,24 +317,28 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         let p = model.program().expect("program");
         let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let emu = Emulator::new(&dir, name, &kernels);
         let inputs = model.random_inputs(common::DIMS, 4).expect("inputs");
         let dims: HashMap<String, i64> = common::DIMS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let params = params_of(p, &dims);
         interp.set_params(params.clone());
         let want = interp.run(&inputs).expect("interpreter");
-        let mut resident = HashMap::new();
-        let got = gpu::run(p, &kernels, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for ((n, g), (_, w)) in got.iter().zip(&want) {
-            let d = max_rel_diff(g, w);
-            println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA)");
-            assert!(d <= 1e-4, "{name}.{n}: {d}");
+        // f32 storage within 1e-4 of the interpreter, bf16 storage within 2e-2.
+        for (precision, tolerance) in [(cuda::Precision::F32, 1e-4), (cuda::Precision::Bf16, 2e-2)] {
+            let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);
+            let mut resident = HashMap::new();
+            let got =
+                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let d = max_rel_diff(g, w);
+                println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA, {precision:?})");
+                assert!(d <= tolerance, "{name}.{n} ({precision:?}): {d}");
+            }
+            // A second run uploads the inputs only: the parameters stayed on the device.
+            emu.uploads.set(0);
+            let again = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs again");
+            assert_eq!(emu.uploads.get(), inputs.len(), "{name}");
+            assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
         }
-        // A second run uploads the inputs only: the parameters stayed on the device.
-        emu.uploads.set(0);
-        let again = gpu::run(p, &kernels, &emu, &inputs, &params, &mut resident, &dims).expect("runs again");
-        assert_eq!(emu.uploads.get(), inputs.len(), "{name}");
-        assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -346,6 +359,13 @@ fn the_cuda_backend_says_clearly_when_it_cannot_run() {
         assert!(out.status.success(), "{err}");
         return;
     }
+    // bf16 storage is refused where it does not exist.
+    let bf16 = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--dtype", "bf16"])
+        .output()
+        .expect("runs");
+    assert_eq!(bf16.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bf16.stderr).contains("bf16 storage is for the CUDA backend"));
     let want = if cfg!(feature = "cuda") { "no CUDA device" } else { "no CUDA backend" };
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(want), "{err}");
@@ -367,17 +387,20 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
             c = c.define(k, tessera::lang::Override::parse(v));
         }
         let path = format!("stdlib/{name}.tsr");
-        let mut gpu = c.clone().backend(Backend::Cuda(0)).compile_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
-        gpu.random_weights(3).expect("weights");
+        let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");
         interp.random_weights(3).expect("weights");
-        let inputs = gpu.random_inputs(common::DIMS, 4).expect("inputs");
+        let inputs = interp.random_inputs(common::DIMS, 4).expect("inputs");
         let want = interp.run(&inputs).expect("interpreter");
-        let got = gpu.run(&inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
-        for ((n, g), (_, w)) in got.iter().zip(&want) {
-            let d = max_rel_diff(g, w);
-            println!("{name:<11} {n:<26} max rel diff {d:.2e} (GPU)");
-            assert!(d <= 1e-4, "{name}.{n}: {d}");
+        for (precision, tolerance) in [(cuda::Precision::F32, 1e-4), (cuda::Precision::Bf16, 2e-2)] {
+            let c = c.clone().backend(Backend::Cuda(0)).precision(precision);
+            let mut gpu = c.compile_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            gpu.random_weights(3).expect("weights");
+            let got = gpu.run(&inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let d = max_rel_diff(g, w);
+                println!("{name:<11} {n:<26} max rel diff {d:.2e} (GPU, {precision:?})");
+                assert!(d <= tolerance, "{name}.{n} ({precision:?}): {d}");
+            }
         }
     }
 }
@@ -392,7 +415,7 @@ fn kernels_compile_to_sm_90a_cubins_and_are_cached() {
         return;
     }
     let (_, p) = programs().into_iter().next().expect("a model");
-    let source = cuda::dump(&p).expect("lowers");
+    let source = cuda::dump(&p, cuda::Precision::F32).expect("lowers");
     let dir = std::env::temp_dir().join(format!("tessera-nvrtc-cache-{}", std::process::id()));
     let (cubin, cached) = tessera::codegen::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("compiles");
     assert!(!cached && cubin.starts_with(b"\x7fELF"), "a CUBIN is an ELF image");

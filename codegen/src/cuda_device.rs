@@ -6,7 +6,7 @@
 //! NVIDIA GPU: the emulated device of `tests/cuda.rs` checks the executor and the kernels'
 //! meaning, not this file.
 
-use crate::cuda::CudaKernel;
+use crate::cuda::{CudaKernel, Precision};
 use crate::gpu::Device;
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
@@ -107,32 +107,38 @@ impl Device for CudaDevice {
         n: usize,
         k: usize,
         trans_b: bool,
+        precision: Precision,
     ) -> Result<(), String> {
         let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
         let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's memory is Bᵀ (n × k, ld n), or
         // with `trans_b` the stored [n, k] matrix transposed (ld k).
-        let cfg = GemmConfig {
-            transa: if trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: ni,
-            n: mi,
-            k: ki,
-            alpha: 1.0f32,
-            lda: if trans_b { ki } else { ni },
-            ldb: ki,
-            beta: 0.0f32,
-            ldc: ni,
-        };
+        let transa = if trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let (lda, transb, ldb, ldc) = (if trans_b { ki } else { ni }, cublasOperation_t::CUBLAS_OP_N, ki, ni);
+        let es = precision.f32_size();
         let (a_buf, b_buf) = (a.0.borrow(), b.0.borrow());
-        let (a, b) = (a_buf.slice(4 * a.1..), b_buf.slice(4 * b.1..));
+        let (a, b) = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..));
         let mut c_buf = c.0.borrow_mut();
-        let mut c_view = c_buf.slice_mut(4 * c.1..);
-        // SAFETY: the views are f32 data of at least the sizes the GEMM reads and writes.
+        let mut c_view = c_buf.slice_mut(es * c.1..);
+        // SAFETY: the views hold elements of the stored type, at least as many as the GEMM
+        // reads and writes.
         unsafe {
-            let (a, b) = (a.transmute::<f32>(m * k).ok_or("A too small")?, b.transmute::<f32>(k * n).ok_or("B too small")?);
-            let mut c = c_view.transmute_mut::<f32>(m * n).ok_or("C too small")?;
-            self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
+            match precision {
+                Precision::F32 => {
+                    let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha: 1.0f32, lda, ldb, beta: 0.0f32, ldc };
+                    let (a, b) = (a.transmute::<f32>(m * k).ok_or("A too small")?, b.transmute::<f32>(k * n).ok_or("B too small")?);
+                    let mut c = c_view.transmute_mut::<f32>(m * n).ok_or("C too small")?;
+                    self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
+                }
+                Precision::Bf16 => {
+                    let (one, zero) = (half::bf16::ONE, half::bf16::ZERO);
+                    let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha: one, lda, ldb, beta: zero, ldc };
+                    let a = a.transmute::<half::bf16>(m * k).ok_or("A too small")?;
+                    let b = b.transmute::<half::bf16>(k * n).ok_or("B too small")?;
+                    let mut c = c_view.transmute_mut::<half::bf16>(m * n).ok_or("C too small")?;
+                    self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
+                }
+            }
         }
     }
 }

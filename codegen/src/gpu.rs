@@ -7,7 +7,7 @@
 //! Parameters stay on the device between runs ([`Resident`]). Not yet here: a memory plan
 //! (every intermediate buffer gets its own allocation), streams and CUDA graphs.
 
-use crate::cuda::{self, Arg, CudaKernel, Role};
+use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
 use tessera_ir::DType;
@@ -27,8 +27,9 @@ pub trait Device {
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
     /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
     fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
-    /// `c = a · b` in f32 for one matrix: `a` is `m × k`, `b` is `k × n` (or `n × k` stored,
-    /// with `trans_b`), `c` is `m × n`, all row-major at the given element offsets.
+    /// `c = a · b` for one matrix: `a` is `m × k`, `b` is `k × n` (or `n × k` stored, with
+    /// `trans_b`), `c` is `m × n`, all row-major at the given element offsets, stored as
+    /// `precision` says, accumulated in f32.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -39,12 +40,15 @@ pub trait Device {
         n: usize,
         k: usize,
         trans_b: bool,
+        precision: Precision,
     ) -> Result<(), String>;
 }
 
-/// The bytes of a tensor as the kernels read them (bools as one byte each).
-pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+/// The bytes of a tensor as the kernels read them (bools as one byte each, f32 as bf16 where
+/// `precision` says so, rounded to nearest even).
+pub fn tensor_bytes(t: &Tensor, precision: Precision) -> Vec<u8> {
     match &t.data {
+        Data::F32(v) if precision == Precision::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
         Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
@@ -52,8 +56,11 @@ pub fn tensor_bytes(t: &Tensor) -> Vec<u8> {
 }
 
 /// A tensor from the bytes of a buffer.
-pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType) -> Tensor {
+pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType, precision: Precision) -> Tensor {
     let data = match dtype {
+        DType::F32 if precision == Precision::Bf16 => {
+            Data::F32(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        }
         DType::F32 => Data::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
         DType::I64 => {
             Data::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
@@ -77,12 +84,14 @@ fn fingerprint(t: &Tensor) -> (usize, usize) {
     }
 }
 
-/// Runs `program`, whose kernels were lowered as `kernels`, on `device`. Parameters already in
-/// `resident` (uploaded from the same host tensors) are not uploaded again.
+/// Runs `program`, whose kernels were lowered as `kernels` and compiled for `precision`, on
+/// `device`. Parameters already in `resident` (uploaded from the same host tensors) are not
+/// uploaded again.
 #[allow(clippy::too_many_arguments)]
 pub fn run<D: Device>(
     program: &Program,
     kernels: &[CudaKernel],
+    precision: Precision,
     device: &D,
     inputs: &HashMap<String, Tensor>,
     params: &HashMap<String, Tensor>,
@@ -104,13 +113,14 @@ pub fn run<D: Device>(
         if t.shape != shapes[b] || t.dtype() != ty.dtype {
             return Err(format!("{what} `{name}`: expected {}{:?}, got {}{:?}", ty.dtype.name(), shapes[b], t.dtype().name(), t.shape));
         }
-        Ok(tensor_bytes(t))
+        Ok(tensor_bytes(t, precision))
     };
+    let size = |t: DType| if t == DType::F32 { precision.f32_size() } else { t.size() };
     // Device memory of every buffer that is not a view; parameters are uploaded unless
     // resident from the same host tensor.
     let mut mem: HashMap<BufId, D::Buf> = HashMap::new();
     for (b, buf) in program.buffers.iter().enumerate() {
-        let bytes = shapes[b].iter().product::<usize>() * buf.ty.dtype.size();
+        let bytes = shapes[b].iter().product::<usize>() * size(buf.ty.dtype);
         let m = match &buf.storage {
             Storage::Alias(_) => continue,
             Storage::Input(name) => device.upload(&host(b, inputs.get(name), "input", name)?)?,
@@ -160,6 +170,7 @@ pub fn run<D: Device>(
                     (buf(step.ins[0])?, in_shapes[0]),
                     (buf(step.ins[1])?, in_shapes[1]),
                     *trans_b,
+                    precision,
                 )?;
                 let res = if *residual { in_shapes.last().copied() } else { None };
                 for (n, k) in kernels_of(s) {
@@ -174,14 +185,17 @@ pub fn run<D: Device>(
                 let rows = x.iter().product::<usize>() / d.max(1);
                 let h_in = w_in[1];
                 let width = if *gated { h_in / 2 } else { h_in };
-                scratch.insert(Arg::Gates, device.alloc((rows * h_in * 4).max(1))?);
-                scratch.insert(Arg::Hidden, device.alloc((rows * width * 4).max(1))?);
-                matmul(device, (&scratch[&Arg::Gates], &[rows, h_in]), (buf(step.ins[0])?, &[rows, d]), (buf(step.ins[1])?, w_in), false)?;
+                let esize = precision.f32_size();
+                scratch.insert(Arg::Gates, device.alloc((rows * h_in * esize).max(1))?);
+                scratch.insert(Arg::Hidden, device.alloc((rows * width * esize).max(1))?);
+                let (x_buf, w_in_buf) = ((buf(step.ins[0])?, &[rows, d][..]), (buf(step.ins[1])?, w_in));
+                matmul(device, (&scratch[&Arg::Gates], &[rows, h_in]), x_buf, w_in_buf, false, precision)?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::FfnAct) {
                     launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64], &scratch)?;
                 }
                 let w_out_buf = buf(step.ins[wo])?;
-                matmul(device, (buf(step.out)?, &[rows, w_out[1]]), (&scratch[&Arg::Hidden], &[rows, width]), (w_out_buf, w_out), false)?;
+                let hidden = (&scratch[&Arg::Hidden], &[rows, width][..]);
+                matmul(device, (buf(step.out)?, &[rows, w_out[1]]), hidden, (w_out_buf, w_out), false, precision)?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
                     launch(n, k, &cuda::epilogue_meta(out_shape, None), &scratch)?;
                 }
@@ -199,8 +213,8 @@ pub fn run<D: Device>(
         .iter()
         .map(|(name, b)| {
             let ty = &program.buffers[*b].ty;
-            let bytes = shapes[*b].iter().product::<usize>() * ty.dtype.size();
-            Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype)))
+            let bytes = shapes[*b].iter().product::<usize>() * size(ty.dtype);
+            Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype, precision)))
         })
         .collect()
 }
@@ -212,6 +226,7 @@ fn matmul<D: Device>(
     a: (&D::Buf, &[usize]),
     b: (&D::Buf, &[usize]),
     trans_b: bool,
+    precision: Precision,
 ) -> Result<(), String> {
     let (ra, rb, r) = (a.1.len(), b.1.len(), out.1.len());
     let (m, k) = (a.1[ra - 2], a.1[ra - 1]);
@@ -219,7 +234,7 @@ fn matmul<D: Device>(
     let batch = &out.1[..r - 2];
     let (oa, ob) = (broadcast_offsets(batch, &a.1[..ra - 2]), broadcast_offsets(batch, &b.1[..rb - 2]));
     for (i, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
-        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), m, n, k, trans_b)?;
+        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), m, n, k, trans_b, precision)?;
     }
     Ok(())
 }

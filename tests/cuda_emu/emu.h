@@ -12,3 +12,5 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 using std::max;
 using std::min;
+inline unsigned int __float_as_uint(float f) { unsigned int u; memcpy(&u, &f, sizeof u); return u; }
+inline float __uint_as_float(unsigned int u) { float f; memcpy(&f, &u, sizeof f); return f; }
