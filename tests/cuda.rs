@@ -102,7 +102,13 @@ fn emulator_main(kernels: &[cuda::CudaKernel]) -> String {
         .enumerate()
         .map(|(n, k)| {
             let args: Vec<String> = k.params.iter().enumerate().map(|(i, t)| format!("({t})bufs[{i}].data()")).collect();
-            format!("      case {n}: {}({}); break;\n", k.name, args.join(", "))
+            format!(
+                "      case {n}: blockDim.x = {block}; for (long long b = 0; b * {block} < threads; ++b) {{ blockIdx.x = b; tsr_run_block({block}, {sync}, [&] {{ {}({}); }}); }} break;\n",
+                k.name,
+                args.join(", "),
+                block = k.block,
+                sync = k.sync
+            )
         })
         .collect();
     format!(
@@ -127,13 +133,8 @@ int main(int argc, char** argv) {{
   }}
   fclose(f);
   const long long threads = ((const long long*)bufs.back().data())[0];
-  blockDim.x = 128;
-  for (long long t = 0; t < threads; ++t) {{
-    blockIdx.x = t / 128;
-    threadIdx.x = t % 128;
-    switch (which) {{
-{cases}      default: return 3;
-    }}
+  switch (which) {{
+{cases}    default: return 3;
   }}
   FILE* o = fopen(argv[2], "wb");
   fwrite(bufs[0].data(), 1, out_len, o);
@@ -162,7 +163,7 @@ impl Emulator {
         std::fs::write(&cpp, format!("{}\n{sources}\n{}", cuda::prelude(precision), emulator_main(kernels))).expect("write");
         let emu_h = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_emu/emu.h");
         let out = std::process::Command::new("g++")
-            .args(["-std=c++17", "-O1", "-include"])
+            .args(["-std=c++20", "-O1", "-pthread", "-include"])
             .arg(&emu_h)
             .arg(&cpp)
             .arg("-o")

@@ -101,6 +101,10 @@ pub struct CudaKernel {
     pub role: Role,
     /// What one thread computes: an output element (elementwise) or a query row (attention).
     pub per_thread: PerThread,
+    /// Threads per block.
+    pub block: usize,
+    /// Whether the block's threads synchronise (`__syncthreads`, shared memory).
+    pub sync: bool,
 }
 
 /// A buffer passed to a kernel.
@@ -169,7 +173,8 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
                         (name, source)
                     }
                 };
-                out.push(CudaKernel { step: i, name, source, params, args, role, per_thread });
+                let (block, sync) = if per_thread == PerThread::QueryRow { (ATTENTION_TILE, true) } else { (128, false) };
+                out.push(CudaKernel { step: i, name, source, params, args, role, per_thread, block, sync });
                 Ok(())
             };
         match &step.kernel {
@@ -371,7 +376,7 @@ pub fn live_keys(f: &ScoreFn, s: usize, t: usize) -> Vec<i64> {
     m
 }
 
-/// The `meta` array of an attention step: `[rows, s, t, rank_b, batch dims.., the q, k and v
+/// The `meta` array of an attention step: `[threads, s, t, rank_b, batch dims.., the q, k and v
 /// strides over the batch dims (in matrices), then for each extra operand its element strides
 /// over [batch.., s, t] and its length]`, then [`live_keys`] (all keys live when `f` is
 /// `None`).
@@ -379,7 +384,8 @@ pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extr
     let r = out.len();
     let batch = &out[..r - 2];
     let (s, t) = (out[r - 2], k[k.len() - 2]);
-    let mut m = vec![(batch.iter().product::<usize>() * s) as i64, s as i64, t as i64, batch.len() as i64];
+    let threads = batch.iter().product::<usize>() * s.div_ceil(ATTENTION_TILE) * ATTENTION_TILE;
+    let mut m = vec![threads as i64, s as i64, t as i64, batch.len() as i64];
     m.extend(batch.iter().map(|&d| d as i64));
     for x in [q, k, v] {
         m.extend(crate::host::broadcast_strides(&x[..x.len() - 2], batch.len()).iter().map(|&d| d as i64));
@@ -395,10 +401,12 @@ pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extr
     m
 }
 
-/// The attention kernel of one step: one thread per query row, which streams over the keys
-/// with an online softmax (scores never stored), the score function inlined. This is the
-/// reference lowering, simple enough to check by reading; the tiled tensor-core kernel is to
-/// be measured against it. `meta`: see [`attention_meta`].
+/// The attention kernel of one step: one block of [`ATTENTION_TILE`] threads per query tile of
+/// one (batch, head); each thread streams its query row over the live keys with an online
+/// softmax (scores never stored, the score function inlined), while the block stages the keys
+/// and values through shared memory a tile at a time, so that each is read from global memory
+/// once per query tile, not once per row. `meta`: see [`attention_meta`]. The tensor-core
+/// version is to be measured against this one.
 fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
     let ty = |b: usize| &p.buffers[step.ins[b]].ty;
     let known = |b: usize, from_end: usize| {
@@ -406,49 +414,63 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
         shape.get(shape.len().wrapping_sub(from_end)).and_then(|d| d.as_known())
     };
     let (e, ev) = match (known(0, 1), known(2, 1)) {
-        (Some(e), Some(ev)) => (e, ev),
+        (Some(e), Some(ev)) => (e as usize, ev as usize),
         _ => return Err("the CUDA attention kernel needs static head sizes".into()),
     };
+    // Keys per shared-memory tile: 32, fewer for wide heads (static shared memory ≤ 48 KiB).
+    let bk = (12288 / (e + ev).max(1)).clamp(1, 32);
     let leaf_types: Vec<DType> = step.ins[3..].iter().map(|&b| p.buffers[b].ty.dtype).collect();
     let mut s = heading(p, index, step, "attention", f);
     let mut params = vec!["tsr_f* __restrict__ out".to_string()];
     params.extend(["q", "k", "v"].iter().map(|n| format!("const tsr_f* __restrict__ {n}")));
     params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", storage(*t))));
     params.push("const i64* __restrict__ meta".into());
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
-    let _ = writeln!(s, "  const i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
-    let _ = writeln!(s, "  if (row >= meta[0]) return;");
-    let _ = writeln!(s, "  const i64 S = meta[1], T = meta[2]; const int rb = (int)meta[3];");
-    let _ = writeln!(s, "  const i64* dims = meta + 4; const i64* qst = dims + rb; const i64* kst = qst + rb; const i64* vst = kst + rb;");
-    let _ = writeln!(s, "  const i64 bi = row / S, i = row % S;");
-    let _ = writeln!(s, "  i64 r = bi, qo = 0, ko = 0, vo = 0, b0 = 0, heads = 1;");
+    let tile = ATTENTION_TILE;
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+    w(format!("extern \"C\" __global__ void {name}({}) {{", params.join(", ")));
+    w(format!("  __shared__ float ks[{}], vs[{}];", bk * e, bk * ev));
+    w("  const i64 S = meta[1], T = meta[2]; const int rb = (int)meta[3];".into());
+    w("  const i64* dims = meta + 4; const i64* qst = dims + rb; const i64* kst = qst + rb; const i64* vst = kst + rb;".into());
+    w(format!("  const i64 qtiles = (S + {tile} - 1) / {tile}, bi = blockIdx.x / qtiles, qt = blockIdx.x % qtiles;"));
+    w(format!("  const i64 i = qt * {tile} + threadIdx.x;"));
+    // Rows past the end help stage the tiles but compute nothing.
+    w("  const bool row = i < S;".into());
+    w("  i64 r = bi, qo = 0, ko = 0, vo = 0, b0 = 0, heads = 1;".into());
     let n_in = leaf_types.len();
     for k in 0..n_in {
-        let _ = writeln!(s, "  const i64* lst{k} = vst + rb + {k} * (rb + 3); i64 lo{k} = i * lst{k}[rb];");
+        w(format!("  const i64* lst{k} = vst + rb + {k} * (rb + 3); i64 lo{k} = i * lst{k}[rb];"));
     }
-    let _ = writeln!(s, "  for (int d = rb - 1; d >= 0; --d) {{");
-    let _ = writeln!(s, "    const i64 c = r % dims[d]; r /= dims[d];");
-    let _ = writeln!(s, "    qo += c * qst[d]; ko += c * kst[d]; vo += c * vst[d];");
-    let _ = writeln!(s, "    if (d == 0) b0 = c; else heads *= dims[d];");
+    w("  for (int d = rb - 1; d >= 0; --d) {".into());
+    w("    const i64 c = r % dims[d]; r /= dims[d];".into());
+    w("    qo += c * qst[d]; ko += c * kst[d]; vo += c * vst[d];".into());
+    w("    if (d == 0) b0 = c; else heads *= dims[d];".into());
     for k in 0..n_in {
-        let _ = writeln!(s, "    lo{k} += c * lst{k}[d];");
+        w(format!("    lo{k} += c * lst{k}[d];"));
     }
-    let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "  const i64 h = rb > 1 ? bi % heads : 0;");
-    let _ = writeln!(s, "  const tsr_f* qr = q + (qo * S + i) * {e};");
-    let _ = writeln!(s, "  const tsr_f* kb = k + ko * T * {e};");
-    let _ = writeln!(s, "  const tsr_f* vb = v + vo * T * {ev};");
-    let _ = writeln!(s, "  float qv[{e}], acc[{ev}];");
-    let _ = writeln!(s, "  for (int c = 0; c < {e}; ++c) qv[c] = qr[c];");
-    let _ = writeln!(s, "  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;");
-    let _ = writeln!(s, "  float m = -__int_as_float(0x7f800000), l = 0.0f;");
-    // The live keys of this row's query tile, from the mask analysis: outside them every
-    // score is masked, and skipping them changes nothing.
-    let _ = writeln!(s, "  const i64* tiles = vst + rb + {n_in} * (rb + 3);");
-    let _ = writeln!(s, "  const i64 qt = i / tiles[0], jlo = tiles[1 + 2 * qt], jhi = tiles[2 + 2 * qt];");
-    let _ = writeln!(s, "  for (i64 j = jlo; j < jhi; ++j) {{");
-    let _ = writeln!(s, "    float dot = 0.0f;");
-    let _ = writeln!(s, "    for (int c = 0; c < {e}; ++c) dot += qv[c] * kb[j * {e} + c];");
+    w("  }".into());
+    w("  const i64 h = rb > 1 ? bi % heads : 0;".into());
+    w(format!("  const tsr_f* kb = k + ko * T * {e};"));
+    w(format!("  const tsr_f* vb = v + vo * T * {ev};"));
+    w(format!("  float qv[{e}], acc[{ev}];"));
+    w(format!("  for (int c = 0; c < {e}; ++c) qv[c] = row ? (float)q[(qo * S + i) * {e} + c] : 0.0f;"));
+    w(format!("  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;"));
+    w("  float m = -__int_as_float(0x7f800000), l = 0.0f;".into());
+    // The live keys of this query tile, from the mask analysis: outside them every score is
+    // masked, and skipping them changes nothing.
+    w(format!("  const i64* tiles = vst + rb + {n_in} * (rb + 3);"));
+    w("  const i64 jlo = tiles[1 + 2 * qt], jhi = tiles[2 + 2 * qt];".into());
+    w(format!("  for (i64 j0 = jlo; j0 < jhi; j0 += {bk}) {{"));
+    w(format!("    const i64 n = jhi - j0 < {bk} ? jhi - j0 : {bk};"));
+    w(format!("    for (i64 x = threadIdx.x; x < n * {e}; x += blockDim.x) ks[x] = kb[j0 * {e} + x];"));
+    w(format!("    for (i64 x = threadIdx.x; x < n * {ev}; x += blockDim.x) vs[x] = vb[j0 * {ev} + x];"));
+    w("    __syncthreads();".into());
+    w("    for (i64 jj = 0; row && jj < n; ++jj) {".into());
+    w("      const i64 j = j0 + jj;".into());
+    w("      float dot = 0.0f;".into());
+    w(format!("      for (int c = 0; c < {e}; ++c) dot += qv[c] * ks[jj * {e} + c];"));
     let leaf = |k: u32| format!("in{k}[lo{k} + j * lst{k}[rb + 1]]");
     let var = |v: Var| {
         Some(match v {
@@ -461,30 +483,34 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     };
     let table = |t: u32, idx: &str| format!("tsr_table(in{t}, lst{t}[rb + 2], {idx})");
     let body = nodes(f, &leaf, &var, &table)?;
-    s += &body.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    for l in body.lines() {
+        w(format!("    {l}"));
+    }
     let last = f.nodes.len().checked_sub(1).ok_or("an empty score function")?;
-    let _ = writeln!(s, "    const float sc = v{last};");
-    let _ = writeln!(s, "    if (sc > m) {{");
-    let _ = writeln!(s, "      const float scale = expf(m - sc);");
-    let _ = writeln!(s, "      l *= scale;");
-    let _ = writeln!(s, "      for (int c = 0; c < {ev}; ++c) acc[c] *= scale;");
-    let _ = writeln!(s, "      m = sc;");
-    let _ = writeln!(s, "    }}");
-    let _ = writeln!(s, "    const float pj = expf(sc - m);");
-    let _ = writeln!(s, "    l += pj;");
-    let _ = writeln!(s, "    for (int c = 0; c < {ev}; ++c) acc[c] += pj * vb[j * {ev} + c];");
-    let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "  tsr_f* o = out + row * {ev};");
-    let _ = writeln!(s, "  if (m <= -1e29f) {{");
-    let _ = writeln!(s, "    // Every key masked: the mean of the values, as from equal masked scores.");
-    let _ = writeln!(
-        s,
+    w(format!("      const float sc = v{last};"));
+    w("      if (sc > m) {".into());
+    w("        const float scale = expf(m - sc);".into());
+    w("        l *= scale;".into());
+    w(format!("        for (int c = 0; c < {ev}; ++c) acc[c] *= scale;"));
+    w("        m = sc;".into());
+    w("      }".into());
+    w("      const float pj = expf(sc - m);".into());
+    w("      l += pj;".into());
+    w(format!("      for (int c = 0; c < {ev}; ++c) acc[c] += pj * vs[jj * {ev} + c];"));
+    w("    }".into());
+    w("    __syncthreads();".into());
+    w("  }".into());
+    w("  if (!row) return;".into());
+    w(format!("  tsr_f* o = out + (bi * S + i) * {ev};"));
+    w("  if (m <= -1e29f) {".into());
+    w("    // Every key masked: the mean of the values, as from equal masked scores.".into());
+    w(format!(
         "    for (int c = 0; c < {ev}; ++c) {{ float t = 0.0f; for (i64 j = 0; j < T; ++j) t += vb[j * {ev} + c]; o[c] = t / (float)T; }}"
-    );
-    let _ = writeln!(s, "  }} else {{");
-    let _ = writeln!(s, "    for (int c = 0; c < {ev}; ++c) o[c] = acc[c] / l;");
-    let _ = writeln!(s, "  }}");
-    let _ = writeln!(s, "}}");
+    ));
+    w("  } else {".into());
+    w(format!("    for (int c = 0; c < {ev}; ++c) o[c] = acc[c] / l;"));
+    w("  }".into());
+    w("}".into());
     Ok(s)
 }
 

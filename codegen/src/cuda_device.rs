@@ -13,14 +13,12 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchCon
 use std::cell::RefCell;
 use std::sync::Arc;
 
-/// Threads per block of every generated kernel.
-const BLOCK: u32 = 128;
-
 /// One GPU with the compiled kernels of one program.
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
-    functions: Vec<CudaFunction>,
+    /// Each kernel's function and threads per block.
+    functions: Vec<(CudaFunction, u32)>,
 }
 
 fn err(e: impl std::fmt::Debug) -> String {
@@ -55,7 +53,10 @@ impl CudaDevice {
             cudarc::nvrtc::Ptx::from_src(String::from_utf8(code).map_err(|_| "a cached PTX that is not text")?)
         };
         let module = ctx.load_module(image).map_err(err)?;
-        let functions = kernels.iter().map(|k| module.load_function(&k.name).map_err(err)).collect::<Result<_, _>>()?;
+        let functions = kernels
+            .iter()
+            .map(|k| Ok((module.load_function(&k.name).map_err(err)?, u32::try_from(k.block).map_err(|_| "block too large")?)))
+            .collect::<Result<_, String>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         Ok(CudaDevice { stream, blas, functions })
@@ -82,7 +83,7 @@ impl Device for CudaDevice {
         if threads == 0 {
             return Ok(());
         }
-        let f = self.functions.get(kernel).ok_or_else(|| format!("no kernel {kernel}"))?;
+        let (f, block) = self.functions.get(kernel).ok_or_else(|| format!("no kernel {kernel}"))?;
         let meta = self.stream.clone_htod(meta).map_err(err)?;
         let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> = args.iter().map(|a| a.borrow()).collect();
         let mut b = self.stream.launch_builder(f);
@@ -91,8 +92,8 @@ impl Device for CudaDevice {
         }
         b.arg(&meta);
         let blocks =
-            u32::try_from(threads.div_ceil(BLOCK as usize)).map_err(|_| format!("{threads} threads are too many for one launch"))?;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            u32::try_from(threads.div_ceil(*block as usize)).map_err(|_| format!("{threads} threads are too many for one launch"))?;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (*block, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the kernel's parameters are the buffers and `meta` in the order lowered, and
         // `meta` describes sizes within those buffers.
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(err)
