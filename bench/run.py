@@ -128,7 +128,13 @@ def main() -> None:
             f"| {title} | {t['ms']:.1f} | {em} | {cm} | {ratio(t, e)} | {ratio(t, c)} | {t['compile_ms']:.0f} ms | {cc} | {t['rss_mib']:.0f} / {e.get('rss_mib', 0):.0f} |"
         )
     lines += ["", "Tessera's activation arena (peak live intermediates): " + ", ".join(f"{title}: {t['arena_mib']:.1f} MiB" for title, t, _, _ in rows), ""]
-    open(os.path.join(ROOT, "bench", "RESULTS.md"), "w").write("\n".join(lines))
+    # Keep the GPU section that bench/gpu/run.py writes on a GPU machine.
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else ""
+    begin, end = "<!-- gpu: written by bench/gpu/run.py -->", "<!-- end gpu -->"
+    if begin in old and end in old:
+        lines += ["", old[old.index(begin): old.index(end) + len(end)], ""]
+    open(path, "w").write("\n".join(lines))
     print("\n".join(lines))
 
 

@@ -71,7 +71,7 @@ impl Engine {
         }
     }
 
-    /// Runs; the CPU backend also reports what it did.
+    /// Runs; the compiled backends also report what they did.
     pub fn run(
         &self,
         g: &Graph,
@@ -85,10 +85,10 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                let out =
+                let (out, seconds) =
                     tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
                         .map_err(RunError::Device)?;
-                Ok((out, None))
+                Ok((out, Some(RunStats { device_seconds: Some(seconds), ..RunStats::default() })))
             }
         }
     }

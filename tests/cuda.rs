@@ -187,6 +187,9 @@ impl gpu::Device for Emulator {
     fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
         Ok(buf.borrow()[..bytes].to_vec())
     }
+    fn synchronize(&self) -> Result<(), String> {
+        Ok(())
+    }
     fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
         let mut file = Vec::new();
         file.extend((args.len() as u64 + 1).to_le_bytes());
@@ -288,7 +291,8 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&inputs).expect("interpreter");
             let got = gpu::run(p, &kernels, cuda::Precision::F32, &emu, &inputs, &params, &mut HashMap::new(), &dims)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .0;
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
@@ -328,7 +332,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
             let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);
             let mut resident = HashMap::new();
             let got =
-                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}")).0;
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA, {precision:?})");
@@ -336,7 +340,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
             }
             // A second run uploads the inputs only: the parameters stayed on the device.
             emu.uploads.set(0);
-            let again = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs again");
+            let again = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs again").0;
             assert_eq!(emu.uploads.get(), inputs.len(), "{name}");
             assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
         }

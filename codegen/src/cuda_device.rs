@@ -79,6 +79,10 @@ impl Device for CudaDevice {
         self.stream.clone_dtoh(&b.slice(..bytes)).map_err(err)
     }
 
+    fn synchronize(&self) -> Result<(), String> {
+        self.stream.synchronize().map_err(err)
+    }
+
     fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
         if threads == 0 {
             return Ok(());

@@ -37,6 +37,8 @@ pub struct RunStats {
     pub attention: attention::AttentionStats,
     /// Seconds per kernel kind, when profiling (`TESSERA_PROFILE=1`).
     pub profile: Vec<(&'static str, f64)>,
+    /// On a GPU: seconds from the first launch to the end of the last (transfers excluded).
+    pub device_seconds: Option<f64>,
 }
 
 /// Where each arena buffer lives: byte offsets and the arena size.

@@ -24,6 +24,8 @@ pub trait Device {
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String>;
     /// The first `bytes` bytes of `buf`.
     fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String>;
+    /// Waits until everything launched so far has finished.
+    fn synchronize(&self) -> Result<(), String>;
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
     /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
     fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
@@ -86,7 +88,8 @@ fn fingerprint(t: &Tensor) -> (usize, usize) {
 
 /// Runs `program`, whose kernels were lowered as `kernels` and compiled for `precision`, on
 /// `device`. Parameters already in `resident` (uploaded from the same host tensors) are not
-/// uploaded again.
+/// uploaded again. Also returns the seconds the device took from the first launch to the
+/// last one's end, uploads and downloads excluded.
 #[allow(clippy::too_many_arguments)]
 pub fn run<D: Device>(
     program: &Program,
@@ -97,7 +100,7 @@ pub fn run<D: Device>(
     params: &HashMap<String, Tensor>,
     resident: &mut Resident<D::Buf>,
     dims: &Dims,
-) -> Result<Vec<(String, Tensor)>, String> {
+) -> Result<(Vec<(String, Tensor)>, f64), String> {
     let shapes: Vec<Vec<usize>> =
         program.buffers.iter().map(|b| concrete(&b.ty.shape, dims).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let root = |mut b: BufId| {
@@ -145,6 +148,8 @@ pub fn run<D: Device>(
         .ok_or_else(|| format!("buf{b} has no memory"))
     };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
+    device.synchronize()?;
+    let start = std::time::Instant::now();
     for (s, step) in program.steps.iter().enumerate() {
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
         let out_shape = &shapes[step.out];
@@ -208,7 +213,9 @@ pub fn run<D: Device>(
             }
         }
     }
-    program
+    device.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let outputs = program
         .outputs
         .iter()
         .map(|(name, b)| {
@@ -216,7 +223,8 @@ pub fn run<D: Device>(
             let bytes = shapes[*b].iter().product::<usize>() * size(ty.dtype);
             Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype, precision)))
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok((outputs, seconds))
 }
 
 /// A batched matmul as one device GEMM per matrix (batch axes broadcast).
