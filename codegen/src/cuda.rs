@@ -1,18 +1,18 @@
-//! The CUDA lowering of a kernel program, as source text: one CUDA C kernel per elementwise
-//! step (`tessera ir FILE --emit cuda`), with the IR op it came from in a comment. It is text
-//! only, so it is built and tested everywhere; compiling it with NVRTC and running it need the
-//! `cuda` feature (`nvrtc` module).
+//! The CUDA lowering of a kernel program, as source text (`tessera ir FILE --emit cuda`): one
+//! CUDA C kernel per step, with the IR ops it came from and their source line in a comment.
+//! GEMMs are cuBLAS's; their epilogues and a feed-forward block's activation are kernels here.
+//! It is text only, so it is built and tested everywhere; compiling it with NVRTC and running
+//! it need the `cuda` feature (`nvrtc`, `cuda_device`).
 //!
-//! A kernel computes each node of its scalar program in the node's C type (`float`,
-//! `long long`, `bool`), one thread per output element. Operands are broadcast to the output
-//! through strides read from a small `meta` array: `[n, rank, dims.., strides of operand 0..,
-//! strides of operand 1.., ..]`, so one compiled kernel serves every size.
+//! Scalar programs (elementwise chains, score functions) become one C statement per node, in
+//! the node's C type (`float`, `long long`, `bool`). Sizes and strides come from a small
+//! `meta` array made at launch ([`meta`]), so one compiled kernel serves every size;
+//! `meta[0]` is always the number of threads. One thread computes one element, one line (norm,
+//! softmax, cumsum) or one query row (attention, in blocks that share key tiles). f32 tensors
+//! are stored as `tsr_f`: `float`, or bfloat16 ([`Precision`]).
 //!
-//! Every kernel kind is lowered except GEMMs and feed-forward blocks, which are meant for
-//! cuBLAS (listed as such in the dump). One thread computes one element, one query row or one
-//! line (`PerThread`); `meta[0]` is always the number of threads. The kernels favour being
-//! plainly right over speed: they are the reference that faster (tiled, tensor-core) kernels
-//! will be checked against.
+//! The kernels favour being plainly right over speed: they are the reference that faster
+//! (tensor-core) kernels will be checked against.
 
 use crate::kernel::{Kernel, Program, Step};
 use std::collections::HashMap;
@@ -99,8 +99,6 @@ pub struct CudaKernel {
     pub args: Vec<Arg>,
     /// Its part in the step.
     pub role: Role,
-    /// What one thread computes: an output element (elementwise) or a query row (attention).
-    pub per_thread: PerThread,
     /// Threads per block.
     pub block: usize,
     /// Whether the block's threads synchronise (`__syncthreads`, shared memory).
@@ -131,17 +129,6 @@ pub enum Role {
     FfnAct,
 }
 
-/// The unit of work of one thread of a kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PerThread {
-    /// One output element (`meta[0]` threads).
-    Element,
-    /// One query row (`meta[0]` threads).
-    QueryRow,
-    /// One line along an axis: a norm's row, a softmax or cumsum line (`meta[0]` threads).
-    Line,
-}
-
 /// Generates the kernels of every step that this lowering covers. Steps whose kernels are the
 /// same code (the same op in every layer) share one function: the later ones carry the first
 /// one's name and an empty `source`, so a model compiles as many functions as it has distinct
@@ -154,50 +141,45 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
         let last = step.ins.len().saturating_sub(1);
-        let mut push =
-            |name: String, source: Result<String, String>, args: Vec<Arg>, role: Role, per_thread: PerThread| -> Result<(), String> {
-                let ty = |a: &Arg| match a {
-                    Arg::Out => storage(program.buffers[step.out].ty.dtype),
-                    Arg::In(k) => storage(program.buffers[step.ins[*k]].ty.dtype),
-                    Arg::Gates | Arg::Hidden => "tsr_f",
-                };
-                let mut params: Vec<String> =
-                    args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
-                params.push("const i64*".into());
-                let source = source.map_err(|e| format!("step {i}: {e}"))?;
-                let code: String = source.lines().filter(|l| !l.starts_with("//")).collect::<Vec<_>>().join("\n").replace(&name, "@");
-                let (name, source) = match seen.get(&code) {
-                    Some(first) => (first.clone(), String::new()),
-                    None => {
-                        seen.insert(code, name.clone());
-                        (name, source)
-                    }
-                };
-                let (block, sync) = if per_thread == PerThread::QueryRow { (ATTENTION_TILE, true) } else { (128, false) };
-                out.push(CudaKernel { step: i, name, source, params, args, role, per_thread, block, sync });
-                Ok(())
+        let mut push = |name: String, source: Result<String, String>, args: Vec<Arg>, role: Role| -> Result<(), String> {
+            let ty = |a: &Arg| match a {
+                Arg::Out => storage(program.buffers[step.out].ty.dtype),
+                Arg::In(k) => storage(program.buffers[step.ins[*k]].ty.dtype),
+                Arg::Gates | Arg::Hidden => "tsr_f",
             };
+            let mut params: Vec<String> =
+                args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
+            params.push("const i64*".into());
+            let source = source.map_err(|e| format!("step {i}: {e}"))?;
+            let code: String = source.lines().filter(|l| !l.starts_with("//")).collect::<Vec<_>>().join("\n").replace(&name, "@");
+            let (name, source) = match seen.get(&code) {
+                Some(first) => (first.clone(), String::new()),
+                None => {
+                    seen.insert(code, name.clone());
+                    (name, source)
+                }
+            };
+            // Attention blocks are query tiles that share key tiles; the rest run alone.
+            let sync = matches!(step.kernel, Kernel::Attention(_));
+            let block = if sync { ATTENTION_TILE } else { 128 };
+            out.push(CudaKernel { step: i, name, source, params, args, role, block, sync });
+            Ok(())
+        };
         match &step.kernel {
-            Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main, PerThread::Element)?,
-            Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main, PerThread::QueryRow)?,
+            Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main)?,
+            Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Gemm { bias, act, residual, .. } => {
                 if *bias || act.is_some() || *residual {
                     let mut args = vec![Arg::Out];
                     args.extend(bias.then_some(Arg::In(2)));
                     args.extend(residual.then_some(Arg::In(last)));
-                    push(
-                        name.clone(),
-                        Ok(epilogue(program, i, step, &name, *bias, *act, *residual)),
-                        args,
-                        Role::Epilogue,
-                        PerThread::Element,
-                    )?;
+                    push(name.clone(), Ok(epilogue(program, i, step, &name, *bias, *act, *residual)), args, Role::Epilogue)?;
                 }
             }
             Kernel::Ffn { gated, act, bias } => {
                 let mut args = vec![Arg::Hidden, Arg::Gates];
                 args.extend(bias.then_some(Arg::In(2)));
-                push(name.clone(), Ok(ffn_act(program, i, step, &name, *gated, *act, *bias)), args, Role::FfnAct, PerThread::Element)?;
+                push(name.clone(), Ok(ffn_act(program, i, step, &name, *gated, *act, *bias)), args, Role::FfnAct)?;
                 if *bias {
                     let name = format!("{name}_bias");
                     push(
@@ -205,18 +187,10 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
                         Ok(epilogue(program, i, step, &name, true, None, false)),
                         vec![Arg::Out, Arg::In(4)],
                         Role::Epilogue,
-                        PerThread::Element,
                     )?;
                 }
             }
-            k => {
-                let per_thread = if matches!(k, Kernel::Norm { .. } | Kernel::Softmax { .. } | Kernel::Cumsum { .. }) {
-                    PerThread::Line
-                } else {
-                    PerThread::Element
-                };
-                push(name.clone(), Ok(fixed(program, i, step, k, &name)), all, Role::Main, per_thread)?;
-            }
+            k => push(name.clone(), Ok(fixed(program, i, step, k, &name)), all, Role::Main)?,
         }
     }
     Ok(out)
