@@ -150,8 +150,9 @@ int main(int argc, char** argv) {{
 /// another, in a child process), and GEMMs are plain loops.
 struct Emulator {
     exe: std::path::PathBuf,
-    /// Uploads so far.
+    /// Uploads and allocations so far.
     uploads: std::cell::Cell<usize>,
+    allocs: std::cell::Cell<usize>,
 }
 
 impl Emulator {
@@ -171,13 +172,14 @@ impl Emulator {
             .output()
             .expect("g++ runs");
         assert!(out.status.success(), "{name}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
-        Emulator { exe, uploads: Default::default() }
+        Emulator { exe, uploads: Default::default(), allocs: Default::default() }
     }
 }
 
 impl gpu::Device for Emulator {
     type Buf = RefCell<Vec<u8>>;
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, String> {
+        self.allocs.set(self.allocs.get() + 1);
         Ok(RefCell::new(vec![0; bytes]))
     }
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
@@ -290,7 +292,7 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&inputs).expect("interpreter");
-            let got = gpu::run(p, &kernels, cuda::Precision::F32, &emu, &inputs, &params, &mut HashMap::new(), &dims)
+            let got = gpu::run(p, &kernels, cuda::Precision::F32, &emu, &inputs, &params, &mut gpu::Resident::default(), &dims)
                 .unwrap_or_else(|e| panic!("{what}: {e}"))
                 .0;
             for ((n, g), (_, w)) in got.iter().zip(&want) {
@@ -330,7 +332,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         // f32 storage within 1e-4 of the interpreter, bf16 storage within 2e-2.
         for (precision, tolerance) in [(cuda::Precision::F32, 1e-4), (cuda::Precision::Bf16, 2e-2)] {
             let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);
-            let mut resident = HashMap::new();
+            let mut resident = gpu::Resident::default();
             let got =
                 gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}")).0;
             for ((n, g), (_, w)) in got.iter().zip(&want) {
@@ -338,10 +340,12 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
                 println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA, {precision:?})");
                 assert!(d <= tolerance, "{name}.{n} ({precision:?}): {d}");
             }
-            // A second run uploads the inputs only: the parameters stayed on the device.
+            // A second run uploads the inputs only and allocates nothing: the parameters and
+            // the intermediate buffers stayed on the device.
             emu.uploads.set(0);
+            emu.allocs.set(0);
             let again = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs again").0;
-            assert_eq!(emu.uploads.get(), inputs.len(), "{name}");
+            assert_eq!((emu.uploads.get(), emu.allocs.get()), (inputs.len(), 0), "{name}");
             assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
         }
     }

@@ -4,8 +4,10 @@
 //! back. The device is a trait so that the same executor runs on CUDA (`cuda_device`, feature
 //! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
 //!
-//! Parameters stay on the device between runs ([`Resident`]). Not yet here: a memory plan
-//! (every intermediate buffer gets its own allocation), streams and CUDA graphs.
+//! Parameters stay on the device between runs, and so does the memory of intermediate
+//! buffers ([`Resident`]): a second run allocates nothing. Not yet here: a memory plan (every
+//! intermediate buffer has its own allocation, so peak memory is their sum), streams and
+//! CUDA graphs.
 
 use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
@@ -72,9 +74,36 @@ pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType, precision:
     Tensor { shape, data }
 }
 
-/// Parameters kept on the device between runs: by name, with the host tensor they were
-/// uploaded from (its data address and length), so that a changed parameter is uploaded again.
-pub type Resident<B> = HashMap<String, ((usize, usize), B)>;
+/// Device memory kept between runs: parameters by name, with the host tensor they were
+/// uploaded from (its data address and length), so that a changed parameter is uploaded
+/// again; and the memory of intermediate buffers and scratch, reused while its size fits.
+pub struct Resident<B> {
+    params: HashMap<String, ((usize, usize), B)>,
+    memory: HashMap<Slot, (usize, B)>,
+}
+
+impl<B> Default for Resident<B> {
+    fn default() -> Self {
+        Resident { params: HashMap::new(), memory: HashMap::new() }
+    }
+}
+
+/// What a piece of kept device memory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    /// A buffer of the program.
+    Buf(BufId),
+    /// Scratch of a step (a feed-forward block's gates or hidden layer).
+    Scratch(usize, Arg),
+}
+
+/// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new.
+fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot: Slot, bytes: usize) -> Result<(), String> {
+    if memory.get(&slot).is_none_or(|(b, _)| *b != bytes) {
+        memory.insert(slot, (bytes, device.alloc(bytes.max(1))?));
+    }
+    Ok(())
+}
 
 /// Where a tensor's data lives on the host and how long it is: the key that tells whether a
 /// resident copy is still current.
@@ -119,33 +148,48 @@ pub fn run<D: Device>(
         Ok(tensor_bytes(t, precision))
     };
     let size = |t: DType| if t == DType::F32 { precision.f32_size() } else { t.size() };
-    // Device memory of every buffer that is not a view; parameters are uploaded unless
-    // resident from the same host tensor.
-    let mut mem: HashMap<BufId, D::Buf> = HashMap::new();
+    // Device memory of every buffer that is not a view (kept from the last run where the size
+    // is the same); parameters are uploaded unless resident from the same host tensor;
+    // inputs are uploaded.
+    let mut uploaded: HashMap<BufId, D::Buf> = HashMap::new();
     for (b, buf) in program.buffers.iter().enumerate() {
         let bytes = shapes[b].iter().product::<usize>() * size(buf.ty.dtype);
-        let m = match &buf.storage {
-            Storage::Alias(_) => continue,
-            Storage::Input(name) => device.upload(&host(b, inputs.get(name), "input", name)?)?,
+        match &buf.storage {
+            Storage::Alias(_) => {}
+            Storage::Input(name) => {
+                uploaded.insert(b, device.upload(&host(b, inputs.get(name), "input", name)?)?);
+            }
             Storage::Param(name) => {
                 let key = params.get(name).map(fingerprint);
-                if key.is_none() || resident.get(name).map(|(k, _)| *k) != key {
+                if key.is_none() || resident.params.get(name).map(|(k, _)| *k) != key {
                     let data = host(b, params.get(name), "parameter", name)?;
-                    resident.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
+                    resident.params.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
                 }
-                continue;
             }
-            Storage::Arena | Storage::Derived => device.alloc(bytes.max(1))?,
-        };
-        mem.insert(b, m);
+            Storage::Arena | Storage::Derived => slot(device, &mut resident.memory, Slot::Buf(b), bytes)?,
+        }
     }
+    // Scratch of the feed-forward blocks: the first GEMM's output and the hidden layer.
+    for (s, step) in program.steps.iter().enumerate() {
+        if let Kernel::Ffn { gated, .. } = step.kernel {
+            let (rows, h_in, width) = ffn_sizes(&shapes, step, gated);
+            let es = precision.f32_size();
+            slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Gates), rows * h_in * es)?;
+            slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Hidden), rows * width * es)?;
+        }
+    }
+    let resident = &*resident;
     let buf = |b: BufId| {
         let r = root(b);
         match &program.buffers[r].storage {
-            Storage::Param(name) => resident.get(name).map(|(_, m)| m),
-            _ => mem.get(&r),
+            Storage::Param(name) => resident.params.get(name).map(|(_, m)| m),
+            Storage::Input(_) => uploaded.get(&r),
+            _ => resident.memory.get(&Slot::Buf(r)).map(|(_, m)| m),
         }
         .ok_or_else(|| format!("buf{b} has no memory"))
+    };
+    let scratch = |s: usize, a: Arg| {
+        resident.memory.get(&Slot::Scratch(s, a)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"))
     };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
     device.synchronize()?;
@@ -153,16 +197,14 @@ pub fn run<D: Device>(
     for (s, step) in program.steps.iter().enumerate() {
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
         let out_shape = &shapes[step.out];
-        // Scratch memory of a feed-forward block: the first GEMM's output and the hidden layer.
-        let mut scratch: HashMap<Arg, D::Buf> = HashMap::new();
-        let launch = |n: usize, k: &CudaKernel, meta: &[i64], scratch: &HashMap<Arg, D::Buf>| -> Result<(), String> {
+        let launch = |n: usize, k: &CudaKernel, meta: &[i64]| -> Result<(), String> {
             let args: Vec<&D::Buf> = k
                 .args
                 .iter()
                 .map(|a| match a {
                     Arg::Out => buf(step.out),
                     Arg::In(i) => buf(step.ins[*i]),
-                    other => scratch.get(other).ok_or_else(|| format!("no scratch {other:?}")),
+                    other => scratch(s, *other),
                 })
                 .collect::<Result<_, _>>()?;
             device.launch(n, meta.first().copied().unwrap_or(0).max(0) as usize, &args, meta)
@@ -179,36 +221,30 @@ pub fn run<D: Device>(
                 )?;
                 let res = if *residual { in_shapes.last().copied() } else { None };
                 for (n, k) in kernels_of(s) {
-                    launch(n, k, &cuda::epilogue_meta(out_shape, res), &scratch)?;
+                    launch(n, k, &cuda::epilogue_meta(out_shape, res))?;
                 }
             }
             Kernel::Ffn { gated, bias, .. } => {
                 // Operands: x, w_in, (b_in), w_out, (b_out).
                 let wo = if *bias { 3 } else { 2 };
-                let (x, w_in, w_out) = (in_shapes[0], in_shapes[1], in_shapes[wo]);
-                let d = x.last().copied().unwrap_or(1);
-                let rows = x.iter().product::<usize>() / d.max(1);
-                let h_in = w_in[1];
-                let width = if *gated { h_in / 2 } else { h_in };
-                let esize = precision.f32_size();
-                scratch.insert(Arg::Gates, device.alloc((rows * h_in * esize).max(1))?);
-                scratch.insert(Arg::Hidden, device.alloc((rows * width * esize).max(1))?);
-                let (x_buf, w_in_buf) = ((buf(step.ins[0])?, &[rows, d][..]), (buf(step.ins[1])?, w_in));
-                matmul(device, (&scratch[&Arg::Gates], &[rows, h_in]), x_buf, w_in_buf, false, precision)?;
+                let (rows, h_in, width) = ffn_sizes(&shapes, step, *gated);
+                let (d, w_in, w_out) = (last_size(in_shapes[0]), in_shapes[1], in_shapes[wo]);
+                let (gates, hidden) = (scratch(s, Arg::Gates)?, scratch(s, Arg::Hidden)?);
+                let (x, w_in) = ((buf(step.ins[0])?, &[rows, d][..]), (buf(step.ins[1])?, w_in));
+                matmul(device, (gates, &[rows, h_in]), x, w_in, false, precision)?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::FfnAct) {
-                    launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64], &scratch)?;
+                    launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64])?;
                 }
-                let w_out_buf = buf(step.ins[wo])?;
-                let hidden = (&scratch[&Arg::Hidden], &[rows, width][..]);
-                matmul(device, (buf(step.out)?, &[rows, w_out[1]]), hidden, (w_out_buf, w_out), false, precision)?;
+                let w_out = (buf(step.ins[wo])?, w_out);
+                matmul(device, (buf(step.out)?, &[rows, w_out.1[1]]), (hidden, &[rows, width]), w_out, false, precision)?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
-                    launch(n, k, &cuda::epilogue_meta(out_shape, None), &scratch)?;
+                    launch(n, k, &cuda::epilogue_meta(out_shape, None))?;
                 }
             }
             kernel => {
                 let meta = cuda::meta(kernel, out_shape, &in_shapes, dims)?;
                 for (n, k) in kernels_of(s) {
-                    launch(n, k, &meta, &scratch)?;
+                    launch(n, k, &meta)?;
                 }
             }
         }
@@ -225,6 +261,19 @@ pub fn run<D: Device>(
         })
         .collect::<Result<_, String>>()?;
     Ok((outputs, seconds))
+}
+
+/// The last size of a shape (a row's width).
+fn last_size(shape: &[usize]) -> usize {
+    shape.last().copied().unwrap_or(1)
+}
+
+/// A feed-forward step's rows, first-GEMM width and hidden width.
+fn ffn_sizes(shapes: &[Vec<usize>], step: &crate::kernel::Step, gated: bool) -> (usize, usize, usize) {
+    let (x, w_in) = (&shapes[step.ins[0]], &shapes[step.ins[1]]);
+    let rows = x.iter().product::<usize>() / last_size(x).max(1);
+    let h_in = w_in.get(1).copied().unwrap_or(1);
+    (rows, h_in, if gated { h_in / 2 } else { h_in })
 }
 
 /// A batched matmul as one device GEMM per matrix (batch axes broadcast).
