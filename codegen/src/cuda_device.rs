@@ -19,6 +19,8 @@ pub struct CudaDevice {
     blas: CudaBlas,
     /// Each kernel's function and threads per block.
     functions: Vec<(CudaFunction, u32)>,
+    /// `meta` arrays already on the device (the same ones come back every run).
+    metas: std::sync::Mutex<std::collections::HashMap<Vec<i64>, CudaSlice<i64>>>,
 }
 
 fn err(e: impl std::fmt::Debug) -> String {
@@ -59,7 +61,7 @@ impl CudaDevice {
             .collect::<Result<_, String>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
-        Ok(CudaDevice { stream, blas, functions })
+        Ok(CudaDevice { stream, blas, functions, metas: Default::default() })
     }
 }
 
@@ -88,13 +90,17 @@ impl Device for CudaDevice {
             return Ok(());
         }
         let (f, block) = self.functions.get(kernel).ok_or_else(|| format!("no kernel {kernel}"))?;
-        let meta = self.stream.clone_htod(meta).map_err(err)?;
+        let mut metas = self.metas.lock().map_err(|_| "a previous launch panicked")?;
+        if !metas.contains_key(meta) {
+            metas.insert(meta.to_vec(), self.stream.clone_htod(meta).map_err(err)?);
+        }
+        let meta = metas.get(meta).ok_or("meta vanished")?;
         let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> = args.iter().map(|a| a.borrow()).collect();
         let mut b = self.stream.launch_builder(f);
         for buf in &bufs {
             b.arg(&**buf);
         }
-        b.arg(&meta);
+        b.arg(meta);
         let blocks =
             u32::try_from(threads.div_ceil(*block as usize)).map_err(|_| format!("{threads} threads are too many for one launch"))?;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (*block, 1, 1), shared_mem_bytes: 0 };
