@@ -7,8 +7,9 @@
 //! Scalar programs (elementwise chains, score functions) become one C statement per node, in
 //! the node's C type (`float`, `long long`, `bool`). Sizes and strides come from a small
 //! `meta` array made at launch ([`meta`]), so one compiled kernel serves every size;
-//! `meta[0]` is always the number of threads. One thread computes one element, one line (norm,
-//! softmax, cumsum) or one query row (attention, in blocks that share key tiles). f32 tensors
+//! `meta[0]` is always the number of threads. One thread computes one element or one line
+//! (cumsum); a block one row (norm, softmax: reduced through shared memory) or one query tile
+//! (attention: its threads share key tiles). f32 tensors
 //! are stored as `tsr_f`: `float`, or bfloat16 ([`Precision`]).
 //!
 //! The kernels favour being plainly right over speed: they are the reference that faster
@@ -77,6 +78,19 @@ __device__ inline float tsr_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); 
 __device__ inline float tsr_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ inline float tsr_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))); }
 __device__ inline float tsr_softplus(float x) { return x > 30.0f ? x : log1pf(expf(x)); }
+// The sum (op 0) or maximum (op 1) of `v` over the block's threads, through `red` (shared,
+// one slot per thread; the block size a power of two); every thread gets it.
+__device__ inline double tsr_block_reduce(double v, double* red, int op) {
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) red[threadIdx.x] = op ? fmax(red[threadIdx.x], red[threadIdx.x + w]) : red[threadIdx.x] + red[threadIdx.x + w];
+    __syncthreads();
+  }
+  const double r = red[0];
+  __syncthreads();
+  return r;
+}
 template <typename T> __device__ inline float tsr_table(const T* t, i64 n, double idx) {
   const i64 k = (i64)idx;
   return (k < 0 || k >= n) ? __int_as_float(0x7fc00000) : (float)t[k];
@@ -159,9 +173,10 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
                     (name, source)
                 }
             };
-            // Attention blocks are query tiles that share key tiles; the rest run alone.
-            let sync = matches!(step.kernel, Kernel::Attention(_));
-            let block = if sync { ATTENTION_TILE } else { 128 };
+            // Attention blocks are query tiles that share key tiles, norm and softmax blocks rows
+            // that they reduce together; the other kernels' threads run alone.
+            let sync = role == Role::Main && matches!(step.kernel, Kernel::Attention(_) | Kernel::Norm { .. } | Kernel::Softmax { .. });
+            let block = if matches!(step.kernel, Kernel::Attention(_)) { ATTENTION_TILE } else { ROW_BLOCK };
             out.push(CudaKernel { step: i, name, source, params, args, role, block, sync });
             Ok(())
         };
@@ -326,6 +341,9 @@ pub fn elementwise_meta(out: &[usize], ins: &[&[usize]]) -> Vec<i64> {
     }
     m
 }
+
+/// Threads per block of the other kernels; a norm or softmax block reduces one row.
+pub const ROW_BLOCK: usize = 128;
 
 /// Query rows and keys per tile of the attention kernel's mask analysis.
 pub const ATTENTION_TILE: usize = 64;
@@ -507,15 +525,20 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         format!("  const int rank = (int)meta[1];\n  i64 r = i, off = 0;\n  for (int d = rank - 1; d >= 0; --d) {{ const i64 c = r % meta[2 + d]; r /= meta[2 + d]; off += c * {st}[d]; }}\n")
     };
     let body = match k {
+        // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Norm { kind, eps } => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
             let b = if step.ins.len() > 2 { "(double)in2[c]" } else { "0.0" };
-            let mean = if *kind == tessera_ir::NormKind::Layer { "for (i64 c = 0; c < d; ++c) mean += x[c];\n  mean /= (double)d;\n" } else { "" };
+            let mean = if *kind == tessera_ir::NormKind::Layer {
+                "  { double t = 0.0; for (i64 c = threadIdx.x; c < d; c += blockDim.x) t += x[c]; mean = tsr_block_reduce(t, red, 0) / (double)d; }\n"
+            } else {
+                ""
+            };
             format!(
-                "  const i64 d = meta[1];\n  const {x}* x = in0 + i * d;\n  double mean = 0.0, var = 0.0;\n  {mean}  for (i64 c = 0; c < d; ++c) var += (x[c] - mean) * (x[c] - mean);\n  const double inv = 1.0 / sqrt(var / (double)d + {eps:e});\n  for (i64 c = 0; c < d; ++c) out[i * d + c] = ({out})((x[c] - mean) * inv * {w} + {b});\n"
+                "  __shared__ double red[{ROW_BLOCK}];\n  const i64 row = blockIdx.x, d = meta[1];\n  const {x}* x = in0 + row * d;\n  double mean = 0.0, var = 0.0;\n{mean}  for (i64 c = threadIdx.x; c < d; c += blockDim.x) var += (x[c] - mean) * (x[c] - mean);\n  const double inv = 1.0 / sqrt(tsr_block_reduce(var, red, 0) / (double)d + {eps:e});\n  for (i64 c = threadIdx.x; c < d; c += blockDim.x) out[row * d + c] = ({out})((x[c] - mean) * inv * {w} + {b});\n"
             )
         }
-        Kernel::Softmax { .. } => "  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double m = -TSR_INF, sum = 0.0;\n  for (i64 k = 0; k < size; ++k) m = fmax(m, (double)in0[base + k * inner]);\n  for (i64 k = 0; k < size; ++k) sum += exp(in0[base + k * inner] - m);\n  for (i64 k = 0; k < size; ++k) out[base + k * inner] = (float)(exp(in0[base + k * inner] - m) / sum);\n".to_string(),
+        Kernel::Softmax { .. } => format!("  __shared__ double red[{ROW_BLOCK}];\n  const i64 line = blockIdx.x, size = meta[1], inner = meta[2], base = (line / inner) * size * inner + line % inner;\n  double m = -TSR_INF, sum = 0.0;\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) m = fmax(m, (double)in0[base + k * inner]);\n  m = tsr_block_reduce(m, red, 1);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) sum += exp(in0[base + k * inner] - m);\n  sum = tsr_block_reduce(sum, red, 0);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) out[base + k * inner] = (float)(exp(in0[base + k * inner] - m) / sum);\n"),
         Kernel::Cumsum { .. } => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
         Kernel::Reduce { op, .. } => {
             let (init, step_expr, fin) = match op {
@@ -630,9 +653,14 @@ pub fn meta(k: &Kernel, out: &[usize], ins: &[&[usize]], dims: &std::collections
         Kernel::Attention(f) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..], Some(f)),
         Kernel::Norm { .. } => {
             let d = out.last().copied().unwrap_or(1).max(1);
-            vec![(out.iter().product::<usize>() / d) as i64, d as i64]
+            vec![(out.iter().product::<usize>() / d * ROW_BLOCK) as i64, d as i64]
         }
-        Kernel::Softmax { axis } | Kernel::Cumsum { axis } => lines(out, *axis),
+        Kernel::Softmax { axis } => {
+            let mut m = lines(out, *axis);
+            m[0] *= ROW_BLOCK as i64;
+            m
+        }
+        Kernel::Cumsum { axis } => lines(out, *axis),
         Kernel::Reduce { axes, .. } => {
             let x = ins[0];
             let mut m = vec![n, x.len() as i64];
