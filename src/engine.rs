@@ -85,10 +85,10 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                let (out, seconds) =
+                let (out, stats) =
                     tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
                         .map_err(RunError::Device)?;
-                Ok((out, Some(RunStats { device_seconds: Some(seconds), ..RunStats::default() })))
+                Ok((out, Some(RunStats { device_seconds: Some(stats.seconds), arena_bytes: stats.memory_bytes, ..RunStats::default() })))
             }
         }
     }

@@ -499,8 +499,9 @@ fn run(
     let (outputs, stats) = engine.run(g, &dims, &all_inputs, &params)?;
     let wall = start.elapsed().as_secs_f64() * 1e3;
     let stats_ms = stats.as_ref().and_then(|s| s.device_seconds).map_or(wall, |d| d * 1e3);
-    if let Some(device) = stats.as_ref().and_then(|s| s.device_seconds) {
-        outln!("cuda: {:.2} ms on the device, {wall:.1} ms with uploads and downloads", device * 1e3);
+    if let Some((device, bytes)) = stats.as_ref().and_then(|s| Some((s.device_seconds?, s.arena_bytes))) {
+        let mib = bytes as f64 / (1 << 20) as f64;
+        outln!("cuda: {:.2} ms on the device, {wall:.1} ms with uploads and downloads, intermediates {mib:.2} MiB", device * 1e3);
     } else if let Some(stats) = stats {
         let a = stats.attention;
         outln!(

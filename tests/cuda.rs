@@ -334,7 +334,19 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
             let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);
             let mut resident = gpu::Resident::default();
             let got =
-                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}")).0;
+                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (got, stats) = got;
+            // Intermediate buffers share memory once dead: less than their sum.
+            let intermediates: usize = p
+                .buffers
+                .iter()
+                .filter(|b| matches!(b.storage, Storage::Arena | Storage::Derived))
+                .map(|b| {
+                    tessera::runtime::concrete(&b.ty.shape, &dims).expect("shape").iter().product::<usize>()
+                        * if b.ty.dtype == tessera::ir::DType::F32 { precision.f32_size() } else { b.ty.dtype.size() }
+                })
+                .sum();
+            assert!(stats.memory_bytes < intermediates, "{name}: {} bytes for {intermediates} of buffers", stats.memory_bytes);
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA, {precision:?})");

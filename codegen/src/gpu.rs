@@ -91,10 +91,42 @@ impl<B> Default for Resident<B> {
 /// What a piece of kept device memory holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
-    /// A buffer of the program.
-    Buf(BufId),
+    /// Intermediate buffers of the same size whose lifetimes do not overlap (see [`slots`]).
+    Shared(usize),
     /// Scratch of a step (a feed-forward block's gates or hidden layer).
     Scratch(usize, Arg),
+}
+
+/// Assigns the intermediate buffers (step outputs that are not inputs, parameters or views)
+/// to shared slots: a buffer takes a free slot of exactly its size, or a new one; a slot is
+/// free once the last step reading its buffer has run (outputs are read at the end). Returns
+/// each buffer's slot and each slot's size.
+fn slots(program: &Program, root: &dyn Fn(BufId) -> BufId, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
+    let mut last = vec![0usize; program.buffers.len()];
+    for (s, step) in program.steps.iter().enumerate() {
+        for &b in step.ins.iter().chain([&step.out]) {
+            last[root(b)] = s;
+        }
+    }
+    for (_, b) in &program.outputs {
+        last[root(*b)] = usize::MAX;
+    }
+    let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
+    for (s, step) in program.steps.iter().enumerate() {
+        let out = root(step.out);
+        if !matches!(program.buffers[out].storage, Storage::Arena | Storage::Derived) || slot_of.contains_key(&out) {
+            continue;
+        }
+        let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s);
+        let k = free.unwrap_or_else(|| {
+            sizes.push(bytes(out));
+            holder.push(out);
+            sizes.len() - 1
+        });
+        holder[k] = out;
+        slot_of.insert(out, k);
+    }
+    (slot_of, sizes)
 }
 
 /// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new.
@@ -115,10 +147,18 @@ fn fingerprint(t: &Tensor) -> (usize, usize) {
     }
 }
 
+/// What a run on a device took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GpuStats {
+    /// Seconds from the first launch to the last one's end (uploads and downloads excluded).
+    pub seconds: f64,
+    /// Bytes of device memory for intermediate buffers and scratch.
+    pub memory_bytes: usize,
+}
+
 /// Runs `program`, whose kernels were lowered as `kernels` and compiled for `precision`, on
 /// `device`. Parameters already in `resident` (uploaded from the same host tensors) are not
-/// uploaded again. Also returns the seconds the device took from the first launch to the
-/// last one's end, uploads and downloads excluded.
+/// uploaded again.
 #[allow(clippy::too_many_arguments)]
 pub fn run<D: Device>(
     program: &Program,
@@ -129,7 +169,7 @@ pub fn run<D: Device>(
     params: &HashMap<String, Tensor>,
     resident: &mut Resident<D::Buf>,
     dims: &Dims,
-) -> Result<(Vec<(String, Tensor)>, f64), String> {
+) -> Result<(Vec<(String, Tensor)>, GpuStats), String> {
     let shapes: Vec<Vec<usize>> =
         program.buffers.iter().map(|b| concrete(&b.ty.shape, dims).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
     let root = |mut b: BufId| {
@@ -148,14 +188,17 @@ pub fn run<D: Device>(
         Ok(tensor_bytes(t, precision))
     };
     let size = |t: DType| if t == DType::F32 { precision.f32_size() } else { t.size() };
-    // Device memory of every buffer that is not a view (kept from the last run where the size
-    // is the same); parameters are uploaded unless resident from the same host tensor;
-    // inputs are uploaded.
+    // Device memory: inputs uploaded; parameters uploaded unless resident from the same host
+    // tensor; intermediate buffers in shared slots, kept from the last run where the size is
+    // the same.
+    let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * size(program.buffers[b].ty.dtype);
+    let (slot_of, slot_bytes) = slots(program, &root, &bytes_of);
+    for (k, &bytes) in slot_bytes.iter().enumerate() {
+        slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
+    }
     let mut uploaded: HashMap<BufId, D::Buf> = HashMap::new();
     for (b, buf) in program.buffers.iter().enumerate() {
-        let bytes = shapes[b].iter().product::<usize>() * size(buf.ty.dtype);
         match &buf.storage {
-            Storage::Alias(_) => {}
             Storage::Input(name) => {
                 uploaded.insert(b, device.upload(&host(b, inputs.get(name), "input", name)?)?);
             }
@@ -166,7 +209,7 @@ pub fn run<D: Device>(
                     resident.params.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
                 }
             }
-            Storage::Arena | Storage::Derived => slot(device, &mut resident.memory, Slot::Buf(b), bytes)?,
+            Storage::Alias(_) | Storage::Arena | Storage::Derived => {}
         }
     }
     // Scratch of the feed-forward blocks: the first GEMM's output and the hidden layer.
@@ -184,7 +227,7 @@ pub fn run<D: Device>(
         match &program.buffers[r].storage {
             Storage::Param(name) => resident.params.get(name).map(|(_, m)| m),
             Storage::Input(_) => uploaded.get(&r),
-            _ => resident.memory.get(&Slot::Buf(r)).map(|(_, m)| m),
+            _ => slot_of.get(&r).and_then(|k| resident.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
         }
         .ok_or_else(|| format!("buf{b} has no memory"))
     };
@@ -260,7 +303,9 @@ pub fn run<D: Device>(
             Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype, precision)))
         })
         .collect::<Result<_, String>>()?;
-    Ok((outputs, seconds))
+    let memory_bytes = slot_bytes.iter().sum::<usize>()
+        + resident.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..))).map(|(_, (b, _))| b).sum::<usize>();
+    Ok((outputs, GpuStats { seconds, memory_bytes }))
 }
 
 /// The last size of a shape (a row's width).
