@@ -5,9 +5,9 @@
 //! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
 //!
 //! Parameters stay on the device between runs, and so does the memory of intermediate
-//! buffers ([`Resident`]): a second run allocates nothing. Not yet here: a memory plan (every
-//! intermediate buffer has its own allocation, so peak memory is their sum), streams and
-//! CUDA graphs.
+//! buffers ([`Resident`]): a second run allocates nothing. Intermediate buffers of the same
+//! size share memory once dead ([`slots`]). Not yet here: one arena with offsets (sizes that
+//! differ do not share), streams and CUDA graphs.
 
 use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
