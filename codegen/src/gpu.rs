@@ -6,7 +6,7 @@
 //!
 //! Parameters stay on the device between runs, and so does the memory of intermediate
 //! buffers ([`Resident`]): a second run allocates nothing. Intermediate buffers of the same
-//! size share memory once dead ([`slots`]). Not yet here: one arena with offsets (sizes that
+//! size share memory once dead (`slots`). Not yet here: one arena with offsets (sizes that
 //! differ do not share), streams and CUDA graphs.
 
 use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
