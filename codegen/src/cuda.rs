@@ -553,7 +553,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             )
         }
         Kernel::Gather { .. } => {
-            let bad = if out == "float" { "__int_as_float(0x7fc00000)" } else { "0" };
+            let bad = if p.buffers[step.out].ty.dtype == DType::F32 { "__int_as_float(0x7fc00000)" } else { "0" };
             // meta: [n, size, inner, ids]; an index out of range gives NaN (0 for integers).
             format!("  const i64 size = meta[1], inner = meta[2], n = meta[3];\n  const i64 o = i / (n * inner), k = (i / inner) % n, j = i % inner;\n  const i64 id = (i64)in1[k];\n  out[i] = (id < 0 || id >= size) ? ({out}){bad} : in0[(o * size + id) * inner + j];\n")
         }
