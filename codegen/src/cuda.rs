@@ -294,24 +294,40 @@ fn nodes(
     Ok(s)
 }
 
-/// The comment heading a kernel: its step, what it fuses and where it was written.
-fn heading(p: &Program, index: usize, step: &Step, what: &str, f: &ScoreFn) -> String {
+/// The comment heading a kernel: its step, what it computes, where it was written, and its
+/// scalar program if it has one.
+fn heading(p: &Program, index: usize, step: &Step, what: &str, f: Option<&ScoreFn>) -> String {
     let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
-    format!("// step {index}: {what} of {} IR op(s) at {loc} -> {}\n//   {}\n", step.ops, p.buffers[step.out].ty, f.pretty())
+    let mut s = format!("// step {index}: {what} of {} IR op(s) at {loc} -> {}\n", step.ops, p.buffers[step.out].ty);
+    if let Some(f) = f {
+        let _ = writeln!(s, "//   {}", f.pretty());
+    }
+    s
+}
+
+/// A kernel's opening line, with `meta` after `params`; with `per_element`, also the thread's
+/// element index `i` and the bounds check against `meta[0]`.
+fn open(name: &str, params: &[String], per_element: bool) -> String {
+    let mut s = format!("extern \"C\" __global__ void {name}({}, const i64* __restrict__ meta) {{\n", params.join(", "));
+    if per_element {
+        s += "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;\n  if (i >= meta[0]) return;\n";
+    }
+    s
+}
+
+/// The parameters of a kernel that writes the step's output and reads its inputs in order:
+/// `out`, `in0`, `in1`, ...
+fn buffer_params(p: &Program, step: &Step) -> Vec<String> {
+    let mut params = vec![format!("{}* __restrict__ out", storage(p.buffers[step.out].ty.dtype))];
+    params.extend(step.ins.iter().enumerate().map(|(k, &b)| format!("const {}* __restrict__ in{k}", storage(p.buffers[b].ty.dtype))));
+    params
 }
 
 /// The kernel of one elementwise step: one thread per output element.
 fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
-    let out_ty = p.buffers[step.out].ty.dtype;
-    let leaf_types: Vec<DType> = step.ins.iter().map(|&b| p.buffers[b].ty.dtype).collect();
-    let mut s = heading(p, index, step, "elementwise", f);
-    let mut params = vec![format!("{}* __restrict__ out", storage(out_ty))];
-    params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", storage(*t))));
-    params.push("const i64* __restrict__ meta".into());
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
-    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
-    let _ = writeln!(s, "  if (i >= meta[0]) return;");
-    let n_in = leaf_types.len();
+    let mut s = heading(p, index, step, "elementwise", Some(f));
+    s += &open(name, &buffer_params(p, step), true);
+    let n_in = step.ins.len();
     if n_in > 0 {
         let offs: Vec<String> = (0..n_in).map(|k| format!("o{k} = 0")).collect();
         let _ = writeln!(s, "  const int rank = (int)meta[1];");
@@ -370,9 +386,8 @@ pub fn live_keys(f: &ScoreFn, s: usize, t: usize) -> Vec<i64> {
 
 /// The `meta` array of an attention step: `[threads, s, t, rank_b, batch dims.., the q, k and v
 /// strides over the batch dims (in matrices), then for each extra operand its element strides
-/// over [batch.., s, t] and its length]`, then [`live_keys`] (all keys live when `f` is
-/// `None`).
-pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]], f: Option<&ScoreFn>) -> Vec<i64> {
+/// over [batch.., s, t] and its length]`, then [`live_keys`].
+fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]], f: &ScoreFn) -> Vec<i64> {
     let r = out.len();
     let batch = &out[..r - 2];
     let (s, t) = (out[r - 2], k[k.len() - 2]);
@@ -386,10 +401,7 @@ pub fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extr
         m.extend(crate::host::broadcast_strides(x, r).iter().map(|&d| d as i64));
         m.push(x.iter().product::<usize>() as i64);
     }
-    match f {
-        Some(f) => m.extend(live_keys(f, s, t)),
-        None => m.extend([s.max(1) as i64, 0, t as i64]),
-    }
+    m.extend(live_keys(f, s, t));
     m
 }
 
@@ -412,17 +424,16 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     // Keys per shared-memory tile: 32, fewer for wide heads (static shared memory ≤ 48 KiB).
     let bk = (12288 / (e + ev).max(1)).clamp(1, 32);
     let leaf_types: Vec<DType> = step.ins[3..].iter().map(|&b| p.buffers[b].ty.dtype).collect();
-    let mut s = heading(p, index, step, "attention", f);
+    let mut s = heading(p, index, step, "attention", Some(f));
     let mut params = vec!["tsr_f* __restrict__ out".to_string()];
     params.extend(["q", "k", "v"].iter().map(|n| format!("const tsr_f* __restrict__ {n}")));
     params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", storage(*t))));
-    params.push("const i64* __restrict__ meta".into());
+    s += &open(name, &params, false);
     let tile = ATTENTION_TILE;
     let mut w = |line: String| {
         s.push_str(&line);
         s.push('\n');
     };
-    w(format!("extern \"C\" __global__ void {name}({}) {{", params.join(", ")));
     w(format!("  __shared__ float ks[{}], vs[{}];", bk * e, bk * ev));
     w("  const i64 S = meta[1], T = meta[2]; const int rb = (int)meta[3];".into());
     w("  const i64* dims = meta + 4; const i64* qst = dims + rb; const i64* kst = qst + rb; const i64* vst = kst + rb;".into());
@@ -511,14 +522,8 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
 fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> String {
     let t = |b: usize| storage(p.buffers[b].ty.dtype);
     let (out, x) = (t(step.out), step.ins.first().map_or("float", |&b| t(b)));
-    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
-    let mut s = format!("// step {index}: {} of {} IR op(s) at {loc} -> {}\n", k.name(), step.ops, p.buffers[step.out].ty);
-    let mut params = vec![format!("{out}* __restrict__ out")];
-    params.extend(step.ins.iter().enumerate().map(|(n, &b)| format!("const {}* __restrict__ in{n}", t(b))));
-    params.push("const i64* __restrict__ meta".into());
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
-    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
-    let _ = writeln!(s, "  if (i >= meta[0]) return;");
+    let mut s = heading(p, index, step, k.name(), None);
+    s += &open(name, &buffer_params(p, step), true);
     // Decomposes `i` over the output dims `meta[2..2 + rank]` into an offset with the strides
     // at `st`.
     let strided = |st: &str| {
@@ -577,17 +582,13 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
 }
 
 /// The in-place epilogue of a GEMM: `out = act(out + bias) + residual`, one thread per
-/// element; `meta` as [`epilogue_meta`] makes it.
+/// element; `meta` as [`elementwise_meta`] makes it for the output and the residual.
 fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act: Option<UnaryOp>, residual: bool) -> String {
-    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
-    let mut s = format!("// step {index}: epilogue of {} at {loc} -> {}\n", step.kernel.name(), p.buffers[step.out].ty);
+    let mut s = heading(p, index, step, &format!("epilogue of the {}", step.kernel.name()), None);
     let mut params = vec!["tsr_f* out".to_string()];
     params.extend(bias.then(|| "const tsr_f* __restrict__ bias".to_string()));
     params.extend(residual.then(|| "const tsr_f* __restrict__ res".to_string()));
-    params.push("const i64* __restrict__ meta".into());
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
-    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
-    let _ = writeln!(s, "  if (i >= meta[0]) return;");
+    s += &open(name, &params, true);
     let _ = writeln!(s, "  const int rank = (int)meta[1];");
     let _ = writeln!(s, "  float y = out[i];");
     if bias {
@@ -608,26 +609,14 @@ fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act:
     s + "}\n"
 }
 
-/// The `meta` of an epilogue: `[n, rank, out dims.., the residual's broadcast strides..]`.
-pub fn epilogue_meta(out: &[usize], residual: Option<&[usize]>) -> Vec<i64> {
-    let mut m = vec![out.iter().product::<usize>() as i64, out.len() as i64];
-    m.extend(out.iter().map(|&d| d as i64));
-    if let Some(r) = residual {
-        m.extend(crate::host::broadcast_strides(r, out.len()).iter().map(|&d| d as i64));
-    }
-    m
-}
-
 /// A feed-forward block's activation: `hidden = act(gates[.., :w] + b) ⊙ (gates[.., w:] + b)`
 /// (gated) or `act(gates + b)`, one thread per hidden element; `meta` is
 /// `[rows · width, width, gates width]`.
 fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act: UnaryOp, bias: bool) -> String {
-    let loc = step.span.display_in(&p.files).unwrap_or_else(|| "(no source)".into());
-    let mut s = format!("// step {index}: activation of the ffn at {loc}\n");
-    let b = if bias { ", const tsr_f* __restrict__ bias" } else { "" };
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}(tsr_f* __restrict__ hidden, const tsr_f* __restrict__ gates{b}, const i64* __restrict__ meta) {{");
-    let _ = writeln!(s, "  const i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;");
-    let _ = writeln!(s, "  if (i >= meta[0]) return;");
+    let mut s = heading(p, index, step, "activation of the ffn", None);
+    let mut params = vec!["tsr_f* __restrict__ hidden".to_string(), "const tsr_f* __restrict__ gates".to_string()];
+    params.extend(bias.then(|| "const tsr_f* __restrict__ bias".to_string()));
+    s += &open(name, &params, true);
     let _ = writeln!(s, "  const i64 width = meta[1], row = i / width, c = i % width;");
     let _ = writeln!(s, "  float g = gates[row * meta[2] + c]{};", if bias { " + bias[c]" } else { "" });
     let _ = writeln!(s, "  g = {};", unary(act, "g", DType::F32));
@@ -650,7 +639,7 @@ pub fn meta(k: &Kernel, out: &[usize], ins: &[&[usize]], dims: &std::collections
     };
     let mut m = match k {
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
-        Kernel::Attention(f) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..], Some(f)),
+        Kernel::Attention(f) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {
             let d = out.last().copied().unwrap_or(1).max(1);
             vec![(out.iter().product::<usize>() / d * ROW_BLOCK) as i64, d as i64]

@@ -262,9 +262,10 @@ pub fn run<D: Device>(
                     *trans_b,
                     precision,
                 )?;
-                let res = if *residual { in_shapes.last().copied() } else { None };
+                // The epilogue reads the residual (the last operand) as an elementwise kernel would.
+                let res: Vec<&[usize]> = in_shapes.last().copied().filter(|_| *residual).into_iter().collect();
                 for (n, k) in kernels_of(s) {
-                    launch(n, k, &cuda::epilogue_meta(out_shape, res))?;
+                    launch(n, k, &cuda::elementwise_meta(out_shape, &res))?;
                 }
             }
             Kernel::Ffn { gated, bias, .. } => {
@@ -281,7 +282,7 @@ pub fn run<D: Device>(
                 let w_out = (buf(step.ins[wo])?, w_out);
                 matmul(device, (buf(step.out)?, &[rows, w_out.1[1]]), (hidden, &[rows, width]), w_out, false, precision)?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
-                    launch(n, k, &cuda::epilogue_meta(out_shape, None))?;
+                    launch(n, k, &cuda::elementwise_meta(out_shape, &[]))?;
                 }
             }
             kernel => {
