@@ -70,20 +70,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     let k_tiles = t.div_ceil(TILE_K);
     // Which key tiles each query tile visits, and whether they are fully visible: the mask
     // analysis, once per pair of tiles.
-    let live: Vec<Vec<(usize, bool)>> = (0..q_tiles)
-        .map(|qt| {
-            let (i0, i1) = (qt * TILE_Q, ((qt + 1) * TILE_Q).min(s));
-            (0..k_tiles)
-                .filter_map(|kt| {
-                    let (j0, j1) = (kt * TILE_K, ((kt + 1) * TILE_K).min(t));
-                    match f.tile_class((i0 as i64, i1 as i64 - 1), (j0 as i64, j1 as i64 - 1)) {
-                        TileClass::Dead => None,
-                        class => Some((kt, class == TileClass::Full)),
-                    }
-                })
-                .collect()
-        })
-        .collect();
+    let live = f.live_tiles(s, t, (TILE_Q, TILE_K));
     let done: usize = live.iter().map(Vec::len).sum::<usize>() * oq.len();
     let plain = f.plain_scale();
     // Positions are exact in f32 below 2^24, as the f32x4 score rows need.

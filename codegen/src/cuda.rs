@@ -370,14 +370,9 @@ pub const ATTENTION_TILE: usize = 64;
 pub fn live_keys(f: &ScoreFn, s: usize, t: usize) -> Vec<i64> {
     let tile = ATTENTION_TILE;
     let mut m = vec![tile as i64];
-    for i0 in (0..s).step_by(tile) {
-        let rows = (i0 as i64, (i0 + tile).min(s) as i64 - 1);
-        let live: Vec<usize> = (0..t)
-            .step_by(tile)
-            .filter(|&j0| f.tile_class(rows, (j0 as i64, (j0 + tile).min(t) as i64 - 1)) != tessera_ir::TileClass::Dead)
-            .collect();
+    for live in f.live_tiles(s, t, (tile, tile)) {
         match (live.first(), live.last()) {
-            (Some(&lo), Some(&hi)) => m.extend([lo as i64, (hi + tile).min(t) as i64]),
+            (Some(&(lo, _)), Some(&(hi, _))) => m.extend([(lo * tile) as i64, ((hi + 1) * tile).min(t) as i64]),
             _ => m.extend([0, 0]),
         }
     }

@@ -140,6 +140,22 @@ impl ScoreFn {
         self.tile_class_with(i, j, &|_| None)
     }
 
+    /// For each tile of `tq` query rows out of `s`, the tiles of `tk` keys out of `t` that the
+    /// mask analysis does not prove dead, by index, each with whether it is fully visible.
+    pub fn live_tiles(&self, s: usize, t: usize, (tq, tk): (usize, usize)) -> Vec<Vec<(usize, bool)>> {
+        let span = |k: usize, n: usize, len: usize| ((k * n) as i64, ((k + 1) * n).min(len) as i64 - 1);
+        (0..s.div_ceil(tq.max(1)))
+            .map(|qt| {
+                (0..t.div_ceil(tk.max(1)))
+                    .filter_map(|kt| match self.tile_class(span(qt, tq, s), span(kt, tk, t)) {
+                        TileClass::Dead => None,
+                        class => Some((kt, class == TileClass::Full)),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// As [`Self::tile_class`], knowing the range of some extra operands over the tile (a
     /// padding mask that is all ones there makes a causal tile fully visible).
     pub fn tile_class_with(&self, i: (i64, i64), j: (i64, i64), leaf: &dyn Fn(u32) -> Option<(f64, f64)>) -> TileClass {
