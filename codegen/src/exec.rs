@@ -56,21 +56,7 @@ const ALIGN: usize = 64;
 /// last reader (outputs live to the end).
 pub fn plan(p: &Program, sizes: &[usize]) -> MemoryPlan {
     let n = p.buffers.len();
-    let root = |mut b: BufId| {
-        while let Storage::Alias(a) = p.buffers[b].storage {
-            b = a;
-        }
-        b
-    };
-    let mut last = vec![0usize; n];
-    for (s, step) in p.steps.iter().enumerate() {
-        for &i in &step.ins {
-            last[root(i)] = s;
-        }
-    }
-    for (_, b) in &p.outputs {
-        last[root(*b)] = usize::MAX;
-    }
+    let last = p.last_reads();
     let mut offsets = vec![None; n];
     let mut live: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, size, buffer)
     let mut bytes = 0;

@@ -101,19 +101,11 @@ enum Slot {
 /// to shared slots: a buffer takes a free slot of exactly its size, or a new one; a slot is
 /// free once the last step reading its buffer has run (outputs are read at the end). Returns
 /// each buffer's slot and each slot's size.
-fn slots(program: &Program, root: &dyn Fn(BufId) -> BufId, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
-    let mut last = vec![0usize; program.buffers.len()];
-    for (s, step) in program.steps.iter().enumerate() {
-        for &b in step.ins.iter().chain([&step.out]) {
-            last[root(b)] = s;
-        }
-    }
-    for (_, b) in &program.outputs {
-        last[root(*b)] = usize::MAX;
-    }
+fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
+    let last = program.last_reads();
     let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
     for (s, step) in program.steps.iter().enumerate() {
-        let out = root(step.out);
+        let out = program.root(step.out);
         if !matches!(program.buffers[out].storage, Storage::Arena | Storage::Derived) || slot_of.contains_key(&out) {
             continue;
         }
@@ -172,12 +164,6 @@ pub fn run<D: Device>(
 ) -> Result<(Vec<(String, Tensor)>, GpuStats), String> {
     let shapes: Vec<Vec<usize>> =
         program.buffers.iter().map(|b| concrete(&b.ty.shape, dims).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
-    let root = |mut b: BufId| {
-        while let Storage::Alias(a) = program.buffers[b].storage {
-            b = a;
-        }
-        b
-    };
     // The host tensor of an input or parameter buffer, checked against the buffer's type.
     let host = |b: BufId, t: Option<&'_ Tensor>, what: &str, name: &str| -> Result<Vec<u8>, String> {
         let t = t.ok_or_else(|| format!("no {what} `{name}`"))?;
@@ -192,7 +178,7 @@ pub fn run<D: Device>(
     // tensor; intermediate buffers in shared slots, kept from the last run where the size is
     // the same.
     let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * size(program.buffers[b].ty.dtype);
-    let (slot_of, slot_bytes) = slots(program, &root, &bytes_of);
+    let (slot_of, slot_bytes) = slots(program, &bytes_of);
     for (k, &bytes) in slot_bytes.iter().enumerate() {
         slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
     }
@@ -223,7 +209,7 @@ pub fn run<D: Device>(
     }
     let resident = &*resident;
     let buf = |b: BufId| {
-        let r = root(b);
+        let r = program.root(b);
         match &program.buffers[r].storage {
             Storage::Param(name) => resident.params.get(name).map(|(_, m)| m),
             Storage::Input(_) => uploaded.get(&r),

@@ -175,6 +175,31 @@ pub struct Program {
     pub outputs: Vec<(String, BufId)>,
 }
 
+impl Program {
+    /// The buffer that `b` is a view of (through any chain of views), or `b` itself.
+    pub fn root(&self, mut b: BufId) -> BufId {
+        while let Storage::Alias(a) = self.buffers[b].storage {
+            b = a;
+        }
+        b
+    }
+
+    /// For each buffer, the last step that reads it, directly or through a view; outputs are
+    /// read after every step (`usize::MAX`), buffers nothing reads get 0.
+    pub fn last_reads(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.buffers.len()];
+        for (s, step) in self.steps.iter().enumerate() {
+            for &b in &step.ins {
+                last[self.root(b)] = s;
+            }
+        }
+        for (_, b) in &self.outputs {
+            last[self.root(*b)] = usize::MAX;
+        }
+        last
+    }
+}
+
 impl fmt::Display for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "program {} {{", self.name)?;

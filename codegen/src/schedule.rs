@@ -124,18 +124,12 @@ pub fn schedule(g: &Graph) -> Program {
 /// Steps that read only parameters (and what was derived from them) and have a fixed shape
 /// write `Derived` buffers: merged weights are concatenated once, not at every run.
 fn mark_derived(p: &mut Program) {
-    let root = |p: &Program, mut b: BufId| {
-        while let Storage::Alias(a) = p.buffers[b].storage {
-            b = a;
-        }
-        b
-    };
-    let outputs: Vec<BufId> = p.outputs.iter().map(|(_, b)| root(p, *b)).collect();
+    let outputs: Vec<BufId> = p.outputs.iter().map(|(_, b)| p.root(*b)).collect();
     for s in 0..p.steps.len() {
         let step = &p.steps[s];
         let fixed = p.buffers[step.out].ty.shape.iter().all(|d| d.as_known().is_some());
         let from_params =
-            !step.ins.is_empty() && step.ins.iter().all(|&b| matches!(p.buffers[root(p, b)].storage, Storage::Param(_) | Storage::Derived));
+            !step.ins.is_empty() && step.ins.iter().all(|&b| matches!(p.buffers[p.root(b)].storage, Storage::Param(_) | Storage::Derived));
         if fixed && from_params && p.buffers[step.out].storage == Storage::Arena && !outputs.contains(&step.out) {
             let out = step.out;
             p.buffers[out].storage = Storage::Derived;
