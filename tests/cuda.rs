@@ -6,6 +6,7 @@ use common::{max_rel_diff, MODELS};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use tessera::codegen::{cuda, gpu, Kernel, Storage};
+use tessera::ir::DType;
 use tessera::runtime::{Data, Tensor};
 use tessera::{Backend, Compiler};
 
@@ -214,34 +215,16 @@ impl gpu::Device for Emulator {
         *args[0].borrow_mut() = std::fs::read(&fout).map_err(|e| e.to_string())?;
         Ok(())
     }
-    fn gemm(
-        &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_b: bool,
-        precision: cuda::Precision,
-    ) -> Result<(), String> {
-        let es = precision.f32_size();
-        let f = |buf: &Self::Buf, at: usize| {
-            let (v, at) = (buf.borrow(), es * at);
-            if es == 2 {
-                f32::from_bits(u32::from(u16::from_le_bytes([v[at], v[at + 1]])) << 16)
-            } else {
-                f32::from_le_bytes([v[at], v[at + 1], v[at + 2], v[at + 3]])
-            }
+    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: gpu::GemmShape) -> Result<(), String> {
+        let es = g.precision.f32_size();
+        let read = |(buf, at): (&Self::Buf, usize), len: usize| {
+            gpu::tensor_from_bytes(&buf.borrow()[es * at..es * (at + len)], vec![len], DType::F32, g.precision).to_f64()
         };
-        for i in 0..m {
-            for j in 0..n {
-                let s: f32 = (0..k).map(|q| f(a.0, a.1 + i * k + q) * f(b.0, b.1 + if trans_b { j * k + q } else { q * n + j })).sum();
-                let at = es * (c.1 + i * n + j);
-                let bytes = if es == 2 { half::bf16::from_f32(s).to_le_bytes().to_vec() } else { s.to_le_bytes().to_vec() };
-                c.0.borrow_mut()[at..at + es].copy_from_slice(&bytes);
-            }
-        }
+        let (av, bv) = (read(a, g.m * g.k), read(b, g.k * g.n));
+        let at = |i: usize, j: usize, q: usize| av[i * g.k + q] as f32 * bv[if g.trans_b { j * g.k + q } else { q * g.n + j }] as f32;
+        let cv: Vec<f32> = (0..g.m * g.n).map(|x| (0..g.k).map(|q| at(x / g.n, x % g.n, q)).sum()).collect();
+        let bytes = gpu::tensor_bytes(&Tensor::f32(vec![cv.len()], cv), g.precision);
+        c.0.borrow_mut()[es * c.1..es * c.1 + bytes.len()].copy_from_slice(&bytes);
         Ok(())
     }
 }
@@ -344,8 +327,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
                 .iter()
                 .filter(|b| matches!(b.storage, Storage::Arena | Storage::Derived))
                 .map(|b| {
-                    tessera::runtime::concrete(&b.ty.shape, &dims).expect("shape").iter().product::<usize>()
-                        * if b.ty.dtype == tessera::ir::DType::F32 { precision.f32_size() } else { b.ty.dtype.size() }
+                    tessera::runtime::concrete(&b.ty.shape, &dims).expect("shape").iter().product::<usize>() * precision.size(b.ty.dtype)
                 })
                 .sum();
             assert!(stats.memory_bytes < intermediates, "{name}: {} bytes for {intermediates} of buffers", stats.memory_bytes);

@@ -39,6 +39,15 @@ impl Precision {
             Precision::Bf16 => 2,
         }
     }
+
+    /// Bytes of one stored element of a tensor of element type `t`.
+    pub fn size(self, t: DType) -> usize {
+        if t == DType::F32 {
+            self.f32_size()
+        } else {
+            t.size()
+        }
+    }
 }
 
 /// The prelude for `precision`: [`PRELUDE`], with `tsr_f` (the storage type of f32 tensors)

@@ -7,9 +7,9 @@
 //! meaning, not this file.
 
 use crate::cuda::{CudaKernel, Precision};
-use crate::gpu::Device;
+use crate::gpu::{Device, GemmShape};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -109,47 +109,57 @@ impl Device for CudaDevice {
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(err)
     }
 
-    fn gemm(
-        &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_b: bool,
-        precision: Precision,
-    ) -> Result<(), String> {
-        let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
-        let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
-        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's memory is Bᵀ (n × k, ld n), or
-        // with `trans_b` the stored [n, k] matrix transposed (ld k).
-        let transa = if trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let (lda, transb, ldb, ldc) = (if trans_b { ki } else { ni }, cublasOperation_t::CUBLAS_OP_N, ki, ni);
-        let es = precision.f32_size();
-        let (a_buf, b_buf) = (a.0.borrow(), b.0.borrow());
-        let (a, b) = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..));
-        let mut c_buf = c.0.borrow_mut();
-        let mut c_view = c_buf.slice_mut(es * c.1..);
+    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: GemmShape) -> Result<(), String> {
+        let es = g.precision.f32_size();
+        let (a_buf, b_buf, mut c_buf) = (a.0.borrow(), b.0.borrow(), c.0.borrow_mut());
+        let operands = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..), c_buf.slice_mut(es * c.1..));
         // SAFETY: the views hold elements of the stored type, at least as many as the GEMM
         // reads and writes.
         unsafe {
-            match precision {
-                Precision::F32 => {
-                    let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha: 1.0f32, lda, ldb, beta: 0.0f32, ldc };
-                    let (a, b) = (a.transmute::<f32>(m * k).ok_or("A too small")?, b.transmute::<f32>(k * n).ok_or("B too small")?);
-                    let mut c = c_view.transmute_mut::<f32>(m * n).ok_or("C too small")?;
-                    self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
-                }
-                Precision::Bf16 => {
-                    let (one, zero) = (half::bf16::ONE, half::bf16::ZERO);
-                    let cfg = GemmConfig { transa, transb, m: ni, n: mi, k: ki, alpha: one, lda, ldb, beta: zero, ldc };
-                    let a = a.transmute::<half::bf16>(m * k).ok_or("A too small")?;
-                    let b = b.transmute::<half::bf16>(k * n).ok_or("B too small")?;
-                    let mut c = c_view.transmute_mut::<half::bf16>(m * n).ok_or("C too small")?;
-                    self.blas.gemm(cfg, &b, &a, &mut c).map_err(err)
-                }
+            match g.precision {
+                Precision::F32 => typed(&self.blas, config(g, 1.0f32, 0.0f32)?, operands, g),
+                Precision::Bf16 => typed(&self.blas, config(g, half::bf16::ONE, half::bf16::ZERO)?, operands, g),
             }
         }
+    }
+}
+
+/// The cuBLAS configuration of `g`. Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's memory
+/// is Bᵀ (n × k, ld n), or with `trans_b` the stored [n, k] matrix transposed (ld k).
+fn config<T>(g: GemmShape, alpha: T, beta: T) -> Result<GemmConfig<T>, String> {
+    let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
+    let (m, n, k) = (int(g.m)?, int(g.n)?, int(g.k)?);
+    Ok(GemmConfig {
+        transa: if g.trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
+        transb: cublasOperation_t::CUBLAS_OP_N,
+        m: n,
+        n: m,
+        k,
+        alpha,
+        lda: if g.trans_b { k } else { n },
+        ldb: k,
+        beta,
+        ldc: n,
+    })
+}
+
+/// One cuBLAS GEMM on untyped views holding elements of type `T`.
+///
+/// # Safety
+/// The views hold at least `m·k`, `k·n` and `m·n` elements of `T`.
+unsafe fn typed<T>(
+    blas: &CudaBlas,
+    cfg: GemmConfig<T>,
+    (a, b, mut c): (CudaView<u8>, CudaView<u8>, CudaViewMut<u8>),
+    g: GemmShape,
+) -> Result<(), String>
+where
+    CudaBlas: Gemm<T>,
+{
+    unsafe {
+        let a = a.transmute::<T>(g.m * g.k).ok_or("A too small")?;
+        let b = b.transmute::<T>(g.k * g.n).ok_or("B too small")?;
+        let mut c = c.transmute_mut::<T>(g.m * g.n).ok_or("C too small")?;
+        blas.gemm(cfg, &b, &a, &mut c).map_err(err)
     }
 }

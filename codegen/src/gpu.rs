@@ -31,21 +31,25 @@ pub trait Device {
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
     /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
     fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
-    /// `c = a · b` for one matrix: `a` is `m × k`, `b` is `k × n` (or `n × k` stored, with
-    /// `trans_b`), `c` is `m × n`, all row-major at the given element offsets, stored as
-    /// `precision` says, accumulated in f32.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_b: bool,
-        precision: Precision,
-    ) -> Result<(), String>;
+    /// `c = a · b` for one matrix of the shape `g`, each operand a buffer and an element
+    /// offset.
+    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: GemmShape) -> Result<(), String>;
+}
+
+/// One GEMM: `a` is `m × k`, `b` is `k × n` (or `n × k` stored, with `trans_b`), `c` is
+/// `m × n`, all row-major, stored as `precision` says, accumulated in f32.
+#[derive(Clone, Copy, Debug)]
+pub struct GemmShape {
+    /// Rows of `a` and `c`.
+    pub m: usize,
+    /// Columns of `b` and `c`.
+    pub n: usize,
+    /// Columns of `a`, rows of `b`.
+    pub k: usize,
+    /// `b` is stored transposed.
+    pub trans_b: bool,
+    /// How the operands are stored.
+    pub precision: Precision,
 }
 
 /// The bytes of a tensor as the kernels read them (bools as one byte each, f32 as bf16 where
@@ -173,11 +177,10 @@ pub fn run<D: Device>(
         }
         Ok(tensor_bytes(t, precision))
     };
-    let size = |t: DType| if t == DType::F32 { precision.f32_size() } else { t.size() };
     // Device memory: inputs uploaded; parameters uploaded unless resident from the same host
     // tensor; intermediate buffers in shared slots, kept from the last run where the size is
     // the same.
-    let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * size(program.buffers[b].ty.dtype);
+    let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * precision.size(program.buffers[b].ty.dtype);
     let (slot_of, slot_bytes) = slots(program, &bytes_of);
     for (k, &bytes) in slot_bytes.iter().enumerate() {
         slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
@@ -285,9 +288,8 @@ pub fn run<D: Device>(
         .outputs
         .iter()
         .map(|(name, b)| {
-            let ty = &program.buffers[*b].ty;
-            let bytes = shapes[*b].iter().product::<usize>() * size(ty.dtype);
-            Ok((name.clone(), tensor_from_bytes(&device.download(buf(*b)?, bytes)?, shapes[*b].clone(), ty.dtype, precision)))
+            let raw = device.download(buf(*b)?, bytes_of(*b))?;
+            Ok((name.clone(), tensor_from_bytes(&raw, shapes[*b].clone(), program.buffers[*b].ty.dtype, precision)))
         })
         .collect::<Result<_, String>>()?;
     let memory_bytes = slot_bytes.iter().sum::<usize>()
@@ -323,7 +325,7 @@ fn matmul<D: Device>(
     let batch = &out.1[..r - 2];
     let (oa, ob) = (broadcast_offsets(batch, &a.1[..ra - 2]), broadcast_offsets(batch, &b.1[..rb - 2]));
     for (i, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
-        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), m, n, k, trans_b, precision)?;
+        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), GemmShape { m, n, k, trans_b, precision })?;
     }
     Ok(())
 }
