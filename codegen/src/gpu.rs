@@ -57,9 +57,7 @@ pub struct GemmShape {
 pub fn tensor_bytes(t: &Tensor, precision: Precision) -> Vec<u8> {
     match &t.data {
         Data::F32(v) if precision == Precision::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
-        Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        _ => t.to_le_bytes(),
     }
 }
 

@@ -87,12 +87,12 @@ pub fn write_safetensors(path: &str, tensors: &[(String, Tensor)]) -> Result<(),
     let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let (dt, b) = match &t.data {
-                crate::Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                crate::Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                crate::Data::Bool(v) => (Dtype::BOOL, v.iter().map(|&x| u8::from(x)).collect()),
+            let dt = match &t.data {
+                crate::Data::F32(_) => Dtype::F32,
+                crate::Data::I64(_) => Dtype::I64,
+                crate::Data::Bool(_) => Dtype::BOOL,
             };
-            (n.clone(), dt, t.shape.clone(), b)
+            (n.clone(), dt, t.shape.clone(), t.to_le_bytes())
         })
         .collect();
     let views = bytes

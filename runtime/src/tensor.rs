@@ -77,6 +77,16 @@ impl Tensor {
         }
     }
 
+    /// The elements as little-endian bytes (a bool as one byte), as safetensors files and
+    /// device buffers hold them.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match &self.data {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        }
+    }
+
     /// All elements as f64.
     pub fn to_f64(&self) -> Vec<f64> {
         (0..self.len()).map(|i| self.get(i)).collect()
