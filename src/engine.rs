@@ -29,7 +29,7 @@ pub struct Gpu {
     kernels: Vec<tessera_codegen::cuda::CudaKernel>,
     precision: Precision,
     device: tessera_codegen::cuda_device::CudaDevice,
-    /// Parameters kept on the GPU between runs.
+    /// Parameters and intermediate memory kept on the GPU between runs.
     resident:
         std::sync::Mutex<tessera_codegen::gpu::Resident<<tessera_codegen::cuda_device::CudaDevice as tessera_codegen::gpu::Device>::Buf>>,
 }

@@ -383,6 +383,11 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
     }
 }
 
+/// The time of one run: on a GPU the device's (transfers excluded), elsewhere the wall time.
+fn measured_ms(stats: Option<&tessera::codegen::RunStats>, wall_ms: f64) -> f64 {
+    stats.and_then(|s| s.device_seconds).map_or(wall_ms, |d| d * 1e3)
+}
+
 fn run_fail(e: runtime::RunError) -> Fail {
     match e {
         runtime::RunError::Internal(_) => Fail::Internal(format!("internal error: {e}")),
@@ -492,13 +497,12 @@ fn run(
     for _ in 1..repeat {
         let t = std::time::Instant::now();
         let (_, stats) = engine.run(g, &dims, &all_inputs, &params)?;
-        // On a GPU, the device's time (transfers excluded); elsewhere the wall time.
-        times.push(stats.and_then(|s| s.device_seconds).map_or(t.elapsed().as_secs_f64() * 1e3, |d| d * 1e3));
+        times.push(measured_ms(stats.as_ref(), t.elapsed().as_secs_f64() * 1e3));
     }
     let start = std::time::Instant::now();
     let (outputs, stats) = engine.run(g, &dims, &all_inputs, &params)?;
     let wall = start.elapsed().as_secs_f64() * 1e3;
-    let stats_ms = stats.as_ref().and_then(|s| s.device_seconds).map_or(wall, |d| d * 1e3);
+    let stats_ms = measured_ms(stats.as_ref(), wall);
     if let Some((device, bytes)) = stats.as_ref().and_then(|s| Some((s.device_seconds?, s.arena_bytes))) {
         let mib = bytes as f64 / (1 << 20) as f64;
         outln!("cuda: {:.2} ms on the device, {wall:.1} ms with uploads and downloads, intermediates {mib:.2} MiB", device * 1e3);
