@@ -51,6 +51,15 @@ enum DtypeArg {
     Bf16,
 }
 
+impl DtypeArg {
+    fn precision(self) -> tessera::codegen::cuda::Precision {
+        match self {
+            DtypeArg::F32 => tessera::codegen::cuda::Precision::F32,
+            DtypeArg::Bf16 => tessera::codegen::cuda::Precision::Bf16,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ModelArgs {
     /// A `.tsr` model file or a `.tir` IR file.
@@ -87,6 +96,10 @@ enum Cmd {
         /// List every fusion the optimizer made, with the source it came from.
         #[arg(long)]
         explain: bool,
+        /// The storage of f32 tensors that `--emit cuda` generates for (bf16 gets the
+        /// tensor-core attention kernel).
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: DtypeArg,
     },
     /// Run a model on the reference interpreter.
     Run {
@@ -225,7 +238,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 Ok(())
             }
         }
-        Cmd::Ir { m, emit, print_after, explain } => {
+        Cmd::Ir { m, emit, print_after, explain, dtype } => {
             if emit == Emit::Ast {
                 let text = read(&m.file)?;
                 return match tessera::lang::parse(0, &text) {
@@ -260,7 +273,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {
-                    out!("{}", tessera::codegen::cuda::dump(&program, tessera::codegen::cuda::Precision::F32).map_err(Fail::Internal)?);
+                    out!("{}", tessera::codegen::cuda::dump(&program, dtype.precision()).map_err(Fail::Internal)?);
                 } else if emit == Emit::Kernels {
                     // The memory plan at the sizes `run` uses by default.
                     let mut dims = HashMap::new();
@@ -334,11 +347,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
-            let precision = match dtype {
-                DtypeArg::F32 => tessera::codegen::cuda::Precision::F32,
-                DtypeArg::Bf16 => tessera::codegen::cuda::Precision::Bf16,
-            };
-            let engine = tessera::Engine::new(&g, backend, false, precision).map_err(run_fail)?;
+            let engine = tessera::Engine::new(&g, backend, false, dtype.precision()).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
             run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)

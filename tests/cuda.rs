@@ -24,7 +24,7 @@ fn programs() -> Vec<(String, tessera::codegen::Program)> {
 #[test]
 fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
     for (name, p) in programs() {
-        let kernels = tessera::codegen::cuda::lower(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let kernels = tessera::codegen::cuda::lower(&p, cuda::Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (i, s) in p.steps.iter().enumerate() {
             let main = kernels.iter().filter(|k| k.step == i && k.role == cuda::Role::Main).count();
             let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. });
@@ -66,14 +66,19 @@ fn every_models_kernels_compile_with_nvrtc() {
         return;
     }
     for (name, p) in programs() {
-        let source = tessera::codegen::cuda::dump(&p, cuda::Precision::F32).expect("lowers");
-        let start = std::time::Instant::now();
-        let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}\n{source}"));
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        for k in tessera::codegen::cuda::lower(&p).expect("lowers") {
-            assert!(ptx.contains(&format!(".entry {}(", k.name)), "{name}: no entry {}", k.name);
+        for precision in [cuda::Precision::F32, cuda::Precision::Bf16] {
+            let source = tessera::codegen::cuda::dump(&p, precision).expect("lowers");
+            let start = std::time::Instant::now();
+            let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}\n{source}"));
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            for k in tessera::codegen::cuda::lower(&p, precision).expect("lowers") {
+                assert!(ptx.contains(&format!(".entry {}(", k.name)), "{name}: no entry {}", k.name);
+            }
+            // bf16 attention with head sizes of 16s runs on tensor cores.
+            let mma = ptx.matches("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32").count();
+            println!("{name} ({precision:?}): {} kernels compiled in {ms:.0} ms, {mma} mma instructions", ptx.matches(".entry").count());
+            assert_eq!(mma > 0, precision == cuda::Precision::Bf16 && source.contains("(tensor cores)"), "{name}");
         }
-        println!("{name}: {} kernels compiled in {ms:.0} ms", ptx.matches(".entry").count());
     }
 }
 
@@ -253,6 +258,52 @@ fn has_gxx() -> bool {
     false
 }
 
+/// Runs each of `cases` (a model body) through the CUDA executor with its kernels lowered
+/// for `precision` and emulated on the CPU, at the (batch, seq) sizes given, and compares the
+/// outputs with the interpreter's on the same inputs rounded to the storage precision
+/// (within `tolerance`). `check` sees each case's kernels first.
+fn emulate_cases(
+    tag: &str,
+    cases: &[(&str, &str)],
+    precision: cuda::Precision,
+    sizes: &[(i64, i64)],
+    tolerance: f64,
+    check: &dyn Fn(&str, &[cuda::CudaKernel]),
+) {
+    let dir = std::env::temp_dir().join(format!("tessera-cuda-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (what, body) in cases {
+        let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
+        let model = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
+        let p = model.program().expect("program");
+        let kernels = cuda::lower(p, precision).unwrap_or_else(|e| panic!("{what}: {e}"));
+        check(what, &kernels);
+        let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels, precision);
+        let params = params_of(p, &HashMap::new());
+        interp.set_params(params.clone());
+        for &(batch, seq) in sizes {
+            let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
+            // The interpreter sees what the device stores.
+            let stored: HashMap<String, Tensor> = inputs
+                .iter()
+                .map(|(n, t)| (n.clone(), gpu::tensor_from_bytes(&gpu::tensor_bytes(t, precision), t.shape.clone(), t.dtype(), precision)))
+                .collect();
+            let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
+            let want = interp.run(&stored).expect("interpreter");
+            let got = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut gpu::Resident::default(), &dims)
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .0;
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let d = max_rel_diff(g, w);
+                println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C, {precision:?})");
+                assert!(d <= tolerance, "{what} (batch {batch}, seq {seq}, {precision:?}): {n} differs by {d}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every generated kernel kind, compiled as C++ by g++ against a small CUDA emulation header
 /// and run on the CPU thread by thread, step after step, equals the interpreter, at sizes
 /// that are not multiples of anything. This checks what the generated CUDA C computes on
@@ -262,32 +313,32 @@ fn generated_kernels_run_under_emulation_and_equal_the_interpreter() {
     if !has_gxx() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tessera-cuda-emu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for (what, body) in EMULATED {
-        let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
-        let model = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
-        let p = model.program().expect("program");
-        let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels, cuda::Precision::F32);
-        let params = params_of(p, &HashMap::new());
-        interp.set_params(params.clone());
-        for (batch, seq) in [(1, 5), (2, 37), (1, 70)] {
-            let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
-            let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
-            let want = interp.run(&inputs).expect("interpreter");
-            let got = gpu::run(p, &kernels, cuda::Precision::F32, &emu, &inputs, &params, &mut gpu::Resident::default(), &dims)
-                .unwrap_or_else(|e| panic!("{what}: {e}"))
-                .0;
-            for ((n, g), (_, w)) in got.iter().zip(&want) {
-                let d = max_rel_diff(g, w);
-                println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C)");
-                assert!(d <= 1e-4, "{what} (batch {batch}, seq {seq}): {n} differs by {d}");
-            }
-        }
+    emulate_cases("emu", EMULATED, cuda::Precision::F32, &[(1, 5), (2, 37), (1, 70)], 1e-4, &|_, _| {});
+}
+
+/// Attention variants with head sizes of 16s, whose bf16 kernels run on tensor cores.
+const MMA_CASES: &[(&str, &str)] = &[
+    ("mma causal", "input q: [batch, 3, seq, 16]\n input k: [batch, 3, seq, 16]\n input v: [batch, 3, seq, 16]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.35, -1e30), -1) @ v"),
+    ("mma full", "input q: [batch, 2, seq, 32]\n input k: [batch, 2, seq, 32]\n input v: [batch, 2, seq, 24]\n output y = softmax((q @ k.T) * 0.2, -1) @ v"),
+    ("mma gqa bias", "input q: [batch, 2, 2, seq, 32]\n input k: [batch, 2, 1, seq, 32]\n input v: [batch, 2, 1, seq, 8]\n input bias: [batch, 1, 1, 1, seq]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i + 2 and bias > -0.5, (q @ k.T) * 0.25 + bias - float(i - j) * 0.25, -1e30), -1) @ v"),
+    ("mma window alibi", "input q: [batch, 4, seq, 16]\n input k: [batch, 4, seq, 16]\n input v: [batch, 4, seq, 16]\n input slopes: [4]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n h = arange(4)[:, none, none]\n output y = softmax(where(j <= i and i - j < 20, (q @ k.T) * 0.25 - slopes[h] * float(i - j), -1e30), -1) @ v"),
+    ("mma masked rows", "input q: [batch, 2, seq, 16]\n input k: [batch, 2, seq, 16]\n input v: [batch, 2, seq, 16]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
+];
+
+/// The tensor-core attention kernel (bf16, `mma.sync` fragments exchanged across an emulated
+/// warp) equals the interpreter on the same bf16 inputs, over several key tiles, partly live
+/// ranges (a window), GQA, a per-key bias, an ALiBi table and fully masked rows. Its error is
+/// the rounding of the probabilities and of the output to bf16, far below what a fragment
+/// in the wrong place gives.
+#[test]
+fn tensor_core_attention_runs_under_emulation_and_equals_the_interpreter() {
+    if !has_gxx() {
+        return;
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let on_tensor_cores = |what: &str, kernels: &[cuda::CudaKernel]| {
+        assert!(kernels.iter().any(|k| k.source.contains("attention (tensor cores)") && k.block == cuda::MMA_BLOCK), "{what}");
+    };
+    emulate_cases("mma", MMA_CASES, cuda::Precision::Bf16, &[(1, 5), (2, 37), (1, 150)], 1e-2, &on_tensor_cores);
 }
 
 /// Every stdlib model (small configurations) through the CUDA executor, its generated kernels
@@ -308,7 +359,6 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let model = c.clone().compile_file(&path).expect("compiles");
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         let p = model.program().expect("program");
-        let kernels = cuda::lower(p).unwrap_or_else(|e| panic!("{name}: {e}"));
         let inputs = model.random_inputs(common::DIMS, 4).expect("inputs");
         let dims: HashMap<String, i64> = common::DIMS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let params = params_of(p, &dims);
@@ -316,6 +366,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let want = interp.run(&inputs).expect("interpreter");
         // f32 storage within 1e-4 of the interpreter, bf16 storage within 2e-2.
         for (precision, tolerance) in [(cuda::Precision::F32, 1e-4), (cuda::Precision::Bf16, 2e-2)] {
+            let kernels = cuda::lower(p, precision).unwrap_or_else(|e| panic!("{name}: {e}"));
             let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);
             let mut resident = gpu::Resident::default();
             let got =

@@ -76,6 +76,19 @@ struct tsr_bf16 {
   __device__ operator float() const { return __uint_as_float((unsigned int)bits << 16); }
 };
 typedef tsr_bf16 tsr_f;
+#ifndef TSR_EMULATED
+// Tensor-core and memory primitives of the MMA attention kernel (the CPU emulation of the
+// tests supplies its own): `d += a · b` for one m16n8k16 bf16 MMA of the warp, f32
+// accumulated; a 32-bit load (4-byte aligned); 16-byte copies (16-byte aligned).
+__device__ inline void tsr_mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ inline unsigned tsr_ld2(const void* p) { return *(const unsigned*)p; }
+__device__ inline void tsr_copy16(void* d, const void* s) { *(uint4*)d = *(const uint4*)s; }
+__device__ inline void tsr_zero16(void* d) { *(uint4*)d = make_uint4(0u, 0u, 0u, 0u); }
+#endif
 #else
 typedef float tsr_f;
 #endif
@@ -100,6 +113,18 @@ __device__ inline double tsr_block_reduce(double v, double* red, int op) {
   __syncthreads();
   return r;
 }
+// The mean of column `c` of the `T × w` matrix `v`: attention's answer for a query whose
+// every key is masked (equal masked scores).
+__device__ inline float tsr_mean_col(const tsr_f* v, i64 T, int w, int c) {
+  float t = 0.0f;
+  for (i64 j = 0; j < T; ++j) t += v[j * w + c];
+  return t / (float)T;
+}
+#ifdef TSR_BF16
+// Two bf16 values in one 32-bit register, the first in the lower half (MMA fragments).
+__device__ inline unsigned tsr_pack2(float lo, float hi) { return (unsigned)tsr_bf16(lo).bits | ((unsigned)tsr_bf16(hi).bits << 16); }
+__device__ inline unsigned tsr_bits2(const tsr_bf16* p) { return tsr_ld2(p); }
+#endif
 template <typename T> __device__ inline float tsr_table(const T* t, i64 n, double idx) {
   const i64 k = (i64)idx;
   return (k < 0 || k >= n) ? __int_as_float(0x7fc00000) : (float)t[k];
@@ -156,7 +181,10 @@ pub enum Role {
 /// same code (the same op in every layer) share one function: the later ones carry the first
 /// one's name and an empty `source`, so a model compiles as many functions as it has distinct
 /// kernels, not as many as it has steps.
-pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
+///
+/// Attention steps whose head sizes [`mma_fits`] at `precision` get the tensor-core kernel
+/// ([`attention_mma`]); the others the plain one ([`attention`]).
+pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>, String> {
     let mut out = Vec::new();
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -164,6 +192,8 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
         let last = step.ins.len().saturating_sub(1);
+        let mma =
+            matches!(step.kernel, Kernel::Attention(_)) && head_sizes(program, step).is_some_and(|(e, ev)| mma_fits(precision, e, ev));
         let mut push = |name: String, source: Result<String, String>, args: Vec<Arg>, role: Role| -> Result<(), String> {
             let ty = |a: &Arg| match a {
                 Arg::Out => storage(program.buffers[step.out].ty.dtype),
@@ -185,12 +215,17 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
             // Attention blocks are query tiles that share key tiles, norm and softmax blocks rows
             // that they reduce together; the other kernels' threads run alone.
             let sync = role == Role::Main && matches!(step.kernel, Kernel::Attention(_) | Kernel::Norm { .. } | Kernel::Softmax { .. });
-            let block = if matches!(step.kernel, Kernel::Attention(_)) { ATTENTION_TILE } else { ROW_BLOCK };
+            let block = match step.kernel {
+                Kernel::Attention(_) if mma => MMA_BLOCK,
+                Kernel::Attention(_) => ATTENTION_TILE,
+                _ => ROW_BLOCK,
+            };
             out.push(CudaKernel { step: i, name, source, params, args, role, block, sync });
             Ok(())
         };
         match &step.kernel {
             Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main)?,
+            Kernel::Attention(f) if mma => push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Gemm { bias, act, residual, .. } => {
                 if *bias || act.is_some() || *residual {
@@ -223,7 +258,7 @@ pub fn lower(program: &Program) -> Result<Vec<CudaKernel>, String> {
 /// The whole program as one CUDA source: the prelude, then each kernel, then a list of the
 /// steps not lowered here.
 pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
-    let kernels = lower(program)?;
+    let kernels = lower(program, precision)?;
     let mut s = prelude(precision);
     for k in &kernels {
         s.push('\n');
@@ -388,14 +423,15 @@ pub fn live_keys(f: &ScoreFn, s: usize, t: usize) -> Vec<i64> {
     m
 }
 
-/// The `meta` array of an attention step: `[threads, s, t, rank_b, batch dims.., the q, k and v
-/// strides over the batch dims (in matrices), then for each extra operand its element strides
-/// over [batch.., s, t] and its length]`, then [`live_keys`].
-fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]], f: &ScoreFn) -> Vec<i64> {
+/// The `meta` array of an attention step run by blocks of `block` threads, one block per
+/// query tile: `[threads, s, t, rank_b, batch dims.., the q, k and v strides over the batch
+/// dims (in matrices), then for each extra operand its element strides over [batch.., s, t]
+/// and its length]`, then [`live_keys`].
+fn attention_meta(block: usize, out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &[&[usize]], f: &ScoreFn) -> Vec<i64> {
     let r = out.len();
     let batch = &out[..r - 2];
     let (s, t) = (out[r - 2], k[k.len() - 2]);
-    let threads = batch.iter().product::<usize>() * s.div_ceil(ATTENTION_TILE) * ATTENTION_TILE;
+    let threads = batch.iter().product::<usize>() * s.div_ceil(ATTENTION_TILE) * block;
     let mut m = vec![threads as i64, s as i64, t as i64, batch.len() as i64];
     m.extend(batch.iter().map(|&d| d as i64));
     for x in [q, k, v] {
@@ -409,26 +445,27 @@ fn attention_meta(out: &[usize], q: &[usize], k: &[usize], v: &[usize], extra: &
     m
 }
 
-/// The attention kernel of one step: one block of [`ATTENTION_TILE`] threads per query tile of
-/// one (batch, head); each thread streams its query row over the live keys with an online
-/// softmax (scores never stored, the score function inlined), while the block stages the keys
-/// and values through shared memory a tile at a time, so that each is read from global memory
-/// once per query tile, not once per row. `meta`: see [`attention_meta`]. The tensor-core
-/// version is to be measured against this one.
-fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
-    let ty = |b: usize| &p.buffers[step.ins[b]].ty;
-    let known = |b: usize, from_end: usize| {
-        let shape = &ty(b).shape;
-        shape.get(shape.len().wrapping_sub(from_end)).and_then(|d| d.as_known())
-    };
-    let (e, ev) = match (known(0, 1), known(2, 1)) {
-        (Some(e), Some(ev)) => (e as usize, ev as usize),
-        _ => return Err("the CUDA attention kernel needs static head sizes".into()),
-    };
-    // Keys per shared-memory tile: 32, fewer for wide heads (static shared memory ≤ 48 KiB).
-    let bk = (12288 / (e + ev).max(1)).clamp(1, 32);
+/// Threads per block of the tensor-core attention kernel: four warps, 16 query rows each.
+pub const MMA_BLOCK: usize = 128;
+
+/// What both attention kernels start with: the heading and the opening line, then the code
+/// that finds the block's query tile `qt` of `S` queries (`T` keys), its (batch, head) matrices
+/// `qb`, `kb`, `vb`, the batch index `b0` and head `h` of the score function, each extra
+/// operand's batch offset `lb{k}`, and the live keys `[jlo, jhi)` of the tile (see
+/// [`attention_meta`]). Returns that code, the static head sizes of q/k and v, and the score
+/// function's statements for one score `dot` of query `i` and key `j`, ending in `sc`.
+fn attention_start(
+    p: &Program,
+    index: usize,
+    step: &Step,
+    f: &ScoreFn,
+    name: &str,
+    what: &str,
+) -> Result<(String, usize, usize, String), String> {
+    let (e, ev) = head_sizes(p, step).ok_or("the CUDA attention kernel needs static head sizes")?;
     let leaf_types: Vec<DType> = step.ins[3..].iter().map(|&b| p.buffers[b].ty.dtype).collect();
-    let mut s = heading(p, index, step, "attention", Some(f));
+    let n_in = leaf_types.len();
+    let mut s = heading(p, index, step, what, Some(f));
     let mut params = vec!["tsr_f* __restrict__ out".to_string()];
     params.extend(["q", "k", "v"].iter().map(|n| format!("const tsr_f* __restrict__ {n}")));
     params.extend(leaf_types.iter().enumerate().map(|(k, t)| format!("const {}* __restrict__ in{k}", storage(*t))));
@@ -438,47 +475,30 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
         s.push_str(&line);
         s.push('\n');
     };
-    w(format!("  __shared__ float ks[{}], vs[{}];", bk * e, bk * ev));
     w("  const i64 S = meta[1], T = meta[2]; const int rb = (int)meta[3];".into());
     w("  const i64* dims = meta + 4; const i64* qst = dims + rb; const i64* kst = qst + rb; const i64* vst = kst + rb;".into());
     w(format!("  const i64 qtiles = (S + {tile} - 1) / {tile}, bi = blockIdx.x / qtiles, qt = blockIdx.x % qtiles;"));
-    w(format!("  const i64 i = qt * {tile} + threadIdx.x;"));
-    // Rows past the end help stage the tiles but compute nothing.
-    w("  const bool row = i < S;".into());
     w("  i64 r = bi, qo = 0, ko = 0, vo = 0, b0 = 0, heads = 1;".into());
-    let n_in = leaf_types.len();
     for k in 0..n_in {
-        w(format!("  const i64* lst{k} = vst + rb + {k} * (rb + 3); i64 lo{k} = i * lst{k}[rb];"));
+        w(format!("  const i64* lst{k} = vst + rb + {k} * (rb + 3); i64 lb{k} = 0;"));
     }
     w("  for (int d = rb - 1; d >= 0; --d) {".into());
     w("    const i64 c = r % dims[d]; r /= dims[d];".into());
     w("    qo += c * qst[d]; ko += c * kst[d]; vo += c * vst[d];".into());
     w("    if (d == 0) b0 = c; else heads *= dims[d];".into());
     for k in 0..n_in {
-        w(format!("    lo{k} += c * lst{k}[d];"));
+        w(format!("    lb{k} += c * lst{k}[d];"));
     }
     w("  }".into());
     w("  const i64 h = rb > 1 ? bi % heads : 0;".into());
+    w(format!("  const tsr_f* qb = q + qo * S * {e};"));
     w(format!("  const tsr_f* kb = k + ko * T * {e};"));
     w(format!("  const tsr_f* vb = v + vo * T * {ev};"));
-    w(format!("  float qv[{e}], acc[{ev}];"));
-    w(format!("  for (int c = 0; c < {e}; ++c) qv[c] = row ? (float)q[(qo * S + i) * {e} + c] : 0.0f;"));
-    w(format!("  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;"));
-    w("  float m = -__int_as_float(0x7f800000), l = 0.0f;".into());
     // The live keys of this query tile, from the mask analysis: outside them every score is
     // masked, and skipping them changes nothing.
     w(format!("  const i64* tiles = vst + rb + {n_in} * (rb + 3);"));
     w("  const i64 jlo = tiles[1 + 2 * qt], jhi = tiles[2 + 2 * qt];".into());
-    w(format!("  for (i64 j0 = jlo; j0 < jhi; j0 += {bk}) {{"));
-    w(format!("    const i64 n = jhi - j0 < {bk} ? jhi - j0 : {bk};"));
-    w(format!("    for (i64 x = threadIdx.x; x < n * {e}; x += blockDim.x) ks[x] = kb[j0 * {e} + x];"));
-    w(format!("    for (i64 x = threadIdx.x; x < n * {ev}; x += blockDim.x) vs[x] = vb[j0 * {ev} + x];"));
-    w("    __syncthreads();".into());
-    w("    for (i64 jj = 0; row && jj < n; ++jj) {".into());
-    w("      const i64 j = j0 + jj;".into());
-    w("      float dot = 0.0f;".into());
-    w(format!("      for (int c = 0; c < {e}; ++c) dot += qv[c] * ks[jj * {e} + c];"));
-    let leaf = |k: u32| format!("in{k}[lo{k} + j * lst{k}[rb + 1]]");
+    let leaf = |k: u32| format!("in{k}[lb{k} + i * lst{k}[rb] + j * lst{k}[rb + 1]]");
     let var = |v: Var| {
         Some(match v {
             Var::Score => "dot".to_string(),
@@ -489,12 +509,61 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
         })
     };
     let table = |t: u32, idx: &str| format!("tsr_table(in{t}, lst{t}[rb + 2], {idx})");
-    let body = nodes(f, &leaf, &var, &table)?;
-    for l in body.lines() {
-        w(format!("    {l}"));
-    }
+    let mut score = nodes(f, &leaf, &var, &table)?;
     let last = f.nodes.len().checked_sub(1).ok_or("an empty score function")?;
-    w(format!("      const float sc = v{last};"));
+    let _ = writeln!(score, "  const float sc = v{last};");
+    Ok((s, e, ev, score))
+}
+
+/// The static head sizes of an attention step's queries/keys and values.
+fn head_sizes(p: &Program, step: &Step) -> Option<(usize, usize)> {
+    let known = |b: usize| p.buffers[*step.ins.get(b)?].ty.shape.last().and_then(|d| d.as_known()).map(|d| d as usize);
+    Some((known(0)?, known(2)?))
+}
+
+/// Appends `code` to `s`, each line indented by `by` more spaces.
+fn indent(s: &mut String, code: &str, by: usize) {
+    for l in code.lines() {
+        let _ = writeln!(s, "{:by$}{l}", "");
+    }
+}
+
+/// The attention kernel of one step: one block of [`ATTENTION_TILE`] threads per query tile of
+/// one (batch, head); each thread streams its query row over the live keys with an online
+/// softmax (scores never stored, the score function inlined), while the block stages the keys
+/// and values through shared memory a tile at a time, so that each is read from global memory
+/// once per query tile, not once per row. `meta`: see [`attention_meta`]. This is the kernel
+/// for f32 storage and for head sizes the tensor-core kernel ([`attention_mma`]) does not take.
+fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
+    let (mut s, e, ev, score) = attention_start(p, index, step, f, name, "attention")?;
+    // Keys per shared-memory tile: 32, fewer for wide heads (static shared memory ≤ 48 KiB).
+    let bk = (12288 / (e + ev).max(1)).clamp(1, 32);
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+    w(format!("  __shared__ float ks[{}], vs[{}];", bk * e, bk * ev));
+    w(format!("  const i64 i = qt * {ATTENTION_TILE} + threadIdx.x;"));
+    // Rows past the end help stage the tiles but compute nothing.
+    w("  const bool row = i < S;".into());
+    w(format!("  float qv[{e}], acc[{ev}];"));
+    w(format!("  for (int c = 0; c < {e}; ++c) qv[c] = row ? (float)qb[i * {e} + c] : 0.0f;"));
+    w(format!("  for (int c = 0; c < {ev}; ++c) acc[c] = 0.0f;"));
+    w("  float m = -__int_as_float(0x7f800000), l = 0.0f;".into());
+    w(format!("  for (i64 j0 = jlo; j0 < jhi; j0 += {bk}) {{"));
+    w(format!("    const i64 n = jhi - j0 < {bk} ? jhi - j0 : {bk};"));
+    w(format!("    for (i64 x = threadIdx.x; x < n * {e}; x += blockDim.x) ks[x] = kb[j0 * {e} + x];"));
+    w(format!("    for (i64 x = threadIdx.x; x < n * {ev}; x += blockDim.x) vs[x] = vb[j0 * {ev} + x];"));
+    w("    __syncthreads();".into());
+    w("    for (i64 jj = 0; row && jj < n; ++jj) {".into());
+    w("      const i64 j = j0 + jj;".into());
+    w("      float dot = 0.0f;".into());
+    w(format!("      for (int c = 0; c < {e}; ++c) dot += qv[c] * ks[jj * {e} + c];"));
+    indent(&mut s, &score, 4);
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
     w("      if (sc > m) {".into());
     w("        const float scale = expf(m - sc);".into());
     w("        l *= scale;".into());
@@ -509,13 +578,152 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     w("  }".into());
     w("  if (!row) return;".into());
     w(format!("  tsr_f* o = out + (bi * S + i) * {ev};"));
-    w("  if (m <= -1e29f) {".into());
-    w("    // Every key masked: the mean of the values, as from equal masked scores.".into());
-    w(format!(
-        "    for (int c = 0; c < {ev}; ++c) {{ float t = 0.0f; for (i64 j = 0; j < T; ++j) t += vb[j * {ev} + c]; o[c] = t / (float)T; }}"
-    ));
-    w("  } else {".into());
-    w(format!("    for (int c = 0; c < {ev}; ++c) o[c] = acc[c] / l;"));
+    w(format!("  for (int c = 0; c < {ev}; ++c) o[c] = m <= -1e29f ? tsr_mean_col(vb, T, {ev}, c) : acc[c] / l;"));
+    w("}".into());
+    Ok(s)
+}
+
+/// Whether the tensor-core attention kernel takes heads of sizes `e` (queries and keys) and
+/// `ev` (values) stored as `precision`: bf16, `e` a multiple of 16 (the MMA's depth) and `ev`
+/// of 8 (its width), both small enough for registers.
+pub fn mma_fits(precision: Precision, e: usize, ev: usize) -> bool {
+    precision == Precision::Bf16 && e % 16 == 0 && ev % 8 == 0 && (16..=256).contains(&e) && (8..=256).contains(&ev)
+}
+
+/// The tensor-core attention kernel (bf16 storage; see [`mma_fits`]): a block of
+/// [`MMA_BLOCK`] threads per query tile of [`ATTENTION_TILE`] rows, each warp 16 of them, in
+/// the manner of FlashAttention-2. The block stages a tile of keys and values in shared memory
+/// (16-byte copies, rows padded by 8 elements so that the fragment reads hit distinct banks);
+/// each warp multiplies its queries (held as MMA fragments in registers) by the keys with
+/// `mma.sync` m16n8k16 (bf16 in, f32 accumulated), applies the score function to each score
+/// in registers, updates its online softmax (row maxima and sums across the four threads of
+/// a row through shuffles), and multiplies the probabilities, rounded to bf16 and reused as
+/// the next MMA's A fragments without leaving registers, by the values. GQA reads the shared
+/// K/V heads through strides, and key tiles outside the live range are never loaded.
+///
+/// Fragment layout of `mma.m16n8k16` (lane `l`, `g = l / 4`, `t = l % 4`; two bf16 per 32-bit
+/// register, the lower index in the lower half): A (16 × 16, row-major) registers hold rows
+/// `g, g + 8, g, g + 8` at columns `2t, 2t, 2t + 8, 2t + 8` (and the next column); B (16 × 8)
+/// registers rows `2t` and `2t + 8` (and the next row) of column `g`; C/D rows `g, g, g + 8,
+/// g + 8` at columns `2t, 2t + 1, 2t, 2t + 1`.
+fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) -> Result<String, String> {
+    let (mut s, e, ev, score) = attention_start(p, index, step, f, name, "attention (tensor cores)")?;
+    // Keys per tile: 64, fewer for wide heads (static shared memory ≤ 48 KiB).
+    let (ks, vs) = (e + 8, ev + 8);
+    let bk = [64, 32, 16].into_iter().find(|bk| bk * (ks + vs) * 2 <= 48 * 1024).unwrap_or(16);
+    let (ec, evn, bn) = (e / 16, ev / 8, bk / 8);
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+    w(format!("  __shared__ __align__(16) unsigned short ks[{}], vs[{}];", bk * ks, bk * vs));
+    w("  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;".into());
+    w(format!("  const i64 i0 = qt * {ATTENTION_TILE} + (threadIdx.x / 32) * 16 + g, i1 = i0 + 8;"));
+    w("  // The warp's 16 queries as A fragments, one per 16 columns.".into());
+    w(format!("  unsigned qa[{ec}][4];"));
+    w("#pragma unroll".into());
+    w(format!("  for (int c = 0; c < {ec}; ++c) {{"));
+    w("    const int col = 16 * c + 2 * t4;".into());
+    w(format!("    qa[c][0] = i0 < S ? tsr_bits2(qb + i0 * {e} + col) : 0u;"));
+    w(format!("    qa[c][1] = i1 < S ? tsr_bits2(qb + i1 * {e} + col) : 0u;"));
+    w(format!("    qa[c][2] = i0 < S ? tsr_bits2(qb + i0 * {e} + col + 8) : 0u;"));
+    w(format!("    qa[c][3] = i1 < S ? tsr_bits2(qb + i1 * {e} + col + 8) : 0u;"));
+    w("  }".into());
+    w("  // Output accumulators (C fragments over the value columns), and each row's running".into());
+    w("  // maximum and this thread's part of its sum.".into());
+    w(format!("  float o[{evn}][4];"));
+    w("#pragma unroll".into());
+    w(format!("  for (int c = 0; c < {evn}; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0.0f;"));
+    w("  const float inf = __int_as_float(0x7f800000);".into());
+    w("  float m0 = -inf, m1 = -inf, l0 = 0.0f, l1 = 0.0f;".into());
+    w(format!("  for (i64 j0 = jlo; j0 < jhi; j0 += {bk}) {{"));
+    w(format!("    const i64 n = jhi - j0 < {bk} ? jhi - j0 : {bk};"));
+    w("    __syncthreads();".into());
+    w("    // Stage the tile, 8 elements per copy; rows past its end are zero.".into());
+    for (buf, src, width, pitch) in [("ks", "kb", e, ks), ("vs", "vb", ev, vs)] {
+        let per = width / 8;
+        w(format!("    for (int x = threadIdx.x; x < {bk} * {per}; x += blockDim.x) {{"));
+        w(format!("      const int row = x / {per}, c8 = (x % {per}) * 8;"));
+        w(format!("      if (row < n) tsr_copy16({buf} + row * {pitch} + c8, {src} + (j0 + row) * {width} + c8); else tsr_zero16({buf} + row * {pitch} + c8);"));
+        w("    }".into());
+    }
+    w("    __syncthreads();".into());
+    w("    // Scores: S = Q Kᵀ, 8 keys per MMA.".into());
+    w(format!("    float sc4[{bn}][4];"));
+    w("#pragma unroll".into());
+    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{"));
+    w("      sc4[nt][0] = sc4[nt][1] = sc4[nt][2] = sc4[nt][3] = 0.0f;".into());
+    w(format!("      const unsigned short* kr = ks + (nt * 8 + g) * {ks} + 2 * t4;"));
+    w("#pragma unroll".into());
+    w(format!("      for (int c = 0; c < {ec}; ++c) {{"));
+    w("        const unsigned b[2] = {tsr_ld2(kr + 16 * c), tsr_ld2(kr + 16 * c + 8)};".into());
+    w("        tsr_mma_bf16(sc4[nt], qa[c], b);".into());
+    w("      }".into());
+    w("    }".into());
+    w("    // The score function on each score; keys past the live range and rows past the end".into());
+    w("    // take no part.".into());
+    w("#pragma unroll".into());
+    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{"));
+    w("#pragma unroll".into());
+    w("      for (int x = 0; x < 4; ++x) {".into());
+    w("        const i64 i = x < 2 ? i0 : i1, j = j0 + nt * 8 + 2 * t4 + (x & 1);".into());
+    w("        float sv = -inf;".into());
+    w("        if (i < S && j < jhi) {".into());
+    w("          const float dot = sc4[nt][x];".into());
+    indent(&mut s, &score, 8);
+    let mut w = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+    w("          sv = sc;".into());
+    w("        }".into());
+    w("        sc4[nt][x] = sv;".into());
+    w("      }".into());
+    w("    }".into());
+    w("    // Online softmax: the rows' new maxima over the four threads that hold each row.".into());
+    w("    float n0 = m0, n1 = m1;".into());
+    w("#pragma unroll".into());
+    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{ n0 = fmaxf(n0, fmaxf(sc4[nt][0], sc4[nt][1])); n1 = fmaxf(n1, fmaxf(sc4[nt][2], sc4[nt][3])); }}"));
+    w("    n0 = fmaxf(n0, __shfl_xor_sync(0xffffffffu, n0, 1)); n0 = fmaxf(n0, __shfl_xor_sync(0xffffffffu, n0, 2));".into());
+    w("    n1 = fmaxf(n1, __shfl_xor_sync(0xffffffffu, n1, 1)); n1 = fmaxf(n1, __shfl_xor_sync(0xffffffffu, n1, 2));".into());
+    w("    const float a0 = n0 == -inf ? 1.0f : __expf(m0 - n0), a1 = n1 == -inf ? 1.0f : __expf(m1 - n1);".into());
+    w("    m0 = n0; m1 = n1; l0 *= a0; l1 *= a1;".into());
+    w("#pragma unroll".into());
+    w(format!("    for (int c = 0; c < {evn}; ++c) {{ o[c][0] *= a0; o[c][1] *= a0; o[c][2] *= a1; o[c][3] *= a1; }}"));
+    w("#pragma unroll".into());
+    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{"));
+    w("      sc4[nt][0] = m0 == -inf ? 0.0f : __expf(sc4[nt][0] - m0); sc4[nt][1] = m0 == -inf ? 0.0f : __expf(sc4[nt][1] - m0);".into());
+    w("      sc4[nt][2] = m1 == -inf ? 0.0f : __expf(sc4[nt][2] - m1); sc4[nt][3] = m1 == -inf ? 0.0f : __expf(sc4[nt][3] - m1);".into());
+    w("      l0 += sc4[nt][0] + sc4[nt][1]; l1 += sc4[nt][2] + sc4[nt][3];".into());
+    w("    }".into());
+    w("    // O += P V: two score fragments (16 keys) make one A fragment.".into());
+    w("#pragma unroll".into());
+    w(format!("    for (int c = 0; c < {}; ++c) {{", bk / 16));
+    w("      const unsigned pa[4] = {tsr_pack2(sc4[2 * c][0], sc4[2 * c][1]), tsr_pack2(sc4[2 * c][2], sc4[2 * c][3]),".into());
+    w("                              tsr_pack2(sc4[2 * c + 1][0], sc4[2 * c + 1][1]), tsr_pack2(sc4[2 * c + 1][2], sc4[2 * c + 1][3])};"
+        .into());
+    w(format!("      const unsigned short* vr = vs + (16 * c + 2 * t4) * {vs} + g;"));
+    w("#pragma unroll".into());
+    w(format!("      for (int nt = 0; nt < {evn}; ++nt) {{"));
+    w(format!("        const unsigned b[2] = {{vr[nt * 8] | ((unsigned)vr[nt * 8 + {vs}] << 16), vr[nt * 8 + 8 * {vs}] | ((unsigned)vr[nt * 8 + 9 * {vs}] << 16)}};"));
+    w("        tsr_mma_bf16(o[nt], pa, b);".into());
+    w("      }".into());
+    w("    }".into());
+    w("  }".into());
+    w("  l0 += __shfl_xor_sync(0xffffffffu, l0, 1); l0 += __shfl_xor_sync(0xffffffffu, l0, 2);".into());
+    w("  l1 += __shfl_xor_sync(0xffffffffu, l1, 1); l1 += __shfl_xor_sync(0xffffffffu, l1, 2);".into());
+    w("  // Rows whose every key is masked get the mean of the values, as from equal masked scores.".into());
+    w("#pragma unroll".into());
+    w("  for (int x = 0; x < 4; ++x) {".into());
+    w("    const i64 i = x < 2 ? i0 : i1;".into());
+    w("    const float m = x < 2 ? m0 : m1, l = x < 2 ? l0 : l1;".into());
+    w("    if (i >= S) continue;".into());
+    w(format!("    tsr_f* orow = out + (bi * S + i) * {ev};"));
+    w("#pragma unroll".into());
+    w(format!("    for (int c = 0; c < {evn}; ++c) {{"));
+    w("      const int col = c * 8 + 2 * t4 + (x & 1);".into());
+    w(format!("      orow[col] = m <= -1e29f ? tsr_mean_col(vb, T, {ev}, col) : o[c][x] / l;"));
+    w("    }".into());
     w("  }".into());
     w("}".into());
     Ok(s)
@@ -632,9 +840,15 @@ fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act:
 }
 
 /// The `meta` array of a step of kind `k`, whose output has shape `out` and inputs `ins`, at
-/// the dimensions `dims` (a slice's start may depend on them). `meta[0]` is the number of
-/// threads to launch.
-pub fn meta(k: &Kernel, out: &[usize], ins: &[&[usize]], dims: &std::collections::HashMap<String, i64>) -> Result<Vec<i64>, String> {
+/// the dimensions `dims` (a slice's start may depend on them), for a kernel of `block` threads
+/// per block. `meta[0]` is the number of threads to launch.
+pub fn meta(
+    k: &Kernel,
+    block: usize,
+    out: &[usize],
+    ins: &[&[usize]],
+    dims: &std::collections::HashMap<String, i64>,
+) -> Result<Vec<i64>, String> {
     let n = out.iter().product::<usize>() as i64;
     let us = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<i64>>();
     let lines = |shape: &[usize], axis: usize| {
@@ -643,14 +857,14 @@ pub fn meta(k: &Kernel, out: &[usize], ins: &[&[usize]], dims: &std::collections
     };
     let mut m = match k {
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
-        Kernel::Attention(f) => attention_meta(out, ins[0], ins[1], ins[2], &ins[3..], f),
+        Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {
             let d = out.last().copied().unwrap_or(1).max(1);
-            vec![(out.iter().product::<usize>() / d * ROW_BLOCK) as i64, d as i64]
+            vec![(out.iter().product::<usize>() / d * block) as i64, d as i64]
         }
         Kernel::Softmax { axis } => {
             let mut m = lines(out, *axis);
-            m[0] *= ROW_BLOCK as i64;
+            m[0] *= block as i64;
             m
         }
         Kernel::Cumsum { axis } => lines(out, *axis),

@@ -273,9 +273,8 @@ pub fn run<D: Device>(
                 }
             }
             kernel => {
-                let meta = cuda::meta(kernel, out_shape, &in_shapes, dims)?;
                 for (n, k) in kernels_of(s) {
-                    launch(n, k, &meta)?;
+                    launch(n, k, &cuda::meta(kernel, k.block, out_shape, &in_shapes, dims)?)?;
                 }
             }
         }

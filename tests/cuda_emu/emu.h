@@ -2,7 +2,11 @@
 // Blocks run one after another. The threads of a block run one after another too, unless the
 // kernel synchronises them: then each is an OS thread, `__syncthreads` a barrier (a thread
 // that returns drops out of it, as on a GPU), and `__shared__` memory a static variable,
-// shared by the block's threads (one block at a time uses it).
+// shared by the block's threads (one block at a time uses it). Warp-wide operations (shuffles,
+// the tensor-core MMA) exchange values through per-warp barriers; the MMA follows the fragment
+// layout of PTX's `mma.m16n8k16` as the PTX ISA documents it, written here independently of
+// the kernel generator.
+#define TSR_EMULATED
 #include <math.h>
 #include <string.h>
 #include <algorithm>
@@ -13,11 +17,62 @@
 #define __device__
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 struct tsr_dim3 { long long x, y, z; };
 static tsr_dim3 blockIdx, blockDim, gridDim;
 static thread_local tsr_dim3 threadIdx;
 static std::barrier<>* tsr_block_barrier = nullptr;
 inline void __syncthreads() { tsr_block_barrier->arrive_and_wait(); }
+// One barrier per warp of the running block, and one exchange slot per thread.
+static std::vector<std::barrier<>*> tsr_warp_barriers;
+static unsigned int tsr_words[1024][6];
+inline void tsr_warp_sync() { tsr_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned int, float v, int mask) {
+  memcpy(&tsr_words[threadIdx.x][0], &v, 4);
+  tsr_warp_sync();
+  float r;
+  memcpy(&r, &tsr_words[threadIdx.x ^ mask][0], 4);
+  tsr_warp_sync();
+  return r;
+}
+// d += a · b for the warp: A 16 × 16 and B 16 × 8 (bf16 pairs, lower index in the lower
+// half), C/D 16 × 8 in f32.
+inline void tsr_mma_bf16(float* d, const unsigned int* a, const unsigned int* b) {
+  unsigned int* mine = tsr_words[threadIdx.x];
+  for (int r = 0; r < 4; ++r) mine[r] = a[r];
+  mine[4] = b[0];
+  mine[5] = b[1];
+  tsr_warp_sync();
+  auto bf = [](unsigned int w, int high) { const unsigned int u = (high ? w >> 16 : w & 0xffffu) << 16; float f; memcpy(&f, &u, 4); return f; };
+  float A[16][16], B[16][8];
+  const long long warp = threadIdx.x / 32 * 32;
+  for (int lane = 0; lane < 32; ++lane) {
+    const unsigned int* w = tsr_words[warp + lane];
+    const int g = lane / 4, t = lane % 4;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + 8 * (r % 2), col = 2 * t + 8 * (r / 2);
+      A[row][col] = bf(w[r], 0);
+      A[row][col + 1] = bf(w[r], 1);
+    }
+    for (int r = 0; r < 2; ++r) {
+      const int k = 2 * t + 8 * r;
+      B[k][g] = bf(w[4 + r], 0);
+      B[k + 1][g] = bf(w[4 + r], 1);
+    }
+  }
+  tsr_warp_sync();
+  const int lane = threadIdx.x % 32;
+  for (int r = 0; r < 4; ++r) {
+    const int row = lane / 4 + 8 * (r / 2), col = 2 * (lane % 4) + r % 2;
+    float acc = 0.0f;
+    for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+    d[r] += acc;
+  }
+}
+inline unsigned int tsr_ld2(const void* p) { unsigned int u; memcpy(&u, p, 4); return u; }
+inline void tsr_copy16(void* d, const void* s) { memcpy(d, s, 16); }
+inline void tsr_zero16(void* d) { memset(d, 0, 16); }
+inline float __expf(float x) { return expf(x); }
 // Runs `kernel(t)` for the threads of one block: one after another, or as synchronising
 // OS threads.
 template <typename F> void tsr_run_block(long long threads, bool sync, F kernel) {
@@ -27,10 +82,13 @@ template <typename F> void tsr_run_block(long long threads, bool sync, F kernel)
   }
   std::barrier<> bar((std::ptrdiff_t)threads);
   tsr_block_barrier = &bar;
+  for (long long w = 0; w < threads; w += 32) tsr_warp_barriers.push_back(new std::barrier<>((std::ptrdiff_t)std::min(32LL, threads - w)));
   std::vector<std::thread> pool;
   for (long long t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] { threadIdx.x = t; kernel(); bar.arrive_and_drop(); });
+    pool.emplace_back([&, t] { threadIdx.x = t; kernel(); bar.arrive_and_drop(); tsr_warp_barriers[t / 32]->arrive_and_drop(); });
   for (auto& th : pool) th.join();
+  for (auto* b : tsr_warp_barriers) delete b;
+  tsr_warp_barriers.clear();
   tsr_block_barrier = nullptr;
 }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
