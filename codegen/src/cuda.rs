@@ -86,6 +86,24 @@ __device__ inline void tsr_mma_bf16(float* d, const unsigned* a, const unsigned*
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 __device__ inline unsigned tsr_ld2(const void* p) { return *(const unsigned*)p; }
+// `ldmatrix`: lane l gives the shared address of row l % 8 of 8 × 8 matrix l / 8 (16-byte
+// aligned) and gets, of each matrix, row l / 4's elements 2(l % 4) and the next (`t`: of the
+// transposed matrix).
+__device__ inline unsigned tsr_smem(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ inline void tsr_ldsm2(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(tsr_smem(p)) : "memory");
+}
+__device__ inline void tsr_ldsm2t(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(tsr_smem(p)) : "memory");
+}
+__device__ inline void tsr_ldsm4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tsr_smem(p)) : "memory");
+}
+__device__ inline void tsr_ldsm4t(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(tsr_smem(p)) : "memory");
+}
 __device__ inline void tsr_copy16(void* d, const void* s) { *(uint4*)d = *(const uint4*)s; }
 __device__ inline void tsr_zero16(void* d) { *(uint4*)d = make_uint4(0u, 0u, 0u, 0u); }
 #endif
@@ -653,11 +671,24 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w("#pragma unroll".into());
     w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{"));
     w("      sc4[nt][0] = sc4[nt][1] = sc4[nt][2] = sc4[nt][3] = 0.0f;".into());
-    w(format!("      const unsigned short* kr = ks + (nt * 8 + g) * {ks} + 2 * t4;"));
-    w("#pragma unroll".into());
-    w(format!("      for (int c = 0; c < {ec}; ++c) {{"));
-    w("        const unsigned b[2] = {tsr_ld2(kr + 16 * c), tsr_ld2(kr + 16 * c + 8)};".into());
-    w("        tsr_mma_bf16(sc4[nt], qa[c], b);".into());
+    // B fragments by `ldmatrix`: lane l addresses row l % 8 of 8 × 8 matrix l / 8, here
+    // keys × 8 columns, four matrices (two MMAs) at a time where the columns allow.
+    if ec % 2 == 0 {
+        w(format!("      const unsigned short* kr = ks + (nt * 8 + lane % 8) * {ks} + (lane / 8) * 8;"));
+        w("#pragma unroll".into());
+        w(format!("      for (int c = 0; c < {ec}; c += 2) {{"));
+        w("        unsigned b[4];".into());
+        w("        tsr_ldsm4(b, kr + 16 * c);".into());
+        w("        tsr_mma_bf16(sc4[nt], qa[c], b);".into());
+        w("        tsr_mma_bf16(sc4[nt], qa[c + 1], b + 2);".into());
+    } else {
+        w(format!("      const unsigned short* kr = ks + (nt * 8 + lane % 8) * {ks} + (lane / 8 % 2) * 8;"));
+        w("#pragma unroll".into());
+        w(format!("      for (int c = 0; c < {ec}; ++c) {{"));
+        w("        unsigned b[2];".into());
+        w("        tsr_ldsm2(b, kr + 16 * c);".into());
+        w("        tsr_mma_bf16(sc4[nt], qa[c], b);".into());
+    }
     w("      }".into());
     w("    }".into());
     w("    // The score function on each score; keys past the live range and rows past the end".into());
@@ -692,21 +723,38 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w(format!("    for (int c = 0; c < {evn}; ++c) {{ o[c][0] *= a0; o[c][1] *= a0; o[c][2] *= a1; o[c][3] *= a1; }}"));
     w("#pragma unroll".into());
     w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{"));
-    w("      sc4[nt][0] = m0 == -inf ? 0.0f : __expf(sc4[nt][0] - m0); sc4[nt][1] = m0 == -inf ? 0.0f : __expf(sc4[nt][1] - m0);".into());
-    w("      sc4[nt][2] = m1 == -inf ? 0.0f : __expf(sc4[nt][2] - m1); sc4[nt][3] = m1 == -inf ? 0.0f : __expf(sc4[nt][3] - m1);".into());
+    w("#pragma unroll".into());
+    w("      for (int x = 0; x < 4; ++x) {".into());
+    w("        const float m = x < 2 ? m0 : m1;".into());
+    w("        sc4[nt][x] = m == -inf ? 0.0f : (float)tsr_bf16(__expf(sc4[nt][x] - m));".into());
+    w("      }".into());
     w("      l0 += sc4[nt][0] + sc4[nt][1]; l1 += sc4[nt][2] + sc4[nt][3];".into());
     w("    }".into());
-    w("    // O += P V: two score fragments (16 keys) make one A fragment.".into());
+    w("    // O += P V: two score fragments (16 keys) make one A fragment. The probabilities were".into());
+    w("    // rounded to bf16 above, so that the sum divided by is that of the weights multiplied.".into());
     w("#pragma unroll".into());
     w(format!("    for (int c = 0; c < {}; ++c) {{", bk / 16));
     w("      const unsigned pa[4] = {tsr_pack2(sc4[2 * c][0], sc4[2 * c][1]), tsr_pack2(sc4[2 * c][2], sc4[2 * c][3]),".into());
     w("                              tsr_pack2(sc4[2 * c + 1][0], sc4[2 * c + 1][1]), tsr_pack2(sc4[2 * c + 1][2], sc4[2 * c + 1][3])};"
         .into());
-    w(format!("      const unsigned short* vr = vs + (16 * c + 2 * t4) * {vs} + g;"));
-    w("#pragma unroll".into());
-    w(format!("      for (int nt = 0; nt < {evn}; ++nt) {{"));
-    w(format!("        const unsigned b[2] = {{vr[nt * 8] | ((unsigned)vr[nt * 8 + {vs}] << 16), vr[nt * 8 + 8 * {vs}] | ((unsigned)vr[nt * 8 + 9 * {vs}] << 16)}};"));
-    w("        tsr_mma_bf16(o[nt], pa, b);".into());
+    // B fragments of the values, transposed by `ldmatrix.trans`: matrices of 8 keys × 8
+    // columns, the keys 16c.. and 16c + 8.. of one (or two) groups of 8 columns.
+    if evn % 2 == 0 {
+        w(format!("      const unsigned short* vr = vs + (16 * c + (lane / 8 % 2) * 8 + lane % 8) * {vs} + (lane / 16) * 8;"));
+        w("#pragma unroll".into());
+        w(format!("      for (int nt = 0; nt < {evn}; nt += 2) {{"));
+        w("        unsigned b[4];".into());
+        w("        tsr_ldsm4t(b, vr + nt * 8);".into());
+        w("        tsr_mma_bf16(o[nt], pa, b);".into());
+        w("        tsr_mma_bf16(o[nt + 1], pa, b + 2);".into());
+    } else {
+        w(format!("      const unsigned short* vr = vs + (16 * c + (lane / 8 % 2) * 8 + lane % 8) * {vs};"));
+        w("#pragma unroll".into());
+        w(format!("      for (int nt = 0; nt < {evn}; ++nt) {{"));
+        w("        unsigned b[2];".into());
+        w("        tsr_ldsm2t(b, vr + nt * 8);".into());
+        w("        tsr_mma_bf16(o[nt], pa, b);".into());
+    }
     w("      }".into());
     w("    }".into());
     w("  }".into());

@@ -69,6 +69,33 @@ inline void tsr_mma_bf16(float* d, const unsigned int* a, const unsigned int* b)
     d[r] += acc;
   }
 }
+// `ldmatrix` of `count` 8 × 8 matrices of 16-bit elements: lane l gives the address of row
+// l % 8 of matrix l / 8, and gets of each matrix row l / 4's elements 2(l % 4) and the next,
+// or with `trans` column l / 4's.
+static const void* tsr_rows[1024];
+inline void tsr_ldsm(unsigned int* r, const void* p, int count, bool trans) {
+  tsr_rows[threadIdx.x] = p;
+  tsr_warp_sync();
+  const long long warp = threadIdx.x / 32 * 32;
+  const int lane = threadIdx.x % 32;
+  for (int m = 0; m < count; ++m) {
+    unsigned short lo, hi;
+    if (!trans) {
+      const unsigned short* row = (const unsigned short*)tsr_rows[warp + 8 * m + lane / 4];
+      lo = row[2 * (lane % 4)];
+      hi = row[2 * (lane % 4) + 1];
+    } else {
+      lo = ((const unsigned short*)tsr_rows[warp + 8 * m + 2 * (lane % 4)])[lane / 4];
+      hi = ((const unsigned short*)tsr_rows[warp + 8 * m + 2 * (lane % 4) + 1])[lane / 4];
+    }
+    r[m] = (unsigned int)lo | ((unsigned int)hi << 16);
+  }
+  tsr_warp_sync();
+}
+inline void tsr_ldsm2(unsigned int* r, const void* p) { tsr_ldsm(r, p, 2, false); }
+inline void tsr_ldsm2t(unsigned int* r, const void* p) { tsr_ldsm(r, p, 2, true); }
+inline void tsr_ldsm4(unsigned int* r, const void* p) { tsr_ldsm(r, p, 4, false); }
+inline void tsr_ldsm4t(unsigned int* r, const void* p) { tsr_ldsm(r, p, 4, true); }
 inline unsigned int tsr_ld2(const void* p) { unsigned int u; memcpy(&u, p, 4); return u; }
 inline void tsr_copy16(void* d, const void* s) { memcpy(d, s, 16); }
 inline void tsr_zero16(void* d) { memset(d, 0, 16); }
