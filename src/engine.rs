@@ -100,7 +100,7 @@ fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError>
     let program = tessera_codegen::schedule(g);
     let kernels = cuda::lower(&program, precision).map_err(RunError::Internal)?;
     let source = cuda::dump(&program, precision).map_err(RunError::Internal)?;
-    let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels).map_err(RunError::Device)?;
+    let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }
 

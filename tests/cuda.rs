@@ -54,6 +54,16 @@ fn the_cli_prints_the_cuda_sources() {
     // A float embedding lookup out of range gives NaN, not a value.
     assert!(text.contains("? (tsr_f)__int_as_float(0x7fc00000) : in0["), "{text}");
     assert!(text.contains("attention of") && text.contains("GEMMs run by cuBLAS") && text.contains("step 7: gemm"), "{text}");
+    // With bf16 storage, attention is the tensor-core kernel.
+    let bf16 = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ir", "stdlib/gpt2.tsr", "-D", "layers=1", "--emit", "cuda", "--dtype", "bf16"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&bf16.stdout);
+    assert!(
+        text.starts_with("#define TSR_BF16") && text.contains("attention (tensor cores) of") && text.contains("mma.sync.aligned.m16n8k16"),
+        "{text}"
+    );
 }
 
 /// With the `cuda` feature, each model's whole source compiles with NVRTC, one PTX entry per

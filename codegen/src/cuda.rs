@@ -12,8 +12,9 @@
 //! (attention: its threads share key tiles). f32 tensors
 //! are stored as `tsr_f`: `float`, or bfloat16 ([`Precision`]).
 //!
-//! The kernels favour being plainly right over speed: they are the reference that faster
-//! (tensor-core) kernels will be checked against.
+//! With bf16 storage, attention runs on tensor cores ([`attention_mma`]); the other kernels
+//! favour being plainly right over speed, and the f32 attention kernel is the reference the
+//! tensor-core one is checked against.
 
 use crate::kernel::{Kernel, Program, Step};
 use std::collections::HashMap;
@@ -605,7 +606,7 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
 /// `ev` (values) stored as `precision`: bf16, `e` a multiple of 16 (the MMA's depth) and `ev`
 /// of 8 (its width), both small enough for registers.
 pub fn mma_fits(precision: Precision, e: usize, ev: usize) -> bool {
-    precision == Precision::Bf16 && e % 16 == 0 && ev % 8 == 0 && (16..=256).contains(&e) && (8..=256).contains(&ev)
+    precision == Precision::Bf16 && e.is_multiple_of(16) && ev.is_multiple_of(8) && (16..=256).contains(&e) && (8..=256).contains(&ev)
 }
 
 /// The tensor-core attention kernel (bf16 storage; see [`mma_fits`]): a block of
@@ -673,7 +674,7 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w("      sc4[nt][0] = sc4[nt][1] = sc4[nt][2] = sc4[nt][3] = 0.0f;".into());
     // B fragments by `ldmatrix`: lane l addresses row l % 8 of 8 × 8 matrix l / 8, here
     // keys × 8 columns, four matrices (two MMAs) at a time where the columns allow.
-    if ec % 2 == 0 {
+    if ec.is_multiple_of(2) {
         w(format!("      const unsigned short* kr = ks + (nt * 8 + lane % 8) * {ks} + (lane / 8) * 8;"));
         w("#pragma unroll".into());
         w(format!("      for (int c = 0; c < {ec}; c += 2) {{"));
@@ -739,7 +740,7 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
         .into());
     // B fragments of the values, transposed by `ldmatrix.trans`: matrices of 8 keys × 8
     // columns, the keys 16c.. and 16c + 8.. of one (or two) groups of 8 columns.
-    if evn % 2 == 0 {
+    if evn.is_multiple_of(2) {
         w(format!("      const unsigned short* vr = vs + (16 * c + (lane / 8 % 2) * 8 + lane % 8) * {vs} + (lane / 16) * 8;"));
         w("#pragma unroll".into());
         w(format!("      for (int nt = 0; nt < {evn}; nt += 2) {{"));

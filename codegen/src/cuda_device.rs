@@ -34,8 +34,9 @@ pub fn driver_present() -> bool {
 }
 
 impl CudaDevice {
-    /// Opens GPU `ordinal` and compiles `kernels` (one NVRTC module) for it.
-    pub fn new(ordinal: usize, source: &str, kernels: &[CudaKernel]) -> Result<CudaDevice, String> {
+    /// Opens GPU `ordinal` and compiles `kernels` (one NVRTC module, `source`, generated for
+    /// `precision`) for it.
+    pub fn new(ordinal: usize, source: &str, kernels: &[CudaKernel], precision: Precision) -> Result<CudaDevice, String> {
         if !driver_present() {
             return Err("no CUDA device: the CUDA driver library (libcuda) was not found".into());
         }
@@ -44,6 +45,10 @@ impl CudaDevice {
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?,
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?,
         );
+        // bf16 GEMMs and the tensor-core attention kernel (`mma.sync` on bf16) need Ampere.
+        if precision == Precision::Bf16 && major < 8 {
+            return Err(format!("bf16 storage needs a GPU of compute capability 8.0 or later; GPU {ordinal} is {major}.{minor}"));
+        }
         // Hopper gets a CUBIN for sm_90a (no driver JIT at load); others PTX for their
         // compute capability. Both come from the disk cache when the source was seen before.
         let arch: &'static str =
