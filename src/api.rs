@@ -193,6 +193,11 @@ impl Model {
         Ok(self.engine.run(&self.graph, dims, inputs, &self.params)?.0)
     }
 
+    /// The parameters, by name.
+    pub fn params(&self) -> &HashMap<String, Tensor> {
+        &self.params
+    }
+
     /// Replaces the parameters.
     pub fn set_params(&mut self, params: HashMap<String, Tensor>) {
         self.params = params;

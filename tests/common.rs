@@ -62,3 +62,80 @@ pub const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
 pub fn count(g: &Graph, mnemonic: &str) -> usize {
     g.nodes().iter().filter(|n| n.op.mnemonic() == mnemonic).count()
 }
+
+/// Max |a − b| over the positions the attention mask marks real (for outputs laid out
+/// [batch, seq, ...] with the mask's seq), else over everything.
+pub fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    let (bsz, seq) = (mask.shape[0], mask.shape[1]);
+    let per_pos = if a.shape.len() >= 2 && a.shape[0] == bsz && a.shape[1] == seq { a.len() / (bsz * seq) } else { 0 };
+    let (av, bv) = (a.to_f64(), b.to_f64());
+    (0..a.len()).filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0).map(|i| (av[i] - bv[i]).abs()).fold(0.0, f64::max)
+}
+
+/// One parity fixture of `tests/parity/fixtures` (made by `tests/parity/gen.py`).
+pub struct Fixture {
+    /// The folder name (`gpt2-a`, ...).
+    pub name: String,
+    /// The stdlib model family.
+    pub family: String,
+    pub inputs: HashMap<String, Tensor>,
+    /// What `transformers` computed.
+    pub expected: HashMap<String, Tensor>,
+}
+
+impl Fixture {
+    /// The model compiled with the fixture's config for `backend` and `precision`, its
+    /// weights loaded (every checkpoint tensor used).
+    pub fn model(&self, backend: tessera::Backend, precision: tessera::Precision) -> tessera::Model {
+        let d = format!("tests/parity/fixtures/{}", self.name);
+        let mut m = tessera::Compiler::new()
+            .backend(backend)
+            .precision(precision)
+            .config_file(&format!("{d}/config.json"))
+            .expect("config")
+            .compile_file(&format!("stdlib/{}.tsr", self.family))
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        assert!(m.load_weights(&format!("{d}/model.safetensors")).expect("weights").is_empty());
+        m
+    }
+
+    /// The largest difference from `transformers` over the real positions of each expected
+    /// output, by name.
+    pub fn errors(&self, out: &[(String, Tensor)]) -> Vec<(String, f64)> {
+        let mask = &self.inputs["attention_mask"];
+        let mut names: Vec<&String> = self.expected.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|k| {
+                let got = &out.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("{}: no output `{k}`", self.name)).1;
+                assert!(got.to_f64().iter().all(|x| x.is_finite()), "{}: `{k}` has non-finite values", self.name);
+                (k.clone(), masked_max_diff(got, &self.expected[k], mask))
+            })
+            .collect()
+    }
+}
+
+/// The parity fixtures of the stdlib models, in name order.
+pub fn fixtures() -> Vec<Fixture> {
+    let mut names: Vec<String> = std::fs::read_dir("tests/parity/fixtures")
+        .expect("fixtures folder")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.split('-').next().is_some_and(|f| MODELS.contains(&f)))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let d = format!("tests/parity/fixtures/{name}");
+            Fixture {
+                family: name.split('-').next().unwrap_or_default().to_string(),
+                inputs: runtime::read_safetensors(&format!("{d}/inputs.safetensors")).expect("inputs"),
+                expected: runtime::read_safetensors(&format!("{d}/expected.safetensors")).expect("expected"),
+                name,
+            }
+        })
+        .collect()
+}

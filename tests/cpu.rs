@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::collections::HashMap;
 use tessera::{Backend, Compiler};
 
 fn max_rel(a: &tessera::runtime::Tensor, b: &tessera::runtime::Tensor) -> f64 {
@@ -35,30 +34,11 @@ fn every_stdlib_model_on_the_cpu_backend_equals_the_interpreter() {
 
 #[test]
 fn parity_fixtures_pass_on_the_cpu_backend() {
-    for dir in std::fs::read_dir("tests/parity/fixtures").expect("fixtures").filter_map(|e| e.ok()) {
-        let name = dir.file_name().to_string_lossy().into_owned();
-        let Some(family) = name.split('-').next().filter(|f| MODELS.contains(f)) else { continue };
-        let d = format!("tests/parity/fixtures/{name}");
-        let mut m = Compiler::new()
-            .config_file(&format!("{d}/config.json"))
-            .expect("config")
-            .compile_file(&format!("stdlib/{family}.tsr"))
-            .expect("compiles");
-        assert!(m.load_weights(&format!("{d}/model.safetensors")).expect("weights").is_empty());
-        let inputs = tessera::runtime::read_safetensors(&format!("{d}/inputs.safetensors")).expect("inputs");
-        let expected = tessera::runtime::read_safetensors(&format!("{d}/expected.safetensors")).expect("expected");
-        let out: HashMap<String, tessera::runtime::Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
-        let mask = &inputs["attention_mask"];
-        for (k, want) in &expected {
-            let got = &out[k];
-            let (bsz, seq) = (mask.shape[0], mask.shape[1]);
-            let per = if got.shape.len() >= 2 && got.shape[0] == bsz && got.shape[1] == seq { got.len() / (bsz * seq) } else { 0 };
-            let err = (0..got.len())
-                .filter(|&i| per == 0 || mask.get(i / per) != 0.0)
-                .map(|i| (got.get(i) - want.get(i)).abs())
-                .fold(0.0, f64::max);
-            println!("{name:<18} {k:<26} max |Δ| = {err:.2e} (cpu)");
-            assert!(err <= 1e-4, "{name}.{k}: {err}");
+    for fx in common::fixtures() {
+        let m = fx.model(tessera::Backend::Cpu, tessera::Precision::F32);
+        for (k, err) in fx.errors(&m.run(&fx.inputs).expect("runs")) {
+            println!("{:<18} {k:<26} max |Δ| = {err:.2e} (cpu)", fx.name);
+            assert!(err <= 1e-4, "{}.{k}: {err}", fx.name);
         }
     }
 }

@@ -47,16 +47,6 @@ fn run_fixture(family: &str, dir: &str, optimize: bool) -> (HashMap<String, Tens
     (out.into_iter().collect(), inputs)
 }
 
-/// Max |a − b| over the positions the attention mask marks real (for outputs laid out
-/// [batch, seq, ...] with the mask's seq), else over everything.
-fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
-    assert_eq!(a.shape, b.shape);
-    let (bsz, seq) = (mask.shape[0], mask.shape[1]);
-    let per_pos = if a.shape.len() >= 2 && a.shape[0] == bsz && a.shape[1] == seq { a.len() / (bsz * seq) } else { 0 };
-    let (av, bv) = (a.to_f64(), b.to_f64());
-    (0..a.len()).filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0).map(|i| (av[i] - bv[i]).abs()).fold(0.0, f64::max)
-}
-
 fn check_family(family: &str) {
     for (name, optimize) in fixture_dirs(family).into_iter().flat_map(|n| [(n.clone(), false), (n, true)]) {
         let dir = format!("tests/parity/fixtures/{name}");
@@ -69,7 +59,7 @@ fn check_family(family: &str) {
         for k in names {
             let got = out.get(k).unwrap_or_else(|| panic!("{name}: no output `{k}`"));
             assert!(got.to_f64().iter().all(|x| x.is_finite()), "{name}: `{k}` has non-finite values");
-            let err = masked_max_diff(got, &expected[k], mask);
+            let err = common::masked_max_diff(got, &expected[k], mask);
             println!("{name:<18} {k:<26} max |Δ| = {err:.2e}  (tolerance {TOLERANCE:.0e})");
             assert!(err <= TOLERANCE, "{name}: `{k}` differs from transformers by {err:e}");
         }
