@@ -66,6 +66,25 @@ fn the_cli_prints_the_cuda_sources() {
     );
 }
 
+/// With bf16 storage, a GEMM's bias and tanh-GELU run inside the GEMM (cuBLASLt's epilogue):
+/// GPT-2's feed-forward block has no activation kernel, and its QKV projection no epilogue.
+/// With f32 storage they are kernels.
+#[test]
+fn bf16_gemms_take_their_bias_and_tanh_gelu_into_cublaslt() {
+    let (_, p) = programs().into_iter().find(|(n, _)| n == "gpt2").expect("gpt2");
+    let roles = |precision| {
+        let kernels = cuda::lower(&p, precision).expect("lowers");
+        let count = |r: cuda::Role| kernels.iter().filter(|k| k.role == r).count();
+        (count(cuda::Role::FfnAct), count(cuda::Role::Epilogue))
+    };
+    let ((act32, epi32), (act16, epi16)) = (roles(cuda::Precision::F32), roles(cuda::Precision::Bf16));
+    assert_eq!((act32, act16), (2, 0), "one activation kernel per layer in f32, none in bf16");
+    // Left in bf16: the output projection's epilogue (it adds the residual), per layer.
+    assert_eq!((epi32, epi16), (6, 2));
+    let text = cuda::dump(&p, cuda::Precision::Bf16).expect("dump");
+    assert!(text.contains("ffn (bias and activation fused by cuBLASLt)"), "{text}");
+}
+
 /// With the `cuda` feature, each model's whole source compiles with NVRTC, one PTX entry per
 /// kernel. Skipped (with a message) where libnvrtc is not found.
 #[cfg(feature = "cuda")]
@@ -230,14 +249,31 @@ impl gpu::Device for Emulator {
         *args[0].borrow_mut() = std::fs::read(&fout).map_err(|e| e.to_string())?;
         Ok(())
     }
-    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: gpu::GemmShape) -> Result<(), String> {
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        bias: Option<(&Self::Buf, usize)>,
+        g: gpu::GemmShape,
+    ) -> Result<(), String> {
         let es = g.precision.f32_size();
         let read = |(buf, at): (&Self::Buf, usize), len: usize| {
             gpu::tensor_from_bytes(&buf.borrow()[es * at..es * (at + len)], vec![len], DType::F32, g.precision).to_f64()
         };
         let (av, bv) = (read(a, g.m * g.k), read(b, g.k * g.n));
+        let bias = bias.map(|b| read(b, g.n));
         let at = |i: usize, j: usize, q: usize| av[i * g.k + q] as f32 * bv[if g.trans_b { j * g.k + q } else { q * g.n + j }] as f32;
-        let cv: Vec<f32> = (0..g.m * g.n).map(|x| (0..g.k).map(|q| at(x / g.n, x % g.n, q)).sum()).collect();
+        // The epilogue as cuBLASLt defines it: act(a · b + bias), in f32 before the store.
+        let epilogue = |x: f32, j: usize| {
+            let x = x + bias.as_ref().map_or(0.0, |b| b[j] as f32);
+            match g.act {
+                None => x,
+                Some(gpu::GemmAct::Relu) => x.max(0.0),
+                Some(gpu::GemmAct::GeluTanh) => 0.5 * x * (1.0 + (0.797_884_6 * (x + 0.044715 * x * x * x)).tanh()),
+            }
+        };
+        let cv: Vec<f32> = (0..g.m * g.n).map(|x| epilogue((0..g.k).map(|q| at(x / g.n, x % g.n, q)).sum(), x % g.n)).collect();
         let bytes = gpu::tensor_bytes(&Tensor::f32(vec![cv.len()], cv), g.precision);
         c.0.borrow_mut()[es * c.1..es * c.1 + bytes.len()].copy_from_slice(&bytes);
         Ok(())

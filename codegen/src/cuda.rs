@@ -247,13 +247,14 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             Kernel::Attention(f) if mma => push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Gemm { bias, act, residual, .. } => {
-                if *bias || act.is_some() || *residual {
+                if (*bias || act.is_some() || *residual) && !fused_in_gemm(&step.kernel, precision) {
                     let mut args = vec![Arg::Out];
                     args.extend(bias.then_some(Arg::In(2)));
                     args.extend(residual.then_some(Arg::In(last)));
                     push(name.clone(), Ok(epilogue(program, i, step, &name, *bias, *act, *residual)), args, Role::Epilogue)?;
                 }
             }
+            Kernel::Ffn { .. } if fused_in_gemm(&step.kernel, precision) => {}
             Kernel::Ffn { gated, act, bias } => {
                 let mut args = vec![Arg::Hidden, Arg::Gates];
                 args.extend(bias.then_some(Arg::In(2)));
@@ -274,6 +275,21 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
     Ok(out)
 }
 
+/// Whether the bias and activation of a GEMM step (or of a feed-forward block's GEMMs) run
+/// inside the GEMM, as cuBLASLt epilogues, instead of as kernels: with bf16 storage only
+/// (cudarc's f32 cuBLASLt computes in TF32, too coarse for f32 storage's tolerance), without
+/// a residual (its sum would come after the activation), not gated, and for the activations
+/// cuBLASLt has (ReLU, tanh-GELU).
+pub fn fused_in_gemm(k: &Kernel, precision: Precision) -> bool {
+    let has = |act: Option<UnaryOp>| act.is_none_or(|a| crate::gpu::GemmAct::of(a).is_some());
+    precision == Precision::Bf16
+        && match k {
+            Kernel::Gemm { bias, act, residual, .. } => !residual && (*bias || act.is_some()) && has(*act),
+            Kernel::Ffn { gated, act, .. } => !gated && has(Some(*act)),
+            _ => false,
+        }
+}
+
 /// The whole program as one CUDA source: the prelude, then each kernel, then a list of the
 /// steps not lowered here.
 pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
@@ -292,10 +308,13 @@ pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
         .iter()
         .enumerate()
         .filter(|(_, s)| matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. }))
-        .map(|(i, s)| format!("//   step {i}: {}", s.kernel.name()))
+        .map(|(i, s)| {
+            let fused = if fused_in_gemm(&s.kernel, precision) { " (bias and activation fused by cuBLASLt)" } else { "" };
+            format!("//   step {i}: {}{fused}", s.kernel.name())
+        })
         .collect();
     if !rest.is_empty() {
-        let _ = write!(s, "\n// GEMMs run by cuBLAS (their epilogues and activations are the kernels above):\n{}\n", rest.join("\n"));
+        let _ = write!(s, "\n// GEMMs run by cuBLAS (other epilogues and activations are the kernels above):\n{}\n", rest.join("\n"));
     }
     Ok(s)
 }

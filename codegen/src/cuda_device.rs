@@ -7,8 +7,9 @@
 //! meaning, not this file.
 
 use crate::cuda::{CudaKernel, Precision};
-use crate::gpu::{Device, GemmShape};
+use crate::gpu::{Device, GemmAct, GemmShape};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use std::sync::Arc;
 pub struct CudaDevice {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// cuBLASLt, for GEMMs with fused epilogues (bf16 storage).
+    lt: Option<CudaBlasLT>,
     /// Each kernel's function and threads per block.
     functions: Vec<(CudaFunction, u32)>,
     /// `meta` arrays already on the device (the same ones come back every run).
@@ -66,7 +69,8 @@ impl CudaDevice {
             .collect::<Result<_, String>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
-        Ok(CudaDevice { stream, blas, functions, metas: Default::default() })
+        let lt = if precision == Precision::Bf16 { Some(CudaBlasLT::new(stream.clone()).map_err(err)?) } else { None };
+        Ok(CudaDevice { stream, blas, lt, functions, metas: Default::default() })
     }
 }
 
@@ -114,38 +118,91 @@ impl Device for CudaDevice {
         unsafe { b.launch(cfg) }.map(|_| ()).map_err(err)
     }
 
-    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: GemmShape) -> Result<(), String> {
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        bias: Option<(&Self::Buf, usize)>,
+        g: GemmShape,
+    ) -> Result<(), String> {
         let es = g.precision.f32_size();
         let (a_buf, b_buf, mut c_buf) = (a.0.borrow(), b.0.borrow(), c.0.borrow_mut());
         let operands = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..), c_buf.slice_mut(es * c.1..));
+        if bias.is_some() || g.act.is_some() {
+            // The epilogue runs inside the GEMM: cuBLASLt, bf16 only (see `cuda::fused_in_gemm`).
+            let lt = self.lt.as_ref().filter(|_| g.precision == Precision::Bf16).ok_or("GEMM epilogues are for bf16 storage")?;
+            let bias_buf = bias.map(|(buf, _)| buf.borrow());
+            let bias_view = bias_buf.as_ref().zip(bias).map(|(buf, (_, at))| buf.slice(es * at..));
+            // SAFETY: as below, and the bias holds `n` elements.
+            return unsafe { lt_bf16(lt, operands, bias_view, g) };
+        }
+        let cm = g.col_major();
+        let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let (m, n, k, lda, ldb, ldc) = (int(cm.m)?, int(cm.n)?, int(cm.k)?, int(cm.ld.0)?, int(cm.ld.1)?, int(cm.ld.2)?);
+        let (transa, transb) = (op(cm.trans_first), op(false));
         // SAFETY: the views hold elements of the stored type, at least as many as the GEMM
         // reads and writes.
         unsafe {
             match g.precision {
-                Precision::F32 => typed(&self.blas, config(g, 1.0f32, 0.0f32)?, operands, g),
-                Precision::Bf16 => typed(&self.blas, config(g, half::bf16::ONE, half::bf16::ZERO)?, operands, g),
+                Precision::F32 => {
+                    let cfg = GemmConfig { transa, transb, m, n, k, alpha: 1.0f32, lda, ldb, beta: 0.0f32, ldc };
+                    typed(&self.blas, cfg, operands, g)
+                }
+                Precision::Bf16 => {
+                    let (alpha, beta) = (half::bf16::ONE, half::bf16::ZERO);
+                    typed(&self.blas, GemmConfig { transa, transb, m, n, k, alpha, lda, ldb, beta, ldc }, operands, g)
+                }
             }
         }
     }
 }
 
-/// The cuBLAS configuration of `g`. Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's memory
-/// is Bᵀ (n × k, ld n), or with `trans_b` the stored [n, k] matrix transposed (ld k).
-fn config<T>(g: GemmShape, alpha: T, beta: T) -> Result<GemmConfig<T>, String> {
-    let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
-    let (m, n, k) = (int(g.m)?, int(g.n)?, int(g.k)?);
-    Ok(GemmConfig {
-        transa: if g.trans_b { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N },
-        transb: cublasOperation_t::CUBLAS_OP_N,
-        m: n,
-        n: m,
-        k,
-        alpha,
-        lda: if g.trans_b { k } else { n },
-        ldb: k,
-        beta,
-        ldc: n,
-    })
+/// One cuBLASLt bf16 GEMM with its bias and activation fused (see [`GemmShape::col_major`]
+/// for the operand order).
+///
+/// # Safety
+/// The views hold at least `m·k`, `k·n` and `m·n` bf16 elements, and the bias `n`.
+unsafe fn lt_bf16(
+    lt: &CudaBlasLT,
+    (a, b, mut c): (CudaView<u8>, CudaView<u8>, CudaViewMut<u8>),
+    bias: Option<CudaView<u8>>,
+    g: GemmShape,
+) -> Result<(), String> {
+    use cudarc::cublaslt::{Activation, Matmul, MatmulConfig};
+    let cm = g.col_major();
+    let int = |x: usize| i64::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLASLt"));
+    let cfg = MatmulConfig {
+        transa: cm.trans_first,
+        transb: false,
+        transc: false,
+        m: cm.m as u64,
+        n: cm.n as u64,
+        k: cm.k as u64,
+        alpha: 1.0,
+        lda: int(cm.ld.0)?,
+        ldb: int(cm.ld.1)?,
+        beta: 0.0,
+        ldc: int(cm.ld.2)?,
+        stride_a: None,
+        stride_b: None,
+        stride_c: None,
+        stride_bias: None,
+        batch_size: None,
+    };
+    // cuBLASLt's GELU epilogue is the tanh approximation (as PyTorch's fused addmm+GELU).
+    let act = g.act.map(|a| match a {
+        GemmAct::Relu => Activation::Relu,
+        GemmAct::GeluTanh => Activation::Gelu,
+    });
+    unsafe {
+        let a = a.transmute::<half::bf16>(g.m * g.k).ok_or("A too small")?;
+        let b = b.transmute::<half::bf16>(g.k * g.n).ok_or("B too small")?;
+        let bias = bias.map(|v| v.transmute::<half::bf16>(g.n).ok_or("bias too small")).transpose()?;
+        let mut c = c.transmute_mut::<half::bf16>(g.m * g.n).ok_or("C too small")?;
+        lt.matmul(cfg, &b, &a, &mut c, bias.as_ref(), act.as_ref()).map_err(err)
+    }
 }
 
 /// One cuBLAS GEMM on untyped views holding elements of type `T`.

@@ -12,7 +12,7 @@
 use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
-use tessera_ir::DType;
+use tessera_ir::{DType, UnaryOp};
 use tessera_runtime::{broadcast_offsets, concrete, Data, Dims, Tensor};
 
 /// What the executor needs from a device. Offsets and sizes are in elements unless named
@@ -31,9 +31,70 @@ pub trait Device {
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
     /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
     fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
-    /// `c = a · b` for one matrix of the shape `g`, each operand a buffer and an element
-    /// offset.
-    fn gemm(&self, c: (&Self::Buf, usize), a: (&Self::Buf, usize), b: (&Self::Buf, usize), g: GemmShape) -> Result<(), String>;
+    /// `c = act(a · b + bias)` for one matrix of the shape `g` (`act` is `g.act`; the bias,
+    /// a vector of `g.n`, is added to every row), each operand a buffer and an element
+    /// offset. A bias or an activation is asked for only where [`cuda::fused_in_gemm`] says
+    /// so.
+    fn gemm(
+        &self,
+        c: (&Self::Buf, usize),
+        a: (&Self::Buf, usize),
+        b: (&Self::Buf, usize),
+        bias: Option<(&Self::Buf, usize)>,
+        g: GemmShape,
+    ) -> Result<(), String>;
+}
+
+/// A row-major GEMM as the column-major one that cuBLAS and cuBLASLt compute. Row-major
+/// C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: the library's first operand is our `b` (its memory
+/// read column-major is Bᵀ, n × k with leading dimension n; with `trans_b` the stored [n, k]
+/// matrix, read as k × n and transposed, leading dimension k), its second our `a` (Aᵀ, k × m,
+/// leading dimension k), and C is n × m with leading dimension n.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColMajor {
+    /// The first operand is transposed.
+    pub trans_first: bool,
+    /// Rows of the column-major result (our `n`).
+    pub m: usize,
+    /// Its columns (our `m`).
+    pub n: usize,
+    /// The depth.
+    pub k: usize,
+    /// Leading dimensions of the first operand, the second and the result.
+    pub ld: (usize, usize, usize),
+}
+
+impl GemmShape {
+    /// The column-major form of this GEMM (see [`ColMajor`]).
+    pub fn col_major(&self) -> ColMajor {
+        ColMajor {
+            trans_first: self.trans_b,
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            ld: (if self.trans_b { self.k } else { self.n }, self.k, self.n),
+        }
+    }
+}
+
+/// An activation applied inside a GEMM, after its bias (cuBLASLt's epilogues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmAct {
+    /// `max(x, 0)`.
+    Relu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+}
+
+impl GemmAct {
+    /// The GEMM activation that computes `op`, if there is one.
+    pub fn of(op: UnaryOp) -> Option<GemmAct> {
+        match op {
+            UnaryOp::Relu => Some(GemmAct::Relu),
+            UnaryOp::GeluTanh => Some(GemmAct::GeluTanh),
+            _ => None,
+        }
+    }
 }
 
 /// One GEMM: `a` is `m × k`, `b` is `k × n` (or `n × k` stored, with `trans_b`), `c` is
@@ -50,6 +111,8 @@ pub struct GemmShape {
     pub trans_b: bool,
     /// How the operands are stored.
     pub precision: Precision,
+    /// An activation applied to the result (after the bias, if any).
+    pub act: Option<GemmAct>,
 }
 
 /// The bytes of a tensor as the kernels read them (bools as one byte each, f32 as bf16 where
@@ -204,7 +267,10 @@ pub fn run<D: Device>(
         if let Kernel::Ffn { gated, .. } = step.kernel {
             let (rows, h_in, width) = ffn_sizes(&shapes, step, gated);
             let es = precision.f32_size();
-            slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Gates), rows * h_in * es)?;
+            // Where the first GEMM applies the activation itself, it writes the hidden layer.
+            if !cuda::fused_in_gemm(&step.kernel, precision) {
+                slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Gates), rows * h_in * es)?;
+            }
             slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Hidden), rows * width * es)?;
         }
     }
@@ -240,7 +306,12 @@ pub fn run<D: Device>(
             device.launch(n, meta.first().copied().unwrap_or(0).max(0) as usize, &args, meta)
         };
         match &step.kernel {
-            Kernel::Gemm { trans_b, residual, .. } => {
+            Kernel::Gemm { trans_b, residual, bias, act } => {
+                // Bias and activation inside the GEMM where it can, else in the epilogue kernel.
+                let epilogue = match cuda::fused_in_gemm(&step.kernel, precision) {
+                    true => (bias.then(|| buf(step.ins[2])).transpose()?, act.and_then(GemmAct::of)),
+                    false => (None, None),
+                };
                 matmul(
                     device,
                     (buf(step.out)?, out_shape),
@@ -248,6 +319,7 @@ pub fn run<D: Device>(
                     (buf(step.ins[1])?, in_shapes[1]),
                     *trans_b,
                     precision,
+                    epilogue,
                 )?;
                 // The epilogue reads the residual (the last operand) as an elementwise kernel would.
                 let res: Vec<&[usize]> = in_shapes.last().copied().filter(|_| *residual).into_iter().collect();
@@ -255,19 +327,28 @@ pub fn run<D: Device>(
                     launch(n, k, &cuda::elementwise_meta(out_shape, &res))?;
                 }
             }
-            Kernel::Ffn { gated, bias, .. } => {
+            Kernel::Ffn { gated, bias, act } => {
                 // Operands: x, w_in, (b_in), w_out, (b_out).
                 let wo = if *bias { 3 } else { 2 };
                 let (rows, h_in, width) = ffn_sizes(&shapes, step, *gated);
                 let (d, w_in, w_out) = (last_size(in_shapes[0]), in_shapes[1], in_shapes[wo]);
-                let (gates, hidden) = (scratch(s, Arg::Gates)?, scratch(s, Arg::Hidden)?);
+                let hidden = scratch(s, Arg::Hidden)?;
                 let (x, w_in) = ((buf(step.ins[0])?, &[rows, d][..]), (buf(step.ins[1])?, w_in));
-                matmul(device, (gates, &[rows, h_in]), x, w_in, false, precision)?;
-                for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::FfnAct) {
-                    launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64])?;
+                let fused = cuda::fused_in_gemm(&step.kernel, precision);
+                if fused {
+                    // The first GEMM applies the bias and the activation, writing the hidden layer.
+                    let b_in = bias.then(|| buf(step.ins[2])).transpose()?;
+                    matmul(device, (hidden, &[rows, h_in]), x, w_in, false, precision, (b_in, GemmAct::of(*act)))?;
+                } else {
+                    matmul(device, (scratch(s, Arg::Gates)?, &[rows, h_in]), x, w_in, false, precision, (None, None))?;
+                    for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::FfnAct) {
+                        launch(n, k, &[(rows * width) as i64, width as i64, h_in as i64])?;
+                    }
                 }
                 let w_out = (buf(step.ins[wo])?, w_out);
-                matmul(device, (buf(step.out)?, &[rows, w_out.1[1]]), (hidden, &[rows, width]), w_out, false, precision)?;
+                let b_out = if fused { bias.then(|| buf(step.ins[4])).transpose()? } else { None };
+                let out = (buf(step.out)?, &[rows, w_out.1[1]][..]);
+                matmul(device, out, (hidden, &[rows, width]), w_out, false, precision, (b_out, None))?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
                     launch(n, k, &cuda::elementwise_meta(out_shape, &[]))?;
                 }
@@ -307,7 +388,8 @@ fn ffn_sizes(shapes: &[Vec<usize>], step: &crate::kernel::Step, gated: bool) -> 
     (rows, h_in, if gated { h_in / 2 } else { h_in })
 }
 
-/// A batched matmul as one device GEMM per matrix (batch axes broadcast).
+/// A batched matmul as one device GEMM per matrix (batch axes broadcast), with a bias and an
+/// activation applied by the GEMM.
 fn matmul<D: Device>(
     device: &D,
     out: (&D::Buf, &[usize]),
@@ -315,6 +397,7 @@ fn matmul<D: Device>(
     b: (&D::Buf, &[usize]),
     trans_b: bool,
     precision: Precision,
+    (bias, act): (Option<&D::Buf>, Option<GemmAct>),
 ) -> Result<(), String> {
     let (ra, rb, r) = (a.1.len(), b.1.len(), out.1.len());
     let (m, k) = (a.1[ra - 2], a.1[ra - 1]);
@@ -322,7 +405,40 @@ fn matmul<D: Device>(
     let batch = &out.1[..r - 2];
     let (oa, ob) = (broadcast_offsets(batch, &a.1[..ra - 2]), broadcast_offsets(batch, &b.1[..rb - 2]));
     for (i, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
-        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), GemmShape { m, n, k, trans_b, precision })?;
+        let g = GemmShape { m, n, k, trans_b, precision, act };
+        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), bias.map(|b| (b, 0)), g)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The column-major GEMM as the BLAS reference defines it: `C = op(X) · Y`, `op(X)` being
+    /// `m × k` (`X` stored `k × m` when transposed), `Y` `k × n`, all column-major.
+    fn blas_gemm(c: &ColMajor, x: &[f32], y: &[f32]) -> Vec<f32> {
+        let mut out = vec![0.0; c.ld.2 * c.n];
+        for j in 0..c.n {
+            for i in 0..c.m {
+                let op_x = |p: usize| if c.trans_first { x[p + i * c.ld.0] } else { x[i + p * c.ld.0] };
+                out[i + j * c.ld.2] = (0..c.k).map(|p| op_x(p) * y[p + j * c.ld.1]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_column_major_form_computes_the_row_major_product() {
+        for trans_b in [false, true] {
+            let (m, n, k) = (5, 7, 3);
+            let g = GemmShape { m, n, k, trans_b, precision: Precision::F32, act: None };
+            let a: Vec<f32> = (0..m * k).map(|i| (i * 7 % 11) as f32 - 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i * 5 % 13) as f32 - 6.0).collect();
+            // Row-major a (m × k) times b (k × n, or stored n × k with trans_b).
+            let at = |i: usize, j: usize| (0..k).map(|p| a[i * k + p] * if trans_b { b[j * k + p] } else { b[p * n + j] }).sum::<f32>();
+            let want: Vec<f32> = (0..m * n).map(|x| at(x / n, x % n)).collect();
+            assert_eq!(blas_gemm(&g.col_major(), &b, &a), want, "trans_b = {trans_b}");
+        }
+    }
 }
