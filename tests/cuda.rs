@@ -187,9 +187,10 @@ int main(int argc, char** argv) {{
 /// another, in a child process), and GEMMs are plain loops.
 struct Emulator {
     exe: std::path::PathBuf,
-    /// Uploads and allocations so far.
+    /// Uploads, allocations and kernel launches so far.
     uploads: std::cell::Cell<usize>,
     allocs: std::cell::Cell<usize>,
+    launches: std::cell::Cell<usize>,
 }
 
 impl Emulator {
@@ -209,7 +210,7 @@ impl Emulator {
             .output()
             .expect("g++ runs");
         assert!(out.status.success(), "{name}: g++ failed\n{}\n{sources}", String::from_utf8_lossy(&out.stderr));
-        Emulator { exe, uploads: Default::default(), allocs: Default::default() }
+        Emulator { exe, uploads: Default::default(), allocs: Default::default(), launches: Default::default() }
     }
 }
 
@@ -230,6 +231,7 @@ impl gpu::Device for Emulator {
         Ok(())
     }
     fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
+        self.launches.set(self.launches.get() + 1);
         let mut file = Vec::new();
         file.extend((args.len() as u64 + 1).to_le_bytes());
         for a in args {
@@ -433,12 +435,39 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
                 println!("{name:<11} {n:<26} max rel diff {d:.2e} (emulated CUDA, {precision:?})");
                 assert!(d <= tolerance, "{name}.{n} ({precision:?}): {d}");
             }
-            // A second run uploads the inputs only and allocates nothing: the parameters and
-            // the intermediate buffers stayed on the device.
+            // A second run uploads the inputs only and allocates nothing: the parameters, the
+            // intermediate buffers and what was derived from parameters (merged weights)
+            // stayed on the device; the steps that derive it do not run again.
+            let first_launches = emu.launches.replace(0);
             emu.uploads.set(0);
             emu.allocs.set(0);
             let again = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs again").0;
             assert_eq!((emu.uploads.get(), emu.allocs.get()), (inputs.len(), 0), "{name}");
+            let derived = kernels.iter().filter(|k| p.buffers[p.steps[k.step].out].storage == Storage::Derived).count();
+            assert_eq!(emu.launches.get(), first_launches - derived, "{name}");
+            assert!(derived > 0 || !matches!(*name, "llama" | "mistral"), "{name}: merged projections are derived from parameters");
+            // A changed parameter that a derived buffer comes from is uploaded again, and the
+            // derived buffer computed again: the result is the interpreter's with the new value.
+            let source = p.steps.iter().filter(|st| p.buffers[st.out].storage == Storage::Derived).find_map(|st| {
+                match &p.buffers[p.root(st.ins[0])].storage {
+                    Storage::Param(n) => Some(n.clone()),
+                    _ => None,
+                }
+            });
+            if let Some(changed) = source {
+                let mut params = params.clone();
+                let t = params.get_mut(&changed).expect("parameter");
+                *t = Tensor::f32(t.shape.clone(), t.to_f64().iter().map(|x| (x * 1.5) as f32).collect());
+                interp.set_params(params.clone());
+                let want = interp.run(&inputs).expect("interpreter");
+                emu.launches.set(0);
+                let got = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).expect("runs").0;
+                assert_eq!(emu.launches.get(), first_launches, "{name}: derived buffers computed again");
+                for ((n, g), (_, w)) in got.iter().zip(&want) {
+                    assert!(max_rel_diff(g, w) <= tolerance, "{name}.{n} after changing {changed}");
+                }
+                interp.set_params(params_of(p, &dims));
+            }
             assert!(again.iter().zip(&got).all(|((_, a), (_, b))| max_rel_diff(a, b) == 0.0), "{name}");
         }
     }

@@ -145,11 +145,14 @@ pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType, precision:
 pub struct Resident<B> {
     params: HashMap<String, ((usize, usize), B)>,
     memory: HashMap<Slot, (usize, B)>,
+    /// The buffers derived from parameters (merged weights) hold what the resident
+    /// parameters give: a run skips the steps that compute them.
+    derived_current: bool,
 }
 
 impl<B> Default for Resident<B> {
     fn default() -> Self {
-        Resident { params: HashMap::new(), memory: HashMap::new() }
+        Resident { params: HashMap::new(), memory: HashMap::new(), derived_current: false }
     }
 }
 
@@ -160,10 +163,12 @@ enum Slot {
     Shared(usize),
     /// Scratch of a step (a feed-forward block's gates or hidden layer).
     Scratch(usize, Arg),
+    /// A buffer derived from parameters only, kept with them.
+    Derived(BufId),
 }
 
-/// Assigns the intermediate buffers (step outputs that are not inputs, parameters or views)
-/// to shared slots: a buffer takes a free slot of exactly its size, or a new one; a slot is
+/// Assigns the intermediate buffers (step outputs that are not inputs, parameters, views or
+/// derived from parameters) to shared slots: a buffer takes a free slot of exactly its size, or a new one; a slot is
 /// free once the last step reading its buffer has run (outputs are read at the end). Returns
 /// each buffer's slot and each slot's size.
 fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
@@ -171,7 +176,7 @@ fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, u
     let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
     for (s, step) in program.steps.iter().enumerate() {
         let out = program.root(step.out);
-        if !matches!(program.buffers[out].storage, Storage::Arena | Storage::Derived) || slot_of.contains_key(&out) {
+        if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) {
             continue;
         }
         let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s);
@@ -186,12 +191,14 @@ fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, u
     (slot_of, sizes)
 }
 
-/// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new.
-fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot: Slot, bytes: usize) -> Result<(), String> {
+/// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new (then it
+/// returns true).
+fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot: Slot, bytes: usize) -> Result<bool, String> {
     if memory.get(&slot).is_none_or(|(b, _)| *b != bytes) {
         memory.insert(slot, (bytes, device.alloc(bytes.max(1))?));
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Where a tensor's data lives on the host and how long it is: the key that tells whether a
@@ -209,7 +216,8 @@ fn fingerprint(t: &Tensor) -> (usize, usize) {
 pub struct GpuStats {
     /// Seconds from the first launch to the last one's end (uploads and downloads excluded).
     pub seconds: f64,
-    /// Bytes of device memory for intermediate buffers and scratch.
+    /// Bytes of device memory for intermediate buffers, scratch and buffers derived from
+    /// parameters.
     pub memory_bytes: usize,
 }
 
@@ -246,6 +254,14 @@ pub fn run<D: Device>(
     for (k, &bytes) in slot_bytes.iter().enumerate() {
         slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
     }
+    // Buffers derived from parameters have memory of their own, kept with the parameters, and
+    // are computed again only when a parameter was uploaded or their memory is new.
+    let mut derived_current = std::mem::take(&mut resident.derived_current);
+    for (b, buf) in program.buffers.iter().enumerate() {
+        if buf.storage == Storage::Derived && slot(device, &mut resident.memory, Slot::Derived(b), bytes_of(b))? {
+            derived_current = false;
+        }
+    }
     let mut uploaded: HashMap<BufId, D::Buf> = HashMap::new();
     for (b, buf) in program.buffers.iter().enumerate() {
         match &buf.storage {
@@ -257,6 +273,7 @@ pub fn run<D: Device>(
                 if key.is_none() || resident.params.get(name).map(|(k, _)| *k) != key {
                     let data = host(b, params.get(name), "parameter", name)?;
                     resident.params.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
+                    derived_current = false;
                 }
             }
             Storage::Alias(_) | Storage::Arena | Storage::Derived => {}
@@ -274,23 +291,26 @@ pub fn run<D: Device>(
             slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Hidden), rows * width * es)?;
         }
     }
-    let resident = &*resident;
+    let kept = &*resident;
     let buf = |b: BufId| {
         let r = program.root(b);
         match &program.buffers[r].storage {
-            Storage::Param(name) => resident.params.get(name).map(|(_, m)| m),
+            Storage::Param(name) => kept.params.get(name).map(|(_, m)| m),
             Storage::Input(_) => uploaded.get(&r),
-            _ => slot_of.get(&r).and_then(|k| resident.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
+            Storage::Derived => kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m),
+            _ => slot_of.get(&r).and_then(|k| kept.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
         }
         .ok_or_else(|| format!("buf{b} has no memory"))
     };
-    let scratch = |s: usize, a: Arg| {
-        resident.memory.get(&Slot::Scratch(s, a)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"))
-    };
+    let scratch =
+        |s: usize, a: Arg| kept.memory.get(&Slot::Scratch(s, a)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"));
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
     device.synchronize()?;
     let start = std::time::Instant::now();
     for (s, step) in program.steps.iter().enumerate() {
+        if derived_current && program.buffers[step.out].storage == Storage::Derived {
+            continue;
+        }
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
         let out_shape = &shapes[step.out];
         let launch = |n: usize, k: &CudaKernel, meta: &[i64]| -> Result<(), String> {
@@ -371,7 +391,8 @@ pub fn run<D: Device>(
         })
         .collect::<Result<_, String>>()?;
     let memory_bytes = slot_bytes.iter().sum::<usize>()
-        + resident.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..))).map(|(_, (b, _))| b).sum::<usize>();
+        + kept.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..) | Slot::Derived(_))).map(|(_, (b, _))| b).sum::<usize>();
+    resident.derived_current = true;
     Ok((outputs, GpuStats { seconds, memory_bytes }))
 }
 
