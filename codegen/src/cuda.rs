@@ -132,6 +132,27 @@ __device__ inline double tsr_block_reduce(double v, double* red, int op) {
   __syncthreads();
   return r;
 }
+// The offsets in N operands of element `i` (of `n`) of a tensor of dims `dims[0..rank]`,
+// operand k having strides `st[k * rank..]`: one division per dim, in 32 bits where `n`
+// allows (64-bit division is a long software routine on the GPU).
+template <int N> __device__ inline void tsr_offsets(i64 i, i64 n, int rank, const i64* dims, const i64* st, i64* off) {
+  for (int k = 0; k < N; ++k) off[k] = 0;
+  if (n <= 4294967295LL) {
+    unsigned r = (unsigned)i;
+    for (int d = rank - 1; d >= 0; --d) {
+      const unsigned size = (unsigned)dims[d], c = r % size;
+      r /= size;
+      for (int k = 0; k < N; ++k) off[k] += (i64)c * st[k * rank + d];
+    }
+  } else {
+    i64 r = i;
+    for (int d = rank - 1; d >= 0; --d) {
+      const i64 c = r % dims[d];
+      r /= dims[d];
+      for (int k = 0; k < N; ++k) off[k] += c * st[k * rank + d];
+    }
+  }
+}
 // The mean of column `c` of the `T × w` matrix `v`: attention's answer for a query whose
 // every key is masked (equal masked scores).
 __device__ inline float tsr_mean_col(const tsr_f* v, i64 T, int w, int c) {
@@ -411,17 +432,11 @@ fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) 
     s += &open(name, &buffer_params(p, step), true);
     let n_in = step.ins.len();
     if n_in > 0 {
-        let offs: Vec<String> = (0..n_in).map(|k| format!("o{k} = 0")).collect();
         let _ = writeln!(s, "  const int rank = (int)meta[1];");
-        let _ = writeln!(s, "  i64 r = i, {};", offs.join(", "));
-        let _ = writeln!(s, "  for (int d = rank - 1; d >= 0; --d) {{");
-        let _ = writeln!(s, "    const i64 c = r % meta[2 + d]; r /= meta[2 + d];");
-        for k in 0..n_in {
-            let _ = writeln!(s, "    o{k} += c * meta[2 + rank * {} + d];", k + 1);
-        }
-        let _ = writeln!(s, "  }}");
+        let _ = writeln!(s, "  i64 o[{n_in}];");
+        let _ = writeln!(s, "  tsr_offsets<{n_in}>(i, meta[0], rank, meta + 2, meta + 2 + rank, o);");
     }
-    let leaf = |k: u32| format!("in{k}[o{k}]");
+    let leaf = |k: u32| format!("in{k}[o[{k}]]");
     s += &nodes(f, &leaf, &|_| None, &|_, _| String::new())?;
     let last = f.nodes.len().checked_sub(1).ok_or("an empty scalar program")?;
     let _ = writeln!(s, "  out[i] = v{last};");
@@ -430,14 +445,66 @@ fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) 
 }
 
 /// The `meta` array of an elementwise step: `[n, rank, dims.., strides of each operand..]`
-/// (broadcast strides in elements, 0 along broadcast axes).
+/// (broadcast strides in elements, 0 along broadcast axes), its dims [`coalesce`]d.
 pub fn elementwise_meta(out: &[usize], ins: &[&[usize]]) -> Vec<i64> {
-    let mut m = vec![out.iter().product::<usize>() as i64, out.len() as i64];
-    m.extend(out.iter().map(|&d| d as i64));
-    for x in ins {
-        m.extend(crate::host::broadcast_strides(x, out.len()).iter().map(|&s| s as i64));
-    }
+    let strides: Vec<Vec<usize>> = ins.iter().map(|x| crate::host::broadcast_strides(x, out.len())).collect();
+    let (dims, strides) = coalesce(out, &strides);
+    let mut m = vec![out.iter().product::<usize>() as i64, dims.len() as i64];
+    m.extend(dims.iter().map(|&d| d as i64));
+    m.extend(strides.iter().flatten().map(|&s| s as i64));
     m
+}
+
+/// The `meta` array of a GEMM epilogue: [`elementwise_meta`] of the output and the residual
+/// (if any), then the width of a row (the bias's length).
+pub fn epilogue_meta(out: &[usize], res: &[&[usize]]) -> Vec<i64> {
+    let mut m = elementwise_meta(out, res);
+    m.push(out.last().copied().unwrap_or(1) as i64);
+    m
+}
+
+/// The `meta` array of a kernel that copies one strided operand: `[n, rank, dims.., base,
+/// strides..]`, its dims [`coalesce`]d.
+fn strided_meta(out: &[usize], base: i64, strides: Vec<usize>) -> Vec<i64> {
+    let (dims, strides) = coalesce(out, &[strides]);
+    let mut m = vec![out.iter().product::<usize>() as i64, dims.len() as i64];
+    m.extend(dims.iter().map(|&d| d as i64));
+    m.push(base);
+    m.extend(strides.iter().flatten().map(|&s| s as i64));
+    m
+}
+
+/// Merges adjacent dims of `dims` (the row-major dims of an output) that every operand walks
+/// as one dim (its stride over the outer is its stride over the inner times the inner's
+/// size, as for a contiguous operand or a run of broadcast dims), and drops dims of size 1,
+/// so that finding an element's operands takes a division per merged dim. Returns the dims
+/// (at least one) and each operand's strides over them.
+pub fn coalesce(dims: &[usize], strides: &[Vec<usize>]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let (mut merged, mut st): (Vec<usize>, Vec<Vec<usize>>) = (Vec::new(), vec![Vec::new(); strides.len()]);
+    for (d, &size) in dims.iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let joins = !merged.is_empty() && strides.iter().zip(&st).all(|(x, kept)| kept.last() == Some(&(x[d] * size)));
+        if let (true, Some(last)) = (joins, merged.last_mut()) {
+            *last *= size;
+            for (x, kept) in strides.iter().zip(st.iter_mut()) {
+                if let Some(l) = kept.last_mut() {
+                    *l = x[d];
+                }
+            }
+        } else {
+            merged.push(size);
+            for (x, kept) in strides.iter().zip(st.iter_mut()) {
+                kept.push(x[d]);
+            }
+        }
+    }
+    if merged.is_empty() {
+        merged.push(1);
+        st.iter_mut().for_each(|kept| kept.push(0));
+    }
+    (merged, st)
 }
 
 /// Threads per block of the other kernels; a norm or softmax block reduces one row.
@@ -806,9 +873,8 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     s += &open(name, &buffer_params(p, step), true);
     // Decomposes `i` over the output dims `meta[2..2 + rank]` into an offset with the strides
     // at `st`.
-    let strided = |st: &str| {
-        format!("  const int rank = (int)meta[1];\n  i64 r = i, off = 0;\n  for (int d = rank - 1; d >= 0; --d) {{ const i64 c = r % meta[2 + d]; r /= meta[2 + d]; off += c * {st}[d]; }}\n")
-    };
+    let strided =
+        |st: &str| format!("  const int rank = (int)meta[1];\n  i64 off;\n  tsr_offsets<1>(i, meta[0], rank, meta + 2, {st}, &off);\n");
     let body = match k {
         // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Norm { kind, eps } => {
@@ -862,7 +928,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
 }
 
 /// The in-place epilogue of a GEMM: `out = act(out + bias) + residual`, one thread per
-/// element; `meta` as [`elementwise_meta`] makes it for the output and the residual.
+/// element; `meta` as [`epilogue_meta`] makes it for the output and the residual.
 fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act: Option<UnaryOp>, residual: bool) -> String {
     let mut s = heading(p, index, step, &format!("epilogue of the {}", step.kernel.name()), None);
     let mut params = vec!["tsr_f* out".to_string()];
@@ -872,17 +938,14 @@ fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act:
     let _ = writeln!(s, "  const int rank = (int)meta[1];");
     let _ = writeln!(s, "  float y = out[i];");
     if bias {
-        let _ = writeln!(s, "  y += bias[i % meta[1 + rank]];");
+        let _ = writeln!(s, "  y += bias[i % meta[2 + rank * {}]];", 1 + usize::from(residual));
     }
     if let Some(a) = act {
         let _ = writeln!(s, "  y = {};", unary(a, "y", DType::F32));
     }
     if residual {
-        let _ = writeln!(s, "  i64 r = i, off = 0;");
-        let _ = writeln!(
-            s,
-            "  for (int d = rank - 1; d >= 0; --d) {{ const i64 c = r % meta[2 + d]; r /= meta[2 + d]; off += c * meta[2 + rank + d]; }}"
-        );
+        let _ = writeln!(s, "  i64 off;");
+        let _ = writeln!(s, "  tsr_offsets<1>(i, meta[0], rank, meta + 2, meta + 2 + rank, &off);");
         let _ = writeln!(s, "  y += res[off];");
     }
     let _ = writeln!(s, "  out[i] = y;");
@@ -951,19 +1014,9 @@ pub fn meta(
         }
         Kernel::Transpose(perm) => {
             let st = tessera_runtime::strides(ins[0]);
-            let mut m = vec![n, out.len() as i64];
-            m.extend(us(out));
-            m.push(0);
-            m.extend(perm.iter().map(|&p| st[p] as i64));
-            m
+            strided_meta(out, 0, perm.iter().map(|&p| st[p]).collect())
         }
-        Kernel::Broadcast => {
-            let mut m = vec![n, out.len() as i64];
-            m.extend(us(out));
-            m.push(0);
-            m.extend(us(&crate::host::broadcast_strides(ins[0], out.len())));
-            m
-        }
+        Kernel::Broadcast => strided_meta(out, 0, crate::host::broadcast_strides(ins[0], out.len())),
         Kernel::Slice { axis, start, step } => {
             let start = start.eval(dims).ok_or_else(|| format!("unbound dimension in the slice start {start}"))?.max(0);
             let x = ins[0];
@@ -971,11 +1024,11 @@ pub fn meta(
                 return Err(format!("slice from {start} out of range for size {}", x[*axis]));
             }
             let st = tessera_runtime::strides(x);
-            let mut m = vec![n, out.len() as i64];
-            m.extend(us(out));
-            m.push(start * st[*axis] as i64);
-            m.extend(st.iter().enumerate().map(|(d, &s)| if d == *axis { s as i64 * step } else { s as i64 }));
-            m
+            strided_meta(
+                out,
+                start * st[*axis] as i64,
+                st.iter().enumerate().map(|(d, &s)| if d == *axis { s * *step as usize } else { s }).collect(),
+            )
         }
         Kernel::Concat { axis } => {
             let mut m = vec![n, out.len() as i64];
@@ -1067,8 +1120,22 @@ fn binary(op: BinaryOp, a: &str, b: &str, t: DType) -> String {
 #[cfg(test)]
 #[allow(clippy::expect_used)]
 mod tests {
-    use super::live_keys;
+    use super::{coalesce, live_keys};
     use tessera_ir::ScoreFn;
+
+    #[test]
+    fn coalescing_merges_the_dims_every_operand_walks_as_one() {
+        // Contiguous operands: one dim.
+        assert_eq!(coalesce(&[2, 3, 4], &[vec![12, 4, 1], vec![12, 4, 1]]), (vec![24], vec![vec![1], vec![1]]));
+        // A bias over the last dim: the broadcast rows merge, the row stays.
+        assert_eq!(coalesce(&[2, 3, 4], &[vec![12, 4, 1], vec![0, 0, 1]]), (vec![6, 4], vec![vec![4, 1], vec![0, 1]]));
+        // A transposed operand merges nothing; dims of size 1 go.
+        assert_eq!(coalesce(&[3, 1, 2], &[vec![1, 0, 3]]), (vec![3, 2], vec![vec![1, 3]]));
+        // A slice of the last dim (row stride wider than the row): rows stay apart.
+        assert_eq!(coalesce(&[2, 5, 4], &[vec![60, 12, 1]]), (vec![10, 4], vec![vec![12, 1]]));
+        // Nothing but ones: one dim of one.
+        assert_eq!(coalesce(&[1, 1], &[vec![0, 0]]), (vec![1], vec![vec![0]]));
+    }
 
     #[test]
     fn live_keys_follow_the_mask_analysis() {

@@ -344,7 +344,7 @@ pub fn run<D: Device>(
                 // The epilogue reads the residual (the last operand) as an elementwise kernel would.
                 let res: Vec<&[usize]> = in_shapes.last().copied().filter(|_| *residual).into_iter().collect();
                 for (n, k) in kernels_of(s) {
-                    launch(n, k, &cuda::elementwise_meta(out_shape, &res))?;
+                    launch(n, k, &cuda::epilogue_meta(out_shape, &res))?;
                 }
             }
             Kernel::Ffn { gated, bias, act } => {
@@ -370,7 +370,7 @@ pub fn run<D: Device>(
                 let out = (buf(step.out)?, &[rows, w_out.1[1]][..]);
                 matmul(device, out, (hidden, &[rows, width]), w_out, false, precision, (b_out, None))?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
-                    launch(n, k, &cuda::elementwise_meta(out_shape, &[]))?;
+                    launch(n, k, &cuda::epilogue_meta(out_shape, &[]))?;
                 }
             }
             kernel => {
