@@ -161,8 +161,9 @@ impl<B> Default for Resident<B> {
 enum Slot {
     /// Intermediate buffers of the same size whose lifetimes do not overlap (see [`slots`]).
     Shared(usize),
-    /// Scratch of a step (a feed-forward block's gates or hidden layer).
-    Scratch(usize, Arg),
+    /// Scratch of feed-forward blocks (their gates or hidden layer) of this many bytes: one
+    /// block runs at a time, so blocks of the same size share it.
+    Scratch(Arg, usize),
     /// A buffer derived from parameters only, kept with them.
     Derived(BufId),
 }
@@ -280,17 +281,23 @@ pub fn run<D: Device>(
         }
     }
     // Scratch of the feed-forward blocks: the first GEMM's output and the hidden layer.
+    let mut scratch_of: HashMap<(usize, Arg), Slot> = HashMap::new();
     for (s, step) in program.steps.iter().enumerate() {
         if let Kernel::Ffn { gated, .. } = step.kernel {
             let (rows, h_in, width) = ffn_sizes(&shapes, step, gated);
             let es = precision.f32_size();
             // Where the first GEMM applies the activation itself, it writes the hidden layer.
-            if !cuda::fused_in_gemm(&step.kernel, precision) {
-                slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Gates), rows * h_in * es)?;
+            let gates = !cuda::fused_in_gemm(&step.kernel, precision);
+            for (arg, bytes) in [(Arg::Gates, rows * h_in * es), (Arg::Hidden, rows * width * es)] {
+                if arg == Arg::Hidden || gates {
+                    slot(device, &mut resident.memory, Slot::Scratch(arg, bytes), bytes)?;
+                    scratch_of.insert((s, arg), Slot::Scratch(arg, bytes));
+                }
             }
-            slot(device, &mut resident.memory, Slot::Scratch(s, Arg::Hidden), rows * width * es)?;
         }
     }
+    // Scratch no block of this program uses (sizes of an earlier run) is freed.
+    resident.memory.retain(|k, _| !matches!(k, Slot::Scratch(..)) || scratch_of.values().any(|v| v == k));
     let kept = &*resident;
     let buf = |b: BufId| {
         let r = program.root(b);
@@ -302,8 +309,9 @@ pub fn run<D: Device>(
         }
         .ok_or_else(|| format!("buf{b} has no memory"))
     };
-    let scratch =
-        |s: usize, a: Arg| kept.memory.get(&Slot::Scratch(s, a)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"));
+    let scratch = |s: usize, a: Arg| {
+        scratch_of.get(&(s, a)).and_then(|k| kept.memory.get(k)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"))
+    };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
     device.synchronize()?;
     let start = std::time::Instant::now();
