@@ -122,6 +122,7 @@ const EMULATED: &[(&str, &str)] = &[
     ("reduce", "input x: [batch, seq, 9]\n output y = sum(x, -1) + max(x, -1) + mean(x, -1) + mean(min(x, 1), -1)[:, none]"),
     ("gather", "input ids: i64[batch, seq]\n output y = (param e: [23, 6])[ids]"),
     ("layout", "input x: [batch, seq, 6]\n output y = concat(transpose(x, -1, -2), transpose(x, -1, -2) * 2.0, axis = 1)[:, 1:5]"),
+    ("slices", "input x: [batch, seq, 11]\n output y = x[:, :, 2:7] * 2.0 + x[:, :, 0:10:2]\n output z = x[:, 1:4]"),
     ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
     ("iota concat", "input x: [batch, seq]\n input b: [seq]\n output y = float(arange(seq))[none, :] + x\n output z = concat(b[none, :] + 0.0 * float(arange(2))[:, none], x, axis = 0)"),
     ("attention causal", "input q: [batch, 3, seq, 8]\n input k: [batch, 3, seq, 8]\n input v: [batch, 3, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.35, -1e30), -1) @ v"),

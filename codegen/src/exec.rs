@@ -286,7 +286,10 @@ impl Executable {
                     if osize > 0 && start + (osize - 1) * by >= size {
                         return Err(RunError::Shape(format!("slice from {start} out of range for size {size}")));
                     }
-                    if inner > 1 {
+                    if by == 1 {
+                        // A contiguous range of each outer row: one run per row.
+                        host::copy_runs(out, x, osize * inner, move |r| (r * size + start) * inner);
+                    } else if inner > 1 {
                         host::copy_runs(out, x, inner, move |r| {
                             let (o, k) = (r / osize, r % osize);
                             (o * size + start + k * by) * inner
