@@ -5,9 +5,11 @@
 //! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
 //!
 //! Parameters stay on the device between runs, and so does the memory of intermediate
-//! buffers ([`Resident`]): a second run allocates nothing. Intermediate buffers of the same
-//! size share memory once dead (`slots`). Not yet here: one arena with offsets (sizes that
-//! differ do not share), streams and CUDA graphs.
+//! buffers ([`Resident`]): a second run allocates nothing. Buffers derived from parameters
+//! only (merged weights) are computed once and kept, until a parameter changes. Intermediate
+//! buffers of the same size share memory once dead (`slots`), and feed-forward blocks of the
+//! same size share their scratch. Not yet here: one arena with offsets (sizes that differ do
+//! not share), streams and CUDA graphs.
 
 use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
@@ -169,9 +171,9 @@ enum Slot {
 }
 
 /// Assigns the intermediate buffers (step outputs that are not inputs, parameters, views or
-/// derived from parameters) to shared slots: a buffer takes a free slot of exactly its size, or a new one; a slot is
-/// free once the last step reading its buffer has run (outputs are read at the end). Returns
-/// each buffer's slot and each slot's size.
+/// derived from parameters) to shared slots: a buffer takes a free slot of exactly its size,
+/// or a new one; a slot is free once the last step reading its buffer has run (outputs are
+/// read at the end). Returns each buffer's slot and each slot's size.
 fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
     let last = program.last_reads();
     let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
