@@ -8,6 +8,9 @@
 // the kernel generator.
 #define TSR_EMULATED
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <algorithm>
 #include <barrier>
@@ -23,6 +26,14 @@ static tsr_dim3 blockIdx, blockDim, gridDim;
 static thread_local tsr_dim3 threadIdx;
 static std::barrier<>* tsr_block_barrier = nullptr;
 inline void __syncthreads() { tsr_block_barrier->arrive_and_wait(); }
+// The GPU faults on a misaligned vector access; so does the emulation (buffers are 16-byte
+// aligned here, 256 on the device).
+inline void tsr_aligned(const void* p, uintptr_t to, const char* what) {
+  if ((uintptr_t)p % to != 0) {
+    fprintf(stderr, "%s: address %p is not %u-byte aligned\n", what, p, (unsigned)to);
+    abort();
+  }
+}
 // One barrier per warp of the running block, and one exchange slot per thread.
 static std::vector<std::barrier<>*> tsr_warp_barriers;
 static unsigned int tsr_words[1024][6];
@@ -74,6 +85,7 @@ inline void tsr_mma_bf16(float* d, const unsigned int* a, const unsigned int* b)
 // or with `trans` column l / 4's.
 static const void* tsr_rows[1024];
 inline void tsr_ldsm(unsigned int* r, const void* p, int count, bool trans) {
+  tsr_aligned(p, 16, "ldmatrix row");
   tsr_rows[threadIdx.x] = p;
   tsr_warp_sync();
   const long long warp = threadIdx.x / 32 * 32;
@@ -96,9 +108,9 @@ inline void tsr_ldsm2(unsigned int* r, const void* p) { tsr_ldsm(r, p, 2, false)
 inline void tsr_ldsm2t(unsigned int* r, const void* p) { tsr_ldsm(r, p, 2, true); }
 inline void tsr_ldsm4(unsigned int* r, const void* p) { tsr_ldsm(r, p, 4, false); }
 inline void tsr_ldsm4t(unsigned int* r, const void* p) { tsr_ldsm(r, p, 4, true); }
-inline unsigned int tsr_ld2(const void* p) { unsigned int u; memcpy(&u, p, 4); return u; }
-inline void tsr_copy16(void* d, const void* s) { memcpy(d, s, 16); }
-inline void tsr_zero16(void* d) { memset(d, 0, 16); }
+inline unsigned int tsr_ld2(const void* p) { tsr_aligned(p, 4, "32-bit load"); unsigned int u; memcpy(&u, p, 4); return u; }
+inline void tsr_copy16(void* d, const void* s) { tsr_aligned(d, 16, "16-byte store"); tsr_aligned(s, 16, "16-byte load"); memcpy(d, s, 16); }
+inline void tsr_zero16(void* d) { tsr_aligned(d, 16, "16-byte store"); memset(d, 0, 16); }
 inline float __expf(float x) { return expf(x); }
 // Runs `kernel(t)` for the threads of one block: one after another, or as synchronising
 // OS threads.
