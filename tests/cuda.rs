@@ -247,7 +247,7 @@ impl gpu::Device for Emulator {
         std::fs::write(&fin, file).map_err(|e| e.to_string())?;
         let run = std::process::Command::new(&self.exe).arg(&fin).arg(&fout).arg(kernel.to_string()).output().map_err(|e| e.to_string())?;
         if !run.status.success() {
-            return Err(format!("emulated kernel {kernel} failed"));
+            return Err(format!("emulated kernel {kernel} failed: {}", String::from_utf8_lossy(&run.stderr).trim()));
         }
         *args[0].borrow_mut() = std::fs::read(&fout).map_err(|e| e.to_string())?;
         Ok(())
