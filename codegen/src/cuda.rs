@@ -153,6 +153,17 @@ template <int N> __device__ inline void tsr_offsets(i64 i, i64 n, int rank, cons
     }
   }
 }
+// `i / d` and `i % d`, in 32 bits where `n` (above every `i`) allows.
+__device__ inline void tsr_divmod(i64 i, i64 d, i64 n, i64* q, i64* r) {
+  if (n <= 4294967295LL) {
+    const unsigned u = (unsigned)i, v = (unsigned)d;
+    *q = u / v;
+    *r = u % v;
+  } else {
+    *q = i / d;
+    *r = i % d;
+  }
+}
 // The mean of column `c` of the `T × w` matrix `v`: attention's answer for a query whose
 // every key is masked (equal masked scores).
 __device__ inline float tsr_mean_col(const tsr_f* v, i64 T, int w, int c) {
@@ -906,19 +917,20 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         Kernel::Gather { .. } => {
             let bad = if p.buffers[step.out].ty.dtype == DType::F32 { "__int_as_float(0x7fc00000)" } else { "0" };
             // meta: [n, size, inner, ids]; an index out of range gives NaN (0 for integers).
-            format!("  const i64 size = meta[1], inner = meta[2], n = meta[3];\n  const i64 o = i / (n * inner), k = (i / inner) % n, j = i % inner;\n  const i64 id = (i64)in1[k];\n  out[i] = (id < 0 || id >= size) ? ({out}){bad} : in0[(o * size + id) * inner + j];\n")
+            format!("  const i64 size = meta[1], inner = meta[2], n = meta[3];\n  i64 q, j, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &j);\n  tsr_divmod(q, n, meta[0], &o, &k);\n  const i64 id = (i64)in1[k];\n  out[i] = (id < 0 || id >= size) ? ({out}){bad} : in0[(o * size + id) * inner + j];\n")
         }
         // meta: [n, rank, out dims.., base, strides..]
         Kernel::Transpose(_) | Kernel::Broadcast | Kernel::Slice { .. } => format!("{}  out[i] = in0[meta[2 + rank] + off];\n", strided("(meta + 3 + rank)")),
         Kernel::Concat { .. } => {
-            // meta: [n, rank, out dims.., axis, then per input: start along the axis, strides..]
-            let mut b = String::from("  const int rank = (int)meta[1];\n  const i64* dims = meta + 2; const int axis = (int)dims[rank];\n  i64 r = i, a = 0;\n  for (int d = rank - 1; d >= axis; --d) { a = r % dims[d]; r /= dims[d]; }\n");
+            // meta: [n, size along the axis, inner size, then per input: its start and size
+            // along the axis]; the output and the inputs are [outer, size, inner].
+            let mut b = String::from("  const i64 size = meta[1], inner = meta[2];\n  i64 o, rest, a, j;\n  tsr_divmod(i, size * inner, meta[0], &o, &rest);\n  tsr_divmod(rest, inner, meta[0], &a, &j);\n");
             for n in (0..step.ins.len()).rev() {
-                let _ = write!(b, "  {{ const i64* m = dims + rank + 1 + {n} * (rank + 1);\n    if (a >= m[0]) {{ i64 q = i, off = 0; for (int d = rank - 1; d >= 0; --d) {{ const i64 c = q % dims[d]; q /= dims[d]; off += (d == axis ? c - m[0] : c) * m[1 + d]; }} out[i] = in{n}[off]; return; }} }}\n");
+                let _ = writeln!(b, "  if (a >= meta[{}]) {{ out[i] = in{n}[(o * meta[{}] + a - meta[{}]) * inner + j]; return; }}", 3 + 2 * n, 4 + 2 * n, 3 + 2 * n);
             }
             b
         }
-        Kernel::Iota { .. } => format!("  out[i] = ({out})((i / meta[2]) % meta[1]);\n"),
+        Kernel::Iota { .. } => format!("  i64 q, j, o, c;\n  tsr_divmod(i, meta[2], meta[0], &q, &j);\n  tsr_divmod(q, meta[1], meta[0], &o, &c);\n  out[i] = ({out})c;\n"),
         Kernel::Fill(v) => format!("  out[i] = {};\n", literal(*v, p.buffers[step.out].ty.dtype)),
         Kernel::Elementwise(_) | Kernel::Attention(_) | Kernel::Gemm { .. } | Kernel::Ffn { .. } => String::new(),
     };
@@ -938,7 +950,11 @@ fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act:
     let _ = writeln!(s, "  const int rank = (int)meta[1];");
     let _ = writeln!(s, "  float y = out[i];");
     if bias {
-        let _ = writeln!(s, "  y += bias[i % meta[2 + rank * {}]];", 1 + usize::from(residual));
+        let _ = writeln!(
+            s,
+            "  i64 row, c;\n  tsr_divmod(i, meta[2 + rank * {}], meta[0], &row, &c);\n  y += bias[c];",
+            1 + usize::from(residual)
+        );
     }
     if let Some(a) = act {
         let _ = writeln!(s, "  y = {};", unary(a, "y", DType::F32));
@@ -960,7 +976,7 @@ fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act:
     let mut params = vec!["tsr_f* __restrict__ hidden".to_string(), "const tsr_f* __restrict__ gates".to_string()];
     params.extend(bias.then(|| "const tsr_f* __restrict__ bias".to_string()));
     s += &open(name, &params, true);
-    let _ = writeln!(s, "  const i64 width = meta[1], row = i / width, c = i % width;");
+    let _ = writeln!(s, "  const i64 width = meta[1];\n  i64 row, c;\n  tsr_divmod(i, width, meta[0], &row, &c);");
     let _ = writeln!(s, "  float g = gates[row * meta[2] + c]{};", if bias { " + bias[c]" } else { "" });
     let _ = writeln!(s, "  g = {};", unary(act, "g", DType::F32));
     if gated {
@@ -1031,13 +1047,10 @@ pub fn meta(
             )
         }
         Kernel::Concat { axis } => {
-            let mut m = vec![n, out.len() as i64];
-            m.extend(us(out));
-            m.push(*axis as i64);
+            let mut m = vec![n, out[*axis] as i64, out[axis + 1..].iter().product::<usize>().max(1) as i64];
             let mut at = 0;
             for x in ins {
-                m.push(at as i64);
-                m.extend(us(&tessera_runtime::strides(x)));
+                m.extend([at as i64, x[*axis] as i64]);
                 at += x[*axis];
             }
             m
