@@ -43,6 +43,14 @@ impl CudaDevice {
         if !driver_present() {
             return Err("no CUDA device: the CUDA driver library (libcuda) was not found".into());
         }
+        // cuBLAS (and cuBLASLt for bf16) come with the CUDA toolkit, not the driver: say so
+        // rather than let cudarc panic when it first loads them.
+        // SAFETY: these only probe for the shared libraries.
+        let (blas, lt) = unsafe { (cudarc::cublas::sys::is_culib_present(), cudarc::cublaslt::sys::is_culib_present()) };
+        if !blas || (precision == Precision::Bf16 && !lt) {
+            let missing = if blas { "cuBLASLt (libcublasLt)" } else { "cuBLAS (libcublas)" };
+            return Err(format!("{missing} was not found: install the CUDA toolkit's libraries or put them on LD_LIBRARY_PATH"));
+        }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("no CUDA device {ordinal}: {e:?}"))?;
         let (major, minor) = (
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?,
