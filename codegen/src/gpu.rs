@@ -298,8 +298,13 @@ pub fn run<D: Device>(
             }
         }
     }
-    // Scratch no block of this program uses (sizes of an earlier run) is freed.
-    resident.memory.retain(|k, _| !matches!(k, Slot::Scratch(..)) || scratch_of.values().any(|v| v == k));
+    // Memory this run does not use (shared slots and scratch of an earlier run's sizes) is
+    // freed.
+    resident.memory.retain(|k, _| match k {
+        Slot::Shared(n) => *n < slot_bytes.len(),
+        Slot::Scratch(..) => scratch_of.values().any(|v| v == k),
+        Slot::Derived(_) => true,
+    });
     let kept = &*resident;
     let buf = |b: BufId| {
         let r = program.root(b);
