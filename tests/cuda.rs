@@ -331,6 +331,8 @@ fn emulate_cases(
         let emu = Emulator::new(&dir, &what.replace(' ', "_"), &kernels, precision);
         let params = params_of(p, &HashMap::new());
         interp.set_params(params.clone());
+        // One device memory across the sizes, as one compiled model serves several lengths.
+        let mut resident = gpu::Resident::default();
         for &(batch, seq) in sizes {
             let inputs = model.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
             // The interpreter sees what the device stores.
@@ -340,9 +342,8 @@ fn emulate_cases(
                 .collect();
             let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
             let want = interp.run(&stored).expect("interpreter");
-            let got = gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut gpu::Resident::default(), &dims)
-                .unwrap_or_else(|e| panic!("{what}: {e}"))
-                .0;
+            let got =
+                gpu::run(p, &kernels, precision, &emu, &inputs, &params, &mut resident, &dims).unwrap_or_else(|e| panic!("{what}: {e}")).0;
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let d = max_rel_diff(g, w);
                 println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (emulated CUDA C, {precision:?})");
