@@ -248,12 +248,28 @@ pub unsafe fn norm(out: &View, x: &View, kind: NormKind, eps: f64, w: Option<&Vi
     let d = x.shape.last().copied().unwrap_or(1).max(1);
     let (xs, ys) = unsafe { (x.f32(), out.f32_mut()) };
     let (w, b) = unsafe { (w.map(|w| w.f32()), b.map(|b| b.f32())) };
+    // Sums in eight f32 lanes (so that the loops vectorize; a row of 4096 sums with an error
+    // near 1e-6 of its size), the mean and the variance in two passes.
+    let sum = |x: &[f32], g: &dyn Fn(f32) -> f32| {
+        let mut acc = [0f32; 8];
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += g(v);
+            }
+        }
+        acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&v| g(v)).sum::<f32>()
+    };
     ys.par_chunks_mut(d).zip(xs.par_chunks(d)).with_min_len(8).for_each(|(y, x)| {
-        let mean = if kind == NormKind::Layer { x.iter().map(|&v| f64::from(v)).sum::<f64>() / d as f64 } else { 0.0 };
-        let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d as f64;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (k, (yv, &xv)) in y.iter_mut().zip(x).enumerate() {
-            *yv = ((f64::from(xv) - mean) * inv * w.map_or(1.0, |w| f64::from(w[k])) + b.map_or(0.0, |b| f64::from(b[k]))) as f32;
+        let mean = if kind == NormKind::Layer { sum(x, &|v| v) / d as f32 } else { 0.0 };
+        let var = f64::from(sum(x, &|v| (v - mean) * (v - mean))) / d as f64;
+        let inv = (1.0 / (var + eps).sqrt()) as f32;
+        let rows = y.iter_mut().zip(x);
+        match (w, b) {
+            (Some(w), Some(b)) => rows.zip(w).zip(b).for_each(|(((y, &x), &w), &b)| *y = (x - mean) * inv * w + b),
+            (Some(w), None) => rows.zip(w).for_each(|((y, &x), &w)| *y = (x - mean) * inv * w),
+            (None, Some(b)) => rows.zip(b).for_each(|((y, &x), &b)| *y = (x - mean) * inv + b),
+            (None, None) => rows.for_each(|(y, &x)| *y = (x - mean) * inv),
         }
     });
 }
