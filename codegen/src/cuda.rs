@@ -701,9 +701,15 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
 
 /// Whether the tensor-core attention kernel takes heads of sizes `e` (queries and keys) and
 /// `ev` (values) stored as `precision`: bf16, `e` a multiple of 16 (the MMA's depth) and `ev`
-/// of 8 (its width), both small enough for registers.
+/// of 8 (its width), both small enough for registers; and `TESSERA_NO_TENSOR_CORES` is not
+/// set (it selects the plain kernel, to compare the two on a GPU).
 pub fn mma_fits(precision: Precision, e: usize, ev: usize) -> bool {
-    precision == Precision::Bf16 && e.is_multiple_of(16) && ev.is_multiple_of(8) && (16..=256).contains(&e) && (8..=256).contains(&ev)
+    precision == Precision::Bf16
+        && e.is_multiple_of(16)
+        && ev.is_multiple_of(8)
+        && (16..=256).contains(&e)
+        && (8..=256).contains(&ev)
+        && std::env::var_os("TESSERA_NO_TENSOR_CORES").is_none()
 }
 
 /// The tensor-core attention kernel (bf16 storage; see [`mma_fits`]): a block of
