@@ -915,9 +915,11 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
                 tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = fmax(acc, v)", "acc"),
                 tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = fmin(acc, v)", "acc"),
             };
-            // meta: [n_out, rank, x dims.., x strides.., reduced flags.., count]
+            // meta: [n_out, kept rank, kept dims.., their strides.., reduced rank, reduced
+            // dims.., their strides.., count]: an output element's place in the input, and
+            // each reduced element's offset from it.
             format!(
-                "  const int rank = (int)meta[1];\n  const i64* dims = meta + 2; const i64* st = dims + rank; const i64* red = st + rank; const i64 count = red[rank];\n  i64 r = i, base = 0;\n  for (int d = rank - 1; d >= 0; --d) if (!red[d]) {{ base += (r % dims[d]) * st[d]; r /= dims[d]; }}\n  double acc = {init};\n  for (i64 m = 0; m < count; ++m) {{\n    i64 q = m, off = base;\n    for (int d = rank - 1; d >= 0; --d) if (red[d]) {{ off += (q % dims[d]) * st[d]; q /= dims[d]; }}\n    const double v = (double)in0[off];\n    {step_expr};\n  }}\n  out[i] = ({out})({fin});\n"
+                "  const int kr = (int)meta[1];\n  const i64* kd = meta + 2; const i64* ks = kd + kr;\n  const int rr = (int)ks[kr];\n  const i64* rd = ks + kr + 1; const i64* rs = rd + rr; const i64 count = rs[rr];\n  i64 base;\n  tsr_offsets<1>(i, meta[0], kr, kd, ks, &base);\n  double acc = {init};\n  for (i64 m = 0; m < count; ++m) {{\n    i64 off;\n    tsr_offsets<1>(m, count, rr, rd, rs, &off);\n    const double v = (double)in0[base + off];\n    {step_expr};\n  }}\n  out[i] = ({out})({fin});\n"
             )
         }
         Kernel::Gather { .. } => {
@@ -1022,11 +1024,19 @@ pub fn meta(
         }
         Kernel::Cumsum { axis } => lines(out, *axis),
         Kernel::Reduce { axes, .. } => {
-            let x = ins[0];
-            let mut m = vec![n, x.len() as i64];
-            m.extend(us(x));
-            m.extend(us(&tessera_runtime::strides(x)));
-            m.extend((0..x.len()).map(|d| i64::from(axes.contains(&d))));
+            let (x, st) = (ins[0], tessera_runtime::strides(ins[0]));
+            let part = |reduced: bool| {
+                let (dims, strides): (Vec<usize>, Vec<usize>) =
+                    (0..x.len()).filter(|d| axes.contains(d) == reduced).map(|d| (x[d], st[d])).unzip();
+                let (dims, strides) = coalesce(&dims, &[strides]);
+                let mut m = vec![dims.len() as i64];
+                m.extend(us(&dims));
+                m.extend(strides.iter().flatten().map(|&s| s as i64));
+                m
+            };
+            let mut m = vec![n];
+            m.extend(part(false));
+            m.extend(part(true));
             m.push(axes.iter().map(|&a| x[a]).product::<usize>() as i64);
             m
         }
