@@ -99,7 +99,7 @@ fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError>
     use tessera_codegen::cuda;
     let program = tessera_codegen::schedule(g);
     let kernels = cuda::lower(&program, precision).map_err(RunError::Internal)?;
-    let source = cuda::dump(&program, precision).map_err(RunError::Internal)?;
+    let source = cuda::source(&program, &kernels, precision);
     let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }

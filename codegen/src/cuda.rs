@@ -325,9 +325,13 @@ pub fn fused_in_gemm(k: &Kernel, precision: Precision) -> bool {
 /// The whole program as one CUDA source: the prelude, then each kernel, then a list of the
 /// steps not lowered here.
 pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
-    let kernels = lower(program, precision)?;
+    Ok(source(program, &lower(program, precision)?, precision))
+}
+
+/// [`dump`] of kernels already lowered (what NVRTC compiles).
+pub fn source(program: &Program, kernels: &[CudaKernel], precision: Precision) -> String {
     let mut s = prelude(precision);
-    for k in &kernels {
+    for k in kernels {
         s.push('\n');
         if k.source.is_empty() {
             let _ = writeln!(s, "// step {}: {} again", k.step, k.name);
@@ -348,7 +352,7 @@ pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
     if !rest.is_empty() {
         let _ = write!(s, "\n// GEMMs run by cuBLAS (other epilogues and activations are the kernels above):\n{}\n", rest.join("\n"));
     }
-    Ok(s)
+    s
 }
 
 /// The C type a buffer of element type `t` is stored as.
