@@ -174,7 +174,6 @@ __device__ inline float tsr_mean_col(const tsr_f* v, i64 T, int w, int c) {
 #ifdef TSR_BF16
 // Two bf16 values in one 32-bit register, the first in the lower half (MMA fragments).
 __device__ inline unsigned tsr_pack2(float lo, float hi) { return (unsigned)tsr_bf16(lo).bits | ((unsigned)tsr_bf16(hi).bits << 16); }
-__device__ inline unsigned tsr_bits2(const tsr_bf16* p) { return tsr_ld2(p); }
 #endif
 template <typename T> __device__ inline float tsr_table(const T* t, i64 n, double idx) {
   const i64 k = (i64)idx;
@@ -750,10 +749,10 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w("#pragma unroll".into());
     w(format!("  for (int c = 0; c < {ec}; ++c) {{"));
     w("    const int col = 16 * c + 2 * t4;".into());
-    w(format!("    qa[c][0] = i0 < S ? tsr_bits2(qb + i0 * {e} + col) : 0u;"));
-    w(format!("    qa[c][1] = i1 < S ? tsr_bits2(qb + i1 * {e} + col) : 0u;"));
-    w(format!("    qa[c][2] = i0 < S ? tsr_bits2(qb + i0 * {e} + col + 8) : 0u;"));
-    w(format!("    qa[c][3] = i1 < S ? tsr_bits2(qb + i1 * {e} + col + 8) : 0u;"));
+    w(format!("    qa[c][0] = i0 < S ? tsr_ld2(qb + i0 * {e} + col) : 0u;"));
+    w(format!("    qa[c][1] = i1 < S ? tsr_ld2(qb + i1 * {e} + col) : 0u;"));
+    w(format!("    qa[c][2] = i0 < S ? tsr_ld2(qb + i0 * {e} + col + 8) : 0u;"));
+    w(format!("    qa[c][3] = i1 < S ? tsr_ld2(qb + i1 * {e} + col + 8) : 0u;"));
     w("  }".into());
     w("  // Output accumulators (C fragments over the value columns), and each row's running".into());
     w("  // maximum and this thread's part of its sum.".into());

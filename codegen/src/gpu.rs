@@ -343,9 +343,10 @@ pub fn run<D: Device>(
         match &step.kernel {
             Kernel::Gemm { trans_b, residual, bias, act } => {
                 // Bias and activation inside the GEMM where it can, else in the epilogue kernel.
-                let epilogue = match cuda::fused_in_gemm(&step.kernel, precision) {
-                    true => (bias.then(|| buf(step.ins[2])).transpose()?, act.and_then(GemmAct::of)),
-                    false => (None, None),
+                let epilogue = if cuda::fused_in_gemm(&step.kernel, precision) {
+                    (bias.then(|| buf(step.ins[2])).transpose()?, act.and_then(GemmAct::of))
+                } else {
+                    (None, None)
                 };
                 matmul(
                     device,
