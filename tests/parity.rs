@@ -13,22 +13,10 @@ use tessera::runtime::{self, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn fixture_dirs(family: &str) -> Vec<String> {
-    let mut dirs: Vec<String> = std::fs::read_dir("tests/parity/fixtures")
-        .expect("fixtures folder")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.split('-').next() == Some(family))
-        .collect();
-    dirs.sort();
-    assert!(dirs.len() >= 2, "{family}: expected at least two fixtures, found {dirs:?}");
-    dirs
-}
-
-/// Compiles, binds and runs one fixture, as elaborated or after the optimizing pipeline
-/// (fused attention, FFN, norms); returns (outputs, inputs).
-fn run_fixture(family: &str, dir: &str, optimize: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
-    let path = format!("stdlib/{family}.tsr");
+/// Compiles, binds and runs one fixture on the interpreter, as elaborated or after the
+/// optimizing pipeline (fused attention, FFN, norms).
+fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
+    let (path, dir) = (format!("stdlib/{}.tsr", fx.family), format!("tests/parity/fixtures/{}", fx.name));
     let text = std::fs::read_to_string(&path).expect("stdlib file");
     let config = tessera::hf::read_config(&format!("{dir}/config.json")).expect("config");
     let fe = tessera::Frontend::tsr_with_config(&path, &text, None, &[], Some(&config));
@@ -37,29 +25,20 @@ fn run_fixture(family: &str, dir: &str, optimize: bool) -> (HashMap<String, Tens
         g = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline");
         assert!(g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
     }
-    let inputs = runtime::read_safetensors(&format!("{dir}/inputs.safetensors")).expect("inputs");
     let mut dims = HashMap::new();
-    runtime::bind_dims(&g, &inputs, &mut dims).expect("dims");
+    runtime::bind_dims(&g, &fx.inputs, &mut dims).expect("dims");
     let bound = tessera::hf::load_weights(&g, &dims, fe.checkpoint.as_ref(), &format!("{dir}/model.safetensors"))
         .unwrap_or_else(|e| panic!("{dir}: {e}"));
     assert!(bound.unused.is_empty(), "{dir}: unused checkpoint tensors {:?}", bound.unused);
-    let out = runtime::run(&g, &dims, &inputs, &bound.params).unwrap_or_else(|e| panic!("{dir}: {e}"));
-    (out.into_iter().collect(), inputs)
+    runtime::run(&g, &dims, &fx.inputs, &bound.params).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
 fn check_family(family: &str) {
-    for (name, optimize) in fixture_dirs(family).into_iter().flat_map(|n| [(n.clone(), false), (n, true)]) {
-        let dir = format!("tests/parity/fixtures/{name}");
-        let (out, inputs) = run_fixture(family, &dir, optimize);
-        let name = if optimize { format!("{name} (opt)") } else { name };
-        let expected = runtime::read_safetensors(&format!("{dir}/expected.safetensors")).expect("expected");
-        let mask = &inputs["attention_mask"];
-        let mut names: Vec<&String> = expected.keys().collect();
-        names.sort();
-        for k in names {
-            let got = out.get(k).unwrap_or_else(|| panic!("{name}: no output `{k}`"));
-            assert!(got.to_f64().iter().all(|x| x.is_finite()), "{name}: `{k}` has non-finite values");
-            let err = common::masked_max_diff(got, &expected[k], mask);
+    let fixtures: Vec<common::Fixture> = common::fixtures().into_iter().filter(|fx| fx.family == family).collect();
+    assert!(fixtures.len() >= 2, "{family}: expected at least two fixtures, found {}", fixtures.len());
+    for (fx, optimize) in fixtures.iter().flat_map(|fx| [(fx, false), (fx, true)]) {
+        let name = if optimize { format!("{} (opt)", fx.name) } else { fx.name.clone() };
+        for (k, err) in fx.errors(&run_fixture(fx, optimize)) {
             println!("{name:<18} {k:<26} max |Δ| = {err:.2e}  (tolerance {TOLERANCE:.0e})");
             assert!(err <= TOLERANCE, "{name}: `{k}` differs from transformers by {err:e}");
         }
