@@ -11,27 +11,68 @@ use std::collections::HashMap;
 /// Reads a `config.json`.
 pub fn read_config(path: &str) -> Result<Json, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let v: Json = serde_json::from_str(&text).map_err(|e| format!("{path} is not valid JSON: {e}"))?;
+    let v: Json = serde_json::from_str(&python_constants(&text)).map_err(|e| format!("{path} is not valid JSON: {e}"))?;
     if !v.is_object() {
         return Err(format!("{path} should hold a JSON object"));
     }
     Ok(v)
 }
 
+/// Strings that stand for the bare `Infinity`, `-Infinity` and `NaN` of Python's `json`
+/// (which `transformers` writes, e.g. Mamba-2's `time_step_limit`), so that a strict JSON
+/// parser reads them; [`config_value`] turns them back into floats.
+const PY_CONSTANTS: [(&str, &str, f64); 3] =
+    [("-Infinity", "\\u0000-Infinity", f64::NEG_INFINITY), ("Infinity", "\\u0000Infinity", f64::INFINITY), ("NaN", "\\u0000NaN", f64::NAN)];
+
+/// Rewrites the bare constants outside strings to [`PY_CONSTANTS`] placeholders.
+fn python_constants(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut quoted, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !quoted {
+            if let Some((word, placeholder, _)) = PY_CONSTANTS.iter().find(|(w, ..)| rest.starts_with(w)) {
+                out.push('"');
+                out.push_str(placeholder);
+                out.push('"');
+                rest = &rest[word.len()..];
+                continue;
+            }
+        }
+        if quoted && escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// Looks `key` up in a configuration; `a.b` reaches into nested objects. A key holding `null`
 /// reads as [`ConfigValue::Null`], an absent one as `None`.
 pub fn config_value(config: &Json, key: &str) -> Option<ConfigValue> {
-    let v = key.split('.').try_fold(config, |v, k| v.get(k))?;
-    Some(match v {
+    key.split('.').try_fold(config, |v, k| v.get(k)).map(json_value)
+}
+
+fn json_value(v: &Json) -> ConfigValue {
+    match v {
         Json::Null => ConfigValue::Null,
         Json::Bool(b) => ConfigValue::Bool(*b),
         Json::Number(n) => match n.as_i64() {
             Some(i) => ConfigValue::Int(i),
             None => ConfigValue::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Json::String(s) => ConfigValue::Str(s.clone()),
-        other => ConfigValue::Other(other.to_string()),
-    })
+        Json::String(s) => match PY_CONSTANTS.iter().find(|(w, ..)| s.strip_prefix('\0') == Some(*w)) {
+            Some((.., f)) => ConfigValue::Float(*f),
+            None => ConfigValue::Str(s.clone()),
+        },
+        Json::Array(items) => ConfigValue::List(items.iter().map(json_value).collect()),
+        Json::Object(_) => ConfigValue::Other(v.to_string()),
+    }
 }
 
 /// Reads the checkpoint at `path` and binds it to the parameters of `g`, through `map` when

@@ -5,7 +5,7 @@
 
 use safetensors::Dtype;
 use std::collections::HashMap;
-use tessera::ir::{Graph, NameMap, WeightExpr, WeightRule};
+use tessera::ir::{Graph, NameMap, Parts, WeightExpr, WeightRule};
 use tessera::lang::{codes, CheckpointMap, Diagnostic};
 use tessera::runtime::{self, Bound, RunError, Tensor};
 
@@ -228,7 +228,7 @@ fn weight_transforms() {
     };
     let load = || Box::new(WeightExpr::Load("w".into()));
     assert_eq!(bind_one(WeightExpr::Transpose(load()), "[3, 4]").expect("t"), [0., 3., 6., 9., 1., 4., 7., 10., 2., 5., 8., 11.]);
-    let split = |index, axis| WeightExpr::Split { of: load(), parts: 2, index, axis };
+    let split = |index, axis| WeightExpr::Split { of: load(), parts: tessera::ir::Parts::Equal(2), index, axis, groups: 1 };
     assert_eq!(bind_one(split(1, 0), "[2, 3]").expect("rows"), [6., 7., 8., 9., 10., 11.]);
     assert_eq!(bind_one(WeightExpr::Reshape(load(), vec![2, -1]), "[2, 6]").expect("reshape").len(), 12);
     // Interleaved rotary rows (pairs 0,1 | 2,3 within one head of 4) to halves: 0, 2, 1, 3.
@@ -237,6 +237,73 @@ fn weight_transforms() {
     assert_eq!(bind_one(or, "[4, 3]").expect("fallback")[11], 11.0);
     let msg = bind_one(split(0, 1), "[4, 1]").expect_err("odd split").to_string();
     assert!(msg.contains("cannot split") && msg.contains("[4, 3]"), "{msg}");
+    // Unequal parts (Phi-3's qkv_proj under GQA): rows 0 | 1, 2 | 3.
+    let sizes = |index| WeightExpr::Split { of: load(), parts: Parts::Sizes(vec![1, 2, 1]), index, axis: 0, groups: 1 };
+    assert_eq!(bind_one(sizes(1), "[2, 3]").expect("middle"), [3., 4., 5., 6., 7., 8.]);
+    assert_eq!(bind_one(sizes(2), "[1, 3]").expect("last"), [9., 10., 11.]);
+    // Per-group parts (GPT-NeoX's [heads, 3, hd], here 2 groups of columns a b | c): part 1 of
+    // each group of the 4 rows viewed as 2 groups of 2 -> rows 1 and 3.
+    let grouped = |index| WeightExpr::Split { of: load(), parts: Parts::Equal(2), index, axis: 0, groups: 2 };
+    assert_eq!(bind_one(grouped(1), "[2, 3]").expect("grouped"), [3., 4., 5., 9., 10., 11.]);
+    // Falcon's [kv, heads/kv + 2, hd]: 1 group, queries (2 rows) then k, v.
+    let falcon = WeightExpr::Split { of: load(), parts: Parts::Sizes(vec![2, 1, 1]), index: 0, axis: 0, groups: 1 };
+    assert_eq!(bind_one(falcon, "[2, 3]").expect("falcon q"), [0., 1., 2., 3., 4., 5.]);
+    let msg = bind_one(sizes(0), "[2, 3]").expect_err("shape").to_string();
+    assert!(msg.contains("parameter `p`"), "{msg}");
+    let bad = WeightExpr::Split { of: load(), parts: Parts::Sizes(vec![1, 2]), index: 0, axis: 0, groups: 1 };
+    let msg = bind_one(bad, "[1, 3]").expect_err("sizes do not add up").to_string();
+    assert!(msg.contains("parts of sizes (1, 2) (adding up to 3)") && msg.contains("[4, 3]"), "{msg}");
+}
+
+/// `split` in a checkpoint map: unequal sizes, groups, and a clear message for bad arguments.
+#[test]
+fn split_takes_sizes_and_groups_and_explains_bad_arguments() {
+    let map = |line: &str| {
+        let src = format!("model m(h = 2) {{ param p: [2, 3]\n output y = p }}\ncheckpoint m {{\n  n = 2\n  \"p\" <- {line}\n}}");
+        let fe = tessera::Frontend::tsr("m.tsr", &src, None, &[]);
+        (fe.checkpoint.map(|c| c.names.rules[0].expr.to_string()), tessera::render(&fe.diagnostics, &fe.sources, false, 100))
+    };
+    assert_eq!(map("split(\"w\", (72, 24, 24))[0]").0.as_deref(), Some("split(\"w\", (72, 24, 24), axis = 0)[0]"));
+    assert_eq!(map("split(\"w\", 3, groups = n * 2)[2]").0.as_deref(), Some("split(\"w\", 3, axis = 0, groups = 4)[2]"));
+    let (none, msg) = map("split(\"w\", (72, 0))[0]");
+    assert!(none.is_none() && msg.contains("a part size must be a positive int, not 0"), "{msg}");
+    let (_, msg) = map("split(\"w\", \"3\")[0]");
+    assert!(msg.contains("a positive count or a tuple of sizes"), "{msg}");
+    let (_, msg) = map("split(\"w\", (1, 2))[2]");
+    assert!(msg.contains("index a split by a part number below its count"), "{msg}");
+}
+
+/// JSON arrays and Python's `Infinity`/`NaN` in config.json; list hyper-parameters from the
+/// configuration and from `-D`.
+#[test]
+fn config_lists_and_python_constants() {
+    let dir = scratch("config-lists");
+    let path = format!("{dir}/config.json");
+    let text =
+        r#"{"a": [1, 2, 3], "kinds": ["x", "y"], "inf": Infinity, "neg": -Infinity, "nan": NaN, "s": "NaN", "o": {"k": [Infinity]}}"#;
+    std::fs::write(&path, text).expect("write");
+    let c = tessera::hf::read_config(&path).expect("reads Python's JSON");
+    use tessera::lang::ConfigValue as V;
+    assert_eq!(tessera::hf::config_value(&c, "a"), Some(V::List(vec![V::Int(1), V::Int(2), V::Int(3)])));
+    assert_eq!(tessera::hf::config_value(&c, "inf"), Some(V::Float(f64::INFINITY)));
+    assert_eq!(tessera::hf::config_value(&c, "neg"), Some(V::Float(f64::NEG_INFINITY)));
+    assert!(matches!(tessera::hf::config_value(&c, "nan"), Some(V::Float(f)) if f.is_nan()));
+    assert_eq!(tessera::hf::config_value(&c, "s"), Some(V::Str("NaN".into())), "a string stays a string");
+    assert_eq!(tessera::hf::config_value(&c, "o.k"), Some(V::List(vec![V::Float(f64::INFINITY)])));
+
+    let src = "model m(kinds = none, sizes = [1, 2]) {\n input x: [4]\n y = x\n for l in 0..2 {\n if kinds[l] == \"y\" { y = y * float(sizes[l]) }\n }\n output out = y\n}\ncheckpoint m {\n kinds = config(\"kinds\")\n sizes = [config(\"a\")[2], config(\"a\")[-3]]\n}";
+    let fe = tessera::Frontend::tsr_with_config("m.tsr", src, None, &[], Some(&c));
+    let g = fe.graph.unwrap_or_else(|| panic!("{}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)));
+    let consts: Vec<f64> = g.nodes().iter().filter_map(|n| if let tessera::ir::Op::Const(v) = n.op { Some(v) } else { None }).collect();
+    assert_eq!(consts, [1.0], "kinds[1] == \"y\" scales by sizes[1] = a[-3] = 1: {consts:?}");
+    let ov = vec![
+        ("sizes".to_string(), tessera::lang::Override::parse("[5, 7]")),
+        ("kinds".to_string(), tessera::lang::Override::parse("[\"y\", x]")),
+    ];
+    let fe = tessera::Frontend::tsr("m.tsr", src, None, &ov);
+    let g = fe.graph.expect("graph");
+    let consts: Vec<f64> = g.nodes().iter().filter_map(|n| if let tessera::ir::Op::Const(v) = n.op { Some(v) } else { None }).collect();
+    assert_eq!(consts, [5.0], "-D kinds=[\"y\", x] -D sizes=[5, 7]: {consts:?}");
 }
 
 #[test]

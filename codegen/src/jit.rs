@@ -253,7 +253,7 @@ impl Jit {
             DType::Bool => {
                 let zero = b.ins().f64const(0.0);
                 let c = b.ins().fcmp(FloatCC::NotEqual, v, zero);
-                b.ins().istore8(flags, c, addr, 0);
+                b.ins().store(flags, c, addr, 0); // fcmp gives an i8: a one-byte store
             }
         }
         close_loop(&mut b, &lp, 1);

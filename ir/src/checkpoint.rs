@@ -18,16 +18,21 @@ pub enum WeightExpr {
     Load(String),
     /// Swap the last two axes.
     Transpose(Box<WeightExpr>),
-    /// Part `index` of `parts` equal parts along `axis` (a fused QKV or gate/up tensor).
+    /// Part `index` along `axis` of a fused tensor (QKV, gate/up). The axis is viewed as
+    /// `groups` consecutive groups, each cut into the same parts; the part is taken from
+    /// every group and the pieces concatenated in order. One group is a plain split; a
+    /// per-head fused QKV `[H, 3, hd]` (GPT-NeoX) is `groups = H` with three equal parts.
     Split {
         /// The fused tensor.
         of: Box<WeightExpr>,
-        /// How many equal parts.
-        parts: usize,
+        /// How each group is cut.
+        parts: Parts,
         /// Which part, from 0.
         index: usize,
         /// The axis cut (negative counts from the end).
         axis: i64,
+        /// How many groups the axis holds (1: the whole axis is one group).
+        groups: usize,
     },
     /// The same elements with a new shape (one entry may be -1).
     Reshape(Box<WeightExpr>, Vec<i64>),
@@ -38,6 +43,43 @@ pub enum WeightExpr {
     /// The first when the checkpoint has every tensor it loads, else the second (an
     /// `lm_head.weight` that may be left out when tied to the embedding).
     Or(Box<WeightExpr>, Box<WeightExpr>),
+}
+
+/// How a group of a fused axis is cut: into equal parts, or into parts of given sizes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parts {
+    /// This many equal parts.
+    Equal(usize),
+    /// Parts of these sizes, in order (they must add up to the group's size).
+    Sizes(Vec<usize>),
+}
+
+impl Parts {
+    /// How many parts.
+    pub fn count(&self) -> usize {
+        match self {
+            Parts::Equal(n) => *n,
+            Parts::Sizes(s) => s.len(),
+        }
+    }
+
+    /// The (start, length) of part `index` of a group of `len` elements, if it cuts so.
+    pub fn range(&self, len: usize, index: usize) -> Option<(usize, usize)> {
+        match self {
+            Parts::Equal(n) if *n > 0 && len.is_multiple_of(*n) && index < *n => Some((index * (len / n), len / n)),
+            Parts::Sizes(s) if s.iter().sum::<usize>() == len && index < s.len() => Some((s[..index].iter().sum(), s[index])),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Parts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Parts::Equal(n) => write!(f, "{n}"),
+            Parts::Sizes(s) => write!(f, "({})", s.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+        }
+    }
 }
 
 impl WeightExpr {
@@ -58,7 +100,10 @@ impl fmt::Display for WeightExpr {
         match self {
             WeightExpr::Load(n) => write!(f, "\"{n}\""),
             WeightExpr::Transpose(e) => write!(f, "transpose({e})"),
-            WeightExpr::Split { of, parts, index, axis } => write!(f, "split({of}, {parts}, axis = {axis})[{index}]"),
+            WeightExpr::Split { of, parts, index, axis, groups: 1 } => write!(f, "split({of}, {parts}, axis = {axis})[{index}]"),
+            WeightExpr::Split { of, parts, index, axis, groups } => {
+                write!(f, "split({of}, {parts}, axis = {axis}, groups = {groups})[{index}]")
+            }
             WeightExpr::Reshape(e, s) => write!(f, "reshape({e}, {s:?})"),
             WeightExpr::RopeHalves(e, h) => write!(f, "rope_halves({e}, {h})"),
             WeightExpr::Or(a, b) => write!(f, "{a} or {b}"),
@@ -89,30 +134,39 @@ pub struct NameMap {
     pub ignored: Vec<String>,
 }
 
-/// Matches a parameter name against a pattern: `{x}` matches one non-empty segment without
-/// dots. Returns the holes' values.
+/// Matches a parameter name against a pattern: `{x}` matches a non-empty run of characters
+/// without dots, inside a segment too (`{x}_layernorm` matches `input_layernorm`; where
+/// several splits fit, the shortest hole wins). Returns the holes' values; a hole named
+/// twice must match the same text.
 pub fn match_pattern(pattern: &str, name: &str) -> Option<HashMap<String, String>> {
     let mut holes = HashMap::new();
-    let mut rest = name;
-    let mut pat = pattern;
-    while !pat.is_empty() {
-        if let Some(after) = pat.strip_prefix('{') {
-            let close = after.find('}')?;
-            let hole = &after[..close];
-            pat = &after[close + 1..];
-            let len = rest.find('.').unwrap_or(rest.len());
-            if len == 0 {
-                return None;
-            }
-            holes.insert(hole.to_string(), rest[..len].to_string());
-            rest = &rest[len..];
-        } else {
-            let lit_len = pat.find('{').unwrap_or(pat.len());
-            rest = rest.strip_prefix(&pat[..lit_len])?;
-            pat = &pat[lit_len..];
+    match_from(pattern, name, &mut holes).then_some(holes)
+}
+
+fn match_from(pat: &str, rest: &str, holes: &mut HashMap<String, String>) -> bool {
+    let Some(open) = pat.find('{') else { return pat == rest };
+    let Some(rest) = rest.strip_prefix(&pat[..open]) else { return false };
+    let after = &pat[open + 1..];
+    let Some(close) = after.find('}') else { return after.is_empty() && rest.is_empty() };
+    let (hole, pat) = (&after[..close], &after[close + 1..]);
+    let segment = rest.find('.').unwrap_or(rest.len());
+    for len in (1..=segment).filter(|&n| rest.is_char_boundary(n)) {
+        let value = &rest[..len];
+        if holes.get(hole).is_some_and(|v| v != value) {
+            continue;
+        }
+        let fresh = !holes.contains_key(hole);
+        if fresh {
+            holes.insert(hole.to_string(), value.to_string());
+        }
+        if match_from(pat, &rest[len..], holes) {
+            return true;
+        }
+        if fresh {
+            holes.remove(hole);
         }
     }
-    rest.is_empty().then_some(holes)
+    false
 }
 
 /// Fills the `{hole}`s of a template. Unknown holes are left as written.
@@ -154,5 +208,12 @@ mod tests {
         assert!(match_pattern("wte", "wte2").is_none());
         assert!(match_pattern("wte", "wte").unwrap().is_empty());
         assert_eq!(fill_template("h.{l}.ln_{l}.{x}", &m), "h.12.ln_12.{x}");
+        let m = match_pattern("layers.{l}.{x}_layernorm.weight", "layers.3.input_layernorm.weight").unwrap();
+        assert_eq!((m["l"].as_str(), m["x"].as_str()), ("3", "input"));
+        assert!(match_pattern("layers.{l}.{x}_layernorm.weight", "layers.3._layernorm.weight").is_none());
+        let m = match_pattern("{a}_{b}", "x_y_z").unwrap();
+        assert_eq!((m["a"].as_str(), m["b"].as_str()), ("x", "y_z"));
+        assert!(match_pattern("{a}.{a}", "x.y").is_none());
+        assert!(match_pattern("{a}.{a}", "x.x").is_some());
     }
 }

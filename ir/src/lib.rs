@@ -28,7 +28,7 @@ mod score_fn;
 mod types;
 mod verify;
 
-pub use checkpoint::{fill_template, match_pattern, NameMap, WeightExpr, WeightRule};
+pub use checkpoint::{fill_template, match_pattern, NameMap, Parts, WeightExpr, WeightRule};
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
 pub use infer::{broadcast_shapes, infer_type};

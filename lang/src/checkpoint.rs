@@ -24,7 +24,7 @@ use crate::diag::{codes, Diagnostic};
 use crate::elab::Override;
 use crate::program::Program;
 use std::collections::HashMap;
-use tessera_ir::{NameMap, WeightExpr, WeightRule};
+use tessera_ir::{NameMap, Parts, WeightExpr, WeightRule};
 
 /// A value read from a configuration file (`config.json`).
 #[derive(Clone, Debug, PartialEq)]
@@ -39,7 +39,9 @@ pub enum ConfigValue {
     Float(f64),
     /// A string.
     Str(String),
-    /// An array or object, as JSON text.
+    /// An array.
+    List(Vec<ConfigValue>),
+    /// An object, as JSON text (dotted keys reach into it).
     Other(String),
 }
 
@@ -67,8 +69,8 @@ enum CV {
     /// A `config(key)` of a key we cannot know (no configuration given).
     Unknown,
     Weight(WeightExpr),
-    /// `split(w, parts, axis)` before it is indexed.
-    Parts(WeightExpr, usize, i64),
+    /// `split(w, parts, axis, groups)` before it is indexed.
+    Parts(WeightExpr, Parts, i64, usize),
     List(Vec<CV>),
     /// Already reported.
     Poison,
@@ -113,8 +115,32 @@ impl CV {
             ConfigValue::Int(i) => CV::Int(i),
             ConfigValue::Float(f) => CV::Float(f),
             ConfigValue::Str(s) => CV::Str(s),
+            ConfigValue::List(items) => CV::List(items.into_iter().map(CV::from_config).collect()),
             ConfigValue::Other(s) => CV::Other(s),
         }
+    }
+
+    /// The hyper-parameter value it sets; `None` for unknown values, `Err` for kinds a
+    /// hyper-parameter cannot take.
+    fn to_override(&self) -> Result<Option<Override>, &CV> {
+        Ok(Some(match self {
+            CV::Int(i) => Override::Int(*i),
+            CV::Float(f) => Override::Float(*f),
+            CV::Bool(b) => Override::Bool(*b),
+            CV::Str(s) => Override::Str(s.clone()),
+            CV::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for i in items {
+                    match i.to_override()? {
+                        Some(o) => out.push(o),
+                        None => return Ok(None),
+                    }
+                }
+                Override::List(out)
+            }
+            CV::Unknown | CV::Poison => return Ok(None),
+            other => return Err(other),
+        }))
     }
 
     fn show(&self) -> String {
@@ -125,6 +151,7 @@ impl CV {
             CV::Str(s) => format!("\"{s}\""),
             CV::None => "null".into(),
             CV::Other(s) => s.clone(),
+            CV::List(items) => format!("[{}]", items.iter().map(CV::show).collect::<Vec<_>>().join(", ")),
             CV::Weight(w) => w.to_string(),
             _ => self.kind().into(),
         }
@@ -172,6 +199,7 @@ fn from_override(o: &Override) -> CV {
         Override::Float(f) => CV::Float(*f),
         Override::Bool(b) => CV::Bool(*b),
         Override::Str(s) => CV::Str(s.clone()),
+        Override::List(items) => CV::List(items.iter().map(from_override).collect()),
     }
 }
 
@@ -202,13 +230,9 @@ impl Eval<'_> {
                         continue;
                     }
                     if hparams.contains(&name.name) {
-                        let o = match &v {
-                            CV::Int(i) => Some(Override::Int(*i)),
-                            CV::Float(f) => Some(Override::Float(*f)),
-                            CV::Bool(b) => Some(Override::Bool(*b)),
-                            CV::Str(s) => Some(Override::Str(s.clone())),
-                            CV::Unknown | CV::Poison => None,
-                            other => {
+                        let o = match v.to_override() {
+                            Ok(o) => o,
+                            Err(other) => {
                                 let msg = format!("hyper-parameter `{}` cannot take {} ({})", name.name, other.kind(), other.show());
                                 self.err(Diagnostic::error(codes::CONFIG_UNSUPPORTED, msg, value.span, "this value"));
                                 None
@@ -340,15 +364,39 @@ impl Eval<'_> {
                 _ => bad(self, "transpose(\"tensor.name\")"),
             },
             "split" => {
-                let axis = match named("axis").or_else(|| pos.get(2).map(|v| (*v).clone())) {
-                    None => Some(0),
-                    Some(CV::Int(a)) => Some(a),
-                    Some(_) => None,
+                const USAGE: &str =
+                    "split(\"tensor.name\", parts, axis = 0, groups = 1)[index], parts a count or a tuple of sizes: split(w, (72, 24, 24))[0]";
+                let axis = named("axis").or_else(|| pos.get(2).map(|v| (*v).clone())).unwrap_or(CV::Int(0));
+                let groups = named("groups").unwrap_or(CV::Int(1));
+                let parts = match pos.get(1) {
+                    Some(CV::Int(n)) if *n > 0 => Ok(Parts::Equal(*n as usize)),
+                    Some(CV::List(items)) if !items.is_empty() => items
+                        .iter()
+                        .map(|v| match v {
+                            CV::Int(n) if *n > 0 => Ok(*n as usize),
+                            other => Err(format!("a part size must be a positive int, not {}", other.show())),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Parts::Sizes),
+                    Some(CV::Unknown) => return CV::Unknown,
+                    Some(other) => Err(format!("the parts must be a positive count or a tuple of sizes, not {}", other.show())),
+                    None => Err("the parts are missing".to_string()),
                 };
-                match (w0, pos.get(1), axis, arity(2, 3)) {
-                    (Some(w), Some(CV::Int(n)), Some(a), true) if *n > 0 => CV::Parts(w, *n as usize, a),
-                    _ => bad(self, "split(\"tensor.name\", parts, axis = 0)[index]"),
-                }
+                let why = match (&w0, parts, &axis, &groups, arity(2, 3)) {
+                    (_, _, _, _, false) => {
+                        format!("`split` takes a tensor and its parts, then `axis` ({} positional arguments given)", pos.len())
+                    }
+                    (None, ..) => "the first argument must name a checkpoint tensor".to_string(),
+                    (_, Err(why), ..) => why,
+                    (_, _, a, _, _) if !matches!(a, CV::Int(_)) => format!("`axis` must be an int, not {}", a.show()),
+                    (_, _, _, g, _) if !matches!(g, CV::Int(n) if *n > 0) => format!("`groups` must be a positive int, not {}", g.show()),
+                    (Some(w), Ok(p), CV::Int(a), CV::Int(g), true) => return CV::Parts(w.clone(), p, *a, *g as usize),
+                    _ => "unexpected arguments".to_string(),
+                };
+                self.err(
+                    Diagnostic::error(codes::BAD_ARGS, format!("bad arguments to `split`: {why}"), span, "this call")
+                        .with_help(format!("usage: {USAGE}")),
+                )
             }
             "reshape" => {
                 let dims: Option<Vec<i64>> = match pos.get(1) {
@@ -400,10 +448,23 @@ impl Eval<'_> {
                     _ => CV::Poison,
                 };
                 match (b, idx) {
-                    (CV::Parts(w, parts, axis), CV::Int(i)) if (0..parts as i64).contains(&i) => {
-                        CV::Weight(WeightExpr::Split { of: Box::new(w), parts, index: i as usize, axis })
+                    (CV::Parts(w, parts, axis, groups), CV::Int(i)) if (0..parts.count() as i64).contains(&i) => {
+                        CV::Weight(WeightExpr::Split { of: Box::new(w), parts, index: i as usize, axis, groups })
                     }
-                    (CV::Poison, _) => CV::Poison,
+                    (CV::List(items), CV::Int(i)) => {
+                        let n = items.len() as i64;
+                        match usize::try_from(if i < 0 { i + n } else { i }).ok().and_then(|k| items.get(k)) {
+                            Some(v) => v.clone(),
+                            None => self.err(Diagnostic::error(
+                                codes::VALUE,
+                                format!("index {i} is out of range for a list of {n}"),
+                                e.span,
+                                "here",
+                            )),
+                        }
+                    }
+                    (CV::Poison, _) | (_, CV::Poison) => CV::Poison,
+                    (CV::Unknown, _) | (_, CV::Unknown) => CV::Unknown,
                     _ => self.err(Diagnostic::error(codes::VALUE, "index a split by a part number below its count", e.span, "here")),
                 }
             }
@@ -442,6 +503,7 @@ impl Eval<'_> {
                     _ => match (&x, &y) {
                         (CV::Str(a), CV::Str(b)) | (CV::Other(a), CV::Other(b)) => a == b,
                         (CV::Bool(a), CV::Bool(b)) => a == b,
+                        (CV::List(_), CV::List(_)) => x.show() == y.show(),
                         (CV::None, CV::None) => true,
                         _ => false,
                     },

@@ -86,8 +86,11 @@ fn blocks_with_period(g: &Graph, keys: &[String], i0: usize, period: usize) -> O
         end += 1;
     }
     // The earliest phase at which every block reads only shared values and its predecessor's
-    // (a block cut in the middle of a layer reads values from two layers back).
-    (start..start + period).find_map(|s| {
+    // (a block cut in the middle of a layer reads values from two layers back), preferring
+    // one whose blocks each hold the parameters of one layer: a block cut in the middle of a
+    // layer whose mask is shared with an earlier, different layer (Qwen2's full and sliding
+    // layers) would cut its attention in two, and no rule could fuse it.
+    let at = |s: usize| {
         let count = (end + period - s) / period;
         if count < 2 {
             return None;
@@ -95,7 +98,21 @@ fn blocks_with_period(g: &Graph, keys: &[String], i0: usize, period: usize) -> O
         let mut blocks = Blocks { start: s, period, count, externals: Vec::new() };
         blocks.externals = classify(g, &blocks)?;
         Some(blocks)
-    })
+    };
+    let whole = |s: usize| {
+        let mut layers = g.nodes()[s..(s + period).min(n)].iter().filter_map(|nd| match &nd.op {
+            Op::Param(name, _) => Some(layer_numbers(name)),
+            _ => None,
+        });
+        let first = layers.next();
+        layers.all(|l| Some(l) == first)
+    };
+    (start..start + period).filter(|&s| whole(s)).find_map(at).or_else(|| (start..start + period).find_map(at))
+}
+
+/// The numeric segments of a parameter name (`layers.3.attn.q` → `[3]`).
+fn layer_numbers(name: &str) -> Vec<&str> {
+    name.split('.').filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).collect()
 }
 
 /// Checks operand correspondence between blocks and classifies block 0's external operands.

@@ -9,6 +9,17 @@ use crate::optimize::Report;
 use std::collections::{BTreeSet, HashMap};
 use tessera_ir::{Graph, Init, Node, Op, ValueId};
 
+/// Which of the first `n` nodes of `g` are computed from constants alone (no input, no
+/// parameter, no random initialisation).
+fn constant_values(g: &Graph, n: usize) -> Vec<bool> {
+    let mut pure: Vec<bool> = Vec::with_capacity(n);
+    for node in g.nodes().iter().take(n) {
+        let leaf = !matches!(node.op, Op::Input(_) | Op::Param(..));
+        pure.push(leaf && node.inputs.iter().all(|v| pure.get(v.index()).copied().unwrap_or(false)));
+    }
+    pure
+}
+
 /// Optimises `g` by optimising its blocks once (`opt` saturates one graph; `rest` optimises
 /// the remainder, which may hold another run of blocks). `None` when the pieces do not fit
 /// back together (then the caller optimises the whole graph).
@@ -36,7 +47,24 @@ pub fn optimize_blocks(
     let mut t = Graph::new(&format!("{}.layer", g.name));
     t.files = g.files.clone();
     let mut tmap: HashMap<usize, ValueId> = HashMap::new();
-    for (a, _) in &b.externals {
+    // Operands computed from constants alone (positions, masks: `arange(s)[:, none] >= ..`)
+    // are copied into the block rather than becoming inputs, so that the rules still see
+    // what they are (a mask predicate on query and key indices, not an opaque tensor).
+    let pure = constant_values(g, b.start);
+    let mut copied: Vec<usize> = b.externals.iter().map(|(a, _)| a.index()).filter(|a| pure[*a]).collect();
+    let mut i = 0;
+    while i < copied.len() {
+        let more: Vec<usize> = nodes[copied[i]].inputs.iter().map(|v| v.index()).filter(|v| !copied.contains(v)).collect();
+        copied.extend(more);
+        i += 1;
+    }
+    copied.sort_unstable();
+    for &c in &copied {
+        let n = &nodes[c];
+        let inputs = n.inputs.iter().map(|v| tmap.get(&v.index()).copied()).collect::<Option<Vec<_>>>()?;
+        tmap.insert(c, t.push_unchecked(Node { op: n.op.clone(), inputs, ty: n.ty.clone(), span: n.span }));
+    }
+    for (a, _) in b.externals.iter().filter(|(a, _)| !pure[a.index()]) {
         let n = g.node(*a);
         tmap.insert(a.index(), t.push_unchecked(Node { op: Op::Input(ext(*a)), inputs: vec![], ty: n.ty.clone(), span: n.span }));
     }

@@ -5,7 +5,7 @@
 use crate::interp::{concrete, Dims};
 use crate::{RunError, Tensor};
 use std::collections::{BTreeSet, HashMap};
-use tessera_ir::{fill_template, match_pattern, Graph, NameMap, Op, WeightExpr};
+use tessera_ir::{fill_template, match_pattern, Graph, NameMap, Op, Parts, WeightExpr};
 
 /// Parameters bound from a checkpoint, and what the checkpoint held that no parameter used.
 #[derive(Debug)]
@@ -84,8 +84,8 @@ fn fill(e: &WeightExpr, holes: &HashMap<String, String>) -> WeightExpr {
     match e {
         WeightExpr::Load(t) => WeightExpr::Load(fill_template(t, holes)),
         WeightExpr::Transpose(x) => WeightExpr::Transpose(Box::new(fill(x, holes))),
-        WeightExpr::Split { of, parts, index, axis } => {
-            WeightExpr::Split { of: Box::new(fill(of, holes)), parts: *parts, index: *index, axis: *axis }
+        WeightExpr::Split { of, parts, index, axis, groups } => {
+            WeightExpr::Split { of: Box::new(fill(of, holes)), parts: parts.clone(), index: *index, axis: *axis, groups: *groups }
         }
         WeightExpr::Reshape(x, s) => WeightExpr::Reshape(Box::new(fill(x, holes)), s.clone()),
         WeightExpr::RopeHalves(x, h) => WeightExpr::RopeHalves(Box::new(fill(x, holes)), *h),
@@ -143,22 +143,33 @@ impl Ctx<'_> {
                     (0..batch).flat_map(move |b| (0..cols).flat_map(move |c| (0..rows).map(move |rr| b * rows * cols + rr * cols + c)));
                 Ok(t.take(shape, idx))
             }
-            WeightExpr::Split { of, parts, index, axis } => {
+            WeightExpr::Split { of, parts, index, axis, groups } => {
                 let t = self.eval(of)?;
                 let r = t.shape.len() as i64;
                 let a = if *axis < 0 { axis + r } else { *axis };
-                if !(0..r).contains(&a) || t.shape[a as usize] % parts != 0 {
-                    return Err(self.fail(format!("cannot split {of}, of shape {:?}, into {parts} equal parts along axis {axis}", t.shape)));
-                }
-                let a = a as usize;
+                let cut = usize::try_from(a)
+                    .ok()
+                    .filter(|&a| a < t.shape.len() && *groups > 0 && t.shape[a].is_multiple_of(*groups))
+                    .and_then(|a| parts.range(t.shape[a] / groups, *index).map(|range| (a, range)));
+                let Some((a, (start, part))) = cut else {
+                    let how = match parts {
+                        Parts::Equal(n) => format!("{n} equal parts"),
+                        Parts::Sizes(s) => format!("parts of sizes {parts} (adding up to {})", s.iter().sum::<usize>()),
+                    };
+                    let grouped = if *groups > 1 { format!(" in each of {groups} groups") } else { String::new() };
+                    return Err(self.fail(format!("cannot split {of}, of shape {:?}, into {how}{grouped} along axis {axis}", t.shape)));
+                };
                 let outer: usize = t.shape[..a].iter().product();
                 let inner: usize = t.shape[a + 1..].iter().product();
-                let (full, part) = (t.shape[a], t.shape[a] / parts);
-                let start = index * part;
+                let (full, group) = (t.shape[a], t.shape[a] / groups);
                 let mut shape = t.shape.clone();
-                shape[a] = part;
-                let idx = (0..outer)
-                    .flat_map(move |o| (start..start + part).flat_map(move |k| (0..inner).map(move |i| (o * full + k) * inner + i)));
+                shape[a] = part * groups;
+                let idx = (0..outer).flat_map(move |o| {
+                    (0..*groups).flat_map(move |g| {
+                        let first = g * group + start;
+                        (first..first + part).flat_map(move |k| (0..inner).map(move |i| (o * full + k) * inner + i))
+                    })
+                });
                 Ok(t.take(shape, idx))
             }
             WeightExpr::Reshape(x, dims) => {

@@ -79,6 +79,7 @@ from transformers import (  # noqa: E402
     T5Config,
     T5ForConditionalGeneration,
 )
+import transformers  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -98,7 +99,7 @@ MINILM_SENTENCES = [
 @dataclass
 class Fixture:
     name: str
-    family: str  # gpt2 | llama | mistral | bert | modernbert | t5
+    family: str  # a stdlib file name: gpt2 | llama | ... (see CAUSAL_LM for the decoder-only ones)
     model_cls: type
     config: object
     seq_len: int
@@ -251,7 +252,193 @@ def fixtures() -> list[Fixture]:
         seq_len=14, pads=(1, 4), dec_len=12, seed=603, post_build=untie_t5_lm_head,
         checks=[("relative_attention_max_distance 32 -> 100000",
                  {"relative_attention_max_distance": 100000})]))
+    fx.extend(more_families())
     return fx
+
+
+def hf(cls_name: str):
+    """A transformers class by name (so the import list stays short)."""
+    return getattr(transformers, cls_name)
+
+
+def rope(theta: float = 10000.0, **extra) -> dict:
+    return {"rope_type": "default", "rope_theta": theta, **extra}
+
+
+def more_families() -> list[Fixture]:
+    """The families of issue 12: decoder-only models whose output is `logits`."""
+    fx: list[Fixture] = []
+    # ---------------------------------------------------------------- qwen2 (q/k/v biases)
+    fx.append(Fixture(
+        "qwen2-gqa", "qwen2", hf("Qwen2ForCausalLM"),
+        hf("Qwen2Config")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                          num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                          rope_parameters=rope(1000.0), tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=701))
+    fx.append(Fixture(
+        # sliding window on the layers from max_window_layers on (layer_types computed by the config)
+        "qwen2-sliding", "qwen2", hf("Qwen2ForCausalLM"),
+        hf("Qwen2Config")(vocab_size=89, hidden_size=40, intermediate_size=72, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                          use_sliding_window=True, sliding_window=4, max_window_layers=1,
+                          tie_word_embeddings=True, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=702,
+        checks=[("layer_types -> all full", {"layer_types": ["full_attention"] * 3})]))
+
+    # ---------------------------------------------------------------- phi3 (fused qkv, gate_up)
+    fx.append(Fixture(
+        "phi3-mha", "phi3", hf("Phi3ForCausalLM"),
+        hf("Phi3Config")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                         original_max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=711))
+    fx.append(Fixture(
+        # unequal qkv split (GQA) and partial rotary (half the head dims)
+        "phi3-partial", "phi3", hf("Phi3ForCausalLM"),
+        hf("Phi3Config")(vocab_size=89, hidden_size=48, intermediate_size=56, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                         original_max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                         rope_parameters=rope(10000.0, partial_rotary_factor=0.5),
+                         tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=712,
+        checks=[("partial_rotary_factor 0.5 -> 1.0",
+                 {"rope_parameters": rope(10000.0, partial_rotary_factor=1.0)})]))
+
+    # ---------------------------------------------------------------- gemma2
+    g2 = dict(pad_token_id=0, bos_token_id=2, eos_token_id=1, hidden_activation="gelu_pytorch_tanh",
+              max_position_embeddings=64, initializer_range=INIT)
+    fx.append(Fixture(
+        # soft caps small enough to matter, a query scalar other than head_dim, alternating windows
+        "gemma2-caps", "gemma2", hf("Gemma2ForCausalLM"),
+        hf("Gemma2Config")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=20,
+                           sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=3.0, **g2),
+        seq_len=13, pads=(0, 3), seed=721,
+        checks=[("attn_logit_softcapping 2 -> None", {"attn_logit_softcapping": None}),
+                ("final_logit_softcapping 3 -> None", {"final_logit_softcapping": None}),
+                ("query_pre_attn_scalar 20 -> 16", {"query_pre_attn_scalar": 16}),
+                ("layer_types -> all full", {"layer_types": ["full_attention"] * 3})]))
+    fx.append(Fixture(
+        "gemma2-nocap", "gemma2", hf("Gemma2ForCausalLM"),
+        hf("Gemma2Config")(vocab_size=89, hidden_size=40, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=5, num_key_value_heads=5, head_dim=12, query_pre_attn_scalar=12,
+                           sliding_window=5, attn_logit_softcapping=None, final_logit_softcapping=None,
+                           layer_types=["full_attention", "sliding_attention"], rope_parameters=rope(1000.0), **g2),
+        seq_len=13, pads=(0, 4), seed=722,
+        checks=[("layer_types -> all full", {"layer_types": ["full_attention"] * 2})]))
+
+    # ---------------------------------------------------------------- gpt_neox (per-head fused qkv)
+    neox = dict(max_position_embeddings=64, initializer_range=INIT, bos_token_id=0, eos_token_id=0,
+                tie_word_embeddings=False)
+    fx.append(Fixture(
+        "gpt_neox-parallel", "gpt_neox", hf("GPTNeoXForCausalLM"),
+        hf("GPTNeoXConfig")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                            num_attention_heads=4, use_parallel_residual=True,
+                            rope_parameters=rope(10000.0, partial_rotary_factor=0.25), **neox),
+        seq_len=11, pads=(0, 4), seed=731,
+        checks=[("use_parallel_residual -> False", {"use_parallel_residual": False}),
+                ("partial_rotary_factor 0.25 -> 1.0",
+                 {"rope_parameters": rope(10000.0, partial_rotary_factor=1.0)})]))
+    fx.append(Fixture(
+        "gpt_neox-sequential", "gpt_neox", hf("GPTNeoXForCausalLM"),
+        hf("GPTNeoXConfig")(vocab_size=89, hidden_size=40, intermediate_size=72, num_hidden_layers=3,
+                            num_attention_heads=5, use_parallel_residual=False, hidden_act="gelu_new",
+                            layer_norm_eps=1e-6, rope_parameters=rope(500.0, partial_rotary_factor=0.5), **neox),
+        seq_len=13, pads=(0, 3), seed=732,
+        checks=[("use_parallel_residual -> True", {"use_parallel_residual": True})]))
+
+    # ---------------------------------------------------------------- gptj (interleaved rotary)
+    fx.append(Fixture(
+        "gptj-a", "gptj", hf("GPTJForCausalLM"),
+        hf("GPTJConfig")(vocab_size=97, n_positions=64, n_embd=48, n_layer=2, n_head=4, rotary_dim=8,
+                         n_inner=None, initializer_range=INIT, bos_token_id=0, eos_token_id=0),
+        seq_len=11, pads=(0, 4), seed=741,
+        checks=[("rotary_dim 8 -> 4", {"rotary_dim": 4})]))
+    fx.append(Fixture(
+        "gptj-b", "gptj", hf("GPTJForCausalLM"),
+        hf("GPTJConfig")(vocab_size=89, n_positions=64, n_embd=60, n_layer=3, n_head=5, rotary_dim=12,
+                         n_inner=100, layer_norm_epsilon=1e-6, initializer_range=INIT, bos_token_id=0, eos_token_id=0),
+        seq_len=13, pads=(0, 3), seed=742))
+
+    # ---------------------------------------------------------------- gpt_bigcode (MQA c_attn)
+    fx.append(Fixture(
+        "gpt_bigcode-mqa", "gpt_bigcode", hf("GPTBigCodeForCausalLM"),
+        hf("GPTBigCodeConfig")(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4, multi_query=True,
+                               initializer_range=INIT, bos_token_id=0, eos_token_id=0),
+        seq_len=11, pads=(0, 4), seed=751))
+    fx.append(Fixture(
+        "gpt_bigcode-mha", "gpt_bigcode", hf("GPTBigCodeForCausalLM"),
+        hf("GPTBigCodeConfig")(vocab_size=89, n_positions=32, n_embd=40, n_layer=3, n_head=5, multi_query=False,
+                               n_inner=72, activation_function="gelu", layer_norm_epsilon=1e-6,
+                               initializer_range=INIT, bos_token_id=0, eos_token_id=0),
+        seq_len=13, pads=(0, 3), seed=752))
+
+    # ---------------------------------------------------------------- bloom (ALiBi)
+    fx.append(Fixture(
+        # 6 heads: ALiBi slopes for a count that is not a power of two
+        "bloom-6h", "bloom", hf("BloomForCausalLM"),
+        hf("BloomConfig")(vocab_size=97, hidden_size=48, n_layer=2, n_head=6, initializer_range=INIT,
+                          bos_token_id=0, eos_token_id=0),
+        seq_len=11, pads=(0, 4), seed=761))
+    fx.append(Fixture(
+        "bloom-postln", "bloom", hf("BloomForCausalLM"),
+        hf("BloomConfig")(vocab_size=89, hidden_size=40, n_layer=3, n_head=4, layer_norm_epsilon=1e-6,
+                          apply_residual_connection_post_layernorm=True, initializer_range=INIT,
+                          bos_token_id=0, eos_token_id=0),
+        seq_len=13, pads=(0, 3), seed=762,
+        checks=[("apply_residual_connection_post_layernorm -> False",
+                 {"apply_residual_connection_post_layernorm": False})]))
+
+    # ---------------------------------------------------------------- falcon (three layouts)
+    fal = dict(max_position_embeddings=64, initializer_range=INIT, bos_token_id=0, eos_token_id=0)
+    fx.append(Fixture(
+        # new decoder layout: [kv, heads/kv + 2, head_dim] fused qkv, two norms, parallel
+        "falcon-new", "falcon", hf("FalconForCausalLM"),
+        hf("FalconConfig")(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                           num_kv_heads=2, new_decoder_architecture=True, parallel_attn=True, bias=False,
+                           alibi=False, rope_parameters=rope(1000.0), **fal),
+        seq_len=11, pads=(0, 4), seed=771))
+    fx.append(Fixture(
+        # the 7B layout: multi-query, one norm, parallel attention and MLP
+        "falcon-mqa", "falcon", hf("FalconForCausalLM"),
+        hf("FalconConfig")(vocab_size=89, hidden_size=40, num_hidden_layers=2, num_attention_heads=5,
+                           new_decoder_architecture=False, multi_query=True, parallel_attn=True, bias=False,
+                           alibi=False, **fal),
+        seq_len=13, pads=(0, 3), seed=772))
+    fx.append(Fixture(
+        # RW layout with ALiBi: [heads, 3, head_dim] fused qkv, sequential, biases
+        "falcon-alibi", "falcon", hf("FalconForCausalLM"),
+        hf("FalconConfig")(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                           new_decoder_architecture=False, multi_query=False, parallel_attn=False, bias=True,
+                           alibi=True, ffn_hidden_size=80, **fal),
+        seq_len=11, pads=(0, 4), seed=773,
+        checks=[("alibi -> False (rotary)", {"alibi": False})]))
+
+    # ---------------------------------------------------------------- cohere2 (sliding RoPE + NoPE)
+    co = dict(max_position_embeddings=64, initializer_range=INIT, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2)
+    fx.append(Fixture(
+        "cohere2-a", "cohere2", hf("Cohere2ForCausalLM"),
+        hf("Cohere2Config")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=4,
+                            num_attention_heads=4, num_key_value_heads=2, sliding_window=4, logit_scale=0.5,
+                            layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
+                            rope_parameters=rope(1000.0), **co),
+        seq_len=13, pads=(0, 3), seed=781,
+        checks=[("logit_scale 0.5 -> 0.25", {"logit_scale": 0.25}),
+                ("layer_types -> all sliding", {"layer_types": ["sliding_attention"] * 4})]))
+    fx.append(Fixture(
+        "cohere2-b", "cohere2", hf("Cohere2ForCausalLM"),
+        hf("Cohere2Config")(vocab_size=89, hidden_size=40, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=5, num_key_value_heads=5, sliding_window=5, logit_scale=0.125,
+                            layer_types=["full_attention", "sliding_attention"], layer_norm_eps=1e-6, **co),
+        seq_len=13, pads=(0, 4), seed=782))
+    return fx
+
+
+# Families whose fixtures compare `logits` (decoder-only causal LMs).
+CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
+             "falcon", "cohere2"}
 
 
 @torch.no_grad()
@@ -315,7 +502,7 @@ def make_inputs(fx: Fixture, vocab: int) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def run(model, fx: Fixture, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     kwargs = dict(inputs)
-    if fx.family in ("gpt2", "llama", "mistral"):
+    if fx.family in CAUSAL_LM:
         kwargs["use_cache"] = False
         o = model(**kwargs)
         res = {"logits": o.logits}

@@ -71,11 +71,22 @@ pub enum Override {
     Bool(bool),
     /// A string.
     Str(String),
+    /// A list (`[4, 8]`, `[sliding, full]`): a tuple in the model.
+    List(Vec<Override>),
 }
 
 impl Override {
-    /// Parses `2`, `1e-5`, `true`, or anything else as a string.
+    /// Parses `2`, `1e-5`, `true`, a list `[a, b, ...]` of these (items may be quoted:
+    /// `["full", "sliding"]`), or anything else as a string.
     pub fn parse(s: &str) -> Override {
+        let s = s.trim();
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let items = split_list(inner);
+            return Override::List(items.iter().filter(|i| !i.trim().is_empty()).map(|i| Override::parse(i)).collect());
+        }
+        if let Some(q) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            return Override::Str(q.to_string());
+        }
         if let Ok(i) = s.parse() {
             Override::Int(i)
         } else if let Ok(f) = s.parse() {
@@ -86,6 +97,36 @@ impl Override {
             Override::Str(s.to_string())
         }
     }
+
+    /// The value it gives a hyper-parameter.
+    fn value(&self) -> Value {
+        match self {
+            Override::Int(i) => Value::int(*i),
+            Override::Float(f) => Value::Float(*f),
+            Override::Bool(b) => Value::Bool(*b),
+            Override::Str(s) => Value::Str(s.clone()),
+            Override::List(items) => Value::Tuple(items.iter().map(Override::value).collect()),
+        }
+    }
+}
+
+/// Splits a list's text at the commas outside brackets and quotes.
+fn split_list(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut quoted, mut start) = (Vec::new(), 0i32, false, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '[' if !quoted => depth += 1,
+            ']' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
 }
 
 /// Elaborates model `model` of `prog` (the root file's only model when `None`) with the given
@@ -289,12 +330,7 @@ impl<'p> Elab<'p> {
         }
         for h in hparams {
             let v = match overrides.iter().rev().find(|(k, _)| *k == h.name.name) {
-                Some((_, o)) => match o {
-                    Override::Int(i) => Value::int(*i),
-                    Override::Float(f) => Value::Float(*f),
-                    Override::Bool(b) => Value::Bool(*b),
-                    Override::Str(s) => Value::Str(s.clone()),
-                },
+                Some((_, o)) => o.value(),
                 None => match &h.default {
                     Some(e) => self.eval(e, &mut frame),
                     None => self.err(
