@@ -303,6 +303,8 @@ pub enum ExprKind {
         args: Vec<Arg>,
         /// Scope name for the parameters of a block call.
         label: Option<Ident>,
+        /// `as shared NAME`: the call uses the parameters already declared in that scope.
+        shared: bool,
     },
     /// `x[items]`
     Index {

@@ -371,7 +371,14 @@ impl Elab<'_> {
                         ("int", Some(f)) => Value::int(f.trunc() as i64),
                         ("bool", Some(f)) => Value::Bool(f != 0.0),
                         _ if name == "int" => v,
-                        _ => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("`{name}` of a symbolic size"), s, "here")),
+                        // `float(seq)`: a scalar known when the program runs.
+                        _ => match &v {
+                            Value::Int(d) => match self.size_tensor(&d.clone(), to, s) {
+                                Some(t) => Value::Tensor(t),
+                                None => Value::Poison,
+                            },
+                            _ => self.err(Diagnostic::error(codes::NON_CONSTANT, format!("`{name}` of a symbolic size"), s, "here")),
+                        },
                     },
                     Some((Value::Poison, _)) => Value::Poison,
                     Some((v, s)) => self.err(Diagnostic::error(codes::TYPE, format!("`{name}` cannot convert {}", v.kind()), s, "here")),

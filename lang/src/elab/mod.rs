@@ -50,6 +50,12 @@ pub(crate) struct Elab<'p> {
     prefix: Vec<String>,
     child_counts: HashMap<String, HashMap<String, u32>>,
     params: HashMap<String, Span>,
+    /// Each parameter's value, for calls that share a scope (`as shared NAME`).
+    param_values: HashMap<String, ValueId>,
+    /// The next block call was written `as shared NAME`.
+    next_call_shared: bool,
+    /// How many `as shared` calls are being elaborated (their parameters may exist already).
+    shared_depth: usize,
     inputs: Vec<(ValueId, Ident)>,
     aborted: bool,
     unrolled: usize,
@@ -162,6 +168,9 @@ pub fn elaborate(prog: &Program, model: Option<&str>, overrides: &[(String, Over
         prefix: Vec::new(),
         child_counts: HashMap::new(),
         params: HashMap::new(),
+        param_values: HashMap::new(),
+        next_call_shared: false,
+        shared_depth: 0,
         inputs: Vec::new(),
         aborted: false,
         unrolled: 0,
@@ -296,6 +305,25 @@ impl<'p> Elab<'p> {
         }
         let shape = self.ty(x).shape.clone();
         self.add(Op::Cast, vec![x], Some(TensorType::new(to, shape)), span)
+    }
+
+    /// A symbolic size as a scalar tensor of `dtype`, known when the program runs: the last
+    /// of the indices `0..d`, plus one (an iota, a one-element slice; no new op).
+    pub(super) fn size_tensor(&mut self, d: &Dim, dtype: DType, span: Span) -> Option<ValueId> {
+        let Value::Tensor(io) = self.add(Op::Iota { axis: 0 }, vec![], Some(TensorType::new(DType::I64, vec![d.clone()])), span) else {
+            return None;
+        };
+        let last = d.sub(&Dim::known(1));
+        let Value::Tensor(one) = self.add(Op::Slice { axis: 0, start: last, end: d.clone(), step: 1 }, vec![io], None, span) else {
+            return None;
+        };
+        let Value::Tensor(scalar) = self.reshape(one, Vec::new(), span) else { return None };
+        let Value::Tensor(c1) = self.constant(1.0, DType::I64, span) else { return None };
+        let Value::Tensor(n) = self.add(Op::Binary(BinaryOp::Add), vec![scalar, c1], None, span) else { return None };
+        match self.cast(n, dtype, span) {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        }
     }
 
     fn reshape(&mut self, x: ValueId, shape: Vec<Dim>, span: Span) -> Value {
@@ -660,6 +688,19 @@ impl<'p> Elab<'p> {
         let mut path = self.prefix.clone();
         path.push(name.name.clone());
         let full = path.join(".");
+        let t = TensorType::new(ty.dtype.unwrap_or(DType::F32), shape);
+        if let (true, Some(&v)) = (self.shared_depth > 0, self.param_values.get(&full)) {
+            if *self.ty(v) == t {
+                return Value::Tensor(v);
+            }
+            let first = self.ty(v).clone();
+            return self.err(Diagnostic::error(
+                codes::SHAPE,
+                format!("shared parameter `{full}` is {t} here but {first} where it was first declared"),
+                name.span,
+                "declared again here",
+            ));
+        }
         if let Some(prev) = self.params.get(&full).copied() {
             return self.err(
                 Diagnostic::error(
@@ -669,12 +710,15 @@ impl<'p> Elab<'p> {
                     "declared again here",
                 )
                 .with_label(prev, "first declared here")
-                .with_help("give each block call its own scope with `block(...) as NAME`, or rename the parameter"),
+                .with_help("give each block call its own scope with `block(...) as NAME`, share one with `as shared NAME`, or rename the parameter"),
             );
         }
         self.params.insert(full.clone(), name.span);
-        let t = TensorType::new(ty.dtype.unwrap_or(DType::F32), shape);
-        self.add(Op::Param(full, init), vec![], Some(t), name.span)
+        let v = self.add(Op::Param(full.clone(), init), vec![], Some(t), name.span);
+        if let Value::Tensor(id) = v {
+            self.param_values.insert(full, id);
+        }
+        v
     }
 
     // ---------------------------------------------------------------- expressions
@@ -733,10 +777,11 @@ impl<'p> Elab<'p> {
                 let rv = self.eval(r, frame);
                 self.binary(*op, lv, rv, l.span, r.span, e.span)
             }
-            ExprKind::Call { callee, args, label } => {
+            ExprKind::Call { callee, args, label, shared } => {
                 let f = self.eval(callee, frame);
                 let args: Vec<ArgVal> =
                     args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
+                self.next_call_shared = *shared;
                 self.call(f, args, e.span, callee.span, label.as_ref())
             }
             ExprKind::Index { base, items } => {
@@ -832,18 +877,8 @@ impl<'p> Elab<'p> {
         let x = match v {
             Value::Int(d) => match d.as_known() {
                 Some(n) => n as f64,
-                None => {
-                    self.err(
-                        Diagnostic::error(
-                            codes::NON_CONSTANT,
-                            format!("the symbolic size `{d}` cannot be used as a tensor value"),
-                            span,
-                            "symbolic",
-                        )
-                        .with_help("use `arange` or a reduction over the axis instead"),
-                    );
-                    return None;
-                }
+                // A symbolic size is a value when the program runs.
+                None => return self.size_tensor(&d.clone(), dtype, span),
             },
             Value::Float(f) => *f,
             Value::Bool(b) => f64::from(u8::from(*b)),
@@ -931,7 +966,11 @@ impl<'p> Elab<'p> {
                 };
                 match (f(&l), f(&r)) {
                     (Some(a), Some(b)) => self.float_op(op, a, b, span),
-                    _ => self.err(Diagnostic::error(codes::NON_CONSTANT, "symbolic sizes cannot be mixed with floats", span, "here")),
+                    // A symbolic size with a float: computed when the program runs.
+                    _ => match (self.lift(&l, DType::F32, ls), self.lift(&r, DType::F32, rs)) {
+                        (Some(a), Some(b)) => self.binary(op, Value::Tensor(a), Value::Tensor(b), ls, rs, span),
+                        _ => Value::Poison,
+                    },
                 }
             }
             (Bool(a), Bool(b)) => match op {
@@ -1144,6 +1183,9 @@ impl<'p> Elab<'p> {
     // ---------------------------------------------------------------- calls
 
     fn call(&mut self, f: Value, args: Vec<ArgVal>, span: Span, callee_span: Span, label: Option<&Ident>) -> Value {
+        if !matches!(f, Value::Func(_)) {
+            self.next_call_shared = false; // only a block call shares a scope
+        }
         if args.iter().any(|a| matches!(a.value, Value::Poison)) && !matches!(f, Value::Func(_)) {
             return Value::Poison;
         }
@@ -1274,6 +1316,10 @@ impl<'p> Elab<'p> {
         if transparent {
             self.inherited_label = label.clone();
         }
+        let shared = std::mem::take(&mut self.next_call_shared) && scoped && label.is_some();
+        if shared {
+            self.shared_depth += 1;
+        }
         if scoped {
             let parent = self.prefix.join(".");
             let scope = match &label {
@@ -1305,6 +1351,9 @@ impl<'p> Elab<'p> {
         self.inherited_label = None;
         if scoped {
             self.prefix.pop();
+        }
+        if shared {
+            self.shared_depth -= 1;
         }
         result
     }

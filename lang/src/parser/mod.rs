@@ -318,7 +318,7 @@ impl Builder {
                 let kind = match op.as_rule() {
                     Rule::call_args => {
                         let args = self.inner(op).map(|a| self.arg(a)).collect::<PResult<_>>()?;
-                        ExprKind::Call { callee: Box::new(lhs), args, label: None }
+                        ExprKind::Call { callee: Box::new(lhs), args, label: None, shared: false }
                     }
                     Rule::index => {
                         let items = self.inner(op).map(|i| self.index_item(i)).collect::<PResult<_>>()?;
@@ -329,9 +329,14 @@ impl Builder {
                         ExprKind::Member { base: Box::new(lhs), name }
                     }
                     _ => {
-                        let label = self.inner(op).next().map(|i| self.ident(i)).ok_or_else(|| self.bug(span))?;
+                        let shared = op.clone().into_inner().any(|q| q.as_rule() == Rule::kw_shared);
+                        let label = self
+                            .inner(op)
+                            .find(|q| q.as_rule() == Rule::label_name)
+                            .map(|i| self.ident(i))
+                            .ok_or_else(|| self.bug(span))?;
                         match lhs.kind {
-                            ExprKind::Call { callee, args, label: None } => ExprKind::Call { callee, args, label: Some(label) },
+                            ExprKind::Call { callee, args, label: None, .. } => ExprKind::Call { callee, args, label: Some(label), shared },
                             _ => {
                                 return Err(Diagnostic::error(
                                     codes::SYNTAX,

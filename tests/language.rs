@@ -1,0 +1,54 @@
+//! Language features checked end to end on small programs: symbolic sizes as values, `as
+//! shared` scopes, labels that are keywords.
+
+mod common;
+
+use std::collections::HashMap;
+use tessera::runtime::{self, Tensor};
+
+fn run(src: &str, dims: &[(&str, i64)], inputs: Vec<(&str, Tensor)>) -> Vec<(String, Tensor)> {
+    let g = common::elaborate("t.tsr", src, &[]);
+    let dims: runtime::Dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    let params = runtime::random_params(&g, &dims, 3).expect("params");
+    let inputs: HashMap<String, Tensor> = inputs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    runtime::run(&g, &dims, &inputs, &params).expect("runs")
+}
+
+/// `float(seq)`, `size(x, 1)` and `seq` in float arithmetic are the sizes of this run.
+#[test]
+fn symbolic_sizes_are_values_when_the_program_runs() {
+    let src = "model m() {\n input x: [batch, seq, 2]\n output y = x * 0.0 + float(seq) + size(x, 1) * 0.5 + seq / 10.0\n}\n";
+    for seq in [1usize, 5, 9] {
+        let x = Tensor::f32(vec![1, seq, 2], vec![1.0; seq * 2]);
+        let out = run(src, &[("batch", 1), ("seq", seq as i64)], vec![("x", x)]);
+        let want = seq as f64 * 1.6;
+        assert!(out[0].1.to_f64().iter().all(|v| (v - want).abs() < 1e-5), "seq {seq}: {:?}", out[0].1.to_f64());
+    }
+}
+
+/// A block called twice `as shared NAME` declares its parameters once; both calls read them.
+#[test]
+fn shared_scopes_reuse_parameters() {
+    let src = "block lin(x: [.., d], n: int) {\n param w: [d, n]\n return x @ w\n}\n\
+               model m() {\n input x: [batch, 3]\n output a = lin(x, 4) as proj\n output b = lin(x * 2.0, 4) as shared proj\n}\n";
+    let g = common::elaborate("t.tsr", src, &[]);
+    let names: Vec<&str> = g.params().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["proj.w"]);
+    let x = Tensor::f32(vec![2, 3], vec![0.5, -1.0, 2.0, 1.5, 0.25, -0.75]);
+    let out = run(src, &[("batch", 2)], vec![("x", x)]);
+    let (a, b) = (out[0].1.to_f64(), out[1].1.to_f64());
+    assert!(a.iter().zip(&b).all(|(a, b)| (2.0 * a - b).abs() < 1e-6), "{a:?} {b:?}");
+    // Without `shared`, the second declaration is an error naming both.
+    let dup = src.replace("as shared proj", "as proj");
+    let fe = tessera::Frontend::tsr("t.tsr", &dup, None, &[]);
+    assert!(fe.graph.is_none() && fe.diagnostics.iter().any(|d| d.message.contains("`proj.w` is declared twice")));
+}
+
+/// Any name labels a scope, keywords included (RWKV's `output` projection).
+#[test]
+fn keywords_label_scopes() {
+    let src = "import nn\nmodel m() {\n input x: [batch, 4]\n output y = nn.linear(x, 4) as output\n}\n";
+    let g = common::elaborate("t.tsr", src, &[]);
+    let names: Vec<&str> = g.params().iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["output.weight", "output.bias"]);
+}
