@@ -224,3 +224,14 @@ fn explain_lists_fusions_with_spans_and_counts() {
     assert!(text.lines().any(|l| l.contains("ffn(gated, silu)") && l.ends_with("(×4)")), "{text}");
     assert!(text.lines().any(|l| l.contains("merged projection(layers.#.self_attn")), "{text}");
 }
+
+/// A softmax over an axis other than the last fuses like the last-axis one.
+#[test]
+fn softmax_over_any_axis_fuses() {
+    for axis in ["0", "1", "-1"] {
+        let src = format!("model m() {{\n input x: [batch, seq, 9]\n output y = softmax(x, {axis})\n}}\n");
+        let (opt, _) = optimized(&elaborate("m.tsr", &src, &[]));
+        assert_eq!(count(&opt, "softmax"), 1, "axis {axis}\n{opt}");
+        assert_eq!(count(&opt, "reduce_max") + count(&opt, "exp"), 0, "axis {axis}\n{opt}");
+    }
+}

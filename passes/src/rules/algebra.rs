@@ -1,7 +1,7 @@
 //! Algebra: composite math recognised as the fused ops it stands for (stable softmax, layer
 //! and RMS norms with their affine parts), and identities that remove work.
 
-use super::{binary, constant, find, reduce_last, same, ty, unary, Rhs, Rule};
+use super::{binary, constant, find, reduce_last, reduce_one, same, ty, unary, Rhs, Rule};
 use crate::egraph::EG;
 use egg::Id;
 use tessera_ir::{BinaryOp::*, NormKind, Op, ReduceOp, UnaryOp};
@@ -9,7 +9,7 @@ use tessera_ir::{BinaryOp::*, NormKind, Op, ReduceOp, UnaryOp};
 #[rustfmt::skip]
 /// The algebra rules.
 pub const RULES: &[Rule] = &[
-    Rule { name: "softmax",     find: softmax },     // exp(x - max x) / sum exp(x - max x)  → softmax(x)
+    Rule { name: "softmax",     find: softmax },     // exp(x - max x) / sum exp(x - max x)  → softmax(x), any one axis
     Rule { name: "layer_norm",  find: layer_norm },  // (x - mean x) * rsqrt(mean((x - mean x)²) + eps) → norm(x)
     Rule { name: "rms_norm",    find: rms_norm },    // x * rsqrt(mean(x²) + eps)            → norm(x)
     Rule { name: "norm_weight", find: norm_weight }, // norm(x) * w                          → norm(x, w)
@@ -19,16 +19,18 @@ pub const RULES: &[Rule] = &[
 ];
 
 fn softmax(eg: &EG, id: Id) -> Vec<Rhs> {
-    let rank = ty(eg, id).rank();
+    // Over any one axis (the kernels walk it with a stride when it is not the last).
     binary(eg, id, Div)
         .into_iter()
         .filter_map(|(num, den)| {
             let d = unary(eg, num, UnaryOp::Exp)?;
-            let (x, m) =
-                binary(eg, d, Sub).into_iter().find(|&(x, m)| reduce_last(eg, m, ReduceOp::Max).is_some_and(|x2| same(eg, x, x2)))?;
-            let _ = m;
-            let summed = reduce_last(eg, den, ReduceOp::Sum)?;
-            same(eg, summed, num).then(|| Rhs::Node(Op::Softmax { axis: rank - 1 }, None, vec![Rhs::Class(x)]))
+            let (x, axis) = binary(eg, d, Sub)
+                .into_iter()
+                .find_map(|(x, m)| reduce_one(eg, m, ReduceOp::Max).into_iter().find(|&(x2, _)| same(eg, x, x2)).map(|(_, a)| (x, a)))?;
+            reduce_one(eg, den, ReduceOp::Sum)
+                .into_iter()
+                .any(|(summed, a)| a == axis && same(eg, summed, num))
+                .then(|| Rhs::Node(Op::Softmax { axis }, None, vec![Rhs::Class(x)]))
         })
         .collect()
 }

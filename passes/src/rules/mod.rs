@@ -121,6 +121,15 @@ pub fn constant(eg: &EG, id: Id) -> Option<f64> {
 }
 
 /// The operand of a `reduce_{op}` over the last axis with `keepdim` in class `id`.
+/// Operands and axes of keepdim reductions `op` over one axis in class `id`.
+pub fn reduce_one(eg: &EG, id: Id, op: ReduceOp) -> Vec<(Id, usize)> {
+    find_all(eg, id, |n| match &n.op {
+        Op::Reduce { op: o, axes, keepdim: true } if *o == op && axes.len() == 1 => Some((n.children[0], axes[0])),
+        _ => None,
+    })
+}
+
+/// The operand of a keepdim reduction `op` over the last axis in class `id`.
 pub fn reduce_last(eg: &EG, id: Id, op: ReduceOp) -> Option<Id> {
     let rank = ty(eg, id).rank();
     find(eg, id, |n| match &n.op {
