@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""NumPy references for the research architectures in examples/research/ (no Hugging Face class
+exists for them). Each model is written here from its paper's equations, in float64, with
+random parameters named as Tessera names them; the fixture holds the parameters, the inputs
+and the expected outputs:
+
+    tests/research/fixtures/<name>.safetensors   "param.<name>", "input.<name>", "output.<name>" (f32)
+    tests/research/fixtures/<name>.json          the -D overrides and --dim sizes the test uses
+
+Run from the repository root with any Python that has numpy and safetensors:
+
+    /root/tvenv/bin/python tests/research/gen.py
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+OUT = Path(__file__).resolve().parent / "fixtures"
+erf = np.vectorize(math.erf)
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def layer_norm(x, w, b, eps):
+    m = x.mean(-1, keepdims=True)
+    v = ((x - m) ** 2).mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(v + eps) * w + b
+
+
+class Params(dict):
+    """Random parameters by name (weights multiply on the right: x @ W)."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.rng = rng
+
+    def w(self, name, *shape, scale=None):
+        scale = scale if scale is not None else 1.0 / math.sqrt(shape[0])
+        self[name] = self.rng.normal(0.0, scale, shape)
+        return self[name]
+
+    def b(self, name, n):
+        self[name] = 0.1 * self.rng.normal(0.0, 1.0, (n,))
+        return self[name]
+
+    def norm(self, name, n):
+        self[f"{name}.weight"] = 1.0 + 0.2 * self.rng.normal(0.0, 1.0, (n,))
+        self[f"{name}.bias"] = 0.1 * self.rng.normal(0.0, 1.0, (n,))
+        return self[f"{name}.weight"], self[f"{name}.bias"]
+
+    def linear(self, name, x, n_out, bias=True):
+        y = x @ self.w(f"{name}.weight", x.shape[-1], n_out)
+        return y + self.b(f"{name}.bias", n_out) if bias else y
+
+    def mlp(self, name, x, hidden):
+        h = gelu(self.linear(f"{name}.fc_in", x, hidden))
+        return self.linear(f"{name}.fc_out", h, x.shape[-1])
+
+
+def heads(x, h):  # [b, s, h*e] -> [b, h, s, e]
+    b, s, d = x.shape
+    return x.reshape(b, s, h, d // h).transpose(0, 2, 1, 3)
+
+
+def merge(x):  # [b, h, s, e] -> [b, s, h*e]
+    b, h, s, e = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, s, h * e)
+
+
+def linformer(P, x, d, n_heads, k, max_seq, hidden, layers, eps):
+    s = x.shape[1]
+    for l in range(layers):
+        p = f"layers.{l}"
+        h = layer_norm(x, *P.norm(f"{p}.ln_1", d), eps)
+        q = heads(P.linear(f"{p}.attn.q", h, d), n_heads)
+        kk = heads(P.linear(f"{p}.attn.k", h, d), n_heads)
+        v = heads(P.linear(f"{p}.attn.v", h, d), n_heads)
+        E = P.w(f"{p}.attn.e_proj", k, max_seq, scale=1.0 / math.sqrt(s))
+        F = P.w(f"{p}.attn.f_proj", k, max_seq, scale=1.0 / math.sqrt(s))
+        kp, vp = E[:, :s] @ kk, F[:, :s] @ v  # [b, h, k, e]
+        o = softmax(q @ kp.transpose(0, 1, 3, 2) / math.sqrt(d // n_heads), -1) @ vp
+        x = x + P.linear(f"{p}.attn.o", merge(o), d)
+        x = x + P.mlp(f"{p}.mlp", layer_norm(x, *P.norm(f"{p}.ln_2", d), eps), hidden)
+    return {"y": x}
+
+
+def aft(P, x, d, max_seq, hidden, eps):
+    s = x.shape[1]
+    h = layer_norm(x, *P.norm("ln_1", d), eps)
+    q, k, v = (P.linear(f"full.{n}", h, d) for n in "qkv")
+    w = P.w("full.pos_bias", max_seq, max_seq, scale=0.5)[:s, :s]
+    # Y_t = sigmoid(Q_t) * sum_t' exp(K_t' + w_tt') V_t' / sum_t' exp(K_t' + w_tt')
+    y = np.empty_like(q)
+    for t in range(s):
+        a = k + w[t][None, :, None]  # [b, t', d]
+        a = np.exp(a - a.max(axis=1, keepdims=True))
+        y[:, t] = sigmoid(q[:, t]) * (a * v).sum(1) / a.sum(1)
+    x = x + P.linear("proj_full", y, d)
+    h = layer_norm(x, *P.norm("ln_2", d), eps)
+    q, k, v = (P.linear(f"simple.{n}", h, d) for n in "qkv")
+    y = sigmoid(q) * (softmax(k, 1) * v).sum(1, keepdims=True)
+    x = x + P.linear("proj_simple", y, d)
+    return {"y": x + P.mlp("mlp", layer_norm(x, *P.norm("ln_3", d), eps), hidden)}
+
+
+def matformer(P, x, d, n_heads, hidden, layers, eps):
+    s = x.shape[1]
+    causal = np.tril(np.ones((s, s), dtype=bool))
+    for l in range(layers):
+        p = f"layers.{l}.block"
+        P.norm(f"{p}.ln_1", d)
+        for n in "qkvo":
+            P.w(f"{p}.attn.{n}.weight", d, d)
+        P.norm(f"{p}.ln_2", d)
+        P.w(f"{p}.ffn.up", d, hidden)
+        P.b(f"{p}.ffn.up_bias", hidden)
+        P.w(f"{p}.ffn.down", hidden, d)
+        P.b(f"{p}.ffn.down_bias", d)
+
+    def model(x, used):
+        for l in range(layers):
+            p = f"layers.{l}.block"
+            h = layer_norm(x, P[f"{p}.ln_1.weight"], P[f"{p}.ln_1.bias"], eps)
+            q, k, v = (heads(h @ P[f"{p}.attn.{n}.weight"], n_heads) for n in "qkv")
+            sc = np.where(causal, q @ k.transpose(0, 1, 3, 2) / math.sqrt(d // n_heads), -np.inf)
+            x = x + merge(softmax(sc, -1) @ v) @ P[f"{p}.attn.o.weight"]
+            h = layer_norm(x, P[f"{p}.ln_2.weight"], P[f"{p}.ln_2.bias"], eps)
+            # The granularity `used`: the first `used` hidden units of the one FFN.
+            u = gelu(h @ P[f"{p}.ffn.up"][:, :used] + P[f"{p}.ffn.up_bias"][:used])
+            x = x + u @ P[f"{p}.ffn.down"][:used] + P[f"{p}.ffn.down_bias"]
+        return x
+
+    return {"y_full": model(x, hidden), "y_half": model(x, hidden // 2), "y_quarter": model(x, hidden // 4)}
+
+
+CASES = [
+    # name, function, hyper-parameters (passed as -D), batch, seq
+    ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
+    ("aft", aft, dict(d=20, max_seq=16, hidden=36, eps=1e-5), 2, 9),
+    ("matformer", matformer, dict(d=24, n_heads=3, hidden=48, layers=2, eps=1e-5), 2, 10),
+]
+# Tessera's name for a hyper-parameter where it differs.
+RENAME = {"n_heads": "heads"}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    for i, (name, fn, hp, batch, seq) in enumerate(CASES):
+        rng = np.random.default_rng(1000 + i)
+        x = rng.normal(0.0, 1.0, (batch, seq, hp["d"]))
+        P = Params(rng)
+        outs = fn(P, x, **hp)
+        tensors = {f"param.{k}": v.astype(np.float32) for k, v in P.items()}
+        tensors["input.x"] = x.astype(np.float32)
+        tensors.update({f"output.{k}": v.astype(np.float32) for k, v in outs.items()})
+        save_file(tensors, str(OUT / f"{name}.safetensors"))
+        defines = {RENAME.get(k, k): v for k, v in hp.items()}
+        with open(OUT / f"{name}.json", "w") as f:
+            json.dump({"defines": defines, "dims": {"batch": batch, "seq": seq}}, f, indent=1)
+            f.write("\n")
+        print(name, {k: (list(v.shape), float(np.abs(v).max())) for k, v in outs.items()})
+
+
+if __name__ == "__main__":
+    main()
