@@ -416,8 +416,9 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let want = interp.run(&inputs).expect("interpreter");
         // f32 storage within 1e-4 of the interpreter, bf16 storage within 2e-2 (3e-2 for
         // Gemma-2: four norms per layer and embeddings scaled by sqrt(d), all stored in bf16,
-        // measured 1.1e-2, and 2.1e-2 after the parameter change below).
-        let bf16_tolerance = if *name == "gemma2" { 3e-2 } else { 2e-2 };
+        // measured 1.1e-2, and 2.1e-2 after the parameter change below; and for DiffLlama,
+        // whose difference of two attention maps cancels, then is normalised: 2.2e-2).
+        let bf16_tolerance = if matches!(*name, "gemma2" | "diffllama") { 3e-2 } else { 2e-2 };
         for (precision, tolerance) in [(cuda::Precision::F32, 1e-4), (cuda::Precision::Bf16, bf16_tolerance)] {
             let kernels = cuda::lower(p, precision).unwrap_or_else(|e| panic!("{name}: {e}"));
             let emu = Emulator::new(&dir, &format!("{name}_{precision:?}"), &kernels, precision);

@@ -52,3 +52,31 @@ fn keywords_label_scopes() {
     let names: Vec<&str> = g.params().iter().map(|(n, _)| *n).collect();
     assert_eq!(names, ["output.weight", "output.bias"]);
 }
+
+/// `argmax`/`argmin` (lowest index on ties, as torch) and `take_along_axis` (a batched gather:
+/// `x[b, idx[b, j]]`), on the interpreter and the CPU backend, against values worked out here.
+#[test]
+fn argmax_argmin_and_take_along_axis() {
+    let src = "model m() {\n input x: [2, 4]\n input t: [2, 3, 2]\n input idx: i64[2, 2]\n\
+               output amax = argmax(x, -1)\n output amin = argmin(x, 1, keepdim = true)\n output col = argmax(x, 0)\n\
+               output rows = take_along_axis(t, idx, 1)\n}\n";
+    let x = Tensor::f32(vec![2, 4], vec![1.0, 3.0, 3.0, -2.0, 0.5, -1.0, 7.0, -1.0]);
+    let t = Tensor::f32(vec![2, 3, 2], (0..12).map(|v| v as f32).collect());
+    let idx = Tensor::i64(vec![2, 2], vec![2, 0, 1, 1]);
+    let inputs: HashMap<String, Tensor> = [("x", x), ("t", t), ("idx", idx)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for backend in [tessera::Backend::Interp, tessera::Backend::Cpu] {
+        let m = tessera::Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        assert_eq!(out["amax"].shape, [2]);
+        assert_eq!(out["amax"].to_f64(), [1.0, 2.0], "{backend:?}: ties go to the lowest index");
+        assert_eq!(out["amin"].shape, [2, 1]);
+        assert_eq!(out["amin"].to_f64(), [3.0, 1.0], "{backend:?}");
+        assert_eq!(out["col"].to_f64(), [0.0, 0.0, 1.0, 1.0], "{backend:?}");
+        assert_eq!(out["rows"].shape, [2, 2, 2]);
+        assert_eq!(out["rows"].to_f64(), [4.0, 5.0, 0.0, 1.0, 8.0, 9.0, 8.0, 9.0], "{backend:?}");
+    }
+    let bad = "model m() {\n input t: [2, 3, 2]\n input idx: i64[3, 2]\n output r = take_along_axis(t, idx, 1)\n}\n";
+    let fe = tessera::Frontend::tsr("m.tsr", bad, None, &[]);
+    let text = tessera::render(&fe.diagnostics, &fe.sources, false, 100);
+    assert!(fe.graph.is_none() && text.contains("needs i64 indices of shape [2, .., k]"), "{text}");
+}

@@ -1,4 +1,5 @@
-//! The research architectures of `examples/research/` (Linformer, AFT, MatFormer) against
+//! The research architectures of `examples/research/` (Linformer, AFT, MatFormer,
+//! Transformer-VQ) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
 //! the interpreter and on the CPU backend.
@@ -55,4 +56,9 @@ fn aft_matches_its_numpy_reference() {
 #[test]
 fn matformer_matches_its_numpy_reference() {
     check("matformer");
+}
+
+#[test]
+fn transformer_vq_matches_its_numpy_reference() {
+    check("transformer_vq");
 }

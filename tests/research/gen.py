@@ -148,11 +148,30 @@ def matformer(P, x, d, n_heads, hidden, layers, eps):
     return {"y_full": model(x, hidden), "y_half": model(x, hidden // 2), "y_quarter": model(x, hidden // 4)}
 
 
+def transformer_vq(P, x, d, n_heads, codes, hidden, layers, eps):
+    s = x.shape[1]
+    hd = d // n_heads
+    causal = np.tril(np.ones((s, s), dtype=bool))
+    for l in range(layers):
+        p = f"layers.{l}"
+        h = layer_norm(x, *P.norm(f"{p}.ln_1", d), eps)
+        q, k, v = (heads(P.linear(f"{p}.attn.{n}", h, d), n_heads) for n in "qkv")
+        C = P.w(f"{p}.attn.codebook", codes, hd, scale=1.0)
+        # the nearest code of every key (the lowest index on a tie)
+        dist = ((k[..., None, :] - C) ** 2).sum(-1)  # [b, h, s, codes]
+        k_hat = C[dist.argmin(-1)]
+        sc = np.where(causal, q @ k_hat.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
+        x = x + P.linear(f"{p}.attn.o", merge(softmax(sc, -1) @ v), d)
+        x = x + P.mlp(f"{p}.mlp", layer_norm(x, *P.norm(f"{p}.ln_2", d), eps), hidden)
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
     ("aft", aft, dict(d=20, max_seq=16, hidden=36, eps=1e-5), 2, 9),
     ("matformer", matformer, dict(d=24, n_heads=3, hidden=48, layers=2, eps=1e-5), 2, 10),
+    ("transformer_vq", transformer_vq, dict(d=24, n_heads=3, codes=7, hidden=40, layers=2, eps=1e-5), 2, 9),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}

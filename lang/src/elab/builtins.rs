@@ -4,7 +4,7 @@
 use super::{ArgVal, Elab, Value};
 use crate::ast::Span;
 use crate::diag::{codes, Diagnostic};
-use tessera_ir::{DType, Dim, Op, ReduceOp, ShapeDisplay, TensorType, UnaryOp, ValueId};
+use tessera_ir::{BinaryOp, DType, Dim, Op, ReduceOp, ShapeDisplay, TensorType, UnaryOp, ValueId};
 
 /// Every built-in name.
 pub const NAMES: &[&str] = &[
@@ -42,6 +42,9 @@ pub const NAMES: &[&str] = &[
     "int",
     "bool",
     "size",
+    "argmax",
+    "argmin",
+    "take_along_axis",
     "normal",
     "fill",
     "topk",
@@ -83,6 +86,8 @@ fn signature(name: &str) -> &'static [&'static str] {
         "permute" => &["x", "dims"],
         "reshape" => &["x", "shape"],
         "size" => &["x", "axis"],
+        "argmax" | "argmin" => &["x", "axis", "keepdim"],
+        "take_along_axis" => &["x", "indices", "axis"],
         "normal" => &["std"],
         "fill" => &["value"],
         "topk" => &["x", "k", "axis"],
@@ -136,6 +141,83 @@ impl Elab<'_> {
             Some((v, s)) => self.axis(v, rank, *s),
             None => self.axis(&Value::int(default), rank, span),
         }
+    }
+
+    /// `argmax`/`argmin` along `axis` (i64): the lowest index of the extreme, as `torch`
+    /// breaks ties. Composed of a reduction, an equality and a min over the indices (held in
+    /// f32: exact below 2^24 elements along the axis).
+    fn arg_extreme(&mut self, max: bool, x: ValueId, axis: usize, keepdim: bool, span: Span) -> Value {
+        let ty = self.ty(x).clone();
+        if ty.shape[axis].as_known().is_some_and(|n| n > 1 << 24) {
+            return self.err(Diagnostic::error(
+                codes::VALUE,
+                format!("`arg{}` over an axis of {} elements (at most 2^24)", if max { "max" } else { "min" }, ty.shape[axis]),
+                span,
+                "here",
+            ));
+        }
+        let x = match self.cast(x, DType::F32, span) {
+            Value::Tensor(t) => t,
+            other => return other,
+        };
+        let op = if max { ReduceOp::Max } else { ReduceOp::Min };
+        let Value::Tensor(m) = self.reduce(op, x, vec![axis], true, span) else { return Value::Poison };
+        let Value::Tensor(hit) = self.add(Op::Binary(BinaryOp::Eq), vec![x, m], None, span) else { return Value::Poison };
+        let shape = ty.shape.clone();
+        let Value::Tensor(io) = self.add(Op::Iota { axis }, vec![], Some(TensorType::new(DType::I64, shape)), span) else {
+            return Value::Poison;
+        };
+        let Value::Tensor(iof) = self.cast(io, DType::F32, span) else { return Value::Poison };
+        let Value::Tensor(big) = self.constant(f64::from(1u32 << 25), DType::F32, span) else { return Value::Poison };
+        let Value::Tensor(cand) = self.add(Op::Where, vec![hit, iof, big], None, span) else { return Value::Poison };
+        let Value::Tensor(first) = self.reduce(ReduceOp::Min, cand, vec![axis], keepdim, span) else { return Value::Poison };
+        self.cast(first, DType::I64, span)
+    }
+
+    /// `take_along_axis(x, indices, axis)`: `x` [lead.., n, rest..], `indices` [lead.., k]
+    /// (i64) → [lead.., k, rest..], row by row of the leading axes (`x[b, indices[b, j]]`),
+    /// as one gather from `x` with its leading axes and `axis` flattened.
+    fn take_along_axis(&mut self, x: ValueId, idx: ValueId, axis: usize, span: Span) -> Value {
+        let (tx, ti) = (self.ty(x).clone(), self.ty(idx).clone());
+        if ti.dtype != DType::I64 || ti.rank() != axis + 1 || ti.shape[..axis] != tx.shape[..axis] {
+            return self.err(
+                Diagnostic::error(
+                    codes::SHAPE,
+                    format!("`take_along_axis` of {tx} along axis {axis} needs i64 indices of shape [{}.., k], got {ti}", {
+                        let lead: Vec<String> = tx.shape[..axis].iter().map(|d| d.to_string()).collect();
+                        if lead.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}, ", lead.join(", "))
+                        }
+                    }),
+                    span,
+                    "this call",
+                )
+                .with_help("the indices have the leading axes of x and one axis of positions along `axis`"),
+            );
+        }
+        // Flat row of each index: sum over leading axes a of iota_a * prod(lead[a+1..]), times n.
+        let n = tx.shape[axis].clone();
+        let Value::Tensor(mut flat) = self.constant(0.0, DType::I64, span) else { return Value::Poison };
+        for a in 0..axis {
+            let stride = tx.shape[a + 1..=axis].iter().fold(Dim::known(1), |acc, d| acc.mul(d));
+            let Value::Tensor(io) = self.add(Op::Iota { axis: a }, vec![], Some(TensorType::new(DType::I64, ti.shape.clone())), span)
+            else {
+                return Value::Poison;
+            };
+            let Some(st) = self.lift(&Value::Int(stride), DType::I64, span) else { return Value::Poison };
+            let Value::Tensor(term) = self.add(Op::Binary(BinaryOp::Mul), vec![io, st], None, span) else { return Value::Poison };
+            let Value::Tensor(sum) = self.add(Op::Binary(BinaryOp::Add), vec![flat, term], None, span) else { return Value::Poison };
+            flat = sum;
+        }
+        let Value::Tensor(at) = self.add(Op::Binary(BinaryOp::Add), vec![flat, idx], None, span) else { return Value::Poison };
+        let rows = tx.shape[..=axis].iter().fold(Dim::known(1), |acc, d| acc.mul(d));
+        let _ = n;
+        let mut shape = vec![rows];
+        shape.extend(tx.shape[axis + 1..].iter().cloned());
+        let Value::Tensor(table) = self.reshape(x, shape, span) else { return Value::Poison };
+        self.add(Op::Gather { axis: 0 }, vec![table, at], None, span)
     }
 
     pub(super) fn reduce(&mut self, op: ReduceOp, x: ValueId, axes: Vec<usize>, keepdim: bool, span: Span) -> Value {
@@ -384,6 +466,21 @@ impl Elab<'_> {
                     Some((v, s)) => self.err(Diagnostic::error(codes::TYPE, format!("`{name}` cannot convert {}", v.kind()), s, "here")),
                     None => self.err(Diagnostic::error(codes::BAD_ARGS, format!("`{name}` takes one argument"), span, "here")),
                 }
+            }
+            "argmax" | "argmin" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let rank = self.ty(x).rank();
+                let Some(axis) = self.axis_arg(&a[1], -1, rank, span) else { return Value::Poison };
+                let keepdim = matches!(a[2], Some((Value::Bool(true), _)));
+                self.arg_extreme(name == "argmax", x, axis, keepdim, span)
+            }
+            "take_along_axis" => {
+                let (Some(x), Some(idx)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "indices", &a[1], span)) else {
+                    return Value::Poison;
+                };
+                let rank = self.ty(x).rank();
+                let Some(axis) = self.axis_arg(&a[2], -1, rank, span) else { return Value::Poison };
+                self.take_along_axis(x, idx, axis, span)
             }
             "size" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
