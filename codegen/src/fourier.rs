@@ -119,7 +119,7 @@ pub unsafe fn irfft(out: &View, x: &View, axis: usize) -> Result<(), RunError> {
             }
             // The self-conjugate bins are real (NumPy ignores their imaginary parts too).
             spec[0].im = 0.0;
-            if size % 2 == 0 {
+            if size.is_multiple_of(2) {
                 spec[bins - 1].im = 0.0;
             }
             plan.process_with_scratch(spec, line, scratch).map_err(internal)?;

@@ -84,7 +84,7 @@ pub fn irfft(x: &Tensor, axis: usize, n: usize) -> Tensor {
         // The Hermitian extension: X[n-k] = conj(X[k]); the self-conjugate bins are real.
         let mut spec: Vec<(f64, f64)> = (0..n).map(|k| if k < half.len() { half[k] } else { (half[n - k].0, -half[n - k].1) }).collect();
         spec[0].1 = 0.0;
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             spec[n / 2].1 = 0.0;
         }
         dft(&spec, 1.0).into_iter().map(|(re, _)| (re / n as f64, 0.0)).collect()
