@@ -106,6 +106,7 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
         "longformer",
         &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64"), ("windows", "[4, 6]")],
     ),
+    ("fnet", &[("layers", "2"), ("d", "48"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64")]),
 ];
 
 /// Every model of the standard library.
@@ -127,6 +128,7 @@ pub const MODELS: &[&str] = &[
     "cohere2",
     "diffllama",
     "longformer",
+    "fnet",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].
@@ -145,6 +147,12 @@ pub fn masked_max_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     let per_pos = if a.shape.len() >= 2 && a.shape[0] == bsz && a.shape[1] == seq { a.len() / (bsz * seq) } else { 0 };
     let (av, bv) = (a.to_f64(), b.to_f64());
     (0..a.len()).filter(|&i| per_pos == 0 || mask.get(i / per_pos) != 0.0).map(|i| (av[i] - bv[i]).abs()).fold(0.0, f64::max)
+}
+
+/// Max |a − b| over every element.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    a.to_f64().iter().zip(b.to_f64()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 /// One parity fixture of `tests/parity/fixtures` (made by `tests/parity/gen.py`).
@@ -175,9 +183,9 @@ impl Fixture {
     }
 
     /// The largest difference from `transformers` over the real positions of each expected
-    /// output, by name.
+    /// output (every position for a model without an attention mask, such as FNet), by name.
     pub fn errors(&self, out: &[(String, Tensor)]) -> Vec<(String, f64)> {
-        let mask = &self.inputs["attention_mask"];
+        let mask = self.inputs.get("attention_mask");
         let mut names: Vec<&String> = self.expected.keys().collect();
         names.sort();
         names
@@ -185,7 +193,8 @@ impl Fixture {
             .map(|k| {
                 let got = &out.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("{}: no output `{k}`", self.name)).1;
                 assert!(got.to_f64().iter().all(|x| x.is_finite()), "{}: `{k}` has non-finite values", self.name);
-                (k.clone(), masked_max_diff(got, &self.expected[k], mask))
+                let want = &self.expected[k];
+                (k.clone(), mask.map_or_else(|| max_abs_diff(got, want), |m| masked_max_diff(got, want, m)))
             })
             .collect()
     }

@@ -72,6 +72,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
         // Bool tensors stored by a compiled kernel (a Cranelift verifier error once: istore8 of an i8).
         ("bool output", "input x: [batch, seq, 5]\n output y = x > 0.0\n output z = where(x[:, :, 0:1] > 0.0, x, 0.0)"),
+        ("fourier", "input x: [batch, seq, 6]\n output y = nn.fourier_mix(x)\n output z = irfft(rfft(x, 2 * seq, axis = 1), 2 * seq, axis = 1)\n output w = real(ifft(fft(complex(x, x * 0.5), axes = (0, 1)), axes = 1)) + imag(fft(complex(x), axes = -1))\n output v = rfft(x, axis = -1)\n output u = irfft(rfft(x, 5), 5)"),
         ("attention causal", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, 2, mask = nn.causal)"),
         ("attention window alibi", "input x: [batch, seq, 24]\n input m: i64[batch, seq]\n output y = nn.attention(x, 4, mask = nn.window(7), score = nn.alibi(4), padding = m)"),
         ("attention f32x4 score", SCORE_X4),

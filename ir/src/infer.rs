@@ -26,6 +26,7 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Iota { .. } => 0,
         Op::Unary(_) | Op::Cast | Op::Transpose(_) | Op::Reshape | Op::Broadcast => 1,
         Op::Reduce { .. } | Op::Slice { .. } | Op::Cumsum { .. } => 1,
+        Op::Fft { .. } | Op::Rfft { .. } | Op::Irfft { .. } => 1,
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
         Op::Where => 3,
         Op::Softmax { .. } => 1,
@@ -83,6 +84,27 @@ fn matmul_type(a: &TensorType, b: &TensorType) -> Result<TensorType, String> {
     shape.push(a.shape[ra - 2].clone());
     shape.push(b.shape[rb - 1].clone());
     Ok(TensorType::new(DType::F32, shape))
+}
+
+/// The number of non-negative frequencies of a real signal of length `n`: `n/2 + 1`. A
+/// symbolic length must be even (a polynomial size has no floor division).
+pub fn rfft_bins(n: &Dim) -> Result<Dim, String> {
+    match n.as_known() {
+        Some(k) if k >= 1 => Ok(Dim::known(k / 2 + 1)),
+        Some(k) => Err(format!("a Fourier transform needs a length ≥ 1, got {k}")),
+        None => n
+            .div_exact(&Dim::known(2))
+            .map(|h| h.add(&Dim::known(1)))
+            .ok_or_else(|| format!("a real Fourier transform of symbolic length {n} needs an even length (zero-pad it)")),
+    }
+}
+
+/// Checks that `t` is a complex tensor stored as pairs (`f32[.., 2]`).
+fn complex_pairs(op: &Op, t: &TensorType) -> Result<(), String> {
+    if t.dtype != DType::F32 || t.rank() < 2 || t.shape.last() != Some(&Dim::known(2)) {
+        return Err(format!("{op} needs a complex tensor stored as f32[.., 2] (real, imaginary), got {t}"));
+    }
+    Ok(())
 }
 
 /// Computes the result type of `op` applied to operands of types `ins`. `declared` is the type
@@ -308,6 +330,38 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             let mut shape = first.shape.clone();
             shape[*axis] = total;
             Ok(TensorType::new(first.dtype, shape))
+        }
+        Op::Fft { axes, .. } => {
+            let t = ins[0];
+            complex_pairs(op, t)?;
+            if axes.is_empty() || !axes.windows(2).all(|w| w[0] < w[1]) {
+                return Err("fft axes must be sorted, distinct and not empty".into());
+            }
+            for &a in axes {
+                check_axis(a, t.rank() - 1)?;
+            }
+            Ok(t.clone())
+        }
+        Op::Rfft { axis } => {
+            let t = ins[0];
+            check_axis(*axis, t.rank())?;
+            f32_only(op, ins)?;
+            let mut shape = t.shape.clone();
+            shape[*axis] = rfft_bins(&t.shape[*axis])?;
+            shape.push(Dim::known(2));
+            Ok(TensorType::new(DType::F32, shape))
+        }
+        Op::Irfft { axis, n } => {
+            let t = ins[0];
+            complex_pairs(op, t)?;
+            check_axis(*axis, t.rank() - 1)?;
+            let bins = rfft_bins(n)?;
+            if t.shape[*axis] != bins {
+                return Err(format!("irfft to length {n} needs {bins} frequencies along axis {axis}, got {}", t.shape[*axis]));
+            }
+            let mut shape = t.shape[..t.rank() - 1].to_vec();
+            shape[*axis] = n.clone();
+            Ok(TensorType::new(DType::F32, shape))
         }
         Op::Cumsum { axis } => {
             check_axis(*axis, ins[0].rank())?;

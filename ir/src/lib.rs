@@ -8,7 +8,8 @@
 //!
 //! The op set is closed and small: elementwise ops with numpy broadcasting, `matmul`,
 //! reductions, `gather`, `slice`, `concat`, `reshape`, `transpose`, `broadcast`, `iota`,
-//! `where`, `cast`, `cumsum`. Layers (norms, attention, MLPs) are compositions written in the
+//! `where`, `cast`, `cumsum`, and Fourier transforms (`fft`, `rfft`, `irfft`) of complex tensors
+//! stored as real pairs. Layers (norms, attention, MLPs) are compositions written in the
 //! language; fused ops appear only after optimization.
 //!
 //! Every stage can be printed (`Display`) and parsed back ([`parse`]) to the equal graph, and
@@ -31,7 +32,7 @@ mod verify;
 pub use checkpoint::{fill_template, match_pattern, NameMap, Parts, WeightExpr, WeightRule};
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
-pub use infer::{broadcast_shapes, infer_type};
+pub use infer::{broadcast_shapes, infer_type, rfft_bins};
 pub use op::{BinaryOp, Init, NormKind, Op, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
 pub use parse::{parse, ParseError};
 pub use print::node_line;

@@ -321,6 +321,32 @@ pub enum Op {
         /// The scanned axis.
         axis: usize,
     },
+    /// Discrete Fourier transform over `axes` of a complex tensor stored as pairs: the last
+    /// axis has size 2 (real, imaginary), as `torch.view_as_real`, and `axes` (sorted,
+    /// distinct, not empty) exclude it. Forward: `X[k] = Σ_j x[j]·e^(-2πi·jk/n)` along each
+    /// axis; `inverse`: `e^(+2πi·jk/n)` and divided by `n` (NumPy's default scaling). The
+    /// result has the operand's type.
+    Fft {
+        /// Transformed axes.
+        axes: Vec<usize>,
+        /// The inverse transform.
+        inverse: bool,
+    },
+    /// The DFT of a real tensor along `axis`, non-negative frequencies only:
+    /// `f32[.., n, ..]` → `f32[.., n/2+1, .., 2]` (pairs as for `Fft`).
+    Rfft {
+        /// The transformed axis.
+        axis: usize,
+    },
+    /// The inverse of `Rfft`: a half spectrum `f32[.., n/2+1, .., 2]` → real `f32[.., n, ..]`,
+    /// divided by `n`. The imaginary parts of bin 0 (and of bin `n/2` for even `n`) are
+    /// ignored, as in NumPy.
+    Irfft {
+        /// The transformed axis (of the result; the operand's pair axis comes last).
+        axis: usize,
+        /// The length of the real signal.
+        n: Dim,
+    },
     // ---- Fused ops: only the optimizer creates these.
     /// Numerically stable softmax along `axis` (max subtracted before `exp`).
     Softmax {
@@ -389,6 +415,9 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Concat { .. } => "concat".into(),
             Op::Cumsum { .. } => "cumsum".into(),
+            Op::Fft { .. } => "fft".into(),
+            Op::Rfft { .. } => "rfft".into(),
+            Op::Irfft { .. } => "irfft".into(),
             Op::Softmax { .. } => "softmax".into(),
             Op::Norm { .. } => "norm".into(),
             Op::Gemm { .. } => "gemm".into(),

@@ -255,6 +255,18 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         "gather" => Op::Gather { axis: axis(c)? },
         "concat" => Op::Concat { axis: axis(c)? },
         "cumsum" => Op::Cumsum { axis: axis(c)? },
+        "rfft" => Op::Rfft { axis: axis(c)? },
+        "irfft" => {
+            let axis = axis(c)?;
+            key(c, "n")?;
+            Op::Irfft { axis, n: dim_attr(c)? }
+        }
+        "fft" => {
+            key(c, "axes")?;
+            let axes = usize_list(c)?;
+            key(c, "inverse")?;
+            Op::Fft { axes, inverse: boolean(c)? }
+        }
         "where" => Op::Where,
         "cast" => Op::Cast,
         "matmul" => Op::MatMul,

@@ -30,7 +30,11 @@ fn list(xs: &[usize]) -> String {
 /// The attributes of an op as text (`axis=2 start=0 end=seq step=1`), empty if none.
 pub fn attrs(op: &Op) -> String {
     match op {
-        Op::Iota { axis } | Op::Gather { axis } | Op::Concat { axis } | Op::Cumsum { axis } => format!("axis={axis}"),
+        Op::Iota { axis } | Op::Gather { axis } | Op::Concat { axis } | Op::Cumsum { axis } | Op::Rfft { axis } => {
+            format!("axis={axis}")
+        }
+        Op::Fft { axes, inverse } => format!("axes={} inverse={inverse}", list(axes)),
+        Op::Irfft { axis, n } => format!("axis={axis} n={}", dim_attr(n)),
         Op::Transpose(perm) => format!("perm={}", list(perm)),
         Op::Reduce { axes, keepdim, .. } => format!("axes={} keepdim={keepdim}", list(axes)),
         Op::Slice { axis, start, end, step } => {

@@ -107,7 +107,18 @@ fn blocks_with_period(g: &Graph, keys: &[String], i0: usize, period: usize) -> O
         let first = layers.next();
         layers.all(|l| Some(l) == first)
     };
-    (start..start + period).filter(|&s| whole(s)).find_map(at).or_else(|| (start..start + period).find_map(at))
+    // Among the phases that work, the one where the fewest values cross from a block to the
+    // next (a whole layer passes on its residual stream only; a cut inside an attention or an
+    // FFN passes on its intermediate values too), then one whose blocks hold one layer's
+    // parameters each, then the earliest.
+    let carried = |b: &Blocks| {
+        let mut offs: Vec<usize> =
+            b.externals.iter().filter_map(|(_, s)| if let Source::Carried(o) = s { Some(*o) } else { None }).collect();
+        offs.sort_unstable();
+        offs.dedup();
+        offs.len()
+    };
+    (start..start + period).filter_map(|s| at(s).map(|b| (s, b))).min_by_key(|(s, b)| (carried(b), !whole(*s), *s)).map(|(_, b)| b)
 }
 
 /// The numeric segments of a parameter name (`layers.3.attn.q` → `[3]`).

@@ -4,7 +4,7 @@
 //! tested against, not a fast path.
 
 use crate::tensor::{broadcast_offsets, strided_offsets, strides, Data, Tensor};
-use crate::{fused, RunError};
+use crate::{fourier, fused, RunError};
 use std::collections::HashMap;
 use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 
@@ -158,6 +158,9 @@ fn eval(
             Tensor::from_f64(dtype, shape, vals.into_iter())
         }
         Op::Cumsum { axis } => Tensor::from_f64(dtype, shape.clone(), cumsum(&shape, *axis, |i| a[0].get(i)).into_iter()),
+        Op::Fft { axes, inverse } => fourier::fft(a[0], axes, *inverse),
+        Op::Rfft { axis } => fourier::rfft(a[0], *axis),
+        Op::Irfft { axis, .. } => fourier::irfft(a[0], *axis, shape[*axis]),
         Op::Softmax { axis } => fused::softmax(a[0], *axis),
         Op::Norm { kind, eps } => fused::norm(a[0], *kind, *eps, a.get(1).copied(), a.get(2).copied()),
         Op::Gemm { bias, act, residual } => fused::gemm(product, a, *bias, *act, *residual),

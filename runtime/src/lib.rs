@@ -3,6 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod checkpoint;
+mod fourier;
 mod fused;
 pub mod interp;
 mod io;

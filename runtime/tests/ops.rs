@@ -117,3 +117,41 @@ fn gather_out_of_range_is_an_error_not_a_panic() {
     let err = run(&g, &HashMap::new(), &feed, &HashMap::new()).expect_err("out of range");
     assert!(err.to_string().contains("index 5 is out of range"), "{err}");
 }
+
+#[test]
+fn fourier_transforms_of_worked_examples() {
+    let s3 = 3f64.sqrt() / 2.0;
+    // DFT [1, 2, 3, 4] = [10, -2+2i, -2, -2-2i]; of [1, 2, 3]: [6, -1.5 ± (√3/2)i].
+    let z4 = f(&[4, 2], &[1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+    close(&apply(Op::Fft { axes: vec![0], inverse: false }, &[z4.clone()], None), &[10.0, 0.0, -2.0, 2.0, -2.0, 0.0, -2.0, -2.0]);
+    let spectrum = f(&[4, 2], &[10.0, 0.0, -2.0, 2.0, -2.0, 0.0, -2.0, -2.0]);
+    close(&apply(Op::Fft { axes: vec![0], inverse: true }, &[spectrum], None), &[1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+    close(&apply(Op::Rfft { axis: 0 }, &[f(&[3], &[1.0, 2.0, 3.0])], None), &[6.0, 0.0, -1.5, s3]);
+    close(&apply(Op::Rfft { axis: 1 }, &[f(&[1, 4], &[1.0, 2.0, 3.0, 4.0])], None), &[10.0, 0.0, -2.0, 2.0, -2.0, 0.0]);
+    // irfft ignores the imaginary parts of bin 0 and of the Nyquist bin (n even).
+    let half = f(&[3, 2], &[10.0, 5.0, -2.0, 2.0, -2.0, 7.0]);
+    close(&apply(Op::Irfft { axis: 0, n: Dim::known(4) }, &[half], None), &[1.0, 2.0, 3.0, 4.0]);
+    close(&apply(Op::Irfft { axis: 0, n: Dim::known(3) }, &[f(&[2, 2], &[6.0, 0.0, -1.5, s3 as f32])], None), &[1.0, 2.0, 3.0]);
+    // Over two axes of [2, 2]: [[1, 2], [3, 4]] → [[10, -2], [-4, 0]], the 2-D DFT.
+    let z = f(&[2, 2, 2], &[1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+    close(&apply(Op::Fft { axes: vec![0, 1], inverse: false }, &[z], None), &[10.0, 0.0, -2.0, 0.0, -4.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn fourier_ops_reject_bad_operands() {
+    let t = |shape: &[i64]| ty(DType::F32, shape);
+    let bad = [
+        (Op::Fft { axes: vec![0], inverse: false }, t(&[4, 3])), // no pair axis
+        (Op::Fft { axes: vec![1], inverse: false }, t(&[4, 2])), // the pair axis itself
+        (Op::Fft { axes: vec![], inverse: false }, t(&[4, 2])),  // no axis
+        (Op::Rfft { axis: 1 }, t(&[4])),                         // axis out of range
+        (Op::Irfft { axis: 0, n: Dim::known(4) }, t(&[2, 2])),   // 2 bins for length 4
+        (Op::Rfft { axis: 0 }, TensorType::new(DType::F32, vec![Dim::sym("seq")])), // odd symbolic length
+    ];
+    for (op, ty) in bad {
+        assert!(tessera_ir::infer_type(&op, &[&ty], None).is_err(), "{op:?} on {ty}");
+    }
+    let even = TensorType::new(DType::F32, vec![Dim::sym("seq").scale(2)]);
+    let half = tessera_ir::infer_type(&Op::Rfft { axis: 0 }, &[&even], None).expect("an even symbolic length");
+    assert_eq!(half.to_string(), "f32[seq + 1, 2]");
+}

@@ -20,12 +20,19 @@ What it writes (existing fixture folders are deleted and rewritten; the script i
                                                       (tied weights are stored once, HF-style)
     tests/parity/fixtures/<name>/inputs.safetensors   int64: input_ids [2,S], attention_mask [2,S]
                                                       (+ token_type_ids [2,S] for bert,
-                                                       + decoder_input_ids [2,T] for t5)
+                                                       + decoder_input_ids [2,T] for t5;
+                                                       fnet: input_ids, token_type_ids [2,S] and
+                                                       no attention_mask: FNet has none)
     tests/parity/fixtures/<name>/expected.safetensors f32 outputs, HF output names:
                                                       gpt2/llama/mistral: logits [2,S,V]
                                                       bert: last_hidden_state [2,S,H], pooler_output [2,H]
                                                       modernbert: last_hidden_state [2,S,H]
                                                       t5: logits [2,T,V], encoder_last_hidden_state [2,S,H]
+                                                      fnet: last_hidden_state [2,S,H], pooler_output [2,H]
+    tests/parity/fixtures/fftconv-<n>/inputs.safetensors   f32: x [2,L,C], k [L,C] (numpy only, no model)
+    tests/parity/fixtures/fftconv-<n>/expected.safetensors f32: y [2,L,C], the causal convolution
+                                                      y[b,:,c] = numpy.convolve(x[b,:,c], k[:,c])[:L]
+                                                      in f64: the reference for nn.fft_conv
     tests/parity/fixtures/minilm/sentences.json       the sentences (JSON list of strings)
     tests/parity/fixtures/minilm/expected.safetensors input_ids, attention_mask, token_type_ids (int64,
                                                       tokenizer output, batch right-padded) and
@@ -45,6 +52,11 @@ To make the fixtures discriminating, the initialisation is larger than HF's defa
 N(0,1).  After writing each fixture the script (unless --no-check) re-runs the model with one
 feature switched off (padding mask, sliding window, rope theta, bucket max distance, ...) and
 asserts that the outputs change noticeably, i.e. that the fixture really exercises the feature.
+
+FNet has no attention mask (its Fourier mixing runs over padding tokens too), so its row 1 ends
+in token id 0 as a padded row would, every position is compared, and its checks switch off the
+mixing along the sequence instead (the DFT over the hidden axis only). (gelu_new and gelu differ
+by ~5e-4 here: above the tests' tolerance, below the checks' threshold, so not a check.)
 """
 
 from __future__ import annotations
@@ -68,6 +80,8 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
+    FNetConfig,
+    FNetModel,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -106,7 +120,7 @@ class Fixture:
     pads: tuple[int, int]  # number of right-padding positions in row 0 / row 1
     dec_len: int | None = None  # t5 decoder length
     seed: int = 0
-    # extra sensitivity checks: (description, config overrides)
+    # extra sensitivity checks: (description, config overrides, or a function patching the model)
     checks: list = field(default_factory=list)
     # optional hook run on every freshly built model (before any weights are randomised/loaded)
     post_build: Callable | None = None
@@ -252,8 +266,31 @@ def fixtures() -> list[Fixture]:
         seq_len=14, pads=(1, 4), dec_len=12, seed=603, post_build=untie_t5_lm_head,
         checks=[("relative_attention_max_distance 32 -> 100000",
                  {"relative_attention_max_distance": 100000})]))
+
+    # ---------------------------------------------------------------- fnet
+    fx.append(Fixture(
+        # gelu_new (tanh GELU), FNet's default; 3 padding-like zeros at the end of row 1
+        "fnet-a", "fnet", FNetModel,
+        FNetConfig(vocab_size=97, hidden_size=48, num_hidden_layers=2, intermediate_size=80,
+                   max_position_embeddings=32, type_vocab_size=4, initializer_range=INIT),
+        seq_len=11, pads=(0, 3), seed=701,
+        checks=[("fourier mixing over hidden only", fnet_hidden_only)]))
+    fx.append(Fixture(
+        # exact GELU, odd width and length, 3 layers
+        "fnet-b", "fnet", FNetModel,
+        FNetConfig(vocab_size=101, hidden_size=37, num_hidden_layers=3, intermediate_size=61,
+                   max_position_embeddings=24, type_vocab_size=3, hidden_act="gelu",
+                   layer_norm_eps=1e-6, initializer_range=INIT),
+        seq_len=13, pads=(0, 0), seed=702,
+        checks=[("fourier mixing over hidden only", fnet_hidden_only)]))
     fx.extend(more_families())
     return fx
+
+
+def fnet_hidden_only(model) -> None:
+    """FNet with its Fourier mixing along the hidden axis only (none along the sequence)."""
+    for layer in model.encoder.layer:
+        layer.fourier.self.fourier_transform = lambda h: torch.fft.fft(h, dim=2)
 
 
 def hf(cls_name: str):
@@ -519,6 +556,9 @@ def make_inputs(fx: Fixture, vocab: int) -> dict[str, torch.Tensor]:
         if pad:
             mask[row, s - pad:] = 0
     ids = ids * mask  # token id 0 at padded positions
+    if fx.family == "fnet":  # no attention mask: padding tokens are mixed like the others
+        tt = torch.randint(0, fx.config.type_vocab_size, (2, s), generator=g, dtype=torch.int64)
+        return {"input_ids": ids.contiguous(), "token_type_ids": tt.contiguous()}
     out = {"input_ids": ids.contiguous(), "attention_mask": mask.contiguous()}
     if fx.family in ("bert", "longformer"):
         tt = torch.randint(0, 2, (2, s), generator=g, dtype=torch.int64)
@@ -541,7 +581,7 @@ def run(model, fx: Fixture, inputs: dict[str, torch.Tensor]) -> dict[str, torch.
         kwargs["use_cache"] = False
         o = model(**kwargs)
         res = {"logits": o.logits}
-    elif fx.family in ("bert", "longformer"):
+    elif fx.family in ("bert", "longformer", "fnet"):
         o = model(**kwargs)
         res = {"last_hidden_state": o.last_hidden_state, "pooler_output": o.pooler_output}
     elif fx.family == "modernbert":
@@ -603,24 +643,58 @@ def generate(fx: Fixture, check: bool) -> None:
         return
     state = reloaded.state_dict()
 
-    def variant(desc: str, overrides: dict | None = None, new_inputs: dict | None = None) -> None:
+    def variant(desc: str, overrides: dict | Callable | None = None, new_inputs: dict | None = None) -> None:
         cfg = copy.deepcopy(fx.config)
-        for k, v in (overrides or {}).items():
+        for k, v in (overrides if isinstance(overrides, dict) else {}).items():
             setattr(cfg, k, v)
         m = build_model(fx, cfg)
         m.load_state_dict(state, strict=True)
+        if callable(overrides):
+            overrides(m)
         d = max_diff(expected, run(m, fx, new_inputs or inputs))
         status = "ok" if d > 1e-3 else "INSENSITIVE"
         print(f"    check {desc:48s} max|diff| = {d:.4g}  {status}")
         assert d > 1e-3, f"{fx.name}: outputs insensitive to: {desc}"
 
-    variant("attention_mask -> all ones",
-            new_inputs={**inputs, "attention_mask": torch.ones_like(inputs["attention_mask"])})
+    if "attention_mask" in inputs:
+        variant("attention_mask -> all ones",
+                new_inputs={**inputs, "attention_mask": torch.ones_like(inputs["attention_mask"])})
     if "global_attention_mask" in inputs:
         variant("global_attention_mask -> none global",
                 new_inputs={**inputs, "global_attention_mask": torch.zeros_like(inputs["global_attention_mask"])})
     for desc, overrides in fx.checks:
         variant(desc, overrides)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hyena-style long convolution: a NumPy reference (direct convolution, no FFT) for nn.fft_conv
+
+
+FFTCONV = [("fftconv-odd", 13, 5, 801), ("fftconv-even", 16, 3, 802)]  # name, L, channels, seed
+
+
+def generate_fftconv(name: str, length: int, channels: int, seed: int) -> None:
+    import numpy as np
+
+    out_dir = FIXTURES / name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, length, channels)).astype(np.float32)
+    k = (rng.standard_normal((length, channels)) / np.sqrt(length)).astype(np.float32)
+    y = np.zeros((2, length, channels))
+    for b in range(2):
+        for c in range(channels):
+            y[b, :, c] = np.convolve(x[b, :, c].astype(np.float64), k[:, c].astype(np.float64))[:length]
+    save_file({"x": torch.from_numpy(x), "k": torch.from_numpy(k)}, str(out_dir / "inputs.safetensors"))
+    save_file({"y": torch.from_numpy(y.astype(np.float32))}, str(out_dir / "expected.safetensors"))
+    # The filter's tail matters: a circular (unpadded) convolution differs.
+    circ = np.real(np.fft.ifft(np.fft.fft(x, axis=1) * np.fft.fft(k, axis=0)[None], axis=1))
+    d = float(np.abs(circ - y).max())
+    assert d > 1e-2, f"{name}: circular and linear convolutions agree ({d})"
+    print(f"{name}: x{list(x.shape)} k{list(k.shape)} y absmax {float(np.abs(y).max()):.3g}; "
+          f"circular differs by {d:.3g}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -686,6 +760,10 @@ def main() -> int:
         if args.only and not fx.name.startswith(args.only):
             continue
         generate(fx, check=not args.no_check)
+
+    for name, length, channels, seed in FFTCONV:
+        if not args.only or name.startswith(args.only):
+            generate_fftconv(name, length, channels, seed)
 
     if not args.no_minilm and (args.only is None or "minilm".startswith(args.only)):
         model_dir = args.minilm or default_minilm_dir()

@@ -1,5 +1,7 @@
 //! Built-in functions: activations, reductions, `softmax`, `where`, `arange`, `concat`,
-//! `split`, `cumsum`, `rearrange`, casts, and initialisers for `param`.
+//! `split`, `cumsum`, `rearrange`, casts, initialisers for `param`, and Fourier transforms
+//! (`fft`, `ifft`, `rfft`, `irfft`) with `complex`, `real` and `imag` (complex tensors are
+//! real tensors with a last axis of size 2: real, imaginary).
 
 use super::{ArgVal, Elab, Value};
 use crate::ast::Span;
@@ -48,6 +50,13 @@ pub const NAMES: &[&str] = &[
     "normal",
     "fill",
     "topk",
+    "fft",
+    "ifft",
+    "rfft",
+    "irfft",
+    "complex",
+    "real",
+    "imag",
 ];
 
 pub fn lookup(name: &str) -> Option<&'static str> {
@@ -91,6 +100,11 @@ fn signature(name: &str) -> &'static [&'static str] {
         "normal" => &["std"],
         "fill" => &["value"],
         "topk" => &["x", "k", "axis"],
+        "fft" | "ifft" => &["z", "axes"],
+        "rfft" => &["x", "n", "axis"],
+        "irfft" => &["z", "n", "axis"],
+        "complex" => &["re", "im"],
+        "real" | "imag" => &["z"],
         _ => &["x"],
     }
 }
@@ -365,6 +379,7 @@ impl Elab<'_> {
                 }
             }
             "split" => self.split(&a, span),
+            "fft" | "ifft" | "rfft" | "irfft" | "complex" | "real" | "imag" => self.fourier(name, &a, span),
             "cumsum" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
                 let Some(ax) = self.axis_arg(&a[1], -1, self.ty(x).rank(), span) else { return Value::Poison };
@@ -650,6 +665,187 @@ impl Elab<'_> {
         }
         Value::Tuple(parts)
     }
+}
+
+impl Elab<'_> {
+    /// A complex tensor argument (`f32[.., 2]`), or a diagnostic saying how to make one.
+    fn complex_arg(&mut self, fname: &str, a: &Option<(Value, Span)>, span: Span) -> Option<ValueId> {
+        let z = self.tensor_arg(fname, "z", a, span)?;
+        let t = self.ty(z).clone();
+        if t.dtype == DType::F32 && t.rank() >= 2 && t.shape.last() == Some(&Dim::known(2)) {
+            return Some(z);
+        }
+        let at = a.as_ref().map_or(span, |x| x.1);
+        self.err(
+            Diagnostic::error(codes::SHAPE, format!("`{fname}` takes a complex tensor f32[.., 2], got {t}"), at, format!("this is {t}"))
+                .with_help("complex tensors are stored as (real, imaginary) pairs in a last axis of size 2: make one with `complex(x)`"),
+        );
+        None
+    }
+
+    /// Fourier transforms and the complex helpers. Axes of a complex tensor count its complex
+    /// axes only (the pair axis is not one of them).
+    fn fourier(&mut self, name: &str, a: &[Option<(Value, Span)>], span: Span) -> Value {
+        match name {
+            "complex" => {
+                let Some(re) = self.tensor_arg(name, "re", &a[0], span) else { return Value::Poison };
+                let Value::Tensor(re) = self.cast(re, DType::F32, span) else { return Value::Poison };
+                let mut col = self.ty(re).shape.clone();
+                col.push(Dim::known(1));
+                let im = match &a[1] {
+                    None | Some((Value::None, _)) => self.add(Op::Const(0.0), vec![], Some(TensorType::new(DType::F32, col.clone())), span),
+                    Some(_) => {
+                        let Some(im) = self.tensor_arg(name, "im", &a[1], span) else { return Value::Poison };
+                        let Value::Tensor(im) = self.cast(im, DType::F32, span) else { return Value::Poison };
+                        if self.ty(im).shape != self.ty(re).shape {
+                            let (sr, si) = (self.ty(re).shape.clone(), self.ty(im).shape.clone());
+                            let at = a[1].as_ref().map_or(span, |x| x.1);
+                            return self.err(
+                                Diagnostic::error(
+                                    codes::SHAPE,
+                                    format!("`complex` needs parts of one shape, got {} and {}", ShapeDisplay(&sr), ShapeDisplay(&si)),
+                                    at,
+                                    format!("this has shape {}", ShapeDisplay(&si)),
+                                )
+                                .with_label(a[0].as_ref().map_or(span, |x| x.1), format!("this has shape {}", ShapeDisplay(&sr))),
+                            );
+                        }
+                        self.reshape(im, col.clone(), span)
+                    }
+                };
+                let Value::Tensor(im) = im else { return im };
+                let Value::Tensor(re) = self.reshape(re, col.clone(), span) else { return Value::Poison };
+                self.add(Op::Concat { axis: col.len() - 1 }, vec![re, im], None, span)
+            }
+            "real" | "imag" => {
+                let Some(z) = self.complex_arg(name, &a[0], span) else { return Value::Poison };
+                let mut shape = self.ty(z).shape.clone();
+                let last = shape.len() - 1;
+                let k = i64::from(name == "imag");
+                let part = Op::Slice { axis: last, start: Dim::known(k), end: Dim::known(k + 1), step: 1 };
+                let Value::Tensor(p) = self.add(part, vec![z], None, span) else { return Value::Poison };
+                shape.pop();
+                self.reshape(p, shape, span)
+            }
+            "fft" | "ifft" => {
+                let Some(z) = self.complex_arg(name, &a[0], span) else { return Value::Poison };
+                let rank = self.ty(z).rank() - 1;
+                let axes = match &a[1] {
+                    None | Some((Value::None, _)) => vec![rank - 1],
+                    Some((Value::Tuple(items), s)) => {
+                        let mut out = Vec::new();
+                        for i in items {
+                            match self.axis(i, rank, *s) {
+                                Some(ax) => out.push(ax),
+                                None => return Value::Poison,
+                            }
+                        }
+                        out.sort_unstable();
+                        if out.is_empty() || out.windows(2).any(|w| w[0] == w[1]) {
+                            return self.err(Diagnostic::error(
+                                codes::VALUE,
+                                format!("`{name}` needs distinct axes, at least one"),
+                                *s,
+                                "these axes",
+                            ));
+                        }
+                        out
+                    }
+                    Some((v, s)) => match self.axis(v, rank, *s) {
+                        Some(ax) => vec![ax],
+                        None => return Value::Poison,
+                    },
+                };
+                self.add(Op::Fft { axes, inverse: name == "ifft" }, vec![z], None, span)
+            }
+            "rfft" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+                let Some(ax) = self.axis_arg(&a[2], -1, self.ty(x).rank(), span) else { return Value::Poison };
+                let x = match &a[1] {
+                    None | Some((Value::None, _)) => x,
+                    Some(n) => match self.length_arg(name, n) {
+                        Some(n) => match self.fit_length(x, ax, &n, n_span(&a[1], span)) {
+                            Some(x) => x,
+                            None => return Value::Poison,
+                        },
+                        None => return Value::Poison,
+                    },
+                };
+                self.add(Op::Rfft { axis: ax }, vec![x], None, span)
+            }
+            _ => {
+                // irfft(z, n = 2 (bins - 1), axis = -1)
+                let Some(z) = self.complex_arg(name, &a[0], span) else { return Value::Poison };
+                let rank = self.ty(z).rank() - 1;
+                let Some(ax) = self.axis_arg(&a[2], -1, rank, span) else { return Value::Poison };
+                let bins = self.ty(z).shape[ax].clone();
+                let n = match &a[1] {
+                    None | Some((Value::None, _)) => bins.sub(&Dim::known(1)).scale(2),
+                    Some(n) => match self.length_arg(name, n) {
+                        Some(n) => n,
+                        None => return Value::Poison,
+                    },
+                };
+                match tessera_ir::rfft_bins(&n) {
+                    Ok(want) if want == bins => self.add(Op::Irfft { axis: ax, n }, vec![z], None, span),
+                    Ok(want) => self.err(
+                        Diagnostic::error(
+                            codes::SHAPE,
+                            format!("`irfft` to length {n} needs {want} frequencies along axis {ax}, got {bins}"),
+                            n_span(&a[1], span),
+                            "this length",
+                        )
+                        .with_help("a real signal of length n has n/2 + 1 non-negative frequencies (`rfft(x, n)` makes them)"),
+                    ),
+                    Err(msg) => self.err(Diagnostic::error(codes::SHAPE, msg, n_span(&a[1], span), "this length")),
+                }
+            }
+        }
+    }
+
+    /// A signal length: a positive int, or a symbolic size.
+    fn length_arg(&mut self, fname: &str, (v, s): &(Value, Span)) -> Option<Dim> {
+        match v {
+            Value::Int(d) if d.as_known().is_none_or(|k| k >= 1) => Some(d.clone()),
+            Value::Poison => None,
+            v => {
+                self.err(Diagnostic::error(
+                    codes::VALUE,
+                    format!("`{fname}` needs a positive length, got {}", v.kind()),
+                    *s,
+                    "this length",
+                ));
+                None
+            }
+        }
+    }
+
+    /// `x` cut or zero-padded at the end of `axis` to length `n` (as NumPy's `rfft(x, n)`).
+    fn fit_length(&mut self, x: ValueId, axis: usize, n: &Dim, span: Span) -> Option<ValueId> {
+        let t = self.ty(x).clone();
+        let pad = n.sub(&t.shape[axis]);
+        let v = match pad.as_known() {
+            Some(0) => return Some(x),
+            Some(p) if p < 0 => self.add(Op::Slice { axis, start: Dim::known(0), end: n.clone(), step: 1 }, vec![x], None, span),
+            _ => {
+                let mut zshape = t.shape.clone();
+                zshape[axis] = pad;
+                let Value::Tensor(z) = self.add(Op::Const(0.0), vec![], Some(TensorType::new(DType::F32, zshape)), span) else {
+                    return None;
+                };
+                self.add(Op::Concat { axis }, vec![x, z], None, span)
+            }
+        };
+        match v {
+            Value::Tensor(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn n_span(a: &Option<(Value, Span)>, span: Span) -> Span {
+    a.as_ref().map_or(span, |x| x.1)
 }
 
 fn to_f64(a: &Option<(Value, Span)>) -> Option<f64> {
