@@ -1,4 +1,4 @@
-//! The research architectures of `examples/research/` (Linformer, AFT, MatFormer,
+//! The research architectures of `examples/research/` (Linformer, AFT, MatFormer, Hyena,
 //! Transformer-VQ) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
@@ -61,4 +61,9 @@ fn matformer_matches_its_numpy_reference() {
 #[test]
 fn transformer_vq_matches_its_numpy_reference() {
     check("transformer_vq");
+}
+
+#[test]
+fn hyena_matches_its_numpy_reference() {
+    check("hyena");
 }

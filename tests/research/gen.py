@@ -166,12 +166,49 @@ def transformer_vq(P, x, d, n_heads, codes, hidden, layers, eps):
     return {"y": x}
 
 
+def causal_conv(x, h):
+    """y[b, t, c] = sum_{s <= t} h[s, c] x[b, t - s, c], directly (numpy.convolve per channel)."""
+    b, l, d = x.shape
+    y = np.empty_like(x)
+    for i in range(b):
+        for c in range(d):
+            y[i, :, c] = np.convolve(x[i, :, c], h[:, c])[:l]
+    return y
+
+
+def hyena(P, x, d, bands, width, hidden, layers, eps):
+    l = x.shape[1]
+
+    def implicit_filter(name):
+        t = np.arange(l) / l
+        f = np.arange(1, bands + 1) * 2.0 * math.pi
+        z = np.concatenate([t[:, None], np.sin(t[:, None] * f), np.cos(t[:, None] * f)], axis=-1)
+        h = np.sin(P.linear(f"{name}.fc_1", z, width))
+        h = P.linear(f"{name}.fc_3", np.sin(P.linear(f"{name}.fc_2", h, width)), d, bias=False)
+        decay = 1.0 + 0.5 * np.abs(P.rng.normal(0.0, 1.0, (d,)))
+        P[f"{name}.decay"] = decay
+        return h * np.exp(-t[:, None] * decay)
+
+    for i in range(layers):
+        p = f"layers.{i}"
+        u = layer_norm(x, *P.norm(f"{p}.ln_1", d), eps)
+        proj = P.linear(f"{p}.mixer.in_proj", u, 3 * d)
+        v, x1, x2 = proj[..., :d], proj[..., d:2 * d], proj[..., 2 * d:]
+        b1, b2 = P.b(f"{p}.mixer.bias_1", d), P.b(f"{p}.mixer.bias_2", d)
+        z = x1 * (causal_conv(v, implicit_filter(f"{p}.mixer.filter_1")) + v * b1)
+        y = x2 * (causal_conv(z, implicit_filter(f"{p}.mixer.filter_2")) + z * b2)
+        x = x + P.linear(f"{p}.mixer.out_proj", y, d)
+        x = x + P.mlp(f"{p}.mlp", layer_norm(x, *P.norm(f"{p}.ln_2", d), eps), hidden)
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
     ("aft", aft, dict(d=20, max_seq=16, hidden=36, eps=1e-5), 2, 9),
     ("matformer", matformer, dict(d=24, n_heads=3, hidden=48, layers=2, eps=1e-5), 2, 10),
     ("transformer_vq", transformer_vq, dict(d=24, n_heads=3, codes=7, hidden=40, layers=2, eps=1e-5), 2, 9),
+    ("hyena", hyena, dict(d=12, bands=3, width=10, hidden=24, layers=2, eps=1e-5), 2, 13),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}
