@@ -80,3 +80,35 @@ fn argmax_argmin_and_take_along_axis() {
     let text = tessera::render(&fe.diagnostics, &fe.sources, false, 100);
     assert!(fe.graph.is_none() && text.contains("needs i64 indices of shape [2, .., k]"), "{text}");
 }
+
+/// Depthwise `conv1d` (causal and centred) and `max_pool`/`avg_pool` along the sequence, on
+/// the interpreter and the CPU backend, against values worked out here.
+#[test]
+fn sliding_window_convolutions_and_pools() {
+    let src = "model m() {\n input x: [1, 5, 1]\n input y: [1, 5, 1]\n input w: [3, 1]\n\
+               output causal = conv1d(x, w)\n output centred = conv1d(x, w, causal = false)\n\
+               output pmax = max_pool(y, 3)\n output pmean = avg_pool(y, 2, causal = true)\n}\n";
+    let t = |v: &[f32]| Tensor::f32(vec![1, v.len(), 1], v.to_vec());
+    let inputs: HashMap<String, Tensor> = [
+        ("x", t(&[1.0, 2.0, 3.0, 4.0, 5.0])),
+        ("y", t(&[1.0, 5.0, 2.0, 4.0, 3.0])),
+        ("w", Tensor::f32(vec![3, 1], vec![1.0, 10.0, 100.0])),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for backend in [tessera::Backend::Interp, tessera::Backend::Cpu] {
+        let m = tessera::Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        // y[t] = w0 x[t-2] + w1 x[t-1] + w2 x[t] (cross-correlation, zeros before the start)
+        assert_eq!(out["causal"].to_f64(), [100.0, 210.0, 321.0, 432.0, 543.0], "{backend:?}");
+        assert_eq!(out["centred"].to_f64(), [210.0, 321.0, 432.0, 543.0, 54.0], "{backend:?}");
+        assert_eq!(out["pmax"].to_f64(), [5.0, 5.0, 5.0, 4.0, 4.0], "{backend:?}");
+        assert_eq!(out["pmean"].to_f64(), [1.0, 3.0, 3.5, 3.0, 3.5], "{backend:?}");
+    }
+    let g = common::elaborate("m.tsr", src, &[]);
+    assert_eq!(tessera::ir::parse(&g.to_string()).expect("the window ops read back"), g);
+    let bad = "model m() {\n input x: [1, 5, 2]\n input w: [4, 2]\n output c = conv1d(x, w, causal = false)\n}\n";
+    let fe = tessera::Frontend::tsr("m.tsr", bad, None, &[]);
+    assert!(fe.diagnostics.iter().any(|d| d.message.contains("odd filter length")));
+}

@@ -911,6 +911,16 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             )
         }
         Kernel::Softmax { .. } => format!("  __shared__ double red[{ROW_BLOCK}];\n  const i64 line = blockIdx.x, size = meta[1], inner = meta[2], base = (line / inner) * size * inner + line % inner;\n  double m = -TSR_INF, sum = 0.0;\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) m = fmax(m, (double)in0[base + k * inner]);\n  m = tsr_block_reduce(m, red, 1);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) sum += exp(in0[base + k * inner] - m);\n  sum = tsr_block_reduce(sum, red, 0);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) out[base + k * inner] = (float)(exp(in0[base + k * inner] - m) / sum);\n"),
+        // One thread per output element: the window's positions inside the axis.
+        // meta: [count, len, inner].
+        Kernel::Window { op, size, pad_left, .. } => {
+            let (init, step, fin) = match op {
+                tessera_ir::WindowOp::Conv => ("0.0", "acc += v * (double)in1[j * inner + c]", "acc"),
+                tessera_ir::WindowOp::Max => ("-TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmax(acc, v)", "acc"),
+                tessera_ir::WindowOp::Mean => ("0.0", "acc += v", "acc / (double)(cnt > 0 ? cnt : 1)"),
+            };
+            format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 j = 0; j < {size}; ++j) {{\n    const i64 p = t - {pad_left} + j;\n    if (p < 0 || p >= len) continue;\n    const double v = (double)in0[(o * len + p) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
+        }
         Kernel::Cumsum { .. } => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
         Kernel::Reduce { op, .. } => {
             let (init, step_expr, fin) = match op {
@@ -1038,6 +1048,10 @@ pub fn meta(
             m
         }
         Kernel::Cumsum { axis } => lines(out, *axis),
+        Kernel::Window { axis, .. } => {
+            let (len, inner) = (out[*axis], out[axis + 1..].iter().product::<usize>());
+            vec![n, len.max(1) as i64, inner.max(1) as i64]
+        }
         Kernel::Reduce { axes, .. } => {
             let (x, st) = (ins[0], tessera_runtime::strides(ins[0]));
             let part = |reduced: bool| {

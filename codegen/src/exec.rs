@@ -320,6 +320,11 @@ impl Executable {
                     }
                 }
                 (Kernel::Cumsum { axis }, _) => host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i))),
+                (Kernel::Window { op, axis, size, pad_left }, _) => {
+                    let channels = ins[0].shape.last().copied().unwrap_or(1);
+                    let w = |j: usize, c: usize| ins.get(1).map_or(0.0, |w| w.get(j * channels + c));
+                    host::store(out, &tessera_runtime::window(&ins[0].shape, *op, *axis, *size, *pad_left, |i| ins[0].get(i), w))
+                }
                 (Kernel::Fft { axis, inverse }, _) => fourier::fft(out, &ins[0], *axis, *inverse)?,
                 (Kernel::Rfft { axis }, _) => fourier::rfft(out, &ins[0], *axis)?,
                 (Kernel::Irfft { axis }, _) => fourier::irfft(out, &ins[0], *axis)?,

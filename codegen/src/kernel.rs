@@ -131,6 +131,18 @@ pub enum Kernel {
         /// The axis.
         axis: usize,
     },
+    /// A sliding window along an axis (`Op::Window`): a depthwise convolution by the second
+    /// operand, or a max/mean pool.
+    Window {
+        /// What it computes.
+        op: tessera_ir::WindowOp,
+        /// The axis.
+        axis: usize,
+        /// The window's length.
+        size: usize,
+        /// Positions it reaches before the output's.
+        pad_left: usize,
+    },
     /// Indices along an axis.
     Iota {
         /// The axis.
@@ -157,6 +169,7 @@ impl Kernel {
             Kernel::Slice { .. } => "slice",
             Kernel::Concat { .. } => "concat",
             Kernel::Cumsum { .. } => "cumsum",
+            Kernel::Window { .. } => "window",
             Kernel::Fft { .. } => "fft",
             Kernel::Rfft { .. } => "rfft",
             Kernel::Irfft { .. } => "irfft",
@@ -254,6 +267,7 @@ impl fmt::Display for Program {
                 }
                 Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),
                 Kernel::Fft { axis, inverse } => format!(" axis={axis} inverse={inverse}"),
+                Kernel::Window { op, axis, size, pad_left } => format!(" {} axis={axis} size={size} pad_left={pad_left}", op.name()),
                 Kernel::Transpose(p) => format!(" perm={p:?}"),
                 Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),
                 Kernel::Fill(v) => format!(" {v:?}"),

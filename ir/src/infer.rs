@@ -30,6 +30,7 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
         Op::Where => 3,
         Op::Softmax { .. } => 1,
+        Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
         Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) => return None,
     })
 }
@@ -362,6 +363,24 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             let mut shape = t.shape[..t.rank() - 1].to_vec();
             shape[*axis] = n.clone();
             Ok(TensorType::new(DType::F32, shape))
+        }
+        Op::Window { op, axis, size, pad_left } => {
+            let x = &ins[0];
+            check_axis(*axis, x.rank())?;
+            if x.dtype != DType::F32 {
+                return Err(format!("a sliding window needs an f32 operand, got {x}"));
+            }
+            if *size == 0 || pad_left >= size {
+                return Err(format!("a window of {size} cannot reach {pad_left} positions back"));
+            }
+            if *op == crate::WindowOp::Conv {
+                let w = &ins[1];
+                let c = x.shape.last().cloned();
+                if *axis + 2 != x.rank() || w.dtype != DType::F32 || w.shape != [Dim::known(*size as i64), c.unwrap_or(Dim::known(1))] {
+                    return Err(format!("a depthwise convolution of {x} along axis {axis} needs a [{size}, channels] filter along the axis before the channels, got {w}"));
+                }
+            }
+            Ok((*x).clone())
         }
         Op::Cumsum { axis } => {
             check_axis(*axis, ins[0].rank())?;

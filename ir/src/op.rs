@@ -202,6 +202,28 @@ impl BinaryOp {
     }
 }
 
+/// What a sliding window ([`Op::Window`]) computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WindowOp {
+    /// A depthwise convolution by a `[size, channels]` filter.
+    Conv,
+    /// The maximum of the window.
+    Max,
+    /// The mean of the window's positions inside the axis.
+    Mean,
+}
+
+impl WindowOp {
+    /// The name in IR text.
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowOp::Conv => "conv",
+            WindowOp::Max => "max",
+            WindowOp::Mean => "mean",
+        }
+    }
+}
+
 /// Reductions over a set of axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
@@ -316,6 +338,22 @@ pub enum Op {
         /// The joined axis.
         axis: usize,
     },
+    /// A sliding window along `axis`: output position `t` combines the operand's positions
+    /// `t - pad_left .. t - pad_left + size` that lie inside the axis (the others are left
+    /// out: zero padding for `Conv`). `Conv` is a depthwise convolution (cross-correlation, as
+    /// torch's `conv1d` with `groups` = channels): the second operand `w: [size, c]` weights
+    /// each position per channel, `axis` is the one before the channels (the last). `Max` and
+    /// `Mean` pool (the mean over the positions present). The result has the operand's type.
+    Window {
+        /// What the window computes.
+        op: WindowOp,
+        /// The axis it slides along.
+        axis: usize,
+        /// Its length.
+        size: usize,
+        /// How many positions it reaches before the output's (`size - 1`: causal).
+        pad_left: usize,
+    },
     /// Inclusive prefix sum along `axis`.
     Cumsum {
         /// The scanned axis.
@@ -415,6 +453,7 @@ impl Op {
             Op::Slice { .. } => "slice".into(),
             Op::Concat { .. } => "concat".into(),
             Op::Cumsum { .. } => "cumsum".into(),
+            Op::Window { .. } => "window".into(),
             Op::Fft { .. } => "fft".into(),
             Op::Rfft { .. } => "rfft".into(),
             Op::Irfft { .. } => "irfft".into(),

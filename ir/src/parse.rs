@@ -255,6 +255,20 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         "gather" => Op::Gather { axis: axis(c)? },
         "concat" => Op::Concat { axis: axis(c)? },
         "cumsum" => Op::Cumsum { axis: axis(c)? },
+        "window" => {
+            key(c, "op")?;
+            let op = match c.word()?.as_str() {
+                "conv" => crate::WindowOp::Conv,
+                "max" => crate::WindowOp::Max,
+                "mean" => crate::WindowOp::Mean,
+                other => return Err(format!("unknown window op `{other}` (conv, max, mean)")),
+            };
+            let axis = axis(c)?;
+            key(c, "size")?;
+            let size = c.int()?;
+            key(c, "pad_left")?;
+            Op::Window { op, axis, size, pad_left: c.int()? }
+        }
         "rfft" => Op::Rfft { axis: axis(c)? },
         "irfft" => {
             let axis = axis(c)?;

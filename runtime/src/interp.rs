@@ -158,6 +158,11 @@ fn eval(
             Tensor::from_f64(dtype, shape, vals.into_iter())
         }
         Op::Cumsum { axis } => Tensor::from_f64(dtype, shape.clone(), cumsum(&shape, *axis, |i| a[0].get(i)).into_iter()),
+        Op::Window { op, axis, size, pad_left } => {
+            let channels = shape.last().copied().unwrap_or(1);
+            let w = |j: usize, c: usize| a.get(1).map_or(0.0, |w| w.get(j * channels + c));
+            Tensor::from_f64(dtype, shape.clone(), window(&shape, *op, *axis, *size, *pad_left, |i| a[0].get(i), w).into_iter())
+        }
         Op::Fft { axes, inverse } => fourier::fft(a[0], axes, *inverse),
         Op::Rfft { axis } => fourier::rfft(a[0], *axis),
         Op::Irfft { axis, .. } => fourier::irfft(a[0], *axis, shape[*axis]),
@@ -182,6 +187,46 @@ fn product(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// Inclusive prefix sums along `axis` of the elements `get(i)` of a tensor of `shape`, in
 /// f64 (the interpreter's and the CPU backend's definition).
+/// A sliding window along `axis` of a tensor of `shape` ([`Op::Window`]): `x(i)` reads the
+/// operand at flat index `i`, `w(j, c)` the filter (`Conv` only) at window position `j` and
+/// channel `c` (the last axis). Positions outside the axis are left out.
+pub fn window(
+    shape: &[usize],
+    op: tessera_ir::WindowOp,
+    axis: usize,
+    size: usize,
+    pad_left: usize,
+    x: impl Fn(usize) -> f64,
+    w: impl Fn(usize, usize) -> f64,
+) -> Vec<f64> {
+    use tessera_ir::WindowOp;
+    let outer: usize = shape[..axis].iter().product();
+    let len = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let channels = shape.last().copied().unwrap_or(1).max(1);
+    let mut out = vec![0f64; outer * len * inner];
+    for o in 0..outer {
+        for t in 0..len {
+            for c in 0..inner {
+                let (mut acc, mut count) = (if op == WindowOp::Max { f64::NEG_INFINITY } else { 0.0 }, 0usize);
+                for j in 0..size {
+                    let Some(p) = (t + j).checked_sub(pad_left).filter(|&p| p < len) else { continue };
+                    let v = x((o * len + p) * inner + c);
+                    match op {
+                        WindowOp::Conv => acc += v * w(j, c % channels),
+                        WindowOp::Max => acc = if v.is_nan() || acc.is_nan() { f64::NAN } else { acc.max(v) },
+                        WindowOp::Mean => acc += v,
+                    }
+                    count += 1;
+                }
+                out[(o * len + t) * inner + c] = if op == WindowOp::Mean { acc / count.max(1) as f64 } else { acc };
+            }
+        }
+    }
+    out
+}
+
+/// Inclusive prefix sums along `axis` of a tensor of `shape`; `get` reads flat index `i`.
 pub fn cumsum(shape: &[usize], axis: usize, get: impl Fn(usize) -> f64) -> Vec<f64> {
     let outer: usize = shape[..axis].iter().product();
     let size = shape[axis];

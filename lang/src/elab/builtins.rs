@@ -46,6 +46,9 @@ pub const NAMES: &[&str] = &[
     "size",
     "argmax",
     "argmin",
+    "conv1d",
+    "max_pool",
+    "avg_pool",
     "take_along_axis",
     "normal",
     "fill",
@@ -96,6 +99,8 @@ fn signature(name: &str) -> &'static [&'static str] {
         "reshape" => &["x", "shape"],
         "size" => &["x", "axis"],
         "argmax" | "argmin" => &["x", "axis", "keepdim"],
+        "conv1d" => &["x", "w", "causal"],
+        "max_pool" | "avg_pool" => &["x", "size", "axis", "causal"],
         "take_along_axis" => &["x", "indices", "axis"],
         "normal" => &["std"],
         "fill" => &["value"],
@@ -488,6 +493,75 @@ impl Elab<'_> {
                 let Some(axis) = self.axis_arg(&a[1], -1, rank, span) else { return Value::Poison };
                 let keepdim = matches!(a[2], Some((Value::Bool(true), _)));
                 self.arg_extreme(name == "argmax", x, axis, keepdim, span)
+            }
+            "conv1d" => {
+                let (Some(x), Some(w)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "w", &a[1], span)) else {
+                    return Value::Poison;
+                };
+                let (tx, tw) = (self.ty(x).clone(), self.ty(w).clone());
+                let size = match (tw.rank(), tw.shape.first().and_then(Dim::as_known)) {
+                    (2, Some(k)) if k > 0 && tx.rank() >= 2 && tw.shape[1] == tx.shape[tx.rank() - 1] => k as usize,
+                    _ => {
+                        return self.err(
+                            Diagnostic::error(
+                                codes::SHAPE,
+                                format!(
+                                    "`conv1d` of {tx} needs a filter [k, channels] with k known and channels = x's last size, got {tw}"
+                                ),
+                                span,
+                                "this call",
+                            )
+                            .with_help("x: [.., length, channels], w: [k, channels] (one filter per channel)"),
+                        )
+                    }
+                };
+                let causal = !matches!(a[2], Some((Value::Bool(false), _)));
+                if !causal && size % 2 == 0 {
+                    return self.err(Diagnostic::error(
+                        codes::VALUE,
+                        format!("a centred `conv1d` needs an odd filter length, got {size}"),
+                        span,
+                        "this call",
+                    ));
+                }
+                let pad_left = if causal { size - 1 } else { (size - 1) / 2 };
+                let (x, w) = match (self.cast(x, DType::F32, span), self.cast(w, DType::F32, span)) {
+                    (Value::Tensor(x), Value::Tensor(w)) => (x, w),
+                    _ => return Value::Poison,
+                };
+                self.add(Op::Window { op: tessera_ir::WindowOp::Conv, axis: tx.rank() - 2, size, pad_left }, vec![x, w], None, span)
+            }
+            "max_pool" | "avg_pool" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let rank = self.ty(x).rank();
+                let size = match &a[1] {
+                    Some((Value::Int(d), _)) => d.as_known().filter(|&k| (1..=1 << 20).contains(&k)),
+                    _ => None,
+                };
+                let Some(size) = size else {
+                    let s = a[1].as_ref().map_or(span, |(_, s)| *s);
+                    return self.err(Diagnostic::error(
+                        codes::VALUE,
+                        format!("`{name}` needs a window size, a known int from 1"),
+                        s,
+                        "here",
+                    ));
+                };
+                let Some(axis) = self.axis_arg(&a[2], -2, rank, span) else { return Value::Poison };
+                let causal = matches!(a[3], Some((Value::Bool(true), _)));
+                let size = size as usize;
+                if !causal && size % 2 == 0 {
+                    return self.err(Diagnostic::error(
+                        codes::VALUE,
+                        format!("a centred `{name}` needs an odd window, got {size}"),
+                        span,
+                        "this call",
+                    ));
+                }
+                let pad_left = if causal { size - 1 } else { (size - 1) / 2 };
+                let op = if name == "max_pool" { tessera_ir::WindowOp::Max } else { tessera_ir::WindowOp::Mean };
+                let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+                self.add(Op::Window { op, axis, size, pad_left }, vec![x], None, span)
             }
             "take_along_axis" => {
                 let (Some(x), Some(idx)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "indices", &a[1], span)) else {
