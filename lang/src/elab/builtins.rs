@@ -516,7 +516,7 @@ impl Elab<'_> {
                     }
                 };
                 let causal = !matches!(a[2], Some((Value::Bool(false), _)));
-                if !causal && size % 2 == 0 {
+                if !causal && size.is_multiple_of(2) {
                     return self.err(Diagnostic::error(
                         codes::VALUE,
                         format!("a centred `conv1d` needs an odd filter length, got {size}"),
@@ -550,7 +550,7 @@ impl Elab<'_> {
                 let Some(axis) = self.axis_arg(&a[2], -2, rank, span) else { return Value::Poison };
                 let causal = matches!(a[3], Some((Value::Bool(true), _)));
                 let size = size as usize;
-                if !causal && size % 2 == 0 {
+                if !causal && size.is_multiple_of(2) {
                     return self.err(Diagnostic::error(
                         codes::VALUE,
                         format!("a centred `{name}` needs an odd window, got {size}"),
