@@ -1,5 +1,5 @@
 //! The research architectures of `examples/research/` (Linformer, AFT, MatFormer, Hyena,
-//! Transformer-VQ) against
+//! PoNet, Transformer-VQ) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
 //! the interpreter and on the CPU backend.
@@ -66,4 +66,9 @@ fn transformer_vq_matches_its_numpy_reference() {
 #[test]
 fn hyena_matches_its_numpy_reference() {
     check("hyena");
+}
+
+#[test]
+fn ponet_matches_its_numpy_reference() {
+    check("ponet");
 }

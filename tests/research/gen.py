@@ -202,6 +202,26 @@ def hyena(P, x, d, bands, width, hidden, layers, eps):
     return {"y": x}
 
 
+def ponet(P, x, d, window, hidden, layers, eps, segment_ids):
+    b, s, _ = x.shape
+    half = (window - 1) // 2
+    for l in range(layers):
+        p = f"layers.{l}.mixer"
+        q, k, v = (P.linear(f"{p}.{n}", x, d) for n in "qkv")
+        g = q.mean(1, keepdims=True)  # one global query per sequence
+        glob = softmax(g @ k.transpose(0, 2, 1) / math.sqrt(d), -1) @ v
+        xs = P.linear(f"{p}.segment", x, d)
+        seg = np.empty_like(xs)
+        for i in range(b):
+            for t in range(s):
+                seg[i, t] = xs[i, segment_ids[i] == segment_ids[i, t]].max(0)
+        xl = P.linear(f"{p}.local", x, d)
+        loc = np.stack([xl[:, max(0, t - half):t + half + 1].max(1) for t in range(s)], axis=1)
+        x = layer_norm(x + P.linear(f"{p}.o", glob + seg + loc, d), *P.norm(f"layers.{l}.ln_1", d), eps)
+        x = layer_norm(x + P.mlp(f"layers.{l}.mlp", x, hidden), *P.norm(f"layers.{l}.ln_2", d), eps)
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
@@ -209,6 +229,7 @@ CASES = [
     ("matformer", matformer, dict(d=24, n_heads=3, hidden=48, layers=2, eps=1e-5), 2, 10),
     ("transformer_vq", transformer_vq, dict(d=24, n_heads=3, codes=7, hidden=40, layers=2, eps=1e-5), 2, 9),
     ("hyena", hyena, dict(d=12, bands=3, width=10, hidden=24, layers=2, eps=1e-5), 2, 13),
+    ("ponet", ponet, dict(d=16, window=3, hidden=32, layers=2, eps=1e-5), 2, 11),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}
@@ -220,9 +241,13 @@ def main():
         rng = np.random.default_rng(1000 + i)
         x = rng.normal(0.0, 1.0, (batch, seq, hp["d"]))
         P = Params(rng)
-        outs = fn(P, x, **hp)
+        extra = {}
+        if name == "ponet":  # segments (sentences) of varied lengths
+            extra["segment_ids"] = np.array([[0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3], [0, 1, 1, 1, 1, 1, 2, 2, 3, 3, 3]])
+        outs = fn(P, x, **hp, **extra)
         tensors = {f"param.{k}": v.astype(np.float32) for k, v in P.items()}
         tensors["input.x"] = x.astype(np.float32)
+        tensors.update({f"input.{k}": v.astype(np.int64) for k, v in extra.items()})
         tensors.update({f"output.{k}": v.astype(np.float32) for k, v in outs.items()})
         save_file(tensors, str(OUT / f"{name}.safetensors"))
         defines = {RENAME.get(k, k): v for k, v in hp.items()}
