@@ -112,3 +112,19 @@ fn sliding_window_convolutions_and_pools() {
     let fe = tessera::Frontend::tsr("m.tsr", bad, None, &[]);
     assert!(fe.diagnostics.iter().any(|d| d.message.contains("odd filter length")));
 }
+
+/// `sort` (ascending, descending; equal values keep their order) along either axis, on the
+/// interpreter and the CPU backend.
+#[test]
+fn sort_orders_values_along_an_axis() {
+    let src = "model m() {\n input x: [2, 5]\n output up = sort(x)\n output down = sort(x, -1, descending = true)\n output cols = sort(x, 0)\n}\n";
+    let x = Tensor::f32(vec![2, 5], vec![3.0, -1.0, 3.0, 0.5, 2.0, 1.0, 1.0, -4.0, 9.0, 0.0]);
+    let inputs: HashMap<String, Tensor> = [("x".to_string(), x)].into_iter().collect();
+    for backend in [tessera::Backend::Interp, tessera::Backend::Cpu] {
+        let m = tessera::Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        assert_eq!(out["up"].to_f64(), [-1.0, 0.5, 2.0, 3.0, 3.0, -4.0, 0.0, 1.0, 1.0, 9.0], "{backend:?}");
+        assert_eq!(out["down"].to_f64(), [3.0, 3.0, 2.0, 0.5, -1.0, 9.0, 1.0, 1.0, 0.0, -4.0], "{backend:?}");
+        assert_eq!(out["cols"].to_f64(), [1.0, -1.0, -4.0, 0.5, 0.0, 3.0, 1.0, 3.0, 9.0, 2.0], "{backend:?}");
+    }
+}

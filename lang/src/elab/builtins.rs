@@ -46,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "size",
     "argmax",
     "argmin",
+    "sort",
     "conv1d",
     "max_pool",
     "avg_pool",
@@ -100,6 +101,7 @@ fn signature(name: &str) -> &'static [&'static str] {
         "size" => &["x", "axis"],
         "argmax" | "argmin" => &["x", "axis", "keepdim"],
         "conv1d" => &["x", "w", "causal"],
+        "sort" => &["x", "axis", "descending"],
         "max_pool" | "avg_pool" => &["x", "size", "axis", "causal"],
         "take_along_axis" => &["x", "indices", "axis"],
         "normal" => &["std"],
@@ -191,6 +193,69 @@ impl Elab<'_> {
         let Value::Tensor(cand) = self.add(Op::Where, vec![hit, iof, big], None, span) else { return Value::Poison };
         let Value::Tensor(first) = self.reduce(ReduceOp::Min, cand, vec![axis], keepdim, span) else { return Value::Poison };
         self.cast(first, DType::I64, span)
+    }
+
+    /// `sort(x, axis, descending)`: the values in order along `axis` (ties keep their order).
+    /// Composed by ranks: element i goes to place `#{j : x_j before x_i} + #{j < i : x_j = x_i}`,
+    /// then each place sums the one element whose rank it is. It holds an [.., n, n, ..]
+    /// comparison, so it suits short axes (codebooks, top candidates), not whole sequences.
+    fn sort(&mut self, x: ValueId, axis: usize, descending: bool, span: Span) -> Value {
+        let ty = self.ty(x).clone();
+        if ty.shape[axis].as_known().is_none_or(|n| n > 4096) {
+            return self.err(Diagnostic::error(
+                codes::VALUE,
+                format!("`sort` along an axis of {} elements (a known size of at most 4096)", ty.shape[axis]),
+                span,
+                "here",
+            ));
+        }
+        let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+        let with_one = |at: usize| {
+            let mut s = ty.shape.clone();
+            s.insert(at, Dim::known(1));
+            s
+        };
+        // xi: [.., n(i), 1, ..], xj: [.., 1, n(j), ..]
+        let (Value::Tensor(xi), Value::Tensor(xj)) = (self.reshape(x, with_one(axis + 1), span), self.reshape(x, with_one(axis), span))
+        else {
+            return Value::Poison;
+        };
+        let pair = {
+            let mut s = ty.shape.clone();
+            s.insert(axis + 1, ty.shape[axis].clone());
+            s
+        };
+        let iota =
+            |this: &mut Self, a: usize| match this.add(Op::Iota { axis: a }, vec![], Some(TensorType::new(DType::I64, pair.clone())), span)
+            {
+                Value::Tensor(t) => Some(t),
+                _ => None,
+            };
+        let (Some(ii), Some(jj)) = (iota(self, axis), iota(self, axis + 1)) else { return Value::Poison };
+        let before = if descending { BinaryOp::Gt } else { BinaryOp::Lt };
+        let bin = |this: &mut Self, op: BinaryOp, l: ValueId, r: ValueId| match this.add(Op::Binary(op), vec![l, r], None, span) {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        };
+        let Some(rank) = (|| {
+            let earlier = bin(self, before, xj, xi)?;
+            let tie = bin(self, BinaryOp::Eq, xj, xi)?;
+            let lower = bin(self, BinaryOp::Lt, jj, ii)?;
+            let tie_before = bin(self, BinaryOp::And, tie, lower)?;
+            let counted = bin(self, BinaryOp::Or, earlier, tie_before)?;
+            let Value::Tensor(c) = self.cast(counted, DType::F32, span) else { return None };
+            let Value::Tensor(r) = self.reduce(ReduceOp::Sum, c, vec![axis + 1], false, span) else { return None };
+            Some(r)
+        })() else {
+            return Value::Poison;
+        };
+        // place k (along `axis`) takes the element i (along axis + 1) whose rank is k.
+        let Value::Tensor(rank_i) = self.reshape(rank, with_one(axis), span) else { return Value::Poison };
+        let Value::Tensor(kf) = self.cast(ii, DType::F32, span) else { return Value::Poison };
+        let Some(hit) = bin(self, BinaryOp::Eq, rank_i, kf) else { return Value::Poison };
+        let Value::Tensor(zero) = self.constant(0.0, DType::F32, span) else { return Value::Poison };
+        let Value::Tensor(picked) = self.add(Op::Where, vec![hit, xj, zero], None, span) else { return Value::Poison };
+        self.reduce(ReduceOp::Sum, picked, vec![axis + 1], false, span)
     }
 
     /// `take_along_axis(x, indices, axis)`: `x` [lead.., n, rest..], `indices` [lead.., k]
@@ -493,6 +558,13 @@ impl Elab<'_> {
                 let Some(axis) = self.axis_arg(&a[1], -1, rank, span) else { return Value::Poison };
                 let keepdim = matches!(a[2], Some((Value::Bool(true), _)));
                 self.arg_extreme(name == "argmax", x, axis, keepdim, span)
+            }
+            "sort" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let rank = self.ty(x).rank();
+                let Some(axis) = self.axis_arg(&a[1], -1, rank, span) else { return Value::Poison };
+                let descending = matches!(a[2], Some((Value::Bool(true), _)));
+                self.sort(x, axis, descending, span)
             }
             "conv1d" => {
                 let (Some(x), Some(w)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "w", &a[1], span)) else {
