@@ -1,5 +1,5 @@
 //! The research architectures of `examples/research/` (Linformer, AFT, MatFormer, Hyena,
-//! PoNet, Transformer-VQ) against
+//! PoNet, Transformer-VQ, NaLaFormer) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
 //! the interpreter and on the CPU backend.
@@ -71,4 +71,9 @@ fn hyena_matches_its_numpy_reference() {
 #[test]
 fn ponet_matches_its_numpy_reference() {
     check("ponet");
+}
+
+#[test]
+fn nalaformer_matches_its_numpy_reference() {
+    check("nalaformer");
 }

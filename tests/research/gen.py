@@ -9,11 +9,12 @@ and the expected outputs:
 
 Run from the repository root with any Python that has numpy and safetensors:
 
-    /root/tvenv/bin/python tests/research/gen.py
+    /root/tvenv/bin/python tests/research/gen.py [NAME ...]   # all cases, or the ones named
 """
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,54 @@ def ponet(P, x, d, window, hidden, layers, eps, segment_ids):
     return {"y": x}
 
 
+def depthwise(P, name, x, k, weight="weight", bias="bias"):
+    """A centred depthwise convolution along the sequence, zero-padded (torch's Conv1d with
+    groups = channels, padding (k - 1) / 2); the weight is [k, channels] and cross-correlates."""
+    w = P.w(f"{name}.{weight}", k, x.shape[-1], scale=1.0 / k)
+    pad = (k - 1) // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (0, 0)))
+    y = sum(w[j] * xp[:, j:j + x.shape[1]] for j in range(k))
+    return y + P.b(f"{name}.{bias}", x.shape[-1])
+
+
+def nalaformer(P, x, d, n_heads, hidden, layers, eps):
+    b, s, _ = x.shape
+    e = d // n_heads
+    # The paper's theta_shift on a sequence: angle 1 / 10000 ** linspace(0, 1, e/2), one per
+    # pair of features (2i, 2i + 1), which rotate together (rotate_every_two).
+    angle = np.repeat(1.0 / 10000.0 ** np.linspace(0.0, 1.0, e // 2), 2)
+    theta = np.arange(s)[:, None] * angle[None, :]  # [s, e]
+
+    def theta_shift(y):
+        rot = np.stack([-y[..., 1::2], y[..., 0::2]], axis=-1).reshape(y.shape)
+        return y * np.cos(theta) + rot * np.sin(theta)
+
+    for l in range(layers):
+        p = f"layers.{l}"
+        x = x + depthwise(P, f"{p}.cpe1", x, 3)
+        h = layer_norm(x, *P.norm(f"{p}.norm1", d), eps)
+        q, k, vm, g = (P.linear(f"{p}.attn.{n}", h, d) for n in "qkvg")
+        q, k, v = heads(q, n_heads), heads(k, n_heads) ** 3, heads(vm, n_heads)
+        qn = np.sqrt((q * q).sum(-1, keepdims=True))
+        power = 3.0 * (0.5 + np.tanh(qn))
+        q1, q2 = (np.maximum(q, 0) / qn) ** power, (np.maximum(-q, 0) / qn) ** power
+        k1, k2 = np.maximum(k, 0), np.maximum(-k, 0)
+        qr = np.concatenate([theta_shift(q1), theta_shift(q2)], -1)
+        kr = np.concatenate([theta_shift(k1), theta_shift(k2)], -1)
+        qf, kf = np.concatenate([q1, q2], -1), np.concatenate([k1, k2], -1)
+        z = 1.0 / (qf @ kf.mean(2, keepdims=True).transpose(0, 1, 3, 2) + 1e-6)
+        kv = (kr.transpose(0, 1, 3, 2) / math.sqrt(s)) @ (v / math.sqrt(s))
+        o = merge(qr @ kv * z) + depthwise(P, f"{p}.attn", vm, 5, "lepe", "lepe_bias")
+        o = layer_norm(o, *P.norm(f"{p}.attn.ln", d), eps) * g * sigmoid(g)
+        x = x + P.linear(f"{p}.attn.out_proj", o, d)
+        x = x + depthwise(P, f"{p}.cpe2", x, 3)
+        h = layer_norm(x, *P.norm(f"{p}.norm2", d), eps)
+        u = gelu(P.linear(f"{p}.ffn.fc1", h, hidden))
+        u = u + depthwise(P, f"{p}.ffn", u, 3, "dwconv", "dwconv_bias")
+        x = x + P.linear(f"{p}.ffn.fc2", u, d)
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
@@ -230,6 +279,7 @@ CASES = [
     ("transformer_vq", transformer_vq, dict(d=24, n_heads=3, codes=7, hidden=40, layers=2, eps=1e-5), 2, 9),
     ("hyena", hyena, dict(d=12, bands=3, width=10, hidden=24, layers=2, eps=1e-5), 2, 13),
     ("ponet", ponet, dict(d=16, window=3, hidden=32, layers=2, eps=1e-5), 2, 11),
+    ("nalaformer", nalaformer, dict(d=24, n_heads=2, hidden=40, layers=2, eps=1e-6), 2, 13),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}
@@ -237,7 +287,10 @@ RENAME = {"n_heads": "heads"}
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    only = set(sys.argv[1:])  # names to (re)write; all when none is given
     for i, (name, fn, hp, batch, seq) in enumerate(CASES):
+        if only and name not in only:
+            continue
         rng = np.random.default_rng(1000 + i)
         x = rng.normal(0.0, 1.0, (batch, seq, hp["d"]))
         P = Params(rng)
