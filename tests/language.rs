@@ -128,3 +128,35 @@ fn sort_orders_values_along_an_axis() {
         assert_eq!(out["cols"].to_f64(), [1.0, -1.0, -4.0, 0.5, 0.0, 3.0, 1.0, 3.0, 9.0, 2.0], "{backend:?}");
     }
 }
+
+/// A symbolic axis cut into blocks of a constant size: `reshape(x, (b, -1, 4, d))` gives the
+/// size `seq/4`, which reads back from the IR text, computes block means on the interpreter and
+/// the CPU backend, and refuses a run whose `seq` is no multiple of 4.
+#[test]
+fn a_symbolic_axis_splits_into_blocks() {
+    let src = "model m() {\n input x: [batch, seq, 2]\n xb = reshape(x, (batch, -1, 4, 2))\n\
+               output means = mean(xb, 2)\n output back = reshape(xb, (batch, seq, 2))\n output pairs = reshape(x, (batch, seq // 2, 4))\n}\n";
+    let g = common::elaborate("m.tsr", src, &[]);
+    assert!(g.to_string().contains("f32[batch, seq/4, 4, 2]"), "{g}");
+    assert_eq!(tessera::ir::parse(&g.to_string()).expect("reads back"), g);
+    let (seq, vals) = (8usize, (0..16).map(|v| (v * v % 7) as f32).collect::<Vec<_>>());
+    let inputs: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![1, seq, 2], vals.clone()))].into();
+    // The mean of each block of 4 positions, per channel.
+    let block_mean = |blk: usize, c: usize| (0..4).map(|t| vals[(blk * 4 + t) * 2 + c] as f64).sum::<f64>() / 4.0;
+    let want = [block_mean(0, 0), block_mean(0, 1), block_mean(1, 0), block_mean(1, 1)];
+    for backend in [tessera::Backend::Interp, tessera::Backend::Cpu] {
+        let m = tessera::Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        assert_eq!(out["means"].shape, [1, 2, 2], "{backend:?}");
+        assert!(
+            out["means"].to_f64().iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{backend:?}: {:?} {want:?}",
+            out["means"].to_f64()
+        );
+        assert_eq!(out["back"].to_f64(), inputs["x"].to_f64(), "{backend:?}");
+        assert_eq!(out["pairs"].shape, [1, 4, 4], "{backend:?}");
+        let odd: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![1, 6, 2], vec![0.0; 12]))].into();
+        let err = m.run(&odd).expect_err("6 is no multiple of 4").to_string();
+        assert!(err.contains("seq = 6 is not a multiple of 4"), "{backend:?}: {err}");
+    }
+}

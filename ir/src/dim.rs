@@ -3,6 +3,11 @@
 //! A [`Dim`] is kept in a canonical form (monomials sorted, no zero coefficients), so structural
 //! equality is semantic equality for the expressions the language can build (`seq`, `2*seq`,
 //! `batch*seq`, `seq - 1`, `768`).
+//!
+//! A factor is a named size or the exact quotient of one by a constant, `seq/4` (a symbolic axis
+//! cut into blocks of 4: `reshape(x, (b, -1, 4, d))`). Such a size exists only when the named
+//! one is a multiple of the divisor; [`Dim::quotients`] lists what a run must check, and
+//! `4*seq/4` is kept as `seq`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,11 +33,28 @@ impl Dim {
         Dim { terms: vec![(vec![name.to_string()], 1)] }
     }
 
+    /// The exact quotient of the named size `name` by `k` (`seq/4`); `name` itself when `k` is 1.
+    pub fn quot(name: &str, k: i64) -> Dim {
+        if k == 1 {
+            return Dim::sym(name);
+        }
+        Dim { terms: vec![(vec![format!("{name}/{k}")], 1)] }
+    }
+
     fn normalize(&mut self) {
         let mut merged: Vec<(Vec<String>, i64)> = Vec::new();
         let mut terms = std::mem::take(&mut self.terms);
-        for t in &mut terms {
-            t.0.sort();
+        for (m, c) in &mut terms {
+            // A coefficient that the divisor of a quotient factor divides cancels it: 4*seq/4 = seq.
+            for f in m.iter_mut() {
+                if let Some((name, k)) = split_quot(f) {
+                    if *c % k == 0 {
+                        *c /= k;
+                        *f = name.to_string();
+                    }
+                }
+            }
+            m.sort();
         }
         terms.sort();
         for (m, c) in terms {
@@ -62,9 +84,15 @@ impl Dim {
         }
     }
 
-    /// Every symbol the size mentions.
+    /// Every symbol the size mentions (`seq` for a factor `seq/4`).
     pub fn symbols(&self) -> impl Iterator<Item = &str> {
-        self.terms.iter().flat_map(|(m, _)| m.iter().map(String::as_str))
+        self.terms.iter().flat_map(|(m, _)| m.iter().map(|f| split_quot(f).map_or(f.as_str(), |(name, _)| name)))
+    }
+
+    /// The quotient factors (`seq/4` as `("seq", 4)`): each named size must be a multiple of
+    /// its divisor for the size to exist.
+    pub fn quotients(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.terms.iter().flat_map(|(m, _)| m.iter().filter_map(|f| split_quot(f)))
     }
 
     /// Sum of two sizes.
@@ -130,18 +158,65 @@ impl Dim {
         Some(d)
     }
 
-    /// Evaluates the size given values for its symbols; `None` if a symbol is unbound.
+    /// Division that may cut a named size into blocks: [`Dim::div_exact`] where that works,
+    /// else, for one term `c*m*s` over `k*m`, the quotient `(c/g)*s/(k/g)` (`g` their common
+    /// divisor), which exists when `s` is a multiple of `k/g`. `None` otherwise.
+    pub fn div_blocks(&self, o: &Dim) -> Option<Dim> {
+        if let Some(q) = self.div_exact(o) {
+            return Some(q);
+        }
+        let ([(m, c)], [(om, oc)]) = (self.terms.as_slice(), o.terms.as_slice()) else { return None };
+        let mut rest = m.clone();
+        for s in om {
+            let pos = rest.iter().position(|r| r == s)?;
+            rest.remove(pos);
+        }
+        let [s] = rest.as_slice() else { return None };
+        let g = gcd(*c, *oc);
+        let (c, k) = (c / g * oc.signum(), (oc / g).abs());
+        if split_quot(s).is_some() || k < 2 {
+            return None;
+        }
+        Some(Dim::quot(s, k).scale(c))
+    }
+
+    /// Evaluates the size given values for its symbols; `None` if a symbol is unbound or a
+    /// quotient factor's size is not a multiple of its divisor.
     pub fn eval(&self, env: &HashMap<String, i64>) -> Option<i64> {
         let mut total = 0i64;
         for (m, c) in &self.terms {
             let mut v = *c;
-            for s in m {
-                v = v.checked_mul(*env.get(s)?)?;
+            for f in m {
+                let x = match split_quot(f) {
+                    Some((name, k)) => {
+                        let n = *env.get(name)?;
+                        if n % k != 0 {
+                            return None;
+                        }
+                        n / k
+                    }
+                    None => *env.get(f)?,
+                };
+                v = v.checked_mul(x)?;
             }
             total = total.checked_add(v)?;
         }
         Some(total)
     }
+}
+
+/// A quotient factor `name/k` as `(name, k)`.
+fn split_quot(f: &str) -> Option<(&str, i64)> {
+    let (name, k) = f.split_once('/')?;
+    Some((name, k.parse().ok()?))
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a.unsigned_abs(), b.unsigned_abs());
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1) as i64
 }
 
 impl From<i64> for Dim {
@@ -198,5 +273,24 @@ mod tests {
         assert_eq!(b.mul(&s).to_string(), "batch*seq");
         let env = HashMap::from([("seq".to_string(), 5), ("batch".to_string(), 3)]);
         assert_eq!(b.mul(&s).add(&Dim::known(2)).eval(&env), Some(17));
+    }
+
+    #[test]
+    fn a_named_size_cut_into_blocks() {
+        let (s, b) = (Dim::sym("seq"), Dim::sym("batch"));
+        // [batch, seq, 24] as [batch, -1, 4, 24]: -1 is seq/4.
+        let total = b.mul(&s).scale(24);
+        let q = total.div_blocks(&b.scale(96)).expect("a quotient");
+        assert_eq!(q.to_string(), "seq/4");
+        assert_eq!(q.quotients().collect::<Vec<_>>(), [("seq", 4)]);
+        assert_eq!(q.symbols().collect::<Vec<_>>(), ["seq"]);
+        assert_eq!(q.scale(4), s, "4*seq/4 is seq");
+        assert_eq!(q.mul(&Dim::known(4)).mul(&b).scale(24), total);
+        assert_eq!(s.scale(6).div_blocks(&Dim::known(4)).map(|d| d.to_string()), Some("3*seq/2".into()));
+        let env = HashMap::from([("seq".to_string(), 12)]);
+        assert_eq!(q.eval(&env), Some(3));
+        assert_eq!(q.eval(&HashMap::from([("seq".to_string(), 13)])), None, "13 is no multiple of 4");
+        assert_eq!(s.add(&b).div_blocks(&Dim::known(4)), None, "only one term is cut");
+        assert_eq!(q.div_blocks(&Dim::known(2)), None, "a quotient is not cut again");
     }
 }

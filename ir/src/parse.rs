@@ -38,7 +38,7 @@ fn lex(line: &str) -> Result<Vec<Tok>, String> {
                 }
             }
             toks.push(Tok::Str(s));
-        } else if "=:[](),{}*+".contains(c) {
+        } else if "=:[](),{}*+/".contains(c) {
             chars.next();
             toks.push(Tok::Punct(c));
         } else if c.is_alphanumeric() || "_.%-".contains(c) {
@@ -125,7 +125,10 @@ fn dim(c: &mut Cursor) -> Result<Dim, String> {
             let w = c.word()?;
             let f = match w.parse::<i64>() {
                 Ok(n) => Dim::known(n),
-                Err(_) if w.chars().all(|ch| ch.is_alphanumeric() || ch == '_') => Dim::sym(&w),
+                Err(_) if w.chars().all(|ch| ch.is_alphanumeric() || ch == '_') => match c.eat('/') {
+                    true => Dim::quot(&w, c.int::<i64>().ok().filter(|k| *k >= 2).ok_or("a size divides by an integer of 2 or more")?),
+                    false => Dim::sym(&w),
+                },
                 Err(_) => return Err(format!("bad dimension `{w}`")),
             };
             term = term.mul(&f);

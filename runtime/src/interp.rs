@@ -15,10 +15,25 @@ pub type Dims = HashMap<String, i64>;
 pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
     shape
         .iter()
-        .map(|d| match d.eval(dims) {
-            Some(n) if n >= 0 => Ok(n as usize),
-            Some(n) => Err(RunError::Shape(format!("dimension {d} evaluates to {n}"))),
-            None => Err(RunError::UnboundDim(d.symbols().find(|s| !dims.contains_key(*s)).unwrap_or("?").to_string())),
+        .map(|d| {
+            for (name, k) in d.quotients() {
+                match dims.get(name) {
+                    Some(n) if n % k != 0 => {
+                        return Err(RunError::Shape(format!(
+                            "{name} = {n} is not a multiple of {k}: the program cuts {name} into blocks of {k} (a size {d})"
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            Ok(d)
+        })
+        .map(|d| {
+            d.and_then(|d| match d.eval(dims) {
+                Some(n) if n >= 0 => Ok(n as usize),
+                Some(n) => Err(RunError::Shape(format!("dimension {d} evaluates to {n}"))),
+                None => Err(RunError::UnboundDim(d.symbols().find(|s| !dims.contains_key(*s)).unwrap_or("?").to_string())),
+            })
         })
         .collect()
 }

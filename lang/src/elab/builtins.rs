@@ -502,7 +502,7 @@ impl Elab<'_> {
                 }
                 if let Some(k) = infer_at {
                     let rest = shape.iter().fold(Dim::known(1), |acc, d| acc.mul(d));
-                    match total.div_exact(&rest) {
+                    match total.div_blocks(&rest) {
                         Some(q) => shape[k] = q,
                         None => {
                             return self.err(Diagnostic::error(

@@ -922,7 +922,7 @@ impl<'p> Elab<'p> {
                             Value::int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0))
                         }
                         (Some(x), Some(y)) => Value::int(x - y * (x as f64 / y as f64).floor() as i64),
-                        _ if op == BinOp::FloorDiv => match a.div_exact(b) {
+                        _ if op == BinOp::FloorDiv => match a.div_blocks(b) {
                             Some(q) => Int(q),
                             None => self.err(Diagnostic::error(
                                 codes::NON_CONSTANT,
