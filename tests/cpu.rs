@@ -71,6 +71,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         ("slices", "input x: [batch, seq, 11]\n output y = x[:, :, 2:7] * 2.0 + x[:, :, 0:10:2]\n output z = x[:, 1:4]"),
         ("cumsum", "input x: [batch, seq, 5]\n output y = cumsum(x, 1)"),
         ("windows", "input x: [batch, seq, 5]\n output y = conv1d(x, param w: [4, 5]) + conv1d(x, param v: [3, 5], causal = false)\n output z = max_pool(x, 3) + avg_pool(x, 2, causal = true) + max_pool(x, 3, axis = 2)"),
+        ("segments", "input x: [batch, seq, 5]\n ids = int(x[:, :, 0] > 0.0) + int(x[:, :, 1] > 0.5)\n output y = segment_max(x, ids) + segment_mean(x, ids) * 2.0\n output z = segment_sum(x[:, :, 0], ids) - segment_min(x[:, :, 1], ids)"),
         // Bool tensors stored by a compiled kernel (a Cranelift verifier error once: istore8 of an i8).
         ("bool output", "input x: [batch, seq, 5]\n output y = x > 0.0\n output z = where(x[:, :, 0:1] > 0.0, x, 0.0)"),
         ("fourier", "input x: [batch, seq, 6]\n output y = nn.fourier_mix(x)\n output z = irfft(rfft(x, 2 * seq, axis = 1), 2 * seq, axis = 1)\n output w = real(ifft(fft(complex(x, x * 0.5), axes = (0, 1)), axes = 1)) + imag(fft(complex(x), axes = -1))\n output v = rfft(x, axis = -1)\n output u = irfft(rfft(x, 5), 5)"),

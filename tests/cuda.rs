@@ -120,6 +120,7 @@ const EMULATED: &[(&str, &str)] = &[
     ("norms", "input x: [batch, seq, 9]\n output y = nn.layer_norm(x) + nn.rms_norm(x)"),
     ("softmax", "input x: [batch, seq, 9]\n output y = softmax(x, -1) + softmax(x, 1)"),
     ("windows", "input x: [batch, seq, 5]\n output y = conv1d(x, param w: [4, 5]) + conv1d(x, param v: [3, 5], causal = false)\n output z = max_pool(x, 3) + avg_pool(x, 2, causal = true) + max_pool(x, 3, axis = 2)"),
+    ("segments", "input x: [batch, seq, 5]\n ids = int(x[:, :, 0] > 0.0) + int(x[:, :, 1] > 0.5)\n output y = segment_max(x, ids) + segment_mean(x, ids) * 2.0\n output z = segment_sum(x[:, :, 0], ids) - segment_min(x[:, :, 1], ids)"),
     ("reduce", "input x: [batch, seq, 9]\n output y = sum(x, -1) + max(x, -1) + mean(x, -1) + mean(min(x, 1), -1)[:, none]\n output z = sum(x, 0) + max(x, 0)"),
     ("gather", "input ids: i64[batch, seq]\n output y = (param e: [23, 6])[ids]"),
     ("layout", "input x: [batch, seq, 6]\n output y = concat(transpose(x, -1, -2), transpose(x, -1, -2) * 2.0, axis = 1)[:, 1:5]"),

@@ -921,6 +921,17 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             };
             format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 j = 0; j < {size}; ++j) {{\n    const i64 p = t - {pad_left} + j;\n    if (p < 0 || p >= len) continue;\n    const double v = (double)in0[(o * len + p) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
         }
+        // One thread per output element: a pass over its row's ids (O(n) each, no sort).
+        // meta: [count, len, inner].
+        Kernel::Segment { op, .. } => {
+            let (init, step, fin) = match op {
+                tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc"),
+                tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", "acc / (double)cnt"),
+                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmax(acc, v)", "acc"),
+                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmin(acc, v)", "acc"),
+            };
+            format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  const i64 mine = in1[o * len + t];\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 u = 0; u < len; ++u) {{\n    if (in1[o * len + u] != mine) continue;\n    const double v = (double)in0[(o * len + u) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
+        }
         Kernel::Cumsum { .. } => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
         Kernel::Reduce { op, .. } => {
             let (init, step_expr, fin) = match op {
@@ -1048,7 +1059,7 @@ pub fn meta(
             m
         }
         Kernel::Cumsum { axis } => lines(out, *axis),
-        Kernel::Window { axis, .. } => {
+        Kernel::Window { axis, .. } | Kernel::Segment { axis, .. } => {
             let (len, inner) = (out[*axis], out[axis + 1..].iter().product::<usize>());
             vec![n, len.max(1) as i64, inner.max(1) as i64]
         }

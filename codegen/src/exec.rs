@@ -325,6 +325,9 @@ impl Executable {
                     let w = |j: usize, c: usize| ins.get(1).map_or(0.0, |w| w.get(j * channels + c));
                     host::store(out, &tessera_runtime::window(&ins[0].shape, *op, *axis, *size, *pad_left, |i| ins[0].get(i), w))
                 }
+                (Kernel::Segment { op, axis }, _) => {
+                    host::store(out, &tessera_runtime::segment(&ins[0].shape, *op, *axis, |i| ins[0].get(i), |i| ins[1].get(i) as i64))
+                }
                 (Kernel::Fft { axis, inverse }, _) => fourier::fft(out, &ins[0], *axis, *inverse)?,
                 (Kernel::Rfft { axis }, _) => fourier::rfft(out, &ins[0], *axis)?,
                 (Kernel::Irfft { axis }, _) => fourier::irfft(out, &ins[0], *axis)?,

@@ -143,6 +143,13 @@ pub enum Kernel {
         /// Positions it reaches before the output's.
         pad_left: usize,
     },
+    /// Pooling over segments given by ids (`Op::Segment`).
+    Segment {
+        /// How a segment is reduced.
+        op: tessera_ir::ReduceOp,
+        /// The axis of the positions.
+        axis: usize,
+    },
     /// Indices along an axis.
     Iota {
         /// The axis.
@@ -170,6 +177,7 @@ impl Kernel {
             Kernel::Concat { .. } => "concat",
             Kernel::Cumsum { .. } => "cumsum",
             Kernel::Window { .. } => "window",
+            Kernel::Segment { .. } => "segment",
             Kernel::Fft { .. } => "fft",
             Kernel::Rfft { .. } => "rfft",
             Kernel::Irfft { .. } => "irfft",
@@ -267,6 +275,7 @@ impl fmt::Display for Program {
                 }
                 Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),
                 Kernel::Fft { axis, inverse } => format!(" axis={axis} inverse={inverse}"),
+                Kernel::Segment { op, axis } => format!(" {} axis={axis}", op.name()),
                 Kernel::Window { op, axis, size, pad_left } => format!(" {} axis={axis} size={size} pad_left={pad_left}", op.name()),
                 Kernel::Transpose(p) => format!(" perm={p:?}"),
                 Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),

@@ -107,6 +107,7 @@ pub fn schedule(g: &Graph) -> Program {
             Op::Slice { axis, start, step, .. } => (Some(Kernel::Slice { axis: *axis, start: start.clone(), step: *step }), Storage::Arena),
             Op::Concat { axis } => (Some(Kernel::Concat { axis: *axis }), Storage::Arena),
             Op::Cumsum { axis } => (Some(Kernel::Cumsum { axis: *axis }), Storage::Arena),
+            Op::Segment { op, axis } => (Some(Kernel::Segment { op: *op, axis: *axis }), Storage::Arena),
             Op::Window { op, axis, size, pad_left } => {
                 (Some(Kernel::Window { op: *op, axis: *axis, size: *size, pad_left: *pad_left }), Storage::Arena)
             }

@@ -27,7 +27,7 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Unary(_) | Op::Cast | Op::Transpose(_) | Op::Reshape | Op::Broadcast => 1,
         Op::Reduce { .. } | Op::Slice { .. } | Op::Cumsum { .. } => 1,
         Op::Fft { .. } | Op::Rfft { .. } | Op::Irfft { .. } => 1,
-        Op::Binary(_) | Op::MatMul | Op::Gather { .. } => 2,
+        Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::Segment { .. } => 2,
         Op::Where => 3,
         Op::Softmax { .. } => 1,
         Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
@@ -381,6 +381,17 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
                 }
             }
             Ok((*x).clone())
+        }
+        Op::Segment { axis, .. } => {
+            let (x, ids) = (ins[0], ins[1]);
+            check_axis(*axis, x.rank())?;
+            if x.dtype != DType::F32 || ids.dtype != DType::I64 || ids.shape[..] != x.shape[..=*axis] {
+                return Err(format!(
+                    "pooling {x} over segments along axis {axis} needs i64 ids of its leading shape [{}], got {ids}",
+                    x.shape[..=*axis].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Ok(x.clone())
         }
         Op::Cumsum { axis } => {
             check_axis(*axis, ins[0].rank())?;

@@ -354,6 +354,17 @@ pub enum Op {
         /// How many positions it reaches before the output's (`size - 1`: causal).
         pad_left: usize,
     },
+    /// Pooling over segments given by ids: the operands are `x: [lead.., n, rest..]` (f32)
+    /// and `ids: [lead.., n]` (i64), `axis` the one of `n`; output position `t` reduces by `op`
+    /// the positions `u` of its row with `ids[.., u] == ids[.., t]` (PoNet's segment max: each
+    /// token gets the max over its sentence). Segments need not be contiguous. The result has
+    /// `x`'s type.
+    Segment {
+        /// How a segment is reduced.
+        op: ReduceOp,
+        /// The axis of the positions (the ids' last).
+        axis: usize,
+    },
     /// Inclusive prefix sum along `axis`.
     Cumsum {
         /// The scanned axis.
@@ -454,6 +465,7 @@ impl Op {
             Op::Concat { .. } => "concat".into(),
             Op::Cumsum { .. } => "cumsum".into(),
             Op::Window { .. } => "window".into(),
+            Op::Segment { .. } => "segment".into(),
             Op::Fft { .. } => "fft".into(),
             Op::Rfft { .. } => "rfft".into(),
             Op::Irfft { .. } => "irfft".into(),

@@ -272,6 +272,14 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             key(c, "pad_left")?;
             Op::Window { op, axis, size, pad_left: c.int()? }
         }
+        "segment" => {
+            key(c, "op")?;
+            let name = c.word()?;
+            let ops = [crate::ReduceOp::Sum, crate::ReduceOp::Mean, crate::ReduceOp::Max, crate::ReduceOp::Min];
+            let op =
+                ops.into_iter().find(|o| o.name() == name).ok_or_else(|| format!("unknown segment op `{name}` (sum, mean, max, min)"))?;
+            Op::Segment { op, axis: axis(c)? }
+        }
         "rfft" => Op::Rfft { axis: axis(c)? },
         "irfft" => {
             let axis = axis(c)?;

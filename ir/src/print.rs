@@ -34,6 +34,7 @@ pub fn attrs(op: &Op) -> String {
             format!("axis={axis}")
         }
         Op::Fft { axes, inverse } => format!("axes={} inverse={inverse}", list(axes)),
+        Op::Segment { op, axis } => format!("op={} axis={axis}", op.name()),
         Op::Window { op, axis, size, pad_left } => format!("op={} axis={axis} size={size} pad_left={pad_left}", op.name()),
         Op::Irfft { axis, n } => format!("axis={axis} n={}", dim_attr(n)),
         Op::Transpose(perm) => format!("perm={}", list(perm)),

@@ -178,6 +178,9 @@ fn eval(
             let w = |j: usize, c: usize| a.get(1).map_or(0.0, |w| w.get(j * channels + c));
             Tensor::from_f64(dtype, shape.clone(), window(&shape, *op, *axis, *size, *pad_left, |i| a[0].get(i), w).into_iter())
         }
+        Op::Segment { op, axis } => {
+            Tensor::from_f64(dtype, shape.clone(), segment(&shape, *op, *axis, |i| a[0].get(i), |i| a[1].get(i) as i64).into_iter())
+        }
         Op::Fft { axes, inverse } => fourier::fft(a[0], axes, *inverse),
         Op::Rfft { axis } => fourier::rfft(a[0], *axis),
         Op::Irfft { axis, .. } => fourier::irfft(a[0], *axis, shape[*axis]),
@@ -235,6 +238,38 @@ pub fn window(
                     count += 1;
                 }
                 out[(o * len + t) * inner + c] = if op == WindowOp::Mean { acc / count.max(1) as f64 } else { acc };
+            }
+        }
+    }
+    out
+}
+
+/// Pooling over segments ([`Op::Segment`]) of a tensor of `shape` along `axis`: `x(i)` reads
+/// the operand at flat index `i`, `id(r)` the segment id at flat index `r` of the ids
+/// (`shape[..=axis]`). Each row's positions are grouped by id (a sort, O(n log n)), each group
+/// reduced once per inner element, and the result written back to every member.
+pub fn segment(shape: &[usize], op: ReduceOp, axis: usize, x: impl Fn(usize) -> f64, id: impl Fn(usize) -> i64) -> Vec<f64> {
+    let outer: usize = shape[..axis].iter().product();
+    let len = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut out = vec![0f64; outer * len * inner];
+    let mut order: Vec<usize> = Vec::with_capacity(len);
+    for o in 0..outer {
+        order.clear();
+        order.extend(0..len);
+        order.sort_by_key(|&t| (id(o * len + t), t));
+        for group in order.chunk_by(|&a, &b| id(o * len + a) == id(o * len + b)) {
+            for c in 0..inner {
+                let vals = group.iter().map(|&u| x((o * len + u) * inner + c));
+                let r = match op {
+                    ReduceOp::Sum => vals.sum(),
+                    ReduceOp::Mean => vals.sum::<f64>() / group.len() as f64,
+                    ReduceOp::Max => vals.fold(f64::NEG_INFINITY, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }),
+                    ReduceOp::Min => vals.fold(f64::INFINITY, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.min(v) }),
+                };
+                for &u in group {
+                    out[(o * len + u) * inner + c] = r;
+                }
             }
         }
     }

@@ -10,7 +10,7 @@ mod io;
 mod tensor;
 
 pub use checkpoint::{bind_checkpoint, Bound};
-pub use interp::{concrete, cumsum, run, window, Dims};
+pub use interp::{concrete, cumsum, run, segment, window, Dims};
 pub use io::{bind_dims, random_inputs, random_params, read_safetensors, write_safetensors};
 pub use tensor::{broadcast_offsets, strides, Data, Tensor};
 

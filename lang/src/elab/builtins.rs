@@ -50,6 +50,10 @@ pub const NAMES: &[&str] = &[
     "conv1d",
     "max_pool",
     "avg_pool",
+    "segment_max",
+    "segment_min",
+    "segment_mean",
+    "segment_sum",
     "take_along_axis",
     "normal",
     "fill",
@@ -104,6 +108,7 @@ fn signature(name: &str) -> &'static [&'static str] {
         "sort" => &["x", "axis", "descending"],
         "max_pool" | "avg_pool" => &["x", "size", "axis", "causal"],
         "take_along_axis" => &["x", "indices", "axis"],
+        "segment_max" | "segment_min" | "segment_mean" | "segment_sum" => &["x", "ids"],
         "normal" => &["std"],
         "fill" => &["value"],
         "topk" => &["x", "k", "axis"],
@@ -634,6 +639,31 @@ impl Elab<'_> {
                 let op = if name == "max_pool" { tessera_ir::WindowOp::Max } else { tessera_ir::WindowOp::Mean };
                 let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
                 self.add(Op::Window { op, axis, size, pad_left }, vec![x], None, span)
+            }
+            "segment_max" | "segment_min" | "segment_mean" | "segment_sum" => {
+                let (Some(x), Some(ids)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "ids", &a[1], span)) else {
+                    return Value::Poison;
+                };
+                let (tx, ti) = (self.ty(x).clone(), self.ty(ids).clone());
+                if ti.dtype != DType::I64 || ti.rank() == 0 || ti.rank() > tx.rank() || ti.shape[..] != tx.shape[..ti.rank()] {
+                    return self.err(
+                        Diagnostic::error(
+                            codes::SHAPE,
+                            format!("`{name}` of {tx} needs i64 segment ids shaped as x's leading axes, got {ti}"),
+                            span,
+                            "this call",
+                        )
+                        .with_help("x: [.., n, rest..], ids: i64[.., n] (one id per position; equal ids form a segment)"),
+                    );
+                }
+                let op = match name {
+                    "segment_max" => ReduceOp::Max,
+                    "segment_min" => ReduceOp::Min,
+                    "segment_mean" => ReduceOp::Mean,
+                    _ => ReduceOp::Sum,
+                };
+                let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+                self.add(Op::Segment { op, axis: ti.rank() - 1 }, vec![x, ids], None, span)
             }
             "take_along_axis" => {
                 let (Some(x), Some(idx)) = (self.tensor_arg(name, "x", &a[0], span), self.tensor_arg(name, "indices", &a[1], span)) else {
