@@ -594,6 +594,48 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
     }
 }
 
+/// On a machine with an NVIDIA GPU (feature `cuda`): the emulation's cases (every kernel kind
+/// at odd sizes, in f32) and the tensor-core attention cases (bf16) on the device equal the
+/// interpreter on the same stored inputs. Elsewhere it says that it was skipped.
+#[cfg(feature = "cuda")]
+#[test]
+fn generated_kernels_on_the_gpu_equal_the_interpreter() {
+    if !tessera::codegen::cuda_device::driver_present() {
+        println!("skipped: no CUDA driver on this machine");
+        return;
+    }
+    let suites: [(&[(&str, &str)], cuda::Precision, f64, &[(i64, i64)]); 2] = [
+        (EMULATED, cuda::Precision::F32, 1e-4, &[(1, 5), (2, 37), (1, 70)]),
+        (MMA_CASES, cuda::Precision::Bf16, 1e-2, &[(1, 5), (2, 37), (1, 150)]),
+    ];
+    for (cases, precision, tolerance, sizes) in suites {
+        for (what, body) in cases {
+            let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
+            let mut gpu =
+                Compiler::new().backend(Backend::Cuda(0)).precision(precision).compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
+            gpu.random_weights(3).expect("weights");
+            interp.set_params(gpu.params().clone());
+            for &(batch, seq) in sizes {
+                let inputs = interp.random_inputs(&[("batch", batch), ("seq", seq)], 3).expect("inputs");
+                // The interpreter sees what the device stores.
+                let stored: HashMap<String, Tensor> = inputs
+                    .iter()
+                    .map(|(n, t)| (n.clone(), gpu::tensor_from_bytes(&gpu::tensor_bytes(t, precision), t.shape.clone(), t.dtype(), precision)))
+                    .collect();
+                let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
+                let want = interp.run_with_dims(&dims, &stored).expect("interpreter");
+                let got = gpu.run_with_dims(&dims, &inputs).unwrap_or_else(|e| panic!("{what}: {e}"));
+                for ((n, g), (_, w)) in got.iter().zip(&want) {
+                    let d = max_rel_diff(g, w);
+                    println!("{what:<24} batch {batch} seq {seq:<3} {n}: max rel diff {d:.2e} (GPU, {precision:?})");
+                    assert!(d <= tolerance, "{what} (batch {batch}, seq {seq}, {precision:?}): {n} differs by {d}");
+                }
+            }
+        }
+    }
+}
+
 /// With the `cuda` feature and NVRTC: a Hopper CUBIN (`sm_90a`) is made without a GPU, and a
 /// second compilation of the same source comes from the disk cache.
 #[cfg(feature = "cuda")]
