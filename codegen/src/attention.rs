@@ -146,7 +146,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
         }
         // A row whose every key is masked gets, as from a softmax over equal masked scores,
         // the mean of the values (only padding rows, in practice).
-        let all_masked = |row: usize| f64::from(m[row]) <= MASK_THRESHOLD;
+        let all_masked = |row: usize| f64::from(m[row]) <= MASK_THRESHOLD && !l[row].is_nan();
         let mean_v: Vec<f64> = if (0..rows).any(all_masked) {
             let v_all = &vs[ov[bi] * t * ev..(ov[bi] + 1) * t * ev];
             (0..ev).map(|c| (0..t).map(|j| f64::from(v_all[j * ev + c])).sum::<f64>() / t.max(1) as f64).collect()
@@ -175,6 +175,13 @@ vectorized!(
 fn online_softmax_body<const FMA: bool>(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
     for ((srow, (m, l)), acc) in sp.chunks_exact_mut(n).zip(m.iter_mut().zip(l.iter_mut())).zip(acc.chunks_exact_mut(ev)) {
         let new_m = m.max(lanes(srow, f32::NEG_INFINITY, f32::max));
+        // A NaN score, or a +inf one (inf - inf), makes the whole row NaN, as softmax does:
+        // the sum `l` carries it to the output. (`f32::max` and `exp_neg` would hide it.)
+        if l.is_nan() || new_m == f32::INFINITY || srow.iter().any(|x| x.is_nan()) {
+            *l = f64::NAN;
+            srow.fill(0.0);
+            continue;
+        }
         if new_m == f32::NEG_INFINITY {
             // Every score so far is -inf: nothing is visible yet.
             srow.fill(0.0);

@@ -120,13 +120,18 @@ __device__ inline float tsr_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); 
 __device__ inline float tsr_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ inline float tsr_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x))); }
 __device__ inline float tsr_softplus(float x) { return x > 30.0f ? x : log1pf(expf(x)); }
+// NaN-propagating maximum and minimum (torch's; CUDA's fmax drops a NaN operand).
+__device__ inline double tsr_max(double a, double b) { return (a != a || b != b) ? a + b : fmax(a, b); }
+__device__ inline double tsr_min(double a, double b) { return (a != a || b != b) ? a + b : fmin(a, b); }
+__device__ inline float tsr_maxf(float a, float b) { return (a != a || b != b) ? a + b : fmaxf(a, b); }
+__device__ inline float tsr_minf(float a, float b) { return (a != a || b != b) ? a + b : fminf(a, b); }
 // The sum (op 0) or maximum (op 1) of `v` over the block's threads, through `red` (shared,
 // one slot per thread; the block size a power of two); every thread gets it.
 __device__ inline double tsr_block_reduce(double v, double* red, int op) {
   red[threadIdx.x] = v;
   __syncthreads();
   for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) red[threadIdx.x] = op ? fmax(red[threadIdx.x], red[threadIdx.x + w]) : red[threadIdx.x] + red[threadIdx.x + w];
+    if (threadIdx.x < w) red[threadIdx.x] = op ? tsr_max(red[threadIdx.x], red[threadIdx.x + w]) : red[threadIdx.x] + red[threadIdx.x + w];
     __syncthreads();
   }
   const double r = red[0];
@@ -698,7 +703,7 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     w("  }".into());
     w("  if (!row) return;".into());
     w(format!("  tsr_f* o = out + (bi * S + i) * {ev};"));
-    w(format!("  for (int c = 0; c < {ev}; ++c) o[c] = m <= -1e29f ? tsr_mean_col(vb, T, {ev}, c) : acc[c] / l;"));
+    w(format!("  for (int c = 0; c < {ev}; ++c) o[c] = m <= -1e29f && l == l ? tsr_mean_col(vb, T, {ev}, c) : acc[c] / l;"));
     w("}".into());
     Ok(s)
 }
@@ -878,7 +883,7 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w("#pragma unroll".into());
     w(format!("    for (int c = 0; c < {evn}; ++c) {{"));
     w("      const int col = c * 8 + 2 * t4 + (x & 1);".into());
-    w(format!("      orow[col] = m <= -1e29f ? tsr_mean_col(vb, T, {ev}, col) : o[c][x] / l;"));
+    w(format!("      orow[col] = m <= -1e29f && l == l ? tsr_mean_col(vb, T, {ev}, col) : o[c][x] / l;"));
     w("    }".into());
     w("  }".into());
     w("}".into());
@@ -916,7 +921,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         Kernel::Window { op, size, pad_left, .. } => {
             let (init, step, fin) = match op {
                 tessera_ir::WindowOp::Conv => ("0.0", "acc += v * (double)in1[j * inner + c]", "acc"),
-                tessera_ir::WindowOp::Max => ("-TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmax(acc, v)", "acc"),
+                tessera_ir::WindowOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
                 tessera_ir::WindowOp::Mean => ("0.0", "acc += v", "acc / (double)(cnt > 0 ? cnt : 1)"),
             };
             format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 j = 0; j < {size}; ++j) {{\n    const i64 p = t - {pad_left} + j;\n    if (p < 0 || p >= len) continue;\n    const double v = (double)in0[(o * len + p) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
@@ -927,8 +932,8 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             let (init, step, fin) = match op {
                 tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc"),
                 tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", "acc / (double)cnt"),
-                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmax(acc, v)", "acc"),
-                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = (v != v || acc != acc) ? v + acc : fmin(acc, v)", "acc"),
+                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
+                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = tsr_min(acc, v)", "acc"),
             };
             format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  const i64 mine = in1[o * len + t];\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 u = 0; u < len; ++u) {{\n    if (in1[o * len + u] != mine) continue;\n    const double v = (double)in0[(o * len + u) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
         }
@@ -937,8 +942,8 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             let (init, step_expr, fin) = match op {
                 tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc"),
                 tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", "acc / (double)count"),
-                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = fmax(acc, v)", "acc"),
-                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = fmin(acc, v)", "acc"),
+                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
+                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = tsr_min(acc, v)", "acc"),
             };
             // meta: [n_out, kept rank, kept dims.., their strides.., reduced rank, reduced
             // dims.., their strides.., count]: an output element's place in the input, and
@@ -1145,7 +1150,7 @@ fn unary(u: UnaryOp, a: &str, t: DType) -> String {
     match u {
         UnaryOp::Neg => format!("-{a}"),
         UnaryOp::Not => format!("({a} == 0.0f)"),
-        UnaryOp::Relu => format!("fmaxf({a}, 0.0f)"),
+        UnaryOp::Relu => format!("({a} < 0.0f ? 0.0f : {a})"),
         UnaryOp::Silu => format!("{a} * tsr_sigmoid({a})"),
         _ => format!("{}({a})", float_fn(u)),
     }
@@ -1184,8 +1189,8 @@ fn binary(op: BinaryOp, a: &str, b: &str, t: DType) -> String {
         Pow => format!("powf((float){a}, (float){b})"),
         Max if int => format!("max({a}, {b})"),
         Min if int => format!("min({a}, {b})"),
-        Max => format!("fmaxf({a}, {b})"),
-        Min => format!("fminf({a}, {b})"),
+        Max => format!("tsr_maxf({a}, {b})"),
+        Min => format!("tsr_minf({a}, {b})"),
         Eq => infix("=="),
         Ne => infix("!="),
         Lt => infix("<"),

@@ -316,8 +316,8 @@ pub unsafe fn reduce(out: &View, x: &View, op: ReduceOp, axes: &[usize]) {
         let a = &mut acc[slot(i)];
         *a = match op {
             ReduceOp::Sum | ReduceOp::Mean => *a + v,
-            ReduceOp::Max => a.max(v),
-            ReduceOp::Min => a.min(v),
+            ReduceOp::Max => tessera_ir::nan_max(*a, v),
+            ReduceOp::Min => tessera_ir::nan_min(*a, v),
         };
     }
     if op == ReduceOp::Mean {

@@ -105,7 +105,7 @@ pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
 pub fn activate<const FMA: bool>(u: UnaryOp, xs: &mut [f32]) {
     let each = |xs: &mut [f32], f: &dyn Fn(f32) -> f32| xs.iter_mut().for_each(|x| *x = f(*x));
     match u {
-        UnaryOp::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
+        UnaryOp::Relu => xs.iter_mut().for_each(|x| *x = if *x < 0.0 { 0.0 } else { *x }),
         UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid::<FMA>(*x)),
         UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(*x)),
         UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = 2.0 * sigmoid::<FMA>(2.0 * *x) - 1.0),

@@ -33,7 +33,7 @@ pub use checkpoint::{fill_template, match_pattern, NameMap, Parts, WeightExpr, W
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
 pub use infer::{broadcast_shapes, infer_type, rfft_bins};
-pub use op::{BinaryOp, Init, NormKind, Op, ReduceOp, UnaryOp, WindowOp, BINARY_OPS, UNARY_OPS};
+pub use op::{nan_max, nan_min, BinaryOp, Init, NormKind, Op, ReduceOp, UnaryOp, WindowOp, BINARY_OPS, UNARY_OPS};
 pub use parse::{parse, ParseError};
 pub use print::node_line;
 pub use score_fn::{SNode, ScoreFn, TileClass, Var, MASK_THRESHOLD};

@@ -74,7 +74,14 @@ impl UnaryOp {
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-            UnaryOp::Relu => x.max(0.0),
+            // NaN stays NaN (torch's relu): `f64::max` would drop it.
+            UnaryOp::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             UnaryOp::GeluErf => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
             UnaryOp::GeluTanh => {
                 let c = (2.0 / std::f64::consts::PI).sqrt();
@@ -182,8 +189,9 @@ impl BinaryOp {
             Div if int => (a / b).floor(),
             Div => a / b,
             Pow => a.powf(b),
-            Max => a.max(b),
-            Min => a.min(b),
+            // NaN propagates (torch's maximum/minimum), unlike `f64::max`.
+            Max => nan_max(a, b),
+            Min => nan_min(a, b),
             Rem => a - b * (a / b).floor(),
             Eq => f64::from(a == b),
             Ne => f64::from(a != b),
@@ -199,6 +207,25 @@ impl BinaryOp {
     /// The op's name in the IR text.
     pub fn name(self) -> &'static str {
         BINARY_OPS.iter().find(|(o, _)| *o == self).map_or("?", |(_, n)| n)
+    }
+}
+
+/// The larger of two values, NaN if either is NaN: Tessera's one definition of `maximum`,
+/// `max` reductions and max pools on every backend (as torch's `maximum` and `amax`).
+pub fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// The smaller of two values, NaN if either is NaN (see [`nan_max`]).
+pub fn nan_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
     }
 }
 

@@ -232,7 +232,7 @@ pub fn window(
                     let v = x((o * len + p) * inner + c);
                     match op {
                         WindowOp::Conv => acc += v * w(j, c % channels),
-                        WindowOp::Max => acc = if v.is_nan() || acc.is_nan() { f64::NAN } else { acc.max(v) },
+                        WindowOp::Max => acc = tessera_ir::nan_max(acc, v),
                         WindowOp::Mean => acc += v,
                     }
                     count += 1;
@@ -264,8 +264,8 @@ pub fn segment(shape: &[usize], op: ReduceOp, axis: usize, x: impl Fn(usize) -> 
                 let r = match op {
                     ReduceOp::Sum => vals.sum(),
                     ReduceOp::Mean => vals.sum::<f64>() / group.len() as f64,
-                    ReduceOp::Max => vals.fold(f64::NEG_INFINITY, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.max(v) }),
-                    ReduceOp::Min => vals.fold(f64::INFINITY, |m, v| if v.is_nan() || m.is_nan() { f64::NAN } else { m.min(v) }),
+                    ReduceOp::Max => vals.fold(f64::NEG_INFINITY, tessera_ir::nan_max),
+                    ReduceOp::Min => vals.fold(f64::INFINITY, tessera_ir::nan_min),
                 };
                 for &u in group {
                     out[(o * len + u) * inner + c] = r;
@@ -318,8 +318,8 @@ fn reduce(t: &Tensor, op: ReduceOp, axes: &[usize], dtype: DType, shape: Vec<usi
         let x = t.get(i);
         acc[s] = match op {
             ReduceOp::Sum | ReduceOp::Mean => acc[s] + x,
-            ReduceOp::Max => acc[s].max(x),
-            ReduceOp::Min => acc[s].min(x),
+            ReduceOp::Max => tessera_ir::nan_max(acc[s], x),
+            ReduceOp::Min => tessera_ir::nan_min(acc[s], x),
         };
     }
     if op == ReduceOp::Mean {

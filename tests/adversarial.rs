@@ -1,0 +1,69 @@
+//! Regression tests for what adversarial inputs found (issue 14): each input is refused with a
+//! clear diagnostic and exit status 1, or gives the right answer, never a panic, an abort, a
+//! hang or a wrong number with exit 0.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use tessera::runtime::Tensor;
+use tessera::{Backend, Compiler};
+
+/// Runs the `tessera` binary with `args`; returns its exit status, stdout and stderr.
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out: Output = Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes `text` to a fresh file under the temp dir and returns its path.
+fn file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("tessera-adversarial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.to_string_lossy().into_owned()
+}
+
+/// Asserts a refusal: exit 1 and every `needle` in stderr.
+fn refused(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = cli(args);
+    assert_eq!(code, Some(1), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: wanted {n:?} in:\n{err}");
+    }
+}
+
+/// NaN semantics are torch's on every backend: `maximum`, `minimum`, `relu`, max reductions
+/// and pools propagate a NaN operand, and attention over a NaN score gives NaN (the fused CPU
+/// kernel's online softmax once hid it: one NaN weight gave finite numbers).
+#[test]
+fn nan_propagates_as_in_torch_on_every_backend() {
+    let src = "import nn\nmodel m(d = 8, heads = 2) {\n input x: [batch, seq, d]\n param w: [d, d]\n\
+               i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n\
+               output att = softmax(where(j <= i, ((x @ w) @ x.T) * 0.3, -1e30), -1) @ x\n\
+               output ew = maximum(x, w[0]) + minimum(x, w[0]) + relu(x * w[0])\n\
+               output red = max(x * w[0], -1) + min(x * w[0], -1) + max_pool(x * w[0], 3)[:, :, 3]\n}\n";
+    let mut w: Vec<f32> = (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0).collect();
+    w[3] = f32::NAN; // row 0, column 3: every token's feature 3 after x @ w, and w[0] too
+    let x: Vec<f32> = (0..2 * 5 * 8).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
+    let inputs: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![2, 5, 8], x))].into();
+    let mut results = Vec::new();
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let mut m = Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        m.random_weights(5).expect("weights");
+        let mut params = m.params().clone();
+        params.insert("w".to_string(), Tensor::f32(vec![8, 8], w.clone()));
+        m.set_params(params);
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        // The NaN reaches every score (not the values): every attention output is NaN.
+        assert!(out["att"].to_f64().iter().all(|v| v.is_nan()), "{backend:?}: {:?}", out["att"].to_f64());
+        let ew = out["ew"].to_f64();
+        assert!(ew.iter().enumerate().all(|(i, v)| v.is_nan() == (i % 8 == 3)), "{backend:?}: {ew:?}");
+        assert!(out["red"].to_f64().iter().all(|v| v.is_nan()), "{backend:?}: {:?}", out["red"].to_f64());
+        results.push(out);
+    }
+    let nan_positions = |t: &Tensor| t.to_f64().iter().map(|v| v.is_nan()).collect::<Vec<_>>();
+    for k in ["att", "ew", "red"] {
+        assert_eq!(nan_positions(&results[0][k]), nan_positions(&results[1][k]), "{k}");
+    }
+}
