@@ -509,6 +509,23 @@ fn run(
     if let Some(extra) = given.keys().find(|k| !declared.contains(&k.as_str())) {
         return Err(runtime::RunError::Unknown { kind: "input", name: extra.clone() });
     }
+    // A file of inputs gives them all: a missing one would silently be random.
+    if let Some(p) = inputs {
+        let missing: Vec<&str> = declared.iter().copied().filter(|n| !given.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            return Err(runtime::RunError::Shape(format!(
+                "{p} lacks the input{} {} that the model declares (give every input, or none to run on random ones)",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    // A size the model never mentions is a typo, not a no-op.
+    let known: std::collections::BTreeSet<&str> = g.nodes().iter().flat_map(|n| n.ty.shape.iter().flat_map(|d| d.symbols())).collect();
+    if let Some((k, _)) = dim.iter().find(|(k, _)| !known.contains(k.as_str())) {
+        let list = if known.is_empty() { "none".to_string() } else { known.iter().copied().collect::<Vec<_>>().join(", ") };
+        return Err(runtime::RunError::Shape(format!("--dim {k}: the model has no size `{k}` (its sizes: {list})")));
+    }
     runtime::bind_dims(g, &given, &mut dims)?;
     for (_, v) in g.inputs() {
         for d in &g.ty(v).shape {

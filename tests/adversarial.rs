@@ -67,3 +67,28 @@ fn nan_propagates_as_in_torch_on_every_backend() {
         assert_eq!(nan_positions(&results[0][k]), nan_positions(&results[1][k]), "{k}");
     }
 }
+
+/// An output bound directly to a scalar constant is an output on the CPU backend too (it
+/// vanished: the constant was folded into the code of its elementwise readers, of which it had
+/// none).
+#[test]
+fn an_output_bound_to_a_constant_is_kept() {
+    let ir = "graph m {\n  %0 = input \"x\" : f32[2]\n  %1 = const 2.5 : f32[]\n  %2 = mul %0, %1 : f32[2]\n  output \"y\" = %2\n  output \"c\" = %1\n}\n";
+    let path = file("const_output.tir", ir);
+    for backend in ["cpu", "interp"] {
+        let (code, out, err) = cli(&["run", &path, "--backend", backend]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("c: f32[] mean=2.500000"), "{backend}: {out}");
+        assert!(out.contains("y: f32[2]"), "{backend}: {out}");
+    }
+}
+
+/// An `--inputs` file gives every input (a missing one was silently random), and a `--dim`
+/// naming no size of the model is refused (it was ignored).
+#[test]
+fn run_refuses_partial_inputs_and_unknown_dims() {
+    let path = file("ids_only.safetensors", "");
+    tessera::runtime::write_safetensors(&path, &[("input_ids".to_string(), Tensor::i64(vec![1, 3], vec![1, 2, 3]))]).expect("write");
+    refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--inputs", &path], &["lacks the input `attention_mask`"]);
+    refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--dim", "sequ=5"], &["--dim sequ", "no size `sequ`", "batch, seq"]);
+}

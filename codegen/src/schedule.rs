@@ -57,7 +57,10 @@ pub fn schedule(g: &Graph) -> Program {
         p.buffers.len() - 1
     };
     for (i, n) in g.nodes().iter().enumerate() {
-        if folded_t[i] || inline[i] || (scalar_const(ValueId(i as u32)) && uses[i] > 0 && all_consumers_elementwise(g, i)) {
+        // A scalar constant read only by elementwise kernels lives in their code, unless it is
+        // an output too (it needs a buffer then, or the output vanishes).
+        let folded_scalar = scalar_const(ValueId(i as u32)) && uses[i] > 0 && all_consumers_elementwise(g, i);
+        if folded_t[i] || inline[i] || (folded_scalar && !output_vals.contains(&ValueId(i as u32))) {
             continue;
         }
         let ins = |buf: &[Option<BufId>]| -> Vec<BufId> { n.inputs.iter().filter_map(|v| buf[v.index()]).collect() };
