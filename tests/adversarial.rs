@@ -92,3 +92,55 @@ fn run_refuses_partial_inputs_and_unknown_dims() {
     refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--inputs", &path], &["lacks the input `attention_mask`"]);
     refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--dim", "sequ=5"], &["--dim sequ", "no size `sequ`", "batch, seq"]);
 }
+
+/// Degenerate hyper-parameters are refused at the `require` in `nn.tsr` that they break (they
+/// ran silently, or hung: `heads=4294967296` on ModernBERT), with the user's call site shown.
+#[test]
+fn degenerate_hyper_parameters_are_refused() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("gpt2", &["layers=-1"], "this loop runs from 0 to -1"),
+        ("gpt2", &["eps=-1.0"], "`eps` cannot be negative"),
+        ("gpt2", &["heads=5"], "the width `d` must be a multiple of `heads`"),
+        ("bert", &["heads=5"], "the width `d` must be a multiple of `heads`"),
+        ("t5", &["buckets=0"], "T5's relative buckets need `buckets` >= 4"),
+        ("t5", &["d_kv=-1"], "`kv_heads` and `head_dim` cannot be negative"),
+        ("llama", &["kv_heads=-2"], "`kv_heads` and `head_dim` cannot be negative"),
+        ("llama", &["kv_heads=3"], "`heads` must be a multiple of `kv_heads`"),
+        ("llama", &["heads=-1"], "`heads` must be at least 1"),
+        ("llama", &["d=4", "heads=8"], "the width `d` must be a multiple of `heads`"),
+        ("modernbert", &["heads=4294967296"], "the width `d` must be a multiple of `heads`"),
+        ("gpt2", &["layers=100000"], "this loop would unroll to about"),
+    ];
+    for (model, defines, want) in cases {
+        let path = format!("stdlib/{model}.tsr");
+        let mut args = vec!["check", path.as_str()];
+        for d in *defines {
+            args.extend(["-D", d]);
+        }
+        let start = std::time::Instant::now();
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in:\n{err}");
+        assert!(start.elapsed().as_secs() < 10, "{args:?} took {:?}", start.elapsed());
+        // One error: the failed requirement ends its block instead of causing more.
+        assert_eq!(err.matches("  × ").count(), 1, "{args:?}:\n{err}");
+    }
+}
+
+/// Attention with a head size of 0 or no value columns runs (the CPU kernel panicked: "chunk
+/// size must be non-zero") and equals the interpreter.
+#[test]
+fn attention_with_empty_heads_runs() {
+    let src = "model m() {\n input q: [batch, 2, seq, 0]\n input v: [batch, 2, seq, 3]\n input q2: [batch, 2, seq, 4]\n input v2: [batch, 2, seq, 0]\n\
+               output y = softmax((q @ q.T) * 0.5, -1) @ v\n output z = softmax((q2 @ q2.T) * 0.5, -1) @ v2\n}\n";
+    let interp = Compiler::new().backend(Backend::Interp).compile_str("m.tsr", src).expect("compiles");
+    let cpu = Compiler::new().compile_str("m.tsr", src).expect("compiles");
+    for seq in [0, 5] {
+        let inputs = interp.random_inputs(&[("batch", 2), ("seq", seq)], 1).expect("inputs");
+        let (want, got) = (interp.run(&inputs).expect("interpreter"), cpu.run(&inputs).expect("cpu"));
+        for ((n, g), (_, w)) in got.iter().zip(&want) {
+            assert_eq!(g.shape, w.shape, "{n}");
+            assert!(common::max_abs_diff(g, w) < 1e-6, "{n}: {:?} {:?}", g.to_f64(), w.to_f64());
+        }
+    }
+}

@@ -611,8 +611,11 @@ fn generated_kernels_on_the_gpu_equal_the_interpreter() {
     for (cases, precision, tolerance, sizes) in suites {
         for (what, body) in cases {
             let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
-            let mut gpu =
-                Compiler::new().backend(Backend::Cuda(0)).precision(precision).compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let mut gpu = Compiler::new()
+                .backend(Backend::Cuda(0))
+                .precision(precision)
+                .compile_str("case.tsr", &src)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
             let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
             gpu.random_weights(3).expect("weights");
             interp.set_params(gpu.params().clone());
@@ -621,7 +624,9 @@ fn generated_kernels_on_the_gpu_equal_the_interpreter() {
                 // The interpreter sees what the device stores.
                 let stored: HashMap<String, Tensor> = inputs
                     .iter()
-                    .map(|(n, t)| (n.clone(), gpu::tensor_from_bytes(&gpu::tensor_bytes(t, precision), t.shape.clone(), t.dtype(), precision)))
+                    .map(|(n, t)| {
+                        (n.clone(), gpu::tensor_from_bytes(&gpu::tensor_bytes(t, precision), t.shape.clone(), t.dtype(), precision))
+                    })
                     .collect();
                 let dims: HashMap<String, i64> = [("batch".to_string(), batch), ("seq".to_string(), seq)].into_iter().collect();
                 let want = interp.run_with_dims(&dims, &stored).expect("interpreter");

@@ -32,6 +32,9 @@ pub struct AttentionStats {
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
 pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: &Rows) -> AttentionStats {
+    if out.len() == 0 {
+        return AttentionStats::default(); // no rows, or no value columns (`ev` = 0)
+    }
     let r = out.shape.len();
     let (s, e) = (q.shape[q.shape.len() - 2], q.shape[q.shape.len() - 1]);
     let (t, ev) = (k.shape[k.shape.len() - 2], v.shape[v.shape.len() - 1]);

@@ -55,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "segment_mean",
     "segment_sum",
     "take_along_axis",
+    "require",
     "normal",
     "fill",
     "topk",
@@ -108,6 +109,7 @@ fn signature(name: &str) -> &'static [&'static str] {
         "sort" => &["x", "axis", "descending"],
         "max_pool" | "avg_pool" => &["x", "size", "axis", "causal"],
         "take_along_axis" => &["x", "indices", "axis"],
+        "require" => &["cond", "message"],
         "segment_max" | "segment_min" | "segment_mean" | "segment_sum" => &["x", "ids"],
         "normal" => &["std"],
         "fill" => &["value"],
@@ -349,6 +351,32 @@ impl Elab<'_> {
             };
         }
         match name {
+            // A check of hyper-parameters, at compile time: `require(d % heads == 0, "...")`.
+            "require" => {
+                let message = match &a[1] {
+                    Some((Value::Str(m), _)) => m.clone(),
+                    _ => return self.err(Diagnostic::error(codes::TYPE, "`require` takes a condition and a message string", span, "here")),
+                };
+                match &a[0] {
+                    Some((Value::Bool(true), _)) | Some((Value::Poison, _)) => Value::None,
+                    Some((Value::Bool(false), s)) => self.err(
+                        Diagnostic::error(
+                            codes::VALUE,
+                            format!("unsupported hyper-parameters: {message}"),
+                            *s,
+                            "this requirement is not met",
+                        )
+                        .with_help("check the values given by -D, config.json or the defaults"),
+                    ),
+                    Some((_, s)) => self.err(Diagnostic::error(
+                        codes::NON_CONSTANT,
+                        "`require` needs a condition known at compile time (hyper-parameters and sizes)",
+                        *s,
+                        "not a compile-time bool",
+                    )),
+                    None => Value::Poison,
+                }
+            }
             "softmax" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
                 let Some(ax) = self.axis_arg(&a[1], -1, self.ty(x).rank(), span) else { return Value::Poison };

@@ -527,7 +527,14 @@ impl<'p> Elab<'p> {
                 let (Some(l), Some(h)) = (self.loop_bound(lo, frame), self.loop_bound(hi, frame)) else {
                     return;
                 };
-                self.unrolled += (h - l).max(0) as usize;
+                if h < l {
+                    self.err(
+                        Diagnostic::error(codes::VALUE, format!("this loop runs from {l} to {h}: a negative count"), hi.span, "this bound")
+                            .with_help("a count such as `layers` must be 0 or more"),
+                    );
+                    return;
+                }
+                self.unrolled += (h - l) as usize;
                 if self.unrolled > MAX_UNROLLED {
                     self.aborted = true;
                     self.diags.push(
@@ -546,11 +553,29 @@ impl<'p> Elab<'p> {
                     _ => var.name.clone(),
                 };
                 for i in l..h {
+                    let before = self.graph.len();
                     frame.env.insert(var.name.clone(), Value::int(i));
                     self.prefix.push(format!("{scope}.{i}"));
                     self.exec(body, frame);
                     self.prefix.pop();
                     if self.aborted || frame.ret.is_some() {
+                        break;
+                    }
+                    // Refuse early, from the first iteration's size, what would only fail
+                    // at the node limit after a long elaboration (`-D layers=100000`).
+                    let per = (self.graph.len() - before) as u128;
+                    let estimate = self.graph.len() as u128 + per * (h - i - 1) as u128;
+                    if estimate > MAX_NODES as u128 {
+                        self.aborted = true;
+                        self.diags.push(
+                            Diagnostic::error(
+                                codes::LIMIT,
+                                format!("this loop would unroll to about {estimate} operations ({per} per iteration, {} iterations): more than {MAX_NODES}", h - l),
+                                hi.span,
+                                "this bound",
+                            )
+                            .with_help("loops are unrolled at compile time; use a smaller bound"),
+                        );
                         break;
                     }
                 }
@@ -584,7 +609,11 @@ impl<'p> Elab<'p> {
                 frame.ret = Some(if vs.len() == 1 { vs.remove(0) } else { Value::Tuple(vs) });
             }
             Stmt::Expr(e) => {
-                self.eval(e, frame);
+                // A statement that failed (a `require` not met) ends its block: what follows
+                // assumed it and would only add follow-on errors.
+                if matches!(self.eval(e, frame), Value::Poison) {
+                    frame.ret = Some(Value::Poison);
+                }
             }
             Stmt::Map { span, .. } => {
                 self.err(
