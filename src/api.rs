@@ -125,6 +125,7 @@ pub struct Model {
     checkpoint: Option<CheckpointMap>,
     engine: Engine,
     params: HashMap<String, Tensor>,
+    max_memory: u128,
 }
 
 impl Model {
@@ -139,7 +140,13 @@ impl Model {
         tessera_ir::verify(&g).map_err(|e| Error::Internal(e.join("\n")))?;
         let g = tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| Error::Internal(e.to_string()))?;
         let engine = Engine::new(&g, backend, keep_clif, precision)?;
-        Ok(Model { graph: g, checkpoint, engine, params: HashMap::new() })
+        Ok(Model { graph: g, checkpoint, engine, params: HashMap::new(), max_memory: crate::default_memory_budget() })
+    }
+
+    /// Refuses runs (and random weights) estimated to need more than `bytes` (default: this
+    /// machine's memory), before anything is allocated.
+    pub fn set_max_memory(&mut self, bytes: u128) {
+        self.max_memory = bytes;
     }
 
     /// The optimised graph.
@@ -167,6 +174,12 @@ impl Model {
 
     /// Seeded random parameters (the documented initialisation).
     pub fn random_weights(&mut self, seed: u64) -> Result<(), Error> {
+        let mut params = 0u128;
+        for (_, v) in self.graph.params() {
+            let n: u128 = tessera_runtime::concrete(&self.graph.ty(v).shape, &Dims::new())?.iter().map(|&n| n as u128).product();
+            params += n * self.graph.ty(v).dtype.size() as u128;
+        }
+        tessera_runtime::MemoryEstimate { params, ..Default::default() }.check(self.max_memory)?;
         self.params = tessera_runtime::random_params(&self.graph, &Dims::new(), seed)?;
         Ok(())
     }
@@ -190,6 +203,7 @@ impl Model {
         if let Some(extra) = inputs.keys().find(|k| !declared.contains(&k.as_str())) {
             return Err(RunError::Unknown { kind: "input", name: extra.clone() }.into());
         }
+        tessera_runtime::memory_estimate(&self.graph, dims)?.check(self.max_memory)?;
         Ok(self.engine.run(&self.graph, dims, inputs, &self.params)?.0)
     }
 

@@ -119,3 +119,40 @@ pub fn compile_str(path: &str, text: &str, overrides: &[(&str, &str)]) -> Result
     tessera_ir::verify(&g).map_err(|e| e.join("\n"))?;
     tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| e.to_string())
 }
+
+/// The default memory budget of a run: this machine's memory (`MemTotal` of `/proc/meminfo`),
+/// or no limit where that cannot be read. A run whose estimate exceeds it is refused before
+/// anything is allocated.
+pub fn default_memory_budget() -> u128 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u128>().ok()))
+        })
+        .flatten()
+        .map_or(u128::MAX, |kib| kib * 1024)
+}
+
+/// Parses a byte count: `4096`, `512M`, `8G`, `1.5T` (powers of 1024; a `B`/`iB` suffix is
+/// allowed).
+pub fn parse_bytes(s: &str) -> Result<u128, String> {
+    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (num, scale) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let p = match c.to_ascii_uppercase() {
+                'K' => 1,
+                'M' => 2,
+                'G' => 3,
+                'T' => 4,
+                'P' => 5,
+                _ => return Err(format!("`{s}`: the unit must be K, M, G, T or P")),
+            };
+            (&t[..i], 1024f64.powi(p))
+        }
+        _ => (t, 1.0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e30 => Ok((v * scale) as u128),
+        _ => Err(format!("`{s}` is not a byte count (e.g. 8G, 512M, 4096)")),
+    }
+}

@@ -148,6 +148,10 @@ enum Cmd {
         /// Run this many times and report the median time (benchmarking).
         #[arg(long, default_value_t = 1)]
         repeat: usize,
+        /// Refuse a run estimated to need more memory than this (e.g. 8G, 512M; default: this
+        /// machine's memory).
+        #[arg(long, value_name = "BYTES", value_parser = tessera::parse_bytes)]
+        max_memory: Option<u128>,
     },
     /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
     Embed {
@@ -202,7 +206,14 @@ enum Fail {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad flag is a user error (exit 1), as every other; help and version print and succeed.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     std::panic::set_hook(Box::new(|info| {
         eprintln!("internal error: tessera panicked: {info}\nthis is a bug in Tessera; please report it with the input that caused it");
     }));
@@ -362,7 +373,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, gpu, dtype, repeat } => {
+        Cmd::Run { mut m, dim, mut weights, inputs, out, seed, hf, backend, gpu, dtype, repeat, max_memory } => {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
@@ -378,7 +389,8 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let engine = tessera::Engine::new(&g, backend, false, dtype.precision()).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
-            run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
+            let budget = max_memory.unwrap_or_else(tessera::default_memory_budget);
+            run(&g, &engine, map.as_ref(), &dim, files, seed, repeat, budget).map_err(run_fail)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -491,6 +503,7 @@ fn run(
     files: RunFiles,
     seed: u64,
     repeat: usize,
+    budget: u128,
 ) -> Result<(), runtime::RunError> {
     let RunFiles { weights, inputs, out } = files;
     let mut dims: runtime::Dims = HashMap::new();
@@ -534,6 +547,8 @@ fn run(
             }
         }
     }
+    // Before anything is allocated: every size bound, and the memory of the run estimated.
+    runtime::memory_estimate(g, &dims)?.check(budget)?;
     let params = match weights {
         Some(p) => {
             let bound = tessera::hf::load_weights(g, &dims, map, p)?;

@@ -144,3 +144,36 @@ fn attention_with_empty_heads_runs() {
         }
     }
 }
+
+/// Sizes that cannot be allocated are refused before anything is (the process aborted on an
+/// allocation failure after `check` said ok), with the figure and the `--max-memory` budget;
+/// element counts and integer arithmetic do not wrap.
+#[test]
+fn huge_sizes_are_refused_before_allocating() {
+    let big_param =
+        file("big_param.tsr", "model m() {\n input x: [2]\n param w: [1000000, 1000000]\n output y = x + sum(sum(w, 0), 0)\n}\n");
+    refused(&["run", &big_param], &["this run needs about 3.6 TiB", "parameters 3.6 TiB", "--max-memory"]);
+    let arange = file("arange.tsr", "model m() {\n input x: [2]\n output y = sum(float(arange(10**12)), 0) + x\n}\n");
+    refused(&["run", &arange], &["intermediates 10.9 TiB"]);
+    refused(&["run", "stdlib/llama.tsr", "--dim", "seq=100000000"], &["would hold more than", "[batch, seq, 32000]", "stdlib/llama.tsr:"]);
+    refused(&["run", "stdlib/llama.tsr", "-D", "hidden=1000000000000"], &["would hold more than"]);
+    refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--max-memory", "10M"], &["more than the memory budget of 10.0 MiB"]);
+    refused(&["run", "stdlib/gpt2.tsr", "--max-memory", "10Q"], &["the unit must be K, M, G, T or P"]);
+    // Element counts: [2^62, 4] summed to 0 elements (wrapped), or panicked.
+    let wrap = file("wrap.tsr", "model m() {\n input x: [4611686018427387904, 4]\n output y = x\n}\n");
+    refused(&["run", &wrap], &["would hold more than"]);
+    let lit = file("lit.tsr", "model m() {\n input x: [2]\n output y = x + float(9223372036854775807 + 1)\n}\n");
+    refused(&["check", &lit], &["integer overflow", "lit.tsr:3:"]);
+    // The API refuses too.
+    let mut m = Compiler::new().compile_file(&big_param).expect("compiles");
+    let err = m.random_weights(0).expect_err("too big").to_string();
+    assert!(err.contains("parameters 3.6 TiB"), "{err}");
+}
+
+/// A bad command-line flag is a user error (exit 1), as every other; `--help` succeeds.
+#[test]
+fn bad_flags_exit_with_one() {
+    refused(&["run", "stdlib/gpt2.tsr", "--nope"], &["unexpected argument '--nope'"]);
+    refused(&["frobnicate"], &["unrecognized subcommand"]);
+    assert_eq!(cli(&["--help"]).0, Some(0));
+}

@@ -59,7 +59,7 @@ impl Dim {
         terms.sort();
         for (m, c) in terms {
             match merged.last_mut() {
-                Some((lm, lc)) if *lm == m => *lc += c,
+                Some((lm, lc)) if *lm == m => *lc = lc.saturating_add(c),
                 _ => merged.push((m, c)),
             }
         }
@@ -95,38 +95,70 @@ impl Dim {
         self.terms.iter().flat_map(|(m, _)| m.iter().filter_map(|f| split_quot(f)))
     }
 
-    /// Sum of two sizes.
+    /// Sum of two sizes. Coefficients saturate at the ends of `i64` (never wrap): a size that
+    /// large is refused when a run binds it; [`Dim::checked_add`] says when it happened.
     pub fn add(&self, o: &Dim) -> Dim {
         let mut d = Dim { terms: self.terms.iter().chain(&o.terms).cloned().collect() };
         d.normalize();
         d
     }
 
-    /// Difference of two sizes.
+    /// Difference of two sizes (saturating, as [`Dim::add`]).
     pub fn sub(&self, o: &Dim) -> Dim {
         self.add(&o.scale(-1))
     }
 
-    /// The size times a constant.
+    /// The size times a constant (saturating, as [`Dim::add`]).
     pub fn scale(&self, k: i64) -> Dim {
-        let mut d = Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c * k)).collect() };
+        let mut d = Dim { terms: self.terms.iter().map(|(m, c)| (m.clone(), c.saturating_mul(k))).collect() };
         d.normalize();
         d
     }
 
-    /// Product of two sizes.
+    /// Product of two sizes (saturating, as [`Dim::add`]).
     pub fn mul(&self, o: &Dim) -> Dim {
         let mut terms = Vec::new();
         for (m1, c1) in &self.terms {
             for (m2, c2) in &o.terms {
                 let mut m = m1.clone();
                 m.extend(m2.iter().cloned());
-                terms.push((m, c1 * c2));
+                terms.push((m, c1.saturating_mul(*c2)));
             }
         }
         let mut d = Dim { terms };
         d.normalize();
         d
+    }
+
+    /// Whether summing `terms` per monomial stays within `i64` (exact, in `i128`).
+    fn fits(terms: impl Iterator<Item = (Vec<String>, i128)>) -> bool {
+        let mut sums: std::collections::BTreeMap<Vec<String>, i128> = std::collections::BTreeMap::new();
+        for (mut m, c) in terms {
+            m.sort();
+            *sums.entry(m).or_default() += c;
+        }
+        sums.values().all(|&c| i64::try_from(c).is_ok())
+    }
+
+    /// Sum of two sizes, `None` if a coefficient overflows `i64`.
+    pub fn checked_add(&self, o: &Dim) -> Option<Dim> {
+        let wide = self.terms.iter().chain(&o.terms).map(|(m, c)| (m.clone(), i128::from(*c)));
+        Dim::fits(wide).then(|| self.add(o))
+    }
+
+    /// Difference of two sizes, `None` if a coefficient overflows `i64`.
+    pub fn checked_sub(&self, o: &Dim) -> Option<Dim> {
+        let wide =
+            self.terms.iter().map(|(m, c)| (m.clone(), i128::from(*c))).chain(o.terms.iter().map(|(m, c)| (m.clone(), -i128::from(*c))));
+        Dim::fits(wide).then(|| self.sub(o))
+    }
+
+    /// Product of two sizes, `None` if a coefficient overflows `i64`.
+    pub fn checked_mul(&self, o: &Dim) -> Option<Dim> {
+        let wide = self.terms.iter().flat_map(|(m1, c1)| {
+            o.terms.iter().map(move |(m2, c2)| (m1.iter().chain(m2).cloned().collect(), i128::from(*c1) * i128::from(*c2)))
+        });
+        Dim::fits(wide).then(|| self.mul(o))
     }
 
     /// Exact division by another size: by a constant dividing every coefficient, or by a
@@ -273,6 +305,20 @@ mod tests {
         assert_eq!(b.mul(&s).to_string(), "batch*seq");
         let env = HashMap::from([("seq".to_string(), 5), ("batch".to_string(), 3)]);
         assert_eq!(b.mul(&s).add(&Dim::known(2)).eval(&env), Some(17));
+    }
+
+    #[test]
+    fn arithmetic_saturates_and_checked_arithmetic_says_so() {
+        let max = Dim::known(i64::MAX);
+        assert_eq!(max.add(&Dim::known(1)), max, "no wrap to a negative size");
+        assert_eq!(max.checked_add(&Dim::known(1)), None);
+        assert_eq!(Dim::known(i64::MAX - 1).checked_add(&Dim::known(1)), Some(max.clone()));
+        assert_eq!(Dim::known(1 << 62).checked_mul(&Dim::known(4)), None);
+        assert_eq!(Dim::known(1 << 62).mul(&Dim::known(4)).as_known(), Some(i64::MAX));
+        assert_eq!(Dim::known(i64::MIN).checked_sub(&Dim::known(1)), None);
+        let s = Dim::sym("seq");
+        assert_eq!(s.scale(1 << 62).checked_add(&s.scale(1 << 62)), None);
+        assert_eq!(s.checked_mul(&s).map(|d| d.to_string()), Some("seq*seq".into()));
     }
 
     #[test]

@@ -11,8 +11,89 @@ use tessera_ir::{DType, Dim, Graph, Node, Op, ReduceOp};
 /// Concrete sizes for a graph's symbolic dimensions.
 pub type Dims = HashMap<String, i64>;
 
-/// Evaluates a symbolic shape under `dims`.
+/// The most elements one tensor may have (2^40: 4 TiB of f32). Larger shapes are refused when
+/// their sizes are bound, so that no element count or byte offset can overflow.
+pub const MAX_ELEMENTS: u128 = 1 << 40;
+
+/// Evaluates a symbolic shape under `dims`; refuses a shape of more than [`MAX_ELEMENTS`].
 pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
+    let out = concrete_dims(shape, dims)?;
+    let count = out.iter().try_fold(1u128, |acc, &n| acc.checked_mul(n as u128));
+    match count {
+        Some(c) if c <= MAX_ELEMENTS => Ok(out),
+        _ => {
+            let sizes = out.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+            let symbolic = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+            let named = if symbolic == sizes { String::new() } else { format!(" ([{symbolic}])") };
+            Err(RunError::Shape(format!("a tensor of shape [{sizes}]{named} would hold more than {MAX_ELEMENTS} elements")))
+        }
+    }
+}
+
+/// What a run needs in memory, in bytes, estimated before anything is allocated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Parameters.
+    pub params: u128,
+    /// Inputs.
+    pub inputs: u128,
+    /// The intermediates live at once at the peak, in the interpreter's order (the compiled
+    /// backends plan an arena no larger).
+    pub intermediates: u128,
+}
+
+impl MemoryEstimate {
+    /// The total.
+    pub fn total(&self) -> u128 {
+        self.params + self.inputs + self.intermediates
+    }
+
+    /// Refuses a run whose estimate exceeds `budget` bytes.
+    pub fn check(&self, budget: u128) -> Result<(), RunError> {
+        if self.total() <= budget {
+            return Ok(());
+        }
+        let h = crate::human_bytes;
+        let parts = format!("parameters {}, inputs {}, intermediates {}", h(self.params), h(self.inputs), h(self.intermediates));
+        Err(RunError::Memory { need: self.total(), parts, budget })
+    }
+}
+
+/// Estimates the memory of running `g` with `dims`: every shape is bound (refusing those
+/// larger than [`MAX_ELEMENTS`]) and the live intermediates are tracked through the graph.
+pub fn memory_estimate(g: &Graph, dims: &Dims) -> Result<MemoryEstimate, RunError> {
+    let mut uses = g.use_counts();
+    let mut est = MemoryEstimate::default();
+    let mut bytes = vec![0u128; g.len()];
+    let (mut live, mut peak) = (0u128, 0u128);
+    for (i, node) in g.nodes().iter().enumerate() {
+        let shape = concrete(&node.ty.shape, dims).map_err(|e| match (e, node.span.display_in(&g.files)) {
+            (RunError::Shape(m), Some(at)) => RunError::Shape(format!("{m} (the {} at {at})", node.op.mnemonic())),
+            (e, _) => e,
+        })?;
+        let n: u128 = shape.iter().map(|&n| n as u128).product();
+        bytes[i] = n * node.ty.dtype.size() as u128;
+        match node.op {
+            Op::Param(..) => est.params += bytes[i],
+            Op::Input(_) => est.inputs += bytes[i],
+            _ => {
+                live += bytes[i];
+                peak = peak.max(live);
+            }
+        }
+        for v in &node.inputs {
+            let u = &mut uses[v.index()];
+            *u = u.saturating_sub(1);
+            if *u == 0 && !matches!(g.node(*v).op, Op::Param(..) | Op::Input(_)) {
+                live -= bytes[v.index()];
+            }
+        }
+    }
+    est.intermediates = peak;
+    Ok(est)
+}
+
+fn concrete_dims(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
     shape
         .iter()
         .map(|d| {

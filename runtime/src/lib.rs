@@ -10,7 +10,7 @@ mod io;
 mod tensor;
 
 pub use checkpoint::{bind_checkpoint, Bound};
-pub use interp::{concrete, cumsum, run, segment, window, Dims};
+pub use interp::{concrete, cumsum, memory_estimate, run, segment, window, Dims, MemoryEstimate, MAX_ELEMENTS};
 pub use io::{bind_dims, random_inputs, random_params, read_safetensors, write_safetensors};
 pub use tensor::{broadcast_offsets, strides, Data, Tensor};
 
@@ -78,10 +78,36 @@ pub enum RunError {
         /// One message per problem, each naming the parameter and the checkpoint tensor.
         errors: Vec<String>,
     },
+    /// A run would need more memory than its budget: refused before allocating.
+    #[error("this run needs about {} ({}), more than the memory budget of {} (set it with --max-memory)", human_bytes(*need), parts, human_bytes(*budget))]
+    Memory {
+        /// Bytes needed at the peak.
+        need: u128,
+        /// What they are: parameters, inputs, intermediates.
+        parts: String,
+        /// The budget.
+        budget: u128,
+    },
     /// The device failed or is missing (no GPU, out of device memory, ...).
     #[error("{0}")]
     Device(String),
     /// A bug in Tessera.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A byte count for people: `1.5 GiB`.
+pub fn human_bytes(n: u128) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }

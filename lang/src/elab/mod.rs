@@ -942,9 +942,25 @@ impl<'p> Elab<'p> {
             (Int(a), Int(b)) => {
                 let (ka, kb) = (a.as_known(), b.as_known());
                 match op {
-                    BinOp::Add => Int(a.add(b)),
-                    BinOp::Sub => Int(a.sub(b)),
-                    BinOp::Mul => Int(a.mul(b)),
+                    BinOp::Add | BinOp::Sub | BinOp::Mul => {
+                        let r = match op {
+                            BinOp::Add => a.checked_add(b),
+                            BinOp::Sub => a.checked_sub(b),
+                            _ => a.checked_mul(b),
+                        };
+                        match r {
+                            Some(d) => Int(d),
+                            None => self.err(
+                                Diagnostic::error(
+                                    codes::VALUE,
+                                    format!("integer overflow: `{a} {} {b}` leaves the 64-bit range", op_name(op)),
+                                    span,
+                                    "here",
+                                )
+                                .with_help("sizes and integers are 64-bit signed"),
+                            ),
+                        }
+                    }
                     BinOp::FloorDiv | BinOp::Rem => match (ka, kb) {
                         (_, Some(0)) => self.err(Diagnostic::error(codes::VALUE, "division by zero", rs, "this is 0")),
                         (Some(x), Some(y)) if op == BinOp::FloorDiv => {
