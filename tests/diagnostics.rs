@@ -50,7 +50,7 @@ fn cli_exit_codes() {
     assert_eq!(status(&["check", "stdlib/nn.tsr", "stdlib/gpt2.tsr", "stdlib/llama.tsr", "stdlib/bert.tsr"]), Some(0));
     assert_eq!(status(&["check", "does/not/exist.tsr"]), Some(1));
     assert_eq!(status(&["ir", "stdlib/llama.tsr", "-D", "nope=3"]), Some(1));
-    assert_eq!(status(&["ir", "stdlib/llama.tsr", "-D", "layers"]), Some(2), "clap usage errors exit 2");
+    assert_eq!(status(&["ir", "stdlib/llama.tsr", "-D", "layers"]), Some(1), "usage errors are user errors");
     assert_eq!(
         status(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "-D", "d=16", "-D", "heads=2", "-D", "vocab=11", "--dim", "seq=x"]),
         Some(1)
