@@ -79,6 +79,7 @@ impl Engine {
         inputs: &HashMap<String, Tensor>,
         params: &HashMap<String, Tensor>,
     ) -> Result<(Outputs, Option<RunStats>), RunError> {
+        tessera_runtime::check_indices(g, dims, inputs)?;
         match self {
             Engine::Interp => Ok((tessera_runtime::run(g, dims, inputs, params)?, None)),
             Engine::Cpu(e) => e.run(dims, inputs, params).map(|(o, s)| (o, Some(s))),

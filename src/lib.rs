@@ -31,11 +31,77 @@ pub fn render(diags: &[Diagnostic], sources: &SourceMap, color: bool, width: usi
     let handler = GraphicalReportHandler::new_themed(theme).with_width(width);
     let mut out = String::new();
     for d in diags {
+        let d = clipped(d);
+        if too_wide(&d, sources) {
+            out.push_str(&plain(&d, sources));
+            continue;
+        }
         let report = d.report(sources);
         if handler.render_report(&mut out, &report).is_err() {
             out.push_str(&format!("{}: {} ({})\n", d.code, d.message, d.location(sources)));
         }
     }
+    out
+}
+
+/// The longest source line (in bytes) drawn with its labels; longer ones (miette's formatter
+/// panics beyond 65,535 columns, and a 1 MB literal made a 5.8 MB diagnostic) are shown as an
+/// excerpt around the label instead.
+const MAX_DRAWN_LINE: usize = 300;
+/// The longest message or help kept whole.
+const MAX_MESSAGE: usize = 500;
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let cut = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} bytes in all)", &s[..cut], s.len())
+}
+
+fn clipped(d: &Diagnostic) -> Diagnostic {
+    let mut d = d.clone();
+    d.message = clip(&d.message, MAX_MESSAGE);
+    d.help = d.help.map(|h| clip(&h, MAX_MESSAGE));
+    for l in &mut d.labels {
+        l.text = clip(&l.text, MAX_MESSAGE);
+    }
+    d
+}
+
+/// The byte range of the lines a span touches.
+fn lines_of(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let (start, end) = (start.min(text.len()), end.min(text.len()));
+    let from = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let to = text[end..].find('\n').map_or(text.len(), |i| end + i);
+    (from, to)
+}
+
+fn too_wide(d: &Diagnostic, sources: &SourceMap) -> bool {
+    d.labels.iter().any(|l| {
+        let text = sources.text(l.span.file);
+        let (from, to) = lines_of(text, l.span.start as usize, l.span.end as usize);
+        text[from..to].split('\n').any(|line| line.len() > MAX_DRAWN_LINE)
+    })
+}
+
+/// A diagnostic without the drawing: each label's place and an excerpt of its line.
+fn plain(d: &Diagnostic, sources: &SourceMap) -> String {
+    let mut out = format!("{}\n\n  × {}\n", d.code, d.message);
+    for l in &d.labels {
+        let (line, col) = sources.line_col(l.span);
+        let text = sources.text(l.span.file);
+        let start = (l.span.start as usize).min(text.len());
+        let (from, to) = lines_of(text, start, start);
+        let lo = (from.max(start.saturating_sub(40))..=start).find(|&i| text.is_char_boundary(i)).unwrap_or(start);
+        let hi = (start..=to.min(start + 40)).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(start);
+        let excerpt = format!("{}{}{}", if lo > from { "…" } else { "" }, &text[lo..hi], if hi < to { "…" } else { "" });
+        out.push_str(&format!("   at {}:{line}:{col}: {}\n   │ {excerpt}\n", sources.path(l.span.file), l.text));
+    }
+    if let Some(h) = &d.help {
+        out.push_str(&format!("  help: {h}\n"));
+    }
+    out.push('\n');
     out
 }
 

@@ -172,6 +172,22 @@ enum Cmd {
     },
 }
 
+/// Writes to stderr, ignoring a reader that has gone (`tessera check big.tsr 2>&1 | head -1`):
+/// `eprint!` would panic on the closed pipe.
+macro_rules! err {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Writes to stdout, ending quietly when the reader has gone (`tessera ir ... | head`).
 macro_rules! out {
     ($($t:tt)*) => {{
@@ -215,16 +231,16 @@ fn main() -> ExitCode {
         }
     };
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("internal error: tessera panicked: {info}\nthis is a bug in Tessera; please report it with the input that caused it");
+        errln!("internal error: tessera panicked: {info}\nthis is a bug in Tessera; please report it with the input that caused it");
     }));
     match std::panic::catch_unwind(|| dispatch(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Fail::User(msg))) => {
-            eprint!("{msg}");
+            err!("{msg}");
             ExitCode::from(1)
         }
         Ok(Err(Fail::Internal(msg))) => {
-            eprintln!("{msg}");
+            errln!("{msg}");
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(2),
@@ -247,13 +263,13 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let mut failed = false;
             for f in files {
                 let text = read(&f)?;
-                if with {
+                if with || f.ends_with(".tir") {
                     // As `run` elaborates: the model with this configuration and these overrides.
                     let m = ModelArgs { file: f.clone(), model: model.clone(), define: define.clone(), config: config.clone() };
                     match front(&m) {
                         Ok(_) => outln!("{f}: ok"),
                         Err(Fail::User(msg)) => {
-                            eprint!("{msg}");
+                            err!("{msg}");
                             failed = true;
                         }
                         Err(e) => return Err(e),
@@ -264,7 +280,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 if !diags.iter().any(Diagnostic::is_error) {
                     diags = tessera::lang::check(&f, &text);
                 }
-                eprint!("{}", render(&diags, &prog.sources, color(), 100));
+                err!("{}", render(&diags, &prog.sources, color(), 100));
                 if diags.iter().any(Diagnostic::is_error) {
                     failed = true;
                 } else {
@@ -446,7 +462,7 @@ fn run_fail(e: runtime::RunError) -> Fail {
 
 fn warn_unused(unused: &[String], path: &str) {
     if !unused.is_empty() {
-        eprintln!("warning: {} tensor(s) in {path} are not used by the model: {}", unused.len(), unused.join(", "));
+        errln!("warning: {} tensor(s) in {path} are not used by the model: {}", unused.len(), unused.join(", "));
     }
 }
 
@@ -471,7 +487,7 @@ fn front(m: &ModelArgs) -> Result<(Graph, Option<CheckpointMap>), Fail> {
     };
     let overrides: Vec<(String, Override)> = m.define.iter().map(|(k, v)| (k.clone(), Override::parse(v))).collect();
     let fe = Frontend::tsr_with_config(&m.file, &text, m.model.as_deref(), &overrides, config.as_ref());
-    eprint!("{}", render(&fe.diagnostics, &fe.sources, color(), 100));
+    err!("{}", render(&fe.diagnostics, &fe.sources, color(), 100));
     let g = fe.graph.ok_or_else(|| Fail::User(String::new()))?;
     tessera::ir::verify(&g).map_err(|errs| {
         Fail::Internal(format!("internal compiler error: elaboration produced invalid IR:\n  {}\n{g}", errs.join("\n  ")))

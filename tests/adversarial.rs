@@ -177,3 +177,66 @@ fn bad_flags_exit_with_one() {
     refused(&["frobnicate"], &["unrecognized subcommand"]);
     assert_eq!(cli(&["--help"]).0, Some(0));
 }
+
+/// A token id outside the vocabulary names the input, where it is and the table; a sequence
+/// longer than the position table names the size (both were "index out of range" at a line
+/// of nn.tsr). Checked before the run, on every backend.
+#[test]
+fn out_of_range_ids_name_the_input_and_the_table() {
+    let ids = file("ids.safetensors", "");
+    let mask = |n: usize| Tensor::i64(vec![1, n], vec![1; n]);
+    tessera::runtime::write_safetensors(
+        &ids,
+        &[("input_ids".to_string(), Tensor::i64(vec![1, 3], vec![1, 2, 50300])), ("attention_mask".to_string(), mask(3))],
+    )
+    .expect("write");
+    let long = file("long.safetensors", "");
+    tessera::runtime::write_safetensors(
+        &long,
+        &[("input_ids".to_string(), Tensor::i64(vec![1, 1100], vec![1; 1100])), ("attention_mask".to_string(), mask(1100))],
+    )
+    .expect("write");
+    for backend in ["cpu", "interp"] {
+        refused(
+            &["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--inputs", &ids, "--backend", backend],
+            &["input `input_ids` holds 50300 at [0, 2]", "50257 rows of parameter `wte`"],
+        );
+        refused(
+            &["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--inputs", &long, "--backend", backend],
+            &["(seq = 1100)", "1024 rows of parameter `wpe.weight`"],
+        );
+    }
+}
+
+/// Diagnostics stay readable and bounded: a label at a column past 65,535 (miette's formatter
+/// panicked), a 1 MB literal (a 5.8 MB diagnostic), an integer beyond 64 bits given with -D
+/// (called a float), a stderr closed early by its reader (a panic), and the IR reader's
+/// messages (Rust debug tokens such as `Punct(':')`).
+#[test]
+fn diagnostics_stay_readable_and_bounded() {
+    let far = file("far.tsr", &format!("model m() {{\n input x: [2]\n output y = x{}+ q\n}}\n", " ".repeat(70000)));
+    refused(&["check", &far], &["unknown name `q`", "far.tsr:3:70016"]);
+    let big = file("big.tsr", &format!("model m() {{\n input x: [2]\n output y = x + \"{}\"\n}}\n", "a".repeat(1 << 20)));
+    let (code, _, err) = cli(&["check", &big]);
+    assert_eq!(code, Some(1));
+    assert!(err.len() < 2000, "{} bytes", err.len());
+    refused(
+        &["check", "stdlib/gpt2.tsr", "-D", "layers=99999999999999999999"],
+        &["-D layers: the integer 99999999999999999999 is outside the 64-bit range"],
+    );
+    let tir = file("bad.tir", "graph m {\n  %0 = input \"x\" f32[2]\n}\n");
+    refused(&["check", &tir], &["expected `:`, found `f32`"]);
+    let nan = file("nan.tir", "graph m {\n  %0 = input \"x\" : f32[2]\n  %1 = param \"w\" init=normal(nan) : f32[2]\n  %2 = add %0, %1 : f32[2]\n  output \"y\" = %2\n}\n");
+    refused(&["run", &nan], &["normal(nan) needs a finite standard deviation"]);
+    // Many errors into a pipe that its reader closes at once.
+    let many: String = (0..2000).map(|i| format!(" output y{i} = x + q{i}\n")).collect();
+    let many = file("many.tsr", &format!("model m() {{\n input x: [2]\n{many}}}\n"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["check", &many])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("runs");
+    drop(child.stderr.take());
+    assert_eq!(child.wait().expect("waits").code(), Some(1));
+}

@@ -21,6 +21,16 @@ enum Tok {
     Punct(char),
 }
 
+impl std::fmt::Display for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tok::Word(w) => write!(f, "`{w}`"),
+            Tok::Str(s) => write!(f, "the string \"{s}\""),
+            Tok::Punct(c) => write!(f, "`{c}`"),
+        }
+    }
+}
+
 fn lex(line: &str) -> Result<Vec<Tok>, String> {
     let mut toks = Vec::new();
     let mut chars = line.chars().peekable();
@@ -76,19 +86,19 @@ impl Cursor {
     fn word(&mut self) -> Result<String, String> {
         match self.next()? {
             Tok::Word(w) => Ok(w),
-            t => Err(format!("expected a word, found {t:?}")),
+            t => Err(format!("expected a word, found {t}")),
         }
     }
     fn string(&mut self) -> Result<String, String> {
         match self.next()? {
             Tok::Str(s) => Ok(s),
-            t => Err(format!("expected a string, found {t:?}")),
+            t => Err(format!("expected a string, found {t}")),
         }
     }
     fn punct(&mut self, c: char) -> Result<(), String> {
         match self.next()? {
             Tok::Punct(p) if p == c => Ok(()),
-            t => Err(format!("expected `{c}`, found {t:?}")),
+            t => Err(format!("expected `{c}`, found {t}")),
         }
     }
     fn eat(&mut self, c: char) -> bool {
@@ -110,7 +120,7 @@ impl Cursor {
     fn done(&self) -> Result<(), String> {
         match self.peek() {
             None => Ok(()),
-            Some(t) => Err(format!("unexpected {t:?} at end of line")),
+            Some(t) => Err(format!("unexpected {t} at end of line")),
         }
     }
 }
@@ -227,6 +237,9 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             let v: f64 = w.parse().map_err(|_| format!("bad number `{w}`"))?;
             c.punct(')')?;
             let init = match kind.as_str() {
+                "normal" if !(v.is_finite() && v >= 0.0) => {
+                    return Err(format!("normal({w}) needs a finite standard deviation of 0 or more"))
+                }
                 "normal" => Init::Normal(v),
                 "fill" => Init::Fill(v),
                 k => return Err(format!("unknown initialiser `{k}`")),

@@ -201,6 +201,8 @@ fn from_override(o: &Override) -> CV {
         Override::Bool(b) => CV::Bool(*b),
         Override::Str(s) => CV::Str(s.clone()),
         Override::List(items) => CV::List(items.iter().map(from_override).collect()),
+        // Reported by the elaborator, which applies the overrides.
+        Override::Invalid(_) => CV::Poison,
     }
 }
 

@@ -151,13 +151,66 @@ pub fn random_params(g: &Graph, dims: &Dims, seed: u64) -> Result<HashMap<String
             Init::Fill(v) => Tensor::from_f64(node.ty.dtype, shape, std::iter::repeat_n(v, n)),
             Init::Normal(std) => {
                 let mut rng = StdRng::seed_from_u64(seed ^ fnv(name));
-                let dist = Normal::new(0.0, std.abs()).map_err(|e| RunError::Internal(e.to_string()))?;
+                let dist = Normal::new(0.0, std.abs())
+                    .map_err(|_| RunError::Shape(format!("parameter `{name}`: init normal({std}) needs a finite standard deviation")))?;
                 Tensor::from_f64(node.ty.dtype, shape, (0..n).map(|_| dist.sample(&mut rng)))
             }
         };
         out.insert(name.clone(), t);
     }
     Ok(out)
+}
+
+/// Checks, before a run, the indices that gathers take straight from an input (token ids) or
+/// from positions (`arange(seq)`): an id outside its table names the input, where it is and
+/// the table (the parameter) with its size; a sequence longer than a position table names
+/// the size. (Gathers of computed indices are still checked as they run.)
+pub fn check_indices(g: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>) -> Result<(), RunError> {
+    // The node a value comes from, through ops that only move or convert elements.
+    let origin = |mut v: tessera_ir::ValueId| loop {
+        let n = g.node(v);
+        match n.op {
+            Op::Cast | Op::Reshape | Op::Broadcast | Op::Transpose(_) => v = n.inputs[0],
+            _ => return n,
+        }
+    };
+    for node in g.nodes() {
+        let Op::Gather { axis } = node.op else { continue };
+        let Some(rows) = g.ty(node.inputs[0]).shape.get(axis).and_then(|d| d.eval(dims)) else { continue };
+        let table = match &origin(node.inputs[0]).op {
+            Op::Param(name, _) => format!("parameter `{name}`"),
+            _ => "the table".to_string(),
+        };
+        let at = node.span.display_in(&g.files).map_or_else(String::new, |l| format!(", gathered at {l}"));
+        let src = origin(node.inputs[1]);
+        match &src.op {
+            Op::Input(name) => {
+                let Some(t) = inputs.get(name) else { continue };
+                let bad = (0..t.len()).map(|i| (i, t.get(i))).find(|&(_, x)| x < 0.0 || x >= rows as f64 || x.is_nan());
+                if let Some((i, x)) = bad {
+                    let pos: Vec<String> = crate::tensor::strides(&t.shape)
+                        .iter()
+                        .zip(&t.shape)
+                        .map(|(s, n)| ((i / s.max(&1)) % n.max(&1)).to_string())
+                        .collect();
+                    return Err(RunError::Shape(format!(
+                        "input `{name}` holds {x} at [{}], outside the {rows} rows of {table} that it indexes{at}",
+                        pos.join(", ")
+                    )));
+                }
+            }
+            Op::Iota { axis: ia } => {
+                let Some(len) = src.ty.shape.get(*ia).and_then(|d| d.eval(dims)) else { continue };
+                if len > rows {
+                    let size = &src.ty.shape[*ia];
+                    let named = if size.as_known().is_some() { String::new() } else { format!(" ({size} = {len})") };
+                    return Err(RunError::Shape(format!("{len} positions{named} are more than the {rows} rows of {table}{at}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Random inputs for those not given: an i64 input that indexes a table (`embed[ids]`) draws

@@ -79,6 +79,9 @@ pub enum Override {
     Str(String),
     /// A list (`[4, 8]`, `[sliding, full]`): a tuple in the model.
     List(Vec<Override>),
+    /// A value that cannot be one (an integer beyond 64 bits): the reason, reported when it
+    /// is applied.
+    Invalid(String),
 }
 
 impl Override {
@@ -93,8 +96,11 @@ impl Override {
         if let Some(q) = s.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
             return Override::Str(q.to_string());
         }
+        let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
         if let Ok(i) = s.parse() {
             Override::Int(i)
+        } else if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Override::Invalid(format!("the integer {s} is outside the 64-bit range"))
         } else if let Ok(f) = s.parse() {
             Override::Float(f)
         } else if s == "true" || s == "false" {
@@ -112,6 +118,16 @@ impl Override {
             Override::Bool(b) => Value::Bool(*b),
             Override::Str(s) => Value::Str(s.clone()),
             Override::List(items) => Value::Tuple(items.iter().map(Override::value).collect()),
+            Override::Invalid(_) => Value::Poison,
+        }
+    }
+
+    /// Why the value cannot be one, for [`Override::Invalid`] (also inside a list).
+    fn invalid(&self) -> Option<&str> {
+        match self {
+            Override::Invalid(why) => Some(why),
+            Override::List(items) => items.iter().find_map(Override::invalid),
+            _ => None,
         }
     }
 }
@@ -358,6 +374,10 @@ impl<'p> Elab<'p> {
         }
         for h in hparams {
             let v = match overrides.iter().rev().find(|(k, _)| *k == h.name.name) {
+                Some((_, o)) if o.invalid().is_some() => {
+                    let why = o.invalid().unwrap_or_default().to_string();
+                    self.err(Diagnostic::error(codes::VALUE, format!("-D {}: {why}", h.name.name), h.name.span, "this hyper-parameter"))
+                }
                 Some((_, o)) => o.value(),
                 None => match &h.default {
                     Some(e) => self.eval(e, &mut frame),
