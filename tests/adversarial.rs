@@ -240,3 +240,17 @@ fn diagnostics_stay_readable_and_bounded() {
     drop(child.stderr.take());
     assert_eq!(child.wait().expect("waits").code(), Some(1));
 }
+
+/// A config.json value of the wrong kind names config.json, the key and the hyper-parameter
+/// (it pointed at the loop that used the value).
+#[test]
+fn a_config_value_of_the_wrong_kind_names_its_key() {
+    let text = std::fs::read_to_string("tests/parity/fixtures/llama-gqa/config.json").expect("fixture");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("json");
+    config["num_hidden_layers"] = serde_json::json!("two");
+    let path = file("config.json", &config.to_string());
+    refused(
+        &["check", "stdlib/llama.tsr", "--config", &path],
+        &["config.json: `num_hidden_layers` is a string (\"two\"), but `layers` takes an int"],
+    );
+}

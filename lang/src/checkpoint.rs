@@ -174,13 +174,13 @@ pub fn resolve(
     overrides: &[(String, Override)],
 ) -> Result<Option<CheckpointMap>, Vec<Diagnostic>> {
     let Some(def) = find(prog, model) else { return Ok(None) };
-    let hparams: Vec<String> = prog
-        .root_defs()
-        .iter()
-        .find(|d| d.kind == DefKind::Model && d.name.name == model)
-        .map(|d| d.params.iter().flatten().map(|h| h.name.name.clone()).collect())
+    let model_def = prog.root_defs().iter().find(|d| d.kind == DefKind::Model && d.name.name == model);
+    let hparams: Vec<String> = model_def.map(|d| d.params.iter().flatten().map(|h| h.name.name.clone()).collect()).unwrap_or_default();
+    // What each hyper-parameter takes: its annotation, else the kind of its literal default.
+    let kinds: HashMap<String, &'static str> = model_def
+        .map(|d| d.params.iter().flatten().filter_map(|h| Some((h.name.name.clone(), expected_kind(h)?))).collect())
         .unwrap_or_default();
-    let mut ev = Eval { prog, config, env: HashMap::new(), diags: Vec::new(), map: CheckpointMap::default() };
+    let mut ev = Eval { prog, config, env: HashMap::new(), diags: Vec::new(), map: CheckpointMap::default(), kinds };
     for (k, o) in overrides {
         ev.env.insert(k.clone(), from_override(o));
     }
@@ -212,6 +212,38 @@ struct Eval<'a> {
     env: HashMap<String, CV>,
     diags: Vec<Diagnostic>,
     map: CheckpointMap,
+    /// The kind each hyper-parameter takes (`an int`, ...), where the model says.
+    kinds: HashMap<String, &'static str>,
+}
+
+/// The kind a hyper-parameter takes, as `CV::kind` names it: from its annotation, else from
+/// a literal default (an int default takes ints; a float one takes ints and floats).
+fn expected_kind(h: &crate::ast::HParam) -> Option<&'static str> {
+    if let Some(crate::ast::TypeAnn::Scalar(t, _)) = &h.ty {
+        return match t.as_str() {
+            "int" => Some("an int"),
+            "float" => Some("a float"),
+            "bool" => Some("a bool"),
+            "str" => Some("a string"),
+            _ => None,
+        };
+    }
+    match h.default.as_ref().map(|e| &e.kind) {
+        Some(ExprKind::Int(_)) => Some("an int"),
+        Some(ExprKind::Float(_)) => Some("a float"),
+        Some(ExprKind::Bool(_)) => Some("a bool"),
+        Some(ExprKind::Str(_)) => Some("a string"),
+        _ => None,
+    }
+}
+
+/// The key of a `config("key", ..)` expression.
+fn config_key(e: &Expr) -> Option<&str> {
+    let ExprKind::Call { callee, args, .. } = &e.kind else { return None };
+    match (&callee.kind, args.first().map(|a| &a.value.kind)) {
+        (ExprKind::Name(f), Some(ExprKind::Str(k))) if f == "config" => Some(k),
+        _ => None,
+    }
 }
 
 impl Eval<'_> {
@@ -233,6 +265,33 @@ impl Eval<'_> {
                         continue;
                     }
                     if hparams.contains(&name.name) {
+                        let want = self.kinds.get(&name.name).copied();
+                        let fits = match (want, &v) {
+                            (_, CV::None | CV::Unknown | CV::Poison) | (None, _) => true,
+                            (Some("a float"), CV::Int(_)) => true,
+                            (Some(w), v) => v.kind() == w,
+                        };
+                        if !fits {
+                            let (msg, help) = match config_key(value) {
+                                Some(k) => (
+                                    format!(
+                                        "config.json: `{k}` is {} ({}), but `{}` takes {}",
+                                        v.kind(),
+                                        v.show(),
+                                        name.name,
+                                        want.unwrap_or("?")
+                                    ),
+                                    format!("fix `{k}` in config.json, or set `{}` with -D", name.name),
+                                ),
+                                None => (
+                                    format!("`{}` takes {}, but this gives {} ({})", name.name, want.unwrap_or("?"), v.kind(), v.show()),
+                                    "check the configuration this line reads".to_string(),
+                                ),
+                            };
+                            self.err(Diagnostic::error(codes::CONFIG_UNSUPPORTED, msg, value.span, "read here").with_help(help));
+                            self.env.insert(name.name.clone(), CV::Poison);
+                            continue;
+                        }
                         let o = match v.to_override() {
                             Ok(o) => o,
                             Err(other) => {
