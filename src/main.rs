@@ -233,7 +233,14 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         errln!("internal error: tessera panicked: {info}\nthis is a bug in Tessera; please report it with the input that caused it");
     }));
-    match std::panic::catch_unwind(|| dispatch(cli)) {
+    // The compiler runs on a thread with a large stack (reserved, not committed): the parser
+    // bounds nesting, and this is the margin for every recursive walk after it.
+    let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(move || std::panic::catch_unwind(|| dispatch(cli)));
+    let result = match worker.map(|h| h.join()) {
+        Ok(Ok(r)) => r,
+        _ => Err(Box::new("the compiler thread failed") as Box<dyn std::any::Any + Send>),
+    };
+    match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(Fail::User(msg))) => {
             err!("{msg}");
@@ -298,7 +305,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 let text = read(&m.file)?;
                 return match tessera::lang::parse(0, &text) {
                     Ok(module) => {
-                        outln!("{module:#?}");
+                        outln!("{}", indent_debug(&format!("{module:?}")));
                         Ok(())
                     }
                     Err(d) => {
@@ -627,4 +634,67 @@ fn summary(t: &Tensor) -> String {
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let nonfinite = v.iter().filter(|x| !x.is_finite()).count();
     format!("{}{:?} mean={mean:.6} std={std:.6} min={min:.6} max={max:.6} non-finite={nonfinite}", t.dtype(), t.shape)
+}
+
+/// Lays out `Debug` text one field per line, indented by nesting (capped, so the output stays
+/// linear in the input: `{:#?}` nests a writer per level and took quadratic time and more on
+/// a 1,000-term sum).
+fn indent_debug(s: &str) -> String {
+    const MAX_INDENT: usize = 32;
+    let mut out = String::with_capacity(s.len() * 2);
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth.min(MAX_INDENT)));
+    };
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_str {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_str = true;
+                out.push(c);
+            }
+            '{' | '(' | '[' => {
+                out.push(c);
+                if matches!(chars.peek(), Some('}' | ')' | ']')) {
+                    continue;
+                }
+                depth += 1;
+                newline(&mut out, depth);
+                if chars.peek() == Some(&' ') {
+                    chars.next();
+                }
+            }
+            '}' | ')' | ']' => {
+                while out.ends_with(' ') {
+                    out.pop();
+                }
+                if !matches!(out.chars().last(), Some('{' | '(' | '[')) {
+                    depth = depth.saturating_sub(1);
+                    newline(&mut out, depth);
+                }
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+                if chars.peek() == Some(&' ') {
+                    chars.next();
+                }
+            }
+            ' ' if out.ends_with('\n') => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }

@@ -254,3 +254,31 @@ fn a_config_value_of_the_wrong_kind_names_its_key() {
         &["config.json: `num_hidden_layers` is a string (\"two\"), but `layers` takes an int"],
     );
 }
+
+/// Deep or long expressions are refused by the parser with a diagnostic (they overflowed the
+/// stack: SIGABRT), and what is accepted is compiled and printed in time (`--emit ast` was
+/// quadratic or worse on a 1,000-term sum; the e-graph extraction took 8 s on 11,000 terms).
+#[test]
+fn deep_and_long_expressions_are_bounded() {
+    let model = |expr: String| format!("model m() {{\n input x: [2]\n output y = {expr}\n}}\n");
+    let cases = [
+        ("parens.tsr", model(format!("{}x{}", "(".repeat(2600), ")".repeat(2600))), "expressions nest deeper than 256 levels"),
+        ("calls.tsr", model(format!("{}x{}", "exp(".repeat(5000), ")".repeat(5000))), "expressions nest deeper than 256 levels"),
+        ("neg.tsr", model(format!("{}x", "-".repeat(9850))), "more than 256 unary operators in a row"),
+        ("plus.tsr", model(vec!["x"; 11000].join(" + ")), "more than 8192 operators and operands"),
+        ("parens_far.tsr", model(format!("{}x{}", "(".repeat(100000), ")".repeat(100000))), "expressions nest deeper than 256 levels"),
+    ];
+    for (name, text, want) in cases {
+        let path = file(name, &text);
+        refused(&["check", &path], &[want]);
+    }
+    // Accepted: 8,000 terms compile and run, and their syntax tree prints, each in seconds.
+    let sum = file("sum.tsr", &model(vec!["x"; 4000].join(" + ")));
+    for args in [vec!["run", sum.as_str()], vec!["ir", sum.as_str(), "--emit", "ast"], vec!["ir", sum.as_str(), "--emit", "opt"]] {
+        let start = std::time::Instant::now();
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!out.is_empty());
+        assert!(start.elapsed().as_secs() < 10, "{args:?} took {:?}", start.elapsed());
+    }
+}

@@ -7,6 +7,7 @@
 mod cse;
 mod dce;
 pub mod egraph;
+mod extract;
 mod fold_constants;
 pub mod layers;
 mod merge_projections;

@@ -8,8 +8,9 @@
 //! is reported. Does not: merge Q/K/V projections (see `merge_projections`).
 
 use crate::egraph::{cost_dims, from_egraph, to_egraph, Cost, EG};
+use crate::extract::Best;
 use crate::rules;
-use egg::{Extractor, Id, Runner};
+use egg::{Id, Runner};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tessera_ir::{Graph, Op, Span};
@@ -117,10 +118,10 @@ pub(crate) fn saturate(g: &Graph, limits: Limits) -> (Graph, Report) {
     let iterations = runner.iterations.len();
     let eg = runner.egraph;
     let cost = Cost { eg: &eg, dims: cost_dims() };
-    let extractor = Extractor::new(&eg, cost);
+    let best = Best::new(&eg, cost);
     let keep: Vec<Id> = g.inputs().iter().map(|(_, v)| ids[v.index()]).collect();
     let outputs: Vec<(String, Id)> = g.outputs.iter().map(|(n, v)| (n.clone(), ids[v.index()])).collect();
-    let out = from_egraph(&eg, g, &keep, &outputs, |c| extractor.find_best_node(c).clone());
+    let out = from_egraph(&eg, g, &keep, &outputs, |c| best.node(eg.find(c)).cloned().unwrap_or_else(|| eg[c].nodes[0].clone()));
     let fusions = explain(g, &ids, &eg, &out);
     let report = Report {
         stop,

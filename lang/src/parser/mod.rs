@@ -14,6 +14,13 @@ use tessera_ir::DType;
 #[grammar = "parser/tessera.pest"]
 struct Grammar;
 
+/// The most unary operators applied in a row (`- - - x`).
+const MAX_PREFIX: usize = 256;
+/// The most operators, operands and postfix operations in one expression's chain.
+const MAX_CHAIN: usize = 8192;
+/// The deepest nesting of expressions (parentheses, arguments, indices).
+const MAX_NESTING: usize = 256;
+
 fn pratt() -> &'static PrattParser<Rule> {
     static P: OnceLock<PrattParser<Rule>> = OnceLock::new();
     P.get_or_init(|| {
@@ -61,7 +68,7 @@ fn describe(rule: &Rule) -> &'static str {
 /// Parses one file. On a syntax error, returns the diagnostic (pest stops at the first one).
 pub fn parse(file: FileId, text: &str) -> Result<Module, Diagnostic> {
     let pairs = Grammar::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
-    let b = Builder { file };
+    let b = Builder { file, depth: std::cell::Cell::new(0) };
     let mut module = Module { file, imports: Vec::new(), defs: Vec::new() };
     for item in pairs.flatten().filter(|p| matches!(p.as_rule(), Rule::import | Rule::def)) {
         match item.as_rule() {
@@ -106,6 +113,8 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diagno
 
 struct Builder {
     file: FileId,
+    /// How many expressions enclose the one being built.
+    depth: std::cell::Cell<usize>,
 }
 
 fn is_keyword(r: Rule) -> bool {
@@ -268,9 +277,43 @@ impl Builder {
     }
 
     fn expr(&self, p: Pair<Rule>) -> PResult<Expr> {
+        if self.depth.get() >= MAX_NESTING {
+            return Err(Diagnostic::error(
+                codes::SYNTAX,
+                format!("expressions nest deeper than {MAX_NESTING} levels"),
+                self.span(&p),
+                "here",
+            )
+            .with_help("name the inner parts with statements"));
+        }
+        self.depth.set(self.depth.get() + 1);
+        let e = self.expr_at_depth(p);
+        self.depth.set(self.depth.get() - 1);
+        e
+    }
+
+    fn expr_at_depth(&self, p: Pair<Rule>) -> PResult<Expr> {
         let span = self.span(&p);
         if p.as_rule() != Rule::expr {
             return self.primary(p);
+        }
+        // The tree of an expression is as deep as its chain of operators: bound it, so that
+        // nothing after the parser (the elaborator, printers, dropping the tree) recurses
+        // without limit (9,850 unary minus or an 11,000-term sum overflowed the stack).
+        let (mut ops, mut run) = (0usize, 0usize);
+        for q in p.clone().into_inner() {
+            let prefix = matches!(q.as_rule(), Rule::neg | Rule::not);
+            run = if prefix { run + 1 } else { 0 };
+            ops += usize::from(!matches!(q.as_rule(), Rule::expr));
+            if run > MAX_PREFIX || ops > MAX_CHAIN {
+                let what = if run > MAX_PREFIX {
+                    format!("more than {MAX_PREFIX} unary operators in a row")
+                } else {
+                    format!("more than {MAX_CHAIN} operators and operands")
+                };
+                return Err(Diagnostic::error(codes::SYNTAX, format!("this expression chains {what}"), self.span(&q), "here")
+                    .with_help("split it into several statements"));
+            }
         }
         self.pratt_expr(p.into_inner(), span)
     }
