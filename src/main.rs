@@ -411,9 +411,9 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             };
             let engine = tessera::Engine::new(&g, backend, false, dtype.precision()).map_err(run_fail)?;
             outln!("compile: {:.1} ms", compile_start.elapsed().as_secs_f64() * 1e3);
-            let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref() };
             let budget = max_memory.unwrap_or_else(tessera::default_memory_budget);
-            run(&g, &engine, map.as_ref(), &dim, files, seed, repeat, budget).map_err(run_fail)
+            let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref(), budget };
+            run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -516,6 +516,8 @@ struct RunFiles<'a> {
     weights: Option<&'a str>,
     inputs: Option<&'a str>,
     out: Option<&'a str>,
+    /// The memory budget in bytes.
+    budget: u128,
 }
 
 fn run(
@@ -526,9 +528,8 @@ fn run(
     files: RunFiles,
     seed: u64,
     repeat: usize,
-    budget: u128,
 ) -> Result<(), runtime::RunError> {
-    let RunFiles { weights, inputs, out } = files;
+    let RunFiles { weights, inputs, out, budget } = files;
     let mut dims: runtime::Dims = HashMap::new();
     for (k, v) in dim {
         let n: i64 = v.parse().map_err(|_| runtime::RunError::Shape(format!("--dim {k}={v}: not an integer")))?;

@@ -32,7 +32,7 @@ pub struct AttentionStats {
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
 pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: &Rows) -> AttentionStats {
-    if out.len() == 0 {
+    if out.is_empty() {
         return AttentionStats::default(); // no rows, or no value columns (`ev` = 0)
     }
     let r = out.shape.len();
