@@ -604,7 +604,8 @@ fn generated_kernels_on_the_gpu_equal_the_interpreter() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
-    let suites: [(&[(&str, &str)], cuda::Precision, f64, &[(i64, i64)]); 2] = [
+    type Suite<'a> = (&'a [(&'a str, &'a str)], cuda::Precision, f64, &'a [(i64, i64)]);
+    let suites: [Suite; 2] = [
         (EMULATED, cuda::Precision::F32, 1e-4, &[(1, 5), (2, 37), (1, 70)]),
         (MMA_CASES, cuda::Precision::Bf16, 1e-2, &[(1, 5), (2, 37), (1, 150)]),
     ];

@@ -199,12 +199,10 @@ impl Executable {
             let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
             // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
             // (the plan frees a slot only after its last reader).
+            let at = || step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into());
             unsafe { self.step(s, &out, &ins, dims, &mut stats) }.map_err(|e| match e {
-                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange {
-                    index,
-                    size,
-                    at: step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into()),
-                },
+                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
+                RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
                 other => other,
             })?;
             if let Some(entry) = fresh {
@@ -285,7 +283,7 @@ impl Executable {
                     let inner: usize = x.shape[axis + 1..].iter().product();
                     let by = *by as usize;
                     if osize > 0 && start + (osize - 1) * by >= size {
-                        return Err(RunError::Shape(format!("slice from {start} out of range for size {size}")));
+                        return Err(RunError::Shape(format!("slice from {start} by {by} of {osize} is out of range for size {size}")));
                     }
                     if by == 1 {
                         // A contiguous range of each outer row: one run per row.

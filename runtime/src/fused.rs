@@ -160,7 +160,9 @@ pub fn attention(f: &ScoreFn, a: &[&Tensor], out_shape: Vec<usize>) -> Tensor {
             let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = w.iter().sum();
             for c in 0..ev {
-                out.push(w.iter().enumerate().map(|(j, wj)| wj * v.get(iv * t * ev + j * ev + c)).sum::<f64>() / z);
+                // No keys at all: an empty weighted sum, 0 (as softmax over nothing, then @ v).
+                let sum = w.iter().enumerate().map(|(j, wj)| wj * v.get(iv * t * ev + j * ev + c)).sum::<f64>();
+                out.push(if t == 0 { 0.0 } else { sum / z });
             }
         }
     }

@@ -279,13 +279,12 @@ fn product(a: &Tensor, b: &Tensor) -> Tensor {
     let (ba, bb) = (&a.shape[..ra - 2], &b.shape[..rb - 2]);
     let n = ba.len().max(bb.len());
     let at = |s: &[usize], i: usize| if i + s.len() >= n { s[i + s.len() - n] } else { 1 };
-    let mut shape: Vec<usize> = (0..n).map(|i| at(ba, i).max(at(bb, i))).collect();
+    // Broadcasting: a 1 takes the other size (a 0 batch stays 0; `max` made it 1).
+    let mut shape: Vec<usize> = (0..n).map(|i| if at(ba, i) == 1 { at(bb, i) } else { at(ba, i) }).collect();
     shape.extend([a.shape[ra - 2], b.shape[rb - 1]]);
     matmul(a, b, shape)
 }
 
-/// Inclusive prefix sums along `axis` of the elements `get(i)` of a tensor of `shape`, in
-/// f64 (the interpreter's and the CPU backend's definition).
 /// A sliding window along `axis` of a tensor of `shape` ([`Op::Window`]): `x(i)` reads the
 /// operand at flat index `i`, `w(j, c)` the filter (`Conv` only) at window position `j` and
 /// channel `c` (the last axis). Positions outside the axis are left out.
