@@ -289,10 +289,7 @@ fn deep_and_long_expressions_are_bounded() {
 #[test]
 fn empty_batches_and_sequences_run_and_agree() {
     for (name, overrides) in common::SMALL {
-        let mut c = Compiler::new();
-        for (k, v) in *overrides {
-            c = c.define(k, tessera::lang::Override::parse(v));
-        }
+        let c = common::small_compiler(overrides);
         let path = format!("stdlib/{name}.tsr");
         let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");
         let mut cpu = c.compile_file(&path).expect("compiles");

@@ -132,6 +132,11 @@ pub const MODELS: &[&str] = &[
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].
+/// A compiler with a model's small hyper-parameters (an entry of [`SMALL`]) defined.
+pub fn small_compiler(overrides: &[(&str, &str)]) -> tessera::Compiler {
+    overrides.iter().fold(tessera::Compiler::new(), |c, (k, v)| c.define(k, Override::parse(v)))
+}
+
 pub const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
 
 /// How many ops of the graph have this mnemonic.

@@ -13,10 +13,7 @@ fn max_rel(a: &tessera::runtime::Tensor, b: &tessera::runtime::Tensor) -> f64 {
 fn every_stdlib_model_on_the_cpu_backend_equals_the_interpreter() {
     for (name, ov) in SMALL {
         let path = format!("stdlib/{name}.tsr");
-        let mut c = Compiler::new();
-        for (k, v) in *ov {
-            c = c.define(k, tessera::lang::Override::parse(v));
-        }
+        let c = common::small_compiler(ov);
         let mut cpu = c.clone().compile_file(&path).expect("compiles");
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         cpu.random_weights(3).expect("weights");

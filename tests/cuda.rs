@@ -404,10 +404,7 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
     let dir = std::env::temp_dir().join(format!("tessera-cuda-models-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     for (name, overrides) in common::SMALL {
-        let mut c = Compiler::new();
-        for (k, v) in *overrides {
-            c = c.define(k, tessera::lang::Override::parse(v));
-        }
+        let c = common::small_compiler(overrides);
         let path = format!("stdlib/{name}.tsr");
         let model = c.clone().compile_file(&path).expect("compiles");
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
@@ -571,10 +568,7 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
         return;
     }
     for (name, overrides) in common::SMALL {
-        let mut c = Compiler::new();
-        for (k, v) in *overrides {
-            c = c.define(k, tessera::lang::Override::parse(v));
-        }
+        let c = common::small_compiler(overrides);
         let path = format!("stdlib/{name}.tsr");
         let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");
         interp.random_weights(3).expect("weights");
