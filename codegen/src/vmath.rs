@@ -86,15 +86,19 @@ pub fn erf<const FMA: bool>(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// The logistic function `1 / (1 + e^-x)`, from `e^-|x| ≤ 1` so that nothing overflows.
+/// The logistic function `1 / (1 + e^-x)`, from `e^-|x| ≤ 1` so that nothing overflows. At
+/// ±inf `e^-|x|` is exactly 0 (not [`exp_neg`]'s floor `e^-87`), and a NaN stays NaN, as in
+/// the f64 definition: `silu(-inf)` and `gelu_tanh(-inf)` are then `-inf · 0 = NaN` there too.
 #[inline(always)]
 pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
-    let t = exp_neg::<FMA>(-x.abs());
+    let a = x.abs();
+    let t = if a == f32::INFINITY { 0.0 } else { exp_neg::<FMA>(-a) };
     let s = 1.0 / (1.0 + t);
-    if x >= 0.0 {
-        s
+    let y = if x >= 0.0 { s } else { t * s };
+    if x.is_nan() {
+        x
     } else {
-        t * s
+        y
     }
 }
 
@@ -143,6 +147,28 @@ mod tests {
             let (a, b) = (f64::from(erf::<false>(x)), f64::from(erf::<true>(x)));
             let want = libm::erf(f64::from(x));
             assert!((a - want).abs() < 5e-7 && (b - want).abs() < 5e-7, "erf({x}) = {a} / {b}, want {want}");
+        }
+    }
+
+    /// The vectorized activations (GEMM epilogues, fused FFNs) give what the f64 definition
+    /// gives at ±inf and NaN: `silu(-inf)` was `-inf` and `sigmoid(NaN)` was `1.6e-38`
+    /// (found by `tests/fuzz_graphs.rs`).
+    #[test]
+    fn activations_match_the_reference_at_infinities_and_nan() {
+        for u in [UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Silu, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+            let xs = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
+            for fma in [false, true] {
+                let mut ys = xs;
+                if fma {
+                    activate::<true>(u, &mut ys);
+                } else {
+                    activate::<false>(u, &mut ys);
+                }
+                for (&x, &y) in xs.iter().zip(&ys) {
+                    let want = u.eval(f64::from(x)) as f32;
+                    assert!(want.is_nan() == y.is_nan() && (want.is_nan() || want == y), "{u:?}({x}) = {y}, want {want}");
+                }
+            }
         }
     }
 
