@@ -61,3 +61,21 @@ fn each_rule_fires_and_keeps_the_values() {
         }
     }
 }
+
+/// A bias or residual that broadcasts the product up (`[4, 1] + [5]`) is not an epilogue: the
+/// GEMM kernels write the product's shape (found by `tests/fuzz_graphs.rs`: the optimized graph
+/// had the shape `[4, 1]` on the interpreter and wrong values on the CPU).
+#[test]
+fn an_add_that_widens_the_product_stays_an_add() {
+    for body in [
+        "output y = x @ param w: [6, 1] + param b: [5]",
+        "output y = x[:, 0:5] + x @ param w: [6, 1]",
+        "output y = gelu(x @ param w: [6, 1] + param b: [3]) @ param v: [3, 2]",
+    ] {
+        let g = elaborate("rule.tsr", &format!("import nn\nmodel m() {{\n input x: [4, 6]\n {body}\n}}\n"), &[]);
+        let opt = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline verifies");
+        for ((n, a), (_, b)) in run_random(&g, &[], 11).iter().zip(&run_random(&opt, &[], 11)) {
+            assert!(max_rel_diff(a, b) <= 1e-5, "{body}: output {n} differs\n{opt}");
+        }
+    }
+}
