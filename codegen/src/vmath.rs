@@ -102,6 +102,20 @@ pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
     }
 }
 
+/// `tanh x = 2σ(2x) − 1`, and its series `x − x³/3 + 2x⁵/15` for |x| < 0.01, where that
+/// difference keeps only an absolute precision (`tanh(1e-5)` was off by 1%, and a tiny
+/// negative came out as 0).
+#[inline(always)]
+pub fn tanh<const FMA: bool>(x: f32) -> f32 {
+    let x2 = x * x;
+    let series = x * madd::<FMA>(x2, madd::<FMA>(x2, 2.0 / 15.0, -1.0 / 3.0), 1.0);
+    if x.abs() < 0.01 {
+        series
+    } else {
+        2.0 * sigmoid::<FMA>(2.0 * x) - 1.0
+    }
+}
+
 /// Applies the activation `u` to each element of `xs` (in place). The common activations have
 /// vectorizable forms (`tanh(u) = 2σ(2u) − 1`); the others go through the interpreter's f64
 /// definition.
@@ -112,7 +126,7 @@ pub fn activate<const FMA: bool>(u: UnaryOp, xs: &mut [f32]) {
         UnaryOp::Relu => xs.iter_mut().for_each(|x| *x = x.max(0.0)),
         UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid::<FMA>(*x)),
         UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(*x)),
-        UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = 2.0 * sigmoid::<FMA>(2.0 * *x) - 1.0),
+        UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = tanh::<FMA>(*x)),
         UnaryOp::GeluTanh => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(1.595_769_2 * (*x + 0.044715 * *x * *x * *x))),
         UnaryOp::GeluErf => xs.iter_mut().for_each(|x| *x *= 0.5 * (1.0 + erf::<FMA>(*x * std::f32::consts::FRAC_1_SQRT_2))),
         other => each(xs, &|x| other.eval(f64::from(x)) as f32),
@@ -167,6 +181,23 @@ mod tests {
                 for (&x, &y) in xs.iter().zip(&ys) {
                     let want = u.eval(f64::from(x)) as f32;
                     assert!(want.is_nan() == y.is_nan() && (want.is_nan() || want == y), "{u:?}({x}) = {y}, want {want}");
+                }
+            }
+        }
+    }
+
+    /// Relative precision near 0, where the GEMM epilogue's tanh had only an absolute one
+    /// (found by `tests/fuzz_graphs.rs`: `sqrt(tanh(-1e-40))` was 0, not NaN).
+    #[test]
+    fn tanh_keeps_its_relative_precision_near_zero() {
+        for x in [1e-40f32, 1e-30, 1e-10, 1e-5, 1e-3, 0.0099, 0.0101, 0.1, 1.0] {
+            for x in [x, -x] {
+                let (mut a, mut b) = ([x], [x]);
+                activate::<false>(UnaryOp::Tanh, &mut a);
+                activate::<true>(UnaryOp::Tanh, &mut b);
+                let want = f64::from(x).tanh();
+                for y in [a[0], b[0]] {
+                    assert!((f64::from(y) - want).abs() <= 1e-6 * want.abs(), "tanh({x}) = {y}, want {want}");
                 }
             }
         }
