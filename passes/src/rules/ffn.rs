@@ -109,7 +109,10 @@ fn activated_linear(eg: &EG, h: Id) -> Vec<(UnaryOp, Id, Id, Option<Id>)> {
             Op::Unary(u) if is_activation(u) => {
                 out.extend(linear_forms(eg, n.children[0]).into_iter().map(|(x, w, b)| (u, x, w, b)));
             }
-            Op::Gemm { bias, act: Some(u), residual: false } => out.push((u, n.children[0], n.children[1], bias.then(|| n.children[2]))),
+            // The FFN kernels take matrices: a batched weight stays a gemm.
+            Op::Gemm { bias, act: Some(u), residual: false } if ty(eg, n.children[1]).rank() == 2 => {
+                out.push((u, n.children[0], n.children[1], bias.then(|| n.children[2])))
+            }
             _ => {}
         }
     }
