@@ -90,9 +90,11 @@ pub const NUMERICS: &[(&str, Explains)] = &[
         "rounding (the oracle rounds every node to f32, the CPU's fused chains keep f64) made visible by sin or cos of a \
       large argument, a power, or a norm of a (nearly) constant row",
         |f, _, gs| {
-            f.kind == "value"
+            matches!(f.kind, "nan" | "inf" | "value")
                 && gs.iter().any(|g| {
-                    g.nodes().iter().any(|n| matches!(n.op, Op::Unary(U::Sin | U::Cos | U::Rsqrt) | Op::Binary(B::Pow) | Op::Norm { .. }))
+                    g.nodes().iter().any(|n| {
+                        matches!(unary(n), Some(U::Sin | U::Cos | U::Rsqrt)) || matches!(n.op, Op::Binary(B::Pow) | Op::Norm { .. })
+                    })
                 })
         },
     ),
@@ -103,9 +105,18 @@ pub const NUMERICS: &[(&str, Explains)] = &[
 fn amplifies_zero(g: &Graph, n: &Node, infinities: bool) -> bool {
     let f32_in = n.inputs.first().is_some_and(|&v| g.ty(v).dtype == DType::F32);
     let test = matches!(n.op, Op::Binary(B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge) | Op::Cast) && n.ty.dtype == DType::Bool;
-    let inverse = matches!(n.op, Op::Unary(U::Rsqrt | U::Log | U::Sqrt) | Op::Binary(B::Div | B::Pow | B::Rem));
+    let inverse = matches!(unary(n), Some(U::Rsqrt | U::Log | U::Sqrt)) || matches!(n.op, Op::Binary(B::Div | B::Pow | B::Rem));
     let product = matches!(n.op, Op::Binary(B::Mul) | Op::MatMul | Op::Gemm { .. } | Op::Ffn { .. }) && infinities;
     f32_in && (test || inverse || product)
+}
+
+/// The elementwise function `n` applies: its own, or the activation of a fused GEMM or FFN.
+fn unary(n: &Node) -> Option<U> {
+    match n.op {
+        Op::Unary(u) | Op::Ffn { act: u, .. } => Some(u),
+        Op::Gemm { act, .. } => act,
+        _ => None,
+    }
 }
 
 /// A predicate on a finding, its case and the graphs the stage ran.
