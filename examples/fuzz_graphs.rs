@@ -1,4 +1,4 @@
-//! The long mode of the random-graph differential tester (`tests/fuzz/mod.rs`): generates
+//! The long mode of the random-graph differential tester (`tests/fuzz/graphs.rs`): generates
 //! graphs from consecutive seeds for a number of minutes, runs each on the interpreter and on
 //! the CPU backend before and after the pass pipeline, and prints executions per second, graphs
 //! per backend and every finding (minimised, as IR text with its inputs).
@@ -9,8 +9,8 @@
 //! finding too: the parent prints its graph and resumes after it. A graph that runs for over
 //! 30 s is reported as a hang.
 
-#[path = "../tests/fuzz/mod.rs"]
-mod fuzz;
+#[path = "../tests/fuzz/graphs.rs"]
+mod graphs;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -45,7 +45,7 @@ fn main() {
         let status = child.wait().expect("worker exits");
         match last {
             Some(s) if !status.success() => {
-                println!("FINDING seed {s}: the worker died ({status})\n{}", fuzz::describe(&fuzz::generate(s)));
+                println!("FINDING seed {s}: the worker died ({status})\n{}", graphs::describe(&graphs::generate(s)));
                 crashes.push(s);
                 seed = s + 1;
             }
@@ -68,20 +68,20 @@ fn worker(first: u64, end: Instant) {
         }
     });
     let start = Instant::now();
-    let (mut ran, mut graphs, mut known, mut unknown) = (fuzz::Ran::default(), 0u64, BTreeMap::<&str, usize>::new(), 0);
+    let (mut ran, mut graphs, mut known, mut unknown) = (graphs::Ran::default(), 0u64, BTreeMap::<&str, usize>::new(), 0);
     let mut seed = first;
     while Instant::now() < end {
         eprintln!("at {seed}");
         let _ = std::io::stderr().flush();
         *started.lock().expect("clock") = Instant::now();
-        let case = fuzz::generate(seed);
-        for f in fuzz::check(&case, &mut ran) {
+        let case = graphs::generate(seed);
+        for f in graphs::check(&case, &mut ran) {
             match f.known {
                 Some(k) => *known.entry(k).or_default() += 1,
                 None => {
                     unknown += 1;
-                    let small = fuzz::minimize(&case, &f);
-                    println!("FINDING seed {seed}: {} {} {}: {}\n{}", f.stage, f.kind, f.output, f.detail, fuzz::describe(&small));
+                    let small = graphs::minimize(&case, &f);
+                    println!("FINDING seed {seed}: {} {} {}: {}\n{}", f.stage, f.kind, f.output, f.detail, graphs::describe(&small));
                 }
             }
         }

@@ -1,11 +1,12 @@
 //! Random IR graphs on the interpreter (the oracle), on the interpreter after the pass
 //! pipeline, and on the CPU backend before and after it: a fixed-seed budget of graphs (see
-//! `tests/fuzz/mod.rs` for what is generated and compared). Findings that `fuzz::KNOWN_BUGS`
-//! (fixed elsewhere), `fuzz::FOUND` (found here, not fixed yet) or `fuzz::NUMERICS` explain are
+//! `tests/fuzz/graphs.rs` for what is generated and compared). Findings that `graphs::KNOWN_BUGS`
+//! (fixed elsewhere), `graphs::FOUND` (found here, not fixed yet) or `graphs::NUMERICS` explain are
 //! counted, not failed; every op must be generated. The long mode runs for minutes with fresh
 //! seeds: `cargo run --release --example fuzz_graphs -- --minutes N [--seed S]`.
 
-mod fuzz;
+#[path = "fuzz/graphs.rs"]
+mod graphs;
 
 /// Graphs per run of the test.
 const BUDGET: u64 = 600;
@@ -14,16 +15,16 @@ const BUDGET: u64 = 600;
 fn random_graphs_agree_on_every_backend() {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let (mut ran, mut known, mut failures) = (fuzz::Ran::default(), std::collections::BTreeMap::new(), Vec::new());
+    let (mut ran, mut known, mut failures) = (graphs::Ran::default(), std::collections::BTreeMap::new(), Vec::new());
     let (mut ops, mut nodes) = (std::collections::BTreeSet::new(), 0);
     for seed in 0..BUDGET {
-        let case = fuzz::generate(seed);
+        let case = graphs::generate(seed);
         nodes += case.graph.len();
         ops.extend(case.graph.nodes().iter().map(|n| match &n.op {
             tessera::ir::Op::Window { op, .. } => format!("window_{}", op.name()),
             op => op.mnemonic(),
         }));
-        for f in fuzz::check(&case, &mut ran) {
+        for f in graphs::check(&case, &mut ran) {
             match f.known {
                 Some(k) => *known.entry(k).or_insert(0) += 1,
                 None => failures.push(format!(
@@ -32,7 +33,7 @@ fn random_graphs_agree_on_every_backend() {
                     f.kind,
                     f.output,
                     f.detail,
-                    fuzz::describe(&fuzz::minimize(&case, &f))
+                    graphs::describe(&graphs::minimize(&case, &f))
                 )),
             }
         }

@@ -1,6 +1,6 @@
 //! The generator of the random-graph tester: well-typed IR graphs built through `Graph::add`
 //! (a candidate the op's typing rule rejects is dropped), with dims and input values. See
-//! `tests/fuzz/mod.rs` for what is checked; `tests/fuzz_graphs.rs` and
+//! `tests/fuzz/graphs.rs` for what is checked; `tests/fuzz_graphs.rs` and
 //! `cargo run --release --example fuzz_graphs -- --minutes N` run it.
 
 use rand::rngs::StdRng;

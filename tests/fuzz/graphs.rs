@@ -13,6 +13,7 @@
 //! cuts a failing graph down by replacing nodes with inputs holding their oracle values.
 #![allow(dead_code)]
 
+#[path = "graphs_gen.rs"]
 mod gen;
 pub use gen::{generate, Case};
 
