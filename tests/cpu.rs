@@ -135,3 +135,28 @@ fn the_memory_plan_reuses_dead_buffers() {
     assert!(text.starts_with("// peak activation memory (arena) at batch=1 seq=16: "), "{text}");
     assert!(text.contains("= attention(") && text.contains("= ffn("), "{text}");
 }
+
+/// A fused FFN whose input has width 0 (`seq` = 0 here) still has its rows: the kernel counted
+/// them as `len / width` and wrote none (found by `tests/fuzz_graphs.rs`).
+#[test]
+fn a_fused_ffn_over_an_empty_width_keeps_its_rows() {
+    let g = tessera::ir::parse(
+        "graph m {
+  %0 = input \"x\" : f32[3, seq]
+  %1 = param \"w\" init=normal(1.0) : f32[seq, 4]
+  %2 = param \"b\" init=normal(1.0) : f32[4]
+  %3 = param \"v\" init=normal(1.0) : f32[4, 2]
+  %4 = param \"c\" init=normal(1.0) : f32[2]
+  %5 = ffn %0, %1, %2, %3, %4 gated=false act=gelu bias=true : f32[3, 2]
+  output \"y\" = %5
+}",
+    )
+    .expect("parses");
+    let want = run_random(&g, &[("seq", 0)], 5);
+    let dims: tessera::runtime::Dims = [("seq".to_string(), 0)].into();
+    let params = tessera::runtime::random_params(&g, &dims, 5).expect("params");
+    let inputs = tessera::runtime::random_inputs(&g, &dims, 5, &Default::default()).expect("inputs");
+    let cpu = tessera::Engine::new(&g, Backend::Cpu, false, tessera::Precision::F32).expect("compiles");
+    let got = cpu.run(&g, &dims, &inputs, &params).expect("runs").0;
+    assert!(max_rel(&want[0].1, &got[0].1) <= 1e-5, "{:?} vs {:?}", want[0].1, got[0].1);
+}

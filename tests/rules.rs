@@ -61,3 +61,32 @@ fn each_rule_fires_and_keeps_the_values() {
         }
     }
 }
+
+/// Sums and products the GEMM and FFN kernels cannot run stay unfused, found by
+/// `tests/fuzz_graphs.rs`: a bias or residual that broadcasts the product up (`[4, 1] + [5]`;
+/// the optimized graph had the shape `[4, 1]` on the interpreter and wrong values on the CPU).
+#[test]
+fn only_what_the_kernels_run_is_fused() {
+    for body in [
+        "output y = x @ param w: [6, 1] + param b: [5]",
+        "output y = x[:, 0:5] + x @ param w: [6, 1]",
+        "output y = gelu(x @ param w: [6, 1] + param b: [3]) @ param v: [3, 2]",
+        // A batched first weight is no MLP: the FFN kernel read it as a matrix and wrote past
+        // its scratch buffer (heap corruption on the CPU backend).
+        "output y = sigmoid(x @ param w: [1, 6, 8]) @ param v: [8, 3]",
+    ] {
+        let g = elaborate("rule.tsr", &format!("import nn\nmodel m() {{\n input x: [4, 6]\n {body}\n}}\n"), &[]);
+        let opt = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline verifies");
+        let want = run_random(&g, &[], 11);
+        for ((n, a), (_, b)) in want.iter().zip(&run_random(&opt, &[], 11)) {
+            assert!(max_rel_diff(a, b) <= 1e-5, "{body}: output {n} differs\n{opt}");
+        }
+        let dims = tessera::runtime::Dims::new();
+        let params = tessera::runtime::random_params(&opt, &dims, 11).expect("params");
+        let inputs = tessera::runtime::random_inputs(&opt, &dims, 11, &Default::default()).expect("inputs");
+        let cpu = tessera::Engine::new(&opt, tessera::Backend::Cpu, false, tessera::Precision::F32).expect("compiles");
+        for ((n, a), (_, b)) in want.iter().zip(&cpu.run(&opt, &dims, &inputs, &params).expect("runs").0) {
+            assert!(max_rel_diff(a, b) <= 1e-5, "{body}: output {n} differs on the CPU\n{opt}");
+        }
+    }
+}

@@ -425,7 +425,8 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     let x = &ins[0];
     let (w_in, w_out) = (&ins[1], &ins[if bias { 3 } else { 2 }]);
     let d = x.shape.last().copied().unwrap_or(1);
-    let rows = x.len() / d.max(1);
+    // From the shape, not `x.len() / d`: an input of width 0 still has its rows.
+    let rows: usize = x.shape.iter().rev().skip(1).product();
     let h_in = w_in.shape[1];
     // Hidden activations in buffers kept between calls (no page faults at every layer).
     let (h, hidden) = scratch;

@@ -86,15 +86,33 @@ pub fn erf<const FMA: bool>(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// The logistic function `1 / (1 + e^-x)`, from `e^-|x| ≤ 1` so that nothing overflows.
+/// The logistic function `1 / (1 + e^-x)`, from `e^-|x| ≤ 1` so that nothing overflows. At
+/// ±inf `e^-|x|` is exactly 0 (not [`exp_neg`]'s floor `e^-87`), and a NaN stays NaN, as in
+/// the f64 definition: `silu(-inf)` and `gelu_tanh(-inf)` are then `-inf · 0 = NaN` there too.
 #[inline(always)]
 pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
-    let t = exp_neg::<FMA>(-x.abs());
+    let a = x.abs();
+    let t = if a == f32::INFINITY { 0.0 } else { exp_neg::<FMA>(-a) };
     let s = 1.0 / (1.0 + t);
-    if x >= 0.0 {
-        s
+    let y = if x >= 0.0 { s } else { t * s };
+    if x.is_nan() {
+        x
     } else {
-        t * s
+        y
+    }
+}
+
+/// `tanh x = 2σ(2x) − 1`, and its series `x − x³/3 + 2x⁵/15` for |x| < 0.01, where that
+/// difference keeps only an absolute precision (`tanh(1e-5)` was off by 1%, and a tiny
+/// negative came out as 0).
+#[inline(always)]
+pub fn tanh<const FMA: bool>(x: f32) -> f32 {
+    let x2 = x * x;
+    let series = x * madd::<FMA>(x2, madd::<FMA>(x2, 2.0 / 15.0, -1.0 / 3.0), 1.0);
+    if x.abs() < 0.01 {
+        series
+    } else {
+        2.0 * sigmoid::<FMA>(2.0 * x) - 1.0
     }
 }
 
@@ -108,7 +126,7 @@ pub fn activate<const FMA: bool>(u: UnaryOp, xs: &mut [f32]) {
         UnaryOp::Relu => xs.iter_mut().for_each(|x| *x = if *x < 0.0 { 0.0 } else { *x }),
         UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid::<FMA>(*x)),
         UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(*x)),
-        UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = 2.0 * sigmoid::<FMA>(2.0 * *x) - 1.0),
+        UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = tanh::<FMA>(*x)),
         UnaryOp::GeluTanh => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(1.595_769_2 * (*x + 0.044715 * *x * *x * *x))),
         UnaryOp::GeluErf => xs.iter_mut().for_each(|x| *x *= 0.5 * (1.0 + erf::<FMA>(*x * std::f32::consts::FRAC_1_SQRT_2))),
         other => each(xs, &|x| other.eval(f64::from(x)) as f32),
@@ -143,6 +161,45 @@ mod tests {
             let (a, b) = (f64::from(erf::<false>(x)), f64::from(erf::<true>(x)));
             let want = libm::erf(f64::from(x));
             assert!((a - want).abs() < 5e-7 && (b - want).abs() < 5e-7, "erf({x}) = {a} / {b}, want {want}");
+        }
+    }
+
+    /// The vectorized activations (GEMM epilogues, fused FFNs) give what the f64 definition
+    /// gives at ±inf and NaN: `silu(-inf)` was `-inf` and `sigmoid(NaN)` was `1.6e-38`
+    /// (found by `tests/fuzz_graphs.rs`).
+    #[test]
+    fn activations_match_the_reference_at_infinities_and_nan() {
+        for u in [UnaryOp::GeluTanh, UnaryOp::GeluErf, UnaryOp::Silu, UnaryOp::Sigmoid, UnaryOp::Tanh] {
+            let xs = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
+            for fma in [false, true] {
+                let mut ys = xs;
+                if fma {
+                    activate::<true>(u, &mut ys);
+                } else {
+                    activate::<false>(u, &mut ys);
+                }
+                for (&x, &y) in xs.iter().zip(&ys) {
+                    let want = u.eval(f64::from(x)) as f32;
+                    assert!(want.is_nan() == y.is_nan() && (want.is_nan() || want == y), "{u:?}({x}) = {y}, want {want}");
+                }
+            }
+        }
+    }
+
+    /// Relative precision near 0, where the GEMM epilogue's tanh had only an absolute one
+    /// (found by `tests/fuzz_graphs.rs`: `sqrt(tanh(-1e-40))` was 0, not NaN).
+    #[test]
+    fn tanh_keeps_its_relative_precision_near_zero() {
+        for x in [1e-40f32, 1e-30, 1e-10, 1e-5, 1e-3, 0.0099, 0.0101, 0.1, 1.0] {
+            for x in [x, -x] {
+                let (mut a, mut b) = ([x], [x]);
+                activate::<false>(UnaryOp::Tanh, &mut a);
+                activate::<true>(UnaryOp::Tanh, &mut b);
+                let want = f64::from(x).tanh();
+                for y in [a[0], b[0]] {
+                    assert!((f64::from(y) - want).abs() <= 1e-6 * want.abs(), "tanh({x}) = {y}, want {want}");
+                }
+            }
         }
     }
 

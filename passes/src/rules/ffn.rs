@@ -30,7 +30,7 @@ fn linear_forms(eg: &EG, id: Id) -> Vec<(Id, Id, Option<Id>)> {
     });
     let d = ty(eg, id).shape.last().cloned();
     for (m, b) in binary(eg, id, Add) {
-        if d.as_ref().is_some_and(|d| ty(eg, b).shape.as_slice() == [d.clone()]) {
+        if ty(eg, m) == ty(eg, id) && d.as_ref().is_some_and(|d| ty(eg, b).shape.as_slice() == [d.clone()]) {
             out.extend(find_all(eg, m, |n| {
                 (n.op == Op::MatMul && is_matrix(n.children[1])).then(|| (n.children[0], n.children[1], Some(b)))
             }));
@@ -43,7 +43,7 @@ fn gemm_bias(eg: &EG, id: Id) -> Vec<Rhs> {
     let d = ty(eg, id).shape.last().cloned();
     binary(eg, id, Add)
         .into_iter()
-        .filter(|&(_, b)| d.as_ref().is_some_and(|d| ty(eg, b).shape.as_slice() == [d.clone()]))
+        .filter(|&(m, b)| ty(eg, m) == ty(eg, id) && d.as_ref().is_some_and(|d| ty(eg, b).shape.as_slice() == [d.clone()]))
         .flat_map(|(m, b)| {
             find_all(eg, m, |n| {
                 (n.op == Op::MatMul).then(|| {
@@ -79,7 +79,8 @@ fn gemm_residual(eg: &EG, id: Id) -> Vec<Rhs> {
     binary(eg, id, Add)
         .into_iter()
         .flat_map(|(a, b)| [(a, b), (b, a)])
-        .filter(|&(r, _)| ty(eg, r) == ty(eg, id))
+        // The product must have the sum's shape: the kernels do not broadcast it up.
+        .filter(|&(r, g)| ty(eg, r) == ty(eg, id) && ty(eg, g) == ty(eg, id))
         .flat_map(|(r, g)| {
             find_all(eg, g, move |n| {
                 let flags = match n.op {
@@ -108,7 +109,10 @@ fn activated_linear(eg: &EG, h: Id) -> Vec<(UnaryOp, Id, Id, Option<Id>)> {
             Op::Unary(u) if is_activation(u) => {
                 out.extend(linear_forms(eg, n.children[0]).into_iter().map(|(x, w, b)| (u, x, w, b)));
             }
-            Op::Gemm { bias, act: Some(u), residual: false } => out.push((u, n.children[0], n.children[1], bias.then(|| n.children[2]))),
+            // The FFN kernels take matrices: a batched weight stays a gemm.
+            Op::Gemm { bias, act: Some(u), residual: false } if ty(eg, n.children[1]).rank() == 2 => {
+                out.push((u, n.children[0], n.children[1], bias.then(|| n.children[2])))
+            }
             _ => {}
         }
     }
