@@ -316,3 +316,12 @@ fn empty_batches_and_sequences_run_and_agree() {
         }
     }
 }
+
+/// A gemm whose residual would widen its product is not valid IR (the typing rule accepted
+/// it, and the interpreter and the CPU then disagreed on its shape); found by the random-graph
+/// tester.
+#[test]
+fn a_gemm_residual_never_widens_the_product() {
+    let ir = "graph m {\n  %0 = input \"a\" : f32[1, 1]\n  %1 = input \"r\" : f32[2, 3]\n  %2 = gemm %0, %0, %1 bias=false act=none residual=true : f32[2, 3]\n  output \"y\" = %2\n}\n";
+    refused(&["check", &file("widen.tir", ir)], &["must broadcast to its product"]);
+}

@@ -195,15 +195,17 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
                 return Err(format!("gemm with these flags takes {n} operands, got {}", ins.len()));
             }
             f32_only(op, ins)?;
-            let mut t = matmul_type(ins[0], ins[1])?;
-            if *bias {
-                t.shape = broadcast_shapes(&t.shape, &ins[2].shape)?;
+            let t = matmul_type(ins[0], ins[1])?;
+            // The bias and the residual broadcast to the product; they never widen it (the
+            // kernels write the product's shape).
+            let extra = ins[2..].iter().map(|x| (x, broadcast_shapes(&t.shape, &x.shape)));
+            for (x, b) in extra {
+                if b? != t.shape {
+                    return Err(format!("a gemm's bias or residual {x} must broadcast to its product {t} without widening it"));
+                }
             }
             if act.is_some_and(|a| a == crate::UnaryOp::Not) {
                 return Err("gemm activation cannot be `not`".into());
-            }
-            if *residual {
-                t.shape = broadcast_shapes(&t.shape, &ins[n - 1].shape)?;
             }
             Ok(t)
         }

@@ -81,6 +81,9 @@ pub fn irfft(x: &Tensor, axis: usize, n: usize) -> Tensor {
     let shape = &x.shape[..x.shape.len() - 1];
     let z = pairs(x);
     let full = |half: &[(f64, f64)]| -> Vec<(f64, f64)> {
+        if n == 0 || half.is_empty() {
+            return vec![(0.0, 0.0); n]; // nothing to transform (a symbolic length of 0)
+        }
         // The Hermitian extension: X[n-k] = conj(X[k]); the self-conjugate bins are real.
         let mut spec: Vec<(f64, f64)> = (0..n).map(|k| if k < half.len() { half[k] } else { (half[n - k].0, -half[n - k].1) }).collect();
         spec[0].1 = 0.0;

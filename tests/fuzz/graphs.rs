@@ -29,39 +29,19 @@ pub const ATOL: f64 = 1e-4;
 // ---------------------------------------------------------------------------------------------
 // What explains a finding that is not (yet) a failure. Delete an entry once its fix has landed.
 
-/// Known bug classes, fixed in parallel elsewhere: `(name, predicate on a finding, its case and
-/// the graphs the stage ran)`.
-pub const KNOWN_BUGS: &[(&str, Explains)] = &[
-    ("NaN through maximum/minimum (torch: NaN propagates) or hidden by the fused attention", |f, c, gs| {
-        (f.kind == "nan" || matches!(f.kind, "inf" | "value") && holds(c, f64::is_nan))
-            && gs.iter().any(|g| g.nodes().iter().any(|n| max_like(&n.op)))
-    }),
-    ("a graph output bound directly to a constant vanishes on the CPU backend", |f, _, gs| {
-        f.stage.starts_with("cpu")
-            && gs.last().is_some_and(|g| g.outputs.iter().any(|(n, v)| f.output == *n && matches!(g.node(*v).op, Op::Const(_))))
-    }),
-    ("integer overflow in element counts", |f, _, _| f.kind == "panic" && f.detail.contains("multiply with overflow")),
-];
+/// Known bug classes not fixed yet: `(name, predicate on a finding, its case and the graphs
+/// the stage ran)`. Empty: the classes of issue 14 (NaN semantics, outputs bound to constants,
+/// element-count overflow) are fixed; an entry goes here only with an open issue.
+pub const KNOWN_BUGS: &[(&str, Explains)] = &[];
 
 /// Bugs this tester found outside what it may fix (`runtime/`, the attention kernel's design).
-pub const FOUND: &[(&str, Explains)] = &[
-    ("the fused attention takes a row whose best unmasked score is -inf or below -1e29 for a fully masked one", |f, c, gs| {
+pub const FOUND: &[(&str, Explains)] =
+    &[("the fused attention takes a row whose best unmasked score is -inf or below -1e29 for a fully masked one", |f, c, gs| {
         f.stage == "cpu-opt"
             && matches!(f.kind, "value" | "inf")
             && (c.huge || holds_inf(c))
             && gs.iter().any(|g| g.nodes().iter().any(|n| matches!(n.op, Op::Attention(_))))
-    }),
-    ("the interpreter's fused matmul broadcasts a batch axis of size 0 against 1 to 1 (runtime/src/interp.rs `product`)", |f, c, gs| {
-        matches!(f.kind, "shape" | "panic" | "no-error")
-            && gs.iter().any(|g| g.nodes().iter().any(|n| tessera::runtime::concrete(&n.ty.shape, &c.dims).is_ok_and(|s| s.contains(&0))))
-            && gs.iter().any(|g| g.nodes().iter().any(|n| matches!(n.op, Op::Gemm { .. } | Op::Ffn { .. })))
-    }),
-    ("the interpreter panics on an irfft whose symbolic length is 0 at run time (the CPU returns an empty tensor)", |f, c, gs| {
-        matches!(f.kind, "panic" | "no-error")
-            && c.graph.nodes().iter().any(|n| matches!(&n.op, Op::Irfft { n, .. } if n.eval(&c.dims) == Some(0)))
-            && gs.iter().any(|g| g.nodes().iter().any(|n| matches!(n.op, Op::Irfft { .. })))
-    }),
-];
+    })];
 
 /// Not bugs, but where the oracle and a backend legitimately round apart and an op makes it
 /// visible: the interpreter computes in f64 and rounds each node's result to f32, the CPU keeps
@@ -297,7 +277,7 @@ pub fn check(c: &Case, ran: &mut Ran) -> Vec<Finding> {
     let (mut out, opt) = run_stages(c, ran);
     for f in &mut out {
         f.known = explain(f, c, opt.as_ref());
-        if f.known.is_some_and(|k| k == KNOWN_BUGS[0].0 || NUMERICS[1..].iter().any(|(n, _)| *n == k)) {
+        if f.known.is_some_and(|k| NUMERICS[1..].iter().any(|(n, _)| *n == k)) {
             let small = minimize(c, f);
             let (again, opt) = run_stages(&small, &mut Ran::default());
             f.known = again.iter().find(|g| g.stage == f.stage && g.kind == f.kind).and_then(|g| explain(g, &small, opt.as_ref()));
