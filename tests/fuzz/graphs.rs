@@ -161,7 +161,7 @@ fn cpu(c: &Case, g: &Graph) -> Outs {
 }
 
 /// The first difference between two tensors, as `(kind, detail)`.
-fn differ(want: &Tensor, got: &Tensor) -> Option<(&'static str, String)> {
+pub fn differ(want: &Tensor, got: &Tensor) -> Option<(&'static str, String)> {
     if want.dtype() != got.dtype() {
         return Some(("dtype", format!("{} vs {}", want.dtype(), got.dtype())));
     }
