@@ -325,3 +325,18 @@ fn a_gemm_residual_never_widens_the_product() {
     let ir = "graph m {\n  %0 = input \"a\" : f32[1, 1]\n  %1 = input \"r\" : f32[2, 3]\n  %2 = gemm %0, %0, %1 bias=false act=none residual=true : f32[2, 3]\n  output \"y\" = %2\n}\n";
     refused(&["check", &file("widen.tir", ir)], &["must broadcast to its product"]);
 }
+
+/// The pre-run index check reads only i64 inputs used as indices as they are: an f32 input
+/// cast to indices is checked after the cast, as it runs (-0.3 is index 0, not "outside the
+/// table"); found by the random-graph tester.
+#[test]
+fn indices_cast_from_floats_are_checked_after_the_cast() {
+    let src = "model m() {\n input x: [3]\n output y = (param t: [4, 2])[int(x)]\n}\n";
+    let inputs: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![3], vec![-0.3, 1.7, 3.9]))].into();
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let mut m = Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
+        m.random_weights(1).expect("weights");
+        let out = m.run(&inputs).unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        assert_eq!(out[0].1.shape, [3, 2], "{backend:?}");
+    }
+}

@@ -166,11 +166,12 @@ pub fn random_params(g: &Graph, dims: &Dims, seed: u64) -> Result<HashMap<String
 /// the table (the parameter) with its size; a sequence longer than a position table names
 /// the size. (Gathers of computed indices are still checked as they run.)
 pub fn check_indices(g: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>) -> Result<(), RunError> {
-    // The node a value comes from, through ops that only move or convert elements.
+    // The node a value comes from, through ops that only move elements (a cast changes them:
+    // -0.3 as an index is 0).
     let origin = |mut v: tessera_ir::ValueId| loop {
         let n = g.node(v);
         match n.op {
-            Op::Cast | Op::Reshape | Op::Broadcast | Op::Transpose(_) => v = n.inputs[0],
+            Op::Reshape | Op::Broadcast | Op::Transpose(_) => v = n.inputs[0],
             _ => return n,
         }
     };
@@ -184,7 +185,7 @@ pub fn check_indices(g: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>) -
         let at = node.span.display_in(&g.files).map_or_else(String::new, |l| format!(", gathered at {l}"));
         let src = origin(node.inputs[1]);
         match &src.op {
-            Op::Input(name) => {
+            Op::Input(name) if src.ty.dtype == tessera_ir::DType::I64 => {
                 let Some(t) = inputs.get(name) else { continue };
                 let bad = (0..t.len()).map(|i| (i, t.get(i))).find(|&(_, x)| x < 0.0 || x >= rows as f64 || x.is_nan());
                 if let Some((i, x)) = bad {
