@@ -326,7 +326,7 @@ mod tests {
         let (s, b) = (Dim::sym("seq"), Dim::sym("batch"));
         // [batch, seq, 24] as [batch, -1, 4, 24]: -1 is seq/4.
         let total = b.mul(&s).scale(24);
-        let q = total.div_blocks(&b.scale(96)).expect("a quotient");
+        let Some(q) = total.div_blocks(&b.scale(96)) else { panic!("a quotient") };
         assert_eq!(q.to_string(), "seq/4");
         assert_eq!(q.quotients().collect::<Vec<_>>(), [("seq", 4)]);
         assert_eq!(q.symbols().collect::<Vec<_>>(), ["seq"]);
