@@ -178,18 +178,16 @@ vectorized!(
 fn online_softmax_body<const FMA: bool>(sp: &mut [f32], n: usize, m: &mut [f32], l: &mut [f64], acc: &mut [f32], ev: usize) {
     for ((srow, (m, l)), acc) in sp.chunks_exact_mut(n).zip(m.iter_mut().zip(l.iter_mut())).zip(acc.chunks_exact_mut(ev)) {
         let new_m = m.max(lanes(srow, f32::NEG_INFINITY, f32::max));
-        // A NaN score, or a +inf one (inf - inf), makes the whole row NaN, as softmax does:
-        // the sum `l` carries it to the output. (`f32::max` and `exp_neg` would hide it.)
-        if l.is_nan() || new_m == f32::INFINITY || srow.iter().any(|x| x.is_nan()) {
-            *l = f64::NAN;
-            srow.fill(0.0);
-            continue;
-        }
         if new_m == f32::NEG_INFINITY {
-            // Every score so far is -inf: nothing is visible yet.
+            // Every score so far is -inf, or NaN (which `f32::max` skips; softmax keeps it).
+            if srow.iter().any(|x| x.is_nan()) {
+                *l = f64::NAN;
+            }
             srow.fill(0.0);
             continue;
         }
+        // A NaN score, or a +inf one (inf - inf), is NaN after `exp_neg` (which keeps NaN), so
+        // the sum `l` and the accumulators carry it to the output, as softmax does.
         let rescale = exp_neg::<FMA>(*m - new_m);
         srow.iter_mut().for_each(|x| *x = exp_neg::<FMA>(*x - new_m));
         *l = *l * f64::from(rescale) + f64::from(lanes(srow, 0.0, |a, b| a + b));

@@ -46,7 +46,8 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 #[inline(always)]
 pub fn exp_neg<const FMA: bool>(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
+    // Not `f32::max`, which turns NaN into -87 (and costs more): NaN stays NaN.
+    let x = if x < -87.0 { -87.0 } else { x };
     let t = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
     let n = t - ROUND;
     let bits = (t.to_bits().wrapping_sub(ROUND.to_bits()) as i32).wrapping_add(127) << 23;
