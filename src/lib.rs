@@ -81,6 +81,9 @@ fn too_wide(d: &Diagnostic, sources: &SourceMap) -> bool {
     d.labels.iter().any(|l| {
         let text = sources.text(l.span.file);
         let (from, to) = lines_of(text, l.span.start as usize, l.span.end as usize);
+        // miette draws a line of context on each side too.
+        let from = lines_of(text, from.saturating_sub(1), from).0;
+        let to = lines_of(text, to, (to + 1).min(text.len())).1;
         text[from..to].split('\n').any(|line| line.len() > MAX_DRAWN_LINE)
     })
 }

@@ -236,9 +236,13 @@ fn main() -> ExitCode {
     // The compiler runs on a thread with a large stack (reserved, not committed): the parser
     // bounds nesting, and this is the margin for every recursive walk after it.
     let worker = std::thread::Builder::new().stack_size(256 << 20).spawn(move || std::panic::catch_unwind(|| dispatch(cli)));
-    let result = match worker.map(|h| h.join()) {
-        Ok(Ok(r)) => r,
-        _ => Err(Box::new("the compiler thread failed") as Box<dyn std::any::Any + Send>),
+    let result = match worker {
+        Ok(h) => h.join().unwrap_or_else(Err),
+        // No large stack to be had (a tight `ulimit -v`): run here, within the parser's bounds.
+        Err(_) => match Cli::try_parse() {
+            Ok(cli) => std::panic::catch_unwind(|| dispatch(cli)),
+            Err(e) => Err(Box::new(e.to_string()) as Box<dyn std::any::Any + Send>),
+        },
     };
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

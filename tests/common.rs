@@ -33,10 +33,21 @@ pub fn run_random(g: &Graph, dims: &[(&str, i64)], seed: u64) -> Vec<(String, Te
     runtime::run(g, &dims, &inputs, &params).expect("runs")
 }
 
+/// The largest difference relative to `a`'s largest magnitude; infinite where one side is NaN
+/// and the other not (a NaN difference would be skipped by `f64::max`).
 pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape, b.shape);
-    let scale = a.to_f64().iter().fold(1e-6f64, |m, x| m.max(x.abs()));
-    a.to_f64().iter().zip(b.to_f64()).map(|(x, y)| (x - y).abs() / scale).fold(0.0, f64::max)
+    let scale = a.to_f64().iter().filter(|x| x.is_finite()).fold(1e-6f64, |m, x| m.max(x.abs()));
+    a.to_f64()
+        .iter()
+        .zip(b.to_f64())
+        .map(|(x, y)| match (x.is_nan(), y.is_nan()) {
+            (true, true) => 0.0,
+            (false, false) if x == &y => 0.0,
+            (false, false) => (x - y).abs() / scale,
+            _ => f64::INFINITY,
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Every stdlib model at a small size (odd widths, 2–3 layers).

@@ -134,7 +134,8 @@ const EMULATED: &[(&str, &str)] = &[
     ("attention causal", "input q: [batch, 3, seq, 8]\n input k: [batch, 3, seq, 8]\n input v: [batch, 3, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.35, -1e30), -1) @ v"),
     ("attention gqa bias", "input q: [batch, 2, 2, seq, 8]\n input k: [batch, 2, 1, seq, 8]\n input v: [batch, 2, 1, seq, 6]\n input bias: [batch, 1, 1, 1, seq]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i + 2 and bias > -0.5, (q @ k.T) * 0.5 + bias - float(i - j) * 0.25, -1e30), -1) @ v"),
     ("attention alibi table", "input q: [batch, 4, seq, 8]\n input k: [batch, 4, seq, 8]\n input v: [batch, 4, seq, 8]\n input slopes: [4]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n h = arange(4)[:, none, none]\n output y = softmax(where(j <= i, (q @ k.T) - slopes[h] * float(i - j), -1e30), -1) @ v"),
-    ("attention masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
+    ("attention -inf mask", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.3, -1e40), -1) @ v"),
+        ("attention masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
 ];
 
 /// A C++ program that runs one of `kernels` (chosen by its third argument) once per thread,

@@ -379,7 +379,8 @@ fn c_type(t: DType) -> &'static str {
 /// A C literal of type `t` for the value `c`.
 fn literal(c: f64, t: DType) -> String {
     match t {
-        DType::F32 if c.is_infinite() => format!("{}__int_as_float(0x7f800000)", if c < 0.0 { "-" } else { "" }),
+        // Infinite as f32 (-1e40 is a finite f64): no C literal writes it.
+        DType::F32 if (c as f32).is_infinite() => format!("{}__int_as_float(0x7f800000)", if c < 0.0 { "-" } else { "" }),
         DType::F32 if c.is_nan() => "__int_as_float(0x7fc00000)".into(),
         DType::F32 => format!("{:e}f", c as f32),
         DType::I64 => format!("{}LL", c as i64),
@@ -695,7 +696,8 @@ fn attention(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) ->
     w(format!("        for (int c = 0; c < {ev}; ++c) acc[c] *= scale;"));
     w("        m = sc;".into());
     w("      }".into());
-    w("      const float pj = expf(sc - m);".into());
+    // A -inf score weighs 0 (expf(-inf - -inf) would be NaN while every score so far is -inf).
+    w("      const float pj = sc == -__int_as_float(0x7f800000) ? 0.0f : expf(sc - m);".into());
     w("      l += pj;".into());
     w(format!("      for (int c = 0; c < {ev}; ++c) acc[c] += pj * vs[jj * {ev} + c];"));
     w("    }".into());
@@ -827,9 +829,10 @@ fn attention_mma(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str
     w("    // Online softmax: the rows' new maxima over the four threads that hold each row.".into());
     w("    float n0 = m0, n1 = m1;".into());
     w("#pragma unroll".into());
-    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{ n0 = fmaxf(n0, fmaxf(sc4[nt][0], sc4[nt][1])); n1 = fmaxf(n1, fmaxf(sc4[nt][2], sc4[nt][3])); }}"));
-    w("    n0 = fmaxf(n0, __shfl_xor_sync(0xffffffffu, n0, 1)); n0 = fmaxf(n0, __shfl_xor_sync(0xffffffffu, n0, 2));".into());
-    w("    n1 = fmaxf(n1, __shfl_xor_sync(0xffffffffu, n1, 1)); n1 = fmaxf(n1, __shfl_xor_sync(0xffffffffu, n1, 2));".into());
+    // NaN-propagating maxima: a NaN score makes its row NaN, as softmax does.
+    w(format!("    for (int nt = 0; nt < {bn}; ++nt) {{ n0 = tsr_maxf(n0, tsr_maxf(sc4[nt][0], sc4[nt][1])); n1 = tsr_maxf(n1, tsr_maxf(sc4[nt][2], sc4[nt][3])); }}"));
+    w("    n0 = tsr_maxf(n0, __shfl_xor_sync(0xffffffffu, n0, 1)); n0 = tsr_maxf(n0, __shfl_xor_sync(0xffffffffu, n0, 2));".into());
+    w("    n1 = tsr_maxf(n1, __shfl_xor_sync(0xffffffffu, n1, 1)); n1 = tsr_maxf(n1, __shfl_xor_sync(0xffffffffu, n1, 2));".into());
     w("    const float a0 = n0 == -inf ? 1.0f : __expf(m0 - n0), a1 = n1 == -inf ? 1.0f : __expf(m1 - n1);".into());
     w("    m0 = n0; m1 = n1; l0 *= a0; l1 *= a1;".into());
     w("#pragma unroll".into());

@@ -33,9 +33,10 @@ impl Dim {
         Dim { terms: vec![(vec![name.to_string()], 1)] }
     }
 
-    /// The exact quotient of the named size `name` by `k` (`seq/4`); `name` itself when `k` is 1.
+    /// The exact quotient of the named size `name` by `k` (`seq/4`), for `k` of 2 or more;
+    /// `name` itself for any smaller `k` (callers divide by a positive constant).
     pub fn quot(name: &str, k: i64) -> Dim {
-        if k == 1 {
+        if k < 2 {
             return Dim::sym(name);
         }
         Dim { terms: vec![(vec![format!("{name}/{k}")], 1)] }
@@ -79,7 +80,15 @@ impl Dim {
     /// The symbol when the size is exactly one named size.
     pub fn as_sym(&self) -> Option<&str> {
         match self.terms.as_slice() {
-            [(m, 1)] if m.len() == 1 => Some(&m[0]),
+            [(m, 1)] if m.len() == 1 && split_quot(&m[0]).is_none() => Some(&m[0]),
+            _ => None,
+        }
+    }
+
+    /// `(name, k)` when the size is exactly one quotient factor `name/k`.
+    pub fn as_quot(&self) -> Option<(&str, i64)> {
+        match self.terms.as_slice() {
+            [(m, 1)] if m.len() == 1 => split_quot(&m[0]),
             _ => None,
         }
     }
@@ -205,7 +214,8 @@ impl Dim {
         }
         let [s] = rest.as_slice() else { return None };
         let g = gcd(*c, *oc);
-        let (c, k) = (c / g * oc.signum(), (oc / g).abs());
+        let k = i64::try_from((oc / g).unsigned_abs()).ok()?;
+        let c = (c / g).checked_mul(oc.signum())?;
         if split_quot(s).is_some() || k < 2 {
             return None;
         }
@@ -248,7 +258,7 @@ fn gcd(a: i64, b: i64) -> i64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
-    a.max(1) as i64
+    i64::try_from(a.max(1)).unwrap_or(1) // gcd(MIN, MIN) = 2^63 does not fit: no common divisor used
 }
 
 impl From<i64> for Dim {

@@ -384,7 +384,8 @@ pub enum Op {
     /// Pooling over segments given by ids: the operands are `x: [lead.., n, rest..]` (f32)
     /// and `ids: [lead.., n]` (i64), `axis` the one of `n`; output position `t` reduces by `op`
     /// the positions `u` of its row with `ids[.., u] == ids[.., t]` (PoNet's segment max: each
-    /// token gets the max over its sentence). Segments need not be contiguous. The result has
+    /// token gets the max over its sentence). Segments need not be contiguous; ids compare
+    /// exactly up to 2^53 (the interpreter and the CPU read them as f64). The result has
     /// `x`'s type.
     Segment {
         /// How a segment is reduced.

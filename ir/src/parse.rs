@@ -237,9 +237,8 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             let v: f64 = w.parse().map_err(|_| format!("bad number `{w}`"))?;
             c.punct(')')?;
             let init = match kind.as_str() {
-                "normal" if !(v.is_finite() && v >= 0.0) => {
-                    return Err(format!("normal({w}) needs a finite standard deviation of 0 or more"))
-                }
+                // A negative σ draws as |σ| (as the language allows): only non-finite is refused.
+                "normal" if !v.is_finite() => return Err(format!("normal({w}) needs a finite standard deviation")),
                 "normal" => Init::Normal(v),
                 "fill" => Init::Fill(v),
                 k => return Err(format!("unknown initialiser `{k}`")),

@@ -228,7 +228,11 @@ fn expected_kind(h: &crate::ast::HParam) -> Option<&'static str> {
             _ => None,
         };
     }
-    match h.default.as_ref().map(|e| &e.kind) {
+    let literal = |e: &Expr| match &e.kind {
+        ExprKind::Unary(UnOp::Neg, inner) => inner.kind.clone(), // `= -1`
+        k => k.clone(),
+    };
+    match h.default.as_ref().map(literal).as_ref() {
         Some(ExprKind::Int(_)) => Some("an int"),
         Some(ExprKind::Float(_)) => Some("a float"),
         Some(ExprKind::Bool(_)) => Some("a bool"),

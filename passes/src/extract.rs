@@ -39,6 +39,7 @@ impl<L: Language> Best<L> {
                 }
                 // Every child has a cost (checked above): the fallback is never taken.
                 let c = cost.cost(node, |child| best.get(&eg.find(child)).map_or(f64::INFINITY, |(c, _)| *c));
+                let c = if c.is_nan() { f64::INFINITY } else { c }; // a NaN cost never wins
                 if best.get(&id).is_none_or(|(old, _)| c < *old) {
                     best.insert(id, (c, node.clone()));
                     improved = true;

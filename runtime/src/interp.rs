@@ -18,7 +18,8 @@ pub const MAX_ELEMENTS: u128 = 1 << 40;
 /// Evaluates a symbolic shape under `dims`; refuses a shape of more than [`MAX_ELEMENTS`].
 pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
     let out = concrete_dims(shape, dims)?;
-    let count = out.iter().try_fold(1u128, |acc, &n| acc.checked_mul(n as u128));
+    // Sizes of 0 count as 1: [0, 2^32, 2^32] holds nothing, but its strides still overflow.
+    let count = out.iter().try_fold(1u128, |acc, &n| acc.checked_mul(n.max(1) as u128));
     match count {
         Some(c) if c <= MAX_ELEMENTS => Ok(out),
         _ => {
@@ -37,8 +38,10 @@ pub struct MemoryEstimate {
     pub params: u128,
     /// Inputs.
     pub inputs: u128,
-    /// The intermediates live at once at the peak, in the interpreter's order (the compiled
-    /// backends plan an arena no larger).
+    /// The intermediates live at once at the peak, in graph order (the compiled backends plan
+    /// an arena no larger). An estimate, not a bound: the interpreter also holds a copy of
+    /// each parameter and input until its last use, and a GPU run's device memory is not
+    /// counted here.
     pub intermediates: u128,
 }
 

@@ -118,13 +118,20 @@ pub fn bind_dims(g: &Graph, inputs: &HashMap<String, Tensor>, dims: &mut Dims) -
             });
         }
         for (d, &n) in decl.iter().zip(&t.shape) {
-            if let Some(s) = d.as_sym() {
+            // An axis declared `seq/4` of size n fixes seq = 4n.
+            let (s, n) = match (d.as_sym(), d.as_quot()) {
+                (Some(s), _) => (Some(s), n),
+                (None, Some((s, k))) => (Some(s), n.saturating_mul(k as usize)),
+                _ => (None, n),
+            };
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            if let Some(s) = s {
                 match dims.get(s) {
-                    Some(&have) if have != n as i64 => {
+                    Some(&have) if have != n => {
                         return Err(RunError::Shape(format!("input `{name}` gives {s} = {n}, but {s} = {have} elsewhere")));
                     }
                     _ => {
-                        dims.insert(s.to_string(), n as i64);
+                        dims.insert(s.to_string(), n);
                     }
                 }
             }

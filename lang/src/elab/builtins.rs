@@ -368,12 +368,15 @@ impl Elab<'_> {
                         )
                         .with_help("check the values given by -D, config.json or the defaults"),
                     ),
-                    Some((_, s)) => self.err(Diagnostic::error(
+                    Some((Value::Tensor(_), s)) => self.err(Diagnostic::error(
                         codes::NON_CONSTANT,
                         "`require` needs a condition known at compile time (hyper-parameters and sizes)",
                         *s,
-                        "not a compile-time bool",
+                        "a tensor",
                     )),
+                    Some((v, s)) => {
+                        self.err(Diagnostic::error(codes::TYPE, format!("`require` takes a bool condition, not {}", v.kind()), *s, "here"))
+                    }
                     None => Value::Poison,
                 }
             }

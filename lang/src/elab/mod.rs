@@ -554,7 +554,8 @@ impl<'p> Elab<'p> {
                     );
                     return;
                 }
-                self.unrolled += (h - l) as usize;
+                let count = usize::try_from(i128::from(h) - i128::from(l)).unwrap_or(usize::MAX);
+                self.unrolled = self.unrolled.saturating_add(count);
                 if self.unrolled > MAX_UNROLLED {
                     self.aborted = true;
                     self.diags.push(
@@ -572,6 +573,7 @@ impl<'p> Elab<'p> {
                     ExprKind::Name(n) => n.clone(),
                     _ => var.name.clone(),
                 };
+                let mut fewest = u128::MAX; // the fewest nodes an iteration has added so far
                 for i in l..h {
                     let before = self.graph.len();
                     frame.env.insert(var.name.clone(), Value::int(i));
@@ -583,8 +585,9 @@ impl<'p> Elab<'p> {
                     }
                     // Refuse early, from the first iteration's size, what would only fail
                     // at the node limit after a long elaboration (`-D layers=100000`).
-                    let per = (self.graph.len() - before) as u128;
-                    let estimate = self.graph.len() as u128 + per * (h - i - 1) as u128;
+                    fewest = fewest.min((self.graph.len() - before) as u128);
+                    let left = u128::try_from(i128::from(h) - i128::from(i) - 1).unwrap_or(0);
+                    let (per, estimate) = (fewest, self.graph.len() as u128 + fewest * left);
                     if estimate > MAX_NODES as u128 {
                         self.aborted = true;
                         self.diags.push(
@@ -908,7 +911,12 @@ impl<'p> Elab<'p> {
     fn unary_op(&mut self, op: UnOp, v: Value, span: Span) -> Value {
         match (op, v) {
             (_, Value::Poison) => Value::Poison,
-            (UnOp::Neg, Value::Int(d)) => Value::Int(d.scale(-1)),
+            (UnOp::Neg, Value::Int(d)) => match Dim::known(0).checked_sub(&d) {
+                Some(n) => Value::Int(n),
+                None => {
+                    self.err(Diagnostic::error(codes::VALUE, format!("integer overflow: `-({d})` leaves the 64-bit range"), span, "here"))
+                }
+            },
             (UnOp::Neg, Value::Float(f)) => Value::Float(-f),
             (UnOp::Not, Value::Bool(b)) => Value::Bool(!b),
             (UnOp::Neg, Value::Tensor(t)) if self.ty(t).dtype != DType::Bool => self.unary(UnaryOp::Neg, t, span),
@@ -983,10 +991,21 @@ impl<'p> Elab<'p> {
                     }
                     BinOp::FloorDiv | BinOp::Rem => match (ka, kb) {
                         (_, Some(0)) => self.err(Diagnostic::error(codes::VALUE, "division by zero", rs, "this is 0")),
-                        (Some(x), Some(y)) if op == BinOp::FloorDiv => {
-                            Value::int(x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0))
+                        // Python's floor division and remainder, exactly (i128: no overflow).
+                        (Some(x), Some(y)) => {
+                            let (x, y) = (i128::from(x), i128::from(y));
+                            let q = x.div_euclid(y) - i128::from(y < 0 && x.rem_euclid(y) != 0);
+                            let r = if op == BinOp::FloorDiv { q } else { x - y * q };
+                            match i64::try_from(r) {
+                                Ok(r) => Value::int(r),
+                                Err(_) => self.err(Diagnostic::error(
+                                    codes::VALUE,
+                                    "integer overflow: the result leaves the 64-bit range",
+                                    span,
+                                    "here",
+                                )),
+                            }
                         }
-                        (Some(x), Some(y)) => Value::int(x - y * (x as f64 / y as f64).floor() as i64),
                         _ if op == BinOp::FloorDiv => match a.div_blocks(b) {
                             Some(q) => Int(q),
                             None => self.err(Diagnostic::error(
@@ -1005,7 +1024,7 @@ impl<'p> Elab<'p> {
                     },
                     BinOp::Pow if matches!(kb, Some(y) if y >= 0) && ka.is_some() => {
                         let (x, y) = (ka.unwrap_or(0), kb.unwrap_or(0));
-                        match x.checked_pow(y as u32) {
+                        match u32::try_from(y).ok().and_then(|y| x.checked_pow(y)) {
                             Some(p) => Value::int(p),
                             None => self.err(Diagnostic::error(codes::VALUE, "integer overflow", span, "here")),
                         }

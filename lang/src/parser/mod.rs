@@ -16,10 +16,13 @@ struct Grammar;
 
 /// The most unary operators applied in a row (`- - - x`).
 const MAX_PREFIX: usize = 256;
-/// The most operators, operands and postfix operations in one expression's chain.
+/// The most operators, operands and postfix operations in one expression's chain, with those
+/// of the chains around it (a bound on the depth of the tree).
 const MAX_CHAIN: usize = 8192;
 /// The deepest nesting of expressions (parentheses, arguments, indices).
 const MAX_NESTING: usize = 256;
+/// The deepest nesting of brackets and blocks, checked on the text before parsing.
+const MAX_BRACKETS: usize = 512;
 
 fn pratt() -> &'static PrattParser<Rule> {
     static P: OnceLock<PrattParser<Rule>> = OnceLock::new();
@@ -67,8 +70,28 @@ fn describe(rule: &Rule) -> &'static str {
 
 /// Parses one file. On a syntax error, returns the diagnostic (pest stops at the first one).
 pub fn parse(file: FileId, text: &str) -> Result<Module, Diagnostic> {
+    // Before pest's recursive descent: brackets (and blocks) nested past a bound are refused.
+    let (mut depth, mut in_str, mut comment) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '\n' => comment = false,
+            _ if comment => {}
+            '"' => in_str = !in_str,
+            '#' if !in_str => comment = true,
+            '(' | '[' | '{' if !in_str => {
+                depth += 1;
+                if depth > MAX_BRACKETS {
+                    let span = Span { file, start: i as u32, end: i as u32 + 1 };
+                    return Err(Diagnostic::error(codes::SYNTAX, format!("brackets nest deeper than {MAX_BRACKETS} levels"), span, "here")
+                        .with_help("name the inner parts with statements"));
+                }
+            }
+            ')' | ']' | '}' if !in_str => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
     let pairs = Grammar::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
-    let b = Builder { file, depth: std::cell::Cell::new(0) };
+    let b = Builder { file, depth: std::cell::Cell::new(0), chained: std::cell::Cell::new(0) };
     let mut module = Module { file, imports: Vec::new(), defs: Vec::new() };
     for item in pairs.flatten().filter(|p| matches!(p.as_rule(), Rule::import | Rule::def)) {
         match item.as_rule() {
@@ -115,6 +138,9 @@ struct Builder {
     file: FileId,
     /// How many expressions enclose the one being built.
     depth: std::cell::Cell<usize>,
+    /// The operators and operands of the chains that enclose it: a bound on the depth of the
+    /// tree above it (each left-associative link is a level).
+    chained: std::cell::Cell<usize>,
 }
 
 fn is_keyword(r: Rule) -> bool {
@@ -305,17 +331,20 @@ impl Builder {
             let prefix = matches!(q.as_rule(), Rule::neg | Rule::not);
             run = if prefix { run + 1 } else { 0 };
             ops += usize::from(!matches!(q.as_rule(), Rule::expr));
-            if run > MAX_PREFIX || ops > MAX_CHAIN {
+            if run > MAX_PREFIX || self.chained.get() + ops > MAX_CHAIN {
                 let what = if run > MAX_PREFIX {
                     format!("more than {MAX_PREFIX} unary operators in a row")
                 } else {
-                    format!("more than {MAX_CHAIN} operators and operands")
+                    format!("more than {MAX_CHAIN} operators and operands (with the expressions around it)")
                 };
                 return Err(Diagnostic::error(codes::SYNTAX, format!("this expression chains {what}"), self.span(&q), "here")
                     .with_help("split it into several statements"));
             }
         }
-        self.pratt_expr(p.into_inner(), span)
+        self.chained.set(self.chained.get() + ops);
+        let e = self.pratt_expr(p.into_inner(), span);
+        self.chained.set(self.chained.get() - ops);
+        e
     }
 
     fn pratt_expr(&self, pairs: Pairs<Rule>, _span: Span) -> PResult<Expr> {
