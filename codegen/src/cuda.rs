@@ -376,6 +376,17 @@ fn c_type(t: DType) -> &'static str {
     }
 }
 
+/// A reduction in C over values `v` into `double acc`: the initial value, the step, and the
+/// result (`count` names the number of values, for the mean). NaN propagates through max/min.
+fn reduction(op: tessera_ir::ReduceOp, count: &str) -> (&'static str, &'static str, String) {
+    match op {
+        tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc".into()),
+        tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", format!("acc / (double){count}")),
+        tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc".into()),
+        tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = tsr_min(acc, v)", "acc".into()),
+    }
+}
+
 /// A C literal of type `t` for the value `c`.
 fn literal(c: f64, t: DType) -> String {
     match t {
@@ -932,22 +943,12 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         // One thread per output element: a pass over its row's ids (O(n) each, no sort).
         // meta: [count, len, inner].
         Kernel::Segment { op, .. } => {
-            let (init, step, fin) = match op {
-                tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc"),
-                tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", "acc / (double)cnt"),
-                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
-                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = tsr_min(acc, v)", "acc"),
-            };
+            let (init, step, fin) = reduction(*op, "cnt");
             format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  const i64 mine = in1[o * len + t];\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 u = 0; u < len; ++u) {{\n    if (in1[o * len + u] != mine) continue;\n    const double v = (double)in0[(o * len + u) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
         }
         Kernel::Cumsum { .. } => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
         Kernel::Reduce { op, .. } => {
-            let (init, step_expr, fin) = match op {
-                tessera_ir::ReduceOp::Sum => ("0.0", "acc += v", "acc"),
-                tessera_ir::ReduceOp::Mean => ("0.0", "acc += v", "acc / (double)count"),
-                tessera_ir::ReduceOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
-                tessera_ir::ReduceOp::Min => ("TSR_INF", "acc = tsr_min(acc, v)", "acc"),
-            };
+            let (init, step_expr, fin) = reduction(*op, "count");
             // meta: [n_out, kept rank, kept dims.., their strides.., reduced rank, reduced
             // dims.., their strides.., count]: an output element's place in the input, and
             // each reduced element's offset from it.

@@ -88,18 +88,18 @@ pub fn erf<const FMA: bool>(x: f32) -> f32 {
 }
 
 /// The logistic function `1 / (1 + e^-x)`, from `e^-|x| ≤ 1` so that nothing overflows. At
-/// ±inf `e^-|x|` is exactly 0 (not [`exp_neg`]'s floor `e^-87`), and a NaN stays NaN, as in
-/// the f64 definition: `silu(-inf)` and `gelu_tanh(-inf)` are then `-inf · 0 = NaN` there too.
+/// ±inf `e^-|x|` is exactly 0 (not [`exp_neg`]'s floor `e^-87`), and a NaN stays NaN (through
+/// [`exp_neg`]), as in the f64 definition: `silu(-inf)` and `gelu_tanh(-inf)` are then
+/// `-inf · 0 = NaN` there too.
 #[inline(always)]
 pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
     let a = x.abs();
     let t = if a == f32::INFINITY { 0.0 } else { exp_neg::<FMA>(-a) };
     let s = 1.0 / (1.0 + t);
-    let y = if x >= 0.0 { s } else { t * s };
-    if x.is_nan() {
-        x
+    if x >= 0.0 {
+        s
     } else {
-        y
+        t * s
     }
 }
 

@@ -274,6 +274,11 @@ impl ReduceOp {
             ReduceOp::Min => "min",
         }
     }
+
+    /// The op of an IR-text name ([`ReduceOp::name`]).
+    pub fn from_name(name: &str) -> Option<ReduceOp> {
+        [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min].into_iter().find(|o| o.name() == name)
+    }
 }
 
 /// How a parameter is initialised when no checkpoint provides it.

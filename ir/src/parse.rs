@@ -287,9 +287,7 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         "segment" => {
             key(c, "op")?;
             let name = c.word()?;
-            let ops = [crate::ReduceOp::Sum, crate::ReduceOp::Mean, crate::ReduceOp::Max, crate::ReduceOp::Min];
-            let op =
-                ops.into_iter().find(|o| o.name() == name).ok_or_else(|| format!("unknown segment op `{name}` (sum, mean, max, min)"))?;
+            let op = ReduceOp::from_name(&name).ok_or_else(|| format!("unknown segment op `{name}` (sum, mean, max, min)"))?;
             Op::Segment { op, axis: axis(c)? }
         }
         "rfft" => Op::Rfft { axis: axis(c)? },
@@ -358,13 +356,7 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             Op::Attention(Box::new(crate::ScoreFn::parse(&c.string()?)?))
         }
         r if r.starts_with("reduce_") => {
-            let op = match &r[7..] {
-                "sum" => ReduceOp::Sum,
-                "mean" => ReduceOp::Mean,
-                "max" => ReduceOp::Max,
-                "min" => ReduceOp::Min,
-                other => return Err(format!("unknown reduction `{other}`")),
-            };
+            let op = ReduceOp::from_name(&r[7..]).ok_or_else(|| format!("unknown reduction `{}`", &r[7..]))?;
             key(c, "axes")?;
             let axes = usize_list(c)?;
             key(c, "keepdim")?;

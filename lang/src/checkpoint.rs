@@ -228,11 +228,13 @@ fn expected_kind(h: &crate::ast::HParam) -> Option<&'static str> {
             _ => None,
         };
     }
-    let literal = |e: &Expr| match &e.kind {
-        ExprKind::Unary(UnOp::Neg, inner) => inner.kind.clone(), // `= -1`
-        k => k.clone(),
-    };
-    match h.default.as_ref().map(literal).as_ref() {
+    fn literal(e: &Expr) -> &ExprKind {
+        match &e.kind {
+            ExprKind::Unary(UnOp::Neg, inner) => &inner.kind, // `= -1`
+            k => k,
+        }
+    }
+    match h.default.as_ref().map(literal) {
         Some(ExprKind::Int(_)) => Some("an int"),
         Some(ExprKind::Float(_)) => Some("a float"),
         Some(ExprKind::Bool(_)) => Some("a bool"),

@@ -259,16 +259,26 @@ pub fn exec_tsr(path: &str, text: &str) -> (Option<Finding>, bool) {
         if let Err(e) = tessera::ir::verify(&g) {
             return Some(Finding::BadIr(format!("the verifier rejects elaborated IR: {}", e.join("; "))));
         }
-        // Text, not graph equality: a NaN constant (`sqrt(-1.0)`) is never equal to itself.
-        let text = g.to_string();
-        match tessera::ir::parse(&text) {
-            Ok(back) if back.to_string() == text => None,
-            Ok(_) => Some(Finding::BadIr("the IR does not print back to the equal graph".into())),
-            Err(e) => Some(Finding::BadIr(format!("printed IR does not read back: {}", e.msg))),
-        }
+        round_trip(&g)
     }));
+    (timed(r, start), elaborated)
+}
+
+/// A graph prints and reads back to the same text. Text, not graph equality: a NaN constant
+/// (`sqrt(-1.0)`) is never equal to itself.
+fn round_trip(g: &tessera::ir::Graph) -> Option<Finding> {
+    let text = g.to_string();
+    match tessera::ir::parse(&text) {
+        Ok(back) if back.to_string() == text => None,
+        Ok(_) => Some(Finding::BadIr("the IR does not print back to the equal graph".into())),
+        Err(e) => Some(Finding::BadIr(format!("printed IR does not read back: {}", e.msg))),
+    }
+}
+
+/// The finding of one caught execution that began at `start`: its panic, or its slowness.
+fn timed(r: std::thread::Result<Option<Finding>>, start: Instant) -> Option<Finding> {
     let found = r.unwrap_or_else(|e| Some(Finding::Panic(panic_message(&e))));
-    (found.or_else(|| (start.elapsed() > SLOW).then(|| Finding::Slow(start.elapsed()))), elaborated)
+    found.or_else(|| (start.elapsed() > SLOW).then(|| Finding::Slow(start.elapsed())))
 }
 
 /// Runs the IR reader on one `.tir` text: read, verify, print back.
@@ -279,15 +289,9 @@ pub fn exec_tir(text: &str) -> Option<Finding> {
         if tessera::ir::verify(&g).is_err() {
             return None;
         }
-        let text = g.to_string();
-        match tessera::ir::parse(&text) {
-            Ok(back) if back.to_string() == text => None,
-            Ok(_) => Some(Finding::BadIr("read IR does not print back to the equal graph".into())),
-            Err(e) => Some(Finding::BadIr(format!("printed IR does not read back: {}", e.msg))),
-        }
+        round_trip(&g)
     }));
-    let found = r.unwrap_or_else(|e| Some(Finding::Panic(panic_message(&e))));
-    found.or_else(|| (start.elapsed() > SLOW).then(|| Finding::Slow(start.elapsed())))
+    timed(r, start)
 }
 
 /// Counts of one fuzzing run.
