@@ -244,6 +244,10 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
     let mut out = Vec::new();
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
+    if let Some(step) = program.steps.iter().find(|s| matches!(s.kernel, Kernel::Scan(_))) {
+        let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the scan at {l})"));
+        return Err(format!("the CUDA backend does not lower `scan` yet{at}: run it with --backend cpu or interp"));
+    }
     for (i, step) in program.steps.iter().enumerate() {
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
@@ -916,6 +920,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     let strided =
         |st: &str| format!("  const int rank = (int)meta[1];\n  i64 off;\n  tsr_offsets<1>(i, meta[0], rank, meta + 2, {st}, &off);\n");
     let body = match k {
+        Kernel::Scan(_) => "  // scan: refused by `lower`\n".to_string(),
         // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Norm { kind, eps } => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
@@ -1056,6 +1061,7 @@ pub fn meta(
         vec![(shape.iter().product::<usize>() / size.max(1)) as i64, size as i64, inner as i64]
     };
     let mut m = match k {
+        Kernel::Scan(_) => return Err("scan has no CUDA launch".into()),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
         Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {

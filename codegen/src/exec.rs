@@ -24,6 +24,8 @@ pub struct Executable {
     scratch: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
     /// The compiled row kernel of each step (elementwise and attention steps).
     natives: Vec<Option<Rows>>,
+    /// The compiled body of each scan step.
+    bodies: Vec<Option<Executable>>,
     _jit: Jit,
     /// Cranelift IR of the compiled kernels (when asked for).
     pub clif: Vec<String>,
@@ -40,6 +42,23 @@ pub struct RunStats {
     pub profile: Vec<(&'static str, f64)>,
     /// On a GPU: seconds from the first launch to the end of the last (transfers excluded).
     pub device_seconds: Option<f64>,
+}
+
+/// A copy of a buffer as a tensor.
+///
+/// # Safety
+/// The view's buffer holds `len` elements of its type.
+unsafe fn to_tensor(v: &View) -> Tensor {
+    unsafe {
+        match v.dtype {
+            DType::F32 => Tensor::f32(v.shape.clone(), v.f32().to_vec()),
+            DType::I64 => Tensor::i64(v.shape.clone(), std::slice::from_raw_parts(v.ptr as *const i64, v.len()).to_vec()),
+            DType::Bool => Tensor {
+                shape: v.shape.clone(),
+                data: Data::Bool(std::slice::from_raw_parts(v.ptr, v.len()).iter().map(|&x| x != 0).collect()),
+            },
+        }
+    }
 }
 
 /// Where each arena buffer lives: byte offsets and the arena size.
@@ -62,20 +81,21 @@ pub fn plan(p: &Program, sizes: &[usize]) -> MemoryPlan {
     let mut live: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, size, buffer)
     let mut bytes = 0;
     for (s, step) in p.steps.iter().enumerate() {
-        let b = step.out;
-        if p.buffers[b].storage == Storage::Arena && offsets[b].is_none() {
-            let size = sizes[b].div_ceil(ALIGN).max(1) * ALIGN;
-            live.sort_unstable();
-            let mut at = 0;
-            for &(o, sz, _) in &live {
-                if o >= at + size {
-                    break;
+        for &b in step.outs() {
+            if p.buffers[b].storage == Storage::Arena && offsets[b].is_none() {
+                let size = sizes[b].div_ceil(ALIGN).max(1) * ALIGN;
+                live.sort_unstable();
+                let mut at = 0;
+                for &(o, sz, _) in &live {
+                    if o >= at + size {
+                        break;
+                    }
+                    at = at.max(o + sz);
                 }
-                at = at.max(o + sz);
+                live.push((at, size, b));
+                offsets[b] = Some(at);
+                bytes = bytes.max(at + size);
             }
-            live.push((at, size, b));
-            offsets[b] = Some(at);
-            bytes = bytes.max(at + size);
         }
         live.retain(|&(_, _, buf)| last[buf] > s);
     }
@@ -109,8 +129,20 @@ impl Executable {
             .into_iter()
             .map(|id| id.map(|(id, simd)| Rows { scalar: jit.row_fn(id), simd: simd.map(|(v, st)| (jit.row_fn(v), st)) }))
             .collect();
-        let clif = std::mem::take(&mut jit.clif);
+        let mut clif = std::mem::take(&mut jit.clif);
+        let mut bodies = Vec::with_capacity(program.steps.len());
+        for s in &program.steps {
+            bodies.push(match &s.kernel {
+                Kernel::Scan(k) => {
+                    let body = Executable::new(k.body.clone(), keep_clif)?;
+                    clif.extend(body.clif.iter().cloned());
+                    Some(body)
+                }
+                _ => None,
+            });
+        }
         Ok(Executable {
+            bodies,
             program,
             derived: std::sync::Mutex::new(HashMap::new()),
             arena: std::sync::Mutex::new(Vec::new()),
@@ -200,7 +232,14 @@ impl Executable {
             // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
             // (the plan frees a slot only after its last reader).
             let at = || step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into());
-            unsafe { self.step(s, &out, &ins, dims, &mut stats) }.map_err(|e| match e {
+            let done = match &step.kernel {
+                Kernel::Scan(k) => {
+                    let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
+                    unsafe { self.scan(s, k, &outs, &ins, dims) }
+                }
+                _ => unsafe { self.step(s, &out, &ins, dims, &mut stats) },
+            };
+            done.map_err(|e| match e {
                 RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
                 RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
                 other => other,
@@ -222,23 +261,37 @@ impl Executable {
             .outputs
             .iter()
             .map(|(name, b)| {
-                let v = view(*b);
                 // SAFETY: the output buffer holds `len` elements of its type.
-                let t = unsafe {
-                    match v.dtype {
-                        DType::F32 => Tensor::f32(v.shape.clone(), v.f32().to_vec()),
-                        DType::I64 => Tensor::i64(v.shape.clone(), std::slice::from_raw_parts(v.ptr as *const i64, v.len()).to_vec()),
-                        DType::Bool => Tensor {
-                            shape: v.shape.clone(),
-                            data: Data::Bool(std::slice::from_raw_parts(v.ptr, v.len()).iter().map(|&x| x != 0).collect()),
-                        },
-                    }
-                };
-                (name.clone(), t)
+                (name.clone(), unsafe { to_tensor(&view(*b)) })
             })
             .collect();
         drop(arena);
         Ok((outputs, stats))
+    }
+
+    /// Runs scan step `s`: its compiled body once per position (the semantics are
+    /// [`tessera_runtime::scan_steps`], shared with the interpreter), writing every result.
+    /// A general lowering, not yet the fused scan kernel: each position is one run of the
+    /// body's program.
+    ///
+    /// # Safety
+    /// Views as the executor makes them.
+    unsafe fn scan(&self, s: usize, k: &crate::kernel::ScanKernel, outs: &[View], ins: &[View], dims: &Dims) -> Result<(), RunError> {
+        let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a scan step without its body".into()))?;
+        let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();
+        let args: Vec<&Tensor> = args.iter().collect();
+        let no_params = HashMap::new();
+        let results = tessera_runtime::scan_steps(&k.op, &args, dims, |bound| {
+            Ok(body.run(dims, bound, &no_params)?.0.into_iter().map(|(_, t)| t).collect())
+        })?;
+        for (t, out) in results.iter().zip(outs) {
+            if t.shape != out.shape {
+                return Err(RunError::Internal(format!("a scan result of shape {:?} for a buffer of {:?}", t.shape, out.shape)));
+            }
+            let values: Vec<f64> = (0..t.len()).map(|i| t.get(i)).collect();
+            unsafe { host::store(out, &values) };
+        }
+        Ok(())
     }
 
     /// Runs step `s`.

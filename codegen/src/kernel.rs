@@ -157,6 +157,21 @@ pub enum Kernel {
     },
     /// A constant fill.
     Fill(f64),
+    /// A recurrence (`Op::Scan`): the body's own program run once per position. The step's
+    /// `out` is its first result; it writes every buffer of `results`.
+    Scan(Box<ScanKernel>),
+}
+
+/// A scan step: the IR op's attributes, the scheduled body, and the buffers of its results
+/// (stacked per-step outputs, then final states).
+#[derive(Clone, Debug)]
+pub struct ScanKernel {
+    /// The scan (its body graph is the reference the program was scheduled from).
+    pub op: tessera_ir::Scan,
+    /// The body, scheduled like any graph.
+    pub body: Program,
+    /// Every result's buffer, in [`tessera_ir::scan_results`] order.
+    pub results: Vec<BufId>,
 }
 
 impl Kernel {
@@ -183,6 +198,17 @@ impl Kernel {
             Kernel::Irfft { .. } => "irfft",
             Kernel::Iota { .. } => "iota",
             Kernel::Fill(_) => "fill",
+            Kernel::Scan(_) => "scan",
+        }
+    }
+}
+
+impl Step {
+    /// The buffers the step writes: its `out`, or every result of a scan.
+    pub fn outs(&self) -> &[BufId] {
+        match &self.kernel {
+            Kernel::Scan(k) => &k.results,
+            _ => std::slice::from_ref(&self.out),
         }
     }
 }
@@ -281,6 +307,11 @@ impl fmt::Display for Program {
                 Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),
                 Kernel::Fill(v) => format!(" {v:?}"),
                 Kernel::Broadcast => String::new(),
+                Kernel::Scan(k) => {
+                    let results: Vec<String> = k.results.iter().map(|b| format!("buf{b}")).collect();
+                    let body = k.body.to_string().replace('\n', "\n    ");
+                    format!(" axis={} reverse={} results=[{}] {}", k.op.axis, k.op.reverse, results.join(", "), body.trim_end())
+                }
             };
             let loc = s.span.display_in(&self.files).map_or_else(String::new, |l| format!("  // {l}"));
             let ty = &self.buffers[s.out].ty;

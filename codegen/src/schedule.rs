@@ -3,7 +3,7 @@
 //! only consumer when both are elementwise and have the same shape); scalar constants are
 //! inlined; reshapes are views of their operand's buffer.
 
-use crate::kernel::{BufId, Buffer, Kernel, Program, Step, Storage};
+use crate::kernel::{BufId, Buffer, Kernel, Program, ScanKernel, Step, Storage};
 use tessera_ir::{DType, Graph, Op, SNode, ScoreFn, ValueId};
 
 fn is_elementwise(op: &Op) -> bool {
@@ -56,7 +56,28 @@ pub fn schedule(g: &Graph) -> Program {
         p.buffers.push(Buffer { ty: ty.clone(), storage });
         p.buffers.len() - 1
     };
+    // The result buffers of each multi-result node.
+    let mut multi: std::collections::HashMap<usize, Vec<BufId>> = std::collections::HashMap::new();
     for (i, n) in g.nodes().iter().enumerate() {
+        match &n.op {
+            Op::Scan(s) => {
+                // One buffer per result (read through `proj`, which gets no step).
+                let tys: Vec<&tessera_ir::TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
+                let results: Vec<BufId> =
+                    tessera_ir::scan_results(s, &tys).unwrap_or_default().iter().map(|t| new_buf(&mut p, t, Storage::Arena)).collect();
+                let ins = n.inputs.iter().filter_map(|v| buf[v.index()]).collect();
+                let out = results.first().copied().unwrap_or_default();
+                multi.insert(i, results.clone());
+                let kernel = Kernel::Scan(Box::new(ScanKernel { op: (**s).clone(), body: schedule(&s.body), results }));
+                p.steps.push(Step { kernel, out, ins, span: n.span, ops: 1 });
+                continue;
+            }
+            Op::Proj(k) => {
+                buf[i] = multi.get(&n.inputs[0].index()).and_then(|r| r.get(*k)).copied();
+                continue;
+            }
+            _ => {}
+        }
         // A scalar constant read only by elementwise kernels lives in their code, unless it is
         // an output too (it needs a buffer then, or the output vanishes).
         let folded_scalar = scalar_const(ValueId(i as u32)) && uses[i] > 0 && all_consumers_elementwise(g, i);

@@ -138,6 +138,12 @@ impl Graph {
         ValueId((self.nodes.len() - 1) as u32)
     }
 
+    /// Removes and returns the nodes from index `at` on (the builder of a region elaborates
+    /// its body in place, then moves it out). Values from `at` on must not be used after.
+    pub fn split_off(&mut self, at: usize) -> Vec<Node> {
+        self.nodes.split_off(at.min(self.nodes.len()))
+    }
+
     /// The value of the output called `name`.
     pub fn output(&self, name: &str) -> Option<ValueId> {
         self.outputs.iter().find(|(n, _)| n == name).map(|(_, v)| *v)

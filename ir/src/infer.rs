@@ -31,7 +31,8 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Where => 3,
         Op::Softmax { .. } => 1,
         Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
-        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) => return None,
+        Op::Proj(_) => 1,
+        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) | Op::Scan(_) => return None,
     })
 }
 
@@ -402,5 +403,68 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             }
             Ok(ins[0].clone())
         }
+        Op::Scan(s) => Ok(scan_results(s, ins)?.swap_remove(0)),
+        Op::Proj(_) => need_decl(),
     }
+}
+
+/// The result types of a scan applied to operands of types `ins` (each per-step output with
+/// the scanned axis put back, then each final state), after checking that the body's
+/// arguments and results agree with the operands. The typing rule of [`Op::Scan`]; a
+/// [`Op::Proj`] of result `i` has type `scan_results(..)[i]`.
+pub fn scan_results(s: &crate::Scan, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    let (ns, nx) = (s.state, s.sliced);
+    if nx == 0 {
+        return Err("a scan needs at least one sliced operand".into());
+    }
+    if ins.len() < ns + nx {
+        return Err(format!("a scan of {ns} state(s) and {nx} sliced operand(s) has only {} operand(s)", ins.len()));
+    }
+    let len = {
+        let x = ins[ns];
+        check_axis(s.axis, x.rank())?;
+        x.shape[s.axis].clone()
+    };
+    let args = s.body.inputs();
+    if args.len() != ins.len() {
+        return Err(format!("the scan body has {} argument(s) for {} operand(s)", args.len(), ins.len()));
+    }
+    for (k, ((name, v), t)) in args.iter().zip(ins).enumerate() {
+        let want = if (ns..ns + nx).contains(&k) {
+            if t.rank() <= s.axis || t.shape[s.axis] != len {
+                return Err(format!("sliced operand {t} has no axis {} of size {len}", s.axis));
+            }
+            let mut shape = t.shape.clone();
+            shape.remove(s.axis);
+            TensorType::new(t.dtype, shape)
+        } else {
+            (*t).clone()
+        };
+        if *s.body.ty(*v) != want {
+            return Err(format!("scan body argument \"{name}\" has type {} but its operand gives {want}", s.body.ty(*v)));
+        }
+    }
+    let outs = &s.body.outputs;
+    if outs.len() < ns || outs.is_empty() {
+        return Err(format!("the scan body returns {} value(s); it must return its {ns} state(s) last and at least one value", outs.len()));
+    }
+    let ny = outs.len() - ns;
+    let mut results = Vec::with_capacity(outs.len());
+    for (name, v) in &outs[..ny] {
+        let t = s.body.ty(*v);
+        if s.axis > t.rank() {
+            return Err(format!("scan body result \"{name}\" of type {t} has no axis {} to stack along", s.axis));
+        }
+        let mut shape = t.shape.clone();
+        shape.insert(s.axis, len.clone());
+        results.push(TensorType::new(t.dtype, shape));
+    }
+    for (k, (name, v)) in outs[ny..].iter().enumerate() {
+        let (got, want) = (s.body.ty(*v), ins[k]);
+        if got != want {
+            return Err(format!("scan state {k} (\"{name}\") enters the body as {want} but leaves it as {got}"));
+        }
+        results.push(want.clone());
+    }
+    Ok(results)
 }

@@ -429,6 +429,16 @@ pub enum Op {
         /// The length of the real signal.
         n: Dim,
     },
+    /// A recurrence along an axis: the region `Scan::body` runs once per position of the
+    /// sliced operands' `axis`, carrying state from one step to the next. Operands: the initial
+    /// states, the sliced tensors, then the invariants (values the body reads whole: weights,
+    /// captured tensors). Results: each per-step output stacked along `axis`, then each final
+    /// state. The node's value is the tuple of results, read only through [`Op::Proj`]; its
+    /// own type is that of result 0 (see [`crate::scan_results`]).
+    Scan(Box<Scan>),
+    /// Result `0` of a multi-result node (its only operand). The type is declared and must
+    /// equal that result's type.
+    Proj(usize),
     // ---- Fused ops: only the optimizer creates these.
     /// Numerically stable softmax along `axis` (max subtracted before `exp`).
     Softmax {
@@ -471,7 +481,34 @@ pub enum Op {
     Attention(Box<crate::ScoreFn>),
 }
 
+/// The region and attributes of [`Op::Scan`].
+///
+/// The body is a graph of its own: its `input` nodes are its arguments, in node order the
+/// `state` carried values, the `sliced` step slices (the operand without `axis`), then one per
+/// invariant operand; its outputs are the per-step results followed by the `state` new states
+/// (each of its state argument's type). Its spans index the enclosing graph's file table, its
+/// own table is empty, and it has no `param` nodes: a value enters only as an argument and
+/// leaves only as a result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scan {
+    /// The axis of the sliced operands that the scan walks, and of the stacked results.
+    pub axis: usize,
+    /// Walk from the last position to the first (the stacked results keep positions).
+    pub reverse: bool,
+    /// How many carried states (the first operands and the last body outputs).
+    pub state: usize,
+    /// How many sliced operands (after the states; at least one).
+    pub sliced: usize,
+    /// The step.
+    pub body: crate::Graph,
+}
+
 impl Op {
+    /// Whether a node of this op has several results (read through [`Op::Proj`]).
+    pub fn is_multi(&self) -> bool {
+        matches!(self, Op::Scan(_))
+    }
+
     /// Whether only the optimizer creates this op.
     pub fn is_fused(&self) -> bool {
         matches!(self, Op::Softmax { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_))
@@ -507,6 +544,8 @@ impl Op {
             Op::Gemm { .. } => "gemm".into(),
             Op::Ffn { .. } => "ffn".into(),
             Op::Attention(_) => "attention".into(),
+            Op::Scan(_) => "scan".into(),
+            Op::Proj(_) => "proj".into(),
         }
     }
 }

@@ -351,6 +351,20 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             key(c, "bias")?;
             Op::Ffn { gated, act, bias: boolean(c)? }
         }
+        "scan" => {
+            let axis = axis(c)?;
+            key(c, "reverse")?;
+            let reverse = boolean(c)?;
+            key(c, "state")?;
+            let state = c.int()?;
+            key(c, "sliced")?;
+            let sliced = c.int()?;
+            Op::Scan(Box::new(crate::Scan { axis, reverse, state, sliced, body: Graph::new("body") }))
+        }
+        "proj" => {
+            key(c, "index")?;
+            Op::Proj(c.int()?)
+        }
         "attention" => {
             key(c, "fn")?;
             Op::Attention(Box::new(crate::ScoreFn::parse(&c.string()?)?))
@@ -390,13 +404,25 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         span.col = c.int()?;
         c.punct(')')?;
     }
+    // A region opens at the end of its node's line.
+    match (&op, c.eat('{')) {
+        (Op::Scan(_), true) => {}
+        (Op::Scan(_), false) => return Err("a scan's body opens with `{` at the end of its line".into()),
+        (_, true) => return Err(format!("{op} has no region")),
+        _ => {}
+    }
     c.done()?;
     Ok(Node { op, inputs, ty, span })
 }
 
+/// How deeply regions may nest in IR text (the verifier and the printer recurse).
+const MAX_REGION_DEPTH: usize = 64;
+
 /// Parses a graph from its text form.
 pub fn parse(text: &str) -> Result<Graph, ParseError> {
     let mut graph: Option<Graph> = None;
+    // Open regions: the node that owns each, and the body read so far.
+    let mut regions: Vec<(Node, Graph)> = Vec::new();
     let mut closed = false;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split_once("//").map_or(raw, |(code, _)| code).trim();
@@ -422,11 +448,23 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
             continue;
         };
         let r: Result<(), String> = (|| {
-            match c.peek() {
-                Some(Tok::Punct('}')) => {
-                    c.pos += 1;
-                    closed = true;
+            if c.peek() == Some(&Tok::Punct('}')) {
+                c.pos += 1;
+                match regions.pop() {
+                    Some((mut owner, body)) => {
+                        if let Op::Scan(s) = &mut owner.op {
+                            s.body = body;
+                        }
+                        regions.last_mut().map_or(&mut *g, |(_, b)| b).push_unchecked(owner);
+                    }
+                    None => closed = true,
                 }
+                return c.done();
+            }
+            let in_region = !regions.is_empty();
+            let g = regions.last_mut().map_or(g, |(_, body)| body);
+            match c.peek() {
+                Some(Tok::Word(w)) if w == "file" && in_region => return Err("a region has no file table".into()),
                 Some(Tok::Word(w)) if w == "file" => {
                     c.pos += 1;
                     let n: usize = c.int()?;
@@ -443,7 +481,14 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 }
                 _ => {
                     let n = node(&mut c, g.len())?;
-                    g.push_unchecked(n);
+                    if n.op.is_multi() {
+                        if regions.len() >= MAX_REGION_DEPTH {
+                            return Err(format!("regions nest more than {MAX_REGION_DEPTH} deep"));
+                        }
+                        regions.push((n, Graph::new("body")));
+                    } else {
+                        g.push_unchecked(n);
+                    }
                 }
             }
             c.done()
@@ -451,6 +496,9 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
         r.map_err(err)?;
     }
     match (graph, closed) {
+        (Some(_), false) if !regions.is_empty() => {
+            Err(ParseError { line: text.lines().count().max(1), msg: "a region is not closed".into() })
+        }
         (Some(g), true) => Ok(g),
         _ => Err(ParseError { line: text.lines().count().max(1), msg: "missing `graph NAME { ... }`".into() }),
     }

@@ -9,6 +9,20 @@
 //!   output "logits" = %2
 //! }
 //! ```
+//!
+//! A region (the body of a `scan`) follows its node's line, opened by `{` and closed by `}`,
+//! one level deeper; its values are numbered from `%0` again:
+//!
+//! ```text
+//!   %4 = scan %2, %3 axis=1 reverse=false state=1 sliced=1 : f32[batch, seq, 8] {
+//!     %0 = input "h" : f32[batch, 8]
+//!     %1 = input "x" : f32[batch, 8]
+//!     %2 = add %0, %1 : f32[batch, 8]
+//!     output "y" = %2
+//!     output "h" = %2
+//!   }
+//!   %5 = proj %4 index=1 : f32[batch, 8]
+//! ```
 
 use crate::{Dim, Graph, Node, Op};
 use std::fmt::{self, Write};
@@ -47,6 +61,8 @@ pub fn attrs(op: &Op) -> String {
         Op::Gemm { bias, act, residual } => format!("bias={bias} act={} residual={residual}", act.map_or("none", |a| a.name())),
         Op::Ffn { gated, act, bias } => format!("gated={gated} act={} bias={bias}", act.name()),
         Op::Attention(f) => format!("fn=\"{f}\""),
+        Op::Scan(s) => format!("axis={} reverse={} state={} sliced={}", s.axis, s.reverse, s.state, s.sliced),
+        Op::Proj(k) => format!("index={k}"),
         _ => String::new(),
     }
 }
@@ -75,18 +91,33 @@ pub fn node_line(id: usize, n: &Node) -> String {
     s
 }
 
+/// Writes the nodes and outputs of `g` at `depth` levels of indentation; a region follows its
+/// node's line, opened by `{` and closed by a `}` line at the node's indentation.
+fn write_body(f: &mut fmt::Formatter<'_>, g: &Graph, depth: usize) -> fmt::Result {
+    let pad = "  ".repeat(depth);
+    for (i, n) in g.nodes().iter().enumerate() {
+        match &n.op {
+            Op::Scan(s) => {
+                writeln!(f, "{pad}{} {{", node_line(i, n))?;
+                write_body(f, &s.body, depth + 1)?;
+                writeln!(f, "{pad}}}")?;
+            }
+            _ => writeln!(f, "{pad}{}", node_line(i, n))?,
+        }
+    }
+    for (name, v) in &g.outputs {
+        writeln!(f, "{pad}output \"{name}\" = {v}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "graph {} {{", self.name)?;
         for (i, file) in self.files.iter().enumerate() {
             writeln!(f, "  file {i} \"{file}\"")?;
         }
-        for (i, n) in self.nodes().iter().enumerate() {
-            writeln!(f, "  {}", node_line(i, n))?;
-        }
-        for (name, v) in &self.outputs {
-            writeln!(f, "  output \"{name}\" = {v}")?;
-        }
+        write_body(f, self, 1)?;
         writeln!(f, "}}")
     }
 }

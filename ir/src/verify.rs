@@ -10,47 +10,92 @@
 //! 4. **Names**: input names are distinct, parameter names are distinct, output names are
 //!    distinct and non-empty, and every output refers to an existing value.
 //! 5. **Spans**: every known span names an entry of the file table.
+//! 6. **Multi-result nodes** (`scan`): their value is read only by `proj` nodes, never used as
+//!    another operand or an output; a `proj` reads a multi-result node, its index names one of
+//!    the results, and its type is that result's ([`crate::scan_results`]).
+//! 7. **Regions** (a scan's body): the body is itself a graph satisfying 1–6, with spans into
+//!    the enclosing file table and an empty table of its own; it has no `param` nodes; its
+//!    arguments match the operands (state types equal, sliced types without the scanned axis,
+//!    invariants equal), its state results have their argument's type, and there is at least
+//!    one sliced operand. No value escapes a region except through its results: the body's
+//!    ids are its own, so an enclosing graph can only read the scan's results.
 
-use crate::{infer_type, Graph, Op, TensorType};
+use crate::{infer_type, scan_results, Graph, Op, TensorType};
 use std::collections::HashSet;
 
 /// Checks every invariant of the module doc; returns all violations found, each prefixed with
 /// the offending value.
 pub fn verify(g: &Graph) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
+    verify_in(g, g.files.len(), "", &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
+/// Checks `g`, whose spans index a table of `files` entries; `at` prefixes messages (the
+/// path of regions, `%7.` for the body of `%7`).
+fn verify_in(g: &Graph, files: usize, at: &str, errs: &mut Vec<String>) {
     let (mut inputs, mut params) = (HashSet::new(), HashSet::new());
-    for (i, n) in g.nodes().iter().enumerate() {
+    let nodes = g.nodes();
+    for (i, n) in nodes.iter().enumerate() {
         if let Some(bad) = n.inputs.iter().find(|v| v.index() >= i) {
-            errs.push(format!("%{i}: operand {bad} is not defined before use"));
+            errs.push(format!("{at}%{i}: operand {bad} is not defined before use"));
             continue;
+        }
+        let multi = n.inputs.iter().find(|v| nodes[v.index()].op.is_multi());
+        match (&n.op, multi) {
+            (Op::Proj(k), _) => match &nodes[n.inputs[0].index()].op {
+                Op::Scan(s) => {
+                    let tys: Vec<&TensorType> = nodes[n.inputs[0].index()].inputs.iter().map(|&v| g.ty(v)).collect();
+                    match scan_results(s, &tys).map(|r| r.get(*k).cloned()) {
+                        Ok(Some(t)) if t == n.ty => {}
+                        Ok(Some(t)) => errs.push(format!("{at}%{i}: proj {k} has type {} but the result is {t}", n.ty)),
+                        Ok(None) => errs.push(format!("{at}%{i}: proj {k} of a node with fewer results")),
+                        Err(_) => {} // reported at the scan
+                    }
+                }
+                _ => errs.push(format!("{at}%{i}: proj reads {}, which has a single result", n.inputs[0])),
+            },
+            (_, Some(v)) => errs.push(format!("{at}%{i}: {} uses the multi-result {v} directly (only proj may)", n.op)),
+            _ => {}
+        }
+        if let Op::Scan(s) = &n.op {
+            let inner = format!("{at}%{i}.");
+            if !s.body.files.is_empty() {
+                errs.push(format!("{inner}: a region has no file table of its own"));
+            }
+            if let Some((name, _)) = s.body.params().first() {
+                errs.push(format!("{inner}: parameter \"{name}\" inside a region (pass it as an operand)"));
+            }
+            verify_in(&s.body, files, &inner, errs);
         }
         let tys: Vec<&TensorType> = n.inputs.iter().map(|&v| g.ty(v)).collect();
         match infer_type(&n.op, &tys, Some(&n.ty)) {
             Ok(t) if t == n.ty => {}
-            Ok(t) => errs.push(format!("%{i}: {} has type {} but its operands give {t}", n.op, n.ty)),
-            Err(e) => errs.push(format!("%{i}: {e}")),
+            Ok(t) => errs.push(format!("{at}%{i}: {} has type {} but its operands give {t}", n.op, n.ty)),
+            Err(e) => errs.push(format!("{at}%{i}: {e}")),
         }
         match &n.op {
-            Op::Input(name) if !inputs.insert(name) => errs.push(format!("%{i}: duplicate input \"{name}\"")),
-            Op::Param(name, _) if !params.insert(name) => errs.push(format!("%{i}: duplicate parameter \"{name}\"")),
+            Op::Input(name) if !inputs.insert(name) => errs.push(format!("{at}%{i}: duplicate input \"{name}\"")),
+            Op::Param(name, _) if !params.insert(name) => errs.push(format!("{at}%{i}: duplicate parameter \"{name}\"")),
             _ => {}
         }
-        if n.span.is_known() && n.span.file as usize >= g.files.len() {
-            errs.push(format!("%{i}: span refers to file {} but the table has {}", n.span.file, g.files.len()));
+        if n.span.is_known() && n.span.file as usize >= files {
+            errs.push(format!("{at}%{i}: span refers to file {} but the table has {files}", n.span.file));
         }
     }
     let mut outs = HashSet::new();
     for (name, v) in &g.outputs {
         if name.is_empty() || !outs.insert(name) {
-            errs.push(format!("output \"{name}\": empty or duplicate name"));
+            errs.push(format!("{at}output \"{name}\": empty or duplicate name"));
         }
         if v.index() >= g.len() {
-            errs.push(format!("output \"{name}\" refers to undefined {v}"));
+            errs.push(format!("{at}output \"{name}\" refers to undefined {v}"));
+        } else if nodes[v.index()].op.is_multi() {
+            errs.push(format!("{at}output \"{name}\" is the multi-result {v} (project it)"));
         }
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
     }
 }

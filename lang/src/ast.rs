@@ -327,7 +327,17 @@ pub enum ExprKind {
         /// Its declared type.
         ty: TensorAnn,
     },
-    /// Reserved: `scan(...) |state, x| { ... }` or `route(...) |x, e| { ... }`.
+    /// `scan(xs, init = h0, axis = 1, reverse = false) |h, x_t| { ...; return y_t, h }`: a
+    /// recurrence; the body names the states, then the slices.
+    Scan {
+        /// The call's arguments.
+        args: Vec<Arg>,
+        /// The body's parameters: the states, then one per sliced tensor.
+        params: Vec<Ident>,
+        /// The body (`None` when written without one).
+        body: Option<Vec<Stmt>>,
+    },
+    /// Reserved: `route(...) |x, e| { ... }`.
     Reserved(&'static str),
 }
 

@@ -40,7 +40,7 @@ impl TNode {
 
 /// Whether an op's result type is an attribute rather than inferred from its operands.
 pub fn needs_type(op: &Op) -> bool {
-    matches!(op, Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Iota { .. } | Op::Cast | Op::Reshape | Op::Broadcast)
+    matches!(op, Op::Input(_) | Op::Param(..) | Op::Const(_) | Op::Iota { .. } | Op::Cast | Op::Reshape | Op::Broadcast | Op::Proj(_))
 }
 
 impl PartialEq for TNode {

@@ -132,29 +132,114 @@ pub fn run(
 ) -> Result<Vec<(String, Tensor)>, RunError> {
     let mut uses = graph.use_counts();
     let mut vals: Vec<Option<Tensor>> = vec![None; graph.len()];
+    // The results of multi-result nodes (scans), read by `proj`.
+    let mut tuples: Vec<Option<Vec<Tensor>>> = vec![None; graph.len()];
     for (i, node) in graph.nodes().iter().enumerate() {
         let shape = concrete(&node.ty.shape, dims)?;
-        let t = {
+        if let Op::Proj(k) = node.op {
+            let v = node.inputs[0];
+            let t = tuples[v.index()]
+                .as_ref()
+                .and_then(|r| r.get(k))
+                .ok_or_else(|| RunError::Internal(format!("proj {k} of {v}: no such result")))?;
+            vals[i] = Some(t.clone());
+        } else {
             let args: Vec<&Tensor> = node
                 .inputs
                 .iter()
                 .map(|v| vals[v.index()].as_ref().ok_or_else(|| RunError::Internal(format!("{v} used after free"))))
                 .collect::<Result<_, _>>()?;
-            eval(graph, node, shape, &args, inputs, params, dims)?
-        };
+            match &node.op {
+                Op::Scan(s) => tuples[i] = Some(scan(graph, s, &args, dims)?),
+                _ => vals[i] = Some(eval(graph, node, shape, &args, inputs, params, dims)?),
+            }
+        }
         for v in &node.inputs {
             uses[v.index()] -= 1;
             if uses[v.index()] == 0 {
                 vals[v.index()] = None;
+                tuples[v.index()] = None;
             }
         }
-        vals[i] = Some(t);
     }
     graph
         .outputs
         .iter()
         .map(|(name, v)| Ok((name.clone(), vals[v.index()].clone().ok_or_else(|| RunError::Internal(format!("output {name} missing")))?)))
         .collect()
+}
+
+fn scan(graph: &Graph, s: &tessera_ir::Scan, args: &[&Tensor], dims: &Dims) -> Result<Vec<Tensor>, RunError> {
+    // The body's spans index the enclosing file table: run it with that table.
+    let mut body = s.body.clone();
+    body.files = graph.files.clone();
+    let no_params = HashMap::new();
+    scan_steps(s, args, dims, |bound| Ok(run(&body, dims, bound, &no_params)?.into_iter().map(|(_, t)| t).collect()))
+}
+
+/// Runs a scan step by step, the definition of its semantics that every backend shares:
+/// slices each sliced operand at the position, runs `body` (which maps the body's arguments,
+/// by name, to its outputs in order) on the states, the slices and the invariants, and stacks
+/// the per-step results. Returns the results in [`tessera_ir::scan_results`] order.
+pub fn scan_steps(
+    s: &tessera_ir::Scan,
+    args: &[&Tensor],
+    dims: &Dims,
+    mut body: impl FnMut(&HashMap<String, Tensor>) -> Result<Vec<Tensor>, RunError>,
+) -> Result<Vec<Tensor>, RunError> {
+    let (ns, nx) = (s.state, s.sliced);
+    let names: Vec<String> = s.body.inputs().iter().map(|(n, _)| n.to_string()).collect();
+    let mut bound: HashMap<String, Tensor> = names.iter().zip(args).map(|(n, t)| (n.clone(), (*t).clone())).collect();
+    let len = args[ns].shape[s.axis];
+    let ny = s.body.outputs.len() - ns;
+    // Each stacked result as [outer, len, inner] values, filled one position at a time.
+    let mut stacks: Vec<(Vec<f64>, Vec<usize>, usize)> = Vec::with_capacity(ny);
+    for step in 0..len {
+        let t = if s.reverse { len - 1 - step } else { step };
+        for (k, x) in args[ns..ns + nx].iter().enumerate() {
+            let outer: usize = x.shape[..s.axis].iter().product();
+            let inner: usize = x.shape[s.axis + 1..].iter().product();
+            let mut shape = x.shape.clone();
+            shape.remove(s.axis);
+            let offs = (0..outer).flat_map(|o| (0..inner).map(move |j| (o * len + t) * inner + j));
+            bound.insert(names[ns + k].clone(), x.take(shape, offs));
+        }
+        let mut outs = body(&bound)?.into_iter();
+        for k in 0..ny {
+            let y = outs.next().ok_or_else(|| RunError::Internal("a scan body result is missing".into()))?;
+            if stacks.len() == k {
+                let mut shape = y.shape.clone();
+                shape.insert(s.axis, len);
+                stacks.push((vec![0.0; y.len() * len], shape, y.shape[s.axis..].iter().product()));
+            }
+            let (vals, _, inner) = &mut stacks[k];
+            for i in 0..y.len() {
+                let (o, j) = (i / *inner, i % *inner);
+                vals[(o * len + t) * *inner + j] = y.get(i);
+            }
+        }
+        for name in &names[..ns] {
+            let h = outs.next().ok_or_else(|| RunError::Internal("a scan body state is missing".into()))?;
+            bound.insert(name.clone(), h);
+        }
+    }
+    let mut results = Vec::with_capacity(ny + ns);
+    for (k, (_, v)) in s.body.outputs[..ny].iter().enumerate() {
+        let dtype = s.body.ty(*v).dtype;
+        match stacks.get_mut(k) {
+            Some((vals, shape, _)) => results.push(Tensor::from_f64(dtype, std::mem::take(shape), std::mem::take(vals).into_iter())),
+            None => {
+                // An empty scan: the stacked result has size 0 along the axis.
+                let mut shape = concrete(&s.body.ty(*v).shape, dims)?;
+                shape.insert(s.axis, 0);
+                results.push(Tensor::from_f64(dtype, shape, std::iter::empty()));
+            }
+        }
+    }
+    for name in &names[..ns] {
+        results.push(bound.remove(name).ok_or_else(|| RunError::Internal("a scan state is missing".into()))?);
+    }
+    Ok(results)
 }
 
 fn lookup(kind: &'static str, table: &HashMap<String, Tensor>, name: &str, node: &Node, shape: &[usize]) -> Result<Tensor, RunError> {
@@ -183,6 +268,7 @@ fn eval(
     let n: usize = shape.iter().product();
     let dtype = node.ty.dtype;
     Ok(match &node.op {
+        Op::Scan(_) | Op::Proj(_) => return Err(RunError::Internal(format!("{} is evaluated by `run`", node.op))),
         Op::Input(name) => lookup("input", inputs, name, node, &shape)?,
         Op::Param(name, _) => lookup("parameter", params, name, node, &shape)?,
         Op::Const(v) => Tensor::from_f64(dtype, shape, std::iter::repeat_n(*v, n)),

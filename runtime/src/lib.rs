@@ -10,7 +10,7 @@ mod io;
 mod tensor;
 
 pub use checkpoint::{bind_checkpoint, Bound};
-pub use interp::{concrete, cumsum, memory_estimate, run, segment, window, Dims, MemoryEstimate, MAX_ELEMENTS};
+pub use interp::{concrete, cumsum, memory_estimate, run, scan_steps, segment, window, Dims, MemoryEstimate, MAX_ELEMENTS};
 pub use io::{bind_dims, check_indices, random_inputs, random_params, read_safetensors, write_safetensors};
 pub use tensor::{broadcast_offsets, strides, Data, Tensor};
 

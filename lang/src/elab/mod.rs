@@ -6,6 +6,7 @@
 mod builtins;
 mod index;
 mod rearrange;
+mod scan;
 mod value;
 
 pub use value::{Closure, Value};
@@ -849,6 +850,7 @@ impl<'p> Elab<'p> {
                 frame.env.insert(name.name.clone(), v.clone());
                 v
             }
+            ExprKind::Scan { args, params, body } => self.scan(args, params, body.as_deref(), e.span, frame),
             ExprKind::Reserved(what) => self.err(
                 Diagnostic::error(
                     codes::UNSUPPORTED,
@@ -856,7 +858,7 @@ impl<'p> Elab<'p> {
                     e.span,
                     "not supported in this version",
                 )
-                .with_help("recurrences (`scan`) and top-k routing (`route`) arrive in a later version"),
+                .with_help("top-k routing (`route`) arrives in a later version"),
             ),
         }
     }

@@ -492,7 +492,18 @@ impl Builder {
                 let ty = self.tensor_type(it.next().ok_or_else(|| self.bug(span))?)?;
                 ExprKind::Param { name, ty }
             }
-            Rule::scan_expr => ExprKind::Reserved("scan"),
+            Rule::scan_expr => {
+                let (mut args, mut params, mut body) = (Vec::new(), Vec::new(), None);
+                for q in self.inner(p) {
+                    match q.as_rule() {
+                        Rule::call_args => args = self.inner(q).map(|a| self.arg(a)).collect::<PResult<_>>()?,
+                        Rule::ident => params.push(self.ident(q)),
+                        Rule::body => body = Some(self.body(q)?),
+                        _ => {}
+                    }
+                }
+                ExprKind::Scan { args, params, body }
+            }
             Rule::route_expr => ExprKind::Reserved("route"),
             _ => return Err(self.bug(span)),
         };
