@@ -118,6 +118,7 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
         &[("layers", "2"), ("d", "48"), ("heads", "3"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64"), ("windows", "[4, 6]")],
     ),
     ("fnet", &[("layers", "2"), ("d", "48"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64")]),
+    ("mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
 ];
 
 /// Every model of the standard library.
@@ -140,6 +141,7 @@ pub const MODELS: &[&str] = &[
     "diffllama",
     "longformer",
     "fnet",
+    "mamba",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

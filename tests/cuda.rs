@@ -24,9 +24,23 @@ fn programs() -> Vec<(String, tessera::codegen::Program)> {
         .collect()
 }
 
+/// Whether the CUDA backend refuses `p` because it has a scan (not lowered to CUDA yet);
+/// checks that the refusal says so.
+fn refuses_scan(name: &str, p: &tessera::codegen::Program) -> bool {
+    if !p.steps.iter().any(|s| matches!(s.kernel, Kernel::Scan(_))) {
+        return false;
+    }
+    let err = cuda::lower(p, cuda::Precision::F32).err().unwrap_or_default();
+    assert!(err.contains("does not lower `scan`"), "{name}: {err}");
+    true
+}
+
 #[test]
 fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
     for (name, p) in programs() {
+        if refuses_scan(&name, &p) {
+            continue;
+        }
         let kernels = tessera::codegen::cuda::lower(&p, cuda::Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (i, s) in p.steps.iter().enumerate() {
             let main = kernels.iter().filter(|k| k.step == i && k.role == cuda::Role::Main).count();
@@ -472,6 +486,9 @@ fn every_stdlib_model_on_the_emulated_cuda_backend_equals_the_interpreter() {
         let model = c.clone().compile_file(&path).expect("compiles");
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         let p = model.program().expect("program");
+        if refuses_scan(name, p) {
+            continue;
+        }
         let inputs = model.random_inputs(common::DIMS, 4).expect("inputs");
         let dims: HashMap<String, i64> = common::DIMS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let params = params_of(p, &dims);
@@ -558,6 +575,9 @@ fn parity_fixtures_pass_on_the_emulated_cuda_backend() {
     for fx in common::fixtures() {
         let m = fx.model(Backend::Cpu, tessera::Precision::F32);
         let p = m.program().expect("program");
+        if refuses_scan(&fx.name, p) {
+            continue;
+        }
         let mut dims = HashMap::new();
         tessera::runtime::bind_dims(m.graph(), &fx.inputs, &mut dims).expect("dims");
         let precision = cuda::Precision::F32;
@@ -583,7 +603,7 @@ fn parity_fixtures_pass_on_the_gpu() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
-    for fx in common::fixtures() {
+    for fx in common::fixtures().into_iter().filter(|fx| fx.family != "mamba") {
         let m = fx.model(Backend::Cuda(0), tessera::Precision::F32);
         for (k, err) in fx.errors(&m.run(&fx.inputs).unwrap_or_else(|e| panic!("{}: {e}", fx.name))) {
             println!("{:<18} {k:<26} max |Δ| = {err:.2e} (GPU)", fx.name);
@@ -630,7 +650,8 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
-    for (name, overrides) in common::SMALL {
+    // Mamba's scan is not lowered to CUDA yet (the emulation tests check the refusal).
+    for (name, overrides) in common::SMALL.iter().filter(|(n, _)| *n != "mamba") {
         let c = common::small_compiler(overrides);
         let path = format!("stdlib/{name}.tsr");
         let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");

@@ -24,10 +24,17 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
     let Some(mut g) = fe.graph else { panic!("{dir}: {}", tessera::render(&fe.diagnostics, &fe.sources, false, 100)) };
     if optimize {
         g = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline");
-        // FNet mixes tokens by Fourier transforms, not attention.
-        let attention = fx.family != "fnet";
-        assert!(!attention || g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
-        assert!(g.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
+        // FNet mixes tokens by Fourier transforms, not attention; Mamba by a scan, and it has
+        // no feed-forward block either.
+        let has = |f: fn(&tessera::ir::Op) -> bool| g.nodes().iter().any(|n| f(&n.op));
+        let (attention, ffn) = match fx.family.as_str() {
+            "fnet" => (false, true),
+            "mamba" => (false, false),
+            _ => (true, true),
+        };
+        assert!(!attention || has(|op| matches!(op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
+        assert!(!ffn || has(|op| matches!(op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
+        assert!(fx.family != "mamba" || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
     }
     let mut dims = HashMap::new();
     runtime::bind_dims(&g, &fx.inputs, &mut dims).expect("dims");
@@ -127,6 +134,11 @@ fn cohere2_matches_transformers() {
 #[test]
 fn diffllama_matches_transformers() {
     check_family("diffllama");
+}
+
+#[test]
+fn mamba_matches_transformers() {
+    check_family("mamba");
 }
 
 #[test]

@@ -480,6 +480,11 @@ impl Eval<'_> {
                 )
             }
             "reshape" => {
+                if matches!(pos.get(1), Some(CV::Unknown))
+                    || matches!(pos.get(1), Some(CV::List(items)) if items.iter().any(|i| matches!(i, CV::Unknown)))
+                {
+                    return CV::Unknown;
+                }
                 let dims: Option<Vec<i64>> = match pos.get(1) {
                     Some(CV::List(items)) => items.iter().map(|v| if let CV::Int(i) = v { Some(*i) } else { None }).collect(),
                     Some(CV::Int(i)) => Some(vec![*i]),

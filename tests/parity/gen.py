@@ -499,12 +499,26 @@ def more_families() -> list[Fixture]:
         hf("LongformerConfig")(vocab_size=89, hidden_size=40, num_hidden_layers=3, num_attention_heads=4,
                                intermediate_size=64, attention_window=4, layer_norm_eps=1e-6, **lf),
         seq_len=14, pads=(2, 4), seed=802))
+    # ---------------------------------------------------------------- mamba (selective state spaces)
+    mb = dict(initializer_range=INIT, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    fx.append(Fixture(
+        "mamba-a", "mamba", hf("MambaForCausalLM"),
+        hf("MambaConfig")(vocab_size=97, hidden_size=24, state_size=5, num_hidden_layers=2, expand=2,
+                          conv_kernel=4, time_step_rank=3, **mb),
+        seq_len=11, pads=(0, 4), seed=811))
+    fx.append(Fixture(
+        # untied head, no convolution bias, a wider expansion, a shorter kernel
+        "mamba-b", "mamba", hf("MambaForCausalLM"),
+        hf("MambaConfig")(vocab_size=89, hidden_size=20, state_size=7, num_hidden_layers=3, expand=3,
+                          conv_kernel=3, time_step_rank=5, use_conv_bias=False, tie_word_embeddings=False,
+                          layer_norm_epsilon=1e-6, **mb),
+        seq_len=13, pads=(0, 3), seed=812))
     return fx
 
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama"}
+             "falcon", "cohere2", "diffllama", "mamba"}
 
 
 @torch.no_grad()
