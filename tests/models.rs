@@ -62,8 +62,12 @@ fn the_pass_pipeline_preserves_every_model_s_outputs() {
         let g = stdlib(name, ov);
         let opt = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline verifies");
         assert!(opt.len() < g.len(), "{name}: the pipeline removed nothing ({} nodes)", g.len());
-        // FNet has no attention: its tokens are mixed by Fourier transforms.
-        assert!((count(&opt, "attention") > 0 || *name == "fnet") && count(&opt, "ffn") > 0, "{name}: nothing fused");
+        // FNet has no attention: its tokens are mixed by Fourier transforms. Mamba mixes them by
+        // a scan and has no feed-forward block.
+        match *name {
+            "mamba" => assert!(count(&opt, "scan") > 0, "{name}: no scan"),
+            _ => assert!((count(&opt, "attention") > 0 || *name == "fnet") && count(&opt, "ffn") > 0, "{name}: nothing fused"),
+        }
         let before = run_random(&g, DIMS, 3);
         let after = run_random(&opt, DIMS, 3);
         for ((n, a), (_, b)) in before.iter().zip(&after) {
@@ -93,8 +97,8 @@ fn parameters_have_hierarchical_names() {
 fn dims_and_layers_work_the_same_on_every_model() {
     for name in MODELS {
         let path = format!("stdlib/{name}.tsr");
-        // FNet has no heads (no attention).
-        let heads: &[&str] = if *name == "fnet" { &[] } else { &["-D", "heads=8"] };
+        // FNet and Mamba have no heads (no attention).
+        let heads: &[&str] = if matches!(*name, "fnet" | "mamba") { &[] } else { &["-D", "heads=8"] };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["run", &path, "-D", "layers=1", "-D", "d=32", "-D", "vocab=50", "--dim", "seq=37", "--dim", "batch=2"])
             .args(heads)

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""State-space layers: Tessera's Mamba against Hugging Face's `MambaForCausalLM` (eager, its
+CPU path: the sequential token loop), on this machine, in one run, with 2 threads.
+
+    cargo build --release
+    /path/to/venv/bin/python bench/scan.py      # a venv with torch and transformers
+
+Workload: a Mamba model (hidden 768, 24 layers, state 16, expand 2, vocabulary 50280, random
+weights) prefill at batch 1 × 512 tokens, logits for every token on both sides. Medians of
+REPEAT runs after a warm-up. Tessera's activation arena is also read at 256, 512 and 1024
+tokens (memory linear in the sequence). Writes its section of bench/RESULTS.md, between the
+markers below, keeping the rest of the file.
+"""
+from __future__ import annotations
+
+import json, os, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, TESSERA, tessera  # noqa: E402  (same child-process timing as run.py)
+
+REPEAT = 3
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+
+HF_CHILD = r'''
+import json, sys, time, statistics, resource
+import torch, transformers
+torch.set_num_threads(2)
+spec = json.loads(sys.argv[1])
+torch.manual_seed(0)
+cfg = transformers.MambaConfig(hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, vocab_size=50280)
+model = transformers.MambaForCausalLM(cfg).eval()
+ids = torch.randint(0, cfg.vocab_size, (1, spec["seq"]))
+with torch.no_grad():
+    f = lambda: model(ids, use_cache=False)
+    f()
+    ts = []
+    for _ in range(spec["repeat"]):
+        t = time.perf_counter(); f(); ts.append((time.perf_counter() - t) * 1e3)
+print(json.dumps({"ms": statistics.median(ts), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def main() -> None:
+    if not os.path.exists(TESSERA):
+        sys.exit("build first: cargo build --release")
+    load = open("/proc/loadavg").read().split()[0]
+    args = ["stdlib/mamba.tsr", "--backend", "cpu"]
+    import run
+    run.REPEAT = REPEAT
+    t = tessera(args + ["--dim", "seq=512"])
+    print("tessera", t, flush=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps({"seq": 512, "repeat": REPEAT})], capture_output=True, text=True, env=env)
+    hf = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
+    print("hf", hf, flush=True)
+    run.REPEAT = 1
+    arenas = {seq: tessera(args + ["--dim", f"seq={seq}"])["arena_mib"] for seq in (256, 1024)}
+    arenas[512] = t["arena_mib"]
+    ratio = f"{hf['ms'] / t['ms']:.2f}×" if "ms" in hf else "–"
+    hf_ms = f"{hf['ms']:.0f}" if "ms" in hf else hf.get("error", "–")
+    begin, end = "<!-- scan: written by bench/scan.py -->", "<!-- end scan -->"
+    section = [
+        begin,
+        "## State-space layers",
+        "",
+        f"Measured by `bench/scan.py` (2 threads, load {load} at start), {time.strftime('%Y-%m-%d')}; medians of {REPEAT} runs after a warm-up.",
+        "",
+        "| workload | Tessera ms | HF `MambaForCausalLM` ms | vs HF | peak RSS Tessera / HF MiB |",
+        "|---|---|---|---|---|",
+        f"| Mamba (768, 24 layers, state 16) prefill 512 | {t['ms']:.0f} | {hf_ms} | {ratio} | {t['rss_mib']:.0f} / {hf.get('rss_mib', 0):.0f} |",
+        "",
+        "Tessera's activation arena by sequence length: " + ", ".join(f"{s}: {arenas[s]:.1f} MiB" for s in sorted(arenas)),
+        end,
+    ]
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + "\n".join(section) + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    open(path, "w").write(new)
+    print("\n".join(section))
+
+
+if __name__ == "__main__":
+    main()
