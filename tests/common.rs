@@ -119,9 +119,16 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
     ),
     ("fnet", &[("layers", "2"), ("d", "48"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64")]),
     ("mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
+    ("falcon_mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
 ];
 
 /// Every model of the standard library.
+/// Whether a stdlib family mixes tokens by a recurrence (`scan`) instead of attention: it
+/// has no heads, no attention and no feed-forward block to fuse, and no CUDA lowering yet.
+pub fn is_recurrent(family: &str) -> bool {
+    matches!(family, "mamba" | "falcon_mamba" | "mamba2" | "rwkv")
+}
+
 pub const MODELS: &[&str] = &[
     "gpt2",
     "llama",
@@ -142,6 +149,7 @@ pub const MODELS: &[&str] = &[
     "longformer",
     "fnet",
     "mamba",
+    "falcon_mamba",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

@@ -603,7 +603,7 @@ fn parity_fixtures_pass_on_the_gpu() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
-    for fx in common::fixtures().into_iter().filter(|fx| fx.family != "mamba") {
+    for fx in common::fixtures().into_iter().filter(|fx| !common::is_recurrent(&fx.family)) {
         let m = fx.model(Backend::Cuda(0), tessera::Precision::F32);
         for (k, err) in fx.errors(&m.run(&fx.inputs).unwrap_or_else(|e| panic!("{}: {e}", fx.name))) {
             println!("{:<18} {k:<26} max |Δ| = {err:.2e} (GPU)", fx.name);
@@ -650,8 +650,8 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
-    // Mamba's scan is not lowered to CUDA yet (the emulation tests check the refusal).
-    for (name, overrides) in common::SMALL.iter().filter(|(n, _)| *n != "mamba") {
+    // Scans are not lowered to CUDA yet (the emulation tests check the refusal).
+    for (name, overrides) in common::SMALL.iter().filter(|(n, _)| !common::is_recurrent(n)) {
         let c = common::small_compiler(overrides);
         let path = format!("stdlib/{name}.tsr");
         let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");

@@ -65,7 +65,7 @@ fn the_pass_pipeline_preserves_every_model_s_outputs() {
         // FNet has no attention: its tokens are mixed by Fourier transforms. Mamba mixes them by
         // a scan and has no feed-forward block.
         match *name {
-            "mamba" => assert!(count(&opt, "scan") > 0, "{name}: no scan"),
+            n if common::is_recurrent(n) => assert!(count(&opt, "scan") > 0, "{name}: no scan"),
             _ => assert!((count(&opt, "attention") > 0 || *name == "fnet") && count(&opt, "ffn") > 0, "{name}: nothing fused"),
         }
         let before = run_random(&g, DIMS, 3);
@@ -98,7 +98,7 @@ fn dims_and_layers_work_the_same_on_every_model() {
     for name in MODELS {
         let path = format!("stdlib/{name}.tsr");
         // FNet and Mamba have no heads (no attention).
-        let heads: &[&str] = if matches!(*name, "fnet" | "mamba") { &[] } else { &["-D", "heads=8"] };
+        let heads: &[&str] = if *name == "fnet" || common::is_recurrent(name) { &[] } else { &["-D", "heads=8"] };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["run", &path, "-D", "layers=1", "-D", "d=32", "-D", "vocab=50", "--dim", "seq=37", "--dim", "batch=2"])
             .args(heads)

@@ -29,12 +29,12 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
         let has = |f: fn(&tessera::ir::Op) -> bool| g.nodes().iter().any(|n| f(&n.op));
         let (attention, ffn) = match fx.family.as_str() {
             "fnet" => (false, true),
-            "mamba" => (false, false),
+            f if common::is_recurrent(f) => (false, false),
             _ => (true, true),
         };
         assert!(!attention || has(|op| matches!(op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
         assert!(!ffn || has(|op| matches!(op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
-        assert!(fx.family != "mamba" || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
+        assert!(!common::is_recurrent(&fx.family) || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
     }
     let mut dims = HashMap::new();
     runtime::bind_dims(&g, &fx.inputs, &mut dims).expect("dims");
@@ -139,6 +139,11 @@ fn diffllama_matches_transformers() {
 #[test]
 fn mamba_matches_transformers() {
     check_family("mamba");
+}
+
+#[test]
+fn falcon_mamba_matches_transformers() {
+    check_family("falcon_mamba");
 }
 
 #[test]

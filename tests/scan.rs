@@ -53,9 +53,11 @@ fn the_parser_reads_only_closed_regions() {
     let end = text.find("    output \"n\" = %8\n").expect("the body's last line") + "    output \"n\" = %8\n".len();
     let e = tessera::ir::parse(&text[..end]);
     assert!(e.is_err_and(|e| e.msg.contains("not closed")));
-    let e = tessera::ir::parse(&text.replacen("sliced=1 : f32[batch, seq, 4] loc(0:7:14) {", "sliced=1 : f32[batch, seq, 4] loc(0:7:14)", 1));
+    let e =
+        tessera::ir::parse(&text.replacen("sliced=1 : f32[batch, seq, 4] loc(0:7:14) {", "sliced=1 : f32[batch, seq, 4] loc(0:7:14)", 1));
     assert!(e.is_err_and(|e| e.msg.contains("opens with `{`")));
-    let e = tessera::ir::parse(&text.replacen("%5 = mul %3, %4 : f32[batch, 4] loc(0:6:8)", "%5 = mul %3, %4 : f32[batch, 4] loc(0:6:8) {", 1));
+    let e =
+        tessera::ir::parse(&text.replacen("%5 = mul %3, %4 : f32[batch, 4] loc(0:6:8)", "%5 = mul %3, %4 : f32[batch, 4] loc(0:6:8) {", 1));
     assert!(e.is_err_and(|e| e.msg.contains("has no region")));
 }
 

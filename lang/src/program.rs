@@ -16,6 +16,7 @@ pub const STDLIB: &[(&str, &str)] = &[
     ("mistral", include_str!("../../stdlib/mistral.tsr")),
     ("modernbert", include_str!("../../stdlib/modernbert.tsr")),
     ("t5", include_str!("../../stdlib/t5.tsr")),
+    ("mamba", include_str!("../../stdlib/mamba.tsr")),
 ];
 
 /// Parsed modules of one compilation with their sources.

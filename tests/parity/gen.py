@@ -513,12 +513,23 @@ def more_families() -> list[Fixture]:
                           conv_kernel=3, time_step_rank=5, use_conv_bias=False, tie_word_embeddings=False,
                           layer_norm_epsilon=1e-6, **mb),
         seq_len=13, pads=(0, 3), seed=812))
+    fx.append(Fixture(
+        "falcon_mamba-a", "falcon_mamba", hf("FalconMambaForCausalLM"),
+        hf("FalconMambaConfig")(vocab_size=97, hidden_size=24, state_size=5, num_hidden_layers=2, expand=2,
+                                conv_kernel=4, time_step_rank=3, mixer_rms_eps=1e-6, **mb),
+        seq_len=11, pads=(0, 4), seed=821))
+    fx.append(Fixture(
+        "falcon_mamba-b", "falcon_mamba", hf("FalconMambaForCausalLM"),
+        hf("FalconMambaConfig")(vocab_size=89, hidden_size=20, state_size=6, num_hidden_layers=3, expand=2,
+                                conv_kernel=3, time_step_rank=4, mixer_rms_eps=1e-3, tie_word_embeddings=False, **mb),
+        seq_len=13, pads=(0, 3), seed=822,
+        checks=[("mixer_rms_eps 1e-3 -> 1.0", {"mixer_rms_eps": 1.0})]))
     return fx
 
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama", "mamba"}
+             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba"}
 
 
 @torch.no_grad()
