@@ -120,6 +120,7 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
     ("fnet", &[("layers", "2"), ("d", "48"), ("hidden", "80"), ("vocab", "97"), ("max_pos", "64")]),
     ("mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
     ("falcon_mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
+    ("rwkv", &[("layers", "2"), ("d", "24"), ("a", "16"), ("hidden", "40"), ("vocab", "97"), ("rescale", "1")]),
 ];
 
 /// Every model of the standard library.
@@ -150,6 +151,7 @@ pub const MODELS: &[&str] = &[
     "fnet",
     "mamba",
     "falcon_mamba",
+    "rwkv",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

@@ -147,6 +147,11 @@ fn falcon_mamba_matches_transformers() {
 }
 
 #[test]
+fn rwkv_matches_transformers() {
+    check_family("rwkv");
+}
+
+#[test]
 fn longformer_matches_transformers() {
     check_family("longformer");
 }

@@ -524,12 +524,37 @@ def more_families() -> list[Fixture]:
                                 conv_kernel=3, time_step_rank=4, mixer_rms_eps=1e-3, tie_word_embeddings=False, **mb),
         seq_len=13, pads=(0, 3), seed=822,
         checks=[("mixer_rms_eps 1e-3 -> 1.0", {"mixer_rms_eps": 1.0})]))
+    # ---------------------------------------------------------------- rwkv (RWKV-4: WKV recurrence)
+    rw = dict(initializer_range=INIT, bos_token_id=0, eos_token_id=0, context_length=64)
+    fx.append(Fixture(
+        "rwkv-a", "rwkv", hf("RwkvForCausalLM"),
+        hf("RwkvConfig")(vocab_size=97, hidden_size=24, num_hidden_layers=2, attention_hidden_size=24,
+                         intermediate_size=40, rescale_every=6, **rw),
+        seq_len=11, pads=(0, 4), seed=831, post_build=randomise_rwkv))
+    fx.append(Fixture(
+        # a narrower attention than the hidden size, and the inference rescaling every 2 blocks
+        "rwkv-b", "rwkv", hf("RwkvForCausalLM"),
+        hf("RwkvConfig")(vocab_size=89, hidden_size=20, num_hidden_layers=5, attention_hidden_size=16,
+                         intermediate_size=36, rescale_every=2, layer_norm_epsilon=1e-6, **rw),
+        seq_len=13, pads=(0, 3), seed=832, post_build=randomise_rwkv,
+        checks=[("rescale_every 2 -> 0", {"rescale_every": 0})]))
     return fx
+
+
+@torch.no_grad()
+def randomise_rwkv(model) -> None:
+    """RWKV's mixing weights in (0, 1) and decays of both signs (its own init is deterministic)."""
+    g = torch.Generator().manual_seed(4321)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "time_mix" in name:
+            p.copy_(torch.rand(p.shape, generator=g))
+        elif name.endswith("time_decay") or name.endswith("time_first"):
+            p.copy_(torch.randn(p.shape, generator=g))
 
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba"}
+             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv"}
 
 
 @torch.no_grad()
@@ -581,6 +606,8 @@ def make_inputs(fx: Fixture, vocab: int) -> dict[str, torch.Tensor]:
         if pad:
             mask[row, s - pad:] = 0
     ids = ids * mask  # token id 0 at padded positions
+    if fx.family == "rwkv":  # RWKV takes no attention mask (HF ignores one)
+        return {"input_ids": ids.contiguous()}
     if fx.family == "fnet":  # no attention mask: padding tokens are mixed like the others
         tt = torch.randint(0, fx.config.type_vocab_size, (2, s), generator=g, dtype=torch.int64)
         return {"input_ids": ids.contiguous(), "token_type_ids": tt.contiguous()}
@@ -643,6 +670,10 @@ def generate(fx: Fixture, check: bool) -> None:
     for k, v in expected.items():
         assert torch.isfinite(v).all(), f"{fx.name}: non-finite {k}"
 
+    if fx.family == "rwkv":  # HF divides weights in place at the first eval forward: save them as trained
+        model.train()
+        model.rwkv._rescale_layers()
+        model.eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     for f in out_dir.iterdir():
         if f.name not in ("config.json", "model.safetensors"):
