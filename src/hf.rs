@@ -52,10 +52,16 @@ fn python_constants(text: &str) -> String {
     out
 }
 
-/// Looks `key` up in a configuration; `a.b` reaches into nested objects. A key holding `null`
-/// reads as [`ConfigValue::Null`], an absent one as `None`.
+/// Looks `key` up in a configuration; `a.b` reaches into nested objects and `a.0` into lists
+/// (Mamba-2's `time_step_limit.1`). A key holding `null` reads as [`ConfigValue::Null`], an
+/// absent one as `None`.
 pub fn config_value(config: &Json, key: &str) -> Option<ConfigValue> {
-    key.split('.').try_fold(config, |v, k| v.get(k)).map(json_value)
+    key.split('.')
+        .try_fold(config, |v, k| match (v, k.parse::<usize>()) {
+            (Json::Array(items), Ok(i)) => items.get(i),
+            _ => v.get(k),
+        })
+        .map(json_value)
 }
 
 fn json_value(v: &Json) -> ConfigValue {
@@ -71,7 +77,14 @@ fn json_value(v: &Json) -> ConfigValue {
             None => ConfigValue::Str(s.clone()),
         },
         Json::Array(items) => ConfigValue::List(items.iter().map(json_value).collect()),
-        Json::Object(_) => ConfigValue::Other(v.to_string()),
+        // `transformers` ≥ 5 writes a non-finite float as {"__float__": "Infinity"}.
+        Json::Object(o) => match (o.len(), o.get("__float__").and_then(Json::as_str)) {
+            (1, Some(w)) => match PY_CONSTANTS.iter().find(|(name, ..)| *name == w) {
+                Some((.., f)) => ConfigValue::Float(*f),
+                None => ConfigValue::Other(v.to_string()),
+            },
+            _ => ConfigValue::Other(v.to_string()),
+        },
     }
 }
 

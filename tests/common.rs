@@ -121,6 +121,7 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
     ("mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
     ("falcon_mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
     ("rwkv", &[("layers", "2"), ("d", "24"), ("a", "16"), ("hidden", "40"), ("vocab", "97"), ("rescale", "1")]),
+    ("mamba2", &[("layers", "2"), ("d", "24"), ("state", "5"), ("heads", "6"), ("head_dim", "8"), ("groups", "2"), ("vocab", "97")]),
 ];
 
 /// Every model of the standard library.
@@ -152,6 +153,7 @@ pub const MODELS: &[&str] = &[
     "mamba",
     "falcon_mamba",
     "rwkv",
+    "mamba2",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

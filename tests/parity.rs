@@ -152,6 +152,11 @@ fn rwkv_matches_transformers() {
 }
 
 #[test]
+fn mamba2_matches_transformers() {
+    check_family("mamba2");
+}
+
+#[test]
 fn longformer_matches_transformers() {
     check_family("longformer");
 }

@@ -538,7 +538,34 @@ def more_families() -> list[Fixture]:
                          intermediate_size=36, rescale_every=2, layer_norm_epsilon=1e-6, **rw),
         seq_len=13, pads=(0, 3), seed=832, post_build=randomise_rwkv,
         checks=[("rescale_every 2 -> 0", {"rescale_every": 0})]))
+    # ---------------------------------------------------------------- mamba2 (SSD; HF computes it in chunks)
+    m2 = dict(initializer_range=INIT, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    fx.append(Fixture(
+        # chunks of 4 over 11 positions: three chunks, the last one padded
+        "mamba2-a", "mamba2", hf("Mamba2ForCausalLM"),
+        hf("Mamba2Config")(vocab_size=97, hidden_size=24, state_size=5, num_hidden_layers=2, expand=2, num_heads=6,
+                           head_dim=8, n_groups=2, conv_kernel=4, chunk_size=4, **m2),
+        seq_len=11, pads=(0, 4), seed=841, post_build=randomise_mamba2))
+    fx.append(Fixture(
+        # one group, a tied head, a time-step limit, and chunks longer than the sequence
+        "mamba2-b", "mamba2", hf("Mamba2ForCausalLM"),
+        hf("Mamba2Config")(vocab_size=89, hidden_size=20, state_size=7, num_hidden_layers=3, expand=2, num_heads=4,
+                           head_dim=10, n_groups=1, conv_kernel=3, chunk_size=32, time_step_limit=(0.05, 0.8),
+                           tie_word_embeddings=True, layer_norm_epsilon=1e-6, **m2),
+        seq_len=13, pads=(0, 3), seed=842, post_build=randomise_mamba2,
+        checks=[("time_step_limit -> (0, inf)", {"time_step_limit": (0.0, float("inf"))})]))
     return fx
+
+
+@torch.no_grad()
+def randomise_mamba2(model) -> None:
+    """Decays of several sizes per head (HF's init makes A_log = log(1..heads), dt_bias random)."""
+    g = torch.Generator().manual_seed(4322)
+    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if name.endswith("A_log"):
+            p.copy_(torch.randn(p.shape, generator=g))
+        elif name.endswith("dt_bias"):
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
 
 
 @torch.no_grad()
@@ -554,7 +581,7 @@ def randomise_rwkv(model) -> None:
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv"}
+             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2"}
 
 
 @torch.no_grad()
