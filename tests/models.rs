@@ -98,7 +98,12 @@ fn dims_and_layers_work_the_same_on_every_model() {
     for name in MODELS {
         let path = format!("stdlib/{name}.tsr");
         // FNet and Mamba have no heads (no attention).
-        let heads: &[&str] = if *name == "fnet" || common::is_recurrent(name) { &[] } else { &["-D", "heads=8"] };
+        let heads: &[&str] = match *name {
+            // Mamba-2's heads tile the inner size (2 × 32).
+            "mamba2" => &["-D", "heads=4", "-D", "head_dim=16"],
+            n if n == "fnet" || common::is_recurrent(n) => &[],
+            _ => &["-D", "heads=8"],
+        };
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["run", &path, "-D", "layers=1", "-D", "d=32", "-D", "vocab=50", "--dim", "seq=37", "--dim", "batch=2"])
             .args(heads)
