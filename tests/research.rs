@@ -1,5 +1,5 @@
 //! The research architectures of `examples/research/` (Linformer, AFT, MatFormer, Hyena,
-//! PoNet, Transformer-VQ, NaLaFormer) against
+//! PoNet, Transformer-VQ, NaLaFormer, causal linear attention, RWKV-6) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
 //! the interpreter and on the CPU backend.
@@ -76,4 +76,14 @@ fn ponet_matches_its_numpy_reference() {
 #[test]
 fn nalaformer_matches_its_numpy_reference() {
     check("nalaformer");
+}
+
+#[test]
+fn linear_attention_matches_its_numpy_reference() {
+    check("linear_attention");
+}
+
+#[test]
+fn rwkv6_matches_its_numpy_reference() {
+    check("rwkv6");
 }

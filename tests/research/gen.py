@@ -271,6 +271,65 @@ def nalaformer(P, x, d, n_heads, hidden, layers, eps):
     return {"y": x}
 
 
+def elu1(x):
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def linear_attention(P, x, d, n_heads, hidden, layers, eps):
+    # Written in its quadratic form, y_t = sum_{i<=t} (phi(q_t).phi(k_i)) v_i / sum_{i<=t} phi(q_t).phi(k_i),
+    # not as the recurrence the model uses: the two agree only if the recurrence is right.
+    b, s, _ = x.shape
+    e = d // n_heads
+    for l in range(layers):
+        p = f"layers.{l}"
+        h = layer_norm(x, *P.norm(f"{p}.ln_1", d), eps)
+        q, k, v = (P.linear(f"{p}.attn.{n}", h, d, bias=False).reshape(b, s, n_heads, e) for n in "qkv")
+        q, k = elu1(q), elu1(k)
+        y = np.zeros((b, s, n_heads, e))
+        for t in range(s):
+            a = np.einsum("bhe,bihe->bih", q[:, t], k[:, : t + 1])
+            y[:, t] = np.einsum("bih,bihe->bhe", a, v[:, : t + 1]) / a.sum(1)[..., None]
+        x = x + P.linear(f"{p}.attn.o", y.reshape(b, s, d), d, bias=False)
+        x = x + P.mlp(f"{p}.mlp", layer_norm(x, *P.norm(f"{p}.ln_2", d), eps), hidden)
+    return {"y": x}
+
+
+def rwkv6(P, x, d, n_heads, hidden, layers, lora, eps):
+    # RWKV-6 time mixing from the Finch paper's equations (static token shift), per head:
+    # y_t = r_t (S + diag(u) k_t^T v_t), S <- diag(w_t) S + k_t^T v_t, w_t = exp(-exp(w0 + tanh(x_w A) B)).
+    b, s, _ = x.shape
+    e = d // n_heads
+    for l in range(layers):
+        p, tm = f"layers.{l}", f"layers.{l}.time_mix"
+        h = layer_norm(x, *P.norm(f"{p}.ln_1", d), eps)
+        prev = np.concatenate([np.zeros_like(h[:, :1]), h[:, :-1]], axis=1)
+        mix = P[f"{tm}.mix"] = P.rng.uniform(0.0, 1.0, (5, d))
+        xr, xk, xv, xg, xw = (h + (prev - h) * mix[i] for i in range(5))
+        r, k, v = (P.linear(f"{tm}.{n}", xi, d, bias=False).reshape(b, s, n_heads, e)
+                   for n, xi in (("receptance", xr), ("key", xk), ("value", xv)))
+        g = P.linear(f"{tm}.gate", xg, d, bias=False)
+        g = g * sigmoid(g)
+        w0 = P[f"{tm}.decay"] = -0.5 + 0.5 * P.rng.normal(0.0, 1.0, (d,))
+        w = np.exp(-np.exp(w0 + np.tanh(xw @ P.w(f"{tm}.decay_a", d, lora)) @ P.w(f"{tm}.decay_b", lora, d)))
+        w = w.reshape(b, s, n_heads, e)
+        u = P[f"{tm}.bonus"] = 0.5 * P.rng.normal(0.0, 1.0, (n_heads, e))
+        S = np.zeros((b, n_heads, e, e))
+        y = np.zeros((b, s, n_heads, e))
+        for t in range(s):
+            kv = k[:, t, :, :, None] * v[:, t, :, None, :]
+            y[:, t] = np.einsum("bhi,bhij->bhj", r[:, t], S + u[None, :, :, None] * kv)
+            S = w[:, t, :, :, None] * S + kv
+        m = y.mean(-1, keepdims=True)
+        yn = ((y - m) / np.sqrt(((y - m) ** 2).mean(-1, keepdims=True) + eps)).reshape(b, s, d)
+        lw = P[f"{tm}.ln_x_weight"] = 1.0 + 0.2 * P.rng.normal(0.0, 1.0, (d,))
+        lb = P[f"{tm}.ln_x_bias"] = 0.1 * P.rng.normal(0.0, 1.0, (d,))
+        x = x + P.linear(f"{tm}.output", (yn * lw + lb) * g, d, bias=False)
+        h = layer_norm(x, *P.norm(f"{p}.ln_2", d), eps)
+        kk = np.maximum(P.linear(f"{p}.key", h, hidden, bias=False), 0.0)
+        x = x + P.linear(f"{p}.value", kk * kk, d, bias=False)
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
@@ -280,6 +339,8 @@ CASES = [
     ("hyena", hyena, dict(d=12, bands=3, width=10, hidden=24, layers=2, eps=1e-5), 2, 13),
     ("ponet", ponet, dict(d=16, window=3, hidden=32, layers=2, eps=1e-5), 2, 11),
     ("nalaformer", nalaformer, dict(d=24, n_heads=2, hidden=40, layers=2, eps=1e-6), 2, 13),
+    ("linear_attention", linear_attention, dict(d=24, n_heads=3, hidden=40, layers=2, eps=1e-5), 2, 11),
+    ("rwkv6", rwkv6, dict(d=24, n_heads=3, hidden=40, layers=2, lora=6, eps=1e-5), 2, 13),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}
