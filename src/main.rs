@@ -387,6 +387,18 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                         None => lines.push((line, 1)),
                     }
                 }
+                // How the CPU backend runs each scan (the body is its own kernel program).
+                let program = tessera::codegen::schedule(&opt);
+                for step in &program.steps {
+                    if let tessera::codegen::Kernel::Scan(k) = &step.kernel {
+                        let at = step.span.display_in(&opt.files).unwrap_or_else(|| "?".into());
+                        let line = format!("{at} scan (cpu) ← {}", k.lowering());
+                        match lines.iter_mut().find(|(l, _)| *l == line) {
+                            Some((_, n)) => *n += 1,
+                            None => lines.push((line, 1)),
+                        }
+                    }
+                }
                 for (line, n) in lines {
                     if n > 1 {
                         outln!("{line} (×{n})");

@@ -277,6 +277,11 @@ impl Executable {
     /// # Safety
     /// Views as the executor makes them.
     unsafe fn scan(&self, s: usize, k: &crate::kernel::ScanKernel, outs: &[View], ins: &[View], dims: &Dims) -> Result<(), RunError> {
+        // `TESSERA_SCAN=sequential` runs every scan the general way (to compare the two).
+        let general = std::env::var("TESSERA_SCAN").is_ok_and(|v| v == "sequential");
+        if let (Ok(f), false) = (&k.fused, general) {
+            return unsafe { crate::scan::run(f, &k.op, ins, outs) };
+        }
         let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a scan step without its body".into()))?;
         let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();
         let args: Vec<&Tensor> = args.iter().collect();

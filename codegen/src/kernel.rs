@@ -172,6 +172,19 @@ pub struct ScanKernel {
     pub body: Program,
     /// Every result's buffer, in [`tessera_ir::scan_results`] order.
     pub results: Vec<BufId>,
+    /// The fused kernel's plan, or why the body does not fit it (then the body's program runs
+    /// once per position).
+    pub fused: Result<crate::scan::FusedScan, String>,
+}
+
+impl ScanKernel {
+    /// How the CPU backend runs this scan, for `--explain`.
+    pub fn lowering(&self) -> String {
+        match &self.fused {
+            Ok(f) => f.describe(),
+            Err(why) => format!("sequential: the body's program once per position (not fused: {why})"),
+        }
+    }
 }
 
 impl Kernel {

@@ -17,10 +17,12 @@ pub mod jit;
 mod kernel;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+mod scan;
 mod schedule;
 mod tile_gemm;
 mod vmath;
 
 pub use exec::{plan, Executable, MemoryPlan, RunStats};
-pub use kernel::{BufId, Buffer, Kernel, Program, Step, Storage};
+pub use kernel::{BufId, Buffer, Kernel, Program, ScanKernel, Step, Storage};
+pub use scan::FusedScan;
 pub use schedule::schedule;

@@ -1,0 +1,471 @@
+//! The fused scan kernel of the CPU backend: a scan whose body is elementwise math over its
+//! states (broadcast operands, reductions over the states' last axis) runs as one loop over
+//! the sequence per tile of state elements, the state kept in the tile's arrays (cache), the
+//! tiles in parallel (rayon), no allocation or dispatch per position.
+//!
+//! [`plan`] decides whether a body fits and how each body value lies in the *iteration space*
+//! `I` (the states' shape): every value is mapped axis by axis onto `I`'s axes (by the
+//! language's right-aligned broadcasting, propagated back from the body's results), and a
+//! tile computes each value at every element of `I` it holds, operands broadcast by strides.
+//! A body that does anything else (products, slices, gathers, integer math, states of
+//! different shapes, reductions over another axis) keeps the general lowering: its own
+//! program run once per position ([`crate::Executable`]). The semantics are the
+//! interpreter's ([`tessera_runtime::scan_steps`]), in f32.
+
+use crate::host::View;
+use crate::vmath::{self, vectorized};
+use tessera_ir::{BinaryOp, DType, Dim, Graph, Op, ReduceOp, Scan, UnaryOp};
+use tessera_runtime::RunError;
+
+/// No axis of `I` (a size-1 axis, broadcast).
+const NONE: usize = usize::MAX;
+
+/// Where a leaf of the body reads from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    /// Operand `k` (a state, a sliced tensor or an invariant, in operand order).
+    Operand(usize),
+    /// A constant.
+    Const(f32),
+}
+
+/// One body value, computed into its slot of a tile.
+#[derive(Clone, Debug)]
+enum Node {
+    /// Read from an operand (through `map`: for each of its per-position axes, the axis of `I`
+    /// it runs along, or `NONE`), or a constant.
+    Leaf(Source, Vec<usize>),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Where(usize, usize, usize),
+    /// A reduction over the last axis of `I`, replicated along it.
+    Reduce(ReduceOp, usize),
+    /// The same values as another slot (a reshape, broadcast or cast that moves nothing).
+    Alias,
+}
+
+/// How a fused scan computes: the body's values in order, and the slots of its results.
+#[derive(Clone, Debug)]
+pub struct FusedScan {
+    nodes: Vec<Node>,
+    /// The slot of each body output (per-step results, then new states).
+    outputs: Vec<usize>,
+    /// For each per-step result: its map onto `I` (the reduced axis `NONE`).
+    output_maps: Vec<Vec<usize>>,
+    /// Whether a reduction runs over `I`'s last axis (tiles then hold whole rows).
+    reduces: bool,
+}
+
+impl FusedScan {
+    /// One line for `--explain`.
+    pub fn describe(&self) -> String {
+        let ops = self.nodes.iter().filter(|n| !matches!(n, Node::Leaf(..) | Node::Alias)).count();
+        format!(
+            "fused scan kernel: {ops} ops per element, state in tiles of {}, tiles in parallel",
+            if self.reduces { "whole rows (a reduction over the last axis)" } else { "elements" }
+        )
+    }
+}
+
+fn slot(alias: &[usize], v: usize) -> usize {
+    alias[v]
+}
+
+/// Whether reshaping `from` to `to` only inserts or removes axes of size 1; if so, for each
+/// axis of `from`, the axis of `to` it becomes (`NONE` for a size-1 axis).
+fn unit_reshape(from: &[Dim], to: &[Dim]) -> Option<Vec<usize>> {
+    let one = Dim::known(1);
+    let (f, t): (Vec<usize>, Vec<usize>) =
+        ((0..from.len()).filter(|&i| from[i] != one).collect(), (0..to.len()).filter(|&i| to[i] != one).collect());
+    if f.len() != t.len() || f.iter().zip(&t).any(|(&a, &b)| from[a] != to[b]) {
+        return None;
+    }
+    let mut m = vec![NONE; from.len()];
+    for (&a, &b) in f.iter().zip(&t) {
+        m[a] = b;
+    }
+    Some(m)
+}
+
+/// Plans the fused kernel for `s`, or says why the body does not fit.
+pub fn plan(s: &Scan) -> Result<FusedScan, String> {
+    let g: &Graph = &s.body;
+    let nodes = g.nodes();
+    let one = Dim::known(1);
+    let (ns, ny) = (s.state, g.outputs.len() - s.state);
+    if ns == 0 {
+        return Err("no state".into());
+    }
+    let space = g.ty(g.outputs[ny].1).clone();
+    if g.outputs[ny..].iter().any(|(_, v)| *g.ty(*v) != space) {
+        return Err("states of different shapes".into());
+    }
+    let r = space.rank();
+    if nodes.iter().any(|n| !matches!(n.ty.dtype, DType::F32 | DType::Bool)) {
+        return Err("integer values in the body".into());
+    }
+    // Each value's map onto I, propagated from the results back to the leaves.
+    let mut maps: Vec<Option<Vec<usize>>> = vec![None; nodes.len()];
+    let norm =
+        |m: Vec<usize>, shape: &[Dim]| -> Vec<usize> { m.into_iter().zip(shape).map(|(a, d)| if *d == one { NONE } else { a }).collect() };
+    let identity: Vec<usize> = (0..r).collect();
+    let set = |maps: &mut Vec<Option<Vec<usize>>>, v: usize, m: Vec<usize>| -> Result<(), String> {
+        let m = norm(m, &nodes[v].ty.shape);
+        match &maps[v] {
+            Some(old) if *old != m => Err(format!("value %{v} is read along different axes")),
+            _ => {
+                maps[v] = Some(m);
+                Ok(())
+            }
+        }
+    };
+    let mut output_maps = Vec::with_capacity(ny);
+    for (k, (_, v)) in g.outputs.iter().enumerate() {
+        let t = g.ty(*v);
+        let m = if *t == space {
+            identity.clone()
+        } else {
+            match &nodes[v.index()].op {
+                Op::Reduce { axes, keepdim, .. } if r > 0 && *axes == [r - 1] && *g.ty(nodes[v.index()].inputs[0]) == space => {
+                    if *keepdim {
+                        identity.clone()
+                    } else {
+                        (0..r - 1).collect()
+                    }
+                }
+                _ => return Err(format!("per-step result {k} is neither the states' shape nor a reduction of it over the last axis")),
+            }
+        };
+        set(&mut maps, v.index(), m.clone())?;
+        if k < ny {
+            output_maps.push(norm(m, &t.shape));
+        }
+    }
+    // A state the body does not read still carries its initial value through.
+    for (_, v) in g.inputs().iter().take(ns) {
+        set(&mut maps, v.index(), identity.clone())?;
+    }
+    let mut reduces = false;
+    for i in (0..nodes.len()).rev() {
+        let Some(m) = maps[i].clone() else { continue };
+        let n = &nodes[i];
+        let operand = |k: usize| n.inputs[k].index();
+        match &n.op {
+            Op::Input(_) | Op::Const(_) => {}
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Broadcast => {
+                for k in 0..n.inputs.len() {
+                    let rank = nodes[operand(k)].ty.rank();
+                    set(&mut maps, operand(k), m[m.len() - rank..].to_vec())?;
+                }
+            }
+            Op::Cast if n.ty.dtype == DType::F32 || nodes[operand(0)].ty.dtype == DType::Bool => set(&mut maps, operand(0), m)?,
+            Op::Reshape => {
+                let from = &nodes[operand(0)].ty.shape;
+                let to_axes = unit_reshape(from, &n.ty.shape).ok_or("a reshape that moves elements")?;
+                let om = to_axes.iter().map(|&a| if a == NONE { NONE } else { m[a] }).collect();
+                set(&mut maps, operand(0), om)?;
+            }
+            Op::Reduce { axes, keepdim, .. } if r > 0 && *axes == [r - 1] && *g.ty(n.inputs[0]) == space => {
+                let want = norm(if *keepdim { identity.clone() } else { (0..r - 1).collect() }, &n.ty.shape);
+                if norm(m, &n.ty.shape) != want {
+                    return Err("a reduction read along other axes".into());
+                }
+                reduces = true;
+                set(&mut maps, operand(0), identity.clone())?;
+            }
+            other => return Err(format!("`{}` in the body", other.mnemonic())),
+        }
+    }
+    // The programs, in body order.
+    let args: Vec<usize> = g.inputs().iter().map(|(_, v)| v.index()).collect();
+    let mut alias: Vec<usize> = (0..nodes.len()).collect();
+    let mut prog = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let a = |k: usize| slot(&alias, n.inputs[k].index());
+        let node = match &n.op {
+            _ if maps[i].is_none() => Node::Leaf(Source::Const(0.0), vec![]), // unused
+            Op::Input(_) => {
+                let k = args.iter().position(|&x| x == i).ok_or("an argument out of place")?;
+                Node::Leaf(Source::Operand(k), maps[i].clone().unwrap_or_default())
+            }
+            Op::Const(c) => Node::Leaf(Source::Const(*c as f32), vec![]),
+            Op::Unary(u) => Node::Unary(*u, a(0)),
+            Op::Binary(b) => Node::Binary(*b, a(0), a(1)),
+            Op::Where => Node::Where(a(0), a(1), a(2)),
+            Op::Reduce { op, .. } => Node::Reduce(*op, a(0)),
+            Op::Reshape | Op::Broadcast | Op::Cast => {
+                let src = a(0);
+                alias[i] = src;
+                Node::Alias
+            }
+            other => return Err(format!("`{}` in the body", other.mnemonic())),
+        };
+        prog.push(node);
+    }
+    let outputs = g.outputs.iter().map(|(_, v)| slot(&alias, v.index())).collect();
+    Ok(FusedScan { nodes: prog, outputs, output_maps, reduces })
+}
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1] * shape[i + 1];
+    }
+    st
+}
+
+/// A tensor as read at one position: its pointer, its element type, its strides along the
+/// axes of `I` (0 where broadcast) and the stride of the scanned axis (0 when not sliced).
+#[derive(Clone)]
+struct Access {
+    ptr: usize,
+    dtype: DType,
+    along: Vec<usize>,
+    step: usize,
+}
+
+impl Access {
+    /// `view` read per position with `map` (for each per-position axis, its axis of `I`);
+    /// `axis` is the scanned axis of a sliced or stacked tensor.
+    fn new(view: &View, map: &[usize], axis: Option<usize>, r: usize) -> Access {
+        let full = strides(&view.shape);
+        let (per, step) = match axis {
+            Some(a) => {
+                let mut st = full.clone();
+                let s = st.remove(a);
+                (st, s)
+            }
+            None => (full, 0),
+        };
+        let mut along = vec![0; r];
+        for (k, &a) in map.iter().enumerate() {
+            if a != NONE {
+                along[a] += per[k];
+            }
+        }
+        Access { ptr: view.ptr as usize, dtype: view.dtype, along, step }
+    }
+
+    fn offset(&self, coords: &[usize]) -> usize {
+        coords.iter().zip(&self.along).map(|(c, s)| c * s).sum()
+    }
+}
+
+/// Runs the fused kernel: `ins` are the scan's operands, `outs` its results (stacked per-step
+/// results, then final states).
+///
+/// # Safety
+/// Views valid and sized by the scan's types; `outs` disjoint from `ins`.
+pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View]) -> Result<(), RunError> {
+    use rayon::prelude::*;
+    let (ns, nx) = (s.state, s.sliced);
+    let space = ins[0].shape.clone();
+    let r = space.len();
+    let total: usize = space.iter().product();
+    let len = ins[ns].shape[s.axis];
+    let inner = space.last().copied().unwrap_or(1).max(1);
+    let ny = outs.len() - ns;
+    let sources: Vec<Option<Access>> = f
+        .nodes
+        .iter()
+        .map(|n| match n {
+            Node::Leaf(Source::Operand(k), map) => {
+                let sliced = (ns..ns + nx).contains(k);
+                Some(Access::new(&ins[*k], map, sliced.then_some(s.axis), r))
+            }
+            _ => None,
+        })
+        .collect();
+    let identity: Vec<usize> = (0..r).collect();
+    let results: Vec<Access> = (0..ny)
+        .map(|k| Access::new(&outs[k], &f.output_maps[k], Some(s.axis), r))
+        .chain((0..ns).map(|k| Access::new(&outs[ny + k], &identity, None, r)))
+        .collect();
+    // The state leaves: the slot each state is read from.
+    let state_slot: Vec<usize> = (0..ns)
+        .map(|k| f.nodes.iter().position(|n| matches!(n, Node::Leaf(Source::Operand(j), _) if *j == k)).unwrap_or(usize::MAX))
+        .collect();
+    // Tiles: ranges of elements of I (whole rows when a reduction runs along them).
+    let unit = if f.reduces { inner } else { 1 };
+    let tile = (1024 / unit).max(1) * unit;
+    let tiles: Vec<(usize, usize)> = (0..total).step_by(tile.max(1)).map(|a| (a, (a + tile).min(total))).collect();
+    let st_space = strides(&space);
+    let n_slots = f.nodes.len();
+    tiles.par_iter().try_for_each(|&(a, b)| -> Result<(), RunError> {
+        let n = b - a;
+        let coords: Vec<Vec<usize>> = (a..b).map(|e| st_space.iter().zip(&space).map(|(st, sz)| (e / st) % sz).collect()).collect();
+        let offsets: Vec<Option<Vec<usize>>> =
+            sources.iter().map(|s| s.as_ref().map(|s| coords.iter().map(|c| s.offset(c)).collect())).collect();
+        let out_offsets: Vec<Vec<usize>> = results.iter().map(|s| coords.iter().map(|c| s.offset(c)).collect()).collect();
+        // A reduced result is written once per row (where its reduced coordinate is 0).
+        let writes: Vec<Vec<usize>> = (0..ny)
+            .map(|k| {
+                let whole = r == 0 || f.output_maps[k].last() == Some(&(r - 1));
+                (0..n).filter(|&e| whole || coords[e].last().copied().unwrap_or(0) == 0).collect()
+            })
+            .collect();
+        let mut slots = vec![0f32; n_slots * n];
+        // Constants, invariants and initial states once; sliced operands at every position.
+        for (i, node) in f.nodes.iter().enumerate() {
+            match (node, &sources[i], &offsets[i]) {
+                (Node::Leaf(Source::Const(c), _), ..) => slots[i * n..(i + 1) * n].fill(*c),
+                (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) if !(ns..ns + nx).contains(k) => unsafe {
+                    gather(&mut slots[i * n..(i + 1) * n], acc, 0, off)
+                },
+                _ => {}
+            }
+        }
+        for step in 0..len {
+            let t = if s.reverse { len - 1 - step } else { step };
+            for (i, node) in f.nodes.iter().enumerate() {
+                if let (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) = (node, &sources[i], &offsets[i]) {
+                    if (ns..ns + nx).contains(k) {
+                        unsafe { gather(&mut slots[i * n..(i + 1) * n], acc, t * acc.step, off) }
+                    }
+                }
+            }
+            eval(&f.nodes, &mut slots, n, inner);
+            for k in 0..ny {
+                let (acc, src) = (&results[k], f.outputs[k]);
+                for &e in &writes[k] {
+                    unsafe { store(acc, t * acc.step + out_offsets[k][e], slots[src * n + e]) };
+                }
+            }
+            for (k, &to) in state_slot.iter().enumerate() {
+                let from = f.outputs[ny + k];
+                if to != usize::MAX && to != from {
+                    slots.copy_within(from * n..(from + 1) * n, to * n);
+                }
+            }
+        }
+        for k in 0..ns {
+            // After the last position the state slot holds the final state (or, with no
+            // position at all, the initial one).
+            let from = if state_slot[k] != usize::MAX { state_slot[k] } else { f.outputs[ny + k] };
+            let acc = &results[ny + k];
+            for e in 0..n {
+                unsafe { store(acc, out_offsets[ny + k][e], slots[from * n + e]) };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reads `off[e] + base` of `acc` into `dst[e]` (bools as 0/1).
+///
+/// # Safety
+/// Offsets inside the tensor.
+unsafe fn gather(dst: &mut [f32], acc: &Access, base: usize, off: &[usize]) {
+    unsafe {
+        match acc.dtype {
+            DType::F32 => {
+                let p = acc.ptr as *const f32;
+                for (d, &o) in dst.iter_mut().zip(off) {
+                    *d = *p.add(base + o);
+                }
+            }
+            DType::Bool => {
+                let p = acc.ptr as *const u8;
+                for (d, &o) in dst.iter_mut().zip(off) {
+                    *d = f32::from(*p.add(base + o));
+                }
+            }
+            DType::I64 => {
+                let p = acc.ptr as *const i64;
+                for (d, &o) in dst.iter_mut().zip(off) {
+                    *d = *p.add(base + o) as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `v` at element `at` of `acc`.
+///
+/// # Safety
+/// `at` inside the tensor, which no other thread writes there.
+unsafe fn store(acc: &Access, at: usize, v: f32) {
+    unsafe {
+        match acc.dtype {
+            DType::F32 => *(acc.ptr as *mut f32).add(at) = v,
+            DType::Bool => *(acc.ptr as *mut u8).add(at) = u8::from(v != 0.0),
+            DType::I64 => *(acc.ptr as *mut i64).add(at) = v as i64,
+        }
+    }
+}
+
+/// `e^x` in f32 for any `x`: [`vmath::exp_neg`]'s reduction also holds up to `x` = 88.7
+/// (2^128 is +inf); above, +inf; below -87, 0.
+#[inline(always)]
+fn exp<const FMA: bool>(x: f32) -> f32 {
+    if x > 88.7 {
+        f32::INFINITY
+    } else if x < -87.0 {
+        0.0
+    } else {
+        vmath::exp_neg::<FMA>(x)
+    }
+}
+
+#[inline(always)]
+fn eval_nodes<const FMA: bool>(nodes: &[Node], slots: &mut [f32], n: usize, inner: usize) {
+    for (i, node) in nodes.iter().enumerate() {
+        let (done, rest) = slots.split_at_mut(i * n);
+        let out = &mut rest[..n];
+        let at = |k: usize| &done[k * n..(k + 1) * n];
+        match *node {
+            Node::Leaf(..) | Node::Alias => {}
+            Node::Unary(u, a) => {
+                out.copy_from_slice(at(a));
+                match u {
+                    UnaryOp::Exp => out.iter_mut().for_each(|x| *x = exp::<FMA>(*x)),
+                    UnaryOp::Neg => out.iter_mut().for_each(|x| *x = -*x),
+                    UnaryOp::Abs => out.iter_mut().for_each(|x| *x = x.abs()),
+                    UnaryOp::Sqrt => out.iter_mut().for_each(|x| *x = x.sqrt()),
+                    UnaryOp::Rsqrt => out.iter_mut().for_each(|x| *x = 1.0 / x.sqrt()),
+                    UnaryOp::Not => out.iter_mut().for_each(|x| *x = f32::from(*x == 0.0)),
+                    UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Silu | UnaryOp::Tanh | UnaryOp::GeluTanh | UnaryOp::GeluErf => {
+                        vmath::activate::<FMA>(u, out)
+                    }
+                    other => out.iter_mut().for_each(|x| *x = other.eval(f64::from(*x)) as f32),
+                }
+            }
+            Node::Binary(b, x, y) => {
+                let (x, y) = (at(x), at(y));
+                let zip = |out: &mut [f32], f: &dyn Fn(f32, f32) -> f32| {
+                    out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = f(*a, *b))
+                };
+                match b {
+                    BinaryOp::Add => out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a + b),
+                    BinaryOp::Sub => out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a - b),
+                    BinaryOp::Mul => out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a * b),
+                    BinaryOp::Div => out.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (a, b))| *o = a / b),
+                    BinaryOp::Max => zip(out, &|a, b| tessera_ir::nan_max(f64::from(a), f64::from(b)) as f32),
+                    BinaryOp::Min => zip(out, &|a, b| tessera_ir::nan_min(f64::from(a), f64::from(b)) as f32),
+                    other => zip(out, &|a, b| other.eval(f64::from(a), f64::from(b), false) as f32),
+                }
+            }
+            Node::Where(c, x, y) => {
+                let (c, x, y) = (at(c), at(x), at(y));
+                for e in 0..n {
+                    out[e] = if c[e] != 0.0 { x[e] } else { y[e] };
+                }
+            }
+            Node::Reduce(op, a) => {
+                let x = at(a);
+                for (row, o) in x.chunks(inner).zip(out.chunks_mut(inner)) {
+                    let v = match op {
+                        ReduceOp::Sum => vmath::lanes(row, 0.0, |p, q| p + q),
+                        ReduceOp::Mean => vmath::lanes(row, 0.0, |p, q| p + q) / inner as f32,
+                        ReduceOp::Max => row.iter().fold(f32::NEG_INFINITY, |p, &q| tessera_ir::nan_max(f64::from(p), f64::from(q)) as f32),
+                        _ => row.iter().fold(f32::INFINITY, |p, &q| tessera_ir::nan_min(f64::from(p), f64::from(q)) as f32),
+                    };
+                    o.fill(v);
+                }
+            }
+        }
+    }
+}
+
+vectorized!(fn eval(nodes: &[Node], slots: &mut [f32], n: usize, inner: usize) => eval_nodes);
