@@ -376,6 +376,11 @@ impl Executable {
                     }
                 }
                 (Kernel::Cumsum { axis }, _) => host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i))),
+                (Kernel::Window { op: tessera_ir::WindowOp::Conv, axis, size, pad_left }, _)
+                    if ins[0].dtype == DType::F32 && ins[1].dtype == DType::F32 =>
+                {
+                    depthwise_conv(out, &ins[0], &ins[1], *axis, *size, *pad_left)
+                }
                 (Kernel::Window { op, axis, size, pad_left }, _) => {
                     let channels = ins[0].shape.last().copied().unwrap_or(1);
                     let w = |j: usize, c: usize| ins.get(1).map_or(0.0, |w| w.get(j * channels + c));
@@ -450,6 +455,34 @@ unsafe fn elementwise(kernel: &Rows, out: &View, ins: &[View]) {
         let none = (std::ptr::null(), std::ptr::null());
         unsafe { kernel.run(row_out, osize, len, &bases, &steps, &sizes, None, none, true) };
     });
+}
+
+/// A depthwise convolution along `axis` (the one before the channels, the last), each output
+/// row from the `size` input rows that lie inside the axis: `out[t, c] = Σ_j w[j, c]·x[t -
+/// pad_left + j, c]` (as [`tessera_runtime::window`], in f32; rows in parallel, channels in
+/// vectorized loops).
+///
+/// # Safety
+/// Views valid: `x` and `out` of one shape, `w` [size, channels].
+unsafe fn depthwise_conv(out: &View, x: &View, w: &View, axis: usize, size: usize, pad_left: usize) {
+    use rayon::prelude::*;
+    let (len, channels) = (x.shape[axis], x.shape.last().copied().unwrap_or(1));
+    let rows = out.len().checked_div(channels).unwrap_or(0);
+    let (xs, ws) = unsafe { (x.f32(), w.f32()) };
+    let o = unsafe { std::slice::from_raw_parts_mut(out.ptr as *mut f32, out.len()) };
+    o.par_chunks_mut(channels.max(1)).with_min_len((4096 / channels.max(1)).max(1)).enumerate().for_each(|(row, orow)| {
+        let (b, t) = (row / len.max(1), row % len.max(1));
+        orow.fill(0.0);
+        for j in 0..size {
+            let Some(p) = (t + j).checked_sub(pad_left).filter(|&p| p < len) else { continue };
+            let xrow = &xs[(b * len + p) * channels..][..channels];
+            let wrow = &ws[j * channels..][..channels];
+            for ((acc, &xv), &wv) in orow.iter_mut().zip(xrow).zip(wrow) {
+                *acc += xv * wv;
+            }
+        }
+    });
+    debug_assert_eq!(rows * channels, out.len());
 }
 
 /// `table` indexed along `axis` by `idx` (bounds-checked).

@@ -288,7 +288,7 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View]) -> Resul
         .collect();
     // Tiles: ranges of elements of I (whole rows when a reduction runs along them).
     let unit = if f.reduces { inner } else { 1 };
-    let tile = (1024 / unit).max(1) * unit;
+    let tile = (256 / unit).max(1) * unit;
     let tiles: Vec<(usize, usize)> = (0..total).step_by(tile.max(1)).map(|a| (a, (a + tile).min(total))).collect();
     let st_space = strides(&space);
     let n_slots = f.nodes.len();
