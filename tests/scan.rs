@@ -118,3 +118,75 @@ fn a_scan_over_an_empty_sequence_returns_its_initial_state() {
         assert_eq!(out["last"], h0, "{backend:?}");
     }
 }
+
+/// Hyper-parameters to define.
+type Defines<'a> = &'a [(&'a str, i64)];
+
+/// How the CPU backend lowers each scan of a model.
+fn lowerings(path: &str, defines: Defines) -> Vec<String> {
+    let c = defines.iter().fold(tessera::Compiler::new(), |c, (k, v)| c.define(k, *v));
+    let m = c.compile_file(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let p = m.program().expect("a CPU program");
+    p.steps
+        .iter()
+        .filter_map(|s| match &s.kernel {
+            tessera::codegen::Kernel::Scan(k) => Some(k.lowering()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_compiler_picks_each_scan_s_lowering() {
+    let small = [("layers", 1)];
+    let cases: [(&str, Defines, &str); 7] = [
+        ("stdlib/mamba.tsr", &small, "fused scan kernel"),
+        ("stdlib/falcon_mamba.tsr", &small, "fused scan kernel"),
+        ("stdlib/rwkv.tsr", &small, "fused scan kernel"),
+        ("stdlib/mamba2.tsr", &small, "chunked"),
+        ("examples/research/linear_attention.tsr", &small, "chunked"),
+        ("examples/research/rwkv6.tsr", &small, "fused scan kernel"),
+        ("tests/filetests/scan_decay.tsr", &[], "fused scan kernel"),
+    ];
+    for (path, defines, want) in cases {
+        let got = lowerings(path, defines);
+        assert!(!got.is_empty() && got.iter().all(|l| l.starts_with(want)), "{path}: {got:?}");
+    }
+    // Mamba's decay varies along the state's last axis: no chunked (SSD) form.
+    assert!(lowerings("stdlib/mamba.tsr", &small).iter().all(|l| !l.contains("chunked")));
+    // A body with a product in it runs its own program once per position.
+    let src = "model m(d = 4) {\n  input x: f32[batch, seq, d]\n  param w: [d, d]\n  h0 = x[:, 0, :]\n  ys, h = scan(x, init = h0) |h, x_t| {\n    h = tanh(h @ w + x_t)\n    return h, h\n  }\n  output y = ys\n}\n";
+    let m = tessera::Compiler::new().compile_str("rnn.tsr", src).expect("compiles");
+    let k = m.program().expect("program").steps.iter().find_map(|s| match &s.kernel {
+        tessera::codegen::Kernel::Scan(k) => Some(k.lowering()),
+        _ => None,
+    });
+    assert!(k.is_some_and(|l| l.starts_with("sequential") && l.contains("matmul")));
+}
+
+/// Linear attention past one chunk (150 positions: two chunks of 64 and a ragged one), with
+/// the research fixture's parameters: the chunked CPU kernel against the interpreter.
+#[test]
+fn chunked_linear_attention_equals_the_recurrence() {
+    let tensors = tessera::runtime::read_safetensors("tests/research/fixtures/linear_attention.safetensors").expect("fixture");
+    let params: HashMap<String, Tensor> =
+        tensors.iter().filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone()))).collect();
+    let (b, s, d) = (2usize, 150usize, 24usize);
+    let x = Tensor::f32(vec![b, s, d], (0..b * s * d).map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 3.0).collect());
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let mut outs = Vec::new();
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let mut m = tessera::Compiler::new()
+            .backend(backend)
+            .define("d", 24)
+            .define("heads", 3)
+            .define("hidden", 40)
+            .compile_file("examples/research/linear_attention.tsr")
+            .expect("compiles");
+        m.set_params(params.clone());
+        outs.push(m.run(&inputs).expect("runs").remove(0).1);
+    }
+    let scale = outs[0].to_f64().iter().fold(0f64, |a, v| a.max(v.abs()));
+    let err = outs[0].to_f64().iter().zip(outs[1].to_f64()).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    assert!(err <= 1e-4 * scale.max(1.0), "max |Δ| = {err} (outputs up to {scale})");
+}

@@ -18,6 +18,7 @@ mod kernel;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 mod scan;
+mod scan_chunked;
 mod schedule;
 mod tile_gemm;
 mod vmath;

@@ -22,7 +22,7 @@ const NONE: usize = usize::MAX;
 
 /// Where a leaf of the body reads from.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Source {
+pub(crate) enum Source {
     /// Operand `k` (a state, a sliced tensor or an invariant, in operand order).
     Operand(usize),
     /// A constant.
@@ -31,7 +31,7 @@ enum Source {
 
 /// One body value, computed into its slot of a tile.
 #[derive(Clone, Debug)]
-enum Node {
+pub(crate) enum Node {
     /// Read from an operand (through `map`: for each of its per-position axes, the axis of `I`
     /// it runs along, or `NONE`), or a constant.
     Leaf(Source, Vec<usize>),
@@ -47,23 +47,29 @@ enum Node {
 /// How a fused scan computes: the body's values in order, and the slots of its results.
 #[derive(Clone, Debug)]
 pub struct FusedScan {
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     /// The slot of each body output (per-step results, then new states).
-    outputs: Vec<usize>,
+    pub(crate) outputs: Vec<usize>,
     /// For each per-step result: its map onto `I` (the reduced axis `NONE`).
-    output_maps: Vec<Vec<usize>>,
+    pub(crate) output_maps: Vec<Vec<usize>>,
     /// Whether a reduction runs over `I`'s last axis (tiles then hold whole rows).
     reduces: bool,
+    /// The chunked form, where the body is a linear recurrence with outer-product updates.
+    chunked: Option<crate::scan_chunked::Chunked>,
 }
 
 impl FusedScan {
     /// One line for `--explain`.
     pub fn describe(&self) -> String {
         let ops = self.nodes.iter().filter(|n| !matches!(n, Node::Leaf(..) | Node::Alias)).count();
-        format!(
+        let fused = format!(
             "fused scan kernel: {ops} ops per element, state in tiles of {}, tiles in parallel",
             if self.reduces { "whole rows (a reduction over the last axis)" } else { "elements" }
-        )
+        );
+        match &self.chunked {
+            Some(c) => format!("{}; else {fused}", c.describe()),
+            None => fused,
+        }
     }
 }
 
@@ -203,7 +209,9 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
         prog.push(node);
     }
     let outputs = g.outputs.iter().map(|(_, v)| slot(&alias, v.index())).collect();
-    Ok(FusedScan { nodes: prog, outputs, output_maps, reduces })
+    let mut f = FusedScan { nodes: prog, outputs, output_maps, reduces, chunked: None };
+    f.chunked = crate::scan_chunked::recognize(&f, s);
+    Ok(f)
 }
 
 /// Row-major strides of `shape`.
@@ -218,17 +226,19 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 /// A tensor as read at one position: its pointer, its element type, its strides along the
 /// axes of `I` (0 where broadcast) and the stride of the scanned axis (0 when not sliced).
 #[derive(Clone)]
-struct Access {
-    ptr: usize,
+pub(crate) struct Access {
+    pub(crate) ptr: usize,
     dtype: DType,
-    along: Vec<usize>,
-    step: usize,
+    /// Strides along the axes of `I`.
+    pub(crate) along: Vec<usize>,
+    /// The stride of the scanned axis.
+    pub(crate) step: usize,
 }
 
 impl Access {
     /// `view` read per position with `map` (for each per-position axis, its axis of `I`);
     /// `axis` is the scanned axis of a sliced or stacked tensor.
-    fn new(view: &View, map: &[usize], axis: Option<usize>, r: usize) -> Access {
+    pub(crate) fn new(view: &View, map: &[usize], axis: Option<usize>, r: usize) -> Access {
         let full = strides(&view.shape);
         let (per, step) = match axis {
             Some(a) => {
@@ -247,7 +257,7 @@ impl Access {
         Access { ptr: view.ptr as usize, dtype: view.dtype, along, step }
     }
 
-    fn offset(&self, coords: &[usize]) -> usize {
+    pub(crate) fn offset(&self, coords: &[usize]) -> usize {
         coords.iter().zip(&self.along).map(|(c, s)| c * s).sum()
     }
 }
@@ -259,6 +269,13 @@ impl Access {
 /// Views valid and sized by the scan's types; `outs` disjoint from `ins`.
 pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View]) -> Result<(), RunError> {
     use rayon::prelude::*;
+    // `TESSERA_SCAN=fused` keeps the sequential fused kernel where the chunked one applies.
+    let sequential = std::env::var("TESSERA_SCAN").is_ok_and(|v| v == "fused");
+    if let (Some(c), false) = (&f.chunked, sequential) {
+        if unsafe { crate::scan_chunked::run(c, s, &f.output_maps[0], ins, outs)? } {
+            return Ok(());
+        }
+    }
     let (ns, nx) = (s.state, s.sliced);
     let space = ins[0].shape.clone();
     let r = space.len();

@@ -554,6 +554,13 @@ def more_families() -> list[Fixture]:
                            tie_word_embeddings=True, layer_norm_epsilon=1e-6, **m2),
         seq_len=13, pads=(0, 3), seed=842, post_build=randomise_mamba2,
         checks=[("time_step_limit -> (0, inf)", {"time_step_limit": (0.0, float("inf"))})]))
+    fx.append(Fixture(
+        # long enough for Tessera's chunked lowering (chunks of 64, the last one ragged); HF's
+        # own chunks are 48
+        "mamba2-long", "mamba2", hf("Mamba2ForCausalLM"),
+        hf("Mamba2Config")(vocab_size=61, hidden_size=16, state_size=6, num_hidden_layers=2, expand=2, num_heads=4,
+                           head_dim=8, n_groups=2, conv_kernel=4, chunk_size=48, **m2),
+        seq_len=150, pads=(0, 37), seed=843, post_build=randomise_mamba2))
     return fx
 
 
