@@ -214,6 +214,8 @@ pub struct CudaKernel {
 pub enum Arg {
     /// The step's output.
     Out,
+    /// Result `k` of a multi-result step (a scan).
+    Result(usize),
     /// The step's input `i`.
     In(usize),
     /// A feed-forward block's first GEMM output (`[rows, gate | up]`, scratch).
@@ -244,9 +246,13 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
     let mut out = Vec::new();
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
-    if let Some(step) = program.steps.iter().find(|s| matches!(s.kernel, Kernel::Scan(_))) {
-        let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the scan at {l})"));
-        return Err(format!("the CUDA backend does not lower `scan` yet{at}: run it with --backend cpu or interp"));
+    for step in &program.steps {
+        if let Kernel::Scan(k) = &step.kernel {
+            if let Some(why) = scan_unit(program, k).err() {
+                let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the scan at {l})"));
+                return Err(format!("the CUDA backend does not lower this `scan`{at}: {why}; run it with --backend cpu or interp"));
+            }
+        }
     }
     for (i, step) in program.steps.iter().enumerate() {
         let name = format!("tsr_k{i}");
@@ -258,10 +264,17 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             let ty = |a: &Arg| match a {
                 Arg::Out => storage(program.buffers[step.out].ty.dtype),
                 Arg::In(k) => storage(program.buffers[step.ins[*k]].ty.dtype),
+                Arg::Result(k) => match &step.kernel {
+                    Kernel::Scan(sk) => storage(program.buffers[sk.results[*k]].ty.dtype),
+                    _ => "tsr_f",
+                },
                 Arg::Gates | Arg::Hidden => "tsr_f",
             };
-            let mut params: Vec<String> =
-                args.iter().enumerate().map(|(n, a)| format!("{}{}*", if n == 0 { "" } else { "const " }, ty(a))).collect();
+            let mut params: Vec<String> = args
+                .iter()
+                .enumerate()
+                .map(|(n, a)| format!("{}{}*", if n == 0 || matches!(a, Arg::Result(_)) { "" } else { "const " }, ty(a)))
+                .collect();
             params.push("const i64*".into());
             let source = source.map_err(|e| format!("step {i}: {e}"))?;
             let code: String = source.lines().filter(|l| !l.starts_with("//")).collect::<Vec<_>>().join("\n").replace(&name, "@");
@@ -284,6 +297,10 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             Ok(())
         };
         match &step.kernel {
+            Kernel::Scan(k) => {
+                let args = (0..k.results.len()).map(Arg::Result).chain((0..step.ins.len()).map(Arg::In)).collect();
+                push(name.clone(), scan_kernel(program, i, step, k, &name), args, Role::Main)?
+            }
             Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Attention(f) if mma => push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
@@ -460,6 +477,168 @@ fn buffer_params(p: &Program, step: &Step) -> Vec<String> {
     let mut params = vec![format!("{}* __restrict__ out", storage(p.buffers[step.out].ty.dtype))];
     params.extend(step.ins.iter().enumerate().map(|(k, &b)| format!("const {}* __restrict__ in{k}", storage(p.buffers[b].ty.dtype))));
     params
+}
+
+/// The elements of a scan's state that one CUDA thread walks the sequence with: a row along
+/// the last axis when a reduction reads it whole, else one. Refuses scans that are not fused
+/// on the CPU either (their body runs as a program per position there).
+fn scan_unit(p: &Program, k: &crate::kernel::ScanKernel) -> Result<usize, String> {
+    let f = k.fused.as_ref().map_err(|why| format!("its body is not elementwise math over the state ({why})"))?;
+    let state = &p.buffers[k.results[k.results.len() - k.op.state]].ty;
+    if !f.reduces {
+        return Ok(1);
+    }
+    match state.shape.last().and_then(|d| d.as_known()) {
+        Some(n) if (1..=1024).contains(&n) => Ok(n as usize),
+        _ => Err(format!(
+            "the state's last axis ({}) is not a constant of at most 1024",
+            state.shape.last().map_or("none".into(), |d| d.to_string())
+        )),
+    }
+}
+
+/// The kernel of a fused scan step (the CPU's [`crate::scan`] plan): one thread per row of the
+/// states (the elements a reduction reads together, or one element), walking the sequence with
+/// the row's state and every body value in its own arrays. Its `meta`: the thread count, the
+/// length, the states' sizes, then for each operand leaf of the body and each result, its
+/// strides along the states' axes and along the sequence ([`scan_meta`]).
+fn scan_kernel(p: &Program, index: usize, step: &Step, k: &crate::kernel::ScanKernel, name: &str) -> Result<String, String> {
+    use crate::scan::{Node, Source};
+    let f = k.fused.as_ref().map_err(|why| why.clone())?;
+    let unit = scan_unit(p, k)?;
+    let (ns, nx) = (k.op.state, k.op.sliced);
+    let ny = k.results.len() - ns;
+    let r = p.buffers[k.results[ny]].ty.rank();
+    let mut s = heading(p, index, step, "scan", None);
+    let mut params: Vec<String> =
+        k.results.iter().enumerate().map(|(j, &b)| format!("{}* __restrict__ r{j}", storage(p.buffers[b].ty.dtype))).collect();
+    params.extend(step.ins.iter().enumerate().map(|(j, &b)| format!("const {}* __restrict__ in{j}", storage(p.buffers[b].ty.dtype))));
+    s += &open(name, &params, false);
+    let _ = writeln!(s, "  const i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x;\n  if (row >= meta[0]) return;");
+    let _ = writeln!(s, "  const i64 L = meta[1];\n  const i64* dims = meta + 2;");
+    // Accesses: the operand leaves in body order, then the results.
+    let leaves: Vec<(usize, usize)> = f
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| matches!(n, Node::Leaf(Source::Operand(_), _)).then_some(i))
+        .map(|i| match &f.nodes[i] {
+            Node::Leaf(Source::Operand(o), _) => (i, *o),
+            _ => (i, 0),
+        })
+        .collect();
+    let n_acc = leaves.len() + k.results.len();
+    let at = |q: usize, a: usize| format!("meta[{}]", 2 + r + q * (r + 1) + a);
+    let _ = writeln!(s, "  i64 o[{n_acc}][{unit}];");
+    let _ = writeln!(s, "  for (int j = 0; j < {unit}; ++j) {{\n    i64 e = row * {unit} + j;");
+    let _ = writeln!(s, "    for (int q = 0; q < {n_acc}; ++q) o[q][j] = 0;");
+    let _ = writeln!(s, "    for (int a = {r} - 1; a >= 0; --a) {{\n      const i64 c = e % dims[a];\n      e /= dims[a];");
+    let _ = writeln!(s, "      for (int q = 0; q < {n_acc}; ++q) o[q][j] += c * meta[2 + {r} + q * ({r} + 1) + a];\n    }}\n  }}");
+    for i in 0..f.nodes.len() {
+        let _ = writeln!(s, "  float v{i}[{unit}];");
+    }
+    let each = |body: String| format!("  for (int j = 0; j < {unit}; ++j) {body}\n");
+    // Constants, invariants and initial states.
+    for (i, n) in f.nodes.iter().enumerate() {
+        if let Node::Leaf(Source::Const(c), _) = n {
+            s += &each(format!("v{i}[j] = {};", literal(f64::from(*c), DType::F32)));
+        }
+    }
+    for (q, &(i, o)) in leaves.iter().enumerate() {
+        if !(ns..ns + nx).contains(&o) {
+            s += &each(format!("v{i}[j] = (float)in{o}[o[{q}][j]];"));
+        }
+    }
+    let state_slot: Vec<Option<usize>> = (0..ns).map(|j| leaves.iter().find(|(_, o)| *o == j).map(|(i, _)| *i)).collect();
+    let _ = writeln!(s, "  for (i64 step = 0; step < L; ++step) {{");
+    let _ = writeln!(s, "    const i64 t = {};", if k.op.reverse { "L - 1 - step" } else { "step" });
+    for (q, &(i, o)) in leaves.iter().enumerate() {
+        if (ns..ns + nx).contains(&o) {
+            s += &each(format!("v{i}[j] = (float)in{o}[o[{q}][j] + t * {}];", at(q, r)));
+        }
+    }
+    for (i, n) in f.nodes.iter().enumerate() {
+        let v = |a: usize| format!("v{a}[j]");
+        match *n {
+            Node::Leaf(..) | Node::Alias => {}
+            Node::Unary(u, a) => s += &each(format!("v{i}[j] = (float)({});", unary(u, &v(a), DType::F32))),
+            Node::Binary(b, x, y) => {
+                let t = if matches!(b, BinaryOp::And | BinaryOp::Or) { DType::Bool } else { DType::F32 };
+                let (x, y) = if t == DType::Bool { (format!("({} != 0.0f)", v(x)), format!("({} != 0.0f)", v(y))) } else { (v(x), v(y)) };
+                s += &each(format!("v{i}[j] = (float)({});", binary(b, &x, &y, t)))
+            }
+            Node::Where(c, x, y) => s += &each(format!("v{i}[j] = {} != 0.0f ? {} : {};", v(c), v(x), v(y))),
+            Node::Reduce(op, a) => {
+                let (init, fold) = match op {
+                    tessera_ir::ReduceOp::Sum | tessera_ir::ReduceOp::Mean => ("0.0f", format!("acc + v{a}[j]")),
+                    tessera_ir::ReduceOp::Max => ("-__int_as_float(0x7f800000)", format!("tsr_maxf(acc, v{a}[j])")),
+                    tessera_ir::ReduceOp::Min => ("__int_as_float(0x7f800000)", format!("tsr_minf(acc, v{a}[j])")),
+                };
+                let scale = if op == tessera_ir::ReduceOp::Mean { format!(" / {unit}.0f") } else { String::new() };
+                let _ = writeln!(
+                    s,
+                    "  {{\n    float acc = {init};\n  {}    acc = acc{scale};\n  {}  }}",
+                    each(format!("acc = {fold};")),
+                    each(format!("v{i}[j] = acc;"))
+                );
+            }
+        }
+    }
+    for j in 0..ny {
+        let q = leaves.len() + j;
+        let whole = f.output_maps[j].last() == Some(&(r - 1)) || unit == 1;
+        let cond = if whole { String::new() } else { "if (j == 0) ".into() };
+        let ty = c_type(p.buffers[k.results[j]].ty.dtype);
+        let value = if ty == "bool" { format!("v{}[j] != 0.0f", f.outputs[j]) } else { format!("v{}[j]", f.outputs[j]) };
+        s += &each(format!("{cond}r{j}[o[{q}][j] + t * {}] = ({})({value});", at(q, r), storage(p.buffers[k.results[j]].ty.dtype)));
+    }
+    for (j, slot) in state_slot.iter().enumerate() {
+        if let Some(to) = slot {
+            let from = f.outputs[ny + j];
+            if *to != from {
+                s += &each(format!("v{to}[j] = v{from}[j];"));
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    for (j, slot) in state_slot.iter().enumerate() {
+        let q = leaves.len() + ny + j;
+        let from = slot.unwrap_or(f.outputs[ny + j]);
+        s += &each(format!("r{}[o[{q}][j]] = ({})(v{from}[j]);", ny + j, storage(p.buffers[k.results[ny + j]].ty.dtype)));
+    }
+    s += "}\n";
+    Ok(s)
+}
+
+/// The `meta` array of a fused scan step (see [`scan_kernel`]) at the results' shapes `outs`
+/// and the operands' shapes `ins`.
+pub fn scan_meta(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], ins: &[&[usize]]) -> Result<Vec<i64>, String> {
+    use crate::scan::{access_strides, Node, Source};
+    let f = k.fused.as_ref().map_err(|why| why.clone())?;
+    let unit = scan_unit(p, k)?;
+    let (ns, nx) = (k.op.state, k.op.sliced);
+    let ny = outs.len() - ns;
+    let space = outs[ny];
+    let r = space.len();
+    let total: usize = space.iter().product();
+    let mut m = vec![(total / unit.max(1)) as i64, ins[ns][k.op.axis] as i64];
+    m.extend(space.iter().map(|&d| d as i64));
+    let mut push = |(along, step): (Vec<usize>, usize)| {
+        m.extend(along.iter().map(|&a| a as i64));
+        m.push(step as i64);
+    };
+    for n in &f.nodes {
+        if let Node::Leaf(Source::Operand(o), map) = n {
+            let sliced = (ns..ns + nx).contains(o);
+            push(access_strides(ins[*o], map, sliced.then_some(k.op.axis), r));
+        }
+    }
+    for (j, shape) in outs.iter().enumerate() {
+        let identity: Vec<usize> = (0..r).collect();
+        let (map, axis) = if j < ny { (&f.output_maps[j], Some(k.op.axis)) } else { (&identity, None) };
+        push(access_strides(shape, map, axis, r));
+    }
+    Ok(m)
 }
 
 /// The kernel of one elementwise step: one thread per output element.
@@ -1061,7 +1240,7 @@ pub fn meta(
         vec![(shape.iter().product::<usize>() / size.max(1)) as i64, size as i64, inner as i64]
     };
     let mut m = match k {
-        Kernel::Scan(_) => return Err("scan has no CUDA launch".into()),
+        Kernel::Scan(_) => return Err("a scan's launch is `scan_meta`".into()),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
         Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {

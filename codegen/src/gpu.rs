@@ -177,19 +177,25 @@ enum Slot {
 fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
     let last = program.last_reads();
     let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
+    // The step that placed each slot's current holder: a slot is free for a later step only.
+    let mut placed: Vec<usize> = Vec::new();
     for (s, step) in program.steps.iter().enumerate() {
-        let out = program.root(step.out);
-        if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) {
-            continue;
+        for &b in step.outs() {
+            let out = program.root(b);
+            if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) {
+                continue;
+            }
+            let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s && placed[k] < s);
+            let k = free.unwrap_or_else(|| {
+                sizes.push(bytes(out));
+                holder.push(out);
+                placed.push(s);
+                sizes.len() - 1
+            });
+            holder[k] = out;
+            placed[k] = s;
+            slot_of.insert(out, k);
         }
-        let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s);
-        let k = free.unwrap_or_else(|| {
-            sizes.push(bytes(out));
-            holder.push(out);
-            sizes.len() - 1
-        });
-        holder[k] = out;
-        slot_of.insert(out, k);
     }
     (slot_of, sizes)
 }
@@ -332,10 +338,11 @@ pub fn run<D: Device>(
             let args: Vec<&D::Buf> = k
                 .args
                 .iter()
-                .map(|a| match a {
-                    Arg::Out => buf(step.out),
-                    Arg::In(i) => buf(step.ins[*i]),
-                    other => scratch(s, *other),
+                .map(|a| match (a, &step.kernel) {
+                    (Arg::Out, _) => buf(step.out),
+                    (Arg::In(i), _) => buf(step.ins[*i]),
+                    (Arg::Result(k), Kernel::Scan(sk)) => buf(sk.results[*k]),
+                    (other, _) => scratch(s, *other),
                 })
                 .collect::<Result<_, _>>()?;
             device.launch(n, meta.first().copied().unwrap_or(0).max(0) as usize, &args, meta)
@@ -387,6 +394,13 @@ pub fn run<D: Device>(
                 matmul(device, out, (hidden, &[rows, width]), w_out, false, precision, (b_out, None))?;
                 for (n, k) in kernels_of(s).filter(|(_, k)| k.role == Role::Epilogue) {
                     launch(n, k, &cuda::epilogue_meta(out_shape, &[]))?;
+                }
+            }
+            Kernel::Scan(sk) => {
+                let outs: Vec<&[usize]> = sk.results.iter().map(|&b| shapes[b].as_slice()).collect();
+                let meta = cuda::scan_meta(program, sk, &outs, &in_shapes)?;
+                for (n, k) in kernels_of(s) {
+                    launch(n, k, &meta)?;
                 }
             }
             kernel => {

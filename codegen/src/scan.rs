@@ -53,7 +53,7 @@ pub struct FusedScan {
     /// For each per-step result: its map onto `I` (the reduced axis `NONE`).
     pub(crate) output_maps: Vec<Vec<usize>>,
     /// Whether a reduction runs over `I`'s last axis (tiles then hold whole rows).
-    reduces: bool,
+    pub(crate) reduces: bool,
     /// The chunked form, where the body is a linear recurrence with outer-product updates.
     chunked: Option<crate::scan_chunked::Chunked>,
 }
@@ -223,6 +223,28 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     st
 }
 
+/// For a tensor of `shape` read per position with `map` (for each per-position axis, its axis
+/// of `I`; `axis` the scanned axis of a sliced or stacked tensor): its strides along the `r`
+/// axes of `I` (0 where broadcast) and the stride of the scanned axis (0 when none).
+pub(crate) fn access_strides(shape: &[usize], map: &[usize], axis: Option<usize>, r: usize) -> (Vec<usize>, usize) {
+    let full = strides(shape);
+    let (per, step) = match axis {
+        Some(a) => {
+            let mut st = full.clone();
+            let s = st.remove(a);
+            (st, s)
+        }
+        None => (full, 0),
+    };
+    let mut along = vec![0; r];
+    for (k, &a) in map.iter().enumerate() {
+        if a != NONE {
+            along[a] += per[k];
+        }
+    }
+    (along, step)
+}
+
 /// A tensor as read at one position: its pointer, its element type, its strides along the
 /// axes of `I` (0 where broadcast) and the stride of the scanned axis (0 when not sliced).
 #[derive(Clone)]
@@ -239,21 +261,7 @@ impl Access {
     /// `view` read per position with `map` (for each per-position axis, its axis of `I`);
     /// `axis` is the scanned axis of a sliced or stacked tensor.
     pub(crate) fn new(view: &View, map: &[usize], axis: Option<usize>, r: usize) -> Access {
-        let full = strides(&view.shape);
-        let (per, step) = match axis {
-            Some(a) => {
-                let mut st = full.clone();
-                let s = st.remove(a);
-                (st, s)
-            }
-            None => (full, 0),
-        };
-        let mut along = vec![0; r];
-        for (k, &a) in map.iter().enumerate() {
-            if a != NONE {
-                along[a] += per[k];
-            }
-        }
+        let (along, step) = access_strides(&view.shape, map, axis, r);
         Access { ptr: view.ptr as usize, dtype: view.dtype, along, step }
     }
 
