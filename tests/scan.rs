@@ -190,3 +190,37 @@ fn chunked_linear_attention_equals_the_recurrence() {
     let err = outs[0].to_f64().iter().zip(outs[1].to_f64()).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(err <= 1e-4 * scale.max(1.0), "max |Δ| = {err} (outputs up to {scale})");
 }
+
+/// A scan inside a scan body (`tests/filetests/scan_nested.tsr`): the outer state seeds an
+/// inner scan over the step's second axis; against the loops written out.
+#[test]
+fn nested_scans_compute_their_loops() {
+    let (b, s, n, d) = (2usize, 5usize, 4usize, 3usize);
+    let xs: Vec<f32> = (0..b * s * n * d).map(|i| ((i * 53 % 29) as f32 - 14.0) / 9.0).collect();
+    let at = |bi: usize, t: usize, i: usize, c: usize| xs[((bi * s + t) * n + i) * d + c] as f64;
+    let (mut y, mut last) = (vec![0f64; b * s * d], vec![0f64; b * d]);
+    for bi in 0..b {
+        for c in 0..d {
+            let mut h = 0f64;
+            for t in 0..s {
+                let (mut g, mut total) = (h, 0f64);
+                for i in 0..n {
+                    g = 0.5 * g + at(bi, t, i, c);
+                    total += 2.0 * g;
+                }
+                y[(bi * s + t) * d + c] = total;
+                h = g;
+            }
+            last[bi * d + c] = h;
+        }
+    }
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32(vec![b, s, n, d], xs.clone()))]);
+    for backend in [Backend::Interp, Backend::Cpu] {
+        let m = tessera::Compiler::new().backend(backend).compile_file("tests/filetests/scan_nested.tsr").expect("compiles");
+        let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
+        for (name, want) in [("y", &y), ("last", &last)] {
+            let err = want.iter().enumerate().map(|(i, w)| (out[name].get(i) - w).abs()).fold(0f64, f64::max);
+            assert!(err < 1e-4, "{backend:?} {name}: max |Δ| = {err}");
+        }
+    }
+}
