@@ -6,7 +6,9 @@ CPU path: the sequential token loop), on this machine, in one run, with 2 thread
     /path/to/venv/bin/python bench/scan.py      # a venv with torch and transformers
 
 Workloads: a Mamba model (hidden 768, 24 layers, state 16, expand 2, vocabulary 50280, random
-weights) prefill at batch 1 × 512 tokens, logits for every token on both sides; and causal
+weights) and a Mamba-2 model (hidden 768, 24 layers, 24 heads of 64, state 128, one group; HF
+computes its SSD in chunks of 256 on the CPU) prefill at batch 1 × 512 tokens, logits for every
+token on both sides; and causal
 linear attention (bench/linear_attention.tsr) against causal softmax attention
 (bench/attention.tsr), both Tessera's, 12 heads of 64 at 4096 tokens. Medians of
 REPEAT runs after a warm-up. Tessera's activation arena is also read at 256, 512 and 1024
@@ -29,8 +31,13 @@ import torch, transformers
 torch.set_num_threads(2)
 spec = json.loads(sys.argv[1])
 torch.manual_seed(0)
-cfg = transformers.MambaConfig(hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, vocab_size=50280)
-model = transformers.MambaForCausalLM(cfg).eval()
+if spec["kind"] == "mamba":
+    cfg = transformers.MambaConfig(hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, vocab_size=50280)
+    model = transformers.MambaForCausalLM(cfg).eval()
+else:
+    cfg = transformers.Mamba2Config(hidden_size=768, num_hidden_layers=24, state_size=128, expand=2, num_heads=24,
+                                    head_dim=64, n_groups=1, vocab_size=50280, chunk_size=256)
+    model = transformers.Mamba2ForCausalLM(cfg).eval()
 ids = torch.randint(0, cfg.vocab_size, (1, spec["seq"]))
 with torch.no_grad():
     f = lambda: model(ids, use_cache=False)
@@ -52,9 +59,17 @@ def main() -> None:
     t = tessera(args + ["--dim", "seq=512"])
     print("tessera", t, flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps({"seq": 512, "repeat": REPEAT})], capture_output=True, text=True, env=env)
-    hf = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
+
+    def hf_run(kind: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps({"kind": kind, "seq": 512, "repeat": REPEAT})],
+                             capture_output=True, text=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
+
+    hf = hf_run("mamba")
     print("hf", hf, flush=True)
+    t2 = tessera(["stdlib/mamba2.tsr", "--backend", "cpu", "--dim", "seq=512"])
+    hf2 = hf_run("mamba2")
+    print("mamba2", t2, hf2, flush=True)
     # Linear attention against causal softmax attention, both Tessera's, at 4096 tokens.
     lin = tessera(["bench/linear_attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
     soft = tessera(["bench/attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
@@ -62,8 +77,11 @@ def main() -> None:
     run.REPEAT = 2  # the arena only: `--repeat 1` prints no median
     arenas = {seq: tessera(args + ["--dim", f"seq={seq}"])["arena_mib"] for seq in (256, 1024)}
     arenas[512] = t["arena_mib"]
-    ratio = f"{hf['ms'] / t['ms']:.2f}×" if "ms" in hf else "–"
-    hf_ms = f"{hf['ms']:.0f}" if "ms" in hf else hf.get("error", "–")
+    def row(title: str, t: dict, hf: dict) -> str:
+        ratio = f"{hf['ms'] / t['ms']:.2f}×" if "ms" in hf else "–"
+        hf_ms = f"{hf['ms']:.0f}" if "ms" in hf else hf.get("error", "–")
+        return f"| {title} | {t['ms']:.0f} | {hf_ms} | {ratio} | {t['rss_mib']:.0f} / {hf.get('rss_mib', 0):.0f} |"
+
     begin, end = "<!-- scan: written by bench/scan.py -->", "<!-- end scan -->"
     section = [
         begin,
@@ -71,9 +89,10 @@ def main() -> None:
         "",
         f"Measured by `bench/scan.py` (2 threads, load {load} at start), {time.strftime('%Y-%m-%d')}; medians of {REPEAT} runs after a warm-up.",
         "",
-        "| workload | Tessera ms | HF `MambaForCausalLM` ms | vs HF | peak RSS Tessera / HF MiB |",
+        "| workload | Tessera ms | HF transformers ms | vs HF | peak RSS Tessera / HF MiB |",
         "|---|---|---|---|---|",
-        f"| Mamba (768, 24 layers, state 16) prefill 512 | {t['ms']:.0f} | {hf_ms} | {ratio} | {t['rss_mib']:.0f} / {hf.get('rss_mib', 0):.0f} |",
+        row("Mamba (768, 24 layers, state 16) prefill 512, vs `MambaForCausalLM`", t, hf),
+        row("Mamba-2 (768, 24 layers, 24 heads × 64, state 128) prefill 512, vs `Mamba2ForCausalLM`", t2, hf2),
         "",
         "| Tessera, 12 heads of 64, 4096 tokens | linear attention (scan) ms | causal softmax attention (flash kernel) ms | softmax / linear |",
         "|---|---|---|---|",
