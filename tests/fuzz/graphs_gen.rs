@@ -520,6 +520,77 @@ impl Gen {
         self.add(Op::Iota { axis }, vec![], Some(TensorType::new(DType::I64, shape)))
     }
 
+    /// A scan over an f32 value of the pool along a random axis, forward or reverse: its state
+    /// the step's shape (elementwise recurrences) or that with an extra axis read by a
+    /// reduction (Mamba's form), its body random elementwise math over the state, the slice
+    /// and an invariant operand. Its results join the pool through `proj`.
+    fn scan(&mut self) -> Option<ValueId> {
+        let x = self.pick(|t| t.dtype == DType::F32 && (1..=3).contains(&t.rank()))?;
+        let tx = self.ty(x);
+        let axis = self.axis(tx.rank());
+        let mut step = tx.shape.clone();
+        step.remove(axis);
+        let inner = self.rng.random_bool(0.5);
+        let mut state = step.clone();
+        if inner {
+            state.push(Dim::known(*[1, 3, 4].choose(&mut self.rng)?));
+        }
+        let init = self.fresh(DType::F32, state.clone(), None)?;
+        let inv_shape = self.shape_like(&state);
+        let inv = self.fresh(DType::F32, inv_shape.clone(), None)?;
+        let mut b = Graph::new("body");
+        let f32 = |s: &[Dim]| TensorType::new(DType::F32, s.to_vec());
+        let at = Span::UNKNOWN;
+        let h = b.add(Op::Input("h".into()), vec![], Some(f32(&state)), at).ok()?;
+        let xt = b.add(Op::Input("x_t".into()), vec![], Some(f32(&step)), at).ok()?;
+        let p = b.add(Op::Input("p".into()), vec![], Some(f32(&inv_shape)), at).ok()?;
+        let xs = if inner { b.add(Op::Reshape, vec![xt], Some(f32(&cat(&step, &[Dim::known(1)]))), at).ok()? } else { xt };
+        let gate = *[U::Sigmoid, U::Tanh, U::Exp].choose(&mut self.rng)?;
+        let mut a = b.add(Op::Unary(gate), vec![p], None, at).ok()?;
+        if gate == U::Exp {
+            let n = b.add(Op::Unary(U::Abs), vec![p], None, at).ok()?;
+            let n = b.add(Op::Unary(U::Neg), vec![n], None, at).ok()?;
+            a = b.add(Op::Unary(U::Exp), vec![n], None, at).ok()?;
+        }
+        let decayed = b.add(Op::Binary(B::Mul), vec![a, h], None, at).ok()?;
+        let input = match self.rng.random_range(0..3) {
+            0 => xs,
+            1 => b.add(Op::Unary(*[U::Tanh, U::Silu, U::Relu, U::Abs].choose(&mut self.rng)?), vec![xs], None, at).ok()?,
+            _ => b.add(Op::Binary(B::Mul), vec![xs, p], None, at).ok()?,
+        };
+        let op = *[B::Add, B::Add, B::Sub, B::Max, B::Min].choose(&mut self.rng)?;
+        let mut hn = b.add(Op::Binary(op), vec![decayed, input], None, at).ok()?;
+        if *b.ty(hn) != f32(&state) {
+            hn = b.add(Op::Broadcast, vec![hn], Some(f32(&state)), at).ok()?;
+        }
+        let y = match (inner, self.rng.random_range(0..3)) {
+            (true, 0) => {
+                let m = b.add(Op::Binary(B::Mul), vec![hn, p], None, at).ok()?;
+                let r = *[ReduceOp::Sum, ReduceOp::Max, ReduceOp::Mean].choose(&mut self.rng)?;
+                b.add(Op::Reduce { op: r, axes: vec![state.len() - 1], keepdim: self.rng.random_bool(0.3) }, vec![m], None, at).ok()?
+            }
+            (_, 1) => b.add(Op::Binary(*[B::Mul, B::Add, B::Div].choose(&mut self.rng)?), vec![hn, xs], None, at).ok()?,
+            _ => hn,
+        };
+        if *b.ty(y) != f32(&state) && !inner {
+            return None;
+        }
+        b.outputs = vec![("y.0".into(), y), ("h".into(), hn)];
+        let op = Op::Scan(Box::new(tessera::ir::Scan { axis, reverse: self.rng.random_bool(0.3), state: 1, sliced: 1, body: b }));
+        let tys: Vec<&TensorType> = [init, x, inv].iter().map(|&v| self.g.ty(v)).collect();
+        let results = match &op {
+            Op::Scan(sc) => tessera::ir::scan_results(sc, &tys).ok()?,
+            _ => return None,
+        };
+        if results.iter().any(|t| elems(t, &largest()).is_none_or(|n| n > MAX_ELEMS)) {
+            return None;
+        }
+        let node = self.g.add(op, vec![init, x, inv], None, at).ok()?;
+        let ys = self.add(Op::Proj(0), vec![node], Some(results[0].clone()))?;
+        self.add(Op::Proj(1), vec![node], Some(results[1].clone()));
+        Some(ys)
+    }
+
     fn leaf(&mut self) -> Option<ValueId> {
         let base = self.base.clone();
         let shape = self.shape_like(&base);
@@ -540,7 +611,7 @@ const STEPS: &[(u32, Step)] = &[
     (3, Gen::leaf), (8, Gen::unary), (10, Gen::binary), (3, Gen::where_), (3, Gen::cast), (5, Gen::product),
     (3, Gen::transpose), (3, Gen::reshape), (2, Gen::broadcast), (4, Gen::reduce), (3, Gen::softmax), (2, Gen::attention),
     (2, Gen::norm), (1, Gen::mlp), (2, Gen::gather), (3, Gen::slice), (2, Gen::concat), (2, Gen::cumsum),
-    (2, Gen::window), (1, Gen::segment), (3, Gen::fourier), (1, Gen::iota),
+    (2, Gen::window), (1, Gen::segment), (3, Gen::fourier), (1, Gen::iota), (2, Gen::scan),
 ];
 
 /// A random well-typed graph with dims and input values, from `seed`.

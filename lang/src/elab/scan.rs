@@ -179,7 +179,7 @@ impl Elab<'_> {
                 let what = if got.dtype != arg_types[k].dtype { "dtype" } else { "shape" };
                 return self.err(
                     Diagnostic::error(
-                        codes::SHAPE,
+                        if what == "dtype" { codes::DTYPE } else { codes::SHAPE },
                         format!(
                             "the scan state `{}` changes {what}: it enters as {} and the body returns {got}",
                             names[k].name, arg_types[k]
