@@ -175,7 +175,7 @@ __device__ inline void tsr_divmod(i64 i, i64 d, i64 n, i64* q, i64* r) {
 __device__ inline float tsr_mean_col(const tsr_f* v, i64 T, int w, int c) {
   float t = 0.0f;
   for (i64 j = 0; j < T; ++j) t += v[j * w + c];
-  return t / (float)T;
+  return T > 0 ? t / (float)T : 0.0f;  // no keys: the product with no values is 0
 }
 #ifdef TSR_BF16
 // Two bf16 values in one 32-bit register, the first in the lower half (MMA fragments).

@@ -408,6 +408,16 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
     }
 }
 
+/// The result types of a multi-result op ([`Op::is_multi`]) applied to operands of types
+/// `ins`: what [`Op::Proj`] reads. The one place a new multi-result op (top-k's values and
+/// indices) adds its rule.
+pub fn multi_results(op: &Op, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
+    match op {
+        Op::Scan(s) => scan_results(s, ins),
+        other => Err(format!("{other} has a single result")),
+    }
+}
+
 /// The result types of a scan applied to operands of types `ins` (each per-step output with
 /// the scanned axis put back, then each final state), after checking that the body's
 /// arguments and results agree with the operands. The typing rule of [`Op::Scan`]; a

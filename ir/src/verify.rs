@@ -12,7 +12,7 @@
 //! 5. **Spans**: every known span names an entry of the file table.
 //! 6. **Multi-result nodes** (`scan`): their value is read only by `proj` nodes, never used as
 //!    another operand or an output; a `proj` reads a multi-result node, its index names one of
-//!    the results, and its type is that result's ([`crate::scan_results`]).
+//!    the results, and its type is that result's ([`crate::multi_results`]).
 //! 7. **Regions** (a scan's body): the body is itself a graph satisfying 1–6, with spans into
 //!    the enclosing file table and an empty table of its own; it has no `param` nodes; its
 //!    arguments match the operands (state types equal, sliced types without the scanned axis,
@@ -20,7 +20,7 @@
 //!    one sliced operand. No value escapes a region except through its results: the body's
 //!    ids are its own, so an enclosing graph can only read the scan's results.
 
-use crate::{infer_type, scan_results, Graph, Op, TensorType};
+use crate::{infer_type, multi_results, Graph, Op, TensorType};
 use std::collections::HashSet;
 
 /// Checks every invariant of the module doc; returns all violations found, each prefixed with
@@ -47,18 +47,17 @@ fn verify_in(g: &Graph, files: usize, at: &str, errs: &mut Vec<String>) {
         }
         let multi = n.inputs.iter().find(|v| nodes[v.index()].op.is_multi());
         match (&n.op, multi) {
-            (Op::Proj(k), _) => match &nodes[n.inputs[0].index()].op {
-                Op::Scan(s) => {
-                    let tys: Vec<&TensorType> = nodes[n.inputs[0].index()].inputs.iter().map(|&v| g.ty(v)).collect();
-                    match scan_results(s, &tys).map(|r| r.get(*k).cloned()) {
-                        Ok(Some(t)) if t == n.ty => {}
-                        Ok(Some(t)) => errs.push(format!("{at}%{i}: proj {k} has type {} but the result is {t}", n.ty)),
-                        Ok(None) => errs.push(format!("{at}%{i}: proj {k} of a node with fewer results")),
-                        Err(_) => {} // reported at the scan
-                    }
+            (Op::Proj(k), _) => {
+                let owner = &nodes[n.inputs[0].index()];
+                let tys: Vec<&TensorType> = owner.inputs.iter().map(|&v| g.ty(v)).collect();
+                match multi_results(&owner.op, &tys).map(|r| r.get(*k).cloned()) {
+                    Ok(Some(t)) if t == n.ty => {}
+                    Ok(Some(t)) => errs.push(format!("{at}%{i}: proj {k} has type {} but the result is {t}", n.ty)),
+                    Ok(None) => errs.push(format!("{at}%{i}: proj {k} of a node with fewer results")),
+                    Err(_) if owner.op.is_multi() => {} // reported at the multi-result node
+                    Err(_) => errs.push(format!("{at}%{i}: proj reads {}, which has a single result", n.inputs[0])),
                 }
-                _ => errs.push(format!("{at}%{i}: proj reads {}, which has a single result", n.inputs[0])),
-            },
+            }
             (_, Some(v)) => errs.push(format!("{at}%{i}: {} uses the multi-result {v} directly (only proj may)", n.op)),
             _ => {}
         }

@@ -51,6 +51,13 @@ impl Elab<'_> {
         };
         let rank = self.ty(xs[0]).rank() as i64;
         let axis = match axis {
+            None if rank < 2 => {
+                let t = self.ty(xs[0]).clone();
+                return self.err(
+                    Diagnostic::error(codes::VALUE, format!("a scan walks axis 1 unless told, and {t} has none"), xs_span, "this tensor")
+                        .with_help("give the axis to walk: `scan(xs, axis = 0) |..| { .. }`"),
+                );
+            }
             None => 1,
             Some((Value::Int(d), s)) => match d.as_known() {
                 Some(a) if (-rank..rank).contains(&a) => a.rem_euclid(rank.max(1)),
