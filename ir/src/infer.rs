@@ -435,6 +435,9 @@ pub fn scan_results(s: &crate::Scan, ins: &[&TensorType]) -> Result<Vec<TensorTy
         check_axis(s.axis, x.rank())?;
         x.shape[s.axis].clone()
     };
+    if let Some((name, v)) = s.body.outputs.iter().find(|(_, v)| v.index() >= s.body.len()) {
+        return Err(format!("scan body output \"{name}\" refers to undefined {v}"));
+    }
     let args = s.body.inputs();
     if args.len() != ins.len() {
         return Err(format!("the scan body has {} argument(s) for {} operand(s)", args.len(), ins.len()));
