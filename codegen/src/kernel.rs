@@ -323,7 +323,15 @@ impl fmt::Display for Program {
                 Kernel::Scan(k) => {
                     let results: Vec<String> = k.results.iter().map(|b| format!("buf{b}")).collect();
                     let body = k.body.to_string().replace('\n', "\n    ");
-                    format!(" axis={} reverse={} results=[{}] {}", k.op.axis, k.op.reverse, results.join(", "), body.trim_end())
+                    let lowering = k.lowering();
+                    let kind = lowering.split(':').next().unwrap_or_default();
+                    format!(
+                        " axis={} reverse={} results=[{}] lowering={kind} {}",
+                        k.op.axis,
+                        k.op.reverse,
+                        results.join(", "),
+                        body.trim_end()
+                    )
                 }
             };
             let loc = s.span.display_in(&self.files).map_or_else(String::new, |l| format!("  // {l}"));

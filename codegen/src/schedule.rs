@@ -68,8 +68,10 @@ pub fn schedule(g: &Graph) -> Program {
                 let ins = n.inputs.iter().filter_map(|v| buf[v.index()]).collect();
                 let out = results.first().copied().unwrap_or_default();
                 multi.insert(i, results.clone());
-                let kernel =
-                    Kernel::Scan(Box::new(ScanKernel { op: (**s).clone(), body: schedule(&s.body), results, fused: crate::scan::plan(s) }));
+                // The body's spans index the enclosing file table.
+                let mut body = schedule(&s.body);
+                body.files = g.files.clone();
+                let kernel = Kernel::Scan(Box::new(ScanKernel { op: (**s).clone(), body, results, fused: crate::scan::plan(s) }));
                 p.steps.push(Step { kernel, out, ins, span: n.span, ops: 1 });
                 continue;
             }
