@@ -269,18 +269,18 @@ impl Executable {
         Ok((outputs, stats))
     }
 
-    /// Runs scan step `s`: its compiled body once per position (the semantics are
-    /// [`tessera_runtime::scan_steps`], shared with the interpreter), writing every result.
-    /// A general lowering, not yet the fused scan kernel: each position is one run of the
-    /// body's program.
+    /// Runs scan step `s`, writing every result: by the fused (or chunked) kernel where its
+    /// plan has one, else by its compiled body once per position (the semantics are
+    /// [`tessera_runtime::scan_steps`], shared with the interpreter).
     ///
     /// # Safety
     /// Views as the executor makes them.
     unsafe fn scan(&self, s: usize, k: &crate::kernel::ScanKernel, outs: &[View], ins: &[View], dims: &Dims) -> Result<(), RunError> {
-        // `TESSERA_SCAN=sequential` runs every scan the general way (to compare the two).
-        let general = std::env::var("TESSERA_SCAN").is_ok_and(|v| v == "sequential");
-        if let (Ok(f), false) = (&k.fused, general) {
-            return unsafe { crate::scan::run(f, &k.op, ins, outs) };
+        // `TESSERA_SCAN=sequential` runs every scan the general way, `fused` keeps the fused
+        // kernel where the chunked one applies (to compare them).
+        let mode = std::env::var("TESSERA_SCAN").unwrap_or_default();
+        if let (Ok(f), false) = (&k.fused, mode == "sequential") {
+            return unsafe { crate::scan::run(f, &k.op, ins, outs, mode != "fused") };
         }
         let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a scan step without its body".into()))?;
         let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();

@@ -157,8 +157,9 @@ pub enum Kernel {
     },
     /// A constant fill.
     Fill(f64),
-    /// A recurrence (`Op::Scan`): the body's own program run once per position. The step's
-    /// `out` is its first result; it writes every buffer of `results`.
+    /// A recurrence (`Op::Scan`), run by the fused, chunked or per-position lowering (see
+    /// [`ScanKernel::lowering`]). The step's `out` is its first result; it writes every
+    /// buffer of `results`.
     Scan(Box<ScanKernel>),
 }
 

@@ -73,10 +73,6 @@ impl FusedScan {
     }
 }
 
-fn slot(alias: &[usize], v: usize) -> usize {
-    alias[v]
-}
-
 /// Whether reshaping `from` to `to` only inserts or removes axes of size 1; if so, for each
 /// axis of `from`, the axis of `to` it becomes (`NONE` for a size-1 axis).
 fn unit_reshape(from: &[Dim], to: &[Dim]) -> Option<Vec<usize>> {
@@ -187,7 +183,7 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
     let mut alias: Vec<usize> = (0..nodes.len()).collect();
     let mut prog = Vec::with_capacity(nodes.len());
     for (i, n) in nodes.iter().enumerate() {
-        let a = |k: usize| slot(&alias, n.inputs[k].index());
+        let a = |k: usize| alias[n.inputs[k].index()];
         let node = match &n.op {
             _ if maps[i].is_none() => Node::Leaf(Source::Const(0.0), vec![]), // unused
             Op::Input(_) => {
@@ -208,26 +204,17 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
         };
         prog.push(node);
     }
-    let outputs = g.outputs.iter().map(|(_, v)| slot(&alias, v.index())).collect();
+    let outputs = g.outputs.iter().map(|(_, v)| alias[v.index()]).collect();
     let mut f = FusedScan { nodes: prog, outputs, output_maps, reduces, chunked: None };
     f.chunked = crate::scan_chunked::recognize(&f, s);
     Ok(f)
-}
-
-/// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        st[i] = st[i + 1] * shape[i + 1];
-    }
-    st
 }
 
 /// For a tensor of `shape` read per position with `map` (for each per-position axis, its axis
 /// of `I`; `axis` the scanned axis of a sliced or stacked tensor): its strides along the `r`
 /// axes of `I` (0 where broadcast) and the stride of the scanned axis (0 when none).
 pub(crate) fn access_strides(shape: &[usize], map: &[usize], axis: Option<usize>, r: usize) -> (Vec<usize>, usize) {
-    let full = strides(shape);
+    let full = tessera_runtime::strides(shape);
     let (per, step) = match axis {
         Some(a) => {
             let mut st = full.clone();
@@ -270,16 +257,14 @@ impl Access {
     }
 }
 
-/// Runs the fused kernel: `ins` are the scan's operands, `outs` its results (stacked per-step
-/// results, then final states).
+/// Runs the fused kernel (or, with `chunked` and where it applies, the chunked one): `ins`
+/// are the scan's operands, `outs` its results (stacked per-step results, then final states).
 ///
 /// # Safety
 /// Views valid and sized by the scan's types; `outs` disjoint from `ins`.
-pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View]) -> Result<(), RunError> {
+pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked: bool) -> Result<(), RunError> {
     use rayon::prelude::*;
-    // `TESSERA_SCAN=fused` keeps the sequential fused kernel where the chunked one applies.
-    let sequential = std::env::var("TESSERA_SCAN").is_ok_and(|v| v == "fused");
-    if let (Some(c), false) = (&f.chunked, sequential) {
+    if let (Some(c), true) = (&f.chunked, chunked) {
         if unsafe { crate::scan_chunked::run(c, s, &f.output_maps[0], ins, outs)? } {
             return Ok(());
         }
@@ -315,7 +300,7 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View]) -> Resul
     let unit = if f.reduces { inner } else { 1 };
     let tile = (256 / unit).max(1) * unit;
     let tiles: Vec<(usize, usize)> = (0..total).step_by(tile.max(1)).map(|a| (a, (a + tile).min(total))).collect();
-    let st_space = strides(&space);
+    let st_space = tessera_runtime::strides(&space);
     let n_slots = f.nodes.len();
     tiles.par_iter().try_for_each(|&(a, b)| -> Result<(), RunError> {
         let n = b - a;

@@ -128,13 +128,7 @@ pub unsafe fn run(c: &Chunked, s: &Scan, y_map: &[usize], ins: &[View], outs: &[
             return Ok(false);
         }
     }
-    let lane_st: Vec<usize> = {
-        let mut st = vec![1; r - 2];
-        for i in (0..r.saturating_sub(3)).rev() {
-            st[i] = st[i + 1] * space[i + 1];
-        }
-        st
-    };
+    let lane_st = tessera_runtime::strides(&space[..r - 2]);
     (0..lanes).into_par_iter().for_each(|lane| {
         let mut coords: Vec<usize> = lane_st.iter().zip(&space).map(|(st, sz)| (lane / st) % sz).collect();
         coords.extend([0, 0]);

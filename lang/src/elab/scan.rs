@@ -134,71 +134,15 @@ impl Elab<'_> {
         }
         let mut inner = Frame { env, module: frame.module, is_model: false, ret: None };
         self.exec(body, &mut inner);
-        let returned = match inner.ret.take() {
-            Some(Value::Tuple(vs)) => vs,
-            Some(v) => vec![v],
-            None => {
+        let outs = match self.body_results(inner.ret.take(), body, names, &arg_types[..ns], span) {
+            Ok(outs) => outs,
+            Err(v) => {
+                // The body leaves nothing in the graph.
                 self.graph.split_off(start);
-                return self.err(
-                    Diagnostic::error(codes::ARITY, "the scan body returns nothing", span, "this scan")
-                        .with_help("end the body with `return y_t, h`: the per-step results, then the new states"),
-                );
+                return v;
             }
         };
-        let ret_spans = return_spans(body);
-        let at = |k: usize| ret_spans.get(k).copied().unwrap_or(span);
-        let mut outs = Vec::with_capacity(returned.len());
-        for (k, v) in returned.into_iter().enumerate() {
-            match v {
-                Value::Tensor(t) => outs.push(t),
-                Value::Poison => {
-                    self.graph.split_off(start);
-                    return Value::Poison;
-                }
-                other => {
-                    self.graph.split_off(start);
-                    return self.err(Diagnostic::error(
-                        codes::TYPE,
-                        format!("a scan body returns tensors, not {}", other.kind()),
-                        at(k),
-                        "this value",
-                    ));
-                }
-            }
-        }
-        if outs.len() < ns || outs.is_empty() {
-            self.graph.split_off(start);
-            return self.err(
-                Diagnostic::error(
-                    codes::ARITY,
-                    format!("the scan body returns {} value(s) but carries {ns} state(s)", outs.len()),
-                    at(0),
-                    "returned here",
-                )
-                .with_help("return the per-step results first, then every new state: `return y_t, h`"),
-            );
-        }
         let ny = outs.len() - ns;
-        for k in 0..ns {
-            let got = self.ty(outs[ny + k]).clone();
-            if got != arg_types[k] {
-                self.graph.split_off(start);
-                let what = if got.dtype != arg_types[k].dtype { "dtype" } else { "shape" };
-                return self.err(
-                    Diagnostic::error(
-                        if what == "dtype" { codes::DTYPE } else { codes::SHAPE },
-                        format!(
-                            "the scan state `{}` changes {what}: it enters as {} and the body returns {got}",
-                            names[k].name, arg_types[k]
-                        ),
-                        at(ny + k),
-                        format!("the new `{}`", names[k].name),
-                    )
-                    .with_label(names[k].span, format!("enters as {}", arg_types[k]))
-                    .with_help("a state keeps its type from step to step: broadcast or cast the new value to it"),
-                );
-            }
-        }
         let (region, captured) = self.outline(start, &outs, ny, names);
         let op = Scan { axis, reverse, state: ns, sliced: nx, body: region };
         let operands: Vec<ValueId> = inits.iter().chain(&xs).chain(&captured).copied().collect();
@@ -215,6 +159,75 @@ impl Elab<'_> {
         } else {
             Value::Tuple(projs)
         }
+    }
+
+    /// The tensors a scan body returned (`ret`): its per-step results, then its new states,
+    /// each of its state's type (`states`, named first in `names`), or the diagnostic's value.
+    fn body_results(
+        &mut self,
+        ret: Option<Value>,
+        body: &[Stmt],
+        names: &[Ident],
+        states: &[TensorType],
+        span: Span,
+    ) -> Result<Vec<ValueId>, Value> {
+        let ns = states.len();
+        let returned = match ret {
+            Some(Value::Tuple(vs)) => vs,
+            Some(v) => vec![v],
+            None => {
+                return Err(self.err(
+                    Diagnostic::error(codes::ARITY, "the scan body returns nothing", span, "this scan")
+                        .with_help("end the body with `return y_t, h`: the per-step results, then the new states"),
+                ));
+            }
+        };
+        let ret_spans = return_spans(body);
+        let at = |k: usize| ret_spans.get(k).copied().unwrap_or(span);
+        let mut outs = Vec::with_capacity(returned.len());
+        for (k, v) in returned.into_iter().enumerate() {
+            match v {
+                Value::Tensor(t) => outs.push(t),
+                Value::Poison => return Err(Value::Poison),
+                other => {
+                    return Err(self.err(Diagnostic::error(
+                        codes::TYPE,
+                        format!("a scan body returns tensors, not {}", other.kind()),
+                        at(k),
+                        "this value",
+                    )))
+                }
+            }
+        }
+        if outs.len() < ns || outs.is_empty() {
+            return Err(self.err(
+                Diagnostic::error(
+                    codes::ARITY,
+                    format!("the scan body returns {} value(s) but carries {ns} state(s)", outs.len()),
+                    at(0),
+                    "returned here",
+                )
+                .with_help("return the per-step results first, then every new state: `return y_t, h`"),
+            ));
+        }
+        let ny = outs.len() - ns;
+        for k in 0..ns {
+            let (got, want) = (self.ty(outs[ny + k]).clone(), &states[k]);
+            if got != *want {
+                let what = if got.dtype != want.dtype { "dtype" } else { "shape" };
+                return Err(self.err(
+                    Diagnostic::error(
+                        if what == "dtype" { codes::DTYPE } else { codes::SHAPE },
+                        format!("the scan state `{}` changes {what}: it enters as {want} and the body returns {got}", names[k].name),
+                        at(ny + k),
+                        format!("the new `{}`", names[k].name),
+                    )
+                    .with_label(names[k].span, format!("enters as {want}"))
+                    .with_help("a state keeps its type from step to step: broadcast or cast the new value to it"),
+                ));
+            }
+        }
+        Ok(outs)
     }
 
     /// A tensor or a tuple of tensors, as a list.
