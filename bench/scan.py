@@ -74,6 +74,10 @@ def main() -> None:
     lin = tessera(["bench/linear_attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
     soft = tessera(["bench/attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
     print("linear", lin, "softmax", soft, flush=True)
+    # This host's GEMM rate, in the same run: ratios are comparable across hosts only with it.
+    g = tessera(["bench/gemm.tsr", "--backend", "cpu", "--dim", "seq=512"])
+    gflops = 2 * 512 * 768 * 3072 / (g["ms"] * 1e6)
+    print("gemm", g, f"{gflops:.0f} GFLOP/s", flush=True)
     run.REPEAT = 2  # the arena only: `--repeat 1` prints no median
     arenas = {seq: tessera(args + ["--dim", f"seq={seq}"])["arena_mib"] for seq in (256, 1024)}
     arenas[512] = t["arena_mib"]
@@ -88,6 +92,7 @@ def main() -> None:
         "## State-space layers",
         "",
         f"Measured by `bench/scan.py` (2 threads, load {load} at start), {time.strftime('%Y-%m-%d')}; medians of {REPEAT} runs after a warm-up.",
+        f"This host's GEMM rate in the same run: {gflops:.0f} GFLOP/s (Tessera, [512, 768] @ [768, 3072], {g['ms']:.1f} ms).",
         "",
         "| workload | Tessera ms | HF transformers ms | vs HF | peak RSS Tessera / HF MiB |",
         "|---|---|---|---|---|",
