@@ -40,6 +40,10 @@ pub enum WeightExpr {
     /// layout (pairs `2i, 2i+1`, as in Meta's LLaMA checkpoints) to the rotate-half layout
     /// (`i, i + head_dim/2`) that `nn.rope` uses.
     RopeHalves(Box<WeightExpr>, usize),
+    /// One tensor per expert stacked along a new leading axis (mixture-of-experts weights
+    /// stored one tensor per expert): the expression evaluated with the hole named by the
+    /// string filled with `0, 1, ..` up to the parameter's leading size.
+    Stack(Box<WeightExpr>, String),
     /// The first when the checkpoint has every tensor it loads, else the second (an
     /// `lm_head.weight` that may be left out when tied to the embedding).
     Or(Box<WeightExpr>, Box<WeightExpr>),
@@ -90,9 +94,11 @@ impl WeightExpr {
     pub fn loads(&self) -> Vec<&str> {
         match self {
             WeightExpr::Load(n) => vec![n.as_str()],
-            WeightExpr::Transpose(e) | WeightExpr::Split { of: e, .. } | WeightExpr::Reshape(e, _) | WeightExpr::RopeHalves(e, _) => {
-                e.loads()
-            }
+            WeightExpr::Transpose(e)
+            | WeightExpr::Split { of: e, .. }
+            | WeightExpr::Reshape(e, _)
+            | WeightExpr::RopeHalves(e, _)
+            | WeightExpr::Stack(e, _) => e.loads(),
             WeightExpr::Or(a, b) => [a.loads(), b.loads()].concat(),
             WeightExpr::NeedsConfig => Vec::new(),
         }
@@ -110,6 +116,7 @@ impl fmt::Display for WeightExpr {
             }
             WeightExpr::Reshape(e, s) => write!(f, "reshape({e}, {s:?})"),
             WeightExpr::RopeHalves(e, h) => write!(f, "rope_halves({e}, {h})"),
+            WeightExpr::Stack(e, hole) => write!(f, "stack({e}, \"{hole}\")"),
             WeightExpr::Or(a, b) => write!(f, "{a} or {b}"),
             WeightExpr::NeedsConfig => write!(f, "(depends on config.json)"),
         }

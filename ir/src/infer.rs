@@ -31,8 +31,8 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Where => 3,
         Op::Softmax { .. } => 1,
         Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
-        Op::Proj(_) => 1,
-        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) | Op::Scan(_) => return None,
+        Op::Proj(_) | Op::TopK { .. } => 1,
+        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) | Op::Scan(_) | Op::Route(_) => return None,
     })
 }
 
@@ -404,8 +404,66 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             Ok(ins[0].clone())
         }
         Op::Scan(s) => Ok(scan_results(s, ins)?.swap_remove(0)),
+        Op::TopK { .. } => Ok(multi_results(op, ins)?.swap_remove(0)),
+        Op::Route(r) => route_result(r, ins),
         Op::Proj(_) => need_decl(),
     }
+}
+
+/// The result type of a route applied to operands of types `ins`, after checking the
+/// operands (`x [.., d]`, `idx i64[.., k]`, `w f32[.., k]`, stacked `[experts, ..]`) against
+/// the body's arguments and result. The typing rule of [`crate::Op::Route`].
+pub fn route_result(r: &crate::Route, ins: &[&TensorType]) -> Result<TensorType, String> {
+    if ins.len() < 3 {
+        return Err(format!("a route needs x, indices and weights, got {} operand(s)", ins.len()));
+    }
+    let (x, idx, w) = (ins[0], ins[1], ins[2]);
+    if x.dtype != DType::F32 || x.rank() == 0 {
+        return Err(format!("routed rows are f32 [.., d], got {x}"));
+    }
+    let lead = &x.shape[..x.rank() - 1];
+    if idx.dtype != DType::I64 || idx.rank() != x.rank() || &idx.shape[..lead.len()] != lead {
+        return Err(format!("the expert indices of rows {x} are i64 [{}, k], got {idx}", ShapeDisplay(lead)));
+    }
+    if w.dtype != DType::F32 || w.shape != idx.shape {
+        return Err(format!("the expert weights are f32 of the indices' shape {}, got {w}", ShapeDisplay(&idx.shape)));
+    }
+    if r.experts == 0 {
+        return Err("a route needs at least one expert".into());
+    }
+    if let Some((name, v)) = r.body.outputs.iter().find(|(_, v)| v.index() >= r.body.len()) {
+        return Err(format!("route body output \"{name}\" refers to undefined {v}"));
+    }
+    let args = r.body.inputs();
+    if args.len() != ins.len() - 2 {
+        return Err(format!("the route body has {} argument(s) for {} operand(s) (x and the stacked ones)", args.len(), ins.len() - 2));
+    }
+    let rows = Dim::sym(crate::Route::ROWS);
+    let d = x.shape[x.rank() - 1].clone();
+    for (k, (name, v)) in args.iter().enumerate() {
+        let want = if k == 0 {
+            TensorType::new(DType::F32, vec![rows.clone(), d.clone()])
+        } else {
+            let t = ins[k + 2];
+            if t.shape.first() != Some(&Dim::known(r.experts as i64)) {
+                return Err(format!("stacked operand {t} has no leading axis of {} experts", r.experts));
+            }
+            TensorType::new(t.dtype, t.shape[1..].to_vec())
+        };
+        if *r.body.ty(*v) != want {
+            return Err(format!("route body argument \"{name}\" has type {} but its operand gives {want}", r.body.ty(*v)));
+        }
+    }
+    let [(name, out)] = &r.body.outputs[..] else {
+        return Err(format!("a route body returns one value, not {}", r.body.outputs.len()));
+    };
+    let t = r.body.ty(*out);
+    if t.dtype != DType::F32 || t.rank() != 2 || t.shape[0] != rows {
+        return Err(format!("route body result \"{name}\" has type {t}, not f32[{rows}, d]"));
+    }
+    let mut shape = lead.to_vec();
+    shape.push(t.shape[1].clone());
+    Ok(TensorType::new(DType::F32, shape))
 }
 
 /// The result types of a multi-result op ([`Op::is_multi`]) applied to operands of types
@@ -414,6 +472,19 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
 pub fn multi_results(op: &Op, ins: &[&TensorType]) -> Result<Vec<TensorType>, String> {
     match op {
         Op::Scan(s) => scan_results(s, ins),
+        Op::TopK { k, axis } => {
+            let x = ins.first().ok_or("topk needs one operand")?;
+            check_axis(*axis, x.rank())?;
+            if !x.dtype.is_numeric() {
+                return Err(format!("topk needs a numeric operand, got {x}"));
+            }
+            if *k == 0 || x.shape[*axis].as_known().is_some_and(|n| (*k as i64) > n) {
+                return Err(format!("top-{k} of {x} along axis {axis}: k is between 1 and the axis' size"));
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = Dim::known(*k as i64);
+            Ok(vec![TensorType::new(x.dtype, shape.clone()), TensorType::new(DType::I64, shape)])
+        }
         other => Err(format!("{other} has a single result")),
     }
 }

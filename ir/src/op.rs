@@ -436,6 +436,24 @@ pub enum Op {
     /// state. The node's value is the tuple of results, read only through [`Op::Proj`]; its
     /// own type is that of result 0 (see [`crate::scan_results`]).
     Scan(Box<Scan>),
+    /// The `k` largest elements along `axis`, sorted in decreasing order: two results, the
+    /// values (the operand's type with `axis` of size `k`) and their indices (i64, same
+    /// shape), read through [`Op::Proj`]. Ties keep the lower index first, as `torch.topk`
+    /// on the CPU; NaN counts as larger than every number (torch's order).
+    TopK {
+        /// How many elements (1 ≤ k ≤ the axis' size).
+        k: usize,
+        /// The axis searched.
+        axis: usize,
+    },
+    /// Token routing to experts (mixture-of-experts): the region [`Route::body`] runs once per
+    /// expert over the rows of `x` routed to it, and each row's result is the weighted sum of
+    /// its experts' outputs. Operands: `x [.., d]` (rows are the leading axes), the chosen
+    /// experts `idx: i64[.., k]`, their weights `w: f32[.., k]`, then the stacked operands
+    /// `[experts, ..]` whose slice `e` expert `e` reads (its parameters). Result:
+    /// `y[t] = Σ_j w[t, j] · body(idx[t, j])(x[t])`, of shape `[.., d_out]`. A row routed twice
+    /// to one expert counts twice; an index outside `0..experts` is a run-time error.
+    Route(Box<Route>),
     /// Result `0` of a multi-result node (its only operand). The type is declared and must
     /// equal that result's type.
     Proj(usize),
@@ -503,10 +521,47 @@ pub struct Scan {
     pub body: crate::Graph,
 }
 
+/// The region and attributes of [`Op::Route`].
+///
+/// The body is a graph of its own (spans, parameters and file table as for [`Scan`]): its
+/// arguments, in node order, are the rows routed to one expert `[ROUTED, d]`, whose first axis
+/// is the symbol [`Route::ROWS`] bound per expert at run time, then each stacked operand's
+/// slice without its leading `experts` axis. Its one output is `f32[ROUTED, d_out]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    /// How many experts (the leading axis of every stacked operand).
+    pub experts: usize,
+    /// One expert's computation.
+    pub body: crate::Graph,
+}
+
+impl Route {
+    /// The symbol naming the number of rows an expert receives, in the body's shapes.
+    pub const ROWS: &'static str = "routed";
+}
+
 impl Op {
     /// Whether a node of this op has several results (read through [`Op::Proj`]).
     pub fn is_multi(&self) -> bool {
-        matches!(self, Op::Scan(_))
+        matches!(self, Op::Scan(_) | Op::TopK { .. })
+    }
+
+    /// The region an op owns, if any.
+    pub fn region(&self) -> Option<&crate::Graph> {
+        match self {
+            Op::Scan(s) => Some(&s.body),
+            Op::Route(r) => Some(&r.body),
+            _ => None,
+        }
+    }
+
+    /// The region an op owns, if any, to replace.
+    pub fn region_mut(&mut self) -> Option<&mut crate::Graph> {
+        match self {
+            Op::Scan(s) => Some(&mut s.body),
+            Op::Route(r) => Some(&mut r.body),
+            _ => None,
+        }
     }
 
     /// Whether only the optimizer creates this op.
@@ -546,6 +601,8 @@ impl Op {
             Op::Attention(_) => "attention".into(),
             Op::Scan(_) => "scan".into(),
             Op::Proj(_) => "proj".into(),
+            Op::TopK { .. } => "topk".into(),
+            Op::Route(_) => "route".into(),
         }
     }
 }

@@ -361,6 +361,15 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
             let sliced = c.int()?;
             Op::Scan(Box::new(crate::Scan { axis, reverse, state, sliced, body: Graph::new("body") }))
         }
+        "topk" => {
+            key(c, "k")?;
+            let k = c.int()?;
+            Op::TopK { k, axis: axis(c)? }
+        }
+        "route" => {
+            key(c, "experts")?;
+            Op::Route(Box::new(crate::Route { experts: c.int()?, body: Graph::new("body") }))
+        }
         "proj" => {
             key(c, "index")?;
             Op::Proj(c.int()?)
@@ -405,9 +414,9 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         c.punct(')')?;
     }
     // A region opens at the end of its node's line.
-    match (&op, c.eat('{')) {
-        (Op::Scan(_), true) => {}
-        (Op::Scan(_), false) => return Err("a scan's body opens with `{` at the end of its line".into()),
+    match (op.region(), c.eat('{')) {
+        (Some(_), true) => {}
+        (Some(_), false) => return Err(format!("a {op}'s body opens with `{{` at the end of its line")),
         (_, true) => return Err(format!("{op} has no region")),
         _ => {}
     }
@@ -452,8 +461,8 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 c.pos += 1;
                 match regions.pop() {
                     Some((mut owner, body)) => {
-                        if let Op::Scan(s) = &mut owner.op {
-                            s.body = body;
+                        if let Some(region) = owner.op.region_mut() {
+                            *region = body;
                         }
                         regions.last_mut().map_or(&mut *g, |(_, b)| b).push_unchecked(owner);
                     }
@@ -481,7 +490,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 }
                 _ => {
                     let n = node(&mut c, g.len())?;
-                    if n.op.is_multi() {
+                    if n.op.region().is_some() {
                         if regions.len() >= MAX_REGION_DEPTH {
                             return Err(format!("regions nest more than {MAX_REGION_DEPTH} deep"));
                         }

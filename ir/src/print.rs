@@ -63,6 +63,8 @@ pub fn attrs(op: &Op) -> String {
         Op::Attention(f) => format!("fn=\"{f}\""),
         Op::Scan(s) => format!("axis={} reverse={} state={} sliced={}", s.axis, s.reverse, s.state, s.sliced),
         Op::Proj(k) => format!("index={k}"),
+        Op::TopK { k, axis } => format!("k={k} axis={axis}"),
+        Op::Route(r) => format!("experts={}", r.experts),
         _ => String::new(),
     }
 }
@@ -96,13 +98,13 @@ pub fn node_line(id: usize, n: &Node) -> String {
 fn write_body(f: &mut fmt::Formatter<'_>, g: &Graph, depth: usize) -> fmt::Result {
     let pad = "  ".repeat(depth);
     for (i, n) in g.nodes().iter().enumerate() {
-        match &n.op {
-            Op::Scan(s) => {
+        match n.op.region() {
+            Some(body) => {
                 writeln!(f, "{pad}{} {{", node_line(i, n))?;
-                write_body(f, &s.body, depth + 1)?;
+                write_body(f, body, depth + 1)?;
                 writeln!(f, "{pad}}}")?;
             }
-            _ => writeln!(f, "{pad}{}", node_line(i, n))?,
+            None => writeln!(f, "{pad}{}", node_line(i, n))?,
         }
     }
     for (name, v) in &g.outputs {

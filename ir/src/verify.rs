@@ -10,14 +10,15 @@
 //! 4. **Names**: input names are distinct, parameter names are distinct, output names are
 //!    distinct and non-empty, and every output refers to an existing value.
 //! 5. **Spans**: every known span names an entry of the file table.
-//! 6. **Multi-result nodes** (`scan`): their value is read only by `proj` nodes, never used as
+//! 6. **Multi-result nodes** (`scan`, `topk`): their value is read only by `proj` nodes, never used as
 //!    another operand or an output; a `proj` reads a multi-result node, its index names one of
 //!    the results, and its type is that result's ([`crate::multi_results`]).
-//! 7. **Regions** (a scan's body): the body is itself a graph satisfying 1–6, with spans into
+//! 7. **Regions** (the body of a scan or a route): the body is itself a graph satisfying 1–6, with spans into
 //!    the enclosing file table and an empty table of its own; it has no `param` nodes; its
 //!    arguments match the operands (state types equal, sliced types without the scanned axis,
 //!    invariants equal), its state results have their argument's type, and there is at least
-//!    one sliced operand. No value escapes a region except through its results: the body's
+//!    one sliced operand; a route body's arguments are its rows `f32[routed, d]` and the
+//!    stacked operands' slices, and it returns one `f32[routed, d_out]`. No value escapes a region except through its results: the body's
 //!    ids are its own, so an enclosing graph can only read the scan's results.
 
 use crate::{infer_type, multi_results, Graph, Op, TensorType};
@@ -64,15 +65,15 @@ fn verify_in(g: &Graph, files: usize, at: &str, errs: &mut Vec<String>) {
             (_, Some(v)) => errs.push(format!("{at}%{i}: {} uses the multi-result {v} directly (only proj may)", n.op)),
             _ => {}
         }
-        if let Op::Scan(s) = &n.op {
+        if let Some(body) = n.op.region() {
             let inner = format!("{at}%{i}.");
-            if !s.body.files.is_empty() {
+            if !body.files.is_empty() {
                 errs.push(format!("{inner}: a region has no file table of its own"));
             }
-            if let Some((name, _)) = s.body.params().first() {
+            if let Some((name, _)) = body.params().first() {
                 errs.push(format!("{inner}: parameter \"{name}\" inside a region (pass it as an operand)"));
             }
-            verify_in(&s.body, files, &inner, errs);
+            verify_in(body, files, &inner, errs);
         }
         let tys: Vec<&TensorType> = n.inputs.iter().map(|&v| g.ty(v)).collect();
         match infer_type(&n.op, &tys, Some(&n.ty)) {

@@ -337,8 +337,16 @@ pub enum ExprKind {
         /// The body (`None` when written without one).
         body: Option<Vec<Stmt>>,
     },
-    /// Reserved: `route(...) |x, e| { ... }`.
-    Reserved(&'static str),
+    /// `route(x, logits, k = 2, gate = "topk_softmax") |x_e, e| { ...; return y_e }`: each
+    /// row of `x` goes to the `k` experts its logits rank highest; the body is one expert.
+    Route {
+        /// The call's arguments.
+        args: Vec<Arg>,
+        /// The body's parameters: the rows, then optionally the expert index.
+        params: Vec<Ident>,
+        /// The body (`None` when written without one).
+        body: Option<Vec<Stmt>>,
+    },
 }
 
 /// A call argument.

@@ -384,7 +384,7 @@ impl Eval<'_> {
             return CV::Poison;
         }
         let pos: Vec<&CV> = vals.iter().filter(|(n, ..)| n.is_none()).map(|(_, v, _)| v).collect();
-        let tensor_fn = matches!(f, "transpose" | "split" | "reshape" | "rope_halves");
+        let tensor_fn = matches!(f, "transpose" | "split" | "reshape" | "rope_halves" | "stack");
         if tensor_fn && vals.iter().any(|(_, v, _)| matches!(v, CV::Unknown)) {
             return CV::Unknown;
         }
@@ -524,13 +524,17 @@ impl Eval<'_> {
                 (Some(CV::Unknown), true) => CV::Unknown,
                 _ => bad(self, "int(number), a finite number (truncated toward zero)"),
             },
+            "stack" => match (w0, pos.get(1), arity(2, 2)) {
+                (Some(w), Some(CV::Str(hole)), true) if !hole.is_empty() => CV::Weight(WeightExpr::Stack(Box::new(w), hole.clone())),
+                _ => bad(self, "stack(\"experts.{e}.w1.weight\", \"e\"): one tensor per expert, the hole counting experts"),
+            },
             "rope_halves" => match (w0, pos.get(1), arity(2, 2)) {
                 (Some(w), Some(CV::Int(h)), true) if *h > 0 => CV::Weight(WeightExpr::RopeHalves(Box::new(w), *h as usize)),
                 _ => bad(self, "rope_halves(\"tensor.name\", heads)"),
             },
             _ => self.err(
                 Diagnostic::error(codes::UNKNOWN_NAME, format!("`{f}` is not available in a checkpoint map"), span, "unknown here")
-                    .with_help("available: config, require, prefix, ignore, float, int, per_layer, transpose, split, reshape, rope_halves"),
+                    .with_help("available: config, require, prefix, ignore, float, int, per_layer, transpose, split, reshape, rope_halves, stack"),
             ),
         }
     }

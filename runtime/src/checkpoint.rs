@@ -52,7 +52,7 @@ pub fn bind_checkpoint(g: &Graph, dims: &Dims, names: &NameMap, ck: &HashMap<Str
                 }
             }
         };
-        let mut ctx = Ctx { ck, prefixes, used: &mut used, param: name, origin: &origin };
+        let mut ctx = Ctx { ck, prefixes, used: &mut used, param: name, origin: &origin, leading: expected.first().copied() };
         let t = match ctx.eval(&expr) {
             Ok(t) => t,
             Err(e) => {
@@ -89,6 +89,7 @@ fn fill(e: &WeightExpr, holes: &HashMap<String, String>) -> WeightExpr {
         }
         WeightExpr::Reshape(x, s) => WeightExpr::Reshape(Box::new(fill(x, holes)), s.clone()),
         WeightExpr::RopeHalves(x, h) => WeightExpr::RopeHalves(Box::new(fill(x, holes)), *h),
+        WeightExpr::Stack(x, hole) => WeightExpr::Stack(Box::new(fill(x, holes)), hole.clone()),
         WeightExpr::Or(a, b) => WeightExpr::Or(Box::new(fill(a, holes)), Box::new(fill(b, holes))),
         WeightExpr::NeedsConfig => WeightExpr::NeedsConfig,
     }
@@ -100,6 +101,8 @@ struct Ctx<'a> {
     used: &'a mut BTreeSet<String>,
     param: &'a str,
     origin: &'a str,
+    /// The parameter's leading size: how many tensors a `stack` loads.
+    leading: Option<usize>,
 }
 
 impl Ctx<'_> {
@@ -117,6 +120,27 @@ impl Ctx<'_> {
             WeightExpr::NeedsConfig => Err(self.fail(
                 "its checkpoint map line depends on the checkpoint's config.json, which was not given (pass --config or --hf)".into(),
             )),
+            WeightExpr::Stack(x, hole) => {
+                let n = self.leading.ok_or_else(|| self.fail(format!("stack({x}) makes a parameter of at least one axis")))?;
+                let mut parts = Vec::with_capacity(n);
+                for e in 0..n {
+                    let holes = HashMap::from([(hole.clone(), e.to_string())]);
+                    parts.push(self.eval(&fill(x, &holes))?);
+                }
+                let Some(first) = parts.first() else {
+                    return Err(self.fail(format!("stack({x}) over 0 experts")));
+                };
+                let shape = first.shape.clone();
+                if let Some(p) = parts.iter().position(|t| t.shape != shape || t.dtype() != first.dtype()) {
+                    let t = &parts[p];
+                    return Err(self.fail(format!("stack({x}): tensor {p} is {} {:?} where tensor 0 is {} {shape:?}", t.dtype(), t.shape, first.dtype())));
+                }
+                let mut all = vec![n];
+                all.extend(&shape);
+                let per = first.len();
+                let t = Tensor::from_f64(first.dtype(), all, parts.iter().flat_map(|t| (0..per).map(move |i| t.get(i))));
+                Ok(t)
+            }
             WeightExpr::Or(a, b) => {
                 if a.loads().iter().all(|n| self.lookup(n).is_some()) {
                     self.eval(a)

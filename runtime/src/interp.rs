@@ -151,6 +151,25 @@ pub fn run(
                 .collect::<Result<_, _>>()?;
             match &node.op {
                 Op::Scan(s) => tuples[i] = Some(scan(graph, s, &args, dims)?),
+                Op::TopK { k, axis } => {
+                    let x = args[0];
+                    let (vals, idxs) = crate::topk(&x.shape, *k, *axis, |i| x.get(i));
+                    let mut shape = x.shape.clone();
+                    shape[*axis] = *k;
+                    tuples[i] = Some(vec![Tensor::from_f64(x.dtype(), shape.clone(), vals.into_iter()), Tensor::i64(shape, idxs)]);
+                }
+                Op::Route(r) => {
+                    let mut body = r.body.clone();
+                    body.files = graph.files.clone();
+                    let no_params = HashMap::new();
+                    let at = location(graph, node);
+                    vals[i] = Some(crate::route_rows(r, &args, shape, dims, &at, |bound, dims| {
+                        run(&body, dims, bound, &no_params)?
+                            .pop()
+                            .map(|(_, t)| t)
+                            .ok_or_else(|| RunError::Internal("a route body without a result".into()))
+                    })?)
+                }
                 _ => vals[i] = Some(eval(graph, node, shape, &args, inputs, params, dims)?),
             }
         }
@@ -268,7 +287,7 @@ fn eval(
     let n: usize = shape.iter().product();
     let dtype = node.ty.dtype;
     Ok(match &node.op {
-        Op::Scan(_) | Op::Proj(_) => return Err(RunError::Internal(format!("{} is evaluated by `run`", node.op))),
+        Op::Scan(_) | Op::Proj(_) | Op::TopK { .. } | Op::Route(_) => return Err(RunError::Internal(format!("{} is evaluated by `run`", node.op))),
         Op::Input(name) => lookup("input", inputs, name, node, &shape)?,
         Op::Param(name, _) => lookup("parameter", params, name, node, &shape)?,
         Op::Const(v) => Tensor::from_f64(dtype, shape, std::iter::repeat_n(*v, n)),

@@ -7,11 +7,13 @@ mod fourier;
 mod fused;
 pub mod interp;
 mod io;
+mod route;
 mod tensor;
 
 pub use checkpoint::{bind_checkpoint, Bound};
 pub use interp::{concrete, cumsum, memory_estimate, run, scan_steps, segment, window, Dims, MemoryEstimate, MAX_ELEMENTS};
 pub use io::{bind_dims, check_indices, random_inputs, random_params, read_safetensors, write_safetensors};
+pub use route::{route_rows, topk, Routing};
 pub use tensor::{broadcast_offsets, strides, Data, Tensor};
 
 /// Errors while running a graph or reading its tensors. Every one names the tensor or the

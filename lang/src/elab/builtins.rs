@@ -124,7 +124,7 @@ fn signature(name: &str) -> &'static [&'static str] {
 }
 
 impl Elab<'_> {
-    fn tensor_arg(&mut self, fname: &str, pname: &str, a: &Option<(Value, Span)>, span: Span) -> Option<ValueId> {
+    pub(super) fn tensor_arg(&mut self, fname: &str, pname: &str, a: &Option<(Value, Span)>, span: Span) -> Option<ValueId> {
         match a {
             Some((Value::Tensor(t), _)) => Some(*t),
             Some((Value::Poison, _)) => None,
@@ -319,17 +319,6 @@ impl Elab<'_> {
         match name {
             "concat" => return self.concat(args, span),
             "rearrange" => return self.rearrange_call(args, span),
-            "topk" => {
-                return self.err(
-                    Diagnostic::error(
-                        codes::UNSUPPORTED,
-                        "`topk` is reserved but not implemented yet",
-                        span,
-                        "not supported in this version",
-                    )
-                    .with_help("top-k routing arrives with the `route` construct in a later version"),
-                )
-            }
             _ => {}
         }
         let Some(a) = self.match_args(name, signature(name), args, span) else { return Value::Poison };
@@ -594,6 +583,13 @@ impl Elab<'_> {
                 let Some(axis) = self.axis_arg(&a[1], -1, rank, span) else { return Value::Poison };
                 let keepdim = matches!(a[2], Some((Value::Bool(true), _)));
                 self.arg_extreme(name == "argmax", x, axis, keepdim, span)
+            }
+            "topk" => {
+                let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
+                let rank = self.ty(x).rank();
+                let Some(axis) = self.axis_arg(&a[2], -1, rank, span) else { return Value::Poison };
+                let Some(k) = self.count_arg("topk", "k", &a[1], span) else { return Value::Poison };
+                self.topk(x, k, axis, span)
             }
             "sort" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };

@@ -6,6 +6,7 @@
 mod builtins;
 mod index;
 mod rearrange;
+mod route;
 mod scan;
 mod value;
 
@@ -851,15 +852,7 @@ impl<'p> Elab<'p> {
                 v
             }
             ExprKind::Scan { args, params, body } => self.scan(args, params, body.as_deref(), e.span, frame),
-            ExprKind::Reserved(what) => self.err(
-                Diagnostic::error(
-                    codes::UNSUPPORTED,
-                    format!("`{what}` is reserved but not implemented yet"),
-                    e.span,
-                    "not supported in this version",
-                )
-                .with_help("top-k routing (`route`) arrives in a later version"),
-            ),
+            ExprKind::Route { args, params, body } => self.route(args, params, body.as_deref(), e.span, frame),
         }
     }
 

@@ -492,7 +492,8 @@ impl Builder {
                 let ty = self.tensor_type(it.next().ok_or_else(|| self.bug(span))?)?;
                 ExprKind::Param { name, ty }
             }
-            Rule::scan_expr => {
+            Rule::scan_expr | Rule::route_expr => {
+                let route = p.as_rule() == Rule::route_expr;
                 let (mut args, mut params, mut body) = (Vec::new(), Vec::new(), None);
                 for q in self.inner(p) {
                     match q.as_rule() {
@@ -502,9 +503,12 @@ impl Builder {
                         _ => {}
                     }
                 }
-                ExprKind::Scan { args, params, body }
+                if route {
+                    ExprKind::Route { args, params, body }
+                } else {
+                    ExprKind::Scan { args, params, body }
+                }
             }
-            Rule::route_expr => ExprKind::Reserved("route"),
             _ => return Err(self.bug(span)),
         };
         Ok(Expr { kind, span })
