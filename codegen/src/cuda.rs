@@ -247,6 +247,13 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
     for step in &program.steps {
+        if let Kernel::TopK { .. } | Kernel::Route(_) = &step.kernel {
+            let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (at {l})"));
+            return Err(format!(
+                "the CUDA backend does not lower `{}` yet{at}; run it with --backend cpu or interp",
+                step.kernel.name()
+            ));
+        }
         if let Kernel::Scan(k) = &step.kernel {
             if let Some(why) = scan_unit(program, k).err() {
                 let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the scan at {l})"));
@@ -1099,7 +1106,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     let strided =
         |st: &str| format!("  const int rank = (int)meta[1];\n  i64 off;\n  tsr_offsets<1>(i, meta[0], rank, meta + 2, {st}, &off);\n");
     let body = match k {
-        Kernel::Scan(_) => "  // scan: refused by `lower`\n".to_string(),
+        Kernel::Scan(_) | Kernel::TopK { .. } | Kernel::Route(_) => "  // refused by `lower`\n".to_string(),
         // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Norm { kind, eps } => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
@@ -1241,6 +1248,7 @@ pub fn meta(
     };
     let mut m = match k {
         Kernel::Scan(_) => return Err("a scan's launch is `scan_meta`".into()),
+        Kernel::TopK { .. } | Kernel::Route(_) => return Err(format!("{} is refused by `lower`", k.name())),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
         Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {

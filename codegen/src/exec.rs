@@ -22,9 +22,11 @@ pub struct Executable {
     arena: std::sync::Mutex<Vec<u64>>,
     /// Scratch buffers of feed-forward kernels, kept between calls.
     scratch: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
+    /// Scratch buffers of grouped routes, kept between calls.
+    route_scratch: std::sync::Mutex<crate::route::Scratch>,
     /// The compiled row kernel of each step (elementwise and attention steps).
     natives: Vec<Option<Rows>>,
-    /// The compiled body of each scan step.
+    /// The compiled body of each scan or route step.
     bodies: Vec<Option<Executable>>,
     _jit: Jit,
     /// Cranelift IR of the compiled kernels (when asked for).
@@ -138,6 +140,11 @@ impl Executable {
                     clif.extend(body.clif.iter().cloned());
                     Some(body)
                 }
+                Kernel::Route(k) if k.ffn.is_err() => {
+                    let body = Executable::new(k.body.clone(), keep_clif)?;
+                    clif.extend(body.clif.iter().cloned());
+                    Some(body)
+                }
                 _ => None,
             });
         }
@@ -147,6 +154,7 @@ impl Executable {
             derived: std::sync::Mutex::new(HashMap::new()),
             arena: std::sync::Mutex::new(Vec::new()),
             scratch: std::sync::Mutex::new((Vec::new(), Vec::new())),
+            route_scratch: std::sync::Mutex::new(crate::route::Scratch::default()),
             natives,
             _jit: jit,
             clif,
@@ -237,6 +245,11 @@ impl Executable {
                     let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
                     unsafe { self.scan(s, k, &outs, &ins, dims) }
                 }
+                Kernel::TopK { k, axis, results } => {
+                    unsafe { crate::route::topk(&ins[0], &view(results[0]), &view(results[1]), *k, *axis) };
+                    Ok(())
+                }
+                Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
                 _ => unsafe { self.step(s, &out, &ins, dims, &mut stats) },
             };
             done.map_err(|e| match e {
@@ -267,6 +280,33 @@ impl Executable {
             .collect();
         drop(arena);
         Ok((outputs, stats))
+    }
+
+    /// Runs route step `s`: by the grouped feed-forward kernel where the body is one, else by
+    /// its compiled body once per expert (the semantics are [`tessera_runtime::route_rows`],
+    /// shared with the interpreter).
+    ///
+    /// # Safety
+    /// Views as the executor makes them.
+    unsafe fn route(&self, s: usize, k: &crate::kernel::RouteKernel, out: &View, ins: &[View], dims: &Dims) -> Result<(), RunError> {
+        if let Ok(f) = &k.ffn {
+            let mut scratch = self.route_scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+            return unsafe { crate::route::run_ffn(f, k.op.experts, out, ins, &mut scratch) };
+        }
+        let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a route step without its body".into()))?;
+        let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();
+        let args: Vec<&Tensor> = args.iter().collect();
+        let no_params = HashMap::new();
+        let y = tessera_runtime::route_rows(&k.op, &args, out.shape.clone(), dims, "a route", |bound, dims| {
+            body.run(dims, bound, &no_params)?
+                .0
+                .pop()
+                .map(|(_, t)| t)
+                .ok_or_else(|| RunError::Internal("a route body without a result".into()))
+        })?;
+        let values: Vec<f64> = (0..y.len()).map(|i| y.get(i)).collect();
+        unsafe { host::store(out, &values) };
+        Ok(())
     }
 
     /// Runs scan step `s`, writing every result: by the fused (or chunked) kernel where its

@@ -161,6 +161,39 @@ pub enum Kernel {
     /// [`ScanKernel::lowering`]). The step's `out` is its first result; it writes every
     /// buffer of `results`.
     Scan(Box<ScanKernel>),
+    /// The `k` largest along `axis`: writes values and indices (`results`); `out` is the first.
+    TopK {
+        /// How many.
+        k: usize,
+        /// The axis searched.
+        axis: usize,
+        /// The values' and the indices' buffers.
+        results: Vec<BufId>,
+    },
+    /// A route (`Op::Route`): the grouped feed-forward kernel where the body is one, else the
+    /// body's program once per expert.
+    Route(Box<RouteKernel>),
+}
+
+/// A route step: the IR op, its scheduled body, and the grouped kernel's plan.
+#[derive(Clone, Debug)]
+pub struct RouteKernel {
+    /// The route (its body graph is the reference the program was scheduled from).
+    pub op: tessera_ir::Route,
+    /// The body, scheduled like any graph.
+    pub body: Program,
+    /// The grouped feed-forward plan, or why the body is not one.
+    pub ffn: Result<crate::route::RoutedFfn, String>,
+}
+
+impl RouteKernel {
+    /// How the CPU backend runs this route, for `--explain`.
+    pub fn lowering(&self) -> String {
+        match &self.ffn {
+            Ok(f) => f.describe(self.op.experts),
+            Err(why) => format!("per expert: the body's program once per expert over its gathered rows ({why})"),
+        }
+    }
 }
 
 /// A scan step: the IR op's attributes, the scheduled body, and the buffers of its results
@@ -213,6 +246,8 @@ impl Kernel {
             Kernel::Iota { .. } => "iota",
             Kernel::Fill(_) => "fill",
             Kernel::Scan(_) => "scan",
+            Kernel::TopK { .. } => "topk",
+            Kernel::Route(_) => "route",
         }
     }
 }
@@ -222,6 +257,7 @@ impl Step {
     pub fn outs(&self) -> &[BufId] {
         match &self.kernel {
             Kernel::Scan(k) => &k.results,
+            Kernel::TopK { results, .. } => results,
             _ => std::slice::from_ref(&self.out),
         }
     }
@@ -333,6 +369,12 @@ impl fmt::Display for Program {
                         results.join(", "),
                         body.trim_end()
                     )
+                }
+                Kernel::TopK { k, axis, results } => format!(" k={k} axis={axis} results=[buf{}, buf{}]", results[0], results[1]),
+                Kernel::Route(k) => {
+                    let body = k.body.to_string().replace('\n', "\n    ");
+                    let lowering = if k.ffn.is_ok() { "grouped_ffn" } else { "per_expert" };
+                    format!(" experts={} lowering={lowering} {}", k.op.experts, body.trim_end())
                 }
             };
             let loc = s.span.display_in(&self.files).map_or_else(String::new, |l| format!("  // {l}"));

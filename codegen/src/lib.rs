@@ -17,6 +17,7 @@ pub mod jit;
 mod kernel;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+mod route;
 mod scan;
 mod scan_chunked;
 mod schedule;
@@ -24,6 +25,7 @@ mod tile_gemm;
 mod vmath;
 
 pub use exec::{plan, Executable, MemoryPlan, RunStats};
-pub use kernel::{BufId, Buffer, Kernel, Program, ScanKernel, Step, Storage};
+pub use kernel::{BufId, Buffer, Kernel, Program, RouteKernel, ScanKernel, Step, Storage};
+pub use route::RoutedFfn;
 pub use scan::FusedScan;
 pub use schedule::schedule;

@@ -3,7 +3,7 @@
 //! only consumer when both are elementwise and have the same shape); scalar constants are
 //! inlined; reshapes are views of their operand's buffer.
 
-use crate::kernel::{BufId, Buffer, Kernel, Program, ScanKernel, Step, Storage};
+use crate::kernel::{BufId, Buffer, Kernel, Program, RouteKernel, ScanKernel, Step, Storage};
 use tessera_ir::{DType, Graph, Op, SNode, ScoreFn, ValueId};
 
 fn is_elementwise(op: &Op) -> bool {
@@ -73,6 +73,26 @@ pub fn schedule(g: &Graph) -> Program {
                 body.files = g.files.clone();
                 let kernel = Kernel::Scan(Box::new(ScanKernel { op: (**s).clone(), body, results, fused: crate::scan::plan(s) }));
                 p.steps.push(Step { kernel, out, ins, span: n.span, ops: 1 });
+                continue;
+            }
+            Op::TopK { k, axis } => {
+                let tys: Vec<&tessera_ir::TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
+                let results: Vec<BufId> =
+                    tessera_ir::multi_results(&n.op, &tys).unwrap_or_default().iter().map(|t| new_buf(&mut p, t, Storage::Arena)).collect();
+                let ins = n.inputs.iter().filter_map(|v| buf[v.index()]).collect();
+                let out = results.first().copied().unwrap_or_default();
+                multi.insert(i, results.clone());
+                p.steps.push(Step { kernel: Kernel::TopK { k: *k, axis: *axis, results }, out, ins, span: n.span, ops: 1 });
+                continue;
+            }
+            Op::Route(r) => {
+                let out = new_buf(&mut p, &n.ty, Storage::Arena);
+                let ins = n.inputs.iter().filter_map(|v| buf[v.index()]).collect();
+                let mut body = schedule(&r.body);
+                body.files = g.files.clone();
+                let kernel = Kernel::Route(Box::new(RouteKernel { op: (**r).clone(), body, ffn: crate::route::plan(r) }));
+                p.steps.push(Step { kernel, out, ins, span: n.span, ops: 1 });
+                buf[i] = Some(out);
                 continue;
             }
             Op::Proj(k) => {
