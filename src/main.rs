@@ -387,12 +387,17 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                         None => lines.push((line, 1)),
                     }
                 }
-                // How the CPU backend runs each scan (the body is its own kernel program).
+                // How the CPU backend runs each scan and route (the body is its own program).
                 let program = tessera::codegen::schedule(&opt);
                 for step in &program.steps {
-                    if let tessera::codegen::Kernel::Scan(k) = &step.kernel {
+                    let lowering = match &step.kernel {
+                        tessera::codegen::Kernel::Scan(k) => Some(k.lowering()),
+                        tessera::codegen::Kernel::Route(k) => Some(k.lowering()),
+                        _ => None,
+                    };
+                    if let Some(lowering) = lowering {
                         let at = step.span.display_in(&opt.files).unwrap_or_else(|| "?".into());
-                        let line = format!("{at} scan (cpu) ← {}", k.lowering());
+                        let line = format!("{at} {} (cpu) ← {lowering}", step.kernel.name());
                         match lines.iter_mut().find(|(l, _)| *l == line) {
                             Some((_, n)) => *n += 1,
                             None => lines.push((line, 1)),

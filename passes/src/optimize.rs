@@ -90,10 +90,41 @@ pub fn optimize_with(g: &Graph, limits: Limits) -> (Graph, Report) {
     if let Some(blocks) = crate::layers::find_blocks(g) {
         if let Some((out, mut report)) = crate::reuse::optimize_blocks(g, &blocks, |h| saturate(h, limits), |h| optimize_with(h, limits)) {
             report.seconds = start.elapsed().as_secs_f64();
-            return (out, report);
+            return (route_bodies(&out, limits), report);
         }
     }
-    saturate(g, limits)
+    let (out, report) = saturate(g, limits);
+    (route_bodies(&out, limits), report)
+}
+
+/// `g` with the body of every route optimised (an expert's feed-forward block becomes one
+/// `ffn`, which the backends run as a grouped kernel). Scan bodies are left as written: their
+/// backends recognise recurrences in the elementwise form.
+fn route_bodies(g: &Graph, limits: Limits) -> Graph {
+    if !g.nodes().iter().any(|n| matches!(n.op, Op::Route(_))) {
+        return g.clone();
+    }
+    let mut out = Graph::new(&g.name);
+    out.files = g.files.clone();
+    let mut cache: Vec<(Graph, Graph)> = Vec::new();
+    for n in g.nodes() {
+        let mut n = n.clone();
+        if let Op::Route(r) = &mut n.op {
+            // Identical layers have identical bodies: optimise each distinct one once.
+            let body = match cache.iter().find(|(from, _)| *from == r.body) {
+                Some((_, to)) => to.clone(),
+                None => {
+                    let to = saturate(&r.body, limits).0;
+                    cache.push((r.body.clone(), to.clone()));
+                    to
+                }
+            };
+            r.body = body;
+        }
+        out.push_unchecked(n);
+    }
+    out.outputs = g.outputs.clone();
+    out
 }
 
 /// Equality saturation and extraction of a whole graph.
