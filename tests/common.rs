@@ -122,6 +122,26 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
     ("falcon_mamba", &[("layers", "2"), ("d", "24"), ("state", "5"), ("dt_rank", "3"), ("vocab", "97")]),
     ("rwkv", &[("layers", "2"), ("d", "24"), ("a", "16"), ("hidden", "40"), ("vocab", "97"), ("rescale", "1")]),
     ("mamba2", &[("layers", "2"), ("d", "24"), ("state", "5"), ("heads", "6"), ("head_dim", "8"), ("groups", "2"), ("vocab", "97")]),
+    (
+        "mixtral",
+        &[("layers", "2"), ("d", "48"), ("heads", "6"), ("kv_heads", "2"), ("hidden", "40"), ("experts", "5"), ("k", "2"), ("vocab", "97")],
+    ),
+    (
+        "qwen2_moe",
+        &[
+            ("layers", "3"),
+            ("d", "40"),
+            ("heads", "4"),
+            ("kv_heads", "2"),
+            ("hidden", "56"),
+            ("experts", "6"),
+            ("k", "3"),
+            ("moe_hidden", "20"),
+            ("shared_hidden", "28"),
+            ("sparse_step", "2"),
+            ("vocab", "97"),
+        ],
+    ),
 ];
 
 /// Every model of the standard library.
@@ -129,6 +149,11 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
 /// has no heads, no attention and no feed-forward block to fuse, and no CUDA lowering yet.
 pub fn is_recurrent(family: &str) -> bool {
     matches!(family, "mamba" | "falcon_mamba" | "mamba2" | "rwkv")
+}
+
+/// Whether a family routes tokens to experts (its feed-forward blocks are routes).
+pub fn is_moe(family: &str) -> bool {
+    matches!(family, "mixtral" | "qwen2_moe")
 }
 
 pub const MODELS: &[&str] = &[
@@ -154,6 +179,8 @@ pub const MODELS: &[&str] = &[
     "falcon_mamba",
     "rwkv",
     "mamba2",
+    "mixtral",
+    "qwen2_moe",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

@@ -30,8 +30,15 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
         let (attention, ffn) = match fx.family.as_str() {
             "fnet" => (false, true),
             f if common::is_recurrent(f) => (false, false),
+            // Mixtral's feed-forward blocks are all routed (checked below).
+            "mixtral" => (true, false),
             _ => (true, true),
         };
+        let routed_ffn = |op: &tessera::ir::Op| match op {
+            tessera::ir::Op::Route(r) => r.body.nodes().iter().any(|n| matches!(n.op, tessera::ir::Op::Ffn { .. })),
+            _ => false,
+        };
+        assert!(!common::is_moe(&fx.family) || has(routed_ffn), "{dir}: no route with a fused feed-forward body");
         assert!(!attention || has(|op| matches!(op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
         assert!(!ffn || has(|op| matches!(op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
         assert!(!common::is_recurrent(&fx.family) || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
@@ -54,6 +61,16 @@ fn check_family(family: &str) {
             assert!(err <= TOLERANCE, "{name}: `{k}` differs from transformers by {err:e}");
         }
     }
+}
+
+#[test]
+fn mixtral_matches_transformers() {
+    check_family("mixtral");
+}
+
+#[test]
+fn qwen2_moe_matches_transformers() {
+    check_family("qwen2_moe");
 }
 
 #[test]

@@ -194,9 +194,10 @@ pub fn from_egraph(eg: &EG, original: &Graph, keep: &[Id], outputs: &[(String, I
     g
 }
 
-/// Sizes used to compare costs when a dimension is symbolic.
+/// Sizes used to compare costs when a dimension is symbolic (`routed`: the rows one expert of
+/// a route receives, as many as a prefill's tokens).
 pub fn cost_dims() -> HashMap<String, i64> {
-    [("batch", 1), ("seq", 512), ("dec_seq", 512)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    [("batch", 1), ("seq", 512), ("dec_seq", 512), (tessera_ir::Route::ROWS, 512)].into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 fn numel(shape: &[Dim], dims: &HashMap<String, i64>) -> f64 {

@@ -284,6 +284,7 @@ def fixtures() -> list[Fixture]:
         seq_len=13, pads=(0, 0), seed=702,
         checks=[("fourier mixing over hidden only", fnet_hidden_only)]))
     fx.extend(more_families())
+    fx.extend(moe_families())
     return fx
 
 
@@ -564,6 +565,91 @@ def more_families() -> list[Fixture]:
     return fx
 
 
+def moe_families() -> list[Fixture]:
+    """The mixture-of-experts families of issue 16 (routers scaled up so that every choice
+    has a margin fp32 noise cannot flip; `generate` checks it)."""
+    fx: list[Fixture] = []
+    # ---------------------------------------------------------------- mixtral
+    fx.append(Fixture(
+        "mixtral-a", "mixtral", hf("MixtralForCausalLM"),
+        hf("MixtralConfig")(vocab_size=97, hidden_size=48, intermediate_size=40, num_hidden_layers=2,
+                            num_attention_heads=6, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                            max_position_embeddings=64, sliding_window=None, rope_parameters=rope(1000000.0),
+                            tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=901, post_build=scale_routers,
+        checks=[("num_experts_per_tok 2 -> 1", {"num_experts_per_tok": 1})]))
+    fx.append(Fixture(
+        "mixtral-b", "mixtral", hf("MixtralForCausalLM"),
+        hf("MixtralConfig")(vocab_size=89, hidden_size=40, intermediate_size=36, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=4, num_local_experts=5, num_experts_per_tok=3,
+                            max_position_embeddings=64, sliding_window=5, rms_norm_eps=1e-6,
+                            rope_parameters=rope(10000.0), tie_word_embeddings=True, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=902, post_build=scale_routers,
+        checks=[("num_experts_per_tok 3 -> 2", {"num_experts_per_tok": 2}),
+                ("sliding_window 5 -> None", {"sliding_window": None})]))
+    # ---------------------------------------------------------------- qwen2_moe
+    fx.append(Fixture(
+        "qwen2_moe-a", "qwen2_moe", hf("Qwen2MoeForCausalLM"),
+        hf("Qwen2MoeConfig")(vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=6, num_key_value_heads=2, num_experts=6, num_experts_per_tok=2,
+                             moe_intermediate_size=20, shared_expert_intermediate_size=36, norm_topk_prob=False,
+                             max_position_embeddings=64, rope_parameters=rope(1000000.0),
+                             tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=911, post_build=scale_routers,
+        checks=[("norm_topk_prob False -> True", {"norm_topk_prob": True}),
+                ("shared expert gate -> 0", zero_shared_gates)]))
+    fx.append(Fixture(
+        # layer 0 and 2 dense (decoder_sparse_step 2), renormalised top-3 of 5
+        "qwen2_moe-b", "qwen2_moe", hf("Qwen2MoeForCausalLM"),
+        hf("Qwen2MoeConfig")(vocab_size=89, hidden_size=40, intermediate_size=56, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=4, num_experts=5, num_experts_per_tok=3,
+                             moe_intermediate_size=24, shared_expert_intermediate_size=28, norm_topk_prob=True,
+                             decoder_sparse_step=2, max_position_embeddings=64, rope_parameters=rope(10000.0),
+                             tie_word_embeddings=True, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=912, post_build=scale_routers,
+        checks=[("norm_topk_prob True -> False", {"norm_topk_prob": False})]))
+    return fx
+
+
+def is_router(module) -> bool:
+    return type(module).__name__.endswith("TopKRouter")
+
+
+@torch.no_grad()
+def scale_routers(model) -> None:
+    """Router weights 3× HF's init: choices with clear margins (see `router_margin`)."""
+    g = torch.Generator().manual_seed(4323)
+    for m in model.modules():
+        if is_router(m):
+            m.weight.copy_(3.0 * INIT * torch.randn(m.weight.shape, generator=g))
+
+
+@torch.no_grad()
+def zero_shared_gates(model) -> None:
+    for layer in model.model.layers:
+        gate = getattr(layer.mlp, "shared_expert_gate", None)
+        if gate is not None:
+            gate.weight.zero_()
+
+
+@torch.no_grad()
+def router_margin(model, fx: Fixture, inputs) -> float | None:
+    """The smallest gap, over every token and router, between the k-th and (k+1)-th router
+    logit (the softmax keeps their order): a choice fp32 rounding could flip has a gap near 0."""
+    gaps: list[float] = []
+
+    def hook(m, args, out):
+        top = out[0].float().sort(dim=-1, descending=True).values
+        if m.top_k < top.shape[-1]:
+            gaps.append(float((top[:, m.top_k - 1] - top[:, m.top_k]).min()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if is_router(m)]
+    run(model, fx, inputs)
+    for h in handles:
+        h.remove()
+    return min(gaps) if gaps else None
+
+
 @torch.no_grad()
 def randomise_mamba2(model) -> None:
     """Decays of several sizes per head (HF's init makes A_log = log(1..heads), dt_bias random)."""
@@ -588,7 +674,7 @@ def randomise_rwkv(model) -> None:
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2"}
+             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2", "mixtral", "qwen2_moe"}
 
 
 @torch.no_grad()
@@ -703,6 +789,10 @@ def generate(fx: Fixture, check: bool) -> None:
     expected = run(model, fx, inputs)
     for k, v in expected.items():
         assert torch.isfinite(v).all(), f"{fx.name}: non-finite {k}"
+    margin = router_margin(model, fx, inputs)
+    if margin is not None:
+        print(f"    smallest router margin {margin:.3g}")
+        assert margin > 1e-3, f"{fx.name}: a routing choice with margin {margin:.3g} (fp32 noise could flip it)"
 
     if fx.family == "rwkv":  # HF divides weights in place at the first eval forward: save them as trained
         model.train()

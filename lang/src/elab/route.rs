@@ -120,8 +120,8 @@ impl Elab<'_> {
                         "these logits",
                     )
                     .with_help(format!(
-                        "the logits are f32 [{}, experts], one per row and expert, with a known number of experts",
-                        tessera_ir::ShapeDisplay(lead)
+                        "the logits are f32 [{}experts], one per row and expert, with a known number of experts",
+                        lead.iter().map(|d| format!("{d}, ")).collect::<String>()
                     )),
                 )
             }
