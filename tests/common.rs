@@ -192,8 +192,9 @@ pub fn small_compiler(overrides: &[(&str, &str)]) -> tessera::Compiler {
 pub const DIMS: &[(&str, i64)] = &[("batch", 2), ("seq", 7), ("dec_seq", 5)];
 
 /// How many ops of the graph have this mnemonic.
+/// How many nodes of `g` and of its regions (scan and route bodies) are `mnemonic` ops.
 pub fn count(g: &Graph, mnemonic: &str) -> usize {
-    g.nodes().iter().filter(|n| n.op.mnemonic() == mnemonic).count()
+    g.nodes().iter().map(|n| usize::from(n.op.mnemonic() == mnemonic) + n.op.region().map_or(0, |b| count(b, mnemonic))).sum()
 }
 
 /// Max |a − b| over the positions the attention mask marks real (for outputs laid out
