@@ -151,6 +151,15 @@ pub fn broadcast_strides(x: &[usize], rank: usize) -> Vec<usize> {
 /// # Safety
 /// f32 views, shapes consistent with a matmul.
 pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool) {
+    unsafe { matmul_on(out, a, b, trans_b, true) }
+}
+
+/// [`matmul`] on the calling thread only (`threaded` false): for callers that run several
+/// products in parallel themselves.
+///
+/// # Safety
+/// As [`matmul`].
+pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded: bool) {
     let (ra, rb, r) = (a.shape.len(), b.shape.len(), out.shape.len());
     let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
     let n = if trans_b { b.shape[rb - 2] } else { b.shape[rb - 1] };
@@ -180,7 +189,7 @@ pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool) {
                 false,
                 false,
                 false,
-                if m * n * k > 32 * 32 * 32 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+                if threaded && m * n * k > 32 * 32 * 32 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
             )
         };
     }
@@ -207,6 +216,15 @@ pub unsafe fn epilogue(y: &View, bias: Option<&View>, act: Option<UnaryOp>, resi
         });
         epilogue_row(ys, b, act, r.as_deref());
     });
+}
+
+/// `act` over `y` on the calling thread (see [`matmul_on`]).
+///
+/// # Safety
+/// An f32 view.
+pub unsafe fn epilogue_rows(y: &View, act: UnaryOp) {
+    let d = y.shape.last().copied().unwrap_or(1).max(1);
+    unsafe { y.f32_mut() }.chunks_mut(d).for_each(|ys| epilogue_row(ys, None, Some(act), None));
 }
 
 vectorized!(fn epilogue_row(ys: &mut [f32], bias: Option<&[f32]>, act: Option<UnaryOp>, res: Option<&[f32]>) => epilogue_row_body);

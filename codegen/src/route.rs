@@ -64,8 +64,12 @@ pub fn plan(r: &Route) -> Result<RoutedFfn, String> {
         let n = g.node(v);
         (n.op == Op::MatMul && n.inputs[0] == rows).then(|| operand(n.inputs[1])).flatten()
     };
+    // act(x @ w), or the optimizer's gemm with that activation.
     let act_of = |v: ValueId| match g.node(v).op {
         Op::Unary(u) if activation(u) => proj(g.node(v).inputs[0]).map(|w| (u, w)),
+        Op::Gemm { bias: false, act: Some(u), residual: false } if activation(u) && g.node(v).inputs[0] == rows => {
+            operand(g.node(v).inputs[1]).map(|w| (u, w))
+        }
         _ => None,
     };
     match &node.op {
@@ -156,27 +160,30 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
     });
     let (gate, up, ys) =
         (sized(&mut scratch.gate, n * h), f.up.map(|_| sized(&mut scratch.up, n * h)), sized(&mut scratch.out, n * d_out));
-    for e in 0..experts {
+    // Experts in parallel, each on one thread (products of ~tokens·k/experts rows are too
+    // small to split well); the largest first, so that the threads finish together.
+    let mut order: Vec<usize> = (0..experts).filter(|&e| !routing.rows(e).is_empty()).collect();
+    order.sort_by_key(|&e| std::cmp::Reverse(routing.rows(e).len()));
+    let (rows, gate, up, ys) = (rows as usize, gate as usize, up.map(|p| p as usize), ys as usize);
+    order.par_iter().with_max_len(1).for_each(|&e| {
         let r = routing.rows(e);
         let m = r.len();
-        if m == 0 {
-            continue;
-        }
-        let at = |p: *mut u8, width: usize| View { ptr: p.wrapping_add(r.start * width * 4), shape: vec![m, width], dtype: DType::F32 };
-        let a = at(rows as *mut u8, d);
+        let at = |p: usize, width: usize| View { ptr: (p as *mut u8).wrapping_add(r.start * width * 4), shape: vec![m, width], dtype: DType::F32 };
+        let a = at(rows, d);
         let g = at(gate, h);
+        // SAFETY: each expert writes only its own rows of the scratch buffers; the weight
+        // slices lie inside their stacked operands (`e < experts`).
         unsafe {
-            host::matmul(&g, &a, &slice(&ins[f.gate], e), false);
-            host::epilogue(&g, None, Some(f.act), None);
+            host::matmul_on(&g, &a, &slice(&ins[f.gate], e), false, false);
+            host::epilogue_rows(&g, f.act);
             if let (Some(u), Some(up)) = (f.up, up) {
                 let uv = at(up, h);
-                host::matmul(&uv, &a, &slice(&ins[u], e), false);
-                let (gs, us) = (g.f32_mut(), uv.f32());
-                gs.par_chunks_mut(h.max(1)).zip(us.par_chunks(h.max(1))).for_each(|(g, u)| g.iter_mut().zip(u).for_each(|(g, u)| *g *= u));
+                host::matmul_on(&uv, &a, &slice(&ins[u], e), false, false);
+                g.f32_mut().iter_mut().zip(uv.f32()).for_each(|(g, u)| *g *= u);
             }
-            host::matmul(&at(ys, d_out), &g, &slice(&ins[f.down], e), false);
+            host::matmul_on(&at(ys, d_out), &g, &slice(&ins[f.down], e), false, false);
         }
-    }
+    });
     // Each token's k results, weighted, in the order of its choices.
     let mut pos = vec![0usize; n];
     for (i, &c) in routing.slot.iter().enumerate() {

@@ -538,6 +538,10 @@ pub struct Route {
 impl Route {
     /// The symbol naming the number of rows an expert receives, in the body's shapes.
     pub const ROWS: &'static str = "routed";
+    /// How the language names a body argument that is an expert's slice of a stacked
+    /// parameter (`stacked.0`, ..): a value known at load time, as a parameter is, which the
+    /// optimizer's cost model counts so (other arguments are named otherwise).
+    pub const STACKED: &'static str = "stacked.";
 }
 
 impl Op {

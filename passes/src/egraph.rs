@@ -258,9 +258,14 @@ impl Cost<'_> {
 }
 
 impl Cost<'_> {
-    /// Whether a class holds a parameter or a constant (a value known at load time).
+    /// Whether a class holds a parameter or a constant (a value known at load time), or a
+    /// route body's slice of a stacked parameter.
     fn is_weight(&self, id: Id) -> bool {
-        self.eg[id].nodes.iter().any(|n| matches!(n.op, Op::Param(..) | Op::Const(_)))
+        self.eg[id].nodes.iter().any(|n| match &n.op {
+            Op::Param(..) | Op::Const(_) => true,
+            Op::Input(name) => name.starts_with(tessera_ir::Route::STACKED),
+            _ => false,
+        })
     }
 }
 

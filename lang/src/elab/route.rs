@@ -256,7 +256,7 @@ impl Elab<'_> {
                 }
                 stacked.push(v);
                 // Named by position, so that identical layers keep identical bodies.
-                let arg = Node { op: Op::Input(format!("stacked.{}", stacked.len() - 1)), ..node };
+                let arg = Node { op: Op::Input(format!("{}{}", Route::STACKED, stacked.len() - 1)), ..node };
                 moved.push(region.push_unchecked(arg));
                 continue;
             }
@@ -299,7 +299,7 @@ impl Elab<'_> {
             shape.extend(n.ty.shape.iter().cloned());
             let b = Node { op: Op::Broadcast, inputs: vec![v], ty: TensorType::new(n.ty.dtype, shape), span: n.span };
             stacked.push(self.graph.push_unchecked(b));
-            region.push_unchecked(Node { op: Op::Input(format!("stacked.{}", stacked.len() - 1)), inputs: vec![], ty: n.ty, span: n.span })
+            region.push_unchecked(Node { op: Op::Input(format!("capture.{}", stacked.len() - 1)), inputs: vec![], ty: n.ty, span: n.span })
         };
         captures.insert(v, r);
         r
