@@ -142,6 +142,23 @@ pub const SMALL: &[(&str, &[(&str, &str)])] = &[
             ("vocab", "97"),
         ],
     ),
+    (
+        "jamba",
+        &[
+            ("layers", "4"),
+            ("d", "32"),
+            ("heads", "4"),
+            ("kv_heads", "2"),
+            ("hidden", "40"),
+            ("experts", "4"),
+            ("k", "2"),
+            ("attn_period", "2"),
+            ("attn_offset", "1"),
+            ("state", "6"),
+            ("dt_rank", "4"),
+            ("vocab", "97"),
+        ],
+    ),
 ];
 
 /// Every model of the standard library.
@@ -153,7 +170,7 @@ pub fn is_recurrent(family: &str) -> bool {
 
 /// Whether a family routes tokens to experts (its feed-forward blocks are routes).
 pub fn is_moe(family: &str) -> bool {
-    matches!(family, "mixtral" | "qwen2_moe")
+    matches!(family, "mixtral" | "qwen2_moe" | "jamba")
 }
 
 pub const MODELS: &[&str] = &[
@@ -181,6 +198,7 @@ pub const MODELS: &[&str] = &[
     "mamba2",
     "mixtral",
     "qwen2_moe",
+    "jamba",
 ];
 
 /// Sizes of the symbolic dimensions used with [`SMALL`].

@@ -35,6 +35,12 @@ fn every_stdlib_model_fuses_one_attention_and_one_ffn_per_layer() {
             // A route's expert is a fused feed-forward inside its body; Qwen2-MoE's sparse
             // layers have a shared expert beside it.
             "qwen2_moe" => (l, l + count(&opt, "route")),
+            // Jamba (SMALL: attention at layers 1 and 3, Mamba at 0 and 2): a feed-forward per
+            // layer, two of them routed.
+            "jamba" => {
+                assert_eq!(count(&opt, "scan"), l / 2, "{name}: scans\n{opt}");
+                (l / 2, l)
+            }
             _ => (l, l),
         };
         assert!(!is_moe(name) || count(&opt, "route") > 0, "{name}: no route\n{opt}");

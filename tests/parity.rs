@@ -26,12 +26,14 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
         g = tessera::passes::run_pipeline(&g, |_, _| {}).expect("pipeline");
         // FNet mixes tokens by Fourier transforms, not attention; Mamba by a scan, and it has
         // no feed-forward block either.
-        let has = |f: fn(&tessera::ir::Op) -> bool| g.nodes().iter().any(|n| f(&n.op));
+        // An op anywhere: in the graph or in a region (a routed expert's fused feed-forward).
+        fn any(g: &tessera::ir::Graph, f: fn(&tessera::ir::Op) -> bool) -> bool {
+            g.nodes().iter().any(|n| f(&n.op) || n.op.region().is_some_and(|b| any(b, f)))
+        }
+        let has = |f: fn(&tessera::ir::Op) -> bool| any(&g, f);
         let (attention, ffn) = match fx.family.as_str() {
             "fnet" => (false, true),
             f if common::is_recurrent(f) => (false, false),
-            // Mixtral's feed-forward blocks are all routed (checked below).
-            "mixtral" => (true, false),
             _ => (true, true),
         };
         let routed_ffn = |op: &tessera::ir::Op| match op {
@@ -41,7 +43,8 @@ fn run_fixture(fx: &common::Fixture, optimize: bool) -> Vec<(String, Tensor)> {
         assert!(!common::is_moe(&fx.family) || has(routed_ffn), "{dir}: no route with a fused feed-forward body");
         assert!(!attention || has(|op| matches!(op, tessera::ir::Op::Attention(_))), "{dir}: no fused attention");
         assert!(!ffn || has(|op| matches!(op, tessera::ir::Op::Ffn { .. })), "{dir}: no fused feed-forward");
-        assert!(!common::is_recurrent(&fx.family) || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
+        let scans = common::is_recurrent(&fx.family) || fx.family == "jamba";
+        assert!(!scans || has(|op| matches!(op, tessera::ir::Op::Scan(_))), "{dir}: no scan");
     }
     let mut dims = HashMap::new();
     runtime::bind_dims(&g, &fx.inputs, &mut dims).expect("dims");
@@ -71,6 +74,11 @@ fn mixtral_matches_transformers() {
 #[test]
 fn qwen2_moe_matches_transformers() {
     check_family("qwen2_moe");
+}
+
+#[test]
+fn jamba_matches_transformers() {
+    check_family("jamba");
 }
 
 #[test]

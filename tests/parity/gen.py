@@ -608,7 +608,36 @@ def moe_families() -> list[Fixture]:
                              tie_word_embeddings=True, initializer_range=INIT),
         seq_len=13, pads=(0, 3), seed=912, post_build=scale_routers,
         checks=[("norm_topk_prob True -> False", {"norm_topk_prob": False})]))
+    # ---------------------------------------------------------------- jamba
+    fx.append(Fixture(
+        # attention at layers 1 and 3, Mamba at 0 and 2; experts at 1 and 3
+        "jamba-a", "jamba", hf("JambaForCausalLM"),
+        hf("JambaConfig")(vocab_size=97, hidden_size=32, intermediate_size=40, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                          attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
+                          mamba_d_state=6, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4,
+                          tie_word_embeddings=False, initializer_range=INIT),
+        seq_len=11, pads=(0, 4), seed=921, post_build=scale_routers,
+        checks=[("num_experts_per_tok 2 -> 1", {"num_experts_per_tok": 1}),
+                ("the Mamba layers' dt/B/C norms -> 1", unit_mamba_norms)]))
+    fx.append(Fixture(
+        # attention at layer 2 only; every layer sparse, top-1 of 3; no conv bias; tied embeddings
+        "jamba-b", "jamba", hf("JambaForCausalLM"),
+        hf("JambaConfig")(vocab_size=89, hidden_size=24, intermediate_size=36, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=4, num_experts=3, num_experts_per_tok=1,
+                          attn_layer_period=3, attn_layer_offset=2, expert_layer_period=1, expert_layer_offset=0,
+                          mamba_d_state=5, mamba_d_conv=3, mamba_expand=2, mamba_dt_rank=3, mamba_conv_bias=False,
+                          rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=INIT),
+        seq_len=13, pads=(0, 3), seed=922, post_build=scale_routers,
+        checks=[("the Mamba layers' dt/B/C norms -> 1", unit_mamba_norms)]))
     return fx
+
+
+@torch.no_grad()
+def unit_mamba_norms(model) -> None:
+    for name, p in model.named_parameters():
+        if name.endswith(("dt_layernorm.weight", "b_layernorm.weight", "c_layernorm.weight")):
+            p.fill_(1.0)
 
 
 def is_router(module) -> bool:
@@ -639,8 +668,11 @@ def router_margin(model, fx: Fixture, inputs) -> float | None:
     gaps: list[float] = []
 
     def hook(m, args, out):
-        top = out[0].float().sort(dim=-1, descending=True).values
-        if m.top_k < top.shape[-1]:
+        # Rows of zeros (padding tokens whose embedding is zero) tie every expert, and every
+        # expert maps them to zero: their choice cannot matter.
+        live = args[0].reshape(-1, args[0].shape[-1]).abs().sum(-1) > 0
+        top = out[0].float()[live].sort(dim=-1, descending=True).values
+        if m.top_k < top.shape[-1] and top.shape[0] > 0:
             gaps.append(float((top[:, m.top_k - 1] - top[:, m.top_k]).min()))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if is_router(m)]
@@ -674,7 +706,7 @@ def randomise_rwkv(model) -> None:
 
 # Families whose fixtures compare `logits` (decoder-only causal LMs).
 CAUSAL_LM = {"gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom",
-             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2", "mixtral", "qwen2_moe"}
+             "falcon", "cohere2", "diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2", "mixtral", "qwen2_moe", "jamba"}
 
 
 @torch.no_grad()
