@@ -20,14 +20,14 @@ fn the_verifier_checks_routes() {
         // A stacked operand without the experts axis.
         ("%13 = broadcast %1 : f32[3, 4]", "%13 = broadcast %1 : f32[2, 4]", "leading axis of 3 experts"),
         // A body argument whose type is not its operand's slice.
-        ("%2 = input \"stacked.0\" : f32[4]", "%2 = input \"stacked.0\" : f32[5]", "argument \"stacked.0\""),
+        ("%2 = input \"capture.0\" : f32[4]", "%2 = input \"capture.0\" : f32[5]", "argument \"capture.0\""),
         // Rows that are not the routed rows.
         ("%0 = input \"x_e\" : f32[routed, 4]", "%0 = input \"x_e\" : f32[batch, 4]", "argument \"x_e\""),
         // Indices that are not i64, weights of another shape.
         ("%15 = route %0, %6, %11,", "%15 = route %0, %5, %11,", "expert indices"),
         ("%15 = route %0, %6, %11,", "%15 = route %0, %6, %3,", "expert weights"),
         // A parameter inside the region.
-        ("%2 = input \"stacked.0\" : f32[4]", "%2 = param \"s\" init=fill(1.0) : f32[4]", "inside a region"),
+        ("%2 = input \"capture.0\" : f32[4]", "%2 = param \"s\" init=fill(1.0) : f32[4]", "inside a region"),
         // A topk larger than its axis.
         ("%4 = topk %3 k=2 axis=2", "%4 = topk %3 k=4 axis=2", "k is between 1"),
     ];
