@@ -1,5 +1,5 @@
 //! The research architectures of `examples/research/` (Linformer, AFT, MatFormer, Hyena,
-//! PoNet, Transformer-VQ, NaLaFormer, causal linear attention, RWKV-6) against
+//! PoNet, Transformer-VQ, NaLaFormer, causal linear attention, RWKV-6, Mixture-of-Depths) against
 //! NumPy references written from their papers (`tests/research/gen.py`, float64): each
 //! fixture holds the parameters by Tessera name, the input and the expected outputs. Run on
 //! the interpreter and on the CPU backend.
@@ -41,6 +41,11 @@ fn check(name: &str) {
             assert!(err <= TOLERANCE, "{name}.{k} ({backend:?}) differs from the NumPy reference by {err:e}");
         }
     }
+}
+
+#[test]
+fn mixture_of_depths_matches_its_numpy_reference() {
+    check("mixture_of_depths");
 }
 
 #[test]

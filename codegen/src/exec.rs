@@ -245,10 +245,7 @@ impl Executable {
                     let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
                     unsafe { self.scan(s, k, &outs, &ins, dims) }
                 }
-                Kernel::TopK { k, axis, results } => {
-                    unsafe { crate::route::topk(&ins[0], &view(results[0]), &view(results[1]), *k, *axis) };
-                    Ok(())
-                }
+                Kernel::TopK { axis, results } => unsafe { crate::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
                 Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
                 _ => unsafe { self.step(s, &out, &ins, dims, &mut stats) },
             };

@@ -163,9 +163,7 @@ pub enum Kernel {
     Scan(Box<ScanKernel>),
     /// The `k` largest along `axis`: writes values and indices (`results`); `out` is the first.
     TopK {
-        /// How many.
-        k: usize,
-        /// The axis searched.
+        /// The axis searched (`k` is the results' size along it).
         axis: usize,
         /// The values' and the indices' buffers.
         results: Vec<BufId>,
@@ -370,7 +368,7 @@ impl fmt::Display for Program {
                         body.trim_end()
                     )
                 }
-                Kernel::TopK { k, axis, results } => format!(" k={k} axis={axis} results=[buf{}, buf{}]", results[0], results[1]),
+                Kernel::TopK { axis, results } => format!(" axis={axis} results=[buf{}, buf{}]", results[0], results[1]),
                 Kernel::Route(k) => {
                     let body = k.body.to_string().replace('\n', "\n    ");
                     let lowering = if k.ffn.is_ok() { "grouped_ffn" } else { "per_expert" };

@@ -75,14 +75,14 @@ pub fn schedule(g: &Graph) -> Program {
                 p.steps.push(Step { kernel, out, ins, span: n.span, ops: 1 });
                 continue;
             }
-            Op::TopK { k, axis } => {
+            Op::TopK { axis, .. } => {
                 let tys: Vec<&tessera_ir::TensorType> = n.inputs.iter().map(|v| g.ty(*v)).collect();
                 let results: Vec<BufId> =
                     tessera_ir::multi_results(&n.op, &tys).unwrap_or_default().iter().map(|t| new_buf(&mut p, t, Storage::Arena)).collect();
                 let ins = n.inputs.iter().filter_map(|v| buf[v.index()]).collect();
                 let out = results.first().copied().unwrap_or_default();
                 multi.insert(i, results.clone());
-                p.steps.push(Step { kernel: Kernel::TopK { k: *k, axis: *axis, results }, out, ins, span: n.span, ops: 1 });
+                p.steps.push(Step { kernel: Kernel::TopK { axis: *axis, results }, out, ins, span: n.span, ops: 1 });
                 continue;
             }
             Op::Route(r) => {

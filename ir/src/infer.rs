@@ -478,11 +478,12 @@ pub fn multi_results(op: &Op, ins: &[&TensorType]) -> Result<Vec<TensorType>, St
             if !x.dtype.is_numeric() {
                 return Err(format!("topk needs a numeric operand, got {x}"));
             }
-            if *k == 0 || x.shape[*axis].as_known().is_some_and(|n| (*k as i64) > n) {
+            let small = |k: i64| k < 1 || x.shape[*axis].as_known().is_some_and(|n| k > n);
+            if k.as_known().is_some_and(small) {
                 return Err(format!("top-{k} of {x} along axis {axis}: k is between 1 and the axis' size"));
             }
             let mut shape = x.shape.clone();
-            shape[*axis] = Dim::known(*k as i64);
+            shape[*axis] = k.clone();
             Ok(vec![TensorType::new(x.dtype, shape.clone()), TensorType::new(DType::I64, shape)])
         }
         other => Err(format!("{other} has a single result")),

@@ -441,8 +441,9 @@ pub enum Op {
     /// shape), read through [`Op::Proj`]. Ties keep the lower index first, as `torch.topk`
     /// on the CPU; NaN counts as larger than every number (torch's order).
     TopK {
-        /// How many elements (1 ≤ k ≤ the axis' size).
-        k: usize,
+        /// How many elements (1 ≤ k ≤ the axis' size): a constant, or a size known when the
+        /// program runs (`seq/8`: Mixture-of-Depths' capacity).
+        k: Dim,
         /// The axis searched.
         axis: usize,
     },

@@ -363,7 +363,7 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         }
         "topk" => {
             key(c, "k")?;
-            let k = c.int()?;
+            let k = dim_attr(c)?;
             Op::TopK { k, axis: axis(c)? }
         }
         "route" => {

@@ -151,11 +151,19 @@ pub fn run(
                 .collect::<Result<_, _>>()?;
             match &node.op {
                 Op::Scan(s) => tuples[i] = Some(scan(graph, s, &args, dims)?),
-                Op::TopK { k, axis } => {
+                Op::TopK { axis, .. } => {
                     let x = args[0];
-                    let (vals, idxs) = crate::topk(&x.shape, *k, *axis, |i| x.get(i));
+                    let k = shape[*axis];
+                    if k > x.shape[*axis] {
+                        return Err(RunError::Shape(format!(
+                            "top-{k} of {} elements along axis {axis} ({})",
+                            x.shape[*axis],
+                            location(graph, node)
+                        )));
+                    }
+                    let (vals, idxs) = crate::topk(&x.shape, k, *axis, |i| x.get(i));
                     let mut shape = x.shape.clone();
-                    shape[*axis] = *k;
+                    shape[*axis] = k;
                     tuples[i] = Some(vec![Tensor::from_f64(x.dtype(), shape.clone(), vals.into_iter()), Tensor::i64(shape, idxs)]);
                 }
                 Op::Route(r) => {

@@ -330,6 +330,60 @@ def rwkv6(P, x, d, n_heads, hidden, layers, lora, eps):
     return {"y": x}
 
 
+def mixture_of_depths(P, x, d, n_heads, hidden, layers, every, eps):
+    # Mixture-of-Depths: on odd layers, the s/every tokens with the highest router score pass
+    # through the block (attention among themselves in sequence order, then SwiGLU), their
+    # update scaled by the score; the rest are copied. Even layers are full blocks.
+    b, s, _ = x.shape
+    e = d // n_heads
+
+    def rms(name, h):
+        w = P[f"{name}.weight"] = 1.0 + 0.2 * P.rng.normal(0.0, 1.0, (d,))
+        return lambda y: y / np.sqrt((y * y).mean(-1, keepdims=True) + eps) * w
+
+    def attention(name):
+        wq, wk, wv, wo = (P.w(f"{name}.{n}.weight", d, d) for n in "qkvo")
+
+        def f(h):  # h [b, t, d], causal over t
+            t = h.shape[1]
+            q, k, v = ((h @ w).reshape(h.shape[0], t, n_heads, e).transpose(0, 2, 1, 3) for w in (wq, wk, wv))
+            sc = q @ k.transpose(0, 1, 3, 2) / math.sqrt(e)
+            sc = np.where(np.tril(np.ones((t, t), dtype=bool)), sc, -np.inf)
+            y = softmax(sc, -1) @ v
+            return y.transpose(0, 2, 1, 3).reshape(h.shape[0], t, d) @ wo
+        return f
+
+    def swiglu(name):
+        wg, wu, wd = P.w(f"{name}.gate.weight", d, hidden), P.w(f"{name}.up.weight", d, hidden), P.w(f"{name}.down.weight", hidden, d)
+        return lambda h: ((h @ wg) * sigmoid(h @ wg) * (h @ wu)) @ wd
+
+    margins = []
+    for l in range(layers):
+        p = f"layers.{l}" + (".mod" if l % 2 == 1 else "")
+        if l % 2 == 1:
+            wr = P.w(f"{p}.router.weight", d, 1)
+        an, at, mn, ml = rms(f"{p}.attn_norm", x), attention(f"{p}.attn"), rms(f"{p}.mlp_norm", x), swiglu(f"{p}.mlp")
+        if l % 2 == 0:
+            x = x + at(an(x))
+            x = x + ml(mn(x))
+            continue
+        r = (x @ wr)[..., 0]
+        c = s // every
+        out = x.copy()
+        for bi in range(b):
+            order = np.argsort(-r[bi], kind="stable")
+            margins.append(r[bi, order[c - 1]] - r[bi, order[c]])
+            pos = np.sort(order[:c])
+            xs = x[bi:bi + 1, pos]
+            h = xs + at(an(xs))
+            h = h + ml(mn(h))
+            out[bi, pos] = x[bi, pos] + (h - xs)[0] * r[bi, pos][:, None]
+        x = out
+    # A choice that f32 rounding could flip would make the fixture fragile.
+    assert min(margins) > 1e-3, f"router margin {min(margins)}"
+    return {"y": x}
+
+
 CASES = [
     # name, function, hyper-parameters (passed as -D), batch, seq
     ("linformer", linformer, dict(d=24, n_heads=3, k=5, max_seq=16, hidden=40, layers=2, eps=1e-5), 2, 11),
@@ -341,6 +395,7 @@ CASES = [
     ("nalaformer", nalaformer, dict(d=24, n_heads=2, hidden=40, layers=2, eps=1e-6), 2, 13),
     ("linear_attention", linear_attention, dict(d=24, n_heads=3, hidden=40, layers=2, eps=1e-5), 2, 11),
     ("rwkv6", rwkv6, dict(d=24, n_heads=3, hidden=40, layers=2, lora=6, eps=1e-5), 2, 13),
+    ("mixture_of_depths", mixture_of_depths, dict(d=24, n_heads=3, hidden=40, layers=4, every=4, eps=1e-5), 2, 12),
 ]
 # Tessera's name for a hyper-parameter where it differs.
 RENAME = {"n_heads": "heads"}

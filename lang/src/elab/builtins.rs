@@ -588,7 +588,14 @@ impl Elab<'_> {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
                 let rank = self.ty(x).rank();
                 let Some(axis) = self.axis_arg(&a[2], -1, rank, span) else { return Value::Poison };
-                let Some(k) = self.count_arg("topk", "k", &a[1], span) else { return Value::Poison };
+                // A constant, or a size known when the program runs (`seq // 8`).
+                let k = match &a[1] {
+                    Some((Value::Int(d), _)) if d.as_known().is_none() => d.clone(),
+                    other => match self.count_arg("topk", "k", other, span) {
+                        Some(k) => Dim::known(k as i64),
+                        None => return Value::Poison,
+                    },
+                };
                 self.topk(x, k, axis, span)
             }
             "sort" => {

@@ -48,9 +48,9 @@ impl Elab<'_> {
 
     /// `values, indices = topk(x, k, axis = -1)`: the `k` largest along `axis`, largest first
     /// (ties: lower index first).
-    pub(super) fn topk(&mut self, x: ValueId, k: usize, axis: usize, span: Span) -> Value {
+    pub(super) fn topk(&mut self, x: ValueId, k: Dim, axis: usize, span: Span) -> Value {
         let t = self.ty(x).clone();
-        if let Some(n) = t.shape[axis].as_known().filter(|&n| k as i64 > n) {
+        if let Some(n) = t.shape[axis].as_known().filter(|&n| k.as_known().is_some_and(|k| k > n)) {
             return self.err(
                 Diagnostic::error(codes::VALUE, format!("top-{k} of {n} elements along axis {axis} of {t}"), span, "here")
                     .with_help(format!("k is at most the axis' size, {n}")),
@@ -155,7 +155,7 @@ impl Elab<'_> {
             } else {
                 logits
             };
-            let Value::Tuple(vi) = self.topk(scores, k, axis, span) else { return Value::Poison };
+            let Value::Tuple(vi) = self.topk(scores, Dim::known(k as i64), axis, span) else { return Value::Poison };
             let [Value::Tensor(v), Value::Tensor(i)] = vi[..] else { return Value::Poison };
             let w = match gate {
                 "topk_softmax" => self.softmax(v, axis, span),
