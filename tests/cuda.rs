@@ -25,13 +25,11 @@ fn programs() -> Vec<(String, tessera::codegen::Program)> {
 }
 
 /// Whether the CUDA backend refuses `p` because of a scan it does not lower (a body that is
-/// not elementwise) or routing (`topk` and `route` are not lowered yet); checks that the
+/// not elementwise) or a route whose experts are not feed-forward blocks; checks that the
 /// refusal says so.
 fn refuses_scan(name: &str, p: &tessera::codegen::Program) -> bool {
     match cuda::lower(p, cuda::Precision::F32) {
-        Err(e) if e.contains("does not lower this `scan`") || e.contains("does not lower `route`") || e.contains("does not lower `topk`") => {
-            true
-        }
+        Err(e) if e.contains("does not lower this `scan`") || e.contains("does not lower this `route`") => true,
         Err(e) => panic!("{name}: {e}"),
         Ok(_) => false,
     }
@@ -46,7 +44,9 @@ fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
         let kernels = tessera::codegen::cuda::lower(&p, cuda::Precision::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
         for (i, s) in p.steps.iter().enumerate() {
             let main = kernels.iter().filter(|k| k.step == i && k.role == cuda::Role::Main).count();
-            let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. });
+            // GEMMs run on cuBLAS; a route launches its gather, activation and sum kernels
+            // around its experts' GEMMs.
+            let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. } | Kernel::Route(_));
             assert_eq!(main, usize::from(!gemm), "{name}: step {i} ({})", s.kernel.name());
         }
         for k in &kernels {
@@ -153,6 +153,8 @@ const EMULATED: &[(&str, &str)] = &[
     ("attention -inf mask", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j <= i, (q @ k.T) * 0.3, -1e40), -1) @ v"),
     ("scan", "input x: [batch, seq, 6]\n param a: [6]\n h0 = x[:, 0, :] * 0.0\n ys, h, m = scan(x, init = (h0, h0 - 1e30)) |h, m, x_t| {\n h = sigmoid(a) * h + x_t\n m = maximum(m, x_t)\n return h * m, h, m\n }\n output y = ys\n output z = h + m\n w, g = scan(x, init = h0, reverse = true) |g, x_t| {\n g = 0.5 * g + x_t\n return g, g\n }\n output v = w"),
     ("scan reduce", "input x: [batch, seq, 3]\n input b: [batch, seq, 4]\n h0 = x[:, 0, :, none] * b[:, 0, none, :] * 0.0\n ys, h = scan((x, b), init = h0) |h, x_t, b_t| {\n h = exp(-abs(x_t))[.., none] * h + x_t[.., none] * b_t[:, none, :]\n return sum(h * b_t[:, none, :], -1), h\n }\n output y = ys\n output z = h"),
+    ("topk", "input x: [batch, seq, 7]\n v, i = topk(x, 3)\n w, j = topk(x, 2, axis = 1)\n output y = v * float(i)\n output z = w + float(j)"),
+    ("route", "input x: [batch, seq, 11]\n output y = nn.moe(x, 5, 2, 13)\n output z = nn.moe(x, 3, 3, 6, \"softmax_topk\") as other"),
         ("attention masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
 ];
 

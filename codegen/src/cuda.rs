@@ -159,8 +159,15 @@ template <int N> __device__ inline void tsr_offsets(i64 i, i64 n, int rank, cons
     }
   }
 }
-// `i / d` and `i % d`, in 32 bits where `n` (above every `i`) allows.
-__device__ inline void tsr_divmod(i64 i, i64 d, i64 n, i64* q, i64* r) {
+// Whether `a` (at index `ia`) ranks before `b` (at `ib`) in top-k's order: NaN first, then
+// larger, then the lower index (torch's).
+__device__ inline bool tsr_before(double a, i64 ia, double b, i64 ib) {
+  const bool na = isnan(a), nb = isnan(b);
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+// `i / d` and `i % d`, in 32 bits where `n` (above every `i`) allows.i64 i, i64 d, i64 n, i64* q, i64* r) {
   if (n <= 4294967295LL) {
     const unsigned u = (unsigned)i, v = (unsigned)d;
     *q = u / v;
@@ -222,6 +229,18 @@ pub enum Arg {
     Gates,
     /// A feed-forward block's hidden layer (scratch).
     Hidden,
+    /// A route's rows grouped by expert (scratch, `[tokens·k, d]`).
+    RouteRows,
+    /// A route's first projection of the grouped rows, then its hidden layer (scratch).
+    RouteGate,
+    /// A route's up projection of the grouped rows (scratch).
+    RouteUp,
+    /// A route's expert outputs, in the grouped order (scratch).
+    RouteOut,
+    /// Which choice (`token·k + j`) each grouped row is (i64, uploaded at each run).
+    RouteSlot,
+    /// Where each choice's row is in the grouping (i64, uploaded at each run).
+    RoutePos,
 }
 
 /// The part a kernel plays in its step.
@@ -233,6 +252,12 @@ pub enum Role {
     Epilogue,
     /// A feed-forward block's activation (and gating) between its two GEMMs.
     FfnAct,
+    /// A route's gather of its rows into expert order.
+    RouteGather,
+    /// A route's activation (and gating) between its experts' GEMMs.
+    RouteAct,
+    /// A route's weighted sum of each token's expert outputs.
+    RouteScatter,
 }
 
 /// Generates the kernels of every step that this lowering covers. Steps whose kernels are the
@@ -247,12 +272,13 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
     for step in &program.steps {
-        if let Kernel::TopK { .. } | Kernel::Route(_) = &step.kernel {
-            let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (at {l})"));
-            return Err(format!(
-                "the CUDA backend does not lower `{}` yet{at}; run it with --backend cpu or interp",
-                step.kernel.name()
-            ));
+        if let Kernel::Route(k) = &step.kernel {
+            if let Err(why) = &k.ffn {
+                let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the route at {l})"));
+                return Err(format!(
+                    "the CUDA backend does not lower this `route`{at}: it runs experts that are feed-forward blocks, and {why}; run it with --backend cpu or interp"
+                ));
+            }
         }
         if let Kernel::Scan(k) = &step.kernel {
             if let Some(why) = scan_unit(program, k).err() {
@@ -273,9 +299,11 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
                 Arg::In(k) => storage(program.buffers[step.ins[*k]].ty.dtype),
                 Arg::Result(k) => match &step.kernel {
                     Kernel::Scan(sk) => storage(program.buffers[sk.results[*k]].ty.dtype),
+                    Kernel::TopK { results, .. } => storage(program.buffers[results[*k]].ty.dtype),
                     _ => "tsr_f",
                 },
-                Arg::Gates | Arg::Hidden => "tsr_f",
+                Arg::RouteSlot | Arg::RoutePos => "i64",
+                Arg::Gates | Arg::Hidden | Arg::RouteRows | Arg::RouteGate | Arg::RouteUp | Arg::RouteOut => "tsr_f",
             };
             let mut params: Vec<String> = args
                 .iter()
@@ -307,6 +335,20 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             Kernel::Scan(k) => {
                 let args = (0..k.results.len()).map(Arg::Result).chain((0..step.ins.len()).map(Arg::In)).collect();
                 push(name.clone(), scan_kernel(program, i, step, k, &name), args, Role::Main)?
+            }
+            Kernel::TopK { .. } => {
+                push(name.clone(), Ok(topk_kernel(program, i, step, &name)), vec![Arg::Result(0), Arg::Result(1), Arg::In(0)], Role::Main)?
+            }
+            Kernel::Route(k) => {
+                let Ok(f) = &k.ffn else { continue };
+                for (role, suffix, args) in [
+                    (Role::RouteGather, "gather", vec![Arg::RouteRows, Arg::In(0), Arg::RouteSlot]),
+                    (Role::RouteAct, "act", if f.up.is_some() { vec![Arg::RouteGate, Arg::RouteUp] } else { vec![Arg::RouteGate] }),
+                    (Role::RouteScatter, "scatter", vec![Arg::Out, Arg::In(2), Arg::RouteOut, Arg::RoutePos]),
+                ] {
+                    let name = format!("{name}_{suffix}");
+                    push(name.clone(), Ok(route_kernel(program, i, step, &name, role, f)), args, role)?;
+                }
             }
             Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Attention(f) if mma => push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?,
@@ -1106,7 +1148,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     let strided =
         |st: &str| format!("  const int rank = (int)meta[1];\n  i64 off;\n  tsr_offsets<1>(i, meta[0], rank, meta + 2, {st}, &off);\n");
     let body = match k {
-        Kernel::Scan(_) | Kernel::TopK { .. } | Kernel::Route(_) => "  // refused by `lower`\n".to_string(),
+        Kernel::Scan(_) | Kernel::TopK { .. } | Kernel::Route(_) => "  // lowered on their own\n".to_string(),
         // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Norm { kind, eps } => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
@@ -1215,6 +1257,56 @@ fn epilogue(p: &Program, index: usize, step: &Step, name: &str, bias: bool, act:
 /// A feed-forward block's activation: `hidden = act(gates[.., :w] + b) ⊙ (gates[.., w:] + b)`
 /// (gated) or `act(gates + b)`, one thread per hidden element; `meta` is
 /// `[rows · width, width, gates width]`.
+/// The top-k kernel: one thread per line along the axis, picking the `k` largest in turn (each
+/// pick the best of those ranking after the previous one: NaN first, then larger, then lower
+/// index, as `tsr_before` orders them). `meta`: lines, the axis' size, the inner size, `k`.
+fn topk_kernel(p: &Program, index: usize, step: &Step, name: &str) -> String {
+    let Kernel::TopK { results, .. } = &step.kernel else { return String::new() };
+    let t = |b: usize| storage(p.buffers[b].ty.dtype);
+    let mut s = heading(p, index, step, "topk", None);
+    let params = [
+        format!("{}* __restrict__ vals", t(results[0])),
+        "i64* __restrict__ idxs".to_string(),
+        format!("const {}* __restrict__ in0", t(step.ins[0])),
+    ];
+    s += &open(name, &params, true);
+    let _ = write!(
+        s,
+        "  const i64 n = meta[1], inner = meta[2], k = meta[3];\n  const i64 base = (i / inner) * n * inner + i % inner, obase = (i / inner) * k * inner + i % inner;\n  double pv = 0.0;\n  i64 pi = -1;\n  for (i64 r = 0; r < k; ++r) {{\n    double bv = 0.0;\n    i64 best = -1;\n    for (i64 j = 0; j < n; ++j) {{\n      const double v = (double)in0[base + j * inner];\n      if (pi >= 0 && !tsr_before(pv, pi, v, j)) continue;\n      if (best < 0 || tsr_before(v, j, bv, best)) {{ bv = v; best = j; }}\n    }}\n    vals[obase + r * inner] = ({})bv;\n    idxs[obase + r * inner] = best;\n    pv = bv;\n    pi = best;\n  }}\n",
+        t(results[0])
+    );
+    s + "}\n"
+}
+
+/// The kernels of a grouped route (`role`): the gather of the rows into expert order
+/// (`meta`: rows·d, d, k), the activation between the experts' GEMMs (rows·h), and each
+/// token's weighted sum of its experts' outputs (tokens·d_out, d_out, k).
+fn route_kernel(p: &Program, index: usize, step: &Step, name: &str, role: Role, f: &crate::route::RoutedFfn) -> String {
+    let mut s = heading(p, index, step, &format!("route ({role:?})"), None);
+    match role {
+        Role::RouteGather => {
+            let params = ["tsr_f* __restrict__ rows", "const tsr_f* __restrict__ x", "const i64* __restrict__ slot"].map(String::from);
+            s += &open(name, &params, true);
+            s += "  const i64 d = meta[1], k = meta[2];\n  i64 r, c;\n  tsr_divmod(i, d, meta[0], &r, &c);\n  rows[i] = x[(slot[r] / k) * d + c];\n";
+        }
+        Role::RouteAct => {
+            let mut params = vec!["tsr_f* __restrict__ gate".to_string()];
+            params.extend(f.up.map(|_| "const tsr_f* __restrict__ up".to_string()));
+            s += &open(name, &params, true);
+            let _ = writeln!(s, "  float g = gate[i];\n  g = {};", unary(f.act, "g", DType::F32));
+            s += if f.up.is_some() { "  gate[i] = g * (float)up[i];\n" } else { "  gate[i] = g;\n" };
+        }
+        _ => {
+            let params =
+                ["tsr_f* __restrict__ out", "const tsr_f* __restrict__ w", "const tsr_f* __restrict__ ys", "const i64* __restrict__ pos"]
+                    .map(String::from);
+            s += &open(name, &params, true);
+            s += "  const i64 d = meta[1], k = meta[2];\n  i64 t, c;\n  tsr_divmod(i, d, meta[0], &t, &c);\n  float acc = 0.0f;\n  for (i64 j = 0; j < k; ++j) acc += (float)w[t * k + j] * (float)ys[pos[t * k + j] * d + c];\n  out[i] = acc;\n";
+        }
+    }
+    s + "}\n"
+}
+
 fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act: UnaryOp, bias: bool) -> String {
     let mut s = heading(p, index, step, "activation of the ffn", None);
     let mut params = vec!["tsr_f* __restrict__ hidden".to_string(), "const tsr_f* __restrict__ gates".to_string()];
@@ -1248,7 +1340,12 @@ pub fn meta(
     };
     let mut m = match k {
         Kernel::Scan(_) => return Err("a scan's launch is `scan_meta`".into()),
-        Kernel::TopK { .. } | Kernel::Route(_) => return Err(format!("{} is refused by `lower`", k.name())),
+        Kernel::TopK { axis, .. } => {
+            let mut m = lines(ins[0], *axis);
+            m.push(out[*axis] as i64);
+            m
+        }
+        Kernel::Route(_) => return Err("a route's launches are made by the executor".into()),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
         Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Norm { .. } => {

@@ -291,6 +291,18 @@ pub fn run<D: Device>(
     // Scratch of the feed-forward blocks: the first GEMM's output and the hidden layer.
     let mut scratch_of: HashMap<(usize, Arg), Slot> = HashMap::new();
     for (s, step) in program.steps.iter().enumerate() {
+        if let Some((sizes, _)) = route_sizes(&shapes, step) {
+            let es = precision.f32_size();
+            for (arg, elements) in [
+                (Arg::RouteRows, sizes.rows * sizes.d),
+                (Arg::RouteGate, sizes.rows * sizes.h),
+                (Arg::RouteUp, sizes.rows * sizes.h),
+                (Arg::RouteOut, sizes.rows * sizes.d_out),
+            ] {
+                slot(device, &mut resident.memory, Slot::Scratch(arg, elements * es), elements * es)?;
+                scratch_of.insert((s, arg), Slot::Scratch(arg, elements * es));
+            }
+        }
         if let Kernel::Ffn { gated, .. } = step.kernel {
             let (rows, h_in, width) = ffn_sizes(&shapes, step, gated);
             let es = precision.f32_size();
@@ -342,6 +354,7 @@ pub fn run<D: Device>(
                     (Arg::Out, _) => buf(step.out),
                     (Arg::In(i), _) => buf(step.ins[*i]),
                     (Arg::Result(k), Kernel::Scan(sk)) => buf(sk.results[*k]),
+                    (Arg::Result(k), Kernel::TopK { results, .. }) => buf(results[*k]),
                     (other, _) => scratch(s, *other),
                 })
                 .collect::<Result<_, _>>()?;
@@ -396,6 +409,57 @@ pub fn run<D: Device>(
                     launch(n, k, &cuda::epilogue_meta(out_shape, &[]))?;
                 }
             }
+            Kernel::Route(rk) => {
+                let Some((z, f)) = route_sizes(&shapes, step) else {
+                    return Err(format!("step {s}: a route without its grouped plan (refused by `lower`)"));
+                };
+                if z.rows == 0 {
+                    continue;
+                }
+                // The grouping is made on the host from the chosen experts (tokens·k integers).
+                let raw = device.download(buf(step.ins[1])?, bytes_of(step.ins[1]))?;
+                let choices: Vec<i64> = raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect();
+                let at = step.span.display_in(&program.files).unwrap_or_else(|| "a route".into());
+                let routing = tessera_runtime::Routing::new(&choices, rk.op.experts, &at).map_err(|e| e.to_string())?;
+                let mut pos = vec![0i64; z.rows];
+                for (i, &c) in routing.slot.iter().enumerate() {
+                    pos[c] = i as i64;
+                }
+                let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+                let slot_buf = device.upload(&as_bytes(&routing.slot.iter().map(|&c| c as i64).collect::<Vec<_>>()))?;
+                let pos_buf = device.upload(&as_bytes(&pos))?;
+                let kernel = |role: Role| kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| format!("step {s}: no {role:?} kernel"));
+                let (rows, gate, up, ys) =
+                    (scratch(s, Arg::RouteRows)?, scratch(s, Arg::RouteGate)?, scratch(s, Arg::RouteUp)?, scratch(s, Arg::RouteOut)?);
+                let (n, _) = kernel(Role::RouteGather)?;
+                device.launch(n, z.rows * z.d, &[rows, buf(step.ins[0])?, &slot_buf], &[(z.rows * z.d) as i64, z.d as i64, z.k as i64])?;
+                let gemm = |c: (&D::Buf, usize), a: (&D::Buf, usize), w: BufId, e: usize, (m, n, k): (usize, usize, usize)| {
+                    let g = GemmShape { m, n, k, trans_b: false, precision, act: None };
+                    device.gemm(c, a, (buf(w)?, e * k * n), None, g)
+                };
+                for e in 0..rk.op.experts {
+                    let r = routing.rows(e);
+                    if !r.is_empty() {
+                        let mnk = (r.len(), z.h, z.d);
+                        gemm((gate, r.start * z.h), (rows, r.start * z.d), step.ins[f.gate], e, mnk)?;
+                        if let Some(u) = f.up {
+                            gemm((up, r.start * z.h), (rows, r.start * z.d), step.ins[u], e, mnk)?;
+                        }
+                    }
+                }
+                let (n, _) = kernel(Role::RouteAct)?;
+                let act_args: Vec<&D::Buf> = if f.up.is_some() { vec![gate, up] } else { vec![gate] };
+                device.launch(n, z.rows * z.h, &act_args, &[(z.rows * z.h) as i64])?;
+                for e in 0..rk.op.experts {
+                    let r = routing.rows(e);
+                    if !r.is_empty() {
+                        gemm((ys, r.start * z.d_out), (gate, r.start * z.h), step.ins[f.down], e, (r.len(), z.d_out, z.h))?;
+                    }
+                }
+                let (n, _) = kernel(Role::RouteScatter)?;
+                let cells = z.tokens * z.d_out;
+                device.launch(n, cells, &[buf(step.out)?, buf(step.ins[2])?, ys, &pos_buf], &[cells as i64, z.d_out as i64, z.k as i64])?;
+            }
             Kernel::Scan(sk) => {
                 let outs: Vec<&[usize]> = sk.results.iter().map(|&b| shapes[b].as_slice()).collect();
                 let meta = cuda::scan_meta(program, sk, &outs, &in_shapes)?;
@@ -424,6 +488,29 @@ pub fn run<D: Device>(
         + kept.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..) | Slot::Derived(_))).map(|(_, (b, _))| b).sum::<usize>();
     resident.derived_current = true;
     Ok((outputs, GpuStats { seconds, memory_bytes }))
+}
+
+/// The sizes of a grouped route step: tokens, choices per token, routed rows, widths.
+struct RouteSizes {
+    tokens: usize,
+    k: usize,
+    rows: usize,
+    d: usize,
+    h: usize,
+    d_out: usize,
+}
+
+/// A grouped route step's sizes and plan (`None` for other steps).
+fn route_sizes<'a>(shapes: &[Vec<usize>], step: &'a crate::kernel::Step) -> Option<(RouteSizes, &'a crate::route::RoutedFfn)> {
+    let Kernel::Route(rk) = &step.kernel else { return None };
+    let f = rk.ffn.as_ref().ok()?;
+    let (x, idx) = (&shapes[step.ins[0]], &shapes[step.ins[1]]);
+    let d = last_size(x);
+    let k = last_size(idx);
+    let tokens = x.iter().product::<usize>() / d.max(1);
+    let h = shapes[step.ins[f.gate]].get(2).copied().unwrap_or(0);
+    let d_out = last_size(&shapes[step.out]);
+    Some((RouteSizes { tokens, k, rows: tokens * k, d, h, d_out }, f))
 }
 
 /// The last size of a shape (a row's width).
