@@ -167,7 +167,8 @@ __device__ inline bool tsr_before(double a, i64 ia, double b, i64 ib) {
   if (!na && a != b) return a > b;
   return ia < ib;
 }
-// `i / d` and `i % d`, in 32 bits where `n` (above every `i`) allows.i64 i, i64 d, i64 n, i64* q, i64* r) {
+// `i / d` and `i % d`, in 32 bits where `n` (above every `i`) allows.
+__device__ inline void tsr_divmod(i64 i, i64 d, i64 n, i64* q, i64* r) {
   if (n <= 4294967295LL) {
     const unsigned u = (unsigned)i, v = (unsigned)d;
     *q = u / v;
