@@ -37,7 +37,8 @@ fn the_verifier_checks_routes() {
         let errs = tessera::ir::verify(&g).err().unwrap_or_default();
         assert!(errs.iter().any(|e| e.contains(want)), "`{to}`: expected an error containing `{want}`, got {errs:?}");
     }
-    let e = tessera::ir::parse(&text.replacen("experts=3 : f32[batch, seq, 5] loc(0:7:14) {", "experts=3 : f32[batch, seq, 5] loc(0:7:14)", 1));
+    let e =
+        tessera::ir::parse(&text.replacen("experts=3 : f32[batch, seq, 5] loc(0:7:14) {", "experts=3 : f32[batch, seq, 5] loc(0:7:14)", 1));
     assert!(e.is_err_and(|e| e.msg.contains("opens with `{`")));
 }
 

@@ -428,7 +428,8 @@ pub fn run<D: Device>(
                 let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
                 let slot_buf = device.upload(&as_bytes(&routing.slot.iter().map(|&c| c as i64).collect::<Vec<_>>()))?;
                 let pos_buf = device.upload(&as_bytes(&pos))?;
-                let kernel = |role: Role| kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| format!("step {s}: no {role:?} kernel"));
+                let kernel =
+                    |role: Role| kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| format!("step {s}: no {role:?} kernel"));
                 let (rows, gate, up, ys) =
                     (scratch(s, Arg::RouteRows)?, scratch(s, Arg::RouteGate)?, scratch(s, Arg::RouteUp)?, scratch(s, Arg::RouteOut)?);
                 let (n, _) = kernel(Role::RouteGather)?;

@@ -16,7 +16,7 @@
 use crate::host::{self, View};
 use rayon::prelude::*;
 use tessera_ir::{BinaryOp, DType, Op, Route, UnaryOp, ValueId};
-use tessera_runtime::{RunError, Routing};
+use tessera_runtime::{Routing, RunError};
 
 /// A route body recognised as a feed-forward block: `act(x Wg) ⊙ (x Wu) Wd` (gated) or
 /// `act(x W1) W2`, each weight an expert slice. Fields are operand positions of the step.
@@ -158,8 +158,7 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
         let dst = unsafe { std::slice::from_raw_parts_mut((rows as *mut f32).add(i * d), d) };
         dst.copy_from_slice(&xs[t * d..(t + 1) * d]);
     });
-    let (gate, up, ys) =
-        (sized(&mut scratch.gate, n * h), f.up.map(|_| sized(&mut scratch.up, n * h)), sized(&mut scratch.out, n * d_out));
+    let (gate, up, ys) = (sized(&mut scratch.gate, n * h), f.up.map(|_| sized(&mut scratch.up, n * h)), sized(&mut scratch.out, n * d_out));
     // Experts in parallel, each on one thread (products of ~tokens·k/experts rows are too
     // small to split well); the largest first, so that the threads finish together.
     let mut order: Vec<usize> = (0..experts).filter(|&e| !routing.rows(e).is_empty()).collect();
@@ -168,7 +167,11 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
     order.par_iter().with_max_len(1).for_each(|&e| {
         let r = routing.rows(e);
         let m = r.len();
-        let at = |p: usize, width: usize| View { ptr: (p as *mut u8).wrapping_add(r.start * width * 4), shape: vec![m, width], dtype: DType::F32 };
+        let at = |p: usize, width: usize| View {
+            ptr: (p as *mut u8).wrapping_add(r.start * width * 4),
+            shape: vec![m, width],
+            dtype: DType::F32,
+        };
         let a = at(rows, d);
         let g = at(gate, h);
         // SAFETY: each expert writes only its own rows of the scratch buffers; the weight

@@ -32,7 +32,9 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Softmax { .. } => 1,
         Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
         Op::Proj(_) | Op::TopK { .. } => 1,
-        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) | Op::Scan(_) | Op::Route(_) => return None,
+        Op::Concat { .. } | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } | Op::Attention(_) | Op::Scan(_) | Op::Route(_) => {
+            return None
+        }
     })
 }
 

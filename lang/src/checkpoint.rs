@@ -534,7 +534,9 @@ impl Eval<'_> {
             },
             _ => self.err(
                 Diagnostic::error(codes::UNKNOWN_NAME, format!("`{f}` is not available in a checkpoint map"), span, "unknown here")
-                    .with_help("available: config, require, prefix, ignore, float, int, per_layer, transpose, split, reshape, rope_halves, stack"),
+                    .with_help(
+                        "available: config, require, prefix, ignore, float, int, per_layer, transpose, split, reshape, rope_halves, stack",
+                    ),
             ),
         }
     }

@@ -133,7 +133,12 @@ impl Ctx<'_> {
                 let shape = first.shape.clone();
                 if let Some(p) = parts.iter().position(|t| t.shape != shape || t.dtype() != first.dtype()) {
                     let t = &parts[p];
-                    return Err(self.fail(format!("stack({x}): tensor {p} is {} {:?} where tensor 0 is {} {shape:?}", t.dtype(), t.shape, first.dtype())));
+                    return Err(self.fail(format!(
+                        "stack({x}): tensor {p} is {} {:?} where tensor 0 is {} {shape:?}",
+                        t.dtype(),
+                        t.shape,
+                        first.dtype()
+                    )));
                 }
                 let mut all = vec![n];
                 all.extend(&shape);

@@ -295,7 +295,9 @@ fn eval(
     let n: usize = shape.iter().product();
     let dtype = node.ty.dtype;
     Ok(match &node.op {
-        Op::Scan(_) | Op::Proj(_) | Op::TopK { .. } | Op::Route(_) => return Err(RunError::Internal(format!("{} is evaluated by `run`", node.op))),
+        Op::Scan(_) | Op::Proj(_) | Op::TopK { .. } | Op::Route(_) => {
+            return Err(RunError::Internal(format!("{} is evaluated by `run`", node.op)))
+        }
         Op::Input(name) => lookup("input", inputs, name, node, &shape)?,
         Op::Param(name, _) => lookup("parameter", params, name, node, &shape)?,
         Op::Const(v) => Tensor::from_f64(dtype, shape, std::iter::repeat_n(*v, n)),

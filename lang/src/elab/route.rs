@@ -30,7 +30,12 @@ impl Elab<'_> {
             Some((Value::Int(d), s)) => match d.as_known() {
                 Some(k) if k >= 1 => Some(k as usize),
                 _ => {
-                    self.err(Diagnostic::error(codes::VALUE, format!("`{pname}` of `{fname}` is a positive int, got {d}"), *s, "this value"));
+                    self.err(Diagnostic::error(
+                        codes::VALUE,
+                        format!("`{pname}` of `{fname}` is a positive int, got {d}"),
+                        *s,
+                        "this value",
+                    ));
                     None
                 }
             },
@@ -113,35 +118,45 @@ impl Elab<'_> {
             Some(e) if tl.dtype == DType::F32 && tl.rank() == tx.rank() && &tl.shape[..lead.len()] == lead && e >= 1 => e as usize,
             _ => {
                 return self.err(
-                    Diagnostic::error(
-                        codes::SHAPE,
-                        format!("router logits {tl} do not fit rows {tx}"),
-                        logits_span,
-                        "these logits",
-                    )
-                    .with_help(format!(
-                        "the logits are f32 [{}experts], one per row and expert, with a known number of experts",
-                        lead.iter().map(|d| format!("{d}, ")).collect::<String>()
-                    )),
+                    Diagnostic::error(codes::SHAPE, format!("router logits {tl} do not fit rows {tx}"), logits_span, "these logits")
+                        .with_help(format!(
+                            "the logits are f32 [{}experts], one per row and expert, with a known number of experts",
+                            lead.iter().map(|d| format!("{d}, ")).collect::<String>()
+                        )),
                 )
             }
         };
         if k > experts {
             return self.err(
-                Diagnostic::error(codes::VALUE, format!("each row chooses k = {k} experts, but there are only {experts}"), span, "this route")
-                    .with_label(logits_span, format!("{experts} experts (the logits' last axis)"))
-                    .with_help(format!("k is between 1 and {experts}")),
+                Diagnostic::error(
+                    codes::VALUE,
+                    format!("each row chooses k = {k} experts, but there are only {experts}"),
+                    span,
+                    "this route",
+                )
+                .with_label(logits_span, format!("{experts} experts (the logits' last axis)"))
+                .with_help(format!("k is between 1 and {experts}")),
             );
         }
         if names.is_empty() || names.len() > 2 {
             let at = names.first().map_or(span, |n| n.span);
             return self.err(
-                Diagnostic::error(codes::ARITY, format!("a route body names its rows and, optionally, the expert: not {} names", names.len()), at, "here")
-                    .with_help("write `|x_e|` or `|x_e, e|`"),
+                Diagnostic::error(
+                    codes::ARITY,
+                    format!("a route body names its rows and, optionally, the expert: not {} names", names.len()),
+                    at,
+                    "here",
+                )
+                .with_help("write `|x_e|` or `|x_e, e|`"),
             );
         }
         if names.len() == 2 && names[0].name == names[1].name {
-            return self.err(Diagnostic::error(codes::DUPLICATE_NAME, format!("`{}` is named twice", names[1].name), names[1].span, "again here"));
+            return self.err(Diagnostic::error(
+                codes::DUPLICATE_NAME,
+                format!("`{}` is named twice", names[1].name),
+                names[1].span,
+                "again here",
+            ));
         }
 
         // The gate: weights and chosen experts, as plain ops.
