@@ -508,7 +508,7 @@ fn route_sizes<'a>(shapes: &[Vec<usize>], step: &'a crate::kernel::Step) -> Opti
     let (x, idx) = (&shapes[step.ins[0]], &shapes[step.ins[1]]);
     let d = last_size(x);
     let k = last_size(idx);
-    let tokens = x.iter().product::<usize>() / d.max(1);
+    let tokens: usize = x.iter().rev().skip(1).product();
     let h = shapes[step.ins[f.gate]].get(2).copied().unwrap_or(0);
     let d_out = last_size(&shapes[step.out]);
     Some((RouteSizes { tokens, k, rows: tokens * k, d, h, d_out }, f))

@@ -143,7 +143,7 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
     let d = x.shape.last().copied().unwrap_or(1);
     let d_out = out.shape.last().copied().unwrap_or(1);
     let k = idx.shape.last().copied().unwrap_or(1);
-    let tokens = out.len() / d_out.max(1);
+    let tokens: usize = out.shape.iter().rev().skip(1).product();
     let h = ins[f.gate].shape[2];
     // SAFETY: the views hold their shapes' elements.
     let choices = unsafe { std::slice::from_raw_parts(idx.ptr as *const i64, idx.len()) };

@@ -99,7 +99,8 @@ pub fn route_rows(
 ) -> Result<Tensor, RunError> {
     let (x, idx, w) = (args[0], args[1], args[2]);
     let d = x.shape.last().copied().unwrap_or(1);
-    let tokens = x.len() / d.max(1);
+    // From the shape, not `len / d`: rows of width 0 are still rows.
+    let tokens: usize = x.shape.iter().rev().skip(1).product();
     let k = idx.shape.last().copied().unwrap_or(1);
     let choices: Vec<i64> = (0..idx.len()).map(|i| idx.get(i) as i64).collect();
     let routing = Routing::new(&choices, r.experts, at)?;

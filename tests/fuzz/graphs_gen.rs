@@ -591,6 +591,81 @@ impl Gen {
         Some(ys)
     }
 
+    /// The `k` largest of an f32 or i64 value of the pool along a random axis (k up to 3 of a
+    /// constant axis, 1 of a symbolic one, which may be empty: an error on every side). Both
+    /// results join the pool through `proj`.
+    fn topk(&mut self) -> Option<ValueId> {
+        let x = self.pick(|t| matches!(t.dtype, DType::F32 | DType::I64) && t.rank() >= 1)?;
+        let tx = self.ty(x);
+        let axis = self.axis(tx.rank());
+        let k = match tx.shape[axis].as_known() {
+            Some(n) if n >= 1 => self.rng.random_range(1..=n.min(3)),
+            Some(_) => return None,
+            None => 1,
+        };
+        let op = Op::TopK { k: Dim::known(k), axis };
+        let results = tessera::ir::multi_results(&op, &[&tx]).ok()?;
+        let node = self.g.add(op, vec![x], None, Span::UNKNOWN).ok()?;
+        let values = self.add(Op::Proj(0), vec![node], Some(results[0].clone()))?;
+        self.add(Op::Proj(1), vec![node], Some(results[1].clone()));
+        Some(values)
+    }
+
+    /// A route of an f32 value of the pool (rows along its last axis) to `k` of up to 4
+    /// experts chosen by a top-k of router logits (a fresh input: ties and NaN choose too),
+    /// weighted by their softmax; the expert a feed-forward block over stacked parameters (the
+    /// grouped kernel) or one product and a random activation (its program per expert).
+    fn route(&mut self) -> Option<ValueId> {
+        let x = self.pick(|t| t.dtype == DType::F32 && (1..=3).contains(&t.rank()))?;
+        let tx = self.ty(x);
+        let d = tx.shape.last()?.clone();
+        let experts = self.rng.random_range(1..=4i64);
+        let k = self.rng.random_range(1..=experts.min(2));
+        let mut lshape = tx.shape.clone();
+        *lshape.last_mut()? = Dim::known(experts);
+        let logits = self.fresh(DType::F32, lshape.clone(), None)?;
+        let axis = lshape.len() - 1;
+        let top = self.g.add(Op::TopK { k: Dim::known(k), axis }, vec![logits], None, Span::UNKNOWN).ok()?;
+        let results = tessera::ir::multi_results(&self.g.node(top).op, &[self.g.ty(logits)]).ok()?;
+        let vals = self.add(Op::Proj(0), vec![top], Some(results[0].clone()))?;
+        let idx = self.add(Op::Proj(1), vec![top], Some(results[1].clone()))?;
+        let w = self.add(Op::Softmax { axis }, vec![vals], None)?;
+        let h = Dim::known(self.rng.random_range(1..=5));
+        let ffn = self.rng.random_bool(0.6);
+        let mut b = Graph::new("body");
+        let f32 = |s: &[Dim]| TensorType::new(DType::F32, s.to_vec());
+        let at = Span::UNKNOWN;
+        let rows = Dim::sym(tessera::ir::Route::ROWS);
+        let xe = b.add(Op::Input("x_e".into()), vec![], Some(f32(&[rows.clone(), d.clone()])), at).ok()?;
+        let mut stacked = Vec::new();
+        let mut weight = |g: &mut Gen, b: &mut Graph, shape: [Dim; 2]| -> Option<ValueId> {
+            let p = g.fresh(DType::F32, vec![Dim::known(experts), shape[0].clone(), shape[1].clone()], None)?;
+            stacked.push(p);
+            b.add(Op::Input(format!("stacked.{}", stacked.len() - 1)), vec![], Some(f32(&shape)), at).ok()
+        };
+        let y = if ffn {
+            let act = *[U::Silu, U::GeluErf, U::GeluTanh, U::Relu].choose(&mut self.rng)?;
+            let wg = weight(self, &mut b, [d.clone(), h.clone()])?;
+            let g = b.add(Op::MatMul, vec![xe, wg], None, at).ok()?;
+            let mut hidden = b.add(Op::Unary(act), vec![g], None, at).ok()?;
+            if self.rng.random_bool(0.6) {
+                let wu = weight(self, &mut b, [d.clone(), h.clone()])?;
+                let u = b.add(Op::MatMul, vec![xe, wu], None, at).ok()?;
+                hidden = b.add(Op::Binary(B::Mul), vec![hidden, u], None, at).ok()?;
+            }
+            let wd = weight(self, &mut b, [h, d.clone()])?;
+            b.add(Op::MatMul, vec![hidden, wd], None, at).ok()?
+        } else {
+            let w1 = weight(self, &mut b, [d.clone(), h])?;
+            let p = b.add(Op::MatMul, vec![xe, w1], None, at).ok()?;
+            b.add(Op::Unary(*[U::Tanh, U::Abs, U::Exp, U::Neg].choose(&mut self.rng)?), vec![p], None, at).ok()?
+        };
+        b.outputs = vec![("y".into(), y)];
+        let op = Op::Route(Box::new(tessera::ir::Route { experts: experts as usize, body: b }));
+        let operands: Vec<ValueId> = [x, idx, w].into_iter().chain(stacked).collect();
+        self.add(op, operands, None)
+    }
+
     fn leaf(&mut self) -> Option<ValueId> {
         let base = self.base.clone();
         let shape = self.shape_like(&base);
@@ -611,7 +686,8 @@ const STEPS: &[(u32, Step)] = &[
     (3, Gen::leaf), (8, Gen::unary), (10, Gen::binary), (3, Gen::where_), (3, Gen::cast), (5, Gen::product),
     (3, Gen::transpose), (3, Gen::reshape), (2, Gen::broadcast), (4, Gen::reduce), (3, Gen::softmax), (2, Gen::attention),
     (2, Gen::norm), (1, Gen::mlp), (2, Gen::gather), (3, Gen::slice), (2, Gen::concat), (2, Gen::cumsum),
-    (2, Gen::window), (1, Gen::segment), (3, Gen::fourier), (1, Gen::iota), (2, Gen::scan),
+    (2, Gen::window), (1, Gen::segment), (3, Gen::fourier), (1, Gen::iota), (2, Gen::scan), (2, Gen::topk),
+    (2, Gen::route),
 ];
 
 /// A random well-typed graph with dims and input values, from `seed`.
