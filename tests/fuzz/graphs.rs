@@ -61,7 +61,7 @@ pub const NUMERICS: &[(&str, Explains)] = &[
         "a tie, or a zero on one side and a tiny number or a zero of the other sign on the other (the interpreter's sums \
       start at +0, its gelu_tanh is 0 far left), made visible by a comparison, a 1/x, a root or a product with ±inf",
         |f, c, gs| {
-            matches!(f.kind, "nan" | "inf" | "value") && gs.iter().any(|g| g.nodes().iter().any(|n| amplifies_zero(g, n, holds_inf(c))))
+            matches!(f.kind, "nan" | "inf" | "value") && gs.iter().any(|g| any_node(g, &|g, n| amplifies_zero(g, n, holds_inf(c))))
         },
     ),
     ("tiny finite values (|x| < 1e-30) underflow f32 intermediates (x² in a norm) the oracle keeps in f64", |f, c, _| {
@@ -73,7 +73,7 @@ pub const NUMERICS: &[(&str, Explains)] = &[
         |f, _, gs| {
             matches!(f.kind, "nan" | "inf" | "value")
                 && gs.iter().any(|g| {
-                    g.nodes().iter().any(|n| {
+                    any_node(g, &|_, n| {
                         matches!(unary(n), Some(U::Sin | U::Cos | U::Rsqrt)) || matches!(n.op, Op::Binary(B::Pow) | Op::Norm { .. })
                     })
                 })
@@ -85,10 +85,17 @@ pub const NUMERICS: &[(&str, Explains)] = &[
 /// nearly equal numbers apart.
 fn amplifies_zero(g: &Graph, n: &Node, infinities: bool) -> bool {
     let f32_in = n.inputs.first().is_some_and(|&v| g.ty(v).dtype == DType::F32);
-    let test = matches!(n.op, Op::Binary(B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge) | Op::Cast) && n.ty.dtype == DType::Bool;
+    // Comparisons, truncations to integers and top-k's order all tell nearly equal numbers apart.
+    let test = (matches!(n.op, Op::Binary(B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge) | Op::Cast) && n.ty.dtype != DType::F32)
+        || matches!(n.op, Op::TopK { .. });
     let inverse = matches!(unary(n), Some(U::Rsqrt | U::Log | U::Sqrt)) || matches!(n.op, Op::Binary(B::Div | B::Pow | B::Rem));
-    let product = matches!(n.op, Op::Binary(B::Mul) | Op::MatMul | Op::Gemm { .. } | Op::Ffn { .. }) && infinities;
+    let product = matches!(n.op, Op::Binary(B::Mul) | Op::MatMul | Op::Gemm { .. } | Op::Ffn { .. } | Op::Route(_)) && infinities;
     f32_in && (test || inverse || product)
+}
+
+/// Whether `p` holds for a node of `g` or of a region in it (given the graph holding the node).
+fn any_node(g: &Graph, p: &dyn Fn(&Graph, &Node) -> bool) -> bool {
+    g.nodes().iter().any(|n| p(g, n) || n.op.region().is_some_and(|b| any_node(b, p)))
 }
 
 /// The elementwise function `n` applies: its own, or the activation of a fused GEMM or FFN.
