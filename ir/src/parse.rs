@@ -133,14 +133,21 @@ fn dim(c: &mut Cursor) -> Result<Dim, String> {
         let mut term = Dim::known(sign);
         loop {
             let w = c.word()?;
-            let f = match w.parse::<i64>() {
+            // A negated symbol (`-seq`: the printer writes a polynomial whose first term is
+            // negative so) lexes as one word.
+            let (negated, name) = match w.strip_prefix('-') {
+                Some(r) if r.parse::<i64>().is_err() => (true, r),
+                _ => (false, w.as_str()),
+            };
+            let f = match name.parse::<i64>() {
                 Ok(n) => Dim::known(n),
-                Err(_) if w.chars().all(|ch| ch.is_alphanumeric() || ch == '_') => match c.eat('/') {
-                    true => Dim::quot(&w, c.int::<i64>().ok().filter(|k| *k >= 2).ok_or("a size divides by an integer of 2 or more")?),
-                    false => Dim::sym(&w),
+                Err(_) if !name.is_empty() && name.chars().all(|ch| ch.is_alphanumeric() || ch == '_') => match c.eat('/') {
+                    true => Dim::quot(name, c.int::<i64>().ok().filter(|k| *k >= 2).ok_or("a size divides by an integer of 2 or more")?),
+                    false => Dim::sym(name),
                 },
                 Err(_) => return Err(format!("bad dimension `{w}`")),
             };
+            let f = if negated { f.scale(-1) } else { f };
             term = term.mul(&f);
             if !c.eat('*') {
                 break;

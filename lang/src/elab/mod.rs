@@ -328,6 +328,13 @@ impl<'p> Elab<'p> {
     /// A symbolic size as a scalar tensor of `dtype`, known when the program runs: the last
     /// of the indices `0..d`, plus one (an iota, a one-element slice; no new op).
     pub(super) fn size_tensor(&mut self, d: &Dim, dtype: DType, span: Span) -> Option<ValueId> {
+        // A size whose leading term is negative (`-seq`, `1 - seq`): the negation of its
+        // negation, whose iota has a size (a negative one is an error when bound).
+        if d.to_string().starts_with('-') {
+            let pos = self.size_tensor(&d.scale(-1), dtype, span)?;
+            let Value::Tensor(n) = self.unary(UnaryOp::Neg, pos, span) else { return None };
+            return Some(n);
+        }
         let Value::Tensor(io) = self.add(Op::Iota { axis: 0 }, vec![], Some(TensorType::new(DType::I64, vec![d.clone()])), span) else {
             return None;
         };
