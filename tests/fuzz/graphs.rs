@@ -60,9 +60,7 @@ pub const NUMERICS: &[(&str, Explains)] = &[
     (
         "a tie, or a zero on one side and a tiny number or a zero of the other sign on the other (the interpreter's sums \
       start at +0, its gelu_tanh is 0 far left), made visible by a comparison, a 1/x, a root or a product with ±inf",
-        |f, c, gs| {
-            matches!(f.kind, "nan" | "inf" | "value") && gs.iter().any(|g| any_node(g, &|g, n| amplifies_zero(g, n, holds_inf(c))))
-        },
+        |f, c, gs| matches!(f.kind, "nan" | "inf" | "value") && gs.iter().any(|g| any_node(g, &|g, n| amplifies_zero(g, n, holds_inf(c)))),
     ),
     ("tiny finite values (|x| < 1e-30) underflow f32 intermediates (x² in a norm) the oracle keeps in f64", |f, c, _| {
         matches!(f.kind, "nan" | "inf" | "value") && holds(c, |x| x != 0.0 && x.abs() < 1e-30)
