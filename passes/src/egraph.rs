@@ -235,11 +235,13 @@ impl Cost<'_> {
             Op::Reshape => (0.0, 0.0),
             Op::MatMul => (4.0 * (ins + out), 2.0 * out * last(&n.children[0])),
             Op::Gemm { .. } => (4.0 * (ins + out), 2.0 * out * last(&n.children[0]) + 2.0 * out),
-            Op::Ffn { .. } => {
+            Op::Ffn { gated, .. } => {
                 let (d_in, h_in) = (last(&n.children[0]), last(&n.children[1]));
                 let rows = size(&n.children[0]) / d_in;
                 let d_out = out / rows.max(1.0);
-                (4.0 * (ins + out), 2.0 * rows * h_in * (d_in + d_out) + 2.0 * rows * h_in)
+                // A gated block's first product is [gate | up]: its hidden layer is half as wide.
+                let hidden = if *gated { h_in / 2.0 } else { h_in };
+                (4.0 * (ins + out), 2.0 * rows * (h_in * d_in + hidden * d_out) + 2.0 * rows * h_in)
             }
             Op::Attention(f) => {
                 let q = &self.eg[n.children[0]].data.ty.shape;
