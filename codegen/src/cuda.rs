@@ -636,7 +636,8 @@ fn scan_kernel(p: &Program, index: usize, step: &Step, k: &crate::kernel::ScanKe
     }
     for j in 0..ny {
         let q = leaves.len() + j;
-        let whole = f.output_maps[j].last() == Some(&(r - 1)) || unit == 1;
+        // A state of rank 0 has no last axis (a scalar state: every thread writes its own).
+        let whole = r.checked_sub(1).is_some_and(|last| f.output_maps[j].last() == Some(&last)) || unit == 1;
         let cond = if whole { String::new() } else { "if (j == 0) ".into() };
         let ty = c_type(p.buffers[k.results[j]].ty.dtype);
         let value = if ty == "bool" { format!("v{}[j] != 0.0f", f.outputs[j]) } else { format!("v{}[j]", f.outputs[j]) };
