@@ -72,6 +72,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         // Bool tensors stored by a compiled kernel (a Cranelift verifier error once: istore8 of an i8).
         ("bool output", "input x: [batch, seq, 5]\n output y = x > 0.0\n output z = where(x[:, :, 0:1] > 0.0, x, 0.0)"),
         ("fourier", "input x: [batch, seq, 6]\n output y = nn.fourier_mix(x)\n output z = irfft(rfft(x, 2 * seq, axis = 1), 2 * seq, axis = 1)\n output w = real(ifft(fft(complex(x, x * 0.5), axes = (0, 1)), axes = 1)) + imag(fft(complex(x), axes = -1))\n output v = rfft(x, axis = -1)\n output u = irfft(rfft(x, 5), 5)"),
+        ("scatter_add", "input x: [batch, seq, 5]\n input u: [batch, 3, 5]\n _, i = topk(x[:, :, 0], 3)\n output y = scatter_add(x, i, u, 1)\n output z = scatter_add(x, i * 0 + 1, u)[:, :, 0]"),
         ("topk", "input x: [batch, seq, 7]\n v, i = topk(x, 3)\n w, j = topk(x, 2, axis = 1)\n output y = v * float(i)\n output z = w + float(j)"),
         ("route grouped ffn", "input x: [batch, seq, 11]\n output y = nn.moe(x, 5, 2, 13)\n output z = nn.moe(x, 3, 3, 6, \"softmax_topk\") as other"),
         ("route per expert", "input x: [batch, seq, 7]\n output y = route(x, x @ param r: [7, 4], k = 3, gate = \"sigmoid\") |x_e, e| { return tanh(x_e @ param w: [7, 6]) * float(e + 1) }"),

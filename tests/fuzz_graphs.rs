@@ -43,7 +43,7 @@ fn random_graphs_agree_on_every_backend() {
     let every = "input param const iota neg abs exp log sqrt rsqrt relu gelu gelu_tanh silu sigmoid tanh softplus sin cos not \
         add sub mul div pow max min rem eq ne lt le gt ge and or where cast matmul transpose reshape broadcast reduce_sum \
         reduce_mean reduce_max reduce_min gather slice concat cumsum window_conv window_max window_mean segment fft rfft irfft \
-        softmax norm gemm scan proj topk route";
+        softmax norm gemm scan proj topk route scatter_add";
     let missing: Vec<&str> = every.split_whitespace().filter(|op| !ops.contains(*op)).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
     assert!(ran.cpu_opt as u64 > BUDGET / 2, "too few graphs reached the optimized CPU backend: {ran:?}");

@@ -1191,6 +1191,9 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
                 "  const int kr = (int)meta[1];\n  const i64* kd = meta + 2; const i64* ks = kd + kr;\n  const int rr = (int)ks[kr];\n  const i64* rd = ks + kr + 1; const i64* rs = rd + rr; const i64 count = rs[rr];\n  i64 base;\n  tsr_offsets<1>(i, meta[0], kr, kd, ks, &base);\n  double acc = {init};\n  for (i64 m = 0; m < count; ++m) {{\n    i64 off;\n    tsr_offsets<1>(m, count, rr, rd, rs, &off);\n    const double v = (double)in0[base + off];\n    {step_expr};\n  }}\n  out[i] = ({out})({fin});\n"
             )
         }
+        // meta: [count, size, inner, m]: each element sums the updates addressed to it, in order;
+        // an index out of range anywhere in its row makes it NaN.
+        Kernel::ScatterAdd { .. } => format!("  const i64 size = meta[1], inner = meta[2], m = meta[3];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, size, meta[0], &o, &t);\n  float acc = (float)in0[i];\n  for (i64 j = 0; j < m; ++j) {{\n    const i64 id = in1[o * m + j];\n    if (id < 0 || id >= size) acc = __int_as_float(0x7fc00000);\n    else if (id == t) acc += (float)in2[(o * m + j) * inner + c];\n  }}\n  out[i] = ({out})acc;\n"),
         Kernel::Gather { .. } => {
             let bad = if p.buffers[step.out].ty.dtype == DType::F32 { "__int_as_float(0x7fc00000)" } else { "0" };
             // meta: [n, size, inner, ids]; an index out of range gives NaN (0 for integers).
@@ -1380,6 +1383,10 @@ pub fn meta(
             m.extend(part(true));
             m.push(axes.iter().map(|&a| x[a]).product::<usize>() as i64);
             m
+        }
+        Kernel::ScatterAdd { axis } => {
+            let x = ins[0];
+            vec![n, x[*axis] as i64, x[axis + 1..].iter().product::<usize>() as i64, ins[1].last().copied().unwrap_or(0) as i64]
         }
         Kernel::Gather { axis } => {
             let x = ins[0];

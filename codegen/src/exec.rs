@@ -362,6 +362,7 @@ impl Executable {
                 }
                 (Kernel::Reduce { op, axes }, _) => host::reduce(out, &ins[0], *op, axes),
                 (Kernel::Gather { axis }, _) => gather(out, &ins[0], &ins[1], *axis)?,
+                (Kernel::ScatterAdd { axis }, _) => scatter_add(out, &ins[0], &ins[1], &ins[2], *axis)?,
                 (Kernel::Transpose(perm), _) => {
                     let st = tessera_runtime::strides(&ins[0].shape);
                     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
@@ -541,6 +542,33 @@ unsafe fn gather(out: &View, table: &View, idx: &View, axis: usize) -> Result<()
             (o * size + ids[k] as usize) * inner + j
         })
     };
+    Ok(())
+}
+
+/// `x` with `upd` added at `idx` along `axis` (`Op::ScatterAdd`), each outer slice on its own
+/// thread, its updates in order.
+///
+/// # Safety
+/// Views as `Op::ScatterAdd` types them (f32 `x`, `upd`, `out`; i64 `idx`).
+unsafe fn scatter_add(out: &View, x: &View, idx: &View, upd: &View, axis: usize) -> Result<(), RunError> {
+    use rayon::prelude::*;
+    let size = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let m = idx.shape.last().copied().unwrap_or(0);
+    let ids = unsafe { std::slice::from_raw_parts(idx.ptr as *const i64, idx.len()) };
+    if let Some(&bad) = ids.iter().find(|&&k| k < 0 || k as usize >= size) {
+        return Err(RunError::IndexOutOfRange { index: bad, size, at: String::new() });
+    }
+    let (dst, xs, us) = unsafe { (out.f32_mut(), x.f32(), upd.f32()) };
+    dst.copy_from_slice(xs);
+    let slice = (size * inner).max(1);
+    dst.par_chunks_mut(slice).enumerate().for_each(|(o, row)| {
+        for j in 0..m {
+            let k = ids[o * m + j] as usize;
+            let u = &us[(o * m + j) * inner..(o * m + j + 1) * inner];
+            row[k * inner..(k + 1) * inner].iter_mut().zip(u).for_each(|(r, u)| *r += u);
+        }
+    });
     Ok(())
 }
 

@@ -150,6 +150,11 @@ pub enum Kernel {
         /// The axis of the positions.
         axis: usize,
     },
+    /// `Op::ScatterAdd`: the first operand with the third added at the second's positions.
+    ScatterAdd {
+        /// The addressed axis.
+        axis: usize,
+    },
     /// Indices along an axis.
     Iota {
         /// The axis.
@@ -231,6 +236,7 @@ impl Kernel {
             Kernel::Attention(_) => "attention",
             Kernel::Reduce { .. } => "reduce",
             Kernel::Gather { .. } => "gather",
+            Kernel::ScatterAdd { .. } => "scatter_add",
             Kernel::Transpose(_) => "transpose",
             Kernel::Broadcast => "broadcast",
             Kernel::Slice { .. } => "slice",
@@ -344,7 +350,8 @@ impl fmt::Display for Program {
                 | Kernel::Iota { axis }
                 | Kernel::Rfft { axis }
                 | Kernel::Irfft { axis }
-                | Kernel::Gather { axis } => {
+                | Kernel::Gather { axis }
+                | Kernel::ScatterAdd { axis } => {
                     format!(" axis={axis}")
                 }
                 Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),

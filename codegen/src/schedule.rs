@@ -149,6 +149,7 @@ pub fn schedule(g: &Graph) -> Program {
             Op::Attention(f) => (Some(Kernel::Attention(f.clone())), Storage::Arena),
             Op::Reduce { op, axes, .. } => (Some(Kernel::Reduce { op: *op, axes: axes.clone() }), Storage::Arena),
             Op::Gather { axis } => (Some(Kernel::Gather { axis: *axis }), Storage::Arena),
+            Op::ScatterAdd { axis } => (Some(Kernel::ScatterAdd { axis: *axis }), Storage::Arena),
             Op::Transpose(perm) => (Some(Kernel::Transpose(perm.clone())), Storage::Arena),
             Op::Broadcast => (Some(Kernel::Broadcast), Storage::Arena),
             Op::Slice { axis, start, step, .. } => (Some(Kernel::Slice { axis: *axis, start: start.clone(), step: *step }), Storage::Arena),

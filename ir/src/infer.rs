@@ -28,7 +28,7 @@ fn arity(op: &Op) -> Option<usize> {
         Op::Reduce { .. } | Op::Slice { .. } | Op::Cumsum { .. } => 1,
         Op::Fft { .. } | Op::Rfft { .. } | Op::Irfft { .. } => 1,
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::Segment { .. } => 2,
-        Op::Where => 3,
+        Op::Where | Op::ScatterAdd { .. } => 3,
         Op::Softmax { .. } => 1,
         Op::Window { op, .. } => 1 + usize::from(*op == crate::WindowOp::Conv),
         Op::Proj(_) | Op::TopK { .. } => 1,
@@ -299,6 +299,25 @@ pub fn infer_type(op: &Op, ins: &[&TensorType], declared: Option<&TensorType>) -
             shape.extend(idx.shape.iter().cloned());
             shape.extend(table.shape[axis + 1..].iter().cloned());
             Ok(TensorType::new(table.dtype, shape))
+        }
+        Op::ScatterAdd { axis } => {
+            let (x, idx, upd) = (ins[0], ins[1], ins[2]);
+            check_axis(*axis, x.rank())?;
+            let lead = &x.shape[..*axis];
+            let m = idx.shape.last();
+            let mut want = lead.to_vec();
+            want.extend(m.cloned());
+            want.extend(x.shape[axis + 1..].iter().cloned());
+            if x.dtype != DType::F32 || idx.dtype != DType::I64 || idx.rank() != axis + 1 || &idx.shape[..*axis] != lead {
+                return Err(format!(
+                    "scatter_add into {x} along axis {axis} needs i64 indices [{}m], got {idx}",
+                    lead.iter().map(|d| format!("{d}, ")).collect::<String>()
+                ));
+            }
+            if upd.dtype != DType::F32 || upd.shape != want {
+                return Err(format!("scatter_add into {x} with indices {idx} needs updates f32{}, got {upd}", ShapeDisplay(&want)));
+            }
+            Ok(x.clone())
         }
         Op::Slice { axis, start, end, step } => {
             let t = ins[0];

@@ -354,6 +354,15 @@ pub enum Op {
         /// Indexed axis of the table.
         axis: usize,
     },
+    /// `x` with `updates` added at `indices` along `axis`, batched over the axes before it (the
+    /// inverse of a batched gather): operands `x: f32[lead.., n, rest..]`, `indices:
+    /// i64[lead.., m]`, `updates: f32[lead.., m, rest..]`; the result is `x` with
+    /// `updates[lead, j, rest]` added to position `indices[lead, j]`, for `j` in order (a
+    /// repeated index adds every update). An index outside `0..n` is a run-time error.
+    ScatterAdd {
+        /// The axis the indices address.
+        axis: usize,
+    },
     /// Elements `start, start+step, ..` below `end` along `axis`.
     Slice {
         /// The sliced axis.
@@ -591,6 +600,7 @@ impl Op {
             Op::Broadcast => "broadcast".into(),
             Op::Reduce { op, .. } => format!("reduce_{}", op.name()),
             Op::Gather { .. } => "gather".into(),
+            Op::ScatterAdd { .. } => "scatter_add".into(),
             Op::Slice { .. } => "slice".into(),
             Op::Concat { .. } => "concat".into(),
             Op::Cumsum { .. } => "cumsum".into(),

@@ -275,6 +275,7 @@ fn node(c: &mut Cursor, expect_id: usize) -> Result<Node, String> {
         "input" | "param" | "const" => op,
         "iota" => Op::Iota { axis: axis(c)? },
         "gather" => Op::Gather { axis: axis(c)? },
+        "scatter_add" => Op::ScatterAdd { axis: axis(c)? },
         "concat" => Op::Concat { axis: axis(c)? },
         "cumsum" => Op::Cumsum { axis: axis(c)? },
         "window" => {

@@ -63,6 +63,7 @@ pub fn attrs(op: &Op) -> String {
         Op::Attention(f) => format!("fn=\"{f}\""),
         Op::Scan(s) => format!("axis={} reverse={} state={} sliced={}", s.axis, s.reverse, s.state, s.sliced),
         Op::Proj(k) => format!("index={k}"),
+        Op::ScatterAdd { axis } => format!("axis={axis}"),
         Op::TopK { k, axis } => format!("k={} axis={axis}", dim_attr(k)),
         Op::Route(r) => format!("experts={}", r.experts),
         _ => String::new(),

@@ -342,6 +342,26 @@ fn eval(
             let offs = (0..outer).flat_map(|o| ids.iter().flat_map(move |&k| (0..inner).map(move |j| (o * size + k as usize) * inner + j)));
             t.take(shape, offs)
         }
+        Op::ScatterAdd { axis } => {
+            let (x, idx, upd) = (a[0], a[1], a[2]);
+            let outer: usize = x.shape[..*axis].iter().product();
+            let size = x.shape[*axis];
+            let inner: usize = x.shape[axis + 1..].iter().product();
+            let m = idx.shape.last().copied().unwrap_or(0);
+            let mut out: Vec<f64> = (0..x.len()).map(|i| x.get(i)).collect();
+            for o in 0..outer {
+                for j in 0..m {
+                    let k = idx.get(o * m + j) as i64;
+                    if k < 0 || k as usize >= size {
+                        return Err(RunError::IndexOutOfRange { index: k, size, at: location(graph, node) });
+                    }
+                    for c in 0..inner {
+                        out[(o * size + k as usize) * inner + c] += upd.get((o * m + j) * inner + c);
+                    }
+                }
+            }
+            Tensor::from_f64(dtype, shape, out.into_iter())
+        }
         Op::Slice { axis, start, step, .. } => {
             let start = start.eval(dims).ok_or_else(|| RunError::UnboundDim(start.to_string()))?;
             let t = a[0];

@@ -591,6 +591,20 @@ impl Gen {
         Some(ys)
     }
 
+    /// An f32 value of the pool with updates added at random (repeated, rarely out of range)
+    /// indices along a random axis.
+    fn scatter(&mut self) -> Option<ValueId> {
+        let x = self.pick(|t| t.dtype == DType::F32 && t.rank() >= 1)?;
+        let tx = self.ty(x);
+        let axis = self.axis(tx.rank());
+        let m = Dim::known(self.rng.random_range(0..=4));
+        let idx = self.fresh(DType::I64, cat(&tx.shape[..axis], &[m.clone()]), Some(Fill::Index(tx.shape[axis].clone())))?;
+        let mut ushape = cat(&tx.shape[..axis], &[m]);
+        ushape.extend(tx.shape[axis + 1..].iter().cloned());
+        let upd = self.fresh(DType::F32, ushape, None)?;
+        self.add(Op::ScatterAdd { axis }, vec![x, idx, upd], None)
+    }
+
     /// The `k` largest of an f32 or i64 value of the pool along a random axis (k up to 3 of a
     /// constant axis, 1 of a symbolic one, which may be empty: an error on every side). Both
     /// results join the pool through `proj`.
@@ -693,7 +707,7 @@ const STEPS: &[(u32, Step)] = &[
     (3, Gen::transpose), (3, Gen::reshape), (2, Gen::broadcast), (4, Gen::reduce), (3, Gen::softmax), (2, Gen::attention),
     (2, Gen::norm), (1, Gen::mlp), (2, Gen::gather), (3, Gen::slice), (2, Gen::concat), (2, Gen::cumsum),
     (2, Gen::window), (1, Gen::segment), (3, Gen::fourier), (1, Gen::iota), (2, Gen::scan), (2, Gen::topk),
-    (1, Gen::route),
+    (1, Gen::route), (2, Gen::scatter),
 ];
 
 /// A random well-typed graph with dims and input values, from `seed`.

@@ -55,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "segment_mean",
     "segment_sum",
     "take_along_axis",
+    "scatter_add",
     "require",
     "normal",
     "fill",
@@ -109,6 +110,7 @@ fn signature(name: &str) -> &'static [&'static str] {
         "sort" => &["x", "axis", "descending"],
         "max_pool" | "avg_pool" => &["x", "size", "axis", "causal"],
         "take_along_axis" => &["x", "indices", "axis"],
+        "scatter_add" => &["x", "indices", "updates", "axis"],
         "require" => &["cond", "message"],
         "segment_max" | "segment_min" | "segment_mean" | "segment_sum" => &["x", "ids"],
         "normal" => &["std"],
@@ -706,6 +708,23 @@ impl Elab<'_> {
                 let rank = self.ty(x).rank();
                 let Some(axis) = self.axis_arg(&a[2], -1, rank, span) else { return Value::Poison };
                 self.take_along_axis(x, idx, axis, span)
+            }
+            // The inverse of `take_along_axis`: `updates` added into `x` at `indices` along
+            // `axis` (by default the indices' last), batched over the axes before it.
+            "scatter_add" => {
+                let (Some(x), Some(idx), Some(upd)) = (
+                    self.tensor_arg(name, "x", &a[0], span),
+                    self.tensor_arg(name, "indices", &a[1], span),
+                    self.tensor_arg(name, "updates", &a[2], span),
+                ) else {
+                    return Value::Poison;
+                };
+                let rank = self.ty(x).rank();
+                let default = self.ty(idx).rank() as i64 - 1;
+                let Some(axis) = self.axis_arg(&a[3], default, rank, span) else { return Value::Poison };
+                let Value::Tensor(upd) = self.cast(upd, DType::F32, span) else { return Value::Poison };
+                let Value::Tensor(x) = self.cast(x, DType::F32, span) else { return Value::Poison };
+                self.add(Op::ScatterAdd { axis }, vec![x, idx, upd], None, span)
             }
             "size" => {
                 let Some(x) = self.tensor_arg(name, "x", &a[0], span) else { return Value::Poison };
