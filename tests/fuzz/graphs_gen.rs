@@ -598,7 +598,7 @@ impl Gen {
         let tx = self.ty(x);
         let axis = self.axis(tx.rank());
         let m = Dim::known(self.rng.random_range(0..=4));
-        let idx = self.fresh(DType::I64, cat(&tx.shape[..axis], &[m.clone()]), Some(Fill::Index(tx.shape[axis].clone())))?;
+        let idx = self.fresh(DType::I64, cat(&tx.shape[..axis], std::slice::from_ref(&m)), Some(Fill::Index(tx.shape[axis].clone())))?;
         let mut ushape = cat(&tx.shape[..axis], &[m]);
         ushape.extend(tx.shape[axis + 1..].iter().cloned());
         let upd = self.fresh(DType::F32, ushape, None)?;
