@@ -128,6 +128,17 @@ fn every_models_kernels_compile_with_nvrtc() {
             assert_eq!(mma > 0, precision == cuda::Precision::Bf16 && source.contains("(tensor cores)"), "{name}");
         }
     }
+    // Every kernel kind of the emulated cases too (some, as `scatter_add`, no stdlib model has).
+    for (what, body) in EMULATED {
+        let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
+        let m = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let p = m.program().expect("a program");
+        let source = tessera::codegen::cuda::dump(p, cuda::Precision::F32).expect("lowers");
+        let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{what}: {e}\n{source}"));
+        for k in tessera::codegen::cuda::lower(p, cuda::Precision::F32).expect("lowers") {
+            assert!(ptx.contains(&format!(".entry {}(", k.name)), "{what}: no entry {}", k.name);
+        }
+    }
 }
 
 /// Programs of generated kernels only (no GEMM, which is cuBLAS's), one kernel kind or more
