@@ -9,7 +9,8 @@
 //! the model) and every tensor it captures is broadcast along one, so that each operand after
 //! the rows is a stack that expert `e` reads slice `e` of.
 
-use super::{ArgVal, Elab, Frame, Value};
+use super::scan::RegionCall;
+use super::{Elab, Frame, Value};
 use crate::ast::{Arg, Ident, Stmt};
 use crate::diag::{codes, Diagnostic};
 use crate::Span;
@@ -72,23 +73,15 @@ impl Elab<'_> {
 
     /// `route(x, logits, k = 2, gate = "topk_softmax") |x_e[, e]| { ...; return y_e }`.
     pub(super) fn route(&mut self, args: &[Arg], names: &[Ident], body: Option<&[Stmt]>, span: Span, frame: &mut Frame) -> Value {
-        let vals: Vec<ArgVal> =
-            args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
-        if vals.iter().any(|a| matches!(a.value, Value::Poison)) {
-            return Value::Poison;
-        }
-        let Some(body) = body else {
-            return self.err(
-                Diagnostic::error(codes::SYNTAX, "a route needs a body", span, "no `|x_e| { ... }` follows")
-                    .with_help("write `y = route(x, logits, k = 2) |x_e| { return expert(x_e) }`"),
-            );
+        let call = RegionCall {
+            what: "route",
+            params: ["x", "logits", "k", "gate"],
+            names: "|x_e|",
+            usage: "y = route(x, logits, k = 2) |x_e| { return expert(x_e) }",
         };
-        let Some(slots) = self.match_args("route", &["x", "logits", "k", "gate"], vals, span) else {
-            return Value::Poison;
-        };
-        let [x, logits, k, gate]: [Option<(Value, Span)>; 4] = match slots.try_into() {
-            Ok(s) => s,
-            Err(_) => return Value::Poison,
+        let (body, [x, logits, k, gate]) = match self.region_call(call, args, body, span, frame) {
+            Ok(c) => c,
+            Err(v) => return v,
         };
         let Some(x) = self.tensor_arg("route", "x", &x, span) else { return Value::Poison };
         let logits_span = logits.as_ref().map_or(span, |(_, s)| *s);

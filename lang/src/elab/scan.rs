@@ -14,23 +14,15 @@ use tessera_ir::{scan_results, Graph, Node, Op, Scan, TensorType, ValueId};
 impl Elab<'_> {
     /// `scan(xs, init = h0, axis = 1, reverse = false) |h.., x_t..| { ...; return y_t.., h.. }`.
     pub(super) fn scan(&mut self, args: &[Arg], names: &[Ident], body: Option<&[Stmt]>, span: Span, frame: &mut Frame) -> Value {
-        let vals: Vec<ArgVal> =
-            args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
-        if vals.iter().any(|a| matches!(a.value, Value::Poison)) {
-            return Value::Poison;
-        }
-        let Some(body) = body else {
-            return self.err(
-                Diagnostic::error(codes::SYNTAX, "a scan needs a body", span, "no `|state, x| { ... }` follows")
-                    .with_help("write `ys, h = scan(xs, init = h0, axis = 1) |h, x_t| { ...; return y_t, h }`"),
-            );
+        let call = RegionCall {
+            what: "scan",
+            params: ["xs", "init", "axis", "reverse"],
+            names: "|state, x|",
+            usage: "ys, h = scan(xs, init = h0, axis = 1) |h, x_t| { ...; return y_t, h }",
         };
-        let Some(slots) = self.match_args("scan", &["xs", "init", "axis", "reverse"], vals, span) else {
-            return Value::Poison;
-        };
-        let [xs, init, axis, reverse]: [Option<(Value, Span)>; 4] = match slots.try_into() {
-            Ok(s) => s,
-            Err(_) => return Value::Poison,
+        let (body, [xs, init, axis, reverse]) = match self.region_call(call, args, body, span, frame) {
+            Ok(c) => c,
+            Err(v) => return v,
         };
         let Some((xs, xs_span)) = xs else {
             return self.err(Diagnostic::error(codes::ARITY, "a scan needs the tensors it walks", span, "no `xs`"));
@@ -159,6 +151,37 @@ impl Elab<'_> {
         } else {
             Value::Tuple(projs)
         }
+    }
+
+    /// The arguments of a region construct (`scan`, `route`), evaluated and matched to its
+    /// parameters, with its body; or, for a poisoned argument, a missing body or arguments that
+    /// do not match, the value to return.
+    pub(super) fn region_call<'b, const N: usize>(
+        &mut self,
+        call: RegionCall<N>,
+        args: &[Arg],
+        body: Option<&'b [Stmt]>,
+        span: Span,
+        frame: &mut Frame,
+    ) -> Result<(&'b [Stmt], [Option<(Value, Span)>; N]), Value> {
+        let vals: Vec<ArgVal> =
+            args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
+        if vals.iter().any(|a| matches!(a.value, Value::Poison)) {
+            return Err(Value::Poison);
+        }
+        let Some(body) = body else {
+            return Err(self.err(
+                Diagnostic::error(
+                    codes::SYNTAX,
+                    format!("a {} needs a body", call.what),
+                    span,
+                    format!("no `{} {{ ... }}` follows", call.names),
+                )
+                .with_help(format!("write `{}`", call.usage)),
+            ));
+        };
+        let slots = self.match_args(call.what, &call.params, vals, span).ok_or(Value::Poison)?;
+        Ok((body, slots.try_into().map_err(|_| Value::Poison)?))
     }
 
     /// The tensors a scan body returned (`ret`): its per-step results, then its new states,
@@ -321,6 +344,15 @@ impl Elab<'_> {
         captures.insert(v, r);
         r
     }
+}
+
+/// What [`Elab::region_call`] needs to know of a construct: its name, its parameters, how its
+/// body names its arguments and a usage line (both for the diagnostic of a missing body).
+pub(super) struct RegionCall<const N: usize> {
+    pub(super) what: &'static str,
+    pub(super) params: [&'static str; N],
+    pub(super) names: &'static str,
+    pub(super) usage: &'static str,
 }
 
 /// The spans of the values of the body's last top-level `return`.
