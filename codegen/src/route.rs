@@ -210,11 +210,7 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
 /// # Safety
 /// Views as the executor makes them.
 pub unsafe fn topk(x: &View, vals: &View, idxs: &View, axis: usize) -> Result<(), RunError> {
-    let k = vals.shape[axis];
-    if k > x.shape[axis] {
-        return Err(RunError::Shape(format!("top-{k} of {} elements along axis {axis}", x.shape[axis])));
-    }
-    let (v, i) = tessera_runtime::topk(&x.shape, k, axis, |j| unsafe { x.get(j) });
+    let (v, i) = tessera_runtime::topk(&x.shape, vals.shape[axis], axis, |j| unsafe { x.get(j) })?;
     unsafe {
         host::store(vals, &v);
         std::slice::from_raw_parts_mut(idxs.ptr as *mut i64, i.len()).copy_from_slice(&i);

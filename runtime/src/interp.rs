@@ -154,14 +154,10 @@ pub fn run(
                 Op::TopK { axis, .. } => {
                     let x = args[0];
                     let k = shape[*axis];
-                    if k > x.shape[*axis] {
-                        return Err(RunError::Shape(format!(
-                            "top-{k} of {} elements along axis {axis} ({})",
-                            x.shape[*axis],
-                            location(graph, node)
-                        )));
-                    }
-                    let (vals, idxs) = crate::topk(&x.shape, k, *axis, |i| x.get(i));
+                    let (vals, idxs) = crate::topk(&x.shape, k, *axis, |i| x.get(i)).map_err(|e| match e {
+                        RunError::Shape(m) => RunError::Shape(format!("{m} ({})", location(graph, node))),
+                        e => e,
+                    })?;
                     let mut shape = x.shape.clone();
                     shape[*axis] = k;
                     tuples[i] = Some(vec![Tensor::from_f64(x.dtype(), shape.clone(), vals.into_iter()), Tensor::i64(shape, idxs)]);

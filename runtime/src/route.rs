@@ -19,9 +19,13 @@ fn descending(a: f64, b: f64) -> Ordering {
 
 /// The `k` largest of each line along `axis` of a tensor of `shape` whose element `i` is
 /// `get(i)`: (values, indices), each of the shape with `axis` of size `k`. A stable sort of
-/// each line, so ties keep the lower index first.
-pub fn topk(shape: &[usize], k: usize, axis: usize, get: impl Fn(usize) -> f64) -> (Vec<f64>, Vec<i64>) {
+/// each line, so ties keep the lower index first. A `k` larger than the axis (a size bound at
+/// run time) is an error.
+pub fn topk(shape: &[usize], k: usize, axis: usize, get: impl Fn(usize) -> f64) -> Result<(Vec<f64>, Vec<i64>), RunError> {
     let n = shape[axis];
+    if k > n {
+        return Err(RunError::Shape(format!("top-{k} of {n} elements along axis {axis}")));
+    }
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
     let (mut vals, mut idxs) = (vec![0.0; outer * k * inner], vec![0i64; outer * k * inner]);
@@ -41,7 +45,7 @@ pub fn topk(shape: &[usize], k: usize, axis: usize, get: impl Fn(usize) -> f64) 
             }
         }
     }
-    (vals, idxs)
+    Ok((vals, idxs))
 }
 
 /// Which rows each expert receives: rows `rows[starts[e]..starts[e + 1]]` of the flattened
