@@ -15,7 +15,7 @@ from __future__ import annotations
 import json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, TESSERA, tessera  # noqa: E402  (same child-process timing as run.py)
+from run import TESSERA, gemm_rate, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
 
 REPEAT = 5
 SEQ = 512
@@ -64,9 +64,7 @@ def main() -> None:
                          capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     hf = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
     print("hf", hf, flush=True)
-    # This host's GEMM rate in the same run (see bench/scan.py).
-    g = tessera(["bench/gemm.tsr", "--backend", "cpu", "--dim", "seq=512"])
-    gflops = 2 * 512 * 768 * 3072 / (g["ms"] * 1e6)
+    g, gflops = gemm_rate()
     active = SEQ * 2 * 3 * 2 * 1024 * 3584  # 2 experts per token, 3 GEMMs of 1024 × 3584
     moe_gflops = active / (moe["ms"] * 1e6)
     hf_ms = f"{hf['ms']:.0f}" if "ms" in hf else hf.get("error", "–")
@@ -89,14 +87,7 @@ def main() -> None:
         f"Peak RSS Tessera {moe['rss_mib']:.0f} MiB, HF {hf.get('rss_mib', 0):.0f} MiB.",
         end,
     ]
-    path = os.path.join(ROOT, "bench", "RESULTS.md")
-    old = open(path).read() if os.path.exists(path) else ""
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + "\n".join(section) + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    open(path, "w").write(new)
-    print("\n".join(section))
+    write_section(section)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,31 @@ def tessera(args: list[str]) -> dict:
     return {"ms": median, "compile_ms": compile_ms, "arena_mib": arena, "rss_mib": rss / 1024}
 
 
+def gemm_rate() -> tuple[dict, float]:
+    """This host's GEMM rate now, by Tessera on bench/gemm.tsr ([512, 768] @ [768, 3072]): ratios
+    are comparable across hosts of one kind only with it. Returns the run and its GFLOP/s."""
+    g = tessera(["bench/gemm.tsr", "--backend", "cpu", "--dim", "seq=512"])
+    return g, 2 * 512 * 768 * 3072 / (g["ms"] * 1e6)
+
+
+RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
+# A section another script writes: `<!-- NAME: written by SCRIPT -->` .. `<!-- end NAME -->`.
+SECTION = re.compile(r"<!-- (\w+): written by [^>]*-->.*?<!-- end \1 -->", re.S)
+
+
+def write_section(lines: list[str]) -> None:
+    """Writes one script's section of bench/RESULTS.md (its first and last lines are its
+    markers), in place of its earlier one or at the end, keeping the rest of the file."""
+    begin, end = lines[0], lines[-1]
+    old = open(RESULTS).read() if os.path.exists(RESULTS) else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + "\n".join(lines) + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    open(RESULTS, "w").write(new)
+    print("\n".join(lines))
+
+
 # The PyTorch side runs in a child process too, so that peak memory is its own.
 TORCH_CHILD = r'''
 import json, sys, time, statistics, resource
@@ -128,13 +153,12 @@ def main() -> None:
             f"| {title} | {t['ms']:.1f} | {em} | {cm} | {ratio(t, e)} | {ratio(t, c)} | {t['compile_ms']:.0f} ms | {cc} | {t['rss_mib']:.0f} / {e.get('rss_mib', 0):.0f} |"
         )
     lines += ["", "Tessera's activation arena (peak live intermediates): " + ", ".join(f"{title}: {t['arena_mib']:.1f} MiB" for title, t, _, _ in rows), ""]
-    # Keep the GPU section that bench/gpu/run.py writes on a GPU machine.
-    path = os.path.join(ROOT, "bench", "RESULTS.md")
-    old = open(path).read() if os.path.exists(path) else ""
-    begin, end = "<!-- gpu: written by bench/gpu/run.py -->", "<!-- end gpu -->"
-    if begin in old and end in old:
-        lines += ["", old[old.index(begin): old.index(end) + len(end)], ""]
-    open(path, "w").write("\n".join(lines))
+    # Keep the sections the other scripts wrote (bench/gpu/run.py on a GPU machine,
+    # bench/scan.py, bench/moe.py).
+    old = open(RESULTS).read() if os.path.exists(RESULTS) else ""
+    for m in SECTION.finditer(old):
+        lines += ["", m.group(0), ""]
+    open(RESULTS, "w").write("\n".join(lines))
     print("\n".join(lines))
 
 

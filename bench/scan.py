@@ -20,7 +20,7 @@ from __future__ import annotations
 import json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, TESSERA, tessera  # noqa: E402  (same child-process timing as run.py)
+from run import TESSERA, gemm_rate, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
 
 REPEAT = 3
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
@@ -74,9 +74,7 @@ def main() -> None:
     lin = tessera(["bench/linear_attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
     soft = tessera(["bench/attention.tsr", "--backend", "cpu", "--dim", "seq=4096"])
     print("linear", lin, "softmax", soft, flush=True)
-    # This host's GEMM rate, in the same run: ratios are comparable across hosts only with it.
-    g = tessera(["bench/gemm.tsr", "--backend", "cpu", "--dim", "seq=512"])
-    gflops = 2 * 512 * 768 * 3072 / (g["ms"] * 1e6)
+    g, gflops = gemm_rate()
     print("gemm", g, f"{gflops:.0f} GFLOP/s", flush=True)
     run.REPEAT = 2  # the arena only: `--repeat 1` prints no median
     arenas = {seq: tessera(args + ["--dim", f"seq={seq}"])["arena_mib"] for seq in (256, 1024)}
@@ -106,14 +104,7 @@ def main() -> None:
         "Tessera's Mamba activation arena by sequence length: " + ", ".join(f"{s}: {arenas[s]:.1f} MiB" for s in sorted(arenas)),
         end,
     ]
-    path = os.path.join(ROOT, "bench", "RESULTS.md")
-    old = open(path).read() if os.path.exists(path) else ""
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + "\n".join(section) + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    open(path, "w").write(new)
-    print("\n".join(section))
+    write_section(section)
 
 
 if __name__ == "__main__":
