@@ -163,7 +163,7 @@ impl Elab<'_> {
         body: Option<&'b [Stmt]>,
         span: Span,
         frame: &mut Frame,
-    ) -> Result<(&'b [Stmt], [Option<(Value, Span)>; N]), Value> {
+    ) -> Result<(&'b [Stmt], [Slot; N]), Value> {
         let vals: Vec<ArgVal> =
             args.iter().map(|a| ArgVal { name: a.name.clone(), value: self.eval(&a.value, frame), span: a.value.span }).collect();
         if vals.iter().any(|a| matches!(a.value, Value::Poison)) {
@@ -345,6 +345,9 @@ impl Elab<'_> {
         r
     }
 }
+
+/// An argument matched to a parameter: its value and span, or absent.
+type Slot = Option<(Value, Span)>;
 
 /// What [`Elab::region_call`] needs to know of a construct: its name, its parameters, how its
 /// body names its arguments and a usage line (both for the diagnostic of a missing body).
