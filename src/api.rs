@@ -44,6 +44,9 @@ pub enum Error {
     /// A compiler bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Generation cannot run this model or these inputs (the message names the op or size).
+    #[error("{0}")]
+    Generation(String),
 }
 
 /// Compiles model files into runnable [`Model`]s.
@@ -124,8 +127,12 @@ pub struct Model {
     graph: Graph,
     checkpoint: Option<CheckpointMap>,
     engine: Engine,
+    backend: Backend,
+    precision: Precision,
     params: HashMap<String, Tensor>,
     max_memory: u128,
+    /// The prefill and decode programs, compiled on the first [`Model::session`].
+    generation: std::sync::OnceLock<crate::generate::Programs>,
 }
 
 impl Model {
@@ -140,7 +147,43 @@ impl Model {
         tessera_ir::verify(&g).map_err(|e| Error::Internal(e.join("\n")))?;
         let g = tessera_passes::run_pipeline(&g, |_, _| {}).map_err(|e| Error::Internal(e.to_string()))?;
         let engine = Engine::new(&g, backend, keep_clif, precision)?;
-        Ok(Model { graph: g, checkpoint, engine, params: HashMap::new(), max_memory: crate::default_memory_budget() })
+        Ok(Model {
+            graph: g,
+            checkpoint,
+            engine,
+            backend,
+            precision,
+            params: HashMap::new(),
+            max_memory: crate::default_memory_budget(),
+            generation: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Compiles another graph over this model's parameters for its backend (generation's
+    /// prefill and decode programs).
+    pub(crate) fn engine_for(&self, g: &Graph) -> Result<Engine, Error> {
+        Ok(Engine::new(g, self.backend, false, self.precision)?)
+    }
+
+    /// The generation programs, derived and compiled on first use.
+    pub(crate) fn programs(&self) -> Result<&crate::generate::Programs, Error> {
+        if let Some(p) = self.generation.get() {
+            return Ok(p);
+        }
+        let p = crate::generate::Programs::new(self)?;
+        Ok(self.generation.get_or_init(|| p))
+    }
+
+    /// Runs `engine` (compiled from `g`) on this model's parameters.
+    pub(crate) fn run_engine(
+        &self,
+        engine: &Engine,
+        g: &Graph,
+        dims: &Dims,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<Vec<(String, Tensor)>, Error> {
+        tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
+        Ok(engine.run(g, dims, inputs, &self.params)?.0)
     }
 
     /// Refuses runs (and random weights) estimated to need more than `bytes` (default: this

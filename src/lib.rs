@@ -15,10 +15,12 @@ pub use tessera_runtime as runtime;
 
 mod api;
 pub mod engine;
+mod generate;
 pub mod hf;
 
 pub use api::{Backend, Compiler, Error, Model, Precision};
 pub use engine::Engine;
+pub use generate::{describe as describe_state, GenerateOptions, Generated, Session};
 pub use tessera_codegen as codegen;
 
 use miette::{GraphicalReportHandler, GraphicalTheme};

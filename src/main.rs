@@ -31,6 +31,10 @@ enum Emit {
     Clif,
     /// The CUDA C of the generated GPU kernels.
     Cuda,
+    /// The state generation keeps between steps (KV caches, recurrent states), with sizes.
+    State,
+    /// The decode program of generation (one step over the state).
+    Decode,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -336,6 +340,18 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
             })
             .map_err(|e| Fail::Internal(e.to_string()))?;
+            if matches!(emit, Emit::State | Emit::Decode) {
+                let derived = tessera::passes::generation::derive(&opt).map_err(|e| {
+                    let at = e.span.display_in(&opt.files).map(|s| format!(" at {s}")).unwrap_or_default();
+                    Fail::User(format!("error{at}: {}\n", e.message))
+                })?;
+                if emit == Emit::State {
+                    out!("{}", tessera::describe_state(&derived, &opt.files));
+                } else {
+                    out!("{}", derived.decode);
+                }
+                return Ok(());
+            }
             if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {

@@ -68,6 +68,31 @@ impl Dim {
         self.terms = merged;
     }
 
+    /// The size with the named size `name` replaced by `by` (`batch*seq` with `seq` := `past +
+    /// seq` is `batch*past + batch*seq`). `None` when `name` appears in a quotient factor
+    /// (`seq/4`), which a sum cannot replace exactly.
+    pub fn subst(&self, name: &str, by: &Dim) -> Option<Dim> {
+        let mut out = Dim::known(0);
+        for (m, c) in &self.terms {
+            let mut term = Dim::known(*c);
+            for f in m {
+                let factor = match split_quot(f) {
+                    Some((n, _)) if n == name => return None,
+                    _ if f == name => by.clone(),
+                    _ => Dim { terms: vec![(vec![f.clone()], 1)] },
+                };
+                term = term.mul(&factor);
+            }
+            out = out.add(&term);
+        }
+        Some(out)
+    }
+
+    /// Whether the size mentions the named size `name` (as `seq`, `2*seq` or `seq/4`).
+    pub fn mentions(&self, name: &str) -> bool {
+        self.symbols().any(|s| s == name)
+    }
+
     /// The value when the size is a constant.
     pub fn as_known(&self) -> Option<i64> {
         match self.terms.as_slice() {

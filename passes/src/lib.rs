@@ -9,6 +9,7 @@ mod dce;
 pub mod egraph;
 mod extract;
 mod fold_constants;
+pub mod generation;
 pub mod layers;
 mod merge_projections;
 mod optimize;

@@ -29,6 +29,15 @@ What it writes (existing fixture folders are deleted and rewritten; the script i
                                                       modernbert: last_hidden_state [2,S,H]
                                                       t5: logits [2,T,V], encoder_last_hidden_state [2,S,H]
                                                       fnet: last_hidden_state [2,S,H], pooler_output [2,H]
+    tests/parity/fixtures/<name>/generate.safetensors greedy decoding with a KV cache (decoder-only LMs and
+                                                      t5; not mamba2-b, see Fixture.no_generate), by HF's
+                                                      model.generate() on each row's unpadded prompt alone:
+                                                      prompt_ids [2,S] int64 (= input_ids, padded as in
+                                                      inputs), prompt_mask [2,S] int64 (1 = real token; also
+                                                      for rwkv), tokens [2,N] int64 (the N = GEN_TOKENS new
+                                                      tokens; t5 starts its decoder at decoder_start_token_id),
+                                                      logits [2,N,V] f32 (the raw logits that chose them; step
+                                                      0 comes from the prompt)
     tests/parity/fixtures/fftconv-<n>/inputs.safetensors   f32: x [2,L,C], k [L,C] (numpy only, no model)
     tests/parity/fixtures/fftconv-<n>/expected.safetensors f32: y [2,L,C], the causal convolution
                                                       y[b,:,c] = numpy.convolve(x[b,:,c], k[:,c])[:L]
@@ -52,6 +61,13 @@ To make the fixtures discriminating, the initialisation is larger than HF's defa
 N(0,1).  After writing each fixture the script (unless --no-check) re-runs the model with one
 feature switched off (padding mask, sliding window, rope theta, bucket max distance, ...) and
 asserts that the outputs change noticeably, i.e. that the fixture really exercises the feature.
+
+generate.safetensors is plain greedy decoding (a GenerationConfig with no eos, penalties, forced or
+suppressed tokens; nothing inherited from the model's defaults).  The script asserts that every token
+is the argmax of its logits, that the top-1 / top-2 gap is > GEN_MIN_MARGIN at every step (no near-tie
+another implementation could resolve differently), that the cached logits match a no-cache forward
+over prompt + generated tokens, and that prompts are longer than any sliding window (so the cache
+drops keys).
 
 FNet has no attention mask (its Fourier mixing runs over padding tokens too), so its row 1 ends
 in token id 0 as a padded row would, every position is compared, and its checks switch off the
@@ -80,8 +96,11 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
+    DynamicCache,
+    EncoderDecoderCache,
     FNetConfig,
     FNetModel,
+    GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -124,6 +143,8 @@ class Fixture:
     checks: list = field(default_factory=list)
     # optional hook run on every freshly built model (before any weights are randomised/loaded)
     post_build: Callable | None = None
+    # why generate.safetensors is not written for a causal LM / t5 fixture (None: it is written)
+    no_generate: str | None = None
 
 
 def fixtures() -> list[Fixture]:
@@ -554,7 +575,9 @@ def more_families() -> list[Fixture]:
                            head_dim=10, n_groups=1, conv_kernel=3, chunk_size=32, time_step_limit=(0.05, 0.8),
                            tie_word_embeddings=True, layer_norm_epsilon=1e-6, **m2),
         seq_len=13, pads=(0, 3), seed=842, post_build=randomise_mamba2,
-        checks=[("time_step_limit -> (0, inf)", {"time_step_limit": (0.0, float("inf"))})]))
+        checks=[("time_step_limit -> (0, inf)", {"time_step_limit": (0.0, float("inf"))})],
+        no_generate="HF's cached Mamba2 step (mamba2_selective_state_update) ignores time_step_limit, "
+                    "so its generate() logits disagree with its own no-cache forward (by ~0.1)"))
     fx.append(Fixture(
         # long enough for Tessera's chunked lowering (chunks of 64, the last one ragged); HF's
         # own chunks are 48
@@ -805,6 +828,120 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 # ------------------------------------------------------------------------------------------------
+# generate.safetensors: greedy decoding with a KV cache, by HF's own model.generate()
+
+
+GEN_TOKENS = 6  # new tokens generated per row
+GEN_MIN_MARGIN = 1e-4  # smallest top-1 / top-2 logit gap allowed: a near-tie could flip elsewhere
+GEN_CACHE_TOL = 1e-4  # cached logits vs a no-cache forward over prompt + generated tokens
+
+
+def has_generate(fx: Fixture) -> bool:
+    return (fx.family in CAUSAL_LM or fx.family == "t5") and fx.no_generate is None
+
+
+def prompt_mask(fx: Fixture) -> torch.Tensor:
+    """[2,S] int64: 1 at the real tokens, 0 at the right padding (also for rwkv, which has no mask)."""
+    mask = torch.ones((2, fx.seq_len), dtype=torch.int64)
+    for row, pad in enumerate(fx.pads):
+        mask[row, fx.seq_len - pad:] = 0
+    return mask
+
+
+def sliding_window(config) -> int | None:
+    """The window of a config whose layers (some or all) use sliding-window attention."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if not window or (layer_types is not None and "sliding_attention" not in layer_types):
+        return None
+    return window
+
+
+def greedy_config(model) -> GenerationConfig:
+    """Plain greedy decoding of exactly GEN_TOKENS tokens: no eos (no early stop, no min-length
+    suppression), no penalties, no forced or suppressed tokens, raw logits returned."""
+    return GenerationConfig(
+        max_new_tokens=GEN_TOKENS, min_new_tokens=GEN_TOKENS, do_sample=False, num_beams=1,
+        use_cache=True, output_logits=True, return_dict_in_generate=True,
+        eos_token_id=None, bos_token_id=None, pad_token_id=0,
+        decoder_start_token_id=model.config.decoder_start_token_id if model.config.is_encoder_decoder else None,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None,
+        suppress_tokens=None, begin_suppress_tokens=None, bad_words_ids=None)
+
+
+def generate_kwargs(model, fx: Fixture, prompt: torch.Tensor) -> dict:
+    """The model inputs for generate() besides the prompt, with work-arounds for two HF cache bugs."""
+    if fx.family == "rwkv":
+        # RWKV takes no mask.  HF sizes the WKV state by hidden_size, not attention_hidden_size (a
+        # shape error when they differ): pass the initial state HF would build, correctly sized.
+        c = model.config
+        h, a, n = c.hidden_size, c.attention_hidden_size or c.hidden_size, c.num_hidden_layers
+        return {"state": [torch.zeros(1, h, n), torch.zeros(1, h, n), torch.zeros(1, a, n),
+                          torch.zeros(1, a, n), torch.full((1, a, n), -1e30)]}
+    kwargs = {"attention_mask": torch.ones_like(prompt)}
+    if fx.family == "t5":
+        # HF sizes the decoder's cache by num_layers, not num_decoder_layers: lazily grown caches.
+        kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    return kwargs
+
+
+@torch.no_grad()
+def generate_row(model, fx: Fixture, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy generation from one unpadded prompt [1,n]: new tokens [N] and their raw logits [N,V]."""
+    config = greedy_config(model)
+    model.generation_config = config  # generate() fills unset fields from it: nothing model-specific
+    out = model.generate(prompt, generation_config=config, **generate_kwargs(model, fx, prompt))
+    start = 1 if model.config.is_encoder_decoder else prompt.shape[1]  # decoder_start_token_id / prompt
+    assert out.sequences.shape == (1, start + GEN_TOKENS), f"{fx.name}: sequences {list(out.sequences.shape)}"
+    tokens = out.sequences[0, start:]
+    logits = torch.stack(out.logits, dim=1)[0].to(torch.float32)
+    return tokens, logits
+
+
+@torch.no_grad()
+def uncached_logits(model, fx: Fixture, prompt: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The logits of the same steps from one forward without a cache (teacher forcing)."""
+    if fx.family == "t5":
+        start = torch.tensor([[model.config.decoder_start_token_id]])
+        dec = torch.cat([start, tokens[None, :-1]], dim=1)
+        return model(input_ids=prompt, attention_mask=torch.ones_like(prompt), decoder_input_ids=dec,
+                     use_cache=False).logits[0]
+    ids = torch.cat([prompt, tokens[None, :-1]], dim=1)
+    mask = {} if fx.family == "rwkv" else {"attention_mask": torch.ones_like(ids)}
+    return model(input_ids=ids, use_cache=False, **mask).logits[0, prompt.shape[1] - 1:]
+
+
+def write_generate(model, fx: Fixture, inputs: dict[str, torch.Tensor], out_dir: Path) -> None:
+    """generate.safetensors: each row's unpadded prompt decoded greedily (GEN_TOKENS tokens) with a
+    cache by HF's generate(); checks every choice against its raw logits, the margins, and the
+    cached logits against a no-cache forward."""
+    ids, mask = inputs["input_ids"], prompt_mask(fx)
+    if "attention_mask" in inputs:
+        assert torch.equal(mask, inputs["attention_mask"]), f"{fx.name}: prompt mask"
+    window = sliding_window(model.config)
+    if window is not None:  # the cache must drop keys during the prompt already
+        assert int(mask.sum(1).min()) > window, f"{fx.name}: a prompt within the sliding window {window}"
+    tokens, logits, margins, drift = [], [], [], []
+    for row in range(2):
+        prompt = ids[row:row + 1, :int(mask[row].sum())]
+        t, lg = generate_row(model, fx, prompt)
+        assert torch.equal(lg.argmax(-1), t), f"{fx.name}: row {row}: tokens {t.tolist()} are not the logits' argmax"
+        top2 = lg.topk(2, dim=-1).values
+        margins.append(float((top2[:, 0] - top2[:, 1]).min()))
+        drift.append(float((uncached_logits(model, fx, prompt, t) - lg).abs().max()))
+        tokens.append(t)
+        logits.append(lg)
+    margin, d = min(margins), max(drift)
+    print(f"    generate: tokens {[t.tolist() for t in tokens]}; smallest margin {margin:.3g}; "
+          f"cached vs uncached max|diff| {d:.3g}" + (f"; window {window}" if window else ""))
+    assert margin > GEN_MIN_MARGIN, f"{fx.name}: a greedy choice with margin {margin:.3g} (a near-tie)"
+    assert d < GEN_CACHE_TOL, f"{fx.name}: cached and uncached logits differ by {d:.3g}"
+    save_file({"prompt_ids": ids.contiguous(), "prompt_mask": mask.contiguous(),
+               "tokens": torch.stack(tokens).contiguous(), "logits": torch.stack(logits).contiguous()},
+              str(out_dir / "generate.safetensors"))
+
+
+# ------------------------------------------------------------------------------------------------
 # generation
 
 
@@ -850,6 +987,10 @@ def generate(fx: Fixture, check: bool) -> None:
     mags = ", ".join(f"{k} absmax {float(v.abs().max()):.3g} std {float(v.std()):.3g}"
                      for k, v in expected.items())
     print(f"{fx.name}: {shapes}; {mags}")
+    if has_generate(fx):
+        write_generate(reloaded, fx, inputs, out_dir)
+    elif fx.no_generate is not None:
+        print(f"    generate: skipped ({fx.no_generate})")
 
     if not check:
         return

@@ -1,0 +1,167 @@
+//! Generation: greedy tokens and step logits against Hugging Face `generate()` (fixtures
+//! from `tests/parity/gen.py`), and cached decoding against recomputing the whole sequence on
+//! every causal model of the standard library.
+
+mod common;
+
+use std::collections::HashMap;
+use tessera::runtime::{Data, Tensor};
+use tessera::{Backend, GenerateOptions, Precision};
+
+const TOLERANCE: f64 = 1e-4;
+
+fn i64s(t: &Tensor) -> Vec<i64> {
+    match &t.data {
+        Data::I64(v) => v.clone(),
+        _ => panic!("not i64"),
+    }
+}
+
+/// The rows of a right-padded `[batch, S]` prompt without their padding.
+fn rows(ids: &Tensor, mask: &Tensor) -> Vec<Vec<i64>> {
+    let (ids, mask, s) = (i64s(ids), i64s(mask), ids.shape[1]);
+    (0..ids.len() / s).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0).map(|j| ids[r * s + j]).collect()).collect()
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    let mut checked = Vec::new();
+    for fx in common::fixtures() {
+        let path = format!("tests/parity/fixtures/{}/generate.safetensors", fx.name);
+        let Ok(want) = tessera::runtime::read_safetensors(&path) else { continue };
+        let model = fx.model(Backend::Cpu, Precision::F32);
+        let prompts = rows(&want["prompt_ids"], &want["prompt_mask"]);
+        let tokens = i64s(&want["tokens"]);
+        let n = want["tokens"].shape[1];
+        let vocab = want["logits"].shape[2];
+        let expected = want["logits"].to_f64();
+        let mut session = model.session(256).unwrap_or_else(|e| panic!("{}: {e}", fx.name));
+        let out = session.generate(&prompts, &GenerateOptions::greedy(n), |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", fx.name));
+        let mut worst = 0.0f64;
+        for (r, got) in out.tokens.iter().enumerate() {
+            assert_eq!(got[..], tokens[r * n..(r + 1) * n], "{}: row {r}: tokens differ from transformers' generate()", fx.name);
+            for (t, logits) in out.logits[r].iter().enumerate() {
+                let at = (r * n + t) * vocab;
+                for (j, &x) in logits.iter().enumerate() {
+                    worst = worst.max((x as f64 - expected[at + j]).abs());
+                }
+            }
+        }
+        println!("{:<22} tokens equal, step logits max |Δ| = {worst:.2e}", fx.name);
+        assert!(worst <= TOLERANCE, "{}: step logits differ from transformers by {worst:e}", fx.name);
+        checked.push(fx.family.clone());
+    }
+    // Every causal family of the standard library and T5 has a reference.
+    for family in ["gpt2", "llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_neox", "gptj", "gpt_bigcode", "bloom", "falcon", "cohere2"] {
+        assert!(checked.iter().any(|f| f == family), "no generation fixture for {family}");
+    }
+    for family in ["diffllama", "mamba", "falcon_mamba", "rwkv", "mamba2", "mixtral", "qwen2_moe", "jamba", "t5"] {
+        assert!(checked.iter().any(|f| f == family), "no generation fixture for {family}");
+    }
+}
+
+/// Families whose state cannot be derived: they see the whole sequence at once.
+const BIDIRECTIONAL: &[&str] = &["bert", "modernbert", "longformer", "fnet"];
+
+/// Cached decoding against running the whole sequence again, on `backend`: prompts of 9 and
+/// 4 tokens (longer than the small models' windows of 3), 6 new tokens each.
+fn cached_equals_recomputed(backend: Backend) {
+    for (family, overrides) in common::SMALL {
+        if BIDIRECTIONAL.contains(family) {
+            continue;
+        }
+        let mut model = common::small_compiler(overrides)
+            .backend(backend)
+            .compile_file(&format!("stdlib/{family}.tsr"))
+            .unwrap_or_else(|e| panic!("{family}: {e}"));
+        model.random_weights(7).expect("weights");
+        let vocab = model.graph().ty(model.graph().output("logits").expect("logits")).shape[2].as_known().expect("vocab") as i64;
+        let prompts: Vec<Vec<i64>> =
+            [9usize, 4].iter().enumerate().map(|(r, &n)| (0..n).map(|i| (i as i64 * 7 + r as i64 * 3 + 1) % vocab).collect()).collect();
+        let n = 6;
+        let mut session = model.session(32).unwrap_or_else(|e| panic!("{family}: {e}"));
+        let encoder_decoder = *family == "t5";
+        let out = session.generate(&prompts, &GenerateOptions::greedy(n), |_, _| {}).unwrap_or_else(|e| panic!("{family}: {e}"));
+        assert!(session.state_bytes() > 0, "{family}: no state");
+        let mut worst = 0.0f64;
+        for (r, prompt) in prompts.iter().enumerate() {
+            // The whole sequence at once: the prompt (the decoder's start for T5) and the
+            // tokens fed back (all but the last).
+            let mut inputs = HashMap::new();
+            let fed: Vec<i64> = if encoder_decoder { vec![0] } else { prompt.clone() };
+            let seq: Vec<i64> = fed.iter().chain(&out.tokens[r][..n - 1]).copied().collect();
+            let name = if encoder_decoder { "decoder_input_ids" } else { "input_ids" };
+            inputs.insert(name.to_string(), Tensor::i64(vec![1, seq.len()], seq.clone()));
+            if encoder_decoder {
+                inputs.insert("input_ids".into(), Tensor::i64(vec![1, prompt.len()], prompt.clone()));
+                inputs.insert("attention_mask".into(), Tensor::i64(vec![1, prompt.len()], vec![1; prompt.len()]));
+            }
+            for (name, v) in model.graph().inputs() {
+                if !inputs.contains_key(name) {
+                    let ty = model.graph().ty(v);
+                    assert_eq!(ty.rank(), 2, "{family}: input {name}");
+                    let data = vec![1; seq.len()];
+                    inputs.insert(name.to_string(), Tensor::i64(vec![1, seq.len()], data));
+                }
+            }
+            let full = model.run(&inputs).unwrap_or_else(|e| panic!("{family}: {e}"));
+            let logits = &full.iter().find(|(k, _)| k == "logits").expect("logits").1;
+            let all = logits.to_f64();
+            let v = logits.shape[2];
+            let scale = all.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            for t in 0..n {
+                let at = (fed.len() - 1 + t) * v;
+                let step = &out.logits[r][t];
+                let d = step.iter().enumerate().map(|(j, &x)| (x as f64 - all[at + j]).abs()).fold(0.0, f64::max) / scale;
+                worst = worst.max(d);
+            }
+        }
+        println!("{family:<14} cached vs recomputed: max relative |Δ| = {worst:.2e}");
+        assert!(worst <= TOLERANCE, "{family}: cached decoding differs from recomputation by {worst:e} (relative)");
+    }
+}
+
+#[test]
+fn cached_decoding_equals_recomputation_on_the_cpu() {
+    cached_equals_recomputed(Backend::Cpu);
+}
+
+#[test]
+fn cached_decoding_equals_recomputation_on_the_interpreter() {
+    cached_equals_recomputed(Backend::Interp);
+}
+
+#[test]
+fn encoders_cannot_generate() {
+    for family in BIDIRECTIONAL {
+        let overrides = common::SMALL.iter().find(|(f, _)| f == family).expect("small").1;
+        let model = common::small_compiler(overrides).compile_file(&format!("stdlib/{family}.tsr")).expect("compiles");
+        let err = model.session(16).err().unwrap_or_else(|| panic!("{family}: a session for an encoder")).to_string();
+        assert_eq!(err, "generation needs an output called `logits`", "{family}");
+    }
+}
+
+/// A language model whose state cannot be derived gets an error naming the op and its line.
+#[test]
+fn underivable_state_is_an_error_naming_the_op() {
+    let cases = [
+        ("x = x + nn.attention(x, 2) as attn", "m.tsr:8:11", "lets a position see later ones"),
+        ("x = x + cumsum(x, 1)", "m.tsr:8:11", "`cumsum` mixes positions along `seq`"),
+        ("x = x + mean(x, 1, keepdim = true)", "m.tsr:8:11", "mixes positions along `seq`"),
+    ];
+    for (line, at, what) in cases {
+        let src = format!(
+            "import nn\n\nmodel m(vocab = 11, d = 8) {{\n  input input_ids: i64[batch, seq]\n  param embed: [vocab, d]\n  x = embed[input_ids]\n  # the layer\n  {line}\n  output logits = x @ embed.T\n}}\n"
+        );
+        let dir = std::env::temp_dir().join(format!("tessera-gen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("m.tsr");
+        std::fs::write(&path, src).expect("write");
+        std::fs::copy("stdlib/nn.tsr", dir.join("nn.tsr")).expect("nn");
+        let model = tessera::Compiler::new().compile_file(path.to_str().expect("path")).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let err = model.session(16).err().unwrap_or_else(|| panic!("{line}: derived")).to_string();
+        println!("{err}");
+        assert!(err.contains(what), "{line}: {err}");
+        assert!(err.contains(at) || what.contains("later"), "{line}: {err}");
+    }
+}
