@@ -150,3 +150,53 @@ pub fn declared_inputs(g: &Graph, tensors: Vec<(String, Tensor)>) -> HashMap<Str
     let declared: Vec<&str> = g.inputs().iter().map(|(n, _)| *n).collect();
     tensors.into_iter().filter(|(n, _)| declared.contains(&n.as_str())).collect()
 }
+
+/// A text tokenizer from a `tokenizer.json`, for generation.
+pub struct TextTokenizer(tokenizers::Tokenizer);
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json`.
+    pub fn load(path: &str) -> Result<TextTokenizer, String> {
+        tokenizers::Tokenizer::from_file(path).map(TextTokenizer).map_err(|e| format!("cannot load {path}: {e}"))
+    }
+
+    /// The ids of a text, with the tokenizer's special tokens (a BOS where it adds one).
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, String> {
+        let enc = self.0.encode(text, true).map_err(|e| format!("cannot tokenize {text:?}: {e}"))?;
+        Ok(enc.get_ids().iter().map(|&x| i64::from(x)).collect())
+    }
+
+    /// The text of some ids (special tokens left out). An id outside the vocabulary is an error.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, String> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .map(|&x| u32::try_from(x).map_err(|_| format!("token id {x} is outside the vocabulary")))
+            .collect::<Result<_, _>>()?;
+        self.0.decode(&ids, true).map_err(|e| format!("cannot decode: {e}"))
+    }
+}
+
+/// Integer ids a config gives for `key`: a number or a list of numbers (`eos_token_id`).
+pub fn config_ids(config: &Json, key: &str) -> Vec<i64> {
+    match config.get(key) {
+        Some(Json::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(Json::Array(a)) => a.iter().filter_map(Json::as_i64).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The standard library's model file for a config's `model_type` (`stdlib/llama.tsr`): looked
+/// up under the working directory, then beside this build's sources.
+pub fn stdlib_model(config: &Json, path: &str) -> Result<String, String> {
+    let Some(kind) = config.get("model_type").and_then(Json::as_str) else {
+        return Err(format!("{path} has no `model_type`: name the model file (e.g. stdlib/llama.tsr)"));
+    };
+    if !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{path}: `model_type` {kind:?} is not a model name"));
+    }
+    let candidates = [format!("stdlib/{kind}.tsr"), format!("{}/stdlib/{kind}.tsr", env!("CARGO_MANIFEST_DIR"))];
+    candidates
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .ok_or_else(|| format!("the standard library has no model for `model_type` = {kind:?} (from {path}): name a model file"))
+}

@@ -66,7 +66,9 @@ impl DtypeArg {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// A `.tsr` model file or a `.tir` IR file.
+    /// A `.tsr` model file or a `.tir` IR file (`run --hf DIR` without one: the standard
+    /// library's file for the folder's `model_type`).
+    #[arg(default_value = "")]
     file: String,
     /// Which model of the file (needed when it defines several).
     #[arg(long)]
@@ -156,6 +158,62 @@ enum Cmd {
         /// machine's memory).
         #[arg(long, value_name = "BYTES", value_parser = tessera::parse_bytes)]
         max_memory: Option<u128>,
+    },
+    /// Generate tokens with a causal language model (or T5): from text through a Hugging
+    /// Face folder's tokenizer.json (printed as produced), or from ids (`--inputs`).
+    Generate {
+        /// The model file (optional with --hf: the standard library's file for the folder's
+        /// `model_type`), then the prompts (one row each; with --hf).
+        args: Vec<String>,
+        /// Which model of the file.
+        #[arg(long)]
+        model: Option<String>,
+        /// Override a hyper-parameter: -D layers=2.
+        #[arg(short = 'D', value_name = "KEY=VALUE", value_parser = key_value)]
+        define: Vec<(String, String)>,
+        /// A Hugging Face model folder: config.json, model.safetensors, tokenizer.json.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["weights", "config"])]
+        hf: Option<String>,
+        /// Hyper-parameters from a config.json (with --weights and --inputs).
+        #[arg(long, value_name = "CONFIG.JSON")]
+        config: Option<String>,
+        /// Parameters from a safetensors file (otherwise random, see --seed).
+        #[arg(long)]
+        weights: Option<String>,
+        /// Prompt ids: a safetensors file with `input_ids` [batch, S] (i64) and optionally
+        /// `attention_mask` (rows padded on either side); for T5, the encoder's input.
+        #[arg(long)]
+        inputs: Option<String>,
+        /// Write `tokens` [batch, N] (i64) and `logits` [batch, N, vocab] to this file.
+        #[arg(long)]
+        out: Option<String>,
+        /// How many tokens to generate per row.
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Positions the state holds per row (default: the longest prompt plus the new tokens).
+        #[arg(long)]
+        max_len: Option<usize>,
+        /// Sampling temperature (0: greedy, the default).
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Sample among the k most likely tokens (0: all).
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// Sample among the most likely tokens whose probabilities sum to p.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        /// Seed of the sampler (and of random parameters).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Keep generating after the end-of-sequence token.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// What runs the model.
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendArg,
+        /// The GPU to run on (`--backend cuda`), by ordinal.
+        #[arg(long, default_value_t = 0)]
+        gpu: usize,
     },
     /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
     Embed {
@@ -309,6 +367,9 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             }
         }
         Cmd::Ir { m, emit, print_after, explain, dtype } => {
+            if m.file.is_empty() {
+                return Err(Fail::User("error: name a model file: tessera ir FILE.tsr\n".into()));
+            }
             if emit == Emit::Ast {
                 let text = read(&m.file)?;
                 return match tessera::lang::parse(0, &text) {
@@ -437,6 +498,12 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if let Some(dir) = &hf {
                 m.config = Some(format!("{dir}/config.json"));
                 weights = Some(format!("{dir}/model.safetensors"));
+                if m.file.is_empty() {
+                    m.file = hf_model_file(dir)?;
+                }
+            }
+            if m.file.is_empty() {
+                return Err(Fail::User("error: name a model file (or give --hf DIR with a config.json)\n".into()));
             }
             let compile_start = std::time::Instant::now();
             let (g, map) = front(&m)?;
@@ -451,6 +518,35 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let budget = max_memory.unwrap_or_else(tessera::default_memory_budget);
             let files = RunFiles { weights: weights.as_deref(), inputs: inputs.as_deref(), out: out.as_deref(), budget };
             run(&g, &engine, map.as_ref(), &dim, files, seed, repeat).map_err(run_fail)
+        }
+        Cmd::Generate {
+            args,
+            model,
+            define,
+            hf,
+            config,
+            weights,
+            inputs,
+            out,
+            max_new_tokens,
+            max_len,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            ignore_eos,
+            backend,
+            gpu,
+        } => {
+            let backend = match backend {
+                BackendArg::Cpu => tessera::Backend::Cpu,
+                BackendArg::Interp => tessera::Backend::Interp,
+                BackendArg::Cuda => tessera::Backend::Cuda(gpu),
+            };
+            let g = GenerateArgs { model, define, config, weights, inputs, out, max_len, backend };
+            let sampling =
+                tessera::GenerateOptions { max_new_tokens, temperature, top_k, top_p, seed, ..tessera::GenerateOptions::greedy(0) };
+            generate(args, hf, g, sampling, ignore_eos)
         }
         Cmd::Embed { file, hf, model, out, texts } => {
             let m = ModelArgs { file, model, define: Vec::new(), config: Some(format!("{hf}/config.json")) };
@@ -490,6 +586,176 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
     }
+}
+
+/// The model file of a Hugging Face folder: its `model_type` in the standard library.
+fn hf_model_file(dir: &str) -> Result<String, Fail> {
+    let path = format!("{dir}/config.json");
+    let config = tessera::hf::read_config(&path).map_err(|e| Fail::User(format!("error: {e}\n")))?;
+    let file = tessera::hf::stdlib_model(&config, &path).map_err(|e| Fail::User(format!("error: {e}\n")))?;
+    errln!("model: {file} (from `model_type` in {path})");
+    Ok(file)
+}
+
+/// `generate`'s options besides the prompts and the sampler.
+struct GenerateArgs {
+    model: Option<String>,
+    define: Vec<(String, String)>,
+    config: Option<String>,
+    weights: Option<String>,
+    inputs: Option<String>,
+    out: Option<String>,
+    max_len: Option<usize>,
+    backend: tessera::Backend,
+}
+
+fn api_fail(e: tessera::Error) -> Fail {
+    match e {
+        tessera::Error::Internal(_) => Fail::Internal(format!("{e}")),
+        tessera::Error::Diagnostics(d) => Fail::User(d),
+        _ => Fail::User(format!("error: {e}\n")),
+    }
+}
+
+fn generate(
+    args: Vec<String>,
+    hf: Option<String>,
+    a: GenerateArgs,
+    mut opts: tessera::GenerateOptions,
+    ignore_eos: bool,
+) -> Result<(), Fail> {
+    let user = |m: String| Fail::User(format!("error: {m}\n"));
+    let (mut file, mut texts) = (None, args.as_slice());
+    if let Some(first) = args.first().filter(|f| f.ends_with(".tsr") || f.ends_with(".tir")) {
+        file = Some(first.clone());
+        texts = &args[1..];
+    }
+    let (config, weights) = match &hf {
+        Some(dir) => (Some(format!("{dir}/config.json")), Some(format!("{dir}/model.safetensors"))),
+        None => (a.config.clone(), a.weights.clone()),
+    };
+    let file = match (file, &hf) {
+        (Some(f), _) => f,
+        (None, Some(dir)) => hf_model_file(dir)?,
+        (None, None) => return Err(user("name a model file (or give --hf DIR with a config.json)".into())),
+    };
+    let tokenizer = match (&hf, texts.is_empty(), &a.inputs) {
+        (_, false, Some(_)) => return Err(user("give prompts as text or as --inputs, not both".into())),
+        (Some(dir), false, None) => Some(tessera::hf::TextTokenizer::load(&format!("{dir}/tokenizer.json")).map_err(user)?),
+        (None, false, None) => return Err(user("text prompts need --hf DIR (its tokenizer.json); give ids with --inputs".into())),
+        (_, true, None) => return Err(user("give a prompt: text (with --hf) or ids (--inputs P.safetensors)".into())),
+        (_, true, Some(_)) => None,
+    };
+    let mut compiler = tessera::Compiler::new().backend(a.backend);
+    if let Some(m) = &a.model {
+        compiler = compiler.model(m);
+    }
+    for (k, v) in &a.define {
+        compiler = compiler.define(k, tessera::lang::Override::parse(v));
+    }
+    let cfg_json = match &config {
+        Some(p) => {
+            compiler = compiler.config_file(p).map_err(api_fail)?;
+            Some(tessera::hf::read_config(p).map_err(user)?)
+        }
+        None => None,
+    };
+    let mut model = compiler.compile_file(&file).map_err(api_fail)?;
+    match &weights {
+        Some(w) => {
+            let unused = model.load_weights(w).map_err(api_fail)?;
+            warn_unused(&unused, w);
+        }
+        None => model.random_weights(opts.seed).map_err(api_fail)?,
+    }
+    if let Some(c) = &cfg_json {
+        if !ignore_eos {
+            opts.eos = tessera::hf::config_ids(c, "eos_token_id");
+        }
+        opts.pad = tessera::hf::config_ids(c, "pad_token_id").first().copied().or(opts.eos.first().copied()).unwrap_or(0);
+        opts.decoder_start = tessera::hf::config_ids(c, "decoder_start_token_id").first().copied().unwrap_or(opts.pad);
+    }
+    let prompts: Vec<Vec<i64>> = match &tokenizer {
+        Some(t) => texts.iter().map(|x| t.encode(x)).collect::<Result<_, _>>().map_err(user)?,
+        None => {
+            let path = a.inputs.as_deref().unwrap_or_default();
+            let mut tensors = runtime::read_safetensors(path).map_err(run_fail)?;
+            let ids = tensors.remove("input_ids").ok_or_else(|| user(format!("{path} has no `input_ids`")))?;
+            prompt_rows(&ids, tensors.get("attention_mask")).map_err(|m| user(format!("{path}: {m}")))?
+        }
+    };
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_len = a.max_len.unwrap_or(longest + opts.max_new_tokens);
+    let mut session = model.session(max_len).map_err(api_fail)?;
+    let streaming = tokenizer.is_some() && prompts.len() == 1;
+    let mut shown = String::new();
+    let mut so_far = Vec::new();
+    let result = session.generate(&prompts, &opts, |_, tok| {
+        if let (true, Some(t)) = (streaming, &tokenizer) {
+            so_far.push(tok);
+            if let Ok(text) = t.decode(&so_far) {
+                if let Some(new) = text.strip_prefix(shown.as_str()) {
+                    out!("{new}");
+                    shown = text;
+                }
+            }
+        }
+    });
+    let result = result.map_err(api_fail)?;
+    if streaming {
+        outln!();
+    } else if let Some(t) = &tokenizer {
+        for (r, row) in result.tokens.iter().enumerate() {
+            let ended: Vec<i64> = row.iter().copied().take_while(|x| !opts.eos.contains(x)).collect();
+            outln!("{r}: {}{}", texts[r], t.decode(&ended).map_err(user)?);
+        }
+    } else {
+        for (r, row) in result.tokens.iter().enumerate() {
+            outln!("{r}: {row:?}");
+        }
+    }
+    let n = result.decode_steps.max(1) as f64;
+    errln!(
+        "state: {:.1} MiB for {} row(s) x {max_len} positions; first token {:.1} ms, then {:.2} ms/token ({} steps)",
+        session.state_bytes() as f64 / (1 << 20) as f64,
+        prompts.len(),
+        result.first_token_seconds * 1e3,
+        result.decode_seconds * 1e3 / n,
+        result.decode_steps
+    );
+    if let Some(p) = &a.out {
+        let rows = result.tokens.len();
+        let steps = opts.max_new_tokens;
+        let vocab = result.logits.iter().flatten().map(Vec::len).max().unwrap_or(0);
+        let mut logits = vec![0.0f32; rows * steps * vocab];
+        for (r, row) in result.logits.iter().enumerate() {
+            for (t, l) in row.iter().enumerate() {
+                logits[(r * steps + t) * vocab..(r * steps + t) * vocab + l.len()].copy_from_slice(l);
+            }
+        }
+        let tokens = runtime::Tensor::i64(vec![rows, steps], result.tokens.concat());
+        let logits = runtime::Tensor::f32(vec![rows, steps, vocab], logits);
+        runtime::write_safetensors(p, &[("tokens".to_string(), tokens), ("logits".to_string(), logits)]).map_err(run_fail)?;
+        errln!("wrote tokens and logits to {p}");
+    }
+    Ok(())
+}
+
+/// The prompt of each row of `ids` [batch, S]: the positions `mask` marks real (on either side).
+fn prompt_rows(ids: &runtime::Tensor, mask: Option<&runtime::Tensor>) -> Result<Vec<Vec<i64>>, String> {
+    let [b, s] = ids.shape[..] else { return Err(format!("`input_ids` must be [batch, positions]; it is {:?}", ids.shape)) };
+    let runtime::Data::I64(v) = &ids.data else { return Err(format!("`input_ids` must be i64; it is {}", ids.dtype())) };
+    if let Some(m) = mask {
+        if m.shape != ids.shape {
+            return Err(format!("`attention_mask` is {:?} but `input_ids` is {:?}", m.shape, ids.shape));
+        }
+    }
+    let rows: Vec<Vec<i64>> =
+        (0..b).map(|r| (0..s).filter(|&j| mask.is_none_or(|m| m.get(r * s + j) != 0.0)).map(|j| v[r * s + j]).collect()).collect();
+    if let Some(r) = rows.iter().position(Vec::is_empty) {
+        return Err(format!("row {r} has no tokens"));
+    }
+    Ok(rows)
 }
 
 /// The time of one run: on a GPU the device's (transfers excluded), elsewhere the wall time.

@@ -165,3 +165,91 @@ fn underivable_state_is_an_error_naming_the_op() {
         assert!(err.contains(at) || what.contains("later"), "{line}: {err}");
     }
 }
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `tessera generate --hf DIR "text"`: a folder with a word-level tokenizer.json the test
+/// writes (words `w0` .. `w96`) over the llama-gqa fixture's weights; the text printed is the
+/// greedy continuation the API computes from the same ids.
+#[test]
+fn cli_generates_text_through_a_tokenizer() {
+    let fx = "tests/parity/fixtures/llama-gqa";
+    let dir = std::env::temp_dir().join(format!("tessera-gen-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(format!("{fx}/{f}"), dir.join(f)).expect("copy");
+    }
+    let vocab: Vec<String> = (0..97).map(|i| format!("\"w{i}\": {i}")).collect();
+    let tokenizer = format!(
+        r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": null,
+            "model": {{"type": "WordLevel", "vocab": {{{}}}, "unk_token": "w0"}}}}"#,
+        vocab.join(", ")
+    );
+    std::fs::write(dir.join("tokenizer.json"), tokenizer).expect("tokenizer");
+    let d = dir.to_str().expect("path");
+    let (code, out, err) = cli(&["generate", "--hf", d, "--max-new-tokens", "5", "w5 w17 w42 w8"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("model: stdlib/llama.tsr"), "{err}");
+    let mut model = tessera::Compiler::new()
+        .config_file(&format!("{fx}/config.json"))
+        .expect("config")
+        .compile_file("stdlib/llama.tsr")
+        .expect("model");
+    model.load_weights(&format!("{fx}/model.safetensors")).expect("weights");
+    let want =
+        model.session(16).expect("session").generate(&[vec![5, 17, 42, 8]], &GenerateOptions::greedy(5), |_, _| {}).expect("generates");
+    let words: Vec<String> = want.tokens[0].iter().map(|t| format!("w{t}")).collect();
+    assert_eq!(out.trim(), words.join(" "), "stderr: {err}");
+    // Two prompts: one line each, the prompt then its continuation.
+    let (code, out, err) = cli(&["generate", "--hf", d, "--max-new-tokens", "2", "w5 w17 w42 w8", "w3"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("0: w5 w17 w42 w8{} {}", words[0], words[1])), "{out}");
+    // Mistakes are errors, exit 1, with a message.
+    for (args, msg) in [
+        (vec!["generate", "--hf", d], "give a prompt"),
+        (vec!["generate", "--hf", d, "w1", "--inputs", "x.safetensors"], "not both"),
+        (vec!["generate", "stdlib/llama.tsr", "-D", "layers=1", "hello"], "need --hf"),
+        (
+            vec!["generate", "stdlib/bert.tsr", "-D", "layers=1", "--inputs", "tests/parity/fixtures/bert-a/inputs.safetensors"],
+            "needs an output called `logits`",
+        ),
+        (vec!["generate", "--hf", d, "--max-len", "3", "w5 w17 w42 w8"], "the state holds 3"),
+    ] {
+        let (code, _, err) = cli(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}
+
+/// `tessera generate` with ids in and tokens and logits out equals the fixture's `generate()`.
+#[test]
+fn cli_generates_ids_to_a_file() {
+    let fx = "tests/parity/fixtures/mistral-w4";
+    let out = std::env::temp_dir().join(format!("tessera-gen-ids-{}.safetensors", std::process::id()));
+    let o = out.to_str().expect("path");
+    let (code, _, err) = cli(&[
+        "generate",
+        "stdlib/mistral.tsr",
+        "--config",
+        &format!("{fx}/config.json"),
+        "--weights",
+        &format!("{fx}/model.safetensors"),
+        "--inputs",
+        &format!("{fx}/inputs.safetensors"),
+        "--max-new-tokens",
+        "6",
+        "--out",
+        o,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let got = tessera::runtime::read_safetensors(o).expect("out");
+    let want = tessera::runtime::read_safetensors(&format!("{fx}/generate.safetensors")).expect("reference");
+    assert_eq!(i64s(&got["tokens"]), i64s(&want["tokens"]));
+    assert_eq!(got["logits"].shape, want["logits"].shape);
+    let d = common::max_abs_diff(&got["logits"], &want["logits"]);
+    assert!(d <= TOLERANCE, "logits differ by {d}");
+}

@@ -591,7 +591,7 @@ fn shift_parts(g: &Graph, v: ValueId, axis: usize, step: &str) -> Option<(ValueI
     let n = g.node(v);
     let [fill, shifted] = n.inputs[..] else { return None };
     let s = Dim::sym(step);
-    if !g.ty(v).shape.get(axis).is_some_and(|d| *d == s) {
+    if g.ty(v).shape.get(axis).is_none_or(|d| *d != s) {
         return None;
     }
     let c = Dim::known(g.ty(fill).shape[axis].as_known().filter(|&c| c >= 1)?);
