@@ -174,16 +174,18 @@ impl Model {
         Ok(self.generation.get_or_init(|| p))
     }
 
-    /// Runs `engine` (compiled from `g`) on this model's parameters.
+    /// Runs `engine` (compiled from `g`) on this model's parameters, writing outputs into the
+    /// memory of the tensors of `reuse` with their names.
     pub(crate) fn run_engine(
         &self,
         engine: &Engine,
         g: &Graph,
         dims: &Dims,
         inputs: &HashMap<String, Tensor>,
+        reuse: HashMap<String, Tensor>,
     ) -> Result<Vec<(String, Tensor)>, Error> {
         tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
-        Ok(engine.run(g, dims, inputs, &self.params)?.0)
+        Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?.0)
     }
 
     /// Refuses runs (and random weights) estimated to need more than `bytes` (default: this

@@ -79,10 +79,23 @@ impl Engine {
         inputs: &HashMap<String, Tensor>,
         params: &HashMap<String, Tensor>,
     ) -> Result<(Outputs, Option<RunStats>), RunError> {
+        self.run_reusing(g, dims, inputs, params, HashMap::new())
+    }
+
+    /// As [`Self::run`]; the CPU backend writes outputs into the memory of the tensors of
+    /// `reuse` with their names (generation's states: no fresh memory per step).
+    pub fn run_reusing(
+        &self,
+        g: &Graph,
+        dims: &Dims,
+        inputs: &HashMap<String, Tensor>,
+        params: &HashMap<String, Tensor>,
+        reuse: HashMap<String, Tensor>,
+    ) -> Result<(Outputs, Option<RunStats>), RunError> {
         tessera_runtime::check_indices(g, dims, inputs)?;
         match self {
             Engine::Interp => Ok((tessera_runtime::run(g, dims, inputs, params)?, None)),
-            Engine::Cpu(e) => e.run(dims, inputs, params).map(|(o, s)| (o, Some(s))),
+            Engine::Cpu(e) => e.run_reusing(dims, inputs, params, reuse).map(|(o, s)| (o, Some(s))),
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;

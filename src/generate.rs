@@ -95,6 +95,8 @@ pub struct Session<'m> {
     programs: &'m Programs,
     max_len: usize,
     states: HashMap<String, Tensor>,
+    /// The memory the next step writes its updated states into (the previous step's).
+    spare: HashMap<String, Tensor>,
     /// Inputs that do not vary along the step (an encoder's), passed to every decode call.
     fixed: HashMap<String, Tensor>,
     past: usize,
@@ -108,7 +110,16 @@ impl Model {
     /// [`Error::Generation`] naming the op.
     pub fn session(&self, max_len: usize) -> Result<Session<'_>, Error> {
         let programs = self.programs()?;
-        Ok(Session { model: self, programs, max_len, states: HashMap::new(), fixed: HashMap::new(), past: 0, batch: 0 })
+        Ok(Session {
+            model: self,
+            programs,
+            max_len,
+            states: HashMap::new(),
+            spare: HashMap::new(),
+            fixed: HashMap::new(),
+            past: 0,
+            batch: 0,
+        })
     }
 }
 
@@ -190,10 +201,28 @@ impl Session<'_> {
         }
         let mut dims = Dims::new();
         tessera_runtime::bind_dims(g, &all, &mut dims).map_err(run_err)?;
-        let out = self.model.run_engine(&self.programs.prefill, g, &dims, &all)?;
+        let out = self.model.run_engine(&self.programs.prefill, g, &dims, &all, HashMap::new())?;
         self.batch = batch;
         self.past = s;
-        self.take(out)
+        self.states.clear();
+        self.spare.clear();
+        let logits = self.take(out)?;
+        // Room for `max_len` positions in each growing state and its spare: the steps that
+        // follow write into this memory.
+        for st in &d.states {
+            let Some(axis) = st.ty.shape.iter().position(|x| x.mentions(PAST)) else { continue };
+            if let Some(t) = self.states.get_mut(&st.name) {
+                let per = t.len() / t.shape[axis].max(1);
+                let room = per * self.max_len;
+                if let tessera_runtime::Data::F32(v) = &mut t.data {
+                    v.reserve_exact(room.saturating_sub(v.len()));
+                    let mut spare = Vec::with_capacity(room);
+                    spare.extend_from_slice(v);
+                    self.spare.insert(st.name.clone(), Tensor::f32(t.shape.clone(), spare));
+                }
+            }
+        }
+        Ok(logits)
     }
 
     /// Stores the states of a run's outputs; returns its logits.
@@ -223,14 +252,23 @@ impl Session<'_> {
         }
         let mut inputs = self.fixed.clone();
         inputs.insert(d.tokens.clone(), Tensor::i64(vec![self.batch, 1], tokens.to_vec()));
-        for s in &d.states {
-            let t = self.states.get(&s.name).ok_or_else(|| Error::Internal(format!("state `{}` missing", s.name)))?;
-            inputs.insert(s.name.clone(), t.clone());
-        }
+        // The states move in; decode writes the updated ones into the spares' memory.
+        inputs.extend(std::mem::take(&mut self.states));
         let g = &d.decode;
         let mut dims = Dims::new();
-        tessera_runtime::bind_dims(g, &inputs, &mut dims).map_err(run_err)?;
-        let out = self.model.run_engine(&self.programs.decode, g, &dims, &inputs)?;
+        let result = tessera_runtime::bind_dims(g, &inputs, &mut dims)
+            .map_err(run_err)
+            .and_then(|()| self.model.run_engine(&self.programs.decode, g, &dims, &inputs, std::mem::take(&mut self.spare)));
+        for s in &d.states {
+            if let Some(t) = inputs.remove(&s.name) {
+                if s.kind.updated() && result.is_ok() {
+                    self.spare.insert(s.name.clone(), t);
+                } else {
+                    self.states.insert(s.name.clone(), t);
+                }
+            }
+        }
+        let out = result?;
         self.past += 1;
         let logits = self.take(out)?;
         let v = logits.shape.last().copied().unwrap_or(0);

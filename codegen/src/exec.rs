@@ -63,6 +63,29 @@ unsafe fn to_tensor(v: &View) -> Tensor {
     }
 }
 
+/// A copy of a buffer into `old`'s memory when it holds the same type (its capacity is kept:
+/// no fresh pages when the size is within it), else a fresh tensor.
+///
+/// # Safety
+/// As [`to_tensor`].
+unsafe fn to_tensor_into(v: &View, old: Option<Tensor>) -> Tensor {
+    unsafe {
+        match (v.dtype, old.map(|t| t.data)) {
+            (DType::F32, Some(Data::F32(mut d))) => {
+                d.clear();
+                d.extend_from_slice(v.f32());
+                Tensor::f32(v.shape.clone(), d)
+            }
+            (DType::I64, Some(Data::I64(mut d))) => {
+                d.clear();
+                d.extend_from_slice(std::slice::from_raw_parts(v.ptr as *const i64, v.len()));
+                Tensor::i64(v.shape.clone(), d)
+            }
+            _ => to_tensor(v),
+        }
+    }
+}
+
 /// Where each arena buffer lives: byte offsets and the arena size.
 #[derive(Clone, Debug)]
 pub struct MemoryPlan {
@@ -169,6 +192,18 @@ impl Executable {
         inputs: &HashMap<String, Tensor>,
         params: &HashMap<String, Tensor>,
     ) -> Result<(Vec<(String, Tensor)>, RunStats), RunError> {
+        self.run_reusing(dims, inputs, params, HashMap::new())
+    }
+
+    /// As [`Self::run`], writing each output into the tensor of `reuse` with its name where
+    /// the types agree (its memory is kept: a decode loop allocates nothing per step).
+    pub fn run_reusing(
+        &self,
+        dims: &Dims,
+        inputs: &HashMap<String, Tensor>,
+        params: &HashMap<String, Tensor>,
+        mut reuse: HashMap<String, Tensor>,
+    ) -> Result<(Vec<(String, Tensor)>, RunStats), RunError> {
         let p = &self.program;
         let shapes: Vec<Vec<usize>> = p.buffers.iter().map(|b| concrete(&b.ty.shape, dims)).collect::<Result<_, _>>()?;
         let sizes: Vec<usize> = shapes.iter().zip(&p.buffers).map(|(s, b)| s.iter().product::<usize>() * b.ty.dtype.size()).collect();
@@ -177,7 +212,10 @@ impl Executable {
         let mut arena = self.arena.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
         let words = mem.bytes.div_ceil(8).max(1);
         if arena.len() < words {
-            arena.resize(words, 0);
+            // Fresh (its contents need not survive), with room for runs a little larger (a
+            // decode step's state grows by one position per call).
+            *arena = Vec::new();
+            *arena = vec![0; words + words / 4];
         }
         let base = arena.as_mut_ptr() as *mut u8;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
@@ -272,7 +310,7 @@ impl Executable {
             .iter()
             .map(|(name, b)| {
                 // SAFETY: the output buffer holds `len` elements of its type.
-                (name.clone(), unsafe { to_tensor(&view(*b)) })
+                (name.clone(), unsafe { to_tensor_into(&view(*b), reuse.remove(name)) })
             })
             .collect();
         drop(arena);

@@ -169,6 +169,13 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
     let ob = broadcast_offsets(batch, &b.shape[..rb - 2]);
     let threads = rayon::current_num_threads();
     for (bi, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
+        if m <= crate::gemv::MAX_ROWS && m > 0 {
+            let (o, av, bv) = unsafe {
+                ((out.ptr as *mut f32).add(bi * m * n), (a.ptr as *const f32).add(ia * m * k), (b.ptr as *const f32).add(ib * k * n))
+            };
+            unsafe { crate::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
+            continue;
+        }
         unsafe {
             gemm::gemm(
                 m,

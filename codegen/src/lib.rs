@@ -11,6 +11,7 @@ pub mod cuda;
 pub mod cuda_device;
 mod exec;
 mod fourier;
+mod gemv;
 pub mod gpu;
 pub mod host;
 pub mod jit;
