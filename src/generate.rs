@@ -161,8 +161,8 @@ impl Session<'_> {
     /// Runs the prompt: `inputs` holds the token input (`[batch, S]`, every row `S` tokens;
     /// for an encoder-decoder, the decoder's first tokens) and any input that does not vary
     /// along the step (an encoder's `input_ids` and `attention_mask`). Per-position inputs left
-    /// out (`attention_mask`) read as ones. Returns the logits `[batch, S, vocab]` and resets
-    /// the state to these rows.
+    /// out (`attention_mask`) read as ones. Returns the logits at the last position,
+    /// `[batch, vocab]`, and resets the state to these rows.
     pub fn prefill(&mut self, inputs: &HashMap<String, Tensor>) -> Result<Tensor, Error> {
         let d = &self.programs.derived;
         let tokens = inputs.get(&d.tokens).ok_or_else(|| run_err(RunError::Missing { kind: "input", name: d.tokens.clone() }))?;
@@ -207,6 +207,7 @@ impl Session<'_> {
         self.states.clear();
         self.spare.clear();
         let logits = self.take(out)?;
+        let logits = Tensor { shape: vec![batch, logits.shape.last().copied().unwrap_or(0)], data: logits.data };
         // Room for `max_len` positions in each growing state and its spare: the steps that
         // follow write into this memory.
         for st in &d.states {
@@ -316,8 +317,7 @@ impl Session<'_> {
         let vocab = logits.shape.last().copied().unwrap_or(0);
         let data = f32s(&logits)?;
         // The logits after position `shortest - 1` of each row.
-        let mut last: Vec<Vec<f32>> =
-            (0..n).map(|r| data[(r * shortest + shortest - 1) * vocab..(r * shortest + shortest) * vocab].to_vec()).collect();
+        let mut last: Vec<Vec<f32>> = (0..n).map(|r| data[r * vocab..(r + 1) * vocab].to_vec()).collect();
         let mut out = Generated { tokens: vec![Vec::new(); n], logits: vec![Vec::new(); n], ..Generated::default() };
         let mut done = vec![false; n];
         let mut sampler = rand::rngs::StdRng::seed_from_u64(opts.seed);

@@ -3,8 +3,9 @@
 //! `b`; the gemm crate packs `b` at every call, which at these shapes costs more than the
 //! product. Columns are split across threads; each thread streams its slice of `b` once.
 //!
-//! Sums run over `k` in order per output element (8 interleaved partial sums for a transposed
-//! `b`), so results differ from the gemm crate's only by rounding.
+//! Sums run over `k` in order per output element (32 interleaved partial sums for a
+//! transposed `b`), with fused multiply-adds, so results differ from the gemm crate's only by
+//! rounding.
 
 use rayon::prelude::*;
 
@@ -106,7 +107,7 @@ unsafe fn rows(p: Ptrs, (m, n, k): (usize, usize, usize), k0: usize, k1: usize, 
                 let s = &a[i * k + kk..i * k + kk + 4];
                 let o = &mut acc[i * n..(i + 1) * n];
                 for j in 0..n {
-                    o[j] += s[0] * r0[j] + s[1] * r1[j] + s[2] * r2[j] + s[3] * r3[j];
+                    o[j] = s[3].mul_add(r3[j], s[2].mul_add(r2[j], s[1].mul_add(r1[j], s[0].mul_add(r0[j], o[j]))));
                 }
             }
             kk += 4;
@@ -160,14 +161,15 @@ unsafe fn columns(p: Ptrs, (m, n, k): (usize, usize, usize), trans_b: bool, j0: 
     }
 }
 
-/// `Σ x[i]·y[i]` in 8 interleaved partial sums (so it vectorises), then their sum.
+/// `Σ x[i]·y[i]` in 32 interleaved partial sums (so it vectorises into four independent
+/// chains of fused multiply-adds), then their sum.
 #[inline(always)]
 fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.len() / 8 * 8;
-    for (cx, cy) in x[..chunks].chunks_exact(8).zip(y[..chunks].chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += cx[l] * cy[l];
+    let mut acc = [0f32; 32];
+    let chunks = x.len() / 32 * 32;
+    for (cx, cy) in x[..chunks].chunks_exact(32).zip(y[..chunks].chunks_exact(32)) {
+        for l in 0..32 {
+            acc[l] = cx[l].mul_add(cy[l], acc[l]);
         }
     }
     let mut s = acc.iter().sum::<f32>();

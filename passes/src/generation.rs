@@ -167,6 +167,14 @@ pub fn derive(g: &Graph) -> Result<Generation, StateError> {
     decode.outputs = std::iter::once(("logits".to_string(), b.q[logits.index()].unwrap_or(logits))).chain(b.decode_out).collect();
     let mut prefill = b.prefill;
     prefill.outputs.extend(b.prefill_out);
+    // Generation reads the logits of the last position only: compute just those.
+    let last = last_position(&mut prefill, logits, &step, &mut HashMap::new())?;
+    for (name, v) in &mut prefill.outputs {
+        if name == "logits" {
+            *v = last;
+        }
+    }
+    let prefill = crate::dce(&prefill);
     let decode = crate::dce(&crate::cse(&decode));
     for (what, graph) in [("decode", &decode), ("prefill", &prefill)] {
         if let Err(e) = verify(graph) {
@@ -627,6 +635,46 @@ fn prefill_only(g: &Graph, step: &str) -> Vec<bool> {
         }
     }
     only
+}
+
+/// `v` at the last position of the step only (its step axis of size 1): position-wise ops are
+/// rebuilt over their operands' last positions, so the work after the last op that mixes
+/// positions is done once per row instead of once per position; other values are sliced.
+fn last_position(g: &mut Graph, v: ValueId, step: &str, memo: &mut HashMap<ValueId, ValueId>) -> Result<ValueId, StateError> {
+    if let Some(&w) = memo.get(&v) {
+        return Ok(w);
+    }
+    let n = g.node(v).clone();
+    let s = Dim::sym(step);
+    let bad = |e: String| StateError { span: n.span, message: format!("internal compiler error: {e}") };
+    let Some(axis) = n.ty.shape.iter().position(|d| *d == s) else {
+        if n.ty.shape.iter().any(|d| d.mentions(step)) {
+            return Err(bad(format!("{v} has no plain `{step}` axis")));
+        }
+        return Ok(v);
+    };
+    let one = Dim::known(1);
+    let rows_only = |g: &Graph, x: ValueId| g.ty(x).shape.iter().filter(|d| d.mentions(step)).all(|d| *d == s);
+    let rebuild = match &n.op {
+        Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast | Op::Norm { .. } | Op::Gemm { .. } | Op::Ffn { .. } => true,
+        Op::MatMul => {
+            !g.ty(n.inputs[1]).shape.iter().any(|d| d.mentions(step)) && g.ty(n.inputs[0]).shape.last().is_some_and(|d| !d.mentions(step))
+        }
+        Op::Softmax { axis: a } => *a != axis,
+        _ => false,
+    } && n.inputs.iter().all(|&x| rows_only(g, x));
+    let w = if rebuild {
+        let mut inputs = Vec::with_capacity(n.inputs.len());
+        for &x in &n.inputs {
+            inputs.push(last_position(g, x, step, memo)?);
+        }
+        let ty = TensorType::new(n.ty.dtype, n.ty.shape.iter().map(|d| if *d == s { one.clone() } else { d.clone() }).collect());
+        g.add(n.op.clone(), inputs, Some(ty), n.span).map_err(bad)?
+    } else {
+        g.add(Op::Slice { axis, start: s.sub(&one), end: s.clone(), step: 1 }, vec![v], None, n.span).map_err(bad)?
+    };
+    memo.insert(v, w);
+    Ok(w)
 }
 
 /// Whether a reshape keeps each position's elements together: the product of the axes up to
