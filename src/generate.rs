@@ -257,6 +257,8 @@ impl Session<'_> {
         inputs.extend(std::mem::take(&mut self.states));
         let g = &d.decode;
         let mut dims = Dims::new();
+        // Not every state names it (windows keep a fixed number of positions).
+        dims.insert(PAST.into(), self.past as i64);
         let result = tessera_runtime::bind_dims(g, &inputs, &mut dims)
             .map_err(run_err)
             .and_then(|()| self.model.run_engine(&self.programs.decode, g, &dims, &inputs, std::mem::take(&mut self.spare)));

@@ -63,8 +63,10 @@ fn greedy_generation_matches_transformers() {
 /// Families whose state cannot be derived: they see the whole sequence at once.
 const BIDIRECTIONAL: &[&str] = &["bert", "modernbert", "longformer", "fnet"];
 
-/// Cached decoding against running the whole sequence again, on `backend`: prompts of 9 and
-/// 4 tokens (longer than the small models' windows of 3), 6 new tokens each.
+/// Cached decoding against running the whole sequence again, on `backend`: prompts of 9
+/// tokens (longer than the small models' windows of 3: the window's state wraps) and of 1
+/// (shorter: its first steps see slots before position 0, which must stay masked), 6 new
+/// tokens each.
 fn cached_equals_recomputed(backend: Backend) {
     for (family, overrides) in common::SMALL {
         if BIDIRECTIONAL.contains(family) {
@@ -77,7 +79,7 @@ fn cached_equals_recomputed(backend: Backend) {
         model.random_weights(7).expect("weights");
         let vocab = model.graph().ty(model.graph().output("logits").expect("logits")).shape[2].as_known().expect("vocab") as i64;
         let prompts: Vec<Vec<i64>> =
-            [9usize, 4].iter().enumerate().map(|(r, &n)| (0..n).map(|i| (i as i64 * 7 + r as i64 * 3 + 1) % vocab).collect()).collect();
+            [9usize, 1].iter().enumerate().map(|(r, &n)| (0..n).map(|i| (i as i64 * 7 + r as i64 * 3 + 1) % vocab).collect()).collect();
         let n = 6;
         let mut session = model.session(32).unwrap_or_else(|e| panic!("{family}: {e}"));
         let encoder_decoder = *family == "t5";
@@ -118,6 +120,19 @@ fn cached_equals_recomputed(backend: Backend) {
         }
         println!("{family:<14} cached vs recomputed: max relative |Δ| = {worst:.2e}");
         assert!(worst <= TOLERANCE, "{family}: cached decoding differs from recomputation by {worst:e} (relative)");
+    }
+}
+
+/// A sliding window keeps only its own positions: Mistral's window of 3 keeps 2 per layer.
+#[test]
+fn a_window_keeps_a_bounded_state() {
+    let overrides = common::SMALL.iter().find(|(f, _)| *f == "mistral").expect("small").1;
+    let model = common::small_compiler(overrides).compile_file("stdlib/mistral.tsr").expect("compiles");
+    let session = model.session(64).expect("session");
+    let states = &session.generation().states;
+    assert_eq!(states.len(), 4);
+    for s in states {
+        assert_eq!(s.ty.shape[3], tessera::ir::Dim::known(2), "{}: {}", s.name, s.ty);
     }
 }
 

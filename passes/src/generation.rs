@@ -201,7 +201,7 @@ struct Builder<'a> {
     q: Vec<Option<ValueId>>,
     /// The decode value of a graph value read along the keys (its step axis holds every
     /// position seen: `past + step`).
-    k: HashMap<ValueId, ValueId>,
+    k: HashMap<(ValueId, Option<i64>), ValueId>,
     states: Vec<State>,
     decode_out: Vec<(String, ValueId)>,
     prefill_out: Vec<(String, ValueId)>,
@@ -343,8 +343,8 @@ impl Builder<'_> {
     }
 
     /// The decode value of `v` read along the keys: its step axis spans `past + step`.
-    fn keys_side(&mut self, v: ValueId) -> Result<ValueId, StateError> {
-        if let Some(&k) = self.k.get(&v) {
+    fn keys_side(&mut self, v: ValueId, window: Option<i64>) -> Result<ValueId, StateError> {
+        if let Some(&k) = self.k.get(&(v, window)) {
             return Ok(k);
         }
         let g = self.g;
@@ -352,7 +352,11 @@ impl Builder<'_> {
         if !n.ty.shape.iter().any(|d| self.mentions(d)) {
             return self.q(v);
         }
-        let all = self.past().add(&self.step_dim());
+        // The keys a decode step sees: every position, or the window's last ones.
+        let all = match window {
+            Some(c) => Dim::known(c).add(&self.step_dim()),
+            None => self.past().add(&self.step_dim()),
+        };
         let mut shape = Vec::with_capacity(n.ty.rank());
         for d in &n.ty.shape {
             shape.push(d.subst(&self.step, &all).ok_or_else(|| StateError {
@@ -369,9 +373,9 @@ impl Builder<'_> {
                 let c = if let Op::Const(c) = n.op { c } else { 1.0 };
                 self.add(Op::Const(c), vec![], Some(ty), n.span)?
             }
-            Op::Iota { axis } => self.add(Op::Iota { axis: *axis }, vec![], Some(ty), n.span)?,
+            Op::Iota { axis } if window.is_none() => self.add(Op::Iota { axis: *axis }, vec![], Some(ty), n.span)?,
             Op::Reshape | Op::Broadcast | Op::Transpose(_) | Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast => {
-                let inputs = n.inputs.iter().map(|&i| self.keys_side(i)).collect::<Result<Vec<_>, _>>()?;
+                let inputs = n.inputs.iter().map(|&i| self.keys_side(i, window)).collect::<Result<Vec<_>, _>>()?;
                 self.add(n.op.clone(), inputs, Some(ty), n.span)?
             }
             _ => {
@@ -384,7 +388,7 @@ impl Builder<'_> {
                 )
             }
         };
-        self.k.insert(v, out);
+        self.k.insert((v, window), out);
         Ok(out)
     }
 
@@ -400,6 +404,13 @@ impl Builder<'_> {
         let p = self.add(Op::Reshape, vec![one], Some(TensorType::scalar(DType::I64)), span)?;
         self.past_scalar = Some(p);
         Ok(p)
+    }
+
+    /// `past - c` as an i64 scalar of the decode program.
+    fn past_minus(&mut self, c: i64, span: Span) -> Result<ValueId, StateError> {
+        let past = self.past_scalar(span)?;
+        let c = self.add(Op::Const(c as f64), vec![], Some(TensorType::scalar(DType::I64)), span)?;
+        self.add(Op::Binary(BinaryOp::Sub), vec![past, c], None, span)
     }
 
     fn attention(&mut self, v: ValueId, f: &ScoreFn) -> Result<ValueId, StateError> {
@@ -422,6 +433,8 @@ impl Builder<'_> {
         }
         let causal_keys = kt.shape[t] == self.step_dim() && g.ty(n.inputs[2]).shape[t] == self.step_dim();
         let mut inputs = vec![self.q(n.inputs[0])?];
+        // Positions before a step's query that the mask can still show (a window's).
+        let mut window = None;
         if causal_keys {
             let dead = [0i64, 5, 1000].iter().all(|&i| f.tile_class((i, i), (i + 1, i + 1_000_000)) == tessera_ir::TileClass::Dead);
             if !dead {
@@ -430,14 +443,30 @@ impl Builder<'_> {
                     "this attention lets a position see later ones (no causal mask): generation cannot cache it, since a new token would change the past positions' outputs",
                 );
             }
+            window = window_of(f).map(|w| w - 1);
             for (i, what, kind) in [(1, "k", StateKind::Keys), (2, "v", StateKind::Values)] {
                 let x = n.inputs[i];
                 let xt = g.ty(x);
                 let name = self.name(x, what);
-                let st = self.state(name.clone(), kind, Self::with_axis(xt, t, self.past()), n.span, x)?;
                 let new = self.q(x)?;
+                let Some(c) = window else {
+                    let st = self.state(name.clone(), kind, Self::with_axis(xt, t, self.past()), n.span, x)?;
+                    let all = self.add(Op::Concat { axis: t }, vec![st, new], None, n.span)?;
+                    self.decode_out.push((name, all));
+                    inputs.push(all);
+                    continue;
+                };
+                // A window of `c + 1` keys: the state is the last `c` positions (zeros before
+                // the first), and each step keeps the last `c` of them and the new ones.
+                let c = Dim::known(c);
+                let zeros = self.add_prefill(Op::Const(0.0), vec![], Some(Self::with_axis(xt, t, c.clone())), n.span)?;
+                let padded = self.add_prefill(Op::Concat { axis: t }, vec![zeros, x], None, n.span)?;
+                let tail = Op::Slice { axis: t, start: self.step_dim(), end: self.step_dim().add(&c), step: 1 };
+                let last = self.add_prefill(tail.clone(), vec![padded], None, n.span)?;
+                let st = self.state(name.clone(), kind, Self::with_axis(xt, t, c), n.span, last)?;
                 let all = self.add(Op::Concat { axis: t }, vec![st, new], None, n.span)?;
-                self.decode_out.push((name, all));
+                let kept = self.add(tail, vec![all], None, n.span)?;
+                self.decode_out.push((name, kept));
                 inputs.push(all);
             }
         } else {
@@ -465,7 +494,7 @@ impl Builder<'_> {
                 (true, true) => {
                     return err(g.node(l).span, "an attention operand that varies along both queries and keys: generation cannot derive it")
                 }
-                (true, false) => self.keys_side(l)?,
+                (true, false) => self.keys_side(l, window)?,
                 _ => self.q(l)?,
             });
         }
@@ -475,6 +504,14 @@ impl Builder<'_> {
             let leaf = (inputs.len() - 3) as u32;
             inputs.push(past);
             f = offset_queries(&f, leaf);
+            if let Some(c) = window {
+                // Key slot `J` holds position `J + past - c`; slots before position 0 hold
+                // nothing and are masked.
+                let offset = self.past_minus(c, n.span)?;
+                let leaf = (inputs.len() - 3) as u32;
+                inputs.push(offset);
+                f = offset_keys(&f, leaf);
+            }
         }
         Ok(self.decode.push_unchecked(Node { op: Op::Attention(Box::new(f)), inputs, ty: n.ty.clone(), span: n.span }))
     }
@@ -708,6 +745,62 @@ fn nearest_param(g: &Graph, v: ValueId) -> Option<String> {
         queue.extend(n.inputs.iter().copied());
     }
     None
+}
+
+/// The window of a causal score function: the smallest distance `w` at which every key `w`
+/// or more positions before its query is masked (`None`: no such distance below a million).
+fn window_of(f: &ScoreFn) -> Option<i64> {
+    const FAR: i64 = 2_000_000;
+    let dead = |d: i64| f.tile_class((FAR, FAR), (0, FAR - d)) == tessera_ir::TileClass::Dead;
+    if !dead(1_000_000) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1i64, 1_000_000i64);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if dead(mid) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo)
+}
+
+/// `f` with the key index `J` read as `J + L<leaf>`, and keys at negative positions masked.
+fn offset_keys(f: &ScoreFn, leaf: u32) -> ScoreFn {
+    let mut nodes: Vec<(SNode, DType)> = Vec::with_capacity(f.nodes.len() + 8);
+    let mut map: Vec<u32> = Vec::with_capacity(f.nodes.len());
+    nodes.push((SNode::Var(Var::Key), DType::I64));
+    nodes.push((SNode::Leaf(leaf), DType::I64));
+    nodes.push((SNode::Binary(BinaryOp::Add, 0, 1), DType::I64));
+    let key = 2u32;
+    let base = nodes.len() as u32;
+    for (node, ty) in &f.nodes {
+        let m = |k: &u32| map.get(*k as usize).copied().unwrap_or(*k + base);
+        let node = match node {
+            SNode::Var(Var::Key) => {
+                map.push(key);
+                continue;
+            }
+            SNode::Unary(u, a) => SNode::Unary(*u, m(a)),
+            SNode::Binary(b, x, y) => SNode::Binary(*b, m(x), m(y)),
+            SNode::Where(c, a, b) => SNode::Where(m(c), m(a), m(b)),
+            SNode::Cast(a) => SNode::Cast(m(a)),
+            SNode::Gather(t, k) => SNode::Gather(*t, m(k)),
+            other => other.clone(),
+        };
+        nodes.push((node, *ty));
+        map.push(nodes.len() as u32 - 1);
+    }
+    let root = nodes.len() as u32 - 1;
+    let out_ty = nodes[root as usize].1;
+    let n = nodes.len() as u32;
+    nodes.push((SNode::Const(0.0), DType::I64));
+    nodes.push((SNode::Binary(BinaryOp::Ge, key, n), DType::Bool));
+    nodes.push((SNode::Const(-1e30), out_ty));
+    nodes.push((SNode::Where(n + 1, root, n + 2), out_ty));
+    ScoreFn { nodes }
 }
 
 /// `f` with the query index `I` read as `I + L<leaf>` (the positions already seen).
