@@ -162,7 +162,7 @@ impl Model {
     /// Compiles another graph over this model's parameters for its backend (generation's
     /// prefill and decode programs).
     pub(crate) fn engine_for(&self, g: &Graph) -> Result<Engine, Error> {
-        Ok(Engine::new(g, self.backend, false, self.precision)?)
+        Ok(self.engine.sibling(g, self.backend, self.precision)?)
     }
 
     /// The generation programs, derived and compiled on first use.

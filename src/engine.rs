@@ -53,6 +53,23 @@ impl Engine {
         }
     }
 
+    /// Compiles another graph of the same model for the same backend, sharing this engine's
+    /// copy of the parameters on the device and of what is derived from them (merged
+    /// weights): generation's prefill and decode programs.
+    pub fn sibling(&self, g: &Graph, backend: Backend, precision: Precision) -> Result<Engine, RunError> {
+        let mut e = Engine::new(g, backend, false, precision)?;
+        match (&mut e, self) {
+            (Engine::Cpu(mine), Engine::Cpu(theirs)) => mine.share_derived(theirs),
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(mine), Engine::Cuda(theirs)) => {
+                let shared = theirs.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?.sharing_params();
+                mine.resident = std::sync::Mutex::new(shared);
+            }
+            _ => {}
+        }
+        Ok(e)
+    }
+
     /// The kernel program, for the compiled backends.
     pub fn program(&self) -> Option<&tessera_codegen::Program> {
         match self {

@@ -794,3 +794,134 @@ fn kernels_compile_to_sm_90a_cubins_and_are_cached() {
     assert!(cached && again == cubin);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Generation on the CUDA executor, its kernels emulated on the CPU (f32): prefill and then
+/// three decode steps of causal models of every state kind (KV caches, a window's bounded
+/// state, ALiBi, a convolution tail and scan state, token shifts, routed experts) give the
+/// logits of the CPU session on the same tokens; and the decode program uploads no parameter:
+/// it reads the copy prefill put on the device.
+#[test]
+fn generation_runs_on_the_emulated_cuda_backend() {
+    if !has_gxx() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tessera-cuda-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for name in ["gpt2", "llama", "mistral", "bloom", "mamba", "rwkv", "mixtral", "jamba"] {
+        let overrides = common::SMALL.iter().find(|(f, _)| *f == name).expect("small").1;
+        let mut model = common::small_compiler(overrides).compile_file(&format!("stdlib/{name}.tsr")).expect("compiles");
+        let p = model.program().expect("program").clone();
+        if refuses_scan(name, &p) {
+            println!("{name}: skipped (a scan or route the CUDA backend does not lower)");
+            continue;
+        }
+        model.set_params(params_of(&p, &HashMap::new()));
+        let prompts = vec![vec![3i64, 1, 4, 1, 5], vec![9, 2, 6, 5, 3]];
+        let steps = 4;
+        let mut session = model.session(16).expect("session");
+        let want = session.generate(&prompts, &tessera::GenerateOptions::greedy(steps), |_, _| {}).expect("generates");
+        let gen = session.generation().clone();
+        let precision = cuda::Precision::F32;
+        let (pp, dp) = (tessera::codegen::schedule(&gen.prefill), tessera::codegen::schedule(&gen.decode));
+        let (pk, dk) = (cuda::lower(&pp, precision).expect("prefill lowers"), cuda::lower(&dp, precision).expect("decode lowers"));
+        let (pe, de) = (
+            Emulator::new(&dir, &format!("{name}_prefill"), &pk, precision),
+            Emulator::new(&dir, &format!("{name}_decode"), &dk, precision),
+        );
+        let mut inputs: HashMap<String, Tensor> = HashMap::new();
+        inputs.insert("input_ids".into(), Tensor::i64(vec![2, 5], prompts.concat()));
+        for (n, _) in gen.prefill.inputs() {
+            inputs.entry(n.to_string()).or_insert_with(|| Tensor::i64(vec![2, 5], vec![1; 10]));
+        }
+        let mut dims = HashMap::new();
+        tessera::runtime::bind_dims(&gen.prefill, &inputs, &mut dims).expect("dims");
+        let mut resident = gpu::Resident::default();
+        let (out, _) =
+            gpu::run(&pp, &pk, precision, &pe, &inputs, model.params(), &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut decode_resident = resident.sharing_params();
+        let mut worst = 0.0f64;
+        let mut states: HashMap<String, Tensor> = HashMap::new();
+        let mut logits = Tensor::f32(vec![], vec![]);
+        for (n, t) in out {
+            if n == "logits" {
+                logits = t;
+            } else {
+                states.insert(n, t);
+            }
+        }
+        for t in 0..steps {
+            let got = logits.to_f64();
+            let vocab = got.len() / 2;
+            for r in 0..2 {
+                for (j, &x) in want.logits[r][t].iter().enumerate() {
+                    worst = worst.max((x as f64 - got[r * vocab + j]).abs());
+                }
+            }
+            if t + 1 == steps {
+                break;
+            }
+            let mut inputs = states.clone();
+            inputs.insert("input_ids".into(), Tensor::i64(vec![2, 1], vec![want.tokens[0][t], want.tokens[1][t]]));
+            let mut dims: HashMap<String, i64> = [("past".to_string(), 5 + t as i64)].into_iter().collect();
+            tessera::runtime::bind_dims(&gen.decode, &inputs, &mut dims).expect("dims");
+            de.uploads.set(0);
+            let (out, _) = gpu::run(&dp, &dk, precision, &de, &inputs, model.params(), &mut decode_resident, &dims)
+                .unwrap_or_else(|e| panic!("{name} step {t}: {e}"));
+            // (A route uploads its grouping, two index arrays, at every run.)
+            let routes = dp.steps.iter().filter(|s| matches!(s.kernel, Kernel::Route(_))).count();
+            assert_eq!(de.uploads.get(), inputs.len() + 2 * routes, "{name}: decode uploads its inputs only, no parameter");
+            for (n, v) in out {
+                if n == "logits" {
+                    logits = v;
+                } else {
+                    states.insert(n, v);
+                }
+            }
+        }
+        println!("{name:<10} generation on emulated CUDA: max |Δ| from the CPU session {worst:.2e}");
+        assert!(worst <= 1e-4, "{name}: emulated CUDA generation differs from the CPU by {worst}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On a machine with an NVIDIA GPU (feature `cuda`): greedy generation on the GPU equals the
+/// Hugging Face references, as on the CPU (f32 storage). Elsewhere it says that it was skipped.
+#[cfg(feature = "cuda")]
+#[test]
+fn greedy_generation_on_the_gpu_matches_transformers() {
+    if !tessera::codegen::cuda_device::driver_present() {
+        println!("skipped: no CUDA driver on this machine");
+        return;
+    }
+    for fx in common::fixtures() {
+        let Ok(want) = tessera::runtime::read_safetensors(&format!("tests/parity/fixtures/{}/generate.safetensors", fx.name)) else {
+            continue;
+        };
+        let m = fx.model(Backend::Cuda(0), tessera::Precision::F32);
+        let ids = match &want["prompt_ids"].data {
+            Data::I64(v) => v.clone(),
+            _ => panic!("ids"),
+        };
+        let s = want["prompt_ids"].shape[1];
+        let mask = want["prompt_mask"].to_f64();
+        let prompts: Vec<Vec<i64>> = (0..2).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0.0).map(|j| ids[r * s + j]).collect()).collect();
+        let n = want["tokens"].shape[1];
+        let mut session = match m.session(256) {
+            Ok(s) => s,
+            Err(e) => panic!("{}: {e}", fx.name),
+        };
+        let out = match session.generate(&prompts, &tessera::GenerateOptions::greedy(n), |_, _| {}) {
+            Ok(o) => o,
+            Err(e) if e.to_string().contains("does not lower") => continue,
+            Err(e) => panic!("{}: {e}", fx.name),
+        };
+        let tokens = match &want["tokens"].data {
+            Data::I64(v) => v.clone(),
+            _ => panic!("tokens"),
+        };
+        for r in 0..2 {
+            assert_eq!(out.tokens[r][..], tokens[r * n..(r + 1) * n], "{}: row {r}", fx.name);
+        }
+        println!("{}: greedy tokens on the GPU equal transformers'", fx.name);
+    }
+}

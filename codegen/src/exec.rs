@@ -10,14 +10,27 @@ use std::collections::HashMap;
 use tessera_ir::DType;
 use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
 
-/// Buffers derived from parameters, with the parameter pointers they were computed from.
-type DerivedCache = HashMap<BufId, (Vec<usize>, Vec<u64>)>;
+/// Buffers derived from parameters (merged weights) by what computes them (the step's kernel
+/// and types: [`derived_key`]) and the addresses of the inputs they were computed from.
+/// Programs of one model share it, so they share one copy.
+type DerivedCache = HashMap<(String, Vec<usize>), Vec<u64>>;
+
+/// What a step that derives a buffer from parameters computes, as a key of [`DerivedCache`]
+/// (with its inputs' addresses, it identifies the result).
+fn derived_key(p: &Program, s: usize) -> String {
+    let step = &p.steps[s];
+    let tys: Vec<String> = step.ins.iter().map(|&b| p.buffers[b].ty.to_string()).collect();
+    format!("{:?} {tys:?} -> {}", step.kernel, p.buffers[step.out].ty)
+}
 
 /// A program with its kernels compiled.
 pub struct Executable {
     /// The program.
     pub program: Program,
-    derived: std::sync::Mutex<DerivedCache>,
+    derived: std::sync::Arc<std::sync::Mutex<DerivedCache>>,
+    /// The entry of the shared cache each derived step read at the last run: replaced (and
+    /// freed) when its parameters change.
+    derived_last: std::sync::Mutex<HashMap<usize, (String, Vec<usize>)>>,
     /// The activation arena, kept between runs.
     arena: std::sync::Mutex<Vec<u64>>,
     /// Scratch buffers of feed-forward kernels, kept between calls.
@@ -174,7 +187,8 @@ impl Executable {
         Ok(Executable {
             bodies,
             program,
-            derived: std::sync::Mutex::new(HashMap::new()),
+            derived: Default::default(),
+            derived_last: Default::default(),
             arena: std::sync::Mutex::new(Vec::new()),
             scratch: std::sync::Mutex::new((Vec::new(), Vec::new())),
             route_scratch: std::sync::Mutex::new(crate::route::Scratch::default()),
@@ -182,6 +196,13 @@ impl Executable {
             _jit: jit,
             clif,
         })
+    }
+
+    /// Makes this program read the buffers that `other` derives from parameters (merged
+    /// weights) and derive its own into the same store: programs of one model (generation's
+    /// prefill and decode) keep one copy.
+    pub fn share_derived(&mut self, other: &Executable) {
+        self.derived = other.derived.clone();
     }
 
     /// Runs with concrete `dims`, the model's `inputs` and `params`; returns the outputs by
@@ -256,20 +277,21 @@ impl Executable {
             // Buffers derived from parameters: reuse them while the parameters are the same.
             let mut fresh = None;
             if p.buffers[step.out].storage == Storage::Derived {
-                let key: Vec<usize> = step.ins.iter().map(|&b| ptrs[b] as usize).collect();
-                match derived.get_mut(&step.out) {
-                    Some((k, data)) if *k == key => {
-                        ptrs[step.out] = data.as_mut_ptr() as *mut u8;
-                        alias_views(p, &mut ptrs, step.out);
-                        continue;
-                    }
-                    _ => {
-                        let mut data = vec![0u64; sizes[step.out].div_ceil(8).max(1)];
-                        ptrs[step.out] = data.as_mut_ptr() as *mut u8;
-                        alias_views(p, &mut ptrs, step.out);
-                        fresh = Some((key, data));
-                    }
+                let key = (derived_key(p, s), step.ins.iter().map(|&b| ptrs[b] as usize).collect::<Vec<usize>>());
+                if let Some(data) = derived.get_mut(&key) {
+                    ptrs[step.out] = data.as_mut_ptr() as *mut u8;
+                    alias_views(p, &mut ptrs, step.out);
+                    continue;
                 }
+                // New parameters: what this step derived from the old ones goes.
+                let mut last = self.derived_last.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+                if let Some(old) = last.insert(s, key.clone()) {
+                    derived.remove(&old);
+                }
+                let mut data = vec![0u64; sizes[step.out].div_ceil(8).max(1)];
+                ptrs[step.out] = data.as_mut_ptr() as *mut u8;
+                alias_views(p, &mut ptrs, step.out);
+                fresh = Some((key, data));
             }
             let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
             let t0 = profile.then(std::time::Instant::now);
@@ -292,8 +314,8 @@ impl Executable {
                 RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
                 other => other,
             })?;
-            if let Some(entry) = fresh {
-                derived.insert(step.out, entry);
+            if let Some((key, data)) = fresh {
+                derived.insert(key, data);
             }
             if let Some(t0) = t0 {
                 let name = step.kernel.name();

@@ -145,16 +145,38 @@ pub fn tensor_from_bytes(raw: &[u8], shape: Vec<usize>, dtype: DType, precision:
 /// uploaded from (its data address and length), so that a changed parameter is uploaded
 /// again; and the memory of intermediate buffers and scratch, reused while its size fits.
 pub struct Resident<B> {
-    params: HashMap<String, ((usize, usize), B)>,
+    /// The parameters on the device, which programs of one model share (generation's
+    /// prefill and decode read one copy).
+    params: std::sync::Arc<std::sync::Mutex<Params<B>>>,
     memory: HashMap<Slot, (usize, B)>,
     /// The buffers derived from parameters (merged weights) hold what the resident
-    /// parameters give: a run skips the steps that compute them.
-    derived_current: bool,
+    /// parameters gave at this upload count: a run skips the steps that compute them.
+    derived_current: Option<u64>,
+}
+
+/// Parameters on the device by name, with the fingerprint of the host tensor each came from,
+/// and how many uploads there have been (a program's derived buffers are current while it
+/// has not changed).
+struct Params<B> {
+    map: HashMap<String, ((usize, usize), B)>,
+    uploads: u64,
 }
 
 impl<B> Default for Resident<B> {
     fn default() -> Self {
-        Resident { params: HashMap::new(), memory: HashMap::new(), derived_current: false }
+        Resident {
+            params: std::sync::Arc::new(std::sync::Mutex::new(Params { map: HashMap::new(), uploads: 0 })),
+            memory: HashMap::new(),
+            derived_current: None,
+        }
+    }
+}
+
+impl<B> Resident<B> {
+    /// Memory for another program of the same model: the same parameters on the device, its
+    /// own intermediate buffers.
+    pub fn sharing_params(&self) -> Resident<B> {
+        Resident { params: self.params.clone(), memory: HashMap::new(), derived_current: None }
     }
 }
 
@@ -265,7 +287,9 @@ pub fn run<D: Device>(
     }
     // Buffers derived from parameters have memory of their own, kept with the parameters, and
     // are computed again only when a parameter was uploaded or their memory is new.
-    let mut derived_current = std::mem::take(&mut resident.derived_current);
+    let shared = resident.params.clone();
+    let mut resident_params = shared.lock().map_err(|_| "a previous run panicked".to_string())?;
+    let mut derived_current = resident.derived_current.take() == Some(resident_params.uploads);
     for (b, buf) in program.buffers.iter().enumerate() {
         if buf.storage == Storage::Derived && slot(device, &mut resident.memory, Slot::Derived(b), bytes_of(b))? {
             derived_current = false;
@@ -279,9 +303,10 @@ pub fn run<D: Device>(
             }
             Storage::Param(name) => {
                 let key = params.get(name).map(fingerprint);
-                if key.is_none() || resident.params.get(name).map(|(k, _)| *k) != key {
+                if key.is_none() || resident_params.map.get(name).map(|(k, _)| *k) != key {
                     let data = host(b, params.get(name), "parameter", name)?;
-                    resident.params.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
+                    resident_params.map.insert(name.clone(), (key.unwrap_or_default(), device.upload(&data)?));
+                    resident_params.uploads += 1;
                     derived_current = false;
                 }
             }
@@ -327,7 +352,7 @@ pub fn run<D: Device>(
     let buf = |b: BufId| {
         let r = program.root(b);
         match &program.buffers[r].storage {
-            Storage::Param(name) => kept.params.get(name).map(|(_, m)| m),
+            Storage::Param(name) => resident_params.map.get(name).map(|(_, m)| m),
             Storage::Input(_) => uploaded.get(&r),
             Storage::Derived => kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m),
             _ => slot_of.get(&r).and_then(|k| kept.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
@@ -487,7 +512,7 @@ pub fn run<D: Device>(
         .collect::<Result<_, String>>()?;
     let memory_bytes = slot_bytes.iter().sum::<usize>()
         + kept.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..) | Slot::Derived(_))).map(|(_, (b, _))| b).sum::<usize>();
-    resident.derived_current = true;
+    resident.derived_current = Some(resident_params.uploads);
     Ok((outputs, GpuStats { seconds, memory_bytes }))
 }
 
