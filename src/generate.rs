@@ -23,7 +23,7 @@ use crate::api::{Error, Model};
 use crate::engine::Engine;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
-use tessera_passes::generation::{Generation, StateKind, PAST};
+use tessera_passes::generation::{Generation, PAST};
 use tessera_runtime::{Dims, RunError, Tensor};
 
 /// The compiled programs of generation (built once per model, on first use).
@@ -437,37 +437,47 @@ fn choose(logits: &[f32], opts: &GenerateOptions, rng: &mut rand::rngs::StdRng) 
     order[order.len() - 1] as i64
 }
 
-/// The derived state as `tessera ir --emit state` prints it.
+/// The derived state as `tessera ir --emit state` prints it: each state's type and bytes per
+/// row (per position seen where it grows; per position of another size, an encoder's, where it
+/// has one), then the totals.
 pub fn describe(g: &Generation, files: &[String]) -> String {
-    let mut out = format!(
-        "// state of `{}`: prefill runs the prompt, decode one step of `{}` new positions after `{PAST}`\n",
-        g.prefill.name, g.step
-    );
-    let mut per_pos: u128 = 0;
-    let mut fixed: u128 = 0;
+    let mut out =
+        format!("// state of `{}`: prefill runs the prompt; decode adds `{}` positions after the `{PAST}` seen\n", g.prefill.name, g.step);
+    let (mut per_pos, mut fixed, mut per_other) = (0u128, 0u128, Vec::<(String, u128)>::new());
     let width = g.states.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in &g.states {
-        let mut at0 = Dims::new();
-        let mut at1 = Dims::new();
-        for sym in s.ty.shape.iter().flat_map(|d| d.symbols().map(str::to_string).collect::<Vec<_>>()) {
-            at0.insert(sym.clone(), if sym == PAST { 0 } else { 1 });
-            at1.insert(sym.clone(), 1);
-        }
-        let (b0, b1) = (state_bytes(&s.ty, &at0), state_bytes(&s.ty, &at1));
-        let grows = s.ty.shape.iter().any(|d| d.mentions(PAST));
-        let size = if grows { format!("{} B per position", b1 - b0) } else { format!("{b1} B") };
-        if grows {
+        let mut syms: Vec<String> = s.ty.shape.iter().flat_map(|d| d.symbols().map(str::to_string).collect::<Vec<_>>()).collect();
+        syms.sort();
+        syms.dedup();
+        let at = |past: i64| -> Dims { syms.iter().map(|x| (x.clone(), if x == PAST { past } else { 1 })).collect() };
+        let (b0, b1) = (state_bytes(&s.ty, &at(0)), state_bytes(&s.ty, &at(1)));
+        let others: Vec<&String> = syms.iter().filter(|x| *x != "batch" && *x != PAST).collect();
+        let size = if syms.iter().any(|x| x == PAST) {
             per_pos += b1 - b0;
+            format!("{} per position", human(b1 - b0))
+        } else if let Some(o) = others.first() {
+            match per_other.iter_mut().find(|(n, _)| n == *o) {
+                Some((_, b)) => *b += b1,
+                None => per_other.push((o.to_string(), b1)),
+            }
+            format!("{} per `{o}` position", human(b1))
         } else {
             fixed += b1;
-        }
+            human(b1)
+        };
         let at = s.span.display_in(files).unwrap_or_default();
-        out.push_str(&format!("{:width$}  {:<30} {:<34} {size:>22} per row  {at}\n", s.name, s.kind.describe(), s.ty.to_string()));
+        out.push_str(&format!("{:width$}  {:<30} {:<32} {size:>26} per row  {at}\n", s.name, s.kind.describe(), s.ty.to_string()));
     }
-    let once = g.states.iter().any(|s| matches!(s.kind, StateKind::CrossKeys | StateKind::CrossValues));
-    out.push_str(&format!(
-        "// total per row: {per_pos} B per position + {fixed} B{}\n",
-        if once { " (other sizes at 1: an encoder's length multiplies the cross-attention states)" } else { "" }
-    ));
+    let others: String = per_other.iter().map(|(o, b)| format!(" + {} per `{o}` position", human(*b))).collect();
+    out.push_str(&format!("// total per row: {} per position + {}{others}\n", human(per_pos), human(fixed)));
     out
+}
+
+/// Bytes for people: `512 B`, `16.0 KiB`, `1.5 MiB`.
+fn human(b: u128) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        _ => format!("{:.1} MiB", b as f64 / 1_048_576.0),
+    }
 }

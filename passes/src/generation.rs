@@ -478,7 +478,8 @@ impl Builder<'_> {
             }
             for (i, what, kind) in [(1, "cross_k", StateKind::CrossKeys), (2, "cross_v", StateKind::CrossValues)] {
                 let x = n.inputs[i];
-                let name = self.name(x, what);
+                // Named for the layer of its queries (the keys come from the encoder's output).
+                let name = self.name(n.inputs[0], what);
                 let st = self.state(name, kind, g.ty(x).clone(), n.span, x)?;
                 inputs.push(st);
             }
