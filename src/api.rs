@@ -183,9 +183,9 @@ impl Model {
         dims: &Dims,
         inputs: &HashMap<String, Tensor>,
         reuse: HashMap<String, Tensor>,
-    ) -> Result<Vec<(String, Tensor)>, Error> {
+    ) -> Result<(Vec<(String, Tensor)>, Option<tessera_codegen::RunStats>), Error> {
         tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
-        Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?.0)
+        Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?)
     }
 
     /// Refuses runs (and random weights) estimated to need more than `bytes` (default: this

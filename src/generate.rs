@@ -97,6 +97,9 @@ pub struct Session<'m> {
     states: HashMap<String, Tensor>,
     /// The memory the next step writes its updated states into (the previous step's).
     spare: HashMap<String, Tensor>,
+    /// Seconds per kernel kind over the decode steps, when profiling (`TESSERA_PROFILE=1`,
+    /// compiled backends).
+    pub profile: Vec<(&'static str, f64)>,
     /// Inputs that do not vary along the step (an encoder's), passed to every decode call.
     fixed: HashMap<String, Tensor>,
     past: usize,
@@ -116,6 +119,7 @@ impl Model {
             max_len,
             states: HashMap::new(),
             spare: HashMap::new(),
+            profile: Vec::new(),
             fixed: HashMap::new(),
             past: 0,
             batch: 0,
@@ -201,7 +205,7 @@ impl Session<'_> {
         }
         let mut dims = Dims::new();
         tessera_runtime::bind_dims(g, &all, &mut dims).map_err(run_err)?;
-        let out = self.model.run_engine(&self.programs.prefill, g, &dims, &all, HashMap::new())?;
+        let (out, _) = self.model.run_engine(&self.programs.prefill, g, &dims, &all, HashMap::new())?;
         self.batch = batch;
         self.past = s;
         self.states.clear();
@@ -271,7 +275,15 @@ impl Session<'_> {
                 }
             }
         }
-        let out = result?;
+        let (out, stats) = result?;
+        if let Some(stats) = stats {
+            for (kind, t) in stats.profile {
+                match self.profile.iter_mut().find(|(k, _)| *k == kind) {
+                    Some(e) => e.1 += t,
+                    None => self.profile.push((kind, t)),
+                }
+            }
+        }
         self.past += 1;
         let logits = self.take(out)?;
         let v = logits.shape.last().copied().unwrap_or(0);

@@ -723,6 +723,14 @@ fn generate(
         result.decode_seconds * 1e3 / n,
         result.decode_steps
     );
+    if !session.profile.is_empty() {
+        let steps = result.decode_steps.max(1) as f64;
+        let total: f64 = session.profile.iter().map(|(_, t)| t).sum();
+        errln!("decode profile, ms per step (TESSERA_PROFILE):");
+        for (kind, t) in &session.profile {
+            errln!("  {kind:<12} {:8.3}  {:5.1}%", t * 1e3 / steps, 100.0 * t / total);
+        }
+    }
     if let Some(p) = &a.out {
         let rows = result.tokens.len();
         let steps = opts.max_new_tokens;

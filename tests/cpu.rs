@@ -82,7 +82,8 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
         ("attention fully masked rows", "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8]\n input v: [batch, 2, seq, 8]\n i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n output y = softmax(where(j + 3 <= i, q @ k.T, -1e30), -1) @ v"),
         ("attention t5 bias", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, score = nn.t5_bias(param table: [8, 4], 4, 8, 20), scale = 1.0)"),
     ];
-    for (seq, batch) in [(5, 1), (37, 2), (70, 1)] {
+    // Seq 4: products and attention of few rows (a decode step's paths) too.
+    for (seq, batch) in [(4, 2), (5, 1), (37, 2), (70, 1)] {
         for (what, body) in cases {
             let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
             let mut cpu = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -55,8 +55,10 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     let heads: usize = batch.iter().skip(1).product();
     let (qs, ks, vs) = unsafe { (q.f32(), k.f32(), v.f32()) };
     // Kᵀ of each key tile of each head ([e, n] at the tile's place in K), so that the Q Kᵀ
-    // products read keys as short contiguous rows.
-    let mut k_t = vec![0f32; ks.len()];
+    // products read keys as short contiguous rows. A few queries (a decode step) read K as it
+    // is instead, one dot product per key: transposing the whole K would cost more than they do.
+    let few = s <= crate::gemv::MAX_ROWS;
+    let mut k_t = vec![0f32; if few { 0 } else { ks.len() }];
     let (head, tile) = ((t * e).max(1), (TILE_K * e).max(1));
     k_t.par_chunks_mut(head).zip(ks.par_chunks(head)).for_each(|(dst, src)| {
         for (dst, src) in dst.chunks_mut(tile).zip(src.chunks(tile)) {
@@ -127,8 +129,17 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
             let scale_only = if class == TileClass::Full { plain } else { None };
             let v_tile = &vs[(ov[bi] * t + j0) * ev..(ov[bi] * t + j1) * ev];
             // S = Q Kᵀ (row stride n), times the scale when that is all the function does here.
-            let qk = TileProduct { m: rows, n, k: e, alpha: scale_only.map_or(1.0, |c| c as f32), accumulate: false };
-            unsafe { qk.run(q_tile.as_ptr(), e, k_t[(ok[bi] * t + j0) * e..].as_ptr(), n, sp.as_mut_ptr(), n) };
+            let alpha = scale_only.map_or(1.0, |c| c as f32);
+            if few {
+                let k_rows = ks[(ok[bi] * t + j0) * e..].as_ptr();
+                unsafe { crate::gemv::product(sp.as_mut_ptr(), q_tile.as_ptr(), k_rows, (rows, n, e), true, false) };
+                if alpha != 1.0 {
+                    sp[..rows * n].iter_mut().for_each(|x| *x *= alpha);
+                }
+            } else {
+                let qk = TileProduct { m: rows, n, k: e, alpha, accumulate: false };
+                unsafe { qk.run(q_tile.as_ptr(), e, k_t[(ok[bi] * t + j0) * e..].as_ptr(), n, sp.as_mut_ptr(), n) };
+            }
             // The score function, row by row, unless the scale was all it does here.
             for row in (0..rows).filter(|_| scale_only.is_none()) {
                 let i = i0 + row;

@@ -240,13 +240,31 @@ impl Executable {
         }
         let base = arena.as_mut_ptr() as *mut u8;
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
+        // Outputs computed straight into the memory of the caller's tensors of their names
+        // (f32, with room enough): no copy at the end (a decode step's states).
+        let mut direct: HashMap<BufId, (String, Vec<f32>)> = HashMap::new();
+        for (name, b) in &p.outputs {
+            let len = shapes[*b].iter().product::<usize>();
+            if p.buffers[*b].storage != Storage::Arena || p.buffers[*b].ty.dtype != DType::F32 || direct.contains_key(b) {
+                continue;
+            }
+            if let Some(Tensor { data: Data::F32(mut v), .. }) = reuse.remove(name) {
+                if v.capacity() >= len {
+                    v.resize(len, 0.0);
+                    direct.insert(*b, (name.clone(), v));
+                }
+            }
+        }
         for (i, b) in p.buffers.iter().enumerate() {
             let (kind, table, name) = match &b.storage {
                 Storage::Input(n) => ("input", inputs, n),
                 Storage::Param(n) => ("parameter", params, n),
                 Storage::Arena => {
-                    // SAFETY: the plan places every buffer inside the arena.
-                    ptrs[i] = unsafe { base.add(mem.offsets[i].unwrap_or(0)) };
+                    ptrs[i] = match direct.get_mut(&i) {
+                        Some((_, v)) => v.as_mut_ptr() as *mut u8,
+                        // SAFETY: the plan places every buffer inside the arena.
+                        None => unsafe { base.add(mem.offsets[i].unwrap_or(0)) },
+                    };
                     continue;
                 }
                 Storage::Alias(a) => {
@@ -330,9 +348,15 @@ impl Executable {
         let outputs = p
             .outputs
             .iter()
-            .map(|(name, b)| {
-                // SAFETY: the output buffer holds `len` elements of its type.
-                (name.clone(), unsafe { to_tensor_into(&view(*b), reuse.remove(name)) })
+            .map(|(name, b)| match direct.remove(b) {
+                Some((n, v)) if n == *name => (n, Tensor::f32(shapes[*b].clone(), v)),
+                other => {
+                    if let Some(kept) = other {
+                        direct.insert(*b, kept);
+                    }
+                    // SAFETY: the output buffer holds `len` elements of its type.
+                    (name.clone(), unsafe { to_tensor_into(&view(*b), reuse.remove(name)) })
+                }
             })
             .collect();
         drop(arena);

@@ -304,15 +304,41 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked:
     let n_slots = f.nodes.len();
     tiles.par_iter().try_for_each(|&(a, b)| -> Result<(), RunError> {
         let n = b - a;
-        let coords: Vec<Vec<usize>> = (a..b).map(|e| st_space.iter().zip(&space).map(|(st, sz)| (e / st) % sz).collect()).collect();
-        let offsets: Vec<Option<Vec<usize>>> =
-            sources.iter().map(|s| s.as_ref().map(|s| coords.iter().map(|c| s.offset(c)).collect())).collect();
-        let out_offsets: Vec<Vec<usize>> = results.iter().map(|s| coords.iter().map(|c| s.offset(c)).collect()).collect();
+        // Each source's and result's offset at every element of the tile, walking the
+        // coordinates as an odometer (additions only: a decode step runs one position, and
+        // this setup was most of its work). `last_zero[e]`: the element's last coordinate is 0.
+        let mut c: Vec<usize> = st_space.iter().zip(&space).map(|(st, sz)| (a / st) % sz).collect();
+        let accs: Vec<&Access> = sources.iter().flatten().chain(&results).collect();
+        let mut cur: Vec<usize> = accs.iter().map(|acc| acc.offset(&c)).collect();
+        let mut table: Vec<Vec<usize>> = accs.iter().map(|_| Vec::with_capacity(n)).collect();
+        let mut last_zero = Vec::with_capacity(n);
+        for _ in 0..n {
+            for (t, &o) in table.iter_mut().zip(&cur) {
+                t.push(o);
+            }
+            last_zero.push(c.last().is_none_or(|&x| x == 0));
+            for k in (0..r).rev() {
+                c[k] += 1;
+                for (o, acc) in cur.iter_mut().zip(&accs) {
+                    *o += acc.along[k];
+                }
+                if c[k] < space[k] {
+                    break;
+                }
+                for (o, acc) in cur.iter_mut().zip(&accs) {
+                    *o -= acc.along[k] * space[k];
+                }
+                c[k] = 0;
+            }
+        }
+        let mut table = table.into_iter();
+        let offsets: Vec<Option<Vec<usize>>> = sources.iter().map(|s| s.as_ref().and_then(|_| table.next())).collect();
+        let out_offsets: Vec<Vec<usize>> = table.collect();
         // A reduced result is written once per row (where its reduced coordinate is 0).
         let writes: Vec<Vec<usize>> = (0..ny)
             .map(|k| {
                 let whole = r == 0 || f.output_maps[k].last() == Some(&(r - 1));
-                (0..n).filter(|&e| whole || coords[e].last().copied().unwrap_or(0) == 0).collect()
+                (0..n).filter(|&e| whole || last_zero[e]).collect()
             })
             .collect();
         let mut slots = vec![0f32; n_slots * n];
