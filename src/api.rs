@@ -183,7 +183,7 @@ impl Model {
         dims: &Dims,
         inputs: &HashMap<String, Tensor>,
         reuse: HashMap<String, Tensor>,
-    ) -> Result<(Vec<(String, Tensor)>, Option<tessera_codegen::RunStats>), Error> {
+    ) -> Result<(crate::engine::Outputs, Option<tessera_codegen::RunStats>), Error> {
         tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
         Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?)
     }
