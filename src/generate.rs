@@ -60,7 +60,7 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Tokens that end a row (it stops growing; its remaining tokens are `pad`).
     pub eos: Vec<i64>,
-    /// What a stopped row is filled with.
+    /// What a stopped row is filled with in [`Generated::tokens`] (never fed to the model).
     pub pad: i64,
     /// For an encoder-decoder model: the decoder's first token.
     pub decoder_start: i64,
@@ -346,7 +346,9 @@ impl Session<'_> {
                     continue;
                 }
                 if done[r] || out.tokens[r].len() >= opts.max_new_tokens {
-                    next.push(opts.pad);
+                    // A finished row's steps are discarded; it is fed its last token (`pad`
+                    // need not be a token of the vocabulary).
+                    next.push(out.tokens[r].last().copied().unwrap_or(rows[r][rows[r].len() - 1]));
                     continue;
                 }
                 let tok = choose(&last[r], opts, &mut sampler);

@@ -268,3 +268,104 @@ fn cli_generates_ids_to_a_file() {
     let d = common::max_abs_diff(&got["logits"], &want["logits"]);
     assert!(d <= TOLERANCE, "logits differ by {d}");
 }
+
+fn small(family: &str) -> tessera::Model {
+    let overrides = common::SMALL.iter().find(|(f, _)| *f == family).expect("small").1;
+    let mut m = common::small_compiler(overrides).compile_file(&format!("stdlib/{family}.tsr")).expect("compiles");
+    m.random_weights(3).expect("weights");
+    m
+}
+
+/// Sampling: seeded (the same seed, the same tokens), `top_k = 1` and a tiny `top_p` are
+/// greedy, and an end token stops its row (the rest is `pad`) while the other row goes on.
+#[test]
+fn sampling_and_stopping() {
+    let model = small("llama");
+    let prompts = vec![vec![1i64, 2, 3], vec![4, 5, 6, 7]];
+    let run = |opts: &GenerateOptions| model.session(32).expect("session").generate(&prompts, opts, |_, _| {}).expect("generates");
+    let greedy = run(&GenerateOptions::greedy(8));
+    let hot = GenerateOptions { temperature: 5.0, seed: 11, ..GenerateOptions::greedy(8) };
+    let (a, b) = (run(&hot), run(&hot));
+    assert_eq!(a.tokens, b.tokens, "the same seed samples the same tokens");
+    let other = run(&GenerateOptions { seed: 12, ..hot.clone() });
+    assert_ne!(a.tokens, other.tokens, "another seed samples other tokens (97 choices, temperature 5)");
+    assert_ne!(a.tokens, greedy.tokens, "sampling at temperature 5 is not greedy");
+    assert_eq!(run(&GenerateOptions { top_k: 1, ..hot.clone() }).tokens, greedy.tokens, "top_k = 1 is greedy");
+    assert_eq!(run(&GenerateOptions { top_p: 1e-6, ..hot.clone() }).tokens, greedy.tokens, "a tiny top_p is greedy");
+    // Row 0 stops at its third token; row 1 does not meet it (or meets it later).
+    let stop = greedy.tokens[0][2];
+    let out = run(&GenerateOptions { eos: vec![stop], pad: -1, ..GenerateOptions::greedy(8) });
+    assert_eq!(out.tokens[0][..3], greedy.tokens[0][..3]);
+    assert!(out.tokens[0][3..].iter().all(|&t| t == -1), "{:?}", out.tokens[0]);
+    assert_eq!(out.logits[0].len(), 3);
+    let first_stop = greedy.tokens[1].iter().position(|&t| t == stop).map_or(8, |i| i + 1);
+    assert_eq!(out.tokens[1][..first_stop], greedy.tokens[1][..first_stop]);
+}
+
+/// Misuse of a session is an error, never a panic.
+#[test]
+fn session_misuse_is_an_error() {
+    let model = small("gpt2");
+    let mut s = model.session(8).expect("session");
+    assert!(s.step(&[1]).err().expect("step first").to_string().contains("before `prefill`"));
+    let mut inputs = HashMap::new();
+    inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 9], vec![1; 18]));
+    assert!(s.prefill(&inputs).err().expect("too long").to_string().contains("state holds 8"));
+    inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 8], vec![1; 16]));
+    s.prefill(&inputs).expect("prefill");
+    assert!(s.step(&[1]).err().expect("one token for two rows").to_string().contains("1 tokens for 2 rows"));
+    assert!(s.step(&[1, 2]).err().expect("full").to_string().contains("the state is full"));
+    // A token outside the vocabulary: an error naming the input, and the session still works.
+    let mut s = model.session(8).expect("session");
+    inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 3], vec![1; 6]));
+    s.prefill(&inputs).expect("prefill");
+    let e = s.step(&[1, 100_000]).err().expect("out of range").to_string();
+    assert!(e.contains("input_ids") || e.contains("out of range") || e.contains("outside"), "{e}");
+    s.step(&[1, 2]).expect("the state is intact after a refused step");
+    assert!(model.session(8).expect("s").generate(&[vec![]], &GenerateOptions::greedy(2), |_, _| {}).is_err());
+}
+
+/// `tessera ir --emit state` for the four families the issue names: attention caches (GQA:
+/// KV heads only), a window's bounded state, T5's cache and cross-attention states, Mamba's
+/// convolution tail and recurrent state.
+#[test]
+fn emit_state_lists_the_derived_state() {
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        (
+            "stdlib/llama.tsr",
+            &["-D", "layers=1", "-D", "kv_heads=2"],
+            &["state.layers.0.k  keys of causal attention", "f32[batch, 2, 1, past, 128]", "1.0 KiB per position"],
+        ),
+        (
+            "stdlib/mistral.tsr",
+            &["-D", "layers=1", "-D", "window=16"],
+            &["f32[batch, 8, 1, 15, 128]", "60.0 KiB per row", "0 B per position + 120.0 KiB"],
+        ),
+        (
+            "stdlib/t5.tsr",
+            &["-D", "layers=1", "-D", "decoder_layers=1"],
+            &["keys of causal attention", "cross-attention keys (once)", "per `seq` position"],
+        ),
+        (
+            "stdlib/mamba.tsr",
+            &["-D", "layers=1"],
+            &[
+                "causal convolution inputs      f32[batch, 3, 1536]",
+                "recurrent state                f32[batch, 1536, 16]",
+                "0 B per position + 114.0 KiB",
+            ],
+        ),
+    ];
+    for (file, defines, wants) in cases {
+        let mut args = vec!["ir", file, "--emit", "state"];
+        args.extend(defines);
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, Some(0), "{file}: {err}");
+        for want in wants {
+            assert!(out.contains(want), "{file}: no `{want}` in\n{out}");
+        }
+    }
+    let (code, _, err) = cli(&["ir", "stdlib/bert.tsr", "-D", "layers=1", "--emit", "state"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("needs an output called `logits`"), "{err}");
+}
