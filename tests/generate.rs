@@ -307,19 +307,19 @@ fn sampling_and_stopping() {
 fn session_misuse_is_an_error() {
     let model = small("gpt2");
     let mut s = model.session(8).expect("session");
-    assert!(s.step(&[1]).err().expect("step first").to_string().contains("before `prefill`"));
+    assert!(s.step(&[1]).expect_err("step first").to_string().contains("before `prefill`"));
     let mut inputs = HashMap::new();
     inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 9], vec![1; 18]));
-    assert!(s.prefill(&inputs).err().expect("too long").to_string().contains("state holds 8"));
+    assert!(s.prefill(&inputs).expect_err("too long").to_string().contains("state holds 8"));
     inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 8], vec![1; 16]));
     s.prefill(&inputs).expect("prefill");
-    assert!(s.step(&[1]).err().expect("one token for two rows").to_string().contains("1 tokens for 2 rows"));
-    assert!(s.step(&[1, 2]).err().expect("full").to_string().contains("the state is full"));
+    assert!(s.step(&[1]).expect_err("one token for two rows").to_string().contains("1 tokens for 2 rows"));
+    assert!(s.step(&[1, 2]).expect_err("full").to_string().contains("the state is full"));
     // A token outside the vocabulary: an error naming the input, and the session still works.
     let mut s = model.session(8).expect("session");
     inputs.insert("input_ids".to_string(), Tensor::i64(vec![2, 3], vec![1; 6]));
     s.prefill(&inputs).expect("prefill");
-    let e = s.step(&[1, 100_000]).err().expect("out of range").to_string();
+    let e = s.step(&[1, 100_000]).expect_err("out of range").to_string();
     assert!(e.contains("input_ids") || e.contains("out of range") || e.contains("outside"), "{e}");
     s.step(&[1, 2]).expect("the state is intact after a refused step");
     assert!(model.session(8).expect("s").generate(&[vec![]], &GenerateOptions::greedy(2), |_, _| {}).is_err());
