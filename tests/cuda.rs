@@ -128,6 +128,21 @@ fn every_models_kernels_compile_with_nvrtc() {
             assert_eq!(mma > 0, precision == cuda::Precision::Bf16 && source.contains("(tensor cores)"), "{name}");
         }
     }
+    // Generation's prefill and decode programs (causal attention over a cache with offset
+    // positions, a window's bounded state, scan and convolution states) in f32 and bf16.
+    for name in ["gpt2", "llama", "mistral", "mamba", "mixtral"] {
+        let m = Compiler::new().define("layers", 2).compile_file(&format!("stdlib/{name}.tsr")).expect("compiles");
+        let g = tessera::passes::generation::derive(m.graph()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (which, graph) in [("prefill", &g.prefill), ("decode", &g.decode)] {
+            let p = tessera::codegen::schedule(graph);
+            for precision in [cuda::Precision::F32, cuda::Precision::Bf16] {
+                let source = tessera::codegen::cuda::dump(&p, precision).unwrap_or_else(|e| panic!("{name} {which}: {e}"));
+                let ptx =
+                    tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name} {which}: {e}\n{source}"));
+                println!("{name} {which} ({precision:?}): {} kernels compiled", ptx.matches(".entry").count());
+            }
+        }
+    }
     // Every kernel kind of the emulated cases too (some, as `scatter_add`, no stdlib model has).
     for (what, body) in EMULATED {
         let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
