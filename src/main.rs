@@ -214,6 +214,10 @@ enum Cmd {
         /// The GPU to run on (`--backend cuda`), by ordinal.
         #[arg(long, default_value_t = 0)]
         gpu: usize,
+        /// Generate this many times and report the median timings (benchmarking; the first
+        /// run also derives merged weights and touches fresh memory).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Sentence embeddings: tokenize, run an encoder, mean-pool over real tokens, normalise.
     Embed {
@@ -537,13 +541,14 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             ignore_eos,
             backend,
             gpu,
+            repeat,
         } => {
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
-            let g = GenerateArgs { model, define, config, weights, inputs, out, max_len, backend };
+            let g = GenerateArgs { model, define, config, weights, inputs, out, max_len, backend, repeat };
             let sampling =
                 tessera::GenerateOptions { max_new_tokens, temperature, top_k, top_p, seed, ..tessera::GenerateOptions::greedy(0) };
             generate(args, hf, g, sampling, ignore_eos)
@@ -607,6 +612,7 @@ struct GenerateArgs {
     out: Option<String>,
     max_len: Option<usize>,
     backend: tessera::Backend,
+    repeat: usize,
 }
 
 fn api_fail(e: tessera::Error) -> Fail {
@@ -686,6 +692,14 @@ fn generate(
     };
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let max_len = a.max_len.unwrap_or(longest + opts.max_new_tokens);
+    // Timing runs (`--repeat`): the same generation again, after which the last run's
+    // figures are the median ones.
+    let (mut firsts, mut per_token) = (Vec::new(), Vec::new());
+    for _ in 1..a.repeat.max(1) {
+        let r = model.session(max_len).map_err(api_fail)?.generate(&prompts, &opts, |_, _| {}).map_err(api_fail)?;
+        firsts.push(r.first_token_seconds);
+        per_token.push(r.decode_seconds / r.decode_steps.max(1) as f64);
+    }
     let mut session = model.session(max_len).map_err(api_fail)?;
     let streaming = tokenizer.is_some() && prompts.len() == 1;
     let mut shown = String::new();
@@ -714,13 +728,19 @@ fn generate(
             outln!("{r}: {row:?}");
         }
     }
-    let n = result.decode_steps.max(1) as f64;
+    firsts.push(result.first_token_seconds);
+    per_token.push(result.decode_seconds / result.decode_steps.max(1) as f64);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let runs = if firsts.len() > 1 { format!(", median of {} runs", firsts.len()) } else { String::new() };
     errln!(
-        "state: {:.1} MiB for {} row(s) x {max_len} positions; first token {:.1} ms, then {:.2} ms/token ({} steps)",
+        "state: {:.1} MiB for {} row(s) x {max_len} positions; first token {:.1} ms, then {:.2} ms/token ({} steps{runs})",
         session.state_bytes() as f64 / (1 << 20) as f64,
         prompts.len(),
-        result.first_token_seconds * 1e3,
-        result.decode_seconds * 1e3 / n,
+        median(&mut firsts) * 1e3,
+        median(&mut per_token) * 1e3,
         result.decode_steps
     );
     if !session.profile.is_empty() {

@@ -267,6 +267,14 @@ fn cli_generates_ids_to_a_file() {
     assert_eq!(got["logits"].shape, want["logits"].shape);
     let d = common::max_abs_diff(&got["logits"], &want["logits"]);
     assert!(d <= TOLERANCE, "logits differ by {d}");
+    // `run --hf DIR` and `generate --hf DIR` without a model file take the config's model type.
+    let (code, _, err) = cli(&["run", "--hf", fx, "--inputs", &format!("{fx}/inputs.safetensors")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("model: stdlib/mistral.tsr (from `model_type`"), "{err}");
+    let (code, _, err) =
+        cli(&["generate", "--hf", fx, "--inputs", &format!("{fx}/inputs.safetensors"), "--max-new-tokens", "2", "--repeat", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("median of 2 runs"), "{err}");
 }
 
 fn small(family: &str) -> tessera::Model {
