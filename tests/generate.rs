@@ -163,10 +163,11 @@ fn underivable_state_is_an_error_naming_the_op() {
         ("x = x + nn.attention(x, 2) as attn", "m.tsr:8:11", "lets a position see later ones"),
         ("x = x + cumsum(x, 1)", "m.tsr:8:11", "`cumsum` mixes positions along `seq`"),
         ("x = x + mean(x, 1, keepdim = true)", "m.tsr:8:11", "mixes positions along `seq`"),
+        ("x = x + (param tt: [2, d])[token_types]", "m.tsr:5:9", "the input `token_types` varies along `seq`"),
     ];
     for (line, at, what) in cases {
         let src = format!(
-            "import nn\n\nmodel m(vocab = 11, d = 8) {{\n  input input_ids: i64[batch, seq]\n  param embed: [vocab, d]\n  x = embed[input_ids]\n  # the layer\n  {line}\n  output logits = x @ embed.T\n}}\n"
+            "import nn\n\nmodel m(vocab = 11, d = 8) {{\n  input input_ids: i64[batch, seq]\n  input token_types: i64[batch, seq]\n  param embed: [vocab, d]\n  x = embed[input_ids]\n  {line}\n  output logits = x @ embed.T\n}}\n"
         );
         let dir = std::env::temp_dir().join(format!("tessera-gen-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -178,6 +179,10 @@ fn underivable_state_is_an_error_naming_the_op() {
         println!("{err}");
         assert!(err.contains(what), "{line}: {err}");
         assert!(err.contains(at) || what.contains("later"), "{line}: {err}");
+        if !line.contains("token_types") {
+            // An unused per-position input is no obstacle.
+            assert!(!err.contains("token_types"), "{err}");
+        }
     }
 }
 

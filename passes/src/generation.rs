@@ -20,8 +20,8 @@
 //! [`State::ty`], where the size [`PAST`] counts the positions already seen) and the inputs that
 //! do not vary along the step; it returns `logits` for the new positions and the updated states.
 //! Running prefill on a prompt and decode on the next tokens gives the logits of running the
-//! graph on the whole sequence. Other per-position inputs (`attention_mask`) read as ones: every
-//! token is real. Anything else that mixes positions (a bidirectional mask, a sum over the
+//! graph on the whole sequence. The padding mask `attention_mask` reads as ones (every token
+//! is real); another per-position input is an error. Anything else that mixes positions (a bidirectional mask, a sum over the
 //! sequence, a Fourier transform along it, top-k over positions) is a [`StateError`] naming
 //! the op, with its source location.
 //!
@@ -34,6 +34,10 @@ use tessera_ir::{scan_results, verify, BinaryOp, DType, Dim, Graph, Node, Op, SN
 
 /// The size naming how many positions the state already holds, in the decode program.
 pub const PAST: &str = "past";
+
+/// The one per-position input besides the tokens that generation feeds (as ones: every token
+/// is real).
+pub const MASK: &str = "attention_mask";
 
 /// What a state holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +158,7 @@ pub fn derive(g: &Graph) -> Result<Generation, StateError> {
         prefill_out: Vec::new(),
         names: HashMap::new(),
         past_scalar: None,
+        uses: g.use_counts(),
     };
     let skip = prefill_only(g, &step);
     for v in g.values() {
@@ -207,6 +212,8 @@ struct Builder<'a> {
     prefill_out: Vec<(String, ValueId)>,
     names: HashMap<String, usize>,
     past_scalar: Option<ValueId>,
+    /// How many times each graph value is read.
+    uses: Vec<u32>,
 }
 
 impl Builder<'_> {
@@ -274,7 +281,11 @@ impl Builder<'_> {
         let step_axis = |t: &TensorType, axis: usize| t.shape.get(axis).is_some_and(|d| d.mentions(&self.step));
         match &n.op {
             Op::Input(name) if *name != self.tokens && n.ty.shape.iter().any(|d| self.mentions(d)) => {
-                // A per-position input other than the tokens (a padding mask): every token is real.
+                // The padding mask: every token generation feeds is real. (An input nothing
+                // reads is no obstacle.)
+                if self.uses[v.index()] > 0 {
+                    self.mask_input(name, n.span)?;
+                }
                 self.add(Op::Const(1.0), vec![], Some(n.ty.clone()), n.span)
             }
             Op::Iota { axis } if step_axis(&n.ty, *axis) => {
@@ -370,7 +381,14 @@ impl Builder<'_> {
                 return err(n.span, format!("`{name}` is read along the keys of an attention: generation cannot derive it"))
             }
             Op::Input(_) | Op::Const(_) => {
-                let c = if let Op::Const(c) = n.op { c } else { 1.0 };
+                let c = match &n.op {
+                    Op::Const(c) => *c,
+                    Op::Input(name) => {
+                        self.mask_input(name, n.span)?;
+                        1.0
+                    }
+                    _ => 1.0,
+                };
                 self.add(Op::Const(c), vec![], Some(ty), n.span)?
             }
             Op::Iota { axis } if window.is_none() => self.add(Op::Iota { axis: *axis }, vec![], Some(ty), n.span)?,
@@ -390,6 +408,18 @@ impl Builder<'_> {
         };
         self.k.insert((v, window), out);
         Ok(out)
+    }
+
+    /// Refuses a per-position input other than the tokens and the padding mask: generation
+    /// knows what to feed for those two only.
+    fn mask_input(&self, name: &str, span: Span) -> Result<(), StateError> {
+        if name == MASK {
+            return Ok(());
+        }
+        err(
+            span,
+            format!("the input `{name}` varies along `{}`: generation feeds only `{}` and `{MASK}` (all ones)", self.step, self.tokens),
+        )
     }
 
     /// `past` as an i64 scalar of the decode program.
