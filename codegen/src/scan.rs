@@ -304,50 +304,45 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked:
     let n_slots = f.nodes.len();
     tiles.par_iter().try_for_each(|&(a, b)| -> Result<(), RunError> {
         let n = b - a;
-        // Each source's and result's offset at every element of the tile, walking the
-        // coordinates as an odometer (additions only: a decode step runs one position, and
-        // this setup was most of its work). `last_zero[e]`: the element's last coordinate is 0.
+        // The tile as segments along the last axis of `I` (`(first element, length, its
+        // last coordinate)`), and each source's and result's offset at each segment's start:
+        // inside a segment an access moves by its last stride. (Per element, this setup was
+        // most of a decode step's work.)
         let mut c: Vec<usize> = st_space.iter().zip(&space).map(|(st, sz)| (a / st) % sz).collect();
         let accs: Vec<&Access> = sources.iter().flatten().chain(&results).collect();
-        let mut cur: Vec<usize> = accs.iter().map(|acc| acc.offset(&c)).collect();
-        let mut table: Vec<Vec<usize>> = accs.iter().map(|_| Vec::with_capacity(n)).collect();
-        let mut last_zero = Vec::with_capacity(n);
-        for _ in 0..n {
-            for (t, &o) in table.iter_mut().zip(&cur) {
-                t.push(o);
+        let mut segs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut bases: Vec<Vec<usize>> = accs.iter().map(|_| Vec::new()).collect();
+        let mut e = 0;
+        while e < n {
+            let len = if r == 0 { 1 } else { (space[r - 1] - c[r - 1]).min(n - e) };
+            segs.push((e, len, c.last().copied().unwrap_or(0)));
+            for (bs, acc) in bases.iter_mut().zip(&accs) {
+                bs.push(acc.offset(&c));
             }
-            last_zero.push(c.last().is_none_or(|&x| x == 0));
-            for k in (0..r).rev() {
-                c[k] += 1;
-                for (o, acc) in cur.iter_mut().zip(&accs) {
-                    *o += acc.along[k];
+            e += len;
+            if r > 0 {
+                c[r - 1] += len;
+                let mut k = r - 1;
+                while c[k] >= space[k] && k > 0 {
+                    c[k] = 0;
+                    k -= 1;
+                    c[k] += 1;
                 }
-                if c[k] < space[k] {
-                    break;
-                }
-                for (o, acc) in cur.iter_mut().zip(&accs) {
-                    *o -= acc.along[k] * space[k];
-                }
-                c[k] = 0;
             }
         }
-        let mut table = table.into_iter();
-        let offsets: Vec<Option<Vec<usize>>> = sources.iter().map(|s| s.as_ref().and_then(|_| table.next())).collect();
-        let out_offsets: Vec<Vec<usize>> = table.collect();
+        let last_stride = |acc: &Access| acc.along.last().copied().unwrap_or(0);
+        let mut bases = bases.into_iter();
+        let offsets: Vec<Option<Vec<usize>>> = sources.iter().map(|s| s.as_ref().and_then(|_| bases.next())).collect();
+        let out_bases: Vec<Vec<usize>> = bases.collect();
         // A reduced result is written once per row (where its reduced coordinate is 0).
-        let writes: Vec<Vec<usize>> = (0..ny)
-            .map(|k| {
-                let whole = r == 0 || f.output_maps[k].last() == Some(&(r - 1));
-                (0..n).filter(|&e| whole || last_zero[e]).collect()
-            })
-            .collect();
+        let whole: Vec<bool> = (0..ny).map(|k| r == 0 || f.output_maps[k].last() == Some(&(r - 1))).collect();
         let mut slots = vec![0f32; n_slots * n];
         // Constants, invariants and initial states once; sliced operands at every position.
         for (i, node) in f.nodes.iter().enumerate() {
             match (node, &sources[i], &offsets[i]) {
                 (Node::Leaf(Source::Const(c), _), ..) => slots[i * n..(i + 1) * n].fill(*c),
                 (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) if !(ns..ns + nx).contains(k) => unsafe {
-                    gather(&mut slots[i * n..(i + 1) * n], acc, 0, off)
+                    gather(&mut slots[i * n..(i + 1) * n], acc, 0, &segs, off, last_stride(acc))
                 },
                 _ => {}
             }
@@ -357,15 +352,23 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked:
             for (i, node) in f.nodes.iter().enumerate() {
                 if let (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) = (node, &sources[i], &offsets[i]) {
                     if (ns..ns + nx).contains(k) {
-                        unsafe { gather(&mut slots[i * n..(i + 1) * n], acc, t * acc.step, off) }
+                        unsafe { gather(&mut slots[i * n..(i + 1) * n], acc, t * acc.step, &segs, off, last_stride(acc)) }
                     }
                 }
             }
             eval(&f.nodes, &mut slots, n, inner);
             for k in 0..ny {
                 let (acc, src) = (&results[k], f.outputs[k]);
-                for &e in &writes[k] {
-                    unsafe { store(acc, t * acc.step + out_offsets[k][e], slots[src * n + e]) };
+                let stride = last_stride(acc);
+                for (&(e0, len, c0), &o) in segs.iter().zip(&out_bases[k]) {
+                    let base = t * acc.step + o;
+                    if whole[k] {
+                        for j in 0..len {
+                            unsafe { store(acc, base + j * stride, slots[src * n + e0 + j]) };
+                        }
+                    } else if c0 == 0 {
+                        unsafe { store(acc, base, slots[src * n + e0]) };
+                    }
                 }
             }
             for (k, &to) in state_slot.iter().enumerate() {
@@ -380,37 +383,46 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked:
             // position at all, the initial one).
             let from = if state_slot[k] != usize::MAX { state_slot[k] } else { f.outputs[ny + k] };
             let acc = &results[ny + k];
-            for e in 0..n {
-                unsafe { store(acc, out_offsets[ny + k][e], slots[from * n + e]) };
+            let stride = last_stride(acc);
+            for (&(e0, len, _), &o) in segs.iter().zip(&out_bases[ny + k]) {
+                for j in 0..len {
+                    unsafe { store(acc, o + j * stride, slots[from * n + e0 + j]) };
+                }
             }
         }
         Ok(())
     })
 }
 
-/// Reads `off[e] + base` of `acc` into `dst[e]` (bools as 0/1).
+/// Reads the tile's elements of `acc` into `dst` (bools as 0/1): segment `s` of `segs`
+/// (`(first element, length, _)`) starts at `base + off[s]` and moves by `stride`.
 ///
 /// # Safety
 /// Offsets inside the tensor.
-unsafe fn gather(dst: &mut [f32], acc: &Access, base: usize, off: &[usize]) {
+unsafe fn gather(dst: &mut [f32], acc: &Access, base: usize, segs: &[(usize, usize, usize)], off: &[usize], stride: usize) {
     unsafe {
-        match acc.dtype {
-            DType::F32 => {
-                let p = acc.ptr as *const f32;
-                for (d, &o) in dst.iter_mut().zip(off) {
-                    *d = *p.add(base + o);
+        for (&(e0, len, _), &o) in segs.iter().zip(off) {
+            let (dst, at) = (&mut dst[e0..e0 + len], base + o);
+            match acc.dtype {
+                DType::F32 if stride == 1 => dst.copy_from_slice(std::slice::from_raw_parts((acc.ptr as *const f32).add(at), len)),
+                DType::F32 if stride == 0 => dst.fill(*(acc.ptr as *const f32).add(at)),
+                DType::F32 => {
+                    let p = acc.ptr as *const f32;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = *p.add(at + j * stride);
+                    }
                 }
-            }
-            DType::Bool => {
-                let p = acc.ptr as *const u8;
-                for (d, &o) in dst.iter_mut().zip(off) {
-                    *d = f32::from(*p.add(base + o));
+                DType::Bool => {
+                    let p = acc.ptr as *const u8;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = f32::from(*p.add(at + j * stride));
+                    }
                 }
-            }
-            DType::I64 => {
-                let p = acc.ptr as *const i64;
-                for (d, &o) in dst.iter_mut().zip(off) {
-                    *d = *p.add(base + o) as f32;
+                DType::I64 => {
+                    let p = acc.ptr as *const i64;
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = *p.add(at + j * stride) as f32;
+                    }
                 }
             }
         }
