@@ -70,6 +70,18 @@ impl Engine {
         Ok(e)
     }
 
+    /// Keeps the outputs named `names` where the next run reads them as inputs, when that is
+    /// not host memory: on a GPU they stay on the device, and a run returns each as a tensor
+    /// of its shape without data, which the caller passes back (generation's states).
+    pub fn carry(&self, names: &[String]) -> Result<(), RunError> {
+        #[cfg(feature = "cuda")]
+        if let Engine::Cuda(g) = self {
+            g.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?.set_carry(names.iter().cloned());
+        }
+        let _ = names;
+        Ok(())
+    }
+
     /// The kernel program, for the compiled backends.
     pub fn program(&self) -> Option<&tessera_codegen::Program> {
         match self {

@@ -41,6 +41,10 @@ impl Programs {
         })?;
         let prefill = model.engine_for(&derived.prefill)?;
         let decode = model.engine_for(&derived.decode)?;
+        // On a GPU the states stay on the device from step to step.
+        let names: Vec<String> = derived.states.iter().map(|s| s.name.clone()).collect();
+        prefill.carry(&names)?;
+        decode.carry(&names)?;
         Ok(Programs { derived, prefill, decode })
     }
 }

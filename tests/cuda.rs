@@ -813,8 +813,8 @@ fn kernels_compile_to_sm_90a_cubins_and_are_cached() {
 /// Generation on the CUDA executor, its kernels emulated on the CPU (f32): prefill and then
 /// three decode steps of causal models of every state kind (KV caches, a window's bounded
 /// state, ALiBi, a convolution tail and scan state, token shifts, routed experts) give the
-/// logits of the CPU session on the same tokens; and the decode program uploads no parameter:
-/// it reads the copy prefill put on the device.
+/// logits of the CPU session on the same tokens; and the decode program uploads no parameter
+/// (it reads the copy prefill put on the device) and no state (the states stay on the device).
 #[test]
 fn generation_runs_on_the_emulated_cuda_backend() {
     if !has_gxx() {
@@ -850,9 +850,13 @@ fn generation_runs_on_the_emulated_cuda_backend() {
         }
         let mut dims = HashMap::new();
         tessera::runtime::bind_dims(&gen.prefill, &inputs, &mut dims).expect("dims");
+        // The states stay on the device: prefill leaves them there, each decode step reads and
+        // replaces them, and only shapes come back.
         let mut resident = gpu::Resident::default();
+        resident.set_carry(gen.states.iter().map(|s| s.name.clone()));
         let (out, _) =
             gpu::run(&pp, &pk, precision, &pe, &inputs, model.params(), &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(out.iter().all(|(n, t)| n == "logits" || t.is_empty()), "{name}: a state came back to the host");
         let mut decode_resident = resident.sharing_params();
         let mut worst = 0.0f64;
         let mut states: HashMap<String, Tensor> = HashMap::new();
@@ -884,7 +888,7 @@ fn generation_runs_on_the_emulated_cuda_backend() {
                 .unwrap_or_else(|e| panic!("{name} step {t}: {e}"));
             // (A route uploads its grouping, two index arrays, at every run.)
             let routes = dp.steps.iter().filter(|s| matches!(s.kernel, Kernel::Route(_))).count();
-            assert_eq!(de.uploads.get(), inputs.len() + 2 * routes, "{name}: decode uploads its inputs only, no parameter");
+            assert_eq!(de.uploads.get(), 1 + 2 * routes, "{name}: decode uploads its tokens only: no parameter, no state");
             for (n, v) in out {
                 if n == "logits" {
                     logits = v;

@@ -152,6 +152,9 @@ pub struct Resident<B> {
     /// The buffers derived from parameters (merged weights) hold what the resident
     /// parameters gave at this upload count: a run skips the steps that compute them.
     derived_current: Option<u64>,
+    /// Names of outputs that stay on the device and of inputs read from there (generation's
+    /// states): see [`Resident::carrying`].
+    carry: std::collections::HashSet<String>,
 }
 
 /// Parameters on the device by name, with the fingerprint of the host tensor each came from,
@@ -160,14 +163,24 @@ pub struct Resident<B> {
 struct Params<B> {
     map: HashMap<String, ((usize, usize), B)>,
     uploads: u64,
+    /// Carried tensors on the device by name: shape, bytes of memory, memory.
+    carried: HashMap<String, (Vec<usize>, usize, B)>,
+    /// The memory the next run writes each carried output into (the one before's).
+    spare: HashMap<String, (usize, B)>,
 }
 
 impl<B> Default for Resident<B> {
     fn default() -> Self {
         Resident {
-            params: std::sync::Arc::new(std::sync::Mutex::new(Params { map: HashMap::new(), uploads: 0 })),
+            params: std::sync::Arc::new(std::sync::Mutex::new(Params {
+                map: HashMap::new(),
+                uploads: 0,
+                carried: HashMap::new(),
+                spare: HashMap::new(),
+            })),
             memory: HashMap::new(),
             derived_current: None,
+            carry: Default::default(),
         }
     }
 }
@@ -176,7 +189,15 @@ impl<B> Resident<B> {
     /// Memory for another program of the same model: the same parameters on the device, its
     /// own intermediate buffers.
     pub fn sharing_params(&self) -> Resident<B> {
-        Resident { params: self.params.clone(), memory: HashMap::new(), derived_current: None }
+        Resident { params: self.params.clone(), memory: HashMap::new(), derived_current: None, carry: self.carry.clone() }
+    }
+
+    /// Keeps the outputs named `names` on the device, where the next run of this or a program
+    /// sharing the parameters reads them as the inputs of those names without an upload: a
+    /// run returns such an output as a tensor of its shape without data, which the caller
+    /// passes back as the input. (Generation's states stay on the GPU between steps.)
+    pub fn set_carry(&mut self, names: impl IntoIterator<Item = String>) {
+        self.carry = names.into_iter().collect();
     }
 }
 
@@ -196,7 +217,7 @@ enum Slot {
 /// derived from parameters) to shared slots: a buffer takes a free slot of exactly its size,
 /// or a new one; a slot is free once the last step reading its buffer has run (outputs are
 /// read at the end). Returns each buffer's slot and each slot's size.
-fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, usize>, Vec<usize>) {
+fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize, own: &HashMap<BufId, String>) -> (HashMap<BufId, usize>, Vec<usize>) {
     let last = program.last_reads();
     let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
     // The step that placed each slot's current holder: a slot is free for a later step only.
@@ -204,7 +225,7 @@ fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize) -> (HashMap<BufId, u
     for (s, step) in program.steps.iter().enumerate() {
         for &b in step.outs() {
             let out = program.root(b);
-            if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) {
+            if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) || own.contains_key(&out) {
                 continue;
             }
             let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s && placed[k] < s);
@@ -281,7 +302,14 @@ pub fn run<D: Device>(
     // tensor; intermediate buffers in shared slots, kept from the last run where the size is
     // the same.
     let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * precision.size(program.buffers[b].ty.dtype);
-    let (slot_of, slot_bytes) = slots(program, &bytes_of);
+    // Carried outputs have memory of their own (see `Resident::carrying`).
+    let out_carried: HashMap<BufId, String> = program
+        .outputs
+        .iter()
+        .filter(|(name, b)| resident.carry.contains(name) && program.buffers[program.root(*b)].storage == Storage::Arena)
+        .map(|(name, b)| (program.root(*b), name.clone()))
+        .collect();
+    let (slot_of, slot_bytes) = slots(program, &bytes_of, &out_carried);
     for (k, &bytes) in slot_bytes.iter().enumerate() {
         slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
     }
@@ -295,10 +323,27 @@ pub fn run<D: Device>(
             derived_current = false;
         }
     }
+    for (b, name) in &out_carried {
+        let bytes = bytes_of(*b);
+        if resident_params.spare.get(name).is_none_or(|(cap, _)| *cap < bytes) {
+            // Room to grow: a state gains a position per step.
+            let cap = bytes + bytes / 4 + 64;
+            resident_params.spare.insert(name.clone(), (cap, device.alloc(cap)?));
+        }
+    }
     let mut uploaded: HashMap<BufId, D::Buf> = HashMap::new();
+    let mut from_device: std::collections::HashSet<BufId> = Default::default();
     for (b, buf) in program.buffers.iter().enumerate() {
         match &buf.storage {
+            Storage::Input(name)
+                if resident.carry.contains(name) && resident_params.carried.get(name).is_some_and(|(sh, ..)| *sh == shapes[b]) =>
+            {
+                from_device.insert(b);
+            }
             Storage::Input(name) => {
+                if resident.carry.contains(name) && inputs.get(name).is_some_and(|t| t.is_empty() && !shapes[b].contains(&0)) {
+                    return Err(format!("input `{name}` has no data and no copy of its shape {:?} on this device", shapes[b]));
+                }
                 uploaded.insert(b, device.upload(&host(b, inputs.get(name), "input", name)?)?);
             }
             Storage::Param(name) => {
@@ -353,7 +398,11 @@ pub fn run<D: Device>(
         let r = program.root(b);
         match &program.buffers[r].storage {
             Storage::Param(name) => resident_params.map.get(name).map(|(_, m)| m),
+            Storage::Input(name) if from_device.contains(&r) => resident_params.carried.get(name).map(|(.., m)| m),
             Storage::Input(_) => uploaded.get(&r),
+            Storage::Arena if out_carried.contains_key(&r) => {
+                out_carried.get(&r).and_then(|n| resident_params.spare.get(n)).map(|(_, m)| m)
+            }
             Storage::Derived => kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m),
             _ => slot_of.get(&r).and_then(|k| kept.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
         }
@@ -506,10 +555,24 @@ pub fn run<D: Device>(
         .outputs
         .iter()
         .map(|(name, b)| {
+            let dtype = program.buffers[*b].ty.dtype;
+            if out_carried.contains_key(&program.root(*b)) {
+                // It stays on the device: a tensor of its shape without data stands for it.
+                return Ok((name.clone(), Tensor::from_f64(dtype, shapes[*b].clone(), std::iter::empty())));
+            }
             let raw = device.download(buf(*b)?, bytes_of(*b))?;
-            Ok((name.clone(), tensor_from_bytes(&raw, shapes[*b].clone(), program.buffers[*b].ty.dtype, precision)))
+            Ok((name.clone(), tensor_from_bytes(&raw, shapes[*b].clone(), dtype, precision)))
         })
         .collect::<Result<_, String>>()?;
+    // Each carried output is now the tensor of its name (of the output's shape: its memory
+    // may be a view's root); the memory it replaces takes the next run's output.
+    for (name, b) in program.outputs.iter().filter(|(_, b)| out_carried.contains_key(&program.root(*b))) {
+        if let Some((cap, m)) = resident_params.spare.remove(name) {
+            if let Some((_, old_cap, old)) = resident_params.carried.insert(name.clone(), (shapes[*b].clone(), cap, m)) {
+                resident_params.spare.insert(name.clone(), (old_cap, old));
+            }
+        }
+    }
     let memory_bytes = slot_bytes.iter().sum::<usize>()
         + kept.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..) | Slot::Derived(_))).map(|(_, (b, _))| b).sum::<usize>();
     resident.derived_current = Some(resident_params.uploads);
