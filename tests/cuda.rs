@@ -822,7 +822,7 @@ fn generation_runs_on_the_emulated_cuda_backend() {
     }
     let dir = std::env::temp_dir().join(format!("tessera-cuda-generate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    for name in ["gpt2", "llama", "mistral", "bloom", "mamba", "rwkv", "mixtral", "jamba"] {
+    for name in ["gpt2", "llama", "mistral", "bloom", "mamba", "rwkv", "mixtral", "jamba", "t5"] {
         let overrides = common::SMALL.iter().find(|(f, _)| *f == name).expect("small").1;
         let mut model = common::small_compiler(overrides).compile_file(&format!("stdlib/{name}.tsr")).expect("compiles");
         let p = model.program().expect("program").clone();
@@ -843,11 +843,17 @@ fn generation_runs_on_the_emulated_cuda_backend() {
             Emulator::new(&dir, &format!("{name}_prefill"), &pk, precision),
             Emulator::new(&dir, &format!("{name}_decode"), &dk, precision),
         );
+        // T5: the prompts are the encoder's input, and the decoder starts from token 0; its
+        // encoder inputs go to every decode step too.
+        let encoder_decoder = gen.tokens == "decoder_input_ids";
         let mut inputs: HashMap<String, Tensor> = HashMap::new();
         inputs.insert("input_ids".into(), Tensor::i64(vec![2, 5], prompts.concat()));
-        for (n, _) in gen.prefill.inputs() {
-            inputs.entry(n.to_string()).or_insert_with(|| Tensor::i64(vec![2, 5], vec![1; 10]));
+        inputs.insert("attention_mask".into(), Tensor::i64(vec![2, 5], vec![1; 10]));
+        if encoder_decoder {
+            inputs.insert("decoder_input_ids".into(), Tensor::i64(vec![2, 1], vec![0, 0]));
         }
+        let fixed: HashMap<String, Tensor> = if encoder_decoder { inputs.clone() } else { HashMap::new() };
+        let past0 = if encoder_decoder { 1 } else { 5 };
         let mut dims = HashMap::new();
         tessera::runtime::bind_dims(&gen.prefill, &inputs, &mut dims).expect("dims");
         // The states stay on the device: prefill leaves them there, each decode step reads and
@@ -856,7 +862,7 @@ fn generation_runs_on_the_emulated_cuda_backend() {
         resident.set_carry(gen.states.iter().map(|s| s.name.clone()));
         let (out, _) =
             gpu::run(&pp, &pk, precision, &pe, &inputs, model.params(), &mut resident, &dims).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(out.iter().all(|(n, t)| n == "logits" || t.is_empty()), "{name}: a state came back to the host");
+        assert!(out.iter().all(|(n, t)| !n.starts_with("state.") || t.is_empty()), "{name}: a state came back to the host");
         let mut decode_resident = resident.sharing_params();
         let mut worst = 0.0f64;
         let mut states: HashMap<String, Tensor> = HashMap::new();
@@ -864,7 +870,7 @@ fn generation_runs_on_the_emulated_cuda_backend() {
         for (n, t) in out {
             if n == "logits" {
                 logits = t;
-            } else {
+            } else if n.starts_with("state.") {
                 states.insert(n, t);
             }
         }
@@ -880,15 +886,25 @@ fn generation_runs_on_the_emulated_cuda_backend() {
                 break;
             }
             let mut inputs = states.clone();
-            inputs.insert("input_ids".into(), Tensor::i64(vec![2, 1], vec![want.tokens[0][t], want.tokens[1][t]]));
-            let mut dims: HashMap<String, i64> = [("past".to_string(), 5 + t as i64)].into_iter().collect();
+            for (n, v) in &fixed {
+                if gen.decode.inputs().iter().any(|(m, _)| m == n) {
+                    inputs.insert(n.clone(), v.clone());
+                }
+            }
+            inputs.insert(gen.tokens.clone(), Tensor::i64(vec![2, 1], vec![want.tokens[0][t], want.tokens[1][t]]));
+            let mut dims: HashMap<String, i64> = [("past".to_string(), past0 + t as i64)].into_iter().collect();
             tessera::runtime::bind_dims(&gen.decode, &inputs, &mut dims).expect("dims");
             de.uploads.set(0);
             let (out, _) = gpu::run(&dp, &dk, precision, &de, &inputs, model.params(), &mut decode_resident, &dims)
                 .unwrap_or_else(|e| panic!("{name} step {t}: {e}"));
             // (A route uploads its grouping, two index arrays, at every run.)
             let routes = dp.steps.iter().filter(|s| matches!(s.kernel, Kernel::Route(_))).count();
-            assert_eq!(de.uploads.get(), 1 + 2 * routes, "{name}: decode uploads its tokens only: no parameter, no state");
+            let encoder_inputs = fixed.keys().filter(|n| *n != &gen.tokens && gen.decode.inputs().iter().any(|(m, _)| m == *n)).count();
+            assert_eq!(
+                de.uploads.get(),
+                1 + encoder_inputs + 2 * routes,
+                "{name}: decode uploads its tokens only (and an encoder's mask): no parameter, no state"
+            );
             for (n, v) in out {
                 if n == "logits" {
                     logits = v;
