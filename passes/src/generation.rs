@@ -122,10 +122,10 @@ fn err<T>(span: Span, message: impl Into<String>) -> Result<T, StateError> {
 
 /// Derives the state and the prefill and decode programs of `g` (see the module doc).
 pub fn derive(g: &Graph) -> Result<Generation, StateError> {
-    let tokens = ["decoder_input_ids", "input_ids"].into_iter().find(|n| g.inputs().iter().any(|(m, _)| m == n)).ok_or_else(|| {
-        StateError { span: Span::UNKNOWN, message: "generation needs a token input `input_ids` (or `decoder_input_ids`)".into() }
-    })?;
-    let Some((_, tv)) = g.inputs().into_iter().find(|(n, _)| *n == tokens) else { return unreachable_input() };
+    let inputs = g.inputs();
+    let Some((tokens, tv)) = ["decoder_input_ids", "input_ids"].into_iter().find_map(|n| inputs.iter().find(|(m, _)| *m == n).copied()) else {
+        return err(Span::UNKNOWN, "generation needs a token input `input_ids` (or `decoder_input_ids`)");
+    };
     let tt = g.ty(tv);
     let step = match (tt.dtype, tt.shape.as_slice()) {
         (DType::I64, [_, s]) if s.as_sym().is_some() => s.as_sym().map(str::to_string).unwrap_or_default(),
@@ -190,10 +190,6 @@ pub fn derive(g: &Graph) -> Result<Generation, StateError> {
         }
     }
     Ok(Generation { prefill, decode, states: b.states, tokens: tokens.to_string(), step })
-}
-
-fn unreachable_input<T>() -> Result<T, StateError> {
-    err(Span::UNKNOWN, "internal compiler error: the token input vanished")
 }
 
 struct Builder<'a> {
@@ -798,20 +794,20 @@ fn window_of(f: &ScoreFn) -> Option<i64> {
     Some(lo)
 }
 
-/// `f` with the key index `J` read as `J + L<leaf>`, and keys at negative positions masked.
-fn offset_keys(f: &ScoreFn, leaf: u32) -> ScoreFn {
-    let mut nodes: Vec<(SNode, DType)> = Vec::with_capacity(f.nodes.len() + 8);
-    let mut map: Vec<u32> = Vec::with_capacity(f.nodes.len());
-    nodes.push((SNode::Var(Var::Key), DType::I64));
+/// `f` with the variable `var` (an i64 index) read as `var + L<leaf>`, and the index of that
+/// sum in the result (computed first, so that every use of `var` reads it).
+fn offset_var(f: &ScoreFn, var: Var, leaf: u32) -> (ScoreFn, u32) {
+    let mut nodes: Vec<(SNode, DType)> = Vec::with_capacity(f.nodes.len() + 3);
+    nodes.push((SNode::Var(var), DType::I64));
     nodes.push((SNode::Leaf(leaf), DType::I64));
     nodes.push((SNode::Binary(BinaryOp::Add, 0, 1), DType::I64));
-    let key = 2u32;
-    let base = nodes.len() as u32;
+    let sum = 2u32;
+    let mut map: Vec<u32> = Vec::with_capacity(f.nodes.len());
     for (node, ty) in &f.nodes {
-        let m = |k: &u32| map.get(*k as usize).copied().unwrap_or(*k + base);
+        let m = |k: &u32| map.get(*k as usize).copied().unwrap_or(*k);
         let node = match node {
-            SNode::Var(Var::Key) => {
-                map.push(key);
+            SNode::Var(v) if *v == var => {
+                map.push(sum);
                 continue;
             }
             SNode::Unary(u, a) => SNode::Unary(*u, m(a)),
@@ -824,6 +820,13 @@ fn offset_keys(f: &ScoreFn, leaf: u32) -> ScoreFn {
         nodes.push((node, *ty));
         map.push(nodes.len() as u32 - 1);
     }
+    (ScoreFn { nodes }, sum)
+}
+
+/// `f` with the key index `J` read as `J + L<leaf>`, and keys at negative positions masked.
+fn offset_keys(f: &ScoreFn, leaf: u32) -> ScoreFn {
+    let (mut f, key) = offset_var(f, Var::Key, leaf);
+    let nodes = &mut f.nodes;
     let root = nodes.len() as u32 - 1;
     let out_ty = nodes[root as usize].1;
     let n = nodes.len() as u32;
@@ -831,31 +834,10 @@ fn offset_keys(f: &ScoreFn, leaf: u32) -> ScoreFn {
     nodes.push((SNode::Binary(BinaryOp::Ge, key, n), DType::Bool));
     nodes.push((SNode::Const(-1e30), out_ty));
     nodes.push((SNode::Where(n + 1, root, n + 2), out_ty));
-    ScoreFn { nodes }
+    f
 }
 
 /// `f` with the query index `I` read as `I + L<leaf>` (the positions already seen).
 fn offset_queries(f: &ScoreFn, leaf: u32) -> ScoreFn {
-    let mut nodes: Vec<(SNode, DType)> = Vec::with_capacity(f.nodes.len() + 2);
-    let mut map: Vec<u32> = Vec::with_capacity(f.nodes.len());
-    for (node, ty) in &f.nodes {
-        let m = |k: &u32| map.get(*k as usize).copied().unwrap_or(*k);
-        let node = match node {
-            SNode::Var(Var::Query) => {
-                nodes.push((SNode::Var(Var::Query), *ty));
-                nodes.push((SNode::Leaf(leaf), *ty));
-                let n = nodes.len() as u32;
-                SNode::Binary(BinaryOp::Add, n - 2, n - 1)
-            }
-            SNode::Unary(u, a) => SNode::Unary(*u, m(a)),
-            SNode::Binary(b, x, y) => SNode::Binary(*b, m(x), m(y)),
-            SNode::Where(c, a, b) => SNode::Where(m(c), m(a), m(b)),
-            SNode::Cast(a) => SNode::Cast(m(a)),
-            SNode::Gather(t, k) => SNode::Gather(*t, m(k)),
-            other => other.clone(),
-        };
-        nodes.push((node, *ty));
-        map.push(nodes.len() as u32 - 1);
-    }
-    ScoreFn { nodes }
+    offset_var(f, Var::Query, leaf).0
 }
