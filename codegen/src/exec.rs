@@ -28,6 +28,9 @@ pub struct Executable {
     /// The program.
     pub program: Program,
     derived: std::sync::Arc<std::sync::Mutex<DerivedCache>>,
+    /// What each step that derives a buffer from parameters computes ([`derived_key`]; empty
+    /// for other steps), made once: decode runs the program at every token.
+    derived_keys: Vec<String>,
     /// The entry of the shared cache each derived step read at the last run: replaced (and
     /// freed) when its parameters change.
     derived_last: std::sync::Mutex<HashMap<usize, (String, Vec<usize>)>>,
@@ -184,10 +187,21 @@ impl Executable {
                 _ => None,
             });
         }
+        let derived_keys =
+            (0..program.steps.len())
+                .map(|s| {
+                    if program.buffers[program.steps[s].out].storage == Storage::Derived {
+                        derived_key(&program, s)
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
         Ok(Executable {
             bodies,
             program,
             derived: Default::default(),
+            derived_keys,
             derived_last: Default::default(),
             arena: std::sync::Mutex::new(Vec::new()),
             scratch: std::sync::Mutex::new((Vec::new(), Vec::new())),
@@ -295,7 +309,7 @@ impl Executable {
             // Buffers derived from parameters: reuse them while the parameters are the same.
             let mut fresh = None;
             if p.buffers[step.out].storage == Storage::Derived {
-                let key = (derived_key(p, s), step.ins.iter().map(|&b| ptrs[b] as usize).collect::<Vec<usize>>());
+                let key = (self.derived_keys[s].clone(), step.ins.iter().map(|&b| ptrs[b] as usize).collect::<Vec<usize>>());
                 if let Some(data) = derived.get_mut(&key) {
                     ptrs[step.out] = data.as_mut_ptr() as *mut u8;
                     alias_views(p, &mut ptrs, step.out);

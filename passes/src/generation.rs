@@ -123,7 +123,8 @@ fn err<T>(span: Span, message: impl Into<String>) -> Result<T, StateError> {
 /// Derives the state and the prefill and decode programs of `g` (see the module doc).
 pub fn derive(g: &Graph) -> Result<Generation, StateError> {
     let inputs = g.inputs();
-    let Some((tokens, tv)) = ["decoder_input_ids", "input_ids"].into_iter().find_map(|n| inputs.iter().find(|(m, _)| *m == n).copied()) else {
+    let Some((tokens, tv)) = ["decoder_input_ids", "input_ids"].into_iter().find_map(|n| inputs.iter().find(|(m, _)| *m == n).copied())
+    else {
         return err(Span::UNKNOWN, "generation needs a token input `input_ids` (or `decoder_input_ids`)");
     };
     let tt = g.ty(tv);
