@@ -17,10 +17,10 @@ section of bench/RESULTS.md between the markers below, keeping the rest of the f
 """
 from __future__ import annotations
 
-import json, os, re, statistics, subprocess, sys, time
+import os, re, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import ROOT, TESSERA, gemm_rate, write_section  # noqa: E402
+from run import ROOT, TESSERA, gemm_rate, peer, write_section  # noqa: E402
 
 REPEAT = 3
 PROMPT, NEW = 128, 64
@@ -85,15 +85,9 @@ def tessera_generate(args: list[str], prompt: str) -> dict:
 
 def hf_generate(kind: str, compiled: bool) -> dict:
     spec = {"kind": kind, "prompt": PROMPT, "new": NEW, "repeat": REPEAT, "compile": compiled}
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    try:
-        out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=900)
-    except subprocess.TimeoutExpired:
-        return {"error": "timed out"}
+    result = peer(HF_CHILD, spec, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
     time.sleep(0.3)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1][:120] if out.stderr.strip() else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ Writes its section of bench/RESULTS.md between the markers below, keeping the re
 """
 from __future__ import annotations
 
-import json, os, subprocess, sys, time
+import os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import TESSERA, gemm_rate, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
+from run import TESSERA, gemm_rate, peer, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
 
 REPEAT = 5
 SEQ = 512
@@ -60,9 +60,7 @@ def main() -> None:
     print("tessera moe", moe, flush=True)
     dense = tessera(["bench/moe.tsr", "--model", "dense", "--backend", "cpu", "--dim", f"seq={SEQ}"])
     print("tessera dense", dense, flush=True)
-    out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps({"seq": SEQ, "repeat": REPEAT})],
-                         capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    hf = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
+    hf = peer(HF_CHILD, {"seq": SEQ, "repeat": REPEAT}, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     print("hf", hf, flush=True)
     g, gflops = gemm_rate()
     active = SEQ * 2 * 3 * 2 * 1024 * 3584  # 2 experts per token, 3 GEMMs of 1024 × 3584

@@ -100,14 +100,22 @@ print(json.dumps(res))
 '''
 
 
-def torch_run(spec: dict) -> dict:
-    spec = dict(spec, repeat=REPEAT)
-    # Cold compiles: torch.compile otherwise reuses its on-disk cache from earlier runs.
-    env = dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
-    out = subprocess.run([sys.executable, "-c", TORCH_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
+def peer(code: str, spec: dict, env: dict | None = None, timeout: float | None = None) -> dict:
+    """Runs a peer's timing program `code` in a child Python (so that its peak memory and
+    threads are its own) with `spec` as JSON; returns the JSON of its last output line, or
+    {"error": ...} with the last line of its errors."""
+    try:
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
     if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+        return {"error": out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def torch_run(spec: dict) -> dict:
+    # Cold compiles: torch.compile otherwise reuses its on-disk cache from earlier runs.
+    return peer(TORCH_CHILD, dict(spec, repeat=REPEAT), env=dict(os.environ, TORCHINDUCTOR_FORCE_DISABLE_CACHES="1"))
 
 
 def main() -> None:

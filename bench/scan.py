@@ -17,10 +17,10 @@ markers below, keeping the rest of the file.
 """
 from __future__ import annotations
 
-import json, os, subprocess, sys, time
+import os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import TESSERA, gemm_rate, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
+from run import TESSERA, gemm_rate, peer, tessera, write_section  # noqa: E402  (same child-process timing as run.py)
 
 REPEAT = 3
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
@@ -61,9 +61,7 @@ def main() -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
 
     def hf_run(kind: str) -> dict:
-        out = subprocess.run([sys.executable, "-c", HF_CHILD, json.dumps({"kind": kind, "seq": 512, "repeat": REPEAT})],
-                             capture_output=True, text=True, env=env)
-        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr.strip()[-300:]}
+        return peer(HF_CHILD, {"kind": kind, "seq": 512, "repeat": REPEAT}, env=env)
 
     hf = hf_run("mamba")
     print("hf", hf, flush=True)
