@@ -298,3 +298,18 @@ pub fn fixtures() -> Vec<Fixture> {
         })
         .collect()
 }
+
+/// The elements of an i64 tensor.
+pub fn i64s(t: &Tensor) -> Vec<i64> {
+    match &t.data {
+        runtime::Data::I64(v) => v.clone(),
+        _ => panic!("not i64"),
+    }
+}
+
+/// The rows of a padded `[batch, S]` prompt without their padding (the positions `mask`
+/// marks real): a `generate.safetensors` fixture's prompts.
+pub fn prompt_rows(ids: &Tensor, mask: &Tensor) -> Vec<Vec<i64>> {
+    let (ids, mask, s) = (i64s(ids), i64s(mask), ids.shape[1]);
+    (0..ids.len() / s).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0).map(|j| ids[r * s + j]).collect()).collect()
+}

@@ -933,13 +933,7 @@ fn greedy_generation_on_the_gpu_matches_transformers() {
             continue;
         };
         let m = fx.model(Backend::Cuda(0), tessera::Precision::F32);
-        let ids = match &want["prompt_ids"].data {
-            Data::I64(v) => v.clone(),
-            _ => panic!("ids"),
-        };
-        let s = want["prompt_ids"].shape[1];
-        let mask = want["prompt_mask"].to_f64();
-        let prompts: Vec<Vec<i64>> = (0..2).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0.0).map(|j| ids[r * s + j]).collect()).collect();
+        let prompts = common::prompt_rows(&want["prompt_ids"], &want["prompt_mask"]);
         let n = want["tokens"].shape[1];
         let mut session = match m.session(256) {
             Ok(s) => s,
@@ -950,10 +944,7 @@ fn greedy_generation_on_the_gpu_matches_transformers() {
             Err(e) if e.to_string().contains("does not lower") => continue,
             Err(e) => panic!("{}: {e}", fx.name),
         };
-        let tokens = match &want["tokens"].data {
-            Data::I64(v) => v.clone(),
-            _ => panic!("tokens"),
-        };
+        let tokens = common::i64s(&want["tokens"]);
         for r in 0..2 {
             assert_eq!(out.tokens[r][..], tokens[r * n..(r + 1) * n], "{}: row {r}", fx.name);
         }

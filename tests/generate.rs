@@ -5,23 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use tessera::runtime::{Data, Tensor};
+use tessera::runtime::Tensor;
 use tessera::{Backend, GenerateOptions, Precision};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn i64s(t: &Tensor) -> Vec<i64> {
-    match &t.data {
-        Data::I64(v) => v.clone(),
-        _ => panic!("not i64"),
-    }
-}
-
-/// The rows of a right-padded `[batch, S]` prompt without their padding.
-fn rows(ids: &Tensor, mask: &Tensor) -> Vec<Vec<i64>> {
-    let (ids, mask, s) = (i64s(ids), i64s(mask), ids.shape[1]);
-    (0..ids.len() / s).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0).map(|j| ids[r * s + j]).collect()).collect()
-}
+use common::{i64s, prompt_rows};
 
 #[test]
 fn greedy_generation_matches_transformers() {
@@ -30,7 +19,7 @@ fn greedy_generation_matches_transformers() {
         let path = format!("tests/parity/fixtures/{}/generate.safetensors", fx.name);
         let Ok(want) = tessera::runtime::read_safetensors(&path) else { continue };
         let model = fx.model(Backend::Cpu, Precision::F32);
-        let prompts = rows(&want["prompt_ids"], &want["prompt_mask"]);
+        let prompts = prompt_rows(&want["prompt_ids"], &want["prompt_mask"]);
         let tokens = i64s(&want["tokens"]);
         let n = want["tokens"].shape[1];
         let vocab = want["logits"].shape[2];
