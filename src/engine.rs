@@ -28,10 +28,11 @@ pub struct Gpu {
     program: tessera_codegen::Program,
     kernels: Vec<tessera_codegen::cuda::CudaKernel>,
     precision: Precision,
-    device: tessera_codegen::cuda_device::CudaDevice,
+    device: tessera_codegen::cuda::device::CudaDevice,
     /// Parameters and intermediate memory kept on the GPU between runs.
-    resident:
-        std::sync::Mutex<tessera_codegen::gpu::Resident<<tessera_codegen::cuda_device::CudaDevice as tessera_codegen::gpu::Device>::Buf>>,
+    resident: std::sync::Mutex<
+        tessera_codegen::cuda::exec::Resident<<tessera_codegen::cuda::device::CudaDevice as tessera_codegen::cuda::exec::Device>::Buf>,
+    >,
 }
 
 impl Engine {
@@ -128,9 +129,17 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                let (out, stats) =
-                    tessera_codegen::gpu::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
-                        .map_err(RunError::Device)?;
+                let (out, stats) = tessera_codegen::cuda::exec::run(
+                    &gpu.program,
+                    &gpu.kernels,
+                    gpu.precision,
+                    &gpu.device,
+                    inputs,
+                    params,
+                    &mut resident,
+                    dims,
+                )
+                .map_err(RunError::Device)?;
                 Ok((out, Some(RunStats { device_seconds: Some(stats.seconds), arena_bytes: stats.memory_bytes, ..RunStats::default() })))
             }
         }
@@ -143,7 +152,7 @@ fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError>
     let program = tessera_codegen::schedule(g);
     let kernels = cuda::lower(&program, precision).map_err(RunError::Internal)?;
     let source = cuda::source(&program, &kernels, precision);
-    let device = tessera_codegen::cuda_device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
+    let device = tessera_codegen::cuda::device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }
 

@@ -5,7 +5,8 @@ mod common;
 use common::{is_moe, max_rel_diff, MODELS};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use tessera::codegen::{cuda, gpu, Kernel, Storage};
+use tessera::codegen::cuda::{self, exec as gpu};
+use tessera::codegen::{Kernel, Storage};
 use tessera::ir::DType;
 use tessera::runtime::{Data, Tensor};
 use tessera::{Backend, Compiler};
@@ -109,7 +110,7 @@ fn bf16_gemms_take_their_bias_and_tanh_gelu_into_cublaslt() {
 #[cfg(feature = "cuda")]
 #[test]
 fn every_models_kernels_compile_with_nvrtc() {
-    if !tessera::codegen::nvrtc::available() {
+    if !tessera::codegen::cuda::nvrtc::available() {
         println!("skipped: libnvrtc not found (put the nvidia-cuda-nvrtc wheel's lib folder on LD_LIBRARY_PATH)");
         return;
     }
@@ -117,7 +118,7 @@ fn every_models_kernels_compile_with_nvrtc() {
         for precision in [cuda::Precision::F32, cuda::Precision::Bf16] {
             let source = tessera::codegen::cuda::dump(&p, precision).expect("lowers");
             let start = std::time::Instant::now();
-            let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}\n{source}"));
+            let ptx = tessera::codegen::cuda::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name}: {e}\n{source}"));
             let ms = start.elapsed().as_secs_f64() * 1e3;
             for k in tessera::codegen::cuda::lower(&p, precision).expect("lowers") {
                 assert!(ptx.contains(&format!(".entry {}(", k.name)), "{name}: no entry {}", k.name);
@@ -137,8 +138,8 @@ fn every_models_kernels_compile_with_nvrtc() {
             let p = tessera::codegen::schedule(graph);
             for precision in [cuda::Precision::F32, cuda::Precision::Bf16] {
                 let source = tessera::codegen::cuda::dump(&p, precision).unwrap_or_else(|e| panic!("{name} {which}: {e}"));
-                let ptx =
-                    tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{name} {which}: {e}\n{source}"));
+                let ptx = tessera::codegen::cuda::nvrtc::compile(&source, "compute_90")
+                    .unwrap_or_else(|e| panic!("{name} {which}: {e}\n{source}"));
                 println!("{name} {which} ({precision:?}): {} kernels compiled", ptx.matches(".entry").count());
             }
         }
@@ -149,7 +150,7 @@ fn every_models_kernels_compile_with_nvrtc() {
         let m = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
         let p = m.program().expect("a program");
         let source = tessera::codegen::cuda::dump(p, cuda::Precision::F32).expect("lowers");
-        let ptx = tessera::codegen::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{what}: {e}\n{source}"));
+        let ptx = tessera::codegen::cuda::nvrtc::compile(&source, "compute_90").unwrap_or_else(|e| panic!("{what}: {e}\n{source}"));
         for k in tessera::codegen::cuda::lower(p, cuda::Precision::F32).expect("lowers") {
             assert!(ptx.contains(&format!(".entry {}(", k.name)), "{what}: no entry {}", k.name);
         }
@@ -666,7 +667,7 @@ fn parity_fixtures_pass_on_the_emulated_cuda_backend() {
 #[cfg(feature = "cuda")]
 #[test]
 fn parity_fixtures_pass_on_the_gpu() {
-    if !tessera::codegen::cuda_device::driver_present() {
+    if !tessera::codegen::cuda::device::driver_present() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
@@ -691,7 +692,7 @@ fn the_cuda_backend_says_clearly_when_it_cannot_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     let api = Compiler::new().backend(Backend::Cuda(0)).define("layers", 1).compile_file("stdlib/gpt2.tsr");
     #[cfg(feature = "cuda")]
-    if tessera::codegen::cuda_device::driver_present() {
+    if tessera::codegen::cuda::device::driver_present() {
         assert!(out.status.success(), "{err}");
         return;
     }
@@ -713,7 +714,7 @@ fn the_cuda_backend_says_clearly_when_it_cannot_run() {
 #[cfg(feature = "cuda")]
 #[test]
 fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
-    if !tessera::codegen::cuda_device::driver_present() {
+    if !tessera::codegen::cuda::device::driver_present() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
@@ -749,7 +750,7 @@ fn every_stdlib_model_on_the_gpu_equals_the_interpreter() {
 #[cfg(feature = "cuda")]
 #[test]
 fn generated_kernels_on_the_gpu_equal_the_interpreter() {
-    if !tessera::codegen::cuda_device::driver_present() {
+    if !tessera::codegen::cuda::device::driver_present() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }
@@ -796,16 +797,16 @@ fn generated_kernels_on_the_gpu_equal_the_interpreter() {
 #[cfg(feature = "cuda")]
 #[test]
 fn kernels_compile_to_sm_90a_cubins_and_are_cached() {
-    if !tessera::codegen::nvrtc::available() {
+    if !tessera::codegen::cuda::nvrtc::available() {
         println!("skipped: libnvrtc not found");
         return;
     }
     let (_, p) = programs().into_iter().next().expect("a model");
     let source = cuda::dump(&p, cuda::Precision::F32).expect("lowers");
     let dir = std::env::temp_dir().join(format!("tessera-nvrtc-cache-{}", std::process::id()));
-    let (cubin, cached) = tessera::codegen::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("compiles");
+    let (cubin, cached) = tessera::codegen::cuda::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("compiles");
     assert!(!cached && cubin.starts_with(b"\x7fELF"), "a CUBIN is an ELF image");
-    let (again, cached) = tessera::codegen::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("cached");
+    let (again, cached) = tessera::codegen::cuda::nvrtc::compile_cached_in(Some(&dir), &source, "sm_90a").expect("cached");
     assert!(cached && again == cubin);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -924,7 +925,7 @@ fn generation_runs_on_the_emulated_cuda_backend() {
 #[cfg(feature = "cuda")]
 #[test]
 fn greedy_generation_on_the_gpu_matches_transformers() {
-    if !tessera::codegen::cuda_device::driver_present() {
+    if !tessera::codegen::cuda::device::driver_present() {
         println!("skipped: no CUDA driver on this machine");
         return;
     }

@@ -392,3 +392,10 @@ impl fmt::Display for Program {
         writeln!(f, "}}")
     }
 }
+
+/// Strides of `x` aligned to a broadcast output of rank `rank` (0 along broadcast axes).
+pub fn broadcast_strides(x: &[usize], rank: usize) -> Vec<usize> {
+    let st = tessera_runtime::strides(x);
+    let pad = rank - x.len().min(rank);
+    (0..rank).map(|d| if d < pad || x[d - pad] == 1 { 0 } else { st[d - pad] }).collect()
+}

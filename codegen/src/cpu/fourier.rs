@@ -6,7 +6,7 @@
 //!
 //! Complex tensors are f32 pairs (real, imaginary) in a last axis of size 2.
 
-use crate::host::{Shared, View};
+use super::host::{Shared, View};
 use rayon::prelude::*;
 use rustfft::num_complex::Complex32;
 use tessera_runtime::RunError;

@@ -4,7 +4,7 @@
 //! Every function takes [`View`]s: a pointer, a shape and an element type. The executor
 //! guarantees that an output never overlaps a live input.
 
-use crate::vmath::{activate, vectorized};
+use super::vmath::{activate, vectorized};
 use rayon::prelude::*;
 use tessera_ir::{DType, NormKind, ReduceOp, UnaryOp};
 use tessera_runtime::{broadcast_offsets, strides};
@@ -138,13 +138,6 @@ pub fn strided(out: &[usize], st: &[usize]) -> impl Fn(usize) -> usize + Sync {
     }
 }
 
-/// Strides of `x` aligned to a broadcast output of rank `rank` (0 along broadcast axes).
-pub fn broadcast_strides(x: &[usize], rank: usize) -> Vec<usize> {
-    let st = strides(x);
-    let pad = rank - x.len().min(rank);
-    (0..rank).map(|d| if d < pad || x[d - pad] == 1 { 0 } else { st[d - pad] }).collect()
-}
-
 /// Batched `out = a @ b` (or `a @ bᵀ` with `trans_b`), batch axes broadcast, with the `gemm`
 /// crate.
 ///
@@ -169,11 +162,11 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
     let ob = broadcast_offsets(batch, &b.shape[..rb - 2]);
     let threads = rayon::current_num_threads();
     for (bi, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
-        if m <= crate::gemv::MAX_ROWS && m > 0 {
+        if m <= super::gemv::MAX_ROWS && m > 0 {
             let (o, av, bv) = unsafe {
                 ((out.ptr as *mut f32).add(bi * m * n), (a.ptr as *const f32).add(ia * m * k), (b.ptr as *const f32).add(ib * k * n))
             };
-            unsafe { crate::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
+            unsafe { super::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
             continue;
         }
         unsafe {

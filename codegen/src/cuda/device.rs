@@ -6,8 +6,8 @@
 //! NVIDIA GPU: the emulated device of `tests/cuda.rs` checks the executor and the kernels'
 //! meaning, not this file.
 
-use crate::cuda::{CudaKernel, Precision};
-use crate::gpu::{Device, GemmAct, GemmShape};
+use super::exec::{Device, GemmAct, GemmShape};
+use super::lower::{CudaKernel, Precision};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -64,7 +64,7 @@ impl CudaDevice {
         // compute capability. Both come from the disk cache when the source was seen before.
         let arch: &'static str =
             Box::leak(if (major, minor) == (9, 0) { "sm_90a".to_string() } else { format!("compute_{major}{minor}") }.into_boxed_str());
-        let (code, _cached) = crate::nvrtc::compile_cached(source, arch)?;
+        let (code, _cached) = super::nvrtc::compile_cached(source, arch)?;
         let image = if arch.starts_with("sm_") {
             cudarc::nvrtc::Ptx::from_binary(code)
         } else {

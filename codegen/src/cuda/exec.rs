@@ -1,6 +1,6 @@
 //! Running a kernel program on a GPU-like [`Device`]: every buffer gets device memory (inputs
 //! and parameters uploaded, views sharing their base's memory), each step runs its generated
-//! CUDA kernels ([`crate::cuda`]) and GEMMs through the device's GEMM, and the outputs come
+//! CUDA kernels ([`super::lower`]) and GEMMs through the device's GEMM, and the outputs come
 //! back. The device is a trait so that the same executor runs on CUDA (`cuda_device`, feature
 //! `cuda`) and, in tests, on a CPU emulation of the generated kernels.
 //!
@@ -11,7 +11,7 @@
 //! same size share their scratch. Not yet here: one arena with offsets (sizes that differ do
 //! not share), streams and CUDA graphs.
 
-use crate::cuda::{self, Arg, CudaKernel, Precision, Role};
+use super::lower::{self as cuda, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use std::collections::HashMap;
 use tessera_ir::{DType, UnaryOp};

@@ -1,11 +1,12 @@
 //! Running a kernel program on the CPU: JIT compilation of its kernels, the memory plan (one
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
-use crate::attention;
-use crate::fourier;
-use crate::host::{self, View};
-use crate::jit::{Jit, Rows};
+use super::attention;
+use super::cranelift::{Jit, Rows};
+use super::fourier;
+use super::host::{self, View};
 use crate::kernel::{BufId, Kernel, Program, Storage};
+use crate::plan::plan;
 use std::collections::HashMap;
 use tessera_ir::DType;
 use tessera_runtime::{concrete, Data, Dims, RunError, Tensor};
@@ -39,7 +40,7 @@ pub struct Executable {
     /// Scratch buffers of feed-forward kernels, kept between calls.
     scratch: std::sync::Mutex<(Vec<f32>, Vec<f32>)>,
     /// Scratch buffers of grouped routes, kept between calls.
-    route_scratch: std::sync::Mutex<crate::route::Scratch>,
+    route_scratch: std::sync::Mutex<super::route::Scratch>,
     /// The compiled row kernel of each step (elementwise and attention steps).
     natives: Vec<Option<Rows>>,
     /// The compiled body of each scan or route step.
@@ -100,47 +101,6 @@ unsafe fn to_tensor_into(v: &View, old: Option<Tensor>) -> Tensor {
             _ => to_tensor(v),
         }
     }
-}
-
-/// Where each arena buffer lives: byte offsets and the arena size.
-#[derive(Clone, Debug)]
-pub struct MemoryPlan {
-    /// Offset of each buffer (arena buffers only).
-    pub offsets: Vec<Option<usize>>,
-    /// Arena size in bytes.
-    pub bytes: usize,
-}
-
-const ALIGN: usize = 64;
-
-/// Plans the arena: buffers are placed first-fit when their step runs and freed after their
-/// last reader (outputs live to the end).
-pub fn plan(p: &Program, sizes: &[usize]) -> MemoryPlan {
-    let n = p.buffers.len();
-    let last = p.last_reads();
-    let mut offsets = vec![None; n];
-    let mut live: Vec<(usize, usize, BufId)> = Vec::new(); // (offset, size, buffer)
-    let mut bytes = 0;
-    for (s, step) in p.steps.iter().enumerate() {
-        for &b in step.outs() {
-            if p.buffers[b].storage == Storage::Arena && offsets[b].is_none() {
-                let size = sizes[b].div_ceil(ALIGN).max(1) * ALIGN;
-                live.sort_unstable();
-                let mut at = 0;
-                for &(o, sz, _) in &live {
-                    if o >= at + size {
-                        break;
-                    }
-                    at = at.max(o + sz);
-                }
-                live.push((at, size, b));
-                offsets[b] = Some(at);
-                bytes = bytes.max(at + size);
-            }
-        }
-        live.retain(|&(_, _, buf)| last[buf] > s);
-    }
-    MemoryPlan { offsets, bytes }
 }
 
 impl Executable {
@@ -205,7 +165,7 @@ impl Executable {
             derived_last: Default::default(),
             arena: std::sync::Mutex::new(Vec::new()),
             scratch: std::sync::Mutex::new((Vec::new(), Vec::new())),
-            route_scratch: std::sync::Mutex::new(crate::route::Scratch::default()),
+            route_scratch: std::sync::Mutex::new(super::route::Scratch::default()),
             natives,
             _jit: jit,
             clif,
@@ -337,7 +297,7 @@ impl Executable {
                     let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
                     unsafe { self.scan(s, k, &outs, &ins, dims) }
                 }
-                Kernel::TopK { axis, results } => unsafe { crate::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
+                Kernel::TopK { axis, results } => unsafe { super::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
                 Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
                 _ => unsafe { self.step(s, &out, &ins, dims, &mut stats) },
             };
@@ -386,7 +346,7 @@ impl Executable {
     unsafe fn route(&self, s: usize, k: &crate::kernel::RouteKernel, out: &View, ins: &[View], dims: &Dims) -> Result<(), RunError> {
         if let Ok(f) = &k.ffn {
             let mut scratch = self.route_scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-            return unsafe { crate::route::run_ffn(f, k.op.experts, out, ins, &mut scratch) };
+            return unsafe { super::route::run_ffn(f, k.op.experts, out, ins, &mut scratch) };
         }
         let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a route step without its body".into()))?;
         let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();
@@ -415,7 +375,7 @@ impl Executable {
         // kernel where the chunked one applies (to compare them).
         let mode = std::env::var("TESSERA_SCAN").unwrap_or_default();
         if let (Ok(f), false) = (&k.fused, mode == "sequential") {
-            return unsafe { crate::scan::run(f, &k.op, ins, outs, mode != "fused") };
+            return unsafe { super::scan::run(f, &k.op, ins, outs, mode != "fused") };
         }
         let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a scan step without its body".into()))?;
         let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();
@@ -467,7 +427,7 @@ impl Executable {
                     host::copy_strided(out, &ins[0], &out_st);
                 }
                 (Kernel::Broadcast, _) => {
-                    let st = host::broadcast_strides(&ins[0].shape, out.shape.len());
+                    let st = crate::kernel::broadcast_strides(&ins[0].shape, out.shape.len());
                     host::copy_strided(out, &ins[0], &st);
                 }
                 (Kernel::Slice { axis, start, step: by }, _) => {
@@ -577,7 +537,7 @@ unsafe fn elementwise(kernel: &Rows, out: &View, ins: &[View]) {
     let len = out.shape.last().copied().unwrap_or(1);
     let rows = out.len().checked_div(len).unwrap_or(0);
     let osize = out.dtype.size();
-    let st: Vec<Vec<usize>> = ins.iter().map(|x| host::broadcast_strides(&x.shape, r)).collect();
+    let st: Vec<Vec<usize>> = ins.iter().map(|x| crate::kernel::broadcast_strides(&x.shape, r)).collect();
     let steps: Vec<i64> = st.iter().map(|s| s.last().copied().unwrap_or(0) as i64).collect();
     let outer_shape = &out.shape[..r.saturating_sub(1)];
     // Where row `row` of each operand starts (made once, not per row).

@@ -2,10 +2,11 @@
 //! with an online softmax, tiles that the mask analysis proves dead are skipped, and the scores
 //! of one tile are the only ones ever stored.
 
-use crate::host::{broadcast_strides, Shared, View};
-use crate::jit::Rows;
-use crate::tile_gemm::TileProduct;
-use crate::vmath::{exp_neg, lanes, vectorized};
+use super::cranelift::Rows;
+use super::host::{Shared, View};
+use super::tile_gemm::TileProduct;
+use super::vmath::{exp_neg, lanes, vectorized};
+use crate::kernel::broadcast_strides;
 use rayon::prelude::*;
 use tessera_ir::{ScoreFn, TileClass, MASK_THRESHOLD};
 use tessera_runtime::{broadcast_offsets, strides};
@@ -27,7 +28,7 @@ pub struct AttentionStats {
 /// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
 /// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
 /// beyond one tile. The score function runs as a compiled row kernel over each tile row
-/// (`score`, see [`crate::jit::Rows`]).
+/// (`score`, see [`super::cranelift::Rows`]).
 ///
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
@@ -57,7 +58,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
     // Kᵀ of each key tile of each head ([e, n] at the tile's place in K), so that the Q Kᵀ
     // products read keys as short contiguous rows. A few queries (a decode step) read K as it
     // is instead, one dot product per key: transposing the whole K would cost more than they do.
-    let few = s <= crate::gemv::MAX_ROWS;
+    let few = s <= super::gemv::MAX_ROWS;
     let mut k_t = vec![0f32; if few { 0 } else { ks.len() }];
     let (head, tile) = ((t * e).max(1), (TILE_K * e).max(1));
     k_t.par_chunks_mut(head).zip(ks.par_chunks(head)).for_each(|(dst, src)| {
@@ -132,7 +133,7 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
             let alpha = scale_only.map_or(1.0, |c| c as f32);
             if few {
                 let k_rows = ks[(ok[bi] * t + j0) * e..].as_ptr();
-                unsafe { crate::gemv::product(sp.as_mut_ptr(), q_tile.as_ptr(), k_rows, (rows, n, e), true, false) };
+                unsafe { super::gemv::product(sp.as_mut_ptr(), q_tile.as_ptr(), k_rows, (rows, n, e), true, false) };
                 if alpha != 1.0 {
                     sp[..rows * n].iter_mut().for_each(|x| *x *= alpha);
                 }

@@ -389,7 +389,7 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
 /// a residual (its sum would come after the activation), not gated, and for the activations
 /// cuBLASLt has (ReLU, tanh-GELU).
 pub fn fused_in_gemm(k: &Kernel, precision: Precision) -> bool {
-    let has = |act: Option<UnaryOp>| act.is_none_or(|a| crate::gpu::GemmAct::of(a).is_some());
+    let has = |act: Option<UnaryOp>| act.is_none_or(|a| super::exec::GemmAct::of(a).is_some());
     precision == Precision::Bf16
         && match k {
             Kernel::Gemm { bias, act, residual, .. } => !residual && (*bias || act.is_some()) && has(*act),
@@ -713,7 +713,7 @@ fn elementwise(p: &Program, index: usize, step: &Step, f: &ScoreFn, name: &str) 
 /// The `meta` array of an elementwise step: `[n, rank, dims.., strides of each operand..]`
 /// (broadcast strides in elements, 0 along broadcast axes), its dims [`coalesce`]d.
 pub fn elementwise_meta(out: &[usize], ins: &[&[usize]]) -> Vec<i64> {
-    let strides: Vec<Vec<usize>> = ins.iter().map(|x| crate::host::broadcast_strides(x, out.len())).collect();
+    let strides: Vec<Vec<usize>> = ins.iter().map(|x| crate::kernel::broadcast_strides(x, out.len())).collect();
     let (dims, strides) = coalesce(out, &strides);
     let mut m = vec![out.iter().product::<usize>() as i64, dims.len() as i64];
     m.extend(dims.iter().map(|&d| d as i64));
@@ -806,10 +806,10 @@ fn attention_meta(block: usize, out: &[usize], q: &[usize], k: &[usize], v: &[us
     let mut m = vec![threads as i64, s as i64, t as i64, batch.len() as i64];
     m.extend(batch.iter().map(|&d| d as i64));
     for x in [q, k, v] {
-        m.extend(crate::host::broadcast_strides(&x[..x.len() - 2], batch.len()).iter().map(|&d| d as i64));
+        m.extend(crate::kernel::broadcast_strides(&x[..x.len() - 2], batch.len()).iter().map(|&d| d as i64));
     }
     for x in extra {
-        m.extend(crate::host::broadcast_strides(x, r).iter().map(|&d| d as i64));
+        m.extend(crate::kernel::broadcast_strides(x, r).iter().map(|&d| d as i64));
         m.push(x.iter().product::<usize>() as i64);
     }
     m.extend(live_keys(f, s, t));
@@ -1396,7 +1396,7 @@ pub fn meta(
             let st = tessera_runtime::strides(ins[0]);
             strided_meta(out, 0, perm.iter().map(|&p| st[p]).collect())
         }
-        Kernel::Broadcast => strided_meta(out, 0, crate::host::broadcast_strides(ins[0], out.len())),
+        Kernel::Broadcast => strided_meta(out, 0, crate::kernel::broadcast_strides(ins[0], out.len())),
         Kernel::Slice { axis, start, step } => {
             let start = start.eval(dims).ok_or_else(|| format!("unbound dimension in the slice start {start}"))?.max(0);
             let x = ins[0];
