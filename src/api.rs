@@ -9,25 +9,14 @@
 //! # Ok(()) }
 //! ```
 
-use crate::engine::Engine;
 use crate::{hf, render, Frontend};
 use std::collections::HashMap;
 pub use tessera_codegen::cuda::Precision;
+pub use tessera_codegen::Backend;
+use tessera_codegen::Engine;
 use tessera_ir::Graph;
 use tessera_lang::{CheckpointMap, Override};
 use tessera_runtime::{Dims, RunError, Tensor};
-
-/// Which engine runs a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The reference interpreter (slow, the oracle).
-    Interp,
-    /// Kernels compiled with Cranelift (the default).
-    Cpu,
-    /// Generated CUDA kernels and cuBLAS on the GPU of this ordinal (the `cuda` feature and
-    /// an NVIDIA GPU).
-    Cuda(usize),
-}
 
 /// Errors of the API.
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +172,7 @@ impl Model {
         dims: &Dims,
         inputs: &HashMap<String, Tensor>,
         reuse: HashMap<String, Tensor>,
-    ) -> Result<(crate::engine::Outputs, Option<tessera_codegen::RunStats>), Error> {
+    ) -> Result<(tessera_codegen::engine::Outputs, Option<tessera_codegen::RunStats>), Error> {
         tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
         Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?)
     }

@@ -20,9 +20,9 @@
 //! to attend to).
 
 use crate::api::{Error, Model};
-use crate::engine::Engine;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+use tessera_codegen::Engine;
 use tessera_passes::generation::{Generation, PAST};
 use tessera_runtime::{Dims, RunError, Tensor};
 

@@ -14,14 +14,13 @@ pub use tessera_passes as passes;
 pub use tessera_runtime as runtime;
 
 mod api;
-pub mod engine;
 mod generate;
 pub mod hf;
 
 pub use api::{Backend, Compiler, Error, Model, Precision};
-pub use engine::Engine;
 pub use generate::{describe as describe_state, GenerateOptions, Generated, Session};
 pub use tessera_codegen as codegen;
+pub use tessera_codegen::Engine;
 
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use tessera_lang::{CheckpointMap, Diagnostic, Override, SourceMap};

@@ -29,6 +29,8 @@ enum Emit {
     Kernels,
     /// The Cranelift IR of the compiled kernels.
     Clif,
+    /// The LLVM module of the compiled kernels, as emitted and after O3 (feature `llvm`).
+    Llvm,
     /// The CUDA C of the generated GPU kernels.
     Cuda,
     /// The state generation keeps between steps (KV caches, recurrent states), with sizes.
@@ -43,6 +45,8 @@ enum BackendArg {
     Interp,
     /// Compiled CPU kernels (Cranelift).
     Cpu,
+    /// Compiled CPU kernels (LLVM at O3 for this CPU; needs the `llvm` feature).
+    Llvm,
     /// Generated CUDA kernels and cuBLAS on a GPU (`--gpu N`; needs the `cuda` feature).
     Cuda,
 }
@@ -417,7 +421,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Cuda) {
+            if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Llvm | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {
                     out!("{}", tessera::codegen::cuda::dump(&program, dtype.precision()).map_err(Fail::Internal)?);
@@ -444,7 +448,9 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                     }
                     out!("{program}");
                 } else {
-                    let exe = tessera::codegen::Executable::new(program, true).map_err(Fail::Internal)?;
+                    let backend = if emit == Emit::Llvm { tessera::Backend::Llvm } else { tessera::Backend::Cpu };
+                    let codegen = tessera::codegen::engine::cpu_codegen(backend, true).map_err(codegen_fail)?;
+                    let exe = tessera::codegen::Executable::with(program, codegen).map_err(codegen_fail)?;
                     for f in &exe.clif {
                         outln!("{f}");
                     }
@@ -514,6 +520,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let g = tessera::passes::run_pipeline(&g, |_, _| {}).map_err(|e| Fail::Internal(e.to_string()))?;
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
+                BackendArg::Llvm => tessera::Backend::Llvm,
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
@@ -545,6 +552,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
         } => {
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
+                BackendArg::Llvm => tessera::Backend::Llvm,
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
@@ -795,6 +803,14 @@ fn run_fail(e: runtime::RunError) -> Fail {
     match e {
         runtime::RunError::Internal(_) => Fail::Internal(format!("internal error: {e}")),
         _ => Fail::User(format!("error: {e}\n")),
+    }
+}
+
+/// A backend missing from this build is the user's to fix (a feature); anything else is ours.
+fn codegen_fail(e: tessera::codegen::CodegenError) -> Fail {
+    match e {
+        tessera::codegen::CodegenError::NotBuilt { .. } => Fail::User(format!("error: {e}\n")),
+        _ => Fail::Internal(format!("internal error: {e}")),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The CPU backend against the reference interpreter: every stdlib model, the Hugging Face
-//! parity fixtures, and each kernel kind on random odd shapes.
+//! The CPU backends against the reference interpreter: every stdlib model, the Hugging Face
+//! parity fixtures, and each kernel kind on random odd shapes, one set of tests per backend
+//! ([`backend_tests!`]: Cranelift always, LLVM with feature `llvm`).
 
 mod common;
 use common::*;
@@ -9,12 +10,37 @@ fn max_rel(a: &tessera::runtime::Tensor, b: &tessera::runtime::Tensor) -> f64 {
     max_rel_diff(a, b)
 }
 
-#[test]
-fn every_stdlib_model_on_the_cpu_backend_equals_the_interpreter() {
+/// The differential tests of one CPU backend, as a module named `$name`.
+macro_rules! backend_tests {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            #[test]
+            fn every_stdlib_model_equals_the_interpreter() {
+                super::every_stdlib_model_equals_the_interpreter($backend)
+            }
+
+            #[test]
+            fn parity_fixtures_pass() {
+                super::parity_fixtures_pass($backend)
+            }
+
+            #[test]
+            fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
+                super::each_kernel_kind_matches_the_interpreter_on_odd_shapes($backend)
+            }
+        }
+    };
+}
+
+backend_tests!(cranelift, tessera::Backend::Cpu);
+#[cfg(feature = "llvm")]
+backend_tests!(llvm, tessera::Backend::Llvm);
+
+fn every_stdlib_model_equals_the_interpreter(backend: Backend) {
     for (name, ov) in SMALL {
         let path = format!("stdlib/{name}.tsr");
         let c = common::small_compiler(ov);
-        let mut cpu = c.clone().compile_file(&path).expect("compiles");
+        let mut cpu = c.clone().backend(backend).compile_file(&path).expect("compiles");
         let mut interp = c.backend(Backend::Interp).compile_file(&path).expect("compiles");
         cpu.random_weights(3).expect("weights");
         interp.random_weights(3).expect("weights");
@@ -29,12 +55,11 @@ fn every_stdlib_model_on_the_cpu_backend_equals_the_interpreter() {
     }
 }
 
-#[test]
-fn parity_fixtures_pass_on_the_cpu_backend() {
+fn parity_fixtures_pass(backend: Backend) {
     for fx in common::fixtures() {
-        let m = fx.model(tessera::Backend::Cpu, tessera::Precision::F32);
+        let m = fx.model(backend, tessera::Precision::F32);
         for (k, err) in fx.errors(&m.run(&fx.inputs).expect("runs")) {
-            println!("{:<18} {k:<26} max |Δ| = {err:.2e} (cpu)", fx.name);
+            println!("{:<18} {k:<26} max |Δ| = {err:.2e} ({})", fx.name, backend.name());
             assert!(err <= 1e-4, "{}.{k}: {err}", fx.name);
         }
     }
@@ -50,8 +75,7 @@ const SCORE_X4: &str = "input q: [batch, 2, seq, 8]\n input k: [batch, 2, seq, 8
 
 /// Small programs exercising one kernel kind each, at odd sizes (lengths not multiples of
 /// the attention tiles), compared with the interpreter.
-#[test]
-fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
+fn each_kernel_kind_matches_the_interpreter_on_odd_shapes(backend: Backend) {
     let cases: &[(&str, &str)] = &[
         ("elementwise", "input x: [batch, seq, 7]\n output y = where(x > 0.5, gelu(x) * 2.0, tanh(x)) + exp(-x)"),
         ("broadcast elementwise", "input x: [batch, seq, 7]\n input b: [7]\n output y = silu(x - b) / (1.0 + x * x)"),
@@ -86,7 +110,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes() {
     for (seq, batch) in [(4, 2), (5, 1), (37, 2), (70, 1)] {
         for (what, body) in cases {
             let src = format!("import nn\nmodel m() {{\n {body}\n}}\n");
-            let mut cpu = Compiler::new().compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let mut cpu = Compiler::new().backend(backend).compile_str("case.tsr", &src).unwrap_or_else(|e| panic!("{what}: {e}"));
             let mut interp = Compiler::new().backend(Backend::Interp).compile_str("case.tsr", &src).expect("compiles");
             cpu.random_weights(1).expect("weights");
             interp.random_weights(1).expect("weights");

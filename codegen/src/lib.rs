@@ -6,14 +6,20 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod engine;
+mod error;
 mod kernel;
+#[cfg(feature = "llvm")]
+pub mod llvm;
 mod plan;
 mod route;
 mod scan;
 mod scan_chunked;
 mod schedule;
 
-pub use cpu::{Executable, RunStats};
+pub use cpu::{Codegen, Executable, RunStats};
+pub use engine::{Backend, Engine};
+pub use error::CodegenError;
 pub use kernel::{broadcast_strides, BufId, Buffer, Kernel, Program, RouteKernel, ScanKernel, Step, Storage};
 pub use plan::{plan, MemoryPlan};
 pub use route::RoutedFfn;

@@ -7,6 +7,8 @@
 //! reference interpreter does, so results agree with it. Transcendental functions call into
 //! the same Rust code the interpreter uses.
 
+use super::codegen::{tsr_binary, tsr_gather, tsr_unary, Sym};
+use crate::error::CodegenError;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
 use cranelift_codegen::settings::{self, Configurable};
@@ -82,27 +84,6 @@ impl Rows {
     }
 }
 
-extern "C" fn tsr_unary(code: i64, x: f64) -> f64 {
-    UNARY_OPS.get(code as usize).map_or(f64::NAN, |(u, _)| u.eval(x))
-}
-
-extern "C" fn tsr_binary(code: i64, a: f64, b: f64, int: i64) -> f64 {
-    BINARY_OPS.get(code as usize).map_or(f64::NAN, |(o, _)| o.eval(a, b, int != 0))
-}
-
-/// Element `idx` of table `t`, or NaN out of range.
-///
-/// # Safety
-/// `tables` and `lens` hold at least `t + 1` entries, each table at least its length.
-unsafe extern "C" fn tsr_gather(tables: *const *const f32, lens: *const i64, t: i64, idx: f64) -> f64 {
-    let (table, len) = unsafe { (*tables.add(t as usize), *lens.add(t as usize)) };
-    let i = idx as i64;
-    if i < 0 || i >= len {
-        return f64::NAN;
-    }
-    f64::from(unsafe { *table.add(i as usize) })
-}
-
 /// A JIT module with the kernels compiled into it.
 pub struct Jit {
     module: JITModule,
@@ -115,10 +96,12 @@ pub struct Jit {
     /// The Cranelift IR of every function compiled, when `keep_clif` is set.
     pub clif: Vec<String>,
     keep_clif: bool,
+    /// The functions declared through [`super::codegen::Codegen`], by [`Sym`].
+    ids: Vec<FuncId>,
 }
 
 fn err(e: impl std::fmt::Display) -> String {
-    format!("cranelift: {e}")
+    e.to_string()
 }
 
 impl Jit {
@@ -161,6 +144,7 @@ impl Jit {
             has_fma,
             clif: Vec::new(),
             keep_clif,
+            ids: Vec::new(),
         })
     }
 
@@ -460,7 +444,7 @@ impl Jit {
         if self.keep_clif {
             self.clif.push(format!("; {name}\n{}", self.ctx.func.display()));
         }
-        self.module.define_function(id, &mut self.ctx).map_err(|e| format!("cranelift: {e:?}"))?;
+        self.module.define_function(id, &mut self.ctx).map_err(|e| format!("{e:?}"))?;
         self.module.clear_context(&mut self.ctx);
         self.count += 1;
         Ok(id)
@@ -615,4 +599,44 @@ fn emit(
         vals.push(x);
     }
     vals.last().copied().ok_or_else(|| "empty scalar program".to_string())
+}
+
+impl super::codegen::Codegen for Jit {
+    fn name(&self) -> &'static str {
+        "cranelift"
+    }
+
+    fn rows(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Option<&[i64]>) -> Result<(Sym, Option<Sym>), CodegenError> {
+        let simd = match steps {
+            Some(st) => self.row_simd(f, leaf_types, out, st).map_err(CodegenError::Cranelift)?,
+            None => None,
+        };
+        let scalar = self.row(f, leaf_types, out).map_err(CodegenError::Cranelift)?;
+        self.ids.push(scalar);
+        let s = self.ids.len() - 1;
+        Ok((
+            s,
+            simd.map(|v| {
+                self.ids.push(v);
+                self.ids.len() - 1
+            }),
+        ))
+    }
+
+    fn finish(&mut self) -> Result<(), CodegenError> {
+        self.finalize().map_err(CodegenError::Cranelift)
+    }
+
+    fn address(&self, s: Sym) -> Result<*const u8, CodegenError> {
+        let id = self.ids.get(s).ok_or_else(|| CodegenError::Internal(format!("no kernel {s}")))?;
+        Ok(self.module.get_finalized_function(*id))
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        self.clif.clone()
+    }
+
+    fn fresh(&self) -> Result<Box<dyn super::codegen::Codegen>, CodegenError> {
+        Ok(Box::new(Jit::new(self.keep_clif).map_err(CodegenError::Cranelift)?))
+    }
 }

@@ -2,9 +2,11 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::cranelift::{Jit, Rows};
+use super::codegen::{Codegen, NormFn, SoftmaxFn, Sym};
+use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
+use crate::error::CodegenError;
 use crate::kernel::{BufId, Kernel, Program, Storage};
 use crate::plan::plan;
 use std::collections::HashMap;
@@ -42,10 +44,10 @@ pub struct Executable {
     /// Scratch buffers of grouped routes, kept between calls.
     route_scratch: std::sync::Mutex<super::route::Scratch>,
     /// The compiled row kernel of each step (elementwise and attention steps).
-    natives: Vec<Option<Rows>>,
+    natives: Vec<Option<Native>>,
     /// The compiled body of each scan or route step.
     bodies: Vec<Option<Executable>>,
-    _jit: Jit,
+    _jit: Box<dyn Codegen>,
     /// Cranelift IR of the compiled kernels (when asked for).
     pub clif: Vec<String>,
 }
@@ -103,44 +105,85 @@ unsafe fn to_tensor_into(v: &View, old: Option<Tensor>) -> Tensor {
     }
 }
 
+/// A kernel compiled by the code generator, for one step.
+enum Native {
+    /// Elementwise chains and attention score rows.
+    Rows(Rows),
+    /// A norm over the last axis.
+    Norm(NormFn),
+    /// A softmax over the last axis.
+    Softmax(SoftmaxFn),
+}
+
 impl Executable {
-    /// Compiles the elementwise kernels and score functions of `program`.
-    pub fn new(program: Program, keep_clif: bool) -> Result<Executable, String> {
-        let mut jit = Jit::new(keep_clif)?;
+    /// Compiles `program` with Cranelift, keeping its IR text where `keep_clif` says.
+    pub fn new(program: Program, keep_clif: bool) -> Result<Executable, CodegenError> {
+        Executable::with(program, Box::new(Jit::new(keep_clif).map_err(CodegenError::Cranelift)?))
+    }
+
+    /// Compiles the kernels of `program` that `codegen` compiles (elementwise chains, score
+    /// functions, and where it has them norms and softmax); the executor runs the others.
+    pub fn with(program: Program, mut jit: Box<dyn Codegen>) -> Result<Executable, CodegenError> {
+        enum Declared {
+            Rows(Sym, Option<(Sym, Vec<i64>)>),
+            Norm(Sym),
+            Softmax(Sym),
+        }
         let mut ids = Vec::new();
         for s in &program.steps {
+            let last_axis = |b: BufId| program.buffers[b].ty.shape.len().saturating_sub(1);
             let (f, leaf_types, out_ty, along) = match &s.kernel {
                 Kernel::Elementwise(f) => (f, &s.ins[..], program.buffers[s.out].ty.dtype, program.buffers[s.out].ty.shape.last()),
                 // Score rows run along the keys.
                 Kernel::Attention(f) => (&**f, &s.ins[3..], DType::F32, program.buffers[s.ins[1]].ty.shape.iter().rev().nth(1)),
+                Kernel::Norm { kind, eps } => {
+                    let (w, b) = (s.ins.len() > 1, s.ins.len() > 2);
+                    ids.push(jit.norm(*kind, *eps, w, b)?.map(Declared::Norm));
+                    continue;
+                }
+                Kernel::Softmax { axis } if *axis == last_axis(s.out) && program.buffers[s.out].ty.dtype == DType::F32 => {
+                    ids.push(jit.softmax()?.map(Declared::Softmax));
+                    continue;
+                }
                 _ => {
                     ids.push(None);
                     continue;
                 }
             };
             let types: Vec<DType> = leaf_types.iter().map(|&b| program.buffers[b].ty.dtype).collect();
-            let simd = match along.and_then(|d| static_steps(&program, leaf_types, d)) {
-                Some(steps) => jit.row_simd(f, &types, out_ty, &steps)?.map(|id| (id, steps)),
-                None => None,
-            };
-            ids.push(Some((jit.row(f, &types, out_ty)?, simd)));
+            let steps = along.and_then(|d| static_steps(&program, leaf_types, d));
+            let (scalar, simd) = jit.rows(f, &types, out_ty, steps.as_deref())?;
+            ids.push(Some(Declared::Rows(scalar, simd.zip(steps))));
         }
-        jit.finalize()?;
-        let natives = ids
-            .into_iter()
-            .map(|id| id.map(|(id, simd)| Rows { scalar: jit.row_fn(id), simd: simd.map(|(v, st)| (jit.row_fn(v), st)) }))
-            .collect();
-        let mut clif = std::mem::take(&mut jit.clif);
+        jit.finish()?;
+        let fn_at = |s: Sym| jit.address(s);
+        let mut natives = Vec::with_capacity(ids.len());
+        for id in ids {
+            // SAFETY: each address is of a kernel declared with the matching ABI.
+            natives.push(match id {
+                None => None,
+                Some(Declared::Rows(scalar, simd)) => Some(Native::Rows(Rows {
+                    scalar: unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(scalar)?) },
+                    simd: match simd {
+                        Some((v, st)) => Some((unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(v)?) }, st)),
+                        None => None,
+                    },
+                })),
+                Some(Declared::Norm(n)) => Some(Native::Norm(unsafe { std::mem::transmute::<*const u8, NormFn>(fn_at(n)?) })),
+                Some(Declared::Softmax(n)) => Some(Native::Softmax(unsafe { std::mem::transmute::<*const u8, SoftmaxFn>(fn_at(n)?) })),
+            });
+        }
+        let mut clif = jit.dumps();
         let mut bodies = Vec::with_capacity(program.steps.len());
         for s in &program.steps {
             bodies.push(match &s.kernel {
                 Kernel::Scan(k) => {
-                    let body = Executable::new(k.body.clone(), keep_clif)?;
+                    let body = Executable::with(k.body.clone(), jit.fresh()?)?;
                     clif.extend(body.clif.iter().cloned());
                     Some(body)
                 }
                 Kernel::Route(k) if k.ffn.is_err() => {
-                    let body = Executable::new(k.body.clone(), keep_clif)?;
+                    let body = Executable::with(k.body.clone(), jit.fresh()?)?;
                     clif.extend(body.clif.iter().cloned());
                     Some(body)
                 }
@@ -402,7 +445,7 @@ impl Executable {
         let step = &self.program.steps[s];
         unsafe {
             match (&step.kernel, &self.natives[s]) {
-                (Kernel::Elementwise(_), Some(rows)) => elementwise(rows, out, ins),
+                (Kernel::Elementwise(_), Some(Native::Rows(rows))) => elementwise(rows, out, ins),
                 (Kernel::Gemm { trans_b, bias, act, residual }, _) => {
                     host::matmul(out, &ins[0], &ins[1], *trans_b);
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
@@ -411,9 +454,17 @@ impl Executable {
                     let mut scratch = self.scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
                     ffn(out, ins, *gated, *act, *bias, &mut scratch)
                 }
+                (Kernel::Norm { .. }, Some(Native::Norm(f))) => {
+                    // Addresses (not pointers) cross into the threads.
+                    let (w, b) = (ins.get(1).map_or(0, |w| w.ptr as usize), ins.get(2).map_or(0, |b| b.ptr as usize));
+                    host::rows_in_parallel(out, &ins[0], |y, x, rows, d| f(y, x, w as *const f32, b as *const f32, rows, d))
+                }
+                (Kernel::Softmax { .. }, Some(Native::Softmax(f))) => {
+                    host::rows_in_parallel(out, &ins[0], |y, x, rows, n| f(y, x, rows, n))
+                }
                 (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Attention(f), Some(score)) => {
+                (Kernel::Attention(f), Some(Native::Rows(score))) => {
                     let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;

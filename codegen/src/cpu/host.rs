@@ -292,6 +292,24 @@ pub unsafe fn norm(out: &View, x: &View, kind: NormKind, eps: f64, w: Option<&Vi
     });
 }
 
+/// Runs a compiled row kernel `f(out, x, rows, d)` over the rows (the last axis) of `x`, in
+/// parallel blocks of rows.
+///
+/// # Safety
+/// f32 views of the same shape; `f` reads and writes `rows` rows of `d` from its pointers.
+pub unsafe fn rows_in_parallel(out: &View, x: &View, f: impl Fn(*mut f32, *const f32, i64, i64) + Sync) {
+    let d = x.shape.last().copied().unwrap_or(1);
+    let rows = x.len().checked_div(d).unwrap_or(0);
+    // Blocks of at least 32 KiB, at most four per thread.
+    let per = (32 * 1024 / (4 * d.max(1))).max(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
+    let (o, xs) = (Shared(out.ptr), Shared(x.ptr));
+    (0..rows.div_ceil(per)).into_par_iter().for_each(|blk| {
+        let (r0, r1) = (blk * per, ((blk + 1) * per).min(rows));
+        // SAFETY: block `blk` covers rows r0..r1, inside both views; blocks are disjoint.
+        unsafe { f((o.ptr() as *mut f32).add(r0 * d), (xs.ptr() as *const f32).add(r0 * d), (r1 - r0) as i64, d as i64) }
+    });
+}
+
 /// Stable softmax along `axis`.
 ///
 /// # Safety

@@ -4,6 +4,7 @@
 //! kernel, the fused and chunked scan kernels, the grouped route kernel, threads from rayon.
 
 pub mod attention;
+pub mod codegen;
 pub mod cranelift;
 mod exec;
 mod fourier;
@@ -15,4 +16,5 @@ mod scan_chunked;
 mod tile_gemm;
 mod vmath;
 
+pub use codegen::Codegen;
 pub use exec::{Executable, RunStats};

@@ -1,21 +1,65 @@
-//! What runs an optimised graph: the interpreter, the compiled CPU kernels, or (feature
-//! `cuda`) the generated CUDA kernels on a GPU. Shared by [`crate::Model`] and the CLI.
+//! What runs an optimised graph: the interpreter, the compiled CPU kernels (Cranelift, or
+//! with feature `llvm` LLVM), or (feature `cuda`) the generated CUDA kernels on a GPU. The
+//! one dispatch over the backends, shared by the facade's `Model` and the CLI.
 
-use crate::api::Backend;
+use crate::cuda::Precision;
+use crate::{CodegenError, Executable, RunStats};
 use std::collections::HashMap;
-use tessera_codegen::cuda::Precision;
-use tessera_codegen::{Executable, RunStats};
 use tessera_ir::Graph;
 use tessera_runtime::{Dims, RunError, Tensor};
 
 /// Named output tensors, in the model's order.
 pub type Outputs = Vec<(String, Tensor)>;
 
+/// Which engine runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The reference interpreter (slow, the oracle).
+    Interp,
+    /// CPU kernels compiled with Cranelift (the default).
+    Cpu,
+    /// CPU kernels compiled with LLVM at O3 for the host CPU (feature `llvm`).
+    Llvm,
+    /// Generated CUDA kernels and cuBLAS on the GPU of this ordinal (the `cuda` feature and
+    /// an NVIDIA GPU).
+    Cuda(usize),
+}
+
+impl Backend {
+    /// The backend's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Interp => "interp",
+            Backend::Cpu => "cpu",
+            Backend::Llvm => "llvm",
+            Backend::Cuda(_) => "cuda",
+        }
+    }
+}
+
+/// The CPU code generator of `backend`, keeping its IR text where `keep_ir` says.
+pub fn cpu_codegen(backend: Backend, keep_ir: bool) -> Result<Box<dyn crate::Codegen>, CodegenError> {
+    match backend {
+        #[cfg(feature = "llvm")]
+        Backend::Llvm => Ok(Box::new(crate::llvm::Llvm::new(keep_ir)?)),
+        #[cfg(not(feature = "llvm"))]
+        Backend::Llvm => Err(CodegenError::NotBuilt { backend: "llvm", feature: "llvm" }),
+        _ => Ok(Box::new(crate::cpu::cranelift::Jit::new(keep_ir).map_err(CodegenError::Cranelift)?)),
+    }
+}
+
+fn run_error(e: CodegenError) -> RunError {
+    match e {
+        CodegenError::NotBuilt { .. } => RunError::Device(e.to_string()),
+        e => RunError::Internal(e.to_string()),
+    }
+}
+
 /// A compiled graph, ready to run.
 pub enum Engine {
     /// The reference interpreter over the graph.
     Interp,
-    /// Cranelift-compiled CPU kernels.
+    /// Compiled CPU kernels (Cranelift or LLVM).
     Cpu(Box<Executable>),
     /// Generated CUDA kernels and cuBLAS on a GPU.
     #[cfg(feature = "cuda")]
@@ -25,14 +69,12 @@ pub enum Engine {
 /// A program lowered to CUDA with the device that runs it.
 #[cfg(feature = "cuda")]
 pub struct Gpu {
-    program: tessera_codegen::Program,
-    kernels: Vec<tessera_codegen::cuda::CudaKernel>,
+    program: crate::Program,
+    kernels: Vec<crate::cuda::CudaKernel>,
     precision: Precision,
-    device: tessera_codegen::cuda::device::CudaDevice,
+    device: crate::cuda::device::CudaDevice,
     /// Parameters and intermediate memory kept on the GPU between runs.
-    resident: std::sync::Mutex<
-        tessera_codegen::cuda::exec::Resident<<tessera_codegen::cuda::device::CudaDevice as tessera_codegen::cuda::exec::Device>::Buf>,
-    >,
+    resident: std::sync::Mutex<crate::cuda::exec::Resident<<crate::cuda::device::CudaDevice as crate::cuda::exec::Device>::Buf>>,
 }
 
 impl Engine {
@@ -47,8 +89,9 @@ impl Engine {
         }
         match backend {
             Backend::Interp => Ok(Engine::Interp),
-            Backend::Cpu => {
-                Ok(Engine::Cpu(Box::new(Executable::new(tessera_codegen::schedule(g), keep_clif).map_err(RunError::Internal)?)))
+            Backend::Cpu | Backend::Llvm => {
+                let codegen = cpu_codegen(backend, keep_clif).map_err(run_error)?;
+                Ok(Engine::Cpu(Box::new(Executable::with(crate::schedule(g), codegen).map_err(run_error)?)))
             }
             Backend::Cuda(gpu) => cuda(g, gpu, precision),
         }
@@ -84,7 +127,7 @@ impl Engine {
     }
 
     /// The kernel program, for the compiled backends.
-    pub fn program(&self) -> Option<&tessera_codegen::Program> {
+    pub fn program(&self) -> Option<&crate::Program> {
         match self {
             Engine::Interp => None,
             Engine::Cpu(e) => Some(&e.program),
@@ -93,7 +136,7 @@ impl Engine {
         }
     }
 
-    /// The Cranelift IR of the CPU kernels, when kept.
+    /// The IR of the CPU kernels (Cranelift's or LLVM's), when kept.
     pub fn clif(&self) -> &[String] {
         match self {
             Engine::Cpu(e) => &e.clif,
@@ -129,17 +172,9 @@ impl Engine {
             #[cfg(feature = "cuda")]
             Engine::Cuda(gpu) => {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                let (out, stats) = tessera_codegen::cuda::exec::run(
-                    &gpu.program,
-                    &gpu.kernels,
-                    gpu.precision,
-                    &gpu.device,
-                    inputs,
-                    params,
-                    &mut resident,
-                    dims,
-                )
-                .map_err(RunError::Device)?;
+                let (out, stats) =
+                    crate::cuda::exec::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
+                        .map_err(RunError::Device)?;
                 Ok((out, Some(RunStats { device_seconds: Some(stats.seconds), arena_bytes: stats.memory_bytes, ..RunStats::default() })))
             }
         }
@@ -148,11 +183,11 @@ impl Engine {
 
 #[cfg(feature = "cuda")]
 fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError> {
-    use tessera_codegen::cuda;
-    let program = tessera_codegen::schedule(g);
+    use crate::cuda;
+    let program = crate::schedule(g);
     let kernels = cuda::lower(&program, precision).map_err(RunError::Internal)?;
     let source = cuda::source(&program, &kernels, precision);
-    let device = tessera_codegen::cuda::device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
+    let device = crate::cuda::device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }
 

@@ -1,0 +1,79 @@
+//! What the CPU executor asks of a code generator: the kernels it runs as native code. Each
+//! backend that targets the host CPU (Cranelift in [`super::cranelift`], LLVM in
+//! `crate::llvm`) implements [`Codegen`]; the executor runs every other kernel itself.
+//!
+//! Compilation is two-phase: kernels are declared (each returns a [`Sym`]), then [`Codegen::finish`]
+//! compiles them all at once (one LLVM module, optimised as a whole), then [`Codegen::address`]
+//! gives each one's entry point. The code lives as long as the code generator.
+
+use crate::error::CodegenError;
+use tessera_ir::{DType, NormKind, ScoreFn, BINARY_OPS, UNARY_OPS};
+
+/// A kernel declared to a [`Codegen`].
+pub type Sym = usize;
+
+/// A row kernel of a norm: `(out, x, weight, bias, rows, d)`, f32, rows of `d` contiguous
+/// elements; `weight` and `bias` (`d` elements) are read only when the kernel was declared
+/// with them.
+pub type NormFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32, *const f32, i64, i64);
+
+/// A softmax over rows: `(out, x, rows, n)`, f32, rows of `n` contiguous elements.
+pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
+
+/// A code generator for the CPU executor.
+pub trait Codegen: Send {
+    /// The backend's name (`cranelift`, `llvm`).
+    fn name(&self) -> &'static str;
+
+    /// Declares the row kernel of a scalar program ([`super::cranelift::RowFn`]'s ABI): one for
+    /// operands at any steps and, where the backend has a faster one, one for operands that
+    /// advance by `steps` (0 or 1 each), with the steps it assumes.
+    fn rows(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Option<&[i64]>) -> Result<(Sym, Option<Sym>), CodegenError>;
+
+    /// Declares a norm kernel ([`NormFn`]) where the backend compiles one; `None` leaves the
+    /// norm to the executor's own kernel.
+    fn norm(&mut self, _kind: NormKind, _eps: f64, _weight: bool, _bias: bool) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Declares a softmax kernel ([`SoftmaxFn`]) where the backend compiles one.
+    fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Compiles everything declared.
+    fn finish(&mut self) -> Result<(), CodegenError>;
+
+    /// The entry point of a declared kernel, after [`Codegen::finish`].
+    fn address(&self, s: Sym) -> Result<*const u8, CodegenError>;
+
+    /// The backend's IR of what it compiled, where it was asked to keep it.
+    fn dumps(&self) -> Vec<String>;
+
+    /// A new code generator of the same kind and options (for scan and route bodies).
+    fn fresh(&self) -> Result<Box<dyn Codegen>, CodegenError>;
+}
+
+/// The interpreter's definition of unary op number `code` (of [`UNARY_OPS`]), for compiled
+/// code that has no inline form of it.
+pub extern "C" fn tsr_unary(code: i64, x: f64) -> f64 {
+    UNARY_OPS.get(code as usize).map_or(f64::NAN, |(u, _)| u.eval(x))
+}
+
+/// The interpreter's definition of binary op number `code` (of [`BINARY_OPS`]).
+pub extern "C" fn tsr_binary(code: i64, a: f64, b: f64, int: i64) -> f64 {
+    BINARY_OPS.get(code as usize).map_or(f64::NAN, |(o, _)| o.eval(a, b, int != 0))
+}
+
+/// Element `idx` of table `t`, or NaN out of range.
+///
+/// # Safety
+/// `tables` and `lens` hold at least `t + 1` entries, each table at least its length.
+pub unsafe extern "C" fn tsr_gather(tables: *const *const f32, lens: *const i64, t: i64, idx: f64) -> f64 {
+    let (table, len) = unsafe { (*tables.add(t as usize), *lens.add(t as usize)) };
+    let i = idx as i64;
+    if i < 0 || i >= len {
+        return f64::NAN;
+    }
+    f64::from(unsafe { *table.add(i as usize) })
+}

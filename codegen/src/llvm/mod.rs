@@ -1,0 +1,200 @@
+//! The LLVM backend (feature `llvm`): the CPU executor's kernels as one LLVM module, written
+//! as IR text ([`emit`]), optimised by LLVM's O3 pipeline for the host CPU (its name and
+//! features, so AVX2 or AVX-512 where present) and compiled by MCJIT. It compiles what the
+//! Cranelift backend compiles (elementwise chains and attention score functions, as whole
+//! vectorized row loops) and also the row kernels Cranelift leaves to Rust: norms and softmax.
+//! Everything else (GEMMs, the attention and scan kernels' loops) is the CPU executor's.
+//!
+//! Identical kernels (one per layer) are emitted once.
+
+mod emit;
+
+use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym};
+use crate::error::CodegenError;
+use inkwell::context::Context;
+use inkwell::execution_engine::ExecutionEngine;
+use inkwell::memory_buffer::MemoryBuffer;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
+use inkwell::OptimizationLevel;
+use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use tessera_ir::{DType, NormKind, ScoreFn};
+
+/// The placeholder for a kernel's name while its text is compared with the others.
+const NAME: &str = "__kernel__";
+
+/// Kernels declared, then compiled as one module.
+pub struct Llvm {
+    keep_ir: bool,
+    /// Each distinct kernel's text (named).
+    functions: Vec<String>,
+    /// The function name of each [`Sym`].
+    names: Vec<String>,
+    /// Kernels by their text with the placeholder name: identical kernels share one function.
+    seen: HashMap<String, Sym>,
+    compiled: Option<Compiled>,
+    /// The module before and after optimisation, when kept.
+    dumps: Vec<String>,
+    /// Seconds spent in [`Codegen::finish`] (parsing, optimising, compiling).
+    pub compile_seconds: f64,
+}
+
+/// Compiled code and what keeps it alive: the execution engine owns the module, which borrows
+/// the context; both are freed together, the engine first.
+struct Compiled {
+    engine: ManuallyDrop<ExecutionEngine<'static>>,
+    context: *mut Context,
+    addresses: Vec<usize>,
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        // SAFETY: the engine borrows `context`, which `Llvm::finish` leaked from a box; the engine
+        // goes first, then the context, and nothing else refers to either.
+        unsafe {
+            ManuallyDrop::drop(&mut self.engine);
+            drop(Box::from_raw(self.context));
+        }
+    }
+}
+
+// SAFETY: the engine and its context are used only by `Llvm::finish`, on one thread; afterwards
+// they are only kept alive (the code is called through the addresses taken then).
+unsafe impl Send for Compiled {}
+
+fn err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError::Llvm(e.to_string())
+}
+
+impl Llvm {
+    /// A code generator for the host CPU; `keep_ir` keeps the module's text before and after
+    /// optimisation.
+    pub fn new(keep_ir: bool) -> Result<Llvm, CodegenError> {
+        Target::initialize_native(&InitializationConfig::default()).map_err(err)?;
+        Ok(Llvm {
+            keep_ir,
+            functions: Vec::new(),
+            names: Vec::new(),
+            seen: HashMap::new(),
+            compiled: None,
+            dumps: Vec::new(),
+            compile_seconds: 0.0,
+        })
+    }
+
+    /// Declares the kernel whose text (named [`NAME`]) is `text`, or finds its twin.
+    fn declare(&mut self, text: String) -> Sym {
+        if let Some(&s) = self.seen.get(&text) {
+            return s;
+        }
+        let name = format!("k{}", self.functions.len());
+        self.functions.push(text.replace(NAME, &name));
+        self.names.push(name);
+        let s = self.names.len() - 1;
+        self.seen.insert(text, s);
+        s
+    }
+
+    /// The whole module's text.
+    fn module_text(&self, cpu: &str, features: &str) -> String {
+        let mut s = emit::prelude(cpu, features);
+        for f in &self.functions {
+            s.push('\n');
+            s.push_str(f);
+        }
+        s
+    }
+}
+
+impl Codegen for Llvm {
+    fn name(&self) -> &'static str {
+        "llvm"
+    }
+
+    fn rows(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Option<&[i64]>) -> Result<(Sym, Option<Sym>), CodegenError> {
+        let any = emit::row(NAME, f, leaf_types, out, None).map_err(CodegenError::Internal)?;
+        let any = self.declare(any);
+        let fixed = match steps {
+            Some(st) => Some(self.declare(emit::row(NAME, f, leaf_types, out, Some(st)).map_err(CodegenError::Internal)?)),
+            None => None,
+        };
+        Ok((any, fixed))
+    }
+
+    fn norm(&mut self, kind: NormKind, eps: f64, weight: bool, bias: bool) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.declare(emit::norm(NAME, kind, eps, weight, bias))))
+    }
+
+    fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.declare(emit::softmax(NAME))))
+    }
+
+    fn finish(&mut self) -> Result<(), CodegenError> {
+        let t0 = std::time::Instant::now();
+        let cpu = TargetMachine::get_host_cpu_name().to_string();
+        let features = TargetMachine::get_host_cpu_features().to_string();
+        let text = self.module_text(&cpu, &features);
+        let triple = TargetMachine::get_default_triple();
+        let target = Target::from_triple(&triple).map_err(err)?;
+        let tm = target
+            .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
+            .ok_or_else(|| err(format!("no target machine for {cpu} ({})", triple)))?;
+        let context: *mut Context = Box::into_raw(Box::new(Context::create()));
+        // SAFETY: `context` lives until `Compiled` drops it, after the engine; on the error paths
+        // below it is freed after everything made from it.
+        let ctx: &'static Context = unsafe { &*context };
+        let made = (|| {
+            let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tessera");
+            let module = ctx.create_module_from_ir(buf).map_err(|e| err(format!("{e}\n{text}")))?;
+            module.verify().map_err(err)?;
+            module.set_triple(&triple);
+            module.set_data_layout(&tm.get_target_data().get_data_layout());
+            if self.keep_ir {
+                self.dumps.push(format!("; the module as emitted\n{}", module.print_to_string().to_string_lossy()));
+            }
+            module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(err)?;
+            if self.keep_ir {
+                self.dumps.push(format!("; the module after O3 for {cpu}\n{}", module.print_to_string().to_string_lossy()));
+            }
+            let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(err)?;
+            for (name, addr) in [
+                ("tsr_unary", tsr_unary as *const () as usize),
+                ("tsr_binary", tsr_binary as *const () as usize),
+                ("tsr_gather", tsr_gather as *const () as usize),
+            ] {
+                if let Some(f) = module.get_function(name) {
+                    engine.add_global_mapping(&f, addr);
+                }
+            }
+            let addresses = self.names.iter().map(|n| engine.get_function_address(n).map_err(err)).collect::<Result<Vec<_>, _>>()?;
+            drop(module);
+            Ok::<_, CodegenError>((engine, addresses))
+        })();
+        match made {
+            Ok((engine, addresses)) => {
+                self.compiled = Some(Compiled { engine: ManuallyDrop::new(engine), context, addresses });
+                self.compile_seconds = t0.elapsed().as_secs_f64();
+                Ok(())
+            }
+            Err(e) => {
+                // SAFETY: everything made from the context has been dropped.
+                drop(unsafe { Box::from_raw(context) });
+                Err(e)
+            }
+        }
+    }
+
+    fn address(&self, s: Sym) -> Result<*const u8, CodegenError> {
+        let c = self.compiled.as_ref().ok_or_else(|| CodegenError::Internal("llvm: a kernel asked for before finish".into()))?;
+        c.addresses.get(s).map(|&a| a as *const u8).ok_or_else(|| CodegenError::Internal(format!("llvm: no kernel {s}")))
+    }
+
+    fn dumps(&self) -> Vec<String> {
+        self.dumps.clone()
+    }
+
+    fn fresh(&self) -> Result<Box<dyn Codegen>, CodegenError> {
+        Ok(Box::new(Llvm::new(self.keep_ir)?))
+    }
+}
