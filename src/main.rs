@@ -961,7 +961,7 @@ fn run(
     if repeat > 1 {
         times.push(stats_ms);
         times.sort_by(f64::total_cmp);
-        outln!("median of {repeat} runs: {:.1} ms", times[times.len() / 2]);
+        outln!("median of {repeat} runs: {:.3} ms", times[times.len() / 2]);
     }
     for (name, t) in &outputs {
         outln!("{name}: {}", summary(t));

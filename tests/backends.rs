@@ -1,0 +1,83 @@
+//! The optional backends from the command line: what `--emit llvm` shows, that `--backend llvm`
+//! runs a model to the same outputs as Cranelift, and that a build without the feature says
+//! how to get it (exit 1) instead of failing obscurely. The differential tests of each backend
+//! are in `tests/cpu.rs`.
+
+use std::process::{Command, Output};
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera")).args(args).output().expect("runs")
+}
+
+/// A model of row kernels: a chain with a SiLU, a layer norm and a softmax.
+const ROWS: &str = "import nn
+model case() {
+  input x: [batch, seq, 7]
+  input b: [7]
+  output y = silu(x - b) / (1.0 + x * x) + nn.layer_norm(x) + softmax(x, -1)
+}
+";
+
+fn rows_file(tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("tessera-backends-{tag}-{}.tsr", std::process::id()));
+    std::fs::write(&path, ROWS).expect("writes");
+    path
+}
+
+#[cfg(not(feature = "llvm"))]
+#[test]
+fn a_backend_missing_from_the_build_is_an_error_that_names_the_feature() {
+    for args in [&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--backend", "llvm"][..], &["ir", "stdlib/gpt2.tsr", "--emit", "llvm"]] {
+        let out = tessera(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("the llvm backend is not in this build: rebuild with `--features llvm`"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[cfg(feature = "llvm")]
+#[test]
+fn emit_llvm_shows_the_module_as_emitted_and_vectorized_after_o3() {
+    let path = rows_file("emit");
+    let out = tessera(&["ir", path.to_str().unwrap_or_default(), "--emit", "llvm"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (before, after) = text.split_once("; the module after O3").expect("both modules");
+    assert!(before.starts_with("; the module as emitted"), "{before}");
+    // The chain, the norm and the softmax: three kernels, scalar loops as emitted.
+    for kernel in ["define void @k0(", "define void @k1(", "define void @k2("] {
+        assert!(before.contains(kernel) && after.contains(kernel), "{kernel}");
+    }
+    assert!(!before.contains("x float>"), "emitted as scalar loops");
+    // Vectorized by LLVM (8 or 16 lanes, as the host has AVX2 or AVX-512), the exponential
+    // inline: no call left in the loops but the declarations.
+    assert!(after.contains("<8 x float>") || after.contains("<16 x float>"), "{after}");
+    assert!(!after.contains("call float @tsr_expf"), "tsr_expf inlined");
+    std::fs::remove_file(path).ok();
+}
+
+#[cfg(feature = "llvm")]
+#[test]
+fn run_on_llvm_gives_the_outputs_of_cranelift() {
+    let dir = std::env::temp_dir();
+    let outs: Vec<std::path::PathBuf> = ["cpu", "llvm"].iter().map(|b| dir.join(format!("tessera-{b}-{}.safetensors", std::process::id()))).collect();
+    for (backend, out) in ["cpu", "llvm"].iter().zip(&outs) {
+        let o = tessera(&["run", "stdlib/gpt2.tsr", "-D", "layers=2", "--backend", backend, "--out", out.to_str().unwrap_or_default()]);
+        assert!(o.status.success(), "{backend}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let read = |p: &std::path::Path| {
+        let bytes = std::fs::read(p).expect("reads");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let t = st.tensor("logits").expect("logits");
+        t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+    };
+    let (a, b) = (read(&outs[0]), read(&outs[1]));
+    assert_eq!(a.len(), b.len());
+    let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 1e-4 * scale.max(1.0), "max |Δ| {worst} of {scale}");
+    for p in outs {
+        std::fs::remove_file(p).ok();
+    }
+}
