@@ -138,7 +138,9 @@ fn exact_elementwise_chains_are_vectorized() {
     assert_eq!(m.clif().iter().any(|f| f.contains("fma")), std::arch::is_x86_feature_detected!("fma"), "{:#?}", m.clif());
     let src = format!("model m() {{\n {SCORE_X4}\n}}\n");
     let m = Compiler::new().keep_clif(true).compile_str("a.tsr", &src).expect("compiles");
-    assert!(m.program().is_some_and(|p| p.steps.iter().any(|s| matches!(s.kernel, tessera::codegen::Kernel::Attention(_)))));
+    assert!(m
+        .program()
+        .is_some_and(|p| p.steps.iter().any(|s| matches!(s.kernel, tessera::codegen::Kernel::Op(tessera_ir::Op::Attention(_))))));
     assert!(m.clif().iter().any(|f| f.contains("f32x4") && f.contains("fcmp")), "the score function has an f32x4 form");
     let src = "model m() {\n input x: [batch, 7]\n output y = exp(x)\n}\n";
     let m = Compiler::new().keep_clif(true).compile_str("s.tsr", src).expect("compiles");

@@ -47,7 +47,7 @@ fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
             let main = kernels.iter().filter(|k| k.step == i && k.role == cuda::Role::Main).count();
             // GEMMs run on cuBLAS; a route launches its gather, activation and sum kernels
             // around its experts' GEMMs.
-            let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. } | Kernel::Route(_));
+            let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. }) | Kernel::Route(_));
             assert_eq!(main, usize::from(!gemm), "{name}: step {i} ({})", s.kernel.name());
         }
         for k in &kernels {
@@ -56,7 +56,7 @@ fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
                 continue;
             }
             assert!(k.source.contains(&format!("__global__ void {}(", k.name)), "{name}: {}", k.source);
-            let fused = matches!(p.steps[k.step].kernel, Kernel::Elementwise(_) | Kernel::Attention(_));
+            let fused = matches!(p.steps[k.step].kernel, Kernel::Elementwise(_) | Kernel::Op(tessera_ir::Op::Attention(_)));
             assert!(!fused || k.source.contains(".tsr:"), "{name}: the kernel names its source line\n{}", k.source);
         }
     }

@@ -70,7 +70,7 @@ pub enum Engine {
 #[cfg(feature = "cuda")]
 pub struct Gpu {
     program: crate::Program,
-    kernels: Vec<crate::cuda::CudaKernel>,
+    kernels: crate::cuda::Lowered,
     precision: Precision,
     device: crate::cuda::device::CudaDevice,
     /// Parameters and intermediate memory kept on the GPU between runs.

@@ -7,7 +7,7 @@
 //! score function; a backend lowers each kind (Cranelift here; LLVM, MLIR or CUDA later).
 
 use std::fmt;
-use tessera_ir::{NormKind, ReduceOp, ScoreFn, Span, TensorType, UnaryOp};
+use tessera_ir::{ScoreFn, Span, TensorType, UnaryOp};
 
 /// A buffer of the program.
 pub type BufId = usize;
@@ -43,8 +43,14 @@ pub enum Kernel {
     /// A fused chain of elementwise ops: `out[i] = f(L0[i], L1[i], ..)` with operands broadcast
     /// to the output shape.
     Elementwise(ScoreFn),
-    /// `out = a @ b (+ bias) → act → (+ residual)` (batched, batch axes broadcast); with
-    /// `trans_b`, the operand is `bᵀ` stored untransposed (a tied embedding).
+    /// One IR op run as one kernel, with the op's own attributes: the fused ops (`Ffn`, `Norm`,
+    /// `Softmax`, `Attention`) and the ops that reduce or move data (`Reduce`, `Gather`,
+    /// `ScatterAdd`, `Transpose`, `Broadcast`, `Slice`, `Concat`, `Cumsum`, `Window`,
+    /// `Segment`, `Rfft`, `Irfft`, `Iota`). A new op of that kind costs its lowering arms only.
+    Op(tessera_ir::Op),
+    /// `out = a @ b (+ bias) → act → (+ residual)` (batched, batch axes broadcast): `MatMul`
+    /// and `Gemm`, with what scheduling decided: `trans_b`, the operand is `bᵀ` stored
+    /// untransposed (a tied embedding).
     Gemm {
         /// The second operand is stored transposed.
         trans_b: bool,
@@ -55,64 +61,6 @@ pub enum Kernel {
         /// A residual comes last.
         residual: bool,
     },
-    /// Feed-forward block (see `Op::Ffn`).
-    Ffn {
-        /// Gated (GLU) rather than plain.
-        gated: bool,
-        /// Activation.
-        act: UnaryOp,
-        /// With biases.
-        bias: bool,
-    },
-    /// Layer or RMS norm over the last axis, with optional weight and bias.
-    Norm {
-        /// Which norm.
-        kind: NormKind,
-        /// Epsilon.
-        eps: f64,
-    },
-    /// Stable softmax along an axis.
-    Softmax {
-        /// The axis.
-        axis: usize,
-    },
-    /// Flash-style attention: tiles of keys with an online softmax, dead tiles skipped.
-    Attention(Box<ScoreFn>),
-    /// Reduction over axes (keepdim or not: the output shape says).
-    Reduce {
-        /// Which reduction.
-        op: ReduceOp,
-        /// Reduced axes of the input.
-        axes: Vec<usize>,
-    },
-    /// Rows of a table selected by indices.
-    Gather {
-        /// Indexed axis.
-        axis: usize,
-    },
-    /// Axis permutation (a copy).
-    Transpose(Vec<usize>),
-    /// Broadcast copy to the output shape.
-    Broadcast,
-    /// Strided slice along an axis; `start` is evaluated at run time.
-    Slice {
-        /// The axis.
-        axis: usize,
-        /// First index.
-        start: tessera_ir::Dim,
-        /// Stride.
-        step: i64,
-    },
-    /// Concatenation along an axis.
-    Concat {
-        /// The axis.
-        axis: usize,
-    },
-    /// Inclusive prefix sum along an axis.
-    Cumsum {
-        /// The axis.
-        axis: usize,
-    },
     /// A discrete Fourier transform along one axis of a complex tensor stored as pairs (the
     /// last axis; `axis` counts the others). A multi-axis `fft` is one step per axis.
     Fft {
@@ -120,45 +68,6 @@ pub enum Kernel {
         axis: usize,
         /// Inverse (conjugate twiddles, divided by the length).
         inverse: bool,
-    },
-    /// Real to half-spectrum transform along an axis (`Op::Rfft`).
-    Rfft {
-        /// The axis.
-        axis: usize,
-    },
-    /// Half-spectrum to real transform along an axis (`Op::Irfft`; the output's length).
-    Irfft {
-        /// The axis.
-        axis: usize,
-    },
-    /// A sliding window along an axis (`Op::Window`): a depthwise convolution by the second
-    /// operand, or a max/mean pool.
-    Window {
-        /// What it computes.
-        op: tessera_ir::WindowOp,
-        /// The axis.
-        axis: usize,
-        /// The window's length.
-        size: usize,
-        /// Positions it reaches before the output's.
-        pad_left: usize,
-    },
-    /// Pooling over segments given by ids (`Op::Segment`).
-    Segment {
-        /// How a segment is reduced.
-        op: tessera_ir::ReduceOp,
-        /// The axis of the positions.
-        axis: usize,
-    },
-    /// `Op::ScatterAdd`: the first operand with the third added at the second's positions.
-    ScatterAdd {
-        /// The addressed axis.
-        axis: usize,
-    },
-    /// Indices along an axis.
-    Iota {
-        /// The axis.
-        axis: usize,
     },
     /// A constant fill.
     Fill(f64),
@@ -230,28 +139,30 @@ impl Kernel {
         match self {
             Kernel::Elementwise(_) => "elementwise",
             Kernel::Gemm { .. } => "gemm",
-            Kernel::Ffn { .. } => "ffn",
-            Kernel::Norm { .. } => "norm",
-            Kernel::Softmax { .. } => "softmax",
-            Kernel::Attention(_) => "attention",
-            Kernel::Reduce { .. } => "reduce",
-            Kernel::Gather { .. } => "gather",
-            Kernel::ScatterAdd { .. } => "scatter_add",
-            Kernel::Transpose(_) => "transpose",
-            Kernel::Broadcast => "broadcast",
-            Kernel::Slice { .. } => "slice",
-            Kernel::Concat { .. } => "concat",
-            Kernel::Cumsum { .. } => "cumsum",
-            Kernel::Window { .. } => "window",
-            Kernel::Segment { .. } => "segment",
+            Kernel::Op(tessera_ir::Op::Ffn { .. }) => "ffn",
+            Kernel::Op(tessera_ir::Op::Norm { .. }) => "norm",
+            Kernel::Op(tessera_ir::Op::Softmax { .. }) => "softmax",
+            Kernel::Op(tessera_ir::Op::Attention(_)) => "attention",
+            Kernel::Op(tessera_ir::Op::Reduce { .. }) => "reduce",
+            Kernel::Op(tessera_ir::Op::Gather { .. }) => "gather",
+            Kernel::Op(tessera_ir::Op::ScatterAdd { .. }) => "scatter_add",
+            Kernel::Op(tessera_ir::Op::Transpose(_)) => "transpose",
+            Kernel::Op(tessera_ir::Op::Broadcast) => "broadcast",
+            Kernel::Op(tessera_ir::Op::Slice { .. }) => "slice",
+            Kernel::Op(tessera_ir::Op::Concat { .. }) => "concat",
+            Kernel::Op(tessera_ir::Op::Cumsum { .. }) => "cumsum",
+            Kernel::Op(tessera_ir::Op::Window { .. }) => "window",
+            Kernel::Op(tessera_ir::Op::Segment { .. }) => "segment",
             Kernel::Fft { .. } => "fft",
-            Kernel::Rfft { .. } => "rfft",
-            Kernel::Irfft { .. } => "irfft",
-            Kernel::Iota { .. } => "iota",
+            Kernel::Op(tessera_ir::Op::Rfft { .. }) => "rfft",
+            Kernel::Op(tessera_ir::Op::Irfft { .. }) => "irfft",
+            Kernel::Op(tessera_ir::Op::Iota { .. }) => "iota",
             Kernel::Fill(_) => "fill",
             Kernel::Scan(_) => "scan",
             Kernel::TopK { .. } => "topk",
             Kernel::Route(_) => "route",
+            // Scheduling makes no step of the other ops.
+            Kernel::Op(_) => "op",
         }
     }
 }
@@ -338,30 +249,32 @@ impl fmt::Display for Program {
             let ins: Vec<String> = s.ins.iter().map(|i| format!("buf{i}")).collect();
             let detail = match &s.kernel {
                 Kernel::Elementwise(p) => format!(" {}", p.pretty()),
-                Kernel::Attention(p) => format!(" score={}", p.pretty()),
+                Kernel::Op(tessera_ir::Op::Attention(p)) => format!(" score={}", p.pretty()),
                 Kernel::Gemm { trans_b, bias, act, residual } => {
                     format!(" trans_b={trans_b} bias={bias} act={} residual={residual}", act.map_or("none", |a| a.name()))
                 }
-                Kernel::Ffn { gated, act, bias } => format!(" gated={gated} act={} bias={bias}", act.name()),
-                Kernel::Norm { kind, eps } => format!(" {kind:?} eps={eps:?}"),
-                Kernel::Softmax { axis }
-                | Kernel::Concat { axis }
-                | Kernel::Cumsum { axis }
-                | Kernel::Iota { axis }
-                | Kernel::Rfft { axis }
-                | Kernel::Irfft { axis }
-                | Kernel::Gather { axis }
-                | Kernel::ScatterAdd { axis } => {
+                Kernel::Op(tessera_ir::Op::Ffn { gated, act, bias }) => format!(" gated={gated} act={} bias={bias}", act.name()),
+                Kernel::Op(tessera_ir::Op::Norm { kind, eps }) => format!(" {kind:?} eps={eps:?}"),
+                Kernel::Op(tessera_ir::Op::Softmax { axis })
+                | Kernel::Op(tessera_ir::Op::Concat { axis })
+                | Kernel::Op(tessera_ir::Op::Cumsum { axis })
+                | Kernel::Op(tessera_ir::Op::Iota { axis })
+                | Kernel::Op(tessera_ir::Op::Rfft { axis })
+                | Kernel::Op(tessera_ir::Op::Irfft { axis, .. })
+                | Kernel::Op(tessera_ir::Op::Gather { axis })
+                | Kernel::Op(tessera_ir::Op::ScatterAdd { axis }) => {
                     format!(" axis={axis}")
                 }
-                Kernel::Reduce { op, axes } => format!(" {op:?} axes={axes:?}"),
+                Kernel::Op(tessera_ir::Op::Reduce { op, axes, .. }) => format!(" {op:?} axes={axes:?}"),
                 Kernel::Fft { axis, inverse } => format!(" axis={axis} inverse={inverse}"),
-                Kernel::Segment { op, axis } => format!(" {} axis={axis}", op.name()),
-                Kernel::Window { op, axis, size, pad_left } => format!(" {} axis={axis} size={size} pad_left={pad_left}", op.name()),
-                Kernel::Transpose(p) => format!(" perm={p:?}"),
-                Kernel::Slice { axis, start, step } => format!(" axis={axis} start={start} step={step}"),
+                Kernel::Op(tessera_ir::Op::Segment { op, axis }) => format!(" {} axis={axis}", op.name()),
+                Kernel::Op(tessera_ir::Op::Window { op, axis, size, pad_left }) => {
+                    format!(" {} axis={axis} size={size} pad_left={pad_left}", op.name())
+                }
+                Kernel::Op(tessera_ir::Op::Transpose(p)) => format!(" perm={p:?}"),
+                Kernel::Op(tessera_ir::Op::Slice { axis, start, step, .. }) => format!(" axis={axis} start={start} step={step}"),
                 Kernel::Fill(v) => format!(" {v:?}"),
-                Kernel::Broadcast => String::new(),
+                Kernel::Op(tessera_ir::Op::Broadcast) => String::new(),
                 Kernel::Scan(k) => {
                     let results: Vec<String> = k.results.iter().map(|b| format!("buf{b}")).collect();
                     let body = k.body.to_string().replace('\n', "\n    ");
@@ -381,6 +294,7 @@ impl fmt::Display for Program {
                     let lowering = if k.ffn.is_ok() { "grouped_ffn" } else { "per_expert" };
                     format!(" experts={} lowering={lowering} {}", k.op.experts, body.trim_end())
                 }
+                Kernel::Op(op) => format!(" {}", op.mnemonic()),
             };
             let loc = s.span.display_in(&self.files).map_or_else(String::new, |l| format!("  // {l}"));
             let ty = &self.buffers[s.out].ty;

@@ -113,7 +113,7 @@ pub fn schedule(g: &Graph) -> Program {
             Op::Param(name, _) => (None, Storage::Param(name.clone())),
             Op::Reshape => (None, Storage::Alias(buf[n.inputs[0].index()].unwrap_or_default())),
             Op::Const(v) => (Some(Kernel::Fill(*v)), Storage::Arena),
-            Op::Iota { axis } => (Some(Kernel::Iota { axis: *axis }), Storage::Arena),
+            op @ Op::Iota { .. } => (Some(Kernel::Op(op.clone())), Storage::Arena),
             op if is_elementwise(op) => {
                 let mut f = ScoreFn::default();
                 let mut leaves: Vec<ValueId> = Vec::new();
@@ -143,24 +143,23 @@ pub fn schedule(g: &Graph) -> Program {
                 buf[i] = Some(out);
                 continue;
             }
-            Op::Ffn { gated, act, bias } => (Some(Kernel::Ffn { gated: *gated, act: *act, bias: *bias }), Storage::Arena),
-            Op::Norm { kind, eps } => (Some(Kernel::Norm { kind: *kind, eps: *eps }), Storage::Arena),
-            Op::Softmax { axis } => (Some(Kernel::Softmax { axis: *axis }), Storage::Arena),
-            Op::Attention(f) => (Some(Kernel::Attention(f.clone())), Storage::Arena),
-            Op::Reduce { op, axes, .. } => (Some(Kernel::Reduce { op: *op, axes: axes.clone() }), Storage::Arena),
-            Op::Gather { axis } => (Some(Kernel::Gather { axis: *axis }), Storage::Arena),
-            Op::ScatterAdd { axis } => (Some(Kernel::ScatterAdd { axis: *axis }), Storage::Arena),
-            Op::Transpose(perm) => (Some(Kernel::Transpose(perm.clone())), Storage::Arena),
-            Op::Broadcast => (Some(Kernel::Broadcast), Storage::Arena),
-            Op::Slice { axis, start, step, .. } => (Some(Kernel::Slice { axis: *axis, start: start.clone(), step: *step }), Storage::Arena),
-            Op::Concat { axis } => (Some(Kernel::Concat { axis: *axis }), Storage::Arena),
-            Op::Cumsum { axis } => (Some(Kernel::Cumsum { axis: *axis }), Storage::Arena),
-            Op::Segment { op, axis } => (Some(Kernel::Segment { op: *op, axis: *axis }), Storage::Arena),
-            Op::Window { op, axis, size, pad_left } => {
-                (Some(Kernel::Window { op: *op, axis: *axis, size: *size, pad_left: *pad_left }), Storage::Arena)
-            }
-            Op::Rfft { axis } => (Some(Kernel::Rfft { axis: *axis }), Storage::Arena),
-            Op::Irfft { axis, .. } => (Some(Kernel::Irfft { axis: *axis }), Storage::Arena),
+            // Fused ops and the ops that move data are one kernel each, holding the op.
+            op @ (Op::Ffn { .. }
+            | Op::Norm { .. }
+            | Op::Softmax { .. }
+            | Op::Attention(_)
+            | Op::Reduce { .. }
+            | Op::Gather { .. }
+            | Op::ScatterAdd { .. }
+            | Op::Transpose(_)
+            | Op::Broadcast
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Cumsum { .. }
+            | Op::Segment { .. }
+            | Op::Window { .. }
+            | Op::Rfft { .. }
+            | Op::Irfft { .. }) => (Some(Kernel::Op(op.clone())), Storage::Arena),
             Op::Fft { axes, inverse } => {
                 // One step per axis, each reading the previous one's buffer.
                 let mut from = ins(&buf);

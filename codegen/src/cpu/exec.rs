@@ -135,13 +135,17 @@ impl Executable {
             let (f, leaf_types, out_ty, along) = match &s.kernel {
                 Kernel::Elementwise(f) => (f, &s.ins[..], program.buffers[s.out].ty.dtype, program.buffers[s.out].ty.shape.last()),
                 // Score rows run along the keys.
-                Kernel::Attention(f) => (&**f, &s.ins[3..], DType::F32, program.buffers[s.ins[1]].ty.shape.iter().rev().nth(1)),
-                Kernel::Norm { kind, eps } => {
+                Kernel::Op(tessera_ir::Op::Attention(f)) => {
+                    (&**f, &s.ins[3..], DType::F32, program.buffers[s.ins[1]].ty.shape.iter().rev().nth(1))
+                }
+                Kernel::Op(tessera_ir::Op::Norm { kind, eps }) => {
                     let (w, b) = (s.ins.len() > 1, s.ins.len() > 2);
                     ids.push(jit.norm(*kind, *eps, w, b)?.map(Declared::Norm));
                     continue;
                 }
-                Kernel::Softmax { axis } if *axis == last_axis(s.out) && program.buffers[s.out].ty.dtype == DType::F32 => {
+                Kernel::Op(tessera_ir::Op::Softmax { axis })
+                    if *axis == last_axis(s.out) && program.buffers[s.out].ty.dtype == DType::F32 =>
+                {
                     ids.push(jit.softmax()?.map(Declared::Softmax));
                     continue;
                 }
@@ -450,38 +454,38 @@ impl Executable {
                     host::matmul(out, &ins[0], &ins[1], *trans_b);
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
                 }
-                (Kernel::Ffn { gated, act, bias }, _) => {
+                (Kernel::Op(tessera_ir::Op::Ffn { gated, act, bias }), _) => {
                     let mut scratch = self.scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
                     ffn(out, ins, *gated, *act, *bias, &mut scratch)
                 }
-                (Kernel::Norm { .. }, Some(Native::Norm(f))) => {
+                (Kernel::Op(tessera_ir::Op::Norm { .. }), Some(Native::Norm(f))) => {
                     // Addresses (not pointers) cross into the threads.
                     let (w, b) = (ins.get(1).map_or(0, |w| w.ptr as usize), ins.get(2).map_or(0, |b| b.ptr as usize));
                     host::rows_in_parallel(out, &ins[0], |y, x, rows, d| f(y, x, w as *const f32, b as *const f32, rows, d))
                 }
-                (Kernel::Softmax { .. }, Some(Native::Softmax(f))) => {
+                (Kernel::Op(tessera_ir::Op::Softmax { .. }), Some(Native::Softmax(f))) => {
                     host::rows_in_parallel(out, &ins[0], |y, x, rows, n| f(y, x, rows, n))
                 }
-                (Kernel::Norm { kind, eps }, _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
-                (Kernel::Softmax { axis }, _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Attention(f), Some(Native::Rows(score))) => {
+                (Kernel::Op(tessera_ir::Op::Norm { kind, eps }), _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
+                (Kernel::Op(tessera_ir::Op::Softmax { axis }), _) => host::softmax(out, &ins[0], *axis),
+                (Kernel::Op(tessera_ir::Op::Attention(f)), Some(Native::Rows(score))) => {
                     let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
                 }
-                (Kernel::Reduce { op, axes }, _) => host::reduce(out, &ins[0], *op, axes),
-                (Kernel::Gather { axis }, _) => gather(out, &ins[0], &ins[1], *axis)?,
-                (Kernel::ScatterAdd { axis }, _) => scatter_add(out, &ins[0], &ins[1], &ins[2], *axis)?,
-                (Kernel::Transpose(perm), _) => {
+                (Kernel::Op(tessera_ir::Op::Reduce { op, axes, .. }), _) => host::reduce(out, &ins[0], *op, axes),
+                (Kernel::Op(tessera_ir::Op::Gather { axis }), _) => gather(out, &ins[0], &ins[1], *axis)?,
+                (Kernel::Op(tessera_ir::Op::ScatterAdd { axis }), _) => scatter_add(out, &ins[0], &ins[1], &ins[2], *axis)?,
+                (Kernel::Op(tessera_ir::Op::Transpose(perm)), _) => {
                     let st = tessera_runtime::strides(&ins[0].shape);
                     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
                     host::copy_strided(out, &ins[0], &out_st);
                 }
-                (Kernel::Broadcast, _) => {
+                (Kernel::Op(tessera_ir::Op::Broadcast), _) => {
                     let st = crate::kernel::broadcast_strides(&ins[0].shape, out.shape.len());
                     host::copy_strided(out, &ins[0], &st);
                 }
-                (Kernel::Slice { axis, start, step: by }, _) => {
+                (Kernel::Op(tessera_ir::Op::Slice { axis, start, step: by, .. }), _) => {
                     let start = start.eval(dims).ok_or_else(|| RunError::UnboundDim(start.to_string()))?.max(0) as usize;
                     let x = &ins[0];
                     let (size, osize) = (x.shape[*axis], out.shape[*axis]);
@@ -505,7 +509,7 @@ impl Executable {
                         });
                     }
                 }
-                (Kernel::Concat { axis }, _) => {
+                (Kernel::Op(tessera_ir::Op::Concat { axis }), _) => {
                     let outer: usize = out.shape[..*axis].iter().product();
                     let mut at = 0;
                     let esize = out.dtype.size();
@@ -522,24 +526,26 @@ impl Executable {
                         at += chunk;
                     }
                 }
-                (Kernel::Cumsum { axis }, _) => host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i))),
-                (Kernel::Window { op: tessera_ir::WindowOp::Conv, axis, size, pad_left }, _)
+                (Kernel::Op(tessera_ir::Op::Cumsum { axis }), _) => {
+                    host::store(out, &tessera_runtime::cumsum(&ins[0].shape, *axis, |i| ins[0].get(i)))
+                }
+                (Kernel::Op(tessera_ir::Op::Window { op: tessera_ir::WindowOp::Conv, axis, size, pad_left }), _)
                     if ins[0].dtype == DType::F32 && ins[1].dtype == DType::F32 =>
                 {
                     depthwise_conv(out, &ins[0], &ins[1], *axis, *size, *pad_left)
                 }
-                (Kernel::Window { op, axis, size, pad_left }, _) => {
+                (Kernel::Op(tessera_ir::Op::Window { op, axis, size, pad_left }), _) => {
                     let channels = ins[0].shape.last().copied().unwrap_or(1);
                     let w = |j: usize, c: usize| ins.get(1).map_or(0.0, |w| w.get(j * channels + c));
                     host::store(out, &tessera_runtime::window(&ins[0].shape, *op, *axis, *size, *pad_left, |i| ins[0].get(i), w))
                 }
-                (Kernel::Segment { op, axis }, _) => {
+                (Kernel::Op(tessera_ir::Op::Segment { op, axis }), _) => {
                     host::store(out, &tessera_runtime::segment(&ins[0].shape, *op, *axis, |i| ins[0].get(i), |i| ins[1].get(i) as i64))
                 }
                 (Kernel::Fft { axis, inverse }, _) => fourier::fft(out, &ins[0], *axis, *inverse)?,
-                (Kernel::Rfft { axis }, _) => fourier::rfft(out, &ins[0], *axis)?,
-                (Kernel::Irfft { axis }, _) => fourier::irfft(out, &ins[0], *axis)?,
-                (Kernel::Iota { axis }, _) => {
+                (Kernel::Op(tessera_ir::Op::Rfft { axis }), _) => fourier::rfft(out, &ins[0], *axis)?,
+                (Kernel::Op(tessera_ir::Op::Irfft { axis, .. }), _) => fourier::irfft(out, &ins[0], *axis)?,
+                (Kernel::Op(tessera_ir::Op::Iota { axis }), _) => {
                     let inner: usize = out.shape[axis + 1..].iter().product();
                     let size = out.shape[*axis].max(1);
                     let vals: Vec<f64> = (0..out.len()).map(|i| ((i / inner.max(1)) % size) as f64).collect();

@@ -273,13 +273,13 @@ pub struct GpuStats {
     pub memory_bytes: usize,
 }
 
-/// Runs `program`, whose kernels were lowered as `kernels` and compiled for `precision`, on
+/// Runs `program`, lowered as `kernels` (with the decisions of lowering) for `precision`, on
 /// `device`. Parameters already in `resident` (uploaded from the same host tensors) are not
 /// uploaded again.
 #[allow(clippy::too_many_arguments)]
 pub fn run<D: Device>(
     program: &Program,
-    kernels: &[CudaKernel],
+    kernels: &cuda::Lowered,
     precision: Precision,
     device: &D,
     inputs: &HashMap<String, Tensor>,
@@ -373,11 +373,11 @@ pub fn run<D: Device>(
                 scratch_of.insert((s, arg), Slot::Scratch(arg, elements * es));
             }
         }
-        if let Kernel::Ffn { gated, .. } = step.kernel {
+        if let Kernel::Op(tessera_ir::Op::Ffn { gated, .. }) = step.kernel {
             let (rows, h_in, width) = ffn_sizes(&shapes, step, gated);
             let es = precision.f32_size();
             // Where the first GEMM applies the activation itself, it writes the hidden layer.
-            let gates = !cuda::fused_in_gemm(&step.kernel, precision);
+            let gates = !kernels.in_gemm[s];
             for (arg, bytes) in [(Arg::Gates, rows * h_in * es), (Arg::Hidden, rows * width * es)] {
                 if arg == Arg::Hidden || gates {
                     slot(device, &mut resident.memory, Slot::Scratch(arg, bytes), bytes)?;
@@ -437,7 +437,7 @@ pub fn run<D: Device>(
         match &step.kernel {
             Kernel::Gemm { trans_b, residual, bias, act } => {
                 // Bias and activation inside the GEMM where it can, else in the epilogue kernel.
-                let epilogue = if cuda::fused_in_gemm(&step.kernel, precision) {
+                let epilogue = if kernels.in_gemm[s] {
                     (bias.then(|| buf(step.ins[2])).transpose()?, act.and_then(GemmAct::of))
                 } else {
                     (None, None)
@@ -457,14 +457,14 @@ pub fn run<D: Device>(
                     launch(n, k, &cuda::epilogue_meta(out_shape, &res))?;
                 }
             }
-            Kernel::Ffn { gated, bias, act } => {
+            Kernel::Op(tessera_ir::Op::Ffn { gated, bias, act }) => {
                 // Operands: x, w_in, (b_in), w_out, (b_out).
                 let wo = if *bias { 3 } else { 2 };
                 let (rows, h_in, width) = ffn_sizes(&shapes, step, *gated);
                 let (d, w_in, w_out) = (last_size(in_shapes[0]), in_shapes[1], in_shapes[wo]);
                 let hidden = scratch(s, Arg::Hidden)?;
                 let (x, w_in) = ((buf(step.ins[0])?, &[rows, d][..]), (buf(step.ins[1])?, w_in));
-                let fused = cuda::fused_in_gemm(&step.kernel, precision);
+                let fused = kernels.in_gemm[s];
                 if fused {
                     // The first GEMM applies the bias and the activation, writing the hidden layer.
                     let b_in = bias.then(|| buf(step.ins[2])).transpose()?;

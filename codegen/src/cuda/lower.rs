@@ -217,6 +217,40 @@ pub struct CudaKernel {
     pub sync: bool,
 }
 
+/// A program lowered to CUDA: its kernels, and what lowering decided for each step, kept
+/// for the executor (which then decides nothing per run). Reads as the slice of its kernels.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// The kernels, in step order.
+    pub kernels: Vec<CudaKernel>,
+    /// For each step, whether its GEMM applies the bias and activation itself (cuBLASLt's
+    /// epilogue, [`fused_in_gemm`]): the epilogue kernel and the gate scratch are then absent.
+    pub in_gemm: Vec<bool>,
+}
+
+impl std::ops::Deref for Lowered {
+    type Target = [CudaKernel];
+    fn deref(&self) -> &[CudaKernel] {
+        &self.kernels
+    }
+}
+
+impl IntoIterator for Lowered {
+    type Item = CudaKernel;
+    type IntoIter = std::vec::IntoIter<CudaKernel>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.kernels.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Lowered {
+    type Item = &'a CudaKernel;
+    type IntoIter = std::slice::Iter<'a, CudaKernel>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.kernels.iter()
+    }
+}
+
 /// A buffer passed to a kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arg {
@@ -268,7 +302,7 @@ pub enum Role {
 ///
 /// Attention steps whose head sizes [`mma_fits`] at `precision` get the tensor-core kernel
 /// ([`attention_mma`]); the others the plain one ([`attention`]).
-pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>, String> {
+pub fn lower(program: &Program, precision: Precision) -> Result<Lowered, String> {
     let mut out = Vec::new();
     // Kernel code without its heading comment and with its name blanked, to the name given.
     let mut seen: HashMap<String, String> = HashMap::new();
@@ -292,8 +326,8 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
         let last = step.ins.len().saturating_sub(1);
-        let mma =
-            matches!(step.kernel, Kernel::Attention(_)) && head_sizes(program, step).is_some_and(|(e, ev)| mma_fits(precision, e, ev));
+        let mma = matches!(step.kernel, Kernel::Op(tessera_ir::Op::Attention(_)))
+            && head_sizes(program, step).is_some_and(|(e, ev)| mma_fits(precision, e, ev));
         let mut push = |name: String, source: Result<String, String>, args: Vec<Arg>, role: Role| -> Result<(), String> {
             let ty = |a: &Arg| match a {
                 Arg::Out => storage(program.buffers[step.out].ty.dtype),
@@ -323,10 +357,16 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             };
             // Attention blocks are query tiles that share key tiles, norm and softmax blocks rows
             // that they reduce together; the other kernels' threads run alone.
-            let sync = role == Role::Main && matches!(step.kernel, Kernel::Attention(_) | Kernel::Norm { .. } | Kernel::Softmax { .. });
+            let sync = role == Role::Main
+                && matches!(
+                    step.kernel,
+                    Kernel::Op(tessera_ir::Op::Attention(_))
+                        | Kernel::Op(tessera_ir::Op::Norm { .. })
+                        | Kernel::Op(tessera_ir::Op::Softmax { .. })
+                );
             let block = match step.kernel {
-                Kernel::Attention(_) if mma => MMA_BLOCK,
-                Kernel::Attention(_) => ATTENTION_TILE,
+                Kernel::Op(tessera_ir::Op::Attention(_)) if mma => MMA_BLOCK,
+                Kernel::Op(tessera_ir::Op::Attention(_)) => ATTENTION_TILE,
                 _ => ROW_BLOCK,
             };
             out.push(CudaKernel { step: i, name, source, params, args, role, block, sync });
@@ -352,8 +392,10 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
                 }
             }
             Kernel::Elementwise(f) => push(name.clone(), elementwise(program, i, step, f, &name), all, Role::Main)?,
-            Kernel::Attention(f) if mma => push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?,
-            Kernel::Attention(f) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
+            Kernel::Op(tessera_ir::Op::Attention(f)) if mma => {
+                push(name.clone(), attention_mma(program, i, step, f, &name), all, Role::Main)?
+            }
+            Kernel::Op(tessera_ir::Op::Attention(f)) => push(name.clone(), attention(program, i, step, f, &name), all, Role::Main)?,
             Kernel::Gemm { bias, act, residual, .. } => {
                 if (*bias || act.is_some() || *residual) && !fused_in_gemm(&step.kernel, precision) {
                     let mut args = vec![Arg::Out];
@@ -362,8 +404,8 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
                     push(name.clone(), Ok(epilogue(program, i, step, &name, *bias, *act, *residual)), args, Role::Epilogue)?;
                 }
             }
-            Kernel::Ffn { .. } if fused_in_gemm(&step.kernel, precision) => {}
-            Kernel::Ffn { gated, act, bias } => {
+            Kernel::Op(tessera_ir::Op::Ffn { .. }) if fused_in_gemm(&step.kernel, precision) => {}
+            Kernel::Op(tessera_ir::Op::Ffn { gated, act, bias }) => {
                 let mut args = vec![Arg::Hidden, Arg::Gates];
                 args.extend(bias.then_some(Arg::In(2)));
                 push(name.clone(), Ok(ffn_act(program, i, step, &name, *gated, *act, *bias)), args, Role::FfnAct)?;
@@ -380,7 +422,8 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Vec<CudaKernel>,
             k => push(name.clone(), Ok(fixed(program, i, step, k, &name)), all, Role::Main)?,
         }
     }
-    Ok(out)
+    let in_gemm = program.steps.iter().map(|s| fused_in_gemm(&s.kernel, precision)).collect();
+    Ok(Lowered { kernels: out, in_gemm })
 }
 
 /// Whether the bias and activation of a GEMM step (or of a feed-forward block's GEMMs) run
@@ -393,7 +436,7 @@ pub fn fused_in_gemm(k: &Kernel, precision: Precision) -> bool {
     precision == Precision::Bf16
         && match k {
             Kernel::Gemm { bias, act, residual, .. } => !residual && (*bias || act.is_some()) && has(*act),
-            Kernel::Ffn { gated, act, .. } => !gated && has(Some(*act)),
+            Kernel::Op(tessera_ir::Op::Ffn { gated, act, .. }) => !gated && has(Some(*act)),
             _ => false,
         }
 }
@@ -419,7 +462,7 @@ pub fn source(program: &Program, kernels: &[CudaKernel], precision: Precision) -
         .steps
         .iter()
         .enumerate()
-        .filter(|(_, s)| matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Ffn { .. }))
+        .filter(|(_, s)| matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. })))
         .map(|(i, s)| {
             let fused = if fused_in_gemm(&s.kernel, precision) { " (bias and activation fused by cuBLASLt)" } else { "" };
             format!("//   step {i}: {}{fused}", s.kernel.name())
@@ -1152,7 +1195,7 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
     let body = match k {
         Kernel::Scan(_) | Kernel::TopK { .. } | Kernel::Route(_) => "  // lowered on their own\n".to_string(),
         // One block per row (a line for softmax), reduced through shared memory.
-        Kernel::Norm { kind, eps } => {
+        Kernel::Op(tessera_ir::Op::Norm { kind, eps }) => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
             let b = if step.ins.len() > 2 { "(double)in2[c]" } else { "0.0" };
             let mean = if *kind == tessera_ir::NormKind::Layer {
@@ -1164,10 +1207,10 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
                 "  __shared__ double red[{ROW_BLOCK}];\n  const i64 row = blockIdx.x, d = meta[1];\n  const {x}* x = in0 + row * d;\n  double mean = 0.0, var = 0.0;\n{mean}  for (i64 c = threadIdx.x; c < d; c += blockDim.x) var += (x[c] - mean) * (x[c] - mean);\n  const double inv = 1.0 / sqrt(tsr_block_reduce(var, red, 0) / (double)d + {eps:e});\n  for (i64 c = threadIdx.x; c < d; c += blockDim.x) out[row * d + c] = ({out})((x[c] - mean) * inv * {w} + {b});\n"
             )
         }
-        Kernel::Softmax { .. } => format!("  __shared__ double red[{ROW_BLOCK}];\n  const i64 line = blockIdx.x, size = meta[1], inner = meta[2], base = (line / inner) * size * inner + line % inner;\n  double m = -TSR_INF, sum = 0.0;\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) m = fmax(m, (double)in0[base + k * inner]);\n  m = tsr_block_reduce(m, red, 1);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) sum += exp(in0[base + k * inner] - m);\n  sum = tsr_block_reduce(sum, red, 0);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) out[base + k * inner] = (float)(exp(in0[base + k * inner] - m) / sum);\n"),
+        Kernel::Op(tessera_ir::Op::Softmax { .. }) => format!("  __shared__ double red[{ROW_BLOCK}];\n  const i64 line = blockIdx.x, size = meta[1], inner = meta[2], base = (line / inner) * size * inner + line % inner;\n  double m = -TSR_INF, sum = 0.0;\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) m = fmax(m, (double)in0[base + k * inner]);\n  m = tsr_block_reduce(m, red, 1);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) sum += exp(in0[base + k * inner] - m);\n  sum = tsr_block_reduce(sum, red, 0);\n  for (i64 k = threadIdx.x; k < size; k += blockDim.x) out[base + k * inner] = (float)(exp(in0[base + k * inner] - m) / sum);\n"),
         // One thread per output element: the window's positions inside the axis.
         // meta: [count, len, inner].
-        Kernel::Window { op, size, pad_left, .. } => {
+        Kernel::Op(tessera_ir::Op::Window { op, size, pad_left, .. }) => {
             let (init, step, fin) = match op {
                 tessera_ir::WindowOp::Conv => ("0.0", "acc += v * (double)in1[j * inner + c]", "acc"),
                 tessera_ir::WindowOp::Max => ("-TSR_INF", "acc = tsr_max(acc, v)", "acc"),
@@ -1177,12 +1220,12 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         }
         // One thread per output element: a pass over its row's ids (O(n) each, no sort).
         // meta: [count, len, inner].
-        Kernel::Segment { op, .. } => {
+        Kernel::Op(tessera_ir::Op::Segment { op, .. }) => {
             let (init, step, fin) = reduction(*op, "cnt");
             format!("  const i64 len = meta[1], inner = meta[2];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, len, meta[0], &o, &t);\n  const i64 mine = in1[o * len + t];\n  double acc = {init};\n  i64 cnt = 0;\n  for (i64 u = 0; u < len; ++u) {{\n    if (in1[o * len + u] != mine) continue;\n    const double v = (double)in0[(o * len + u) * inner + c];\n    {step};\n    ++cnt;\n  }}\n  (void)cnt;\n  out[i] = ({out})({fin});\n")
         }
-        Kernel::Cumsum { .. } => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
-        Kernel::Reduce { op, .. } => {
+        Kernel::Op(tessera_ir::Op::Cumsum { .. }) => format!("  const i64 size = meta[1], inner = meta[2], base = (i / inner) * size * inner + i % inner;\n  double acc = 0.0;\n  for (i64 k = 0; k < size; ++k) {{ acc += (double)in0[base + k * inner]; out[base + k * inner] = ({out})acc; }}\n"),
+        Kernel::Op(tessera_ir::Op::Reduce { op, .. }) => {
             let (init, step_expr, fin) = reduction(*op, "count");
             // meta: [n_out, kept rank, kept dims.., their strides.., reduced rank, reduced
             // dims.., their strides.., count]: an output element's place in the input, and
@@ -1193,15 +1236,15 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         }
         // meta: [count, size, inner, m]: each element sums the updates addressed to it, in order;
         // an index out of range anywhere in its row makes it NaN.
-        Kernel::ScatterAdd { .. } => format!("  const i64 size = meta[1], inner = meta[2], m = meta[3];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, size, meta[0], &o, &t);\n  float acc = (float)in0[i];\n  for (i64 j = 0; j < m; ++j) {{\n    const i64 id = in1[o * m + j];\n    if (id < 0 || id >= size) acc = __int_as_float(0x7fc00000);\n    else if (id == t) acc += (float)in2[(o * m + j) * inner + c];\n  }}\n  out[i] = ({out})acc;\n"),
-        Kernel::Gather { .. } => {
+        Kernel::Op(tessera_ir::Op::ScatterAdd { .. }) => format!("  const i64 size = meta[1], inner = meta[2], m = meta[3];\n  i64 q, c, o, t;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, size, meta[0], &o, &t);\n  float acc = (float)in0[i];\n  for (i64 j = 0; j < m; ++j) {{\n    const i64 id = in1[o * m + j];\n    if (id < 0 || id >= size) acc = __int_as_float(0x7fc00000);\n    else if (id == t) acc += (float)in2[(o * m + j) * inner + c];\n  }}\n  out[i] = ({out})acc;\n"),
+        Kernel::Op(tessera_ir::Op::Gather { .. }) => {
             let bad = if p.buffers[step.out].ty.dtype == DType::F32 { "__int_as_float(0x7fc00000)" } else { "0" };
             // meta: [n, size, inner, ids]; an index out of range gives NaN (0 for integers).
             format!("  const i64 size = meta[1], inner = meta[2], n = meta[3];\n  i64 q, j, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &j);\n  tsr_divmod(q, n, meta[0], &o, &k);\n  const i64 id = (i64)in1[k];\n  out[i] = (id < 0 || id >= size) ? ({out}){bad} : in0[(o * size + id) * inner + j];\n")
         }
         // meta: [n, rank, out dims.., base, strides..]
-        Kernel::Transpose(_) | Kernel::Broadcast | Kernel::Slice { .. } => format!("{}  out[i] = in0[meta[2 + rank] + off];\n", strided("(meta + 3 + rank)")),
-        Kernel::Concat { .. } => {
+        Kernel::Op(tessera_ir::Op::Transpose(_)) | Kernel::Op(tessera_ir::Op::Broadcast) | Kernel::Op(tessera_ir::Op::Slice { .. }) => format!("{}  out[i] = in0[meta[2 + rank] + off];\n", strided("(meta + 3 + rank)")),
+        Kernel::Op(tessera_ir::Op::Concat { .. }) => {
             // meta: [n, size along the axis, inner size, then per input: its start and size
             // along the axis]; the output and the inputs are [outer, size, inner].
             let mut b = String::from("  const i64 size = meta[1], inner = meta[2];\n  i64 o, rest, a, j;\n  tsr_divmod(i, size * inner, meta[0], &o, &rest);\n  tsr_divmod(rest, inner, meta[0], &a, &j);\n");
@@ -1217,13 +1260,15 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
             let (sign, scale) = if *inverse { ("", "1.0 / (double)n") } else { ("-", "1.0") };
             format!("  const i64 n = meta[1], inner = meta[2];\n  i64 q, c, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, n, meta[0], &o, &k);\n  const i64 base = o * n * inner + c;\n  double re = 0.0, im = 0.0;\n  for (i64 j = 0; j < n; ++j) {{\n    const double a = {sign}6.283185307179586 * (double)((j * k) % n) / (double)n, cs = cos(a), sn = sin(a);\n    const double x = (double)in0[2 * (base + j * inner)], y = (double)in0[2 * (base + j * inner) + 1];\n    re += x * cs - y * sn;\n    im += x * sn + y * cs;\n  }}\n  out[2 * i] = ({out})(re * ({scale}));\n  out[2 * i + 1] = ({out})(im * ({scale}));\n")
         }
-        Kernel::Rfft { .. } => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, bins, meta[0], &o, &k);\n  const i64 base = o * n * inner + c;\n  double re = 0.0, im = 0.0;\n  for (i64 j = 0; j < n; ++j) {{\n    const double a = -6.283185307179586 * (double)((j * k) % n) / (double)n, x = (double)in0[base + j * inner];\n    re += x * cos(a);\n    im += x * sin(a);\n  }}\n  out[2 * i] = ({out})re;\n  out[2 * i + 1] = ({out})im;\n"),
+        Kernel::Op(tessera_ir::Op::Rfft { .. }) => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, k;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, bins, meta[0], &o, &k);\n  const i64 base = o * n * inner + c;\n  double re = 0.0, im = 0.0;\n  for (i64 j = 0; j < n; ++j) {{\n    const double a = -6.283185307179586 * (double)((j * k) % n) / (double)n, x = (double)in0[base + j * inner];\n    re += x * cos(a);\n    im += x * sin(a);\n  }}\n  out[2 * i] = ({out})re;\n  out[2 * i + 1] = ({out})im;\n"),
         // The Hermitian extension X[n-k] = conj(X[k]) of the half spectrum; the self-conjugate
         // bins (0, and n/2 for even n) are taken as real.
-        Kernel::Irfft { .. } => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, j;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, n, meta[0], &o, &j);\n  const i64 base = o * bins * inner + c;\n  double acc = 0.0;\n  for (i64 k = 0; k < n; ++k) {{\n    const i64 h = k < bins ? k : n - k;\n    const double xr = (double)in0[2 * (base + h * inner)];\n    double xi = (k == 0 || 2 * k == n) ? 0.0 : (double)in0[2 * (base + h * inner) + 1];\n    if (k >= bins) xi = -xi;\n    const double a = 6.283185307179586 * (double)((j * k) % n) / (double)n;\n    acc += xr * cos(a) - xi * sin(a);\n  }}\n  out[i] = ({out})(acc / (double)n);\n"),
-        Kernel::Iota { .. } => format!("  i64 q, j, o, c;\n  tsr_divmod(i, meta[2], meta[0], &q, &j);\n  tsr_divmod(q, meta[1], meta[0], &o, &c);\n  out[i] = ({out})c;\n"),
+        Kernel::Op(tessera_ir::Op::Irfft { .. }) => format!("  const i64 n = meta[1], bins = meta[2], inner = meta[3];\n  i64 q, c, o, j;\n  tsr_divmod(i, inner, meta[0], &q, &c);\n  tsr_divmod(q, n, meta[0], &o, &j);\n  const i64 base = o * bins * inner + c;\n  double acc = 0.0;\n  for (i64 k = 0; k < n; ++k) {{\n    const i64 h = k < bins ? k : n - k;\n    const double xr = (double)in0[2 * (base + h * inner)];\n    double xi = (k == 0 || 2 * k == n) ? 0.0 : (double)in0[2 * (base + h * inner) + 1];\n    if (k >= bins) xi = -xi;\n    const double a = 6.283185307179586 * (double)((j * k) % n) / (double)n;\n    acc += xr * cos(a) - xi * sin(a);\n  }}\n  out[i] = ({out})(acc / (double)n);\n"),
+        Kernel::Op(tessera_ir::Op::Iota { .. }) => format!("  i64 q, j, o, c;\n  tsr_divmod(i, meta[2], meta[0], &q, &j);\n  tsr_divmod(q, meta[1], meta[0], &o, &c);\n  out[i] = ({out})c;\n"),
         Kernel::Fill(v) => format!("  out[i] = {};\n", literal(*v, p.buffers[step.out].ty.dtype)),
-        Kernel::Elementwise(_) | Kernel::Attention(_) | Kernel::Gemm { .. } | Kernel::Ffn { .. } => String::new(),
+        Kernel::Elementwise(_) | Kernel::Op(tessera_ir::Op::Attention(_)) | Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. }) => String::new(),
+        // Scheduling makes no step of the other ops.
+        Kernel::Op(op) => format!("  // {} is not a kernel\n", op.mnemonic()),
     };
     s += &body;
     s += "}\n";
@@ -1352,22 +1397,22 @@ pub fn meta(
         }
         Kernel::Route(_) => return Err("a route's launches are made by the executor".into()),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
-        Kernel::Attention(f) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
-        Kernel::Norm { .. } => {
+        Kernel::Op(tessera_ir::Op::Attention(f)) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
+        Kernel::Op(tessera_ir::Op::Norm { .. }) => {
             let d = out.last().copied().unwrap_or(1).max(1);
             vec![(out.iter().product::<usize>() / d * block) as i64, d as i64]
         }
-        Kernel::Softmax { axis } => {
+        Kernel::Op(tessera_ir::Op::Softmax { axis }) => {
             let mut m = lines(out, *axis);
             m[0] *= block as i64;
             m
         }
-        Kernel::Cumsum { axis } => lines(out, *axis),
-        Kernel::Window { axis, .. } | Kernel::Segment { axis, .. } => {
+        Kernel::Op(tessera_ir::Op::Cumsum { axis }) => lines(out, *axis),
+        Kernel::Op(tessera_ir::Op::Window { axis, .. }) | Kernel::Op(tessera_ir::Op::Segment { axis, .. }) => {
             let (len, inner) = (out[*axis], out[axis + 1..].iter().product::<usize>());
             vec![n, len.max(1) as i64, inner.max(1) as i64]
         }
-        Kernel::Reduce { axes, .. } => {
+        Kernel::Op(tessera_ir::Op::Reduce { axes, .. }) => {
             let (x, st) = (ins[0], tessera_runtime::strides(ins[0]));
             let part = |reduced: bool| {
                 let (dims, strides): (Vec<usize>, Vec<usize>) =
@@ -1384,20 +1429,20 @@ pub fn meta(
             m.push(axes.iter().map(|&a| x[a]).product::<usize>() as i64);
             m
         }
-        Kernel::ScatterAdd { axis } => {
+        Kernel::Op(tessera_ir::Op::ScatterAdd { axis }) => {
             let x = ins[0];
             vec![n, x[*axis] as i64, x[axis + 1..].iter().product::<usize>() as i64, ins[1].last().copied().unwrap_or(0) as i64]
         }
-        Kernel::Gather { axis } => {
+        Kernel::Op(tessera_ir::Op::Gather { axis }) => {
             let x = ins[0];
             vec![n, x[*axis] as i64, x[axis + 1..].iter().product::<usize>() as i64, ins[1].iter().product::<usize>() as i64]
         }
-        Kernel::Transpose(perm) => {
+        Kernel::Op(tessera_ir::Op::Transpose(perm)) => {
             let st = tessera_runtime::strides(ins[0]);
             strided_meta(out, 0, perm.iter().map(|&p| st[p]).collect())
         }
-        Kernel::Broadcast => strided_meta(out, 0, crate::kernel::broadcast_strides(ins[0], out.len())),
-        Kernel::Slice { axis, start, step } => {
+        Kernel::Op(tessera_ir::Op::Broadcast) => strided_meta(out, 0, crate::kernel::broadcast_strides(ins[0], out.len())),
+        Kernel::Op(tessera_ir::Op::Slice { axis, start, step, .. }) => {
             let start = start.eval(dims).ok_or_else(|| format!("unbound dimension in the slice start {start}"))?.max(0);
             let x = ins[0];
             if out[*axis] > 0 && start as usize + (out[*axis] - 1) * *step as usize >= x[*axis] {
@@ -1410,7 +1455,7 @@ pub fn meta(
                 st.iter().enumerate().map(|(d, &s)| if d == *axis { s * *step as usize } else { s }).collect(),
             )
         }
-        Kernel::Concat { axis } => {
+        Kernel::Op(tessera_ir::Op::Concat { axis }) => {
             let mut m = vec![n, out[*axis] as i64, out[axis + 1..].iter().product::<usize>().max(1) as i64];
             let mut at = 0;
             for x in ins {
@@ -1423,19 +1468,20 @@ pub fn meta(
             let c = &out[..out.len() - 1];
             vec![n / 2, c[*axis] as i64, c[axis + 1..].iter().product::<usize>().max(1) as i64]
         }
-        Kernel::Rfft { axis } => {
+        Kernel::Op(tessera_ir::Op::Rfft { axis }) => {
             let x = ins[0];
             vec![n / 2, x[*axis] as i64, out[*axis] as i64, x[axis + 1..].iter().product::<usize>().max(1) as i64]
         }
-        Kernel::Irfft { axis } => {
+        Kernel::Op(tessera_ir::Op::Irfft { axis, .. }) => {
             vec![n, out[*axis] as i64, ins[0][*axis] as i64, out[axis + 1..].iter().product::<usize>().max(1) as i64]
         }
-        Kernel::Iota { axis } => {
+        Kernel::Op(tessera_ir::Op::Iota { axis }) => {
             let (size, inner) = (out[*axis], out[axis + 1..].iter().product::<usize>());
             vec![n, size.max(1) as i64, inner.max(1) as i64]
         }
         Kernel::Fill(_) => vec![n],
-        Kernel::Gemm { .. } | Kernel::Ffn { .. } => return Err(format!("{} runs through cuBLAS", k.name())),
+        Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. }) => return Err(format!("{} runs through cuBLAS", k.name())),
+        Kernel::Op(op) => return Err(format!("{} is not a kernel", op.mnemonic())),
     };
     m.shrink_to_fit();
     Ok(m)
