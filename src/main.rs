@@ -31,6 +31,9 @@ enum Emit {
     Clif,
     /// The LLVM module of the compiled kernels, as emitted and after O3 (feature `llvm`).
     Llvm,
+    /// The MLIR module of the compiled kernels, as emitted and lowered to the LLVM dialect;
+    /// `--print-after STAGE` (or `all`) shows it after stages of the lowering (feature `mlir`).
+    Mlir,
     /// The CUDA C of the generated GPU kernels.
     Cuda,
     /// The state generation keeps between steps (KV caches, recurrent states), with sizes.
@@ -47,6 +50,8 @@ enum BackendArg {
     Cpu,
     /// Compiled CPU kernels (LLVM at O3 for this CPU; needs the `llvm` feature).
     Llvm,
+    /// Compiled CPU kernels (MLIR lowered to LLVM, O3 for this CPU; needs the `mlir` feature).
+    Mlir,
     /// Generated CUDA kernels and cuBLAS on a GPU (`--gpu N`; needs the `cuda` feature).
     Cuda,
 }
@@ -393,7 +398,16 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 };
             }
             if let Some(p) = &print_after {
-                if p != "all" && !tessera::passes::is_pass(p) {
+                #[cfg(feature = "mlir")]
+                let stages: &[&str] = tessera::codegen::mlir::STAGES;
+                #[cfg(not(feature = "mlir"))]
+                let stages: &[&str] = &[];
+                if emit == Emit::Mlir {
+                    // (A build without MLIR says so below.)
+                    if p != "all" && !stages.is_empty() && !stages.contains(&p.as_str()) {
+                        return Err(Fail::User(format!("error: no MLIR stage named `{p}`; stages: {}, or `all`\n", stages.join(", "))));
+                    }
+                } else if p != "all" && !tessera::passes::is_pass(p) {
                     let names: Vec<&str> = tessera::passes::PIPELINE.iter().map(|p| p.name).collect();
                     return Err(Fail::User(format!("error: no pass named `{p}`; passes: {}, or `all`\n", names.join(", "))));
                 }
@@ -404,7 +418,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 return Ok(());
             }
             let (opt, report) = tessera::passes::run_pipeline_with_report(&g, |name, g| {
-                if print_after.as_deref().is_some_and(|p| p == "all" || p == name) {
+                if emit != Emit::Mlir && print_after.as_deref().is_some_and(|p| p == "all" || p == name) {
                     outln!("// after {name}\n{g}");
                 }
             })
@@ -421,7 +435,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Llvm | Emit::Cuda) {
+            if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Llvm | Emit::Mlir | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {
                     out!("{}", tessera::codegen::cuda::dump(&program, dtype.precision()).map_err(Fail::Internal)?);
@@ -448,11 +462,30 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
                     }
                     out!("{program}");
                 } else {
-                    let backend = if emit == Emit::Llvm { tessera::Backend::Llvm } else { tessera::Backend::Cpu };
+                    let backend = match emit {
+                        Emit::Llvm => tessera::Backend::Llvm,
+                        Emit::Mlir => tessera::Backend::Mlir,
+                        _ => tessera::Backend::Cpu,
+                    };
                     let codegen = tessera::codegen::engine::cpu_codegen(backend, true).map_err(codegen_fail)?;
                     let exe = tessera::codegen::Executable::with(program, codegen).map_err(codegen_fail)?;
+                    #[cfg(feature = "mlir")]
+                    let last_stage = tessera::codegen::mlir::STAGES.last().copied();
+                    #[cfg(not(feature = "mlir"))]
+                    let last_stage: Option<&str> = None;
                     for f in &exe.clif {
-                        outln!("{f}");
+                        // MLIR: the module as emitted, then after the stage asked for (each,
+                        // with `all`), else the last (the LLVM dialect).
+                        let after = f.lines().next().and_then(|l| l.strip_prefix("// after "));
+                        let shown = match (emit, after, print_after.as_deref()) {
+                            (Emit::Mlir, Some(_), Some("all")) | (Emit::Mlir, None, _) => true,
+                            (Emit::Mlir, Some(s), Some(p)) => s == p,
+                            (Emit::Mlir, Some(s), None) => last_stage == Some(s),
+                            _ => true,
+                        };
+                        if shown {
+                            outln!("{f}");
+                        }
                     }
                 }
                 return Ok(());
@@ -521,6 +554,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
                 BackendArg::Llvm => tessera::Backend::Llvm,
+                BackendArg::Mlir => tessera::Backend::Mlir,
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };
@@ -553,6 +587,7 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             let backend = match backend {
                 BackendArg::Cpu => tessera::Backend::Cpu,
                 BackendArg::Llvm => tessera::Backend::Llvm,
+                BackendArg::Mlir => tessera::Backend::Mlir,
                 BackendArg::Interp => tessera::Backend::Interp,
                 BackendArg::Cuda => tessera::Backend::Cuda(gpu),
             };

@@ -10,6 +10,7 @@ fn tessera(args: &[&str]) -> Output {
 }
 
 /// A model of row kernels: a chain with a SiLU, a layer norm and a softmax.
+#[cfg(any(feature = "llvm", feature = "mlir"))]
 const ROWS: &str = "import nn
 model case() {
   input x: [batch, seq, 7]
@@ -18,6 +19,7 @@ model case() {
 }
 ";
 
+#[cfg(any(feature = "llvm", feature = "mlir"))]
 fn rows_file(tag: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("tessera-backends-{tag}-{}.tsr", std::process::id()));
     std::fs::write(&path, ROWS).expect("writes");
@@ -34,6 +36,44 @@ fn a_backend_missing_from_the_build_is_an_error_that_names_the_feature() {
         assert!(err.contains("the llvm backend is not in this build: rebuild with `--features llvm`"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[cfg(not(feature = "mlir"))]
+#[test]
+fn a_build_without_mlir_says_so() {
+    for args in [
+        &["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--backend", "mlir"][..],
+        &["ir", "stdlib/gpt2.tsr", "--emit", "mlir", "--print-after", "all"],
+    ] {
+        let out = tessera(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("the mlir backend is not in this build: rebuild with `--features mlir`"), "{err}");
+    }
+}
+
+#[cfg(feature = "mlir")]
+#[test]
+fn emit_mlir_shows_the_module_as_emitted_and_each_stage() {
+    let path = rows_file("mlir");
+    let file = path.to_str().unwrap_or_default();
+    let out = tessera(&["ir", file, "--emit", "mlir"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("// the module as emitted"), "{text}");
+    // Emitted with linalg, scf and memref; the last stage is the LLVM dialect only.
+    let last = text.split("// after reconcile-unrealized-casts").nth(1).expect("the last stage");
+    for op in ["linalg.generic", "scf.for", "memref."] {
+        assert!(text.contains(op) && !last.contains(op), "{op}");
+    }
+    assert!(last.contains("llvm.func"), "{last}");
+    let one = tessera(&["ir", file, "--emit", "mlir", "--print-after", "lower-affine"]);
+    let one = String::from_utf8_lossy(&one.stdout);
+    assert!(one.contains("// after lower-affine") && !one.contains("// after convert-scf-to-cf"), "{one}");
+    let bad = tessera(&["ir", file, "--emit", "mlir", "--print-after", "bogus"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no MLIR stage named `bogus`"));
+    std::fs::remove_file(path).ok();
 }
 
 #[cfg(feature = "llvm")]
@@ -61,7 +101,8 @@ fn emit_llvm_shows_the_module_as_emitted_and_vectorized_after_o3() {
 #[test]
 fn run_on_llvm_gives_the_outputs_of_cranelift() {
     let dir = std::env::temp_dir();
-    let outs: Vec<std::path::PathBuf> = ["cpu", "llvm"].iter().map(|b| dir.join(format!("tessera-{b}-{}.safetensors", std::process::id()))).collect();
+    let outs: Vec<std::path::PathBuf> =
+        ["cpu", "llvm"].iter().map(|b| dir.join(format!("tessera-{b}-{}.safetensors", std::process::id()))).collect();
     for (backend, out) in ["cpu", "llvm"].iter().zip(&outs) {
         let o = tessera(&["run", "stdlib/gpt2.tsr", "-D", "layers=2", "--backend", backend, "--out", out.to_str().unwrap_or_default()]);
         assert!(o.status.success(), "{backend}: {}", String::from_utf8_lossy(&o.stderr));
@@ -79,5 +120,53 @@ fn run_on_llvm_gives_the_outputs_of_cranelift() {
     assert!(worst <= 1e-4 * scale.max(1.0), "max |Δ| {worst} of {scale}");
     for p in outs {
         std::fs::remove_file(p).ok();
+    }
+}
+
+/// `C = A·B` (or `A·Bᵀ`) in f64, the reference of the GEMM libraries' tests.
+#[cfg(any(feature = "llvm", feature = "openblas"))]
+fn naive(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), trans_b: bool) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(if trans_b { b[j * k + p] } else { b[p * n + j] })).sum();
+        }
+    }
+    c
+}
+
+/// Every GEMM library this build has, at sizes that leave partial tiles and blocks on every
+/// side (the packed GEMM's tiles are 12 × 32 or 6 × 16, its blocks 144 rows × 256 deep).
+#[cfg(any(feature = "llvm", feature = "openblas"))]
+#[test]
+fn gemm_libraries_equal_a_naive_product_at_odd_sizes() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    type Gemm = Box<dyn Fn(*mut f32, *const f32, *const f32, (usize, usize, usize), bool)>;
+    let mut libs: Vec<(&str, Gemm)> = Vec::new();
+    #[cfg(feature = "llvm")]
+    {
+        let micro = tessera::codegen::llvm::gemm::microkernel().expect("a micro-kernel for this CPU");
+        for threaded in [false, true] {
+            libs.push((
+                if threaded { "llvm packed, threaded" } else { "llvm packed" },
+                Box::new(move |c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::packed(micro, c, a, b, mnk, t, threaded) }),
+            ));
+        }
+    }
+    #[cfg(feature = "openblas")]
+    libs.push(("openblas", Box::new(|c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::openblas(c, a, b, mnk, t) })));
+    for (m, n, k) in [(1, 1, 1), (5, 7, 3), (13, 33, 17), (150, 70, 300), (37, 65, 513), (12, 32, 256)] {
+        for trans_b in [false, true] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want = naive(&a, &b, (m, n, k), trans_b);
+            for (name, gemm) in &libs {
+                let mut c = vec![f32::NAN; m * n];
+                gemm(c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), (m, n, k), trans_b);
+                let worst = c.iter().zip(&want).fold(0f64, |w, (x, y)| w.max((f64::from(*x) - y).abs()));
+                assert!(worst <= 1e-4 * (k as f64).sqrt(), "{name} {m}×{n}×{k} trans_b={trans_b}: max |Δ| {worst}");
+            }
+        }
     }
 }

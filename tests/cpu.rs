@@ -35,6 +35,8 @@ macro_rules! backend_tests {
 backend_tests!(cranelift, tessera::Backend::Cpu);
 #[cfg(feature = "llvm")]
 backend_tests!(llvm, tessera::Backend::Llvm);
+#[cfg(feature = "mlir")]
+backend_tests!(mlir, tessera::Backend::Mlir);
 
 fn every_stdlib_model_equals_the_interpreter(backend: Backend) {
     for (name, ov) in SMALL {

@@ -20,6 +20,9 @@ pub enum Backend {
     Cpu,
     /// CPU kernels compiled with LLVM at O3 for the host CPU (feature `llvm`).
     Llvm,
+    /// CPU kernels written as MLIR (linalg, scf, arith, math, memref), lowered to LLVM and
+    /// compiled by MLIR's execution engine at O3 (feature `mlir`).
+    Mlir,
     /// Generated CUDA kernels and cuBLAS on the GPU of this ordinal (the `cuda` feature and
     /// an NVIDIA GPU).
     Cuda(usize),
@@ -32,6 +35,7 @@ impl Backend {
             Backend::Interp => "interp",
             Backend::Cpu => "cpu",
             Backend::Llvm => "llvm",
+            Backend::Mlir => "mlir",
             Backend::Cuda(_) => "cuda",
         }
     }
@@ -44,6 +48,10 @@ pub fn cpu_codegen(backend: Backend, keep_ir: bool) -> Result<Box<dyn crate::Cod
         Backend::Llvm => Ok(Box::new(crate::llvm::Llvm::new(keep_ir)?)),
         #[cfg(not(feature = "llvm"))]
         Backend::Llvm => Err(CodegenError::NotBuilt { backend: "llvm", feature: "llvm" }),
+        #[cfg(feature = "mlir")]
+        Backend::Mlir => Ok(Box::new(crate::mlir::Mlir::new(keep_ir)?)),
+        #[cfg(not(feature = "mlir"))]
+        Backend::Mlir => Err(CodegenError::NotBuilt { backend: "mlir", feature: "mlir" }),
         _ => Ok(Box::new(crate::cpu::cranelift::Jit::new(keep_ir).map_err(CodegenError::Cranelift)?)),
     }
 }
@@ -89,7 +97,7 @@ impl Engine {
         }
         match backend {
             Backend::Interp => Ok(Engine::Interp),
-            Backend::Cpu | Backend::Llvm => {
+            Backend::Cpu | Backend::Llvm | Backend::Mlir => {
                 let codegen = cpu_codegen(backend, keep_clif).map_err(run_error)?;
                 Ok(Engine::Cpu(Box::new(Executable::with(crate::schedule(g), codegen).map_err(run_error)?)))
             }

@@ -10,6 +10,9 @@ pub enum CodegenError {
     /// LLVM rejected the module or could not make a JIT for this host.
     #[error("llvm: {0}")]
     Llvm(String),
+    /// MLIR rejected the module, a lowering failed, or the execution engine could not be made.
+    #[error("mlir: {0}")]
+    Mlir(String),
     /// The backend is behind a cargo feature that this build does not have.
     #[error("the {backend} backend is not in this build: rebuild with `--features {feature}`")]
     NotBuilt {

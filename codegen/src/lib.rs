@@ -8,9 +8,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 mod error;
+pub mod gemm_library;
 mod kernel;
 #[cfg(feature = "llvm")]
 pub mod llvm;
+#[cfg(feature = "mlir")]
+pub mod mlir;
 mod plan;
 mod route;
 mod scan;

@@ -169,6 +169,21 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
             unsafe { super::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
             continue;
         }
+        let (o, av, bv) = unsafe {
+            ((out.ptr as *mut f32).add(bi * m * n), (a.ptr as *const f32).add(ia * m * k), (b.ptr as *const f32).add(ib * k * n))
+        };
+        match crate::gemm_library::library() {
+            crate::gemm_library::Library::Packed(micro) => {
+                unsafe { super::gemm::packed(micro, o, av, bv, (m, n, k), trans_b, threaded) };
+                continue;
+            }
+            #[cfg(feature = "openblas")]
+            crate::gemm_library::Library::OpenBlas if threaded => {
+                unsafe { super::gemm::openblas(o, av, bv, (m, n, k), trans_b) };
+                continue;
+            }
+            _ => {}
+        }
         unsafe {
             gemm::gemm(
                 m,

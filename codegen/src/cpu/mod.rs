@@ -8,6 +8,7 @@ pub mod codegen;
 pub mod cranelift;
 mod exec;
 mod fourier;
+pub mod gemm;
 mod gemv;
 pub mod host;
 mod route;

@@ -8,6 +8,7 @@
 //! Identical kernels (one per layer) are emitted once.
 
 mod emit;
+pub mod gemm;
 
 use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym};
 use crate::error::CodegenError;
@@ -65,6 +66,11 @@ unsafe impl Send for Compiled {}
 
 fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError::Llvm(e.to_string())
+}
+
+/// An error message of LLVM's, unquoted.
+fn lerr(e: inkwell::support::LLVMString) -> CodegenError {
+    CodegenError::Llvm(e.to_string_lossy().into_owned())
 }
 
 impl Llvm {
@@ -146,18 +152,18 @@ impl Codegen for Llvm {
         let ctx: &'static Context = unsafe { &*context };
         let made = (|| {
             let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tessera");
-            let module = ctx.create_module_from_ir(buf).map_err(|e| err(format!("{e}\n{text}")))?;
-            module.verify().map_err(err)?;
+            let module = ctx.create_module_from_ir(buf).map_err(lerr)?;
+            module.verify().map_err(lerr)?;
             module.set_triple(&triple);
             module.set_data_layout(&tm.get_target_data().get_data_layout());
             if self.keep_ir {
                 self.dumps.push(format!("; the module as emitted\n{}", module.print_to_string().to_string_lossy()));
             }
-            module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(err)?;
+            module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(lerr)?;
             if self.keep_ir {
                 self.dumps.push(format!("; the module after O3 for {cpu}\n{}", module.print_to_string().to_string_lossy()));
             }
-            let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(err)?;
+            let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(lerr)?;
             for (name, addr) in [
                 ("tsr_unary", tsr_unary as *const () as usize),
                 ("tsr_binary", tsr_binary as *const () as usize),
