@@ -990,7 +990,7 @@ fn run(
             a.skipped
         );
         for (kind, secs) in &stats.profile {
-            outln!("  {kind:<12} {:8.1} ms", secs * 1e3);
+            outln!("  {kind:<12} {:9.3} ms", secs * 1e3);
         }
     }
     if repeat > 1 {

@@ -135,27 +135,26 @@ unsafe fn columns(
     let mut bpack = vec![0f32; KC * npanels * nr];
     let mut apack = vec![0f32; KC * MC.div_ceil(mr) * mr];
     let mut tile = vec![0f32; mr * nr];
-    let b_at = |p: usize, j: usize| -> f32 {
-        // SAFETY: p < k, j < n.
-        unsafe {
-            if trans_b {
-                *b.add(j * k + p)
-            } else {
-                *b.add(p * n + j)
-            }
-        }
-    };
     let mut p0 = 0;
     while p0 < k {
         let kc = KC.min(k - p0);
         // Pack B[p0.., j0..j1] into panels of NR columns, zero beyond the slice.
         for jp in 0..npanels {
             let panel = &mut bpack[jp * kc * nr..(jp + 1) * kc * nr];
+            let jcol = j0 + jp * nr;
+            let cols = nr.min(j1 - jcol);
             for p in 0..kc {
-                for jj in 0..nr {
-                    let j = j0 + jp * nr + jj;
-                    panel[p * nr + jj] = if j < j1 { b_at(p0 + p, j) } else { 0.0 };
+                let row = &mut panel[p * nr..(p + 1) * nr];
+                if trans_b {
+                    for (jj, x) in row.iter_mut().enumerate().take(cols) {
+                        // SAFETY: column jcol + jj < n, depth p0 + p < k.
+                        *x = unsafe { *b.add((jcol + jj) * k + p0 + p) };
+                    }
+                } else {
+                    // SAFETY: row p0 + p of B, columns jcol..jcol + cols.
+                    row[..cols].copy_from_slice(unsafe { std::slice::from_raw_parts(b.add((p0 + p) * n + jcol), cols) });
                 }
+                row[cols..].fill(0.0);
             }
         }
         let mut i0 = 0;
@@ -164,11 +163,15 @@ unsafe fn columns(
             let mpanels = mc.div_ceil(mr);
             for ip in 0..mpanels {
                 let panel = &mut apack[ip * kc * mr..(ip + 1) * kc * mr];
-                for p in 0..kc {
-                    for ii in 0..mr {
-                        let i = i0 + ip * mr + ii;
-                        // SAFETY: i < m, p0 + p < k.
-                        panel[p * mr + ii] = if i < m { unsafe { *a.add(i * k + p0 + p) } } else { 0.0 };
+                let rows = mr.min(m - (i0 + ip * mr));
+                if rows < mr {
+                    panel.fill(0.0);
+                }
+                for ii in 0..rows {
+                    // SAFETY: row i0 + ip·mr + ii < m of A, columns p0..p0 + kc.
+                    let src = unsafe { std::slice::from_raw_parts(a.add((i0 + ip * mr + ii) * k + p0), kc) };
+                    for (p, &x) in src.iter().enumerate() {
+                        panel[p * mr + ii] = x;
                     }
                 }
             }

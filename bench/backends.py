@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""The CPU backends against each other and against PyTorch, on this machine, in one run, with
+2 threads: Cranelift (`--backend cpu`), LLVM (`--backend llvm`) and MLIR (`--backend mlir`,
+where the binary has it).
+
+    cargo build --release --features llvm,mlir,openblas     # or without mlir
+    /path/to/venv/bin/python bench/backends.py              # a venv with torch and transformers
+
+Workloads:
+- the row kernels at GPT-2-small shapes (bench/rows.tsr, seq 512): layer norm and RMS norm
+  over 768, softmax over 12 × 512 × 512 scores, a bias + tanh-GELU chain over 3072, SiLU·up
+  over 3072, a bias/scale/residual chain over 768; and PyTorch eager's same ops;
+- whole-model prefill, batch 1 × 512 tokens: GPT-2 small and the Llama-style model of
+  bench/run.py, against PyTorch eager and torch.compile; Tessera with each backend and the
+  build's default GEMM library, Cranelift with the gemm crate (the default build), and LLVM
+  with its own GEMM micro-kernel (`TESSERA_GEMM=llvm`);
+- compile time of GPT-2 small for each backend (Tessera's `compile:` line: passes, scheduling
+  and code generation).
+
+Medians of REPEAT runs after a warm-up. Writes its section of bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import os, re, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, TESSERA, torch_run, peer, write_section  # noqa: E402
+
+REPEAT = 5
+os.environ.setdefault("RAYON_NUM_THREADS", "2")
+ROWS = ["layer_norm", "rms_norm", "softmax_rows", "gelu_chain", "swiglu_chain", "residual_chain"]
+LLAMA = ["-D", "vocab=32000", "-D", "d=768", "-D", "layers=12", "-D", "heads=12", "-D", "kv_heads=4", "-D", "hidden=2048"]
+
+TORCH_ROWS = r'''
+import json, sys, time, statistics
+import torch
+torch.set_num_threads(2)
+spec = json.loads(sys.argv[1])
+s = 512
+x768, r768, b768 = torch.randn(s, 768), torch.randn(s, 768), torch.randn(768)
+x3072, u3072, b3072 = torch.randn(s, 3072), torch.randn(s, 3072), torch.randn(3072)
+scores = torch.randn(12, s, s)
+ln = torch.nn.LayerNorm(768, elementwise_affine=False)
+ops = {
+    "layer_norm": lambda: ln(x768),
+    "rms_norm": lambda: x768 * torch.rsqrt(x768.pow(2).mean(-1, keepdim=True) + 1e-5),
+    "softmax_rows": lambda: torch.softmax(scores, -1),
+    "gelu_chain": lambda: torch.nn.functional.gelu(x3072 + b3072, approximate="tanh"),
+    "swiglu_chain": lambda: torch.nn.functional.silu(x3072) * u3072,
+    "residual_chain": lambda: (x768 + b768) * 0.5 + r768,
+}
+res = {}
+with torch.no_grad():
+    for name, f in ops.items():
+        f()
+        ts = []
+        for _ in range(spec["repeat"]):
+            t = time.perf_counter(); f(); ts.append((time.perf_counter() - t) * 1e3)
+        res[name] = statistics.median(ts)
+print(json.dumps(res))
+'''
+
+
+def run(args: list[str], backend: str, gemm: str | None = None, repeat: int = REPEAT) -> dict | None:
+    env = dict(os.environ)
+    env.pop("TESSERA_GEMM", None)
+    if gemm:
+        env["TESSERA_GEMM"] = gemm
+    out = subprocess.run([TESSERA, "run", *args, "--backend", backend, "--repeat", str(repeat)], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    if out.returncode != 0:
+        return None
+    return {"ms": float(re.search(r"median of \d+ runs: ([\d.]+) ms", out.stdout).group(1)),
+            "compile_ms": float(re.search(r"compile: ([\d.]+) ms", out.stdout).group(1))}
+
+
+def main() -> None:
+    load = open("/proc/loadavg").read().split()[0]
+    backends = [b for b in ("cpu", "llvm", "mlir") if run(["bench/rows.tsr", "--model", "residual_chain", "--dim", "seq=8"], b, repeat=2)]
+    print("backends:", backends, flush=True)
+    rows = {}
+    for name in ROWS:
+        rows[name] = {b: run(["bench/rows.tsr", "--model", name, "--dim", "seq=512"], b, repeat=20) for b in backends}
+        print(name, rows[name], flush=True)
+        time.sleep(0.3)
+    torch_rows = peer(TORCH_ROWS, {"repeat": 20})
+    models = [("GPT-2 small prefill 512", "gpt2", ["stdlib/gpt2.tsr", "--dim", "seq=512"]),
+              ("Llama-style prefill 512", "llama", ["stdlib/llama.tsr", *LLAMA, "--dim", "seq=512"])]
+    prefill = []
+    for title, kind, args in models:
+        t = {b: run(args, b) for b in backends}
+        time.sleep(0.3)
+        t["cpu+crate"] = run(args, "cpu", gemm="crate")
+        time.sleep(0.3)
+        if "llvm" in backends:
+            t["llvm+gemm"] = run(args, "llvm", gemm="llvm")
+            time.sleep(0.3)
+        e = torch_run({"kind": kind, "seq": 512, "compile": False})
+        time.sleep(0.3)
+        c = torch_run({"kind": kind, "seq": 512, "compile": True})
+        prefill.append((title, t, e, c))
+        print(title, t, e, c, flush=True)
+
+    def ms(r: dict | None) -> str:
+        return f"{r['ms']:.3f}" if r else "–"
+
+    def ratio(slow: dict | None, fast: dict | None) -> str:
+        return f"{slow['ms'] / fast['ms']:.2f}×" if slow and fast else "–"
+
+    lines = [
+        "<!-- backends: written by bench/backends.py -->",
+        "## CPU backends: Cranelift, LLVM, MLIR",
+        "",
+        f"Measured by `bench/backends.py` ({time.strftime('%Y-%m-%d')}, load {load} at start, 2 threads). Medians of 20",
+        "runs (row kernels) or 5 (prefill) after a warm-up; `speed-up` = Cranelift's time / the other's.",
+        "",
+        "Row kernels at GPT-2-small shapes (`bench/rows.tsr`, seq 512), ms:",
+        "",
+        "| kernel | Cranelift | LLVM | MLIR | LLVM speed-up | MLIR / LLVM time | PyTorch eager |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ROWS:
+        r = rows[name]
+        tr = f"{torch_rows[name]:.3f}" if name in torch_rows else "–"
+        lines.append(f"| {name} | {ms(r.get('cpu'))} | {ms(r.get('llvm'))} | {ms(r.get('mlir'))} | {ratio(r.get('cpu'), r.get('llvm'))} | "
+                     f"{ratio(r.get('mlir'), r.get('llvm'))} | {tr} |")
+    lines += [
+        "",
+        "Prefill, batch 1 × 512 tokens, ms. The first three columns use this build's default GEMM library (OpenBLAS, feature",
+        "`openblas`); `Cranelift + gemm crate` is the default build (no system library); `LLVM + own GEMM` is",
+        "`TESSERA_GEMM=llvm`, the packed GEMM around LLVM's micro-kernel:",
+        "",
+        "| model | Cranelift | LLVM | MLIR | Cranelift + gemm crate | LLVM + own GEMM | PyTorch eager | torch.compile | best Tessera vs torch.compile |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for title, t, e, c in prefill:
+        best = min((v for v in t.values() if v), key=lambda v: v["ms"], default=None)
+        lines.append(f"| {title} | {ms(t.get('cpu'))} | {ms(t.get('llvm'))} | {ms(t.get('mlir'))} | {ms(t.get('cpu+crate'))} | {ms(t.get('llvm+gemm'))} | "
+                     f"{e.get('ms', 0):.1f} | {c.get('ms', 0):.1f} | {ratio(c, best)} |")
+    gpt2 = prefill[0][1]
+    lines += ["", "Compile time of GPT-2 small (passes, scheduling, code generation): " +
+              ", ".join(f"{b} {gpt2[b]['compile_ms']:.0f} ms" for b in backends if gpt2.get(b)) + ".", "", "<!-- end backends -->"]
+    write_section(lines)
+
+
+if __name__ == "__main__":
+    main()
