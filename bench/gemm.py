@@ -44,12 +44,14 @@ print(json.dumps(res))
 
 
 def tessera_gemm(lib: str, m: int, k: int, n: int) -> float | None:
-    env = dict(os.environ, TESSERA_GEMM=lib)
+    """The GEMM step's median time (TESSERA_PROFILE's `gemm` line: the product alone, not the
+    run around it, which also copies the output into a fresh tensor)."""
+    env = dict(os.environ, TESSERA_GEMM=lib, TESSERA_PROFILE="1")
     out = subprocess.run([TESSERA, "run", "bench/gemm.tsr", "-D", f"d={k}", "-D", f"hidden={n}", "--dim", f"seq={m}",
                           "--repeat", str(REPEAT)], capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0 or "warning: TESSERA_GEMM" in out.stderr:
         return None
-    return float(re.search(r"median of \d+ runs: ([\d.]+) ms", out.stdout).group(1))
+    return float(re.search(r"^  gemm +([\d.]+) ms", out.stdout, re.M).group(1))
 
 
 def fma_peak() -> float:
@@ -85,7 +87,7 @@ def main() -> None:
         "",
         f"Measured by `bench/gemm.py` ({time.strftime('%Y-%m-%d')}, load {load} at start, 2 threads). This CPU's FMA peak",
         f"(`examples/fma_peak.rs`): {peak:.0f} GFLOP/s before the run, {peak_after:.0f} after; percentages are of the first.",
-        "Tessera's figures are whole `tessera run bench/gemm.tsr` steps (the executor's GEMM call), medians of "
+        "Tessera's figures are the GEMM step of `tessera run bench/gemm.tsr` (`TESSERA_PROFILE`: the executor's GEMM call), medians of "
         f"{REPEAT} after a warm-up; PyTorch's are `torch.mm` (MKL). `TESSERA_GEMM` picks the library for products",
         "of more than 4 rows; M = 1 runs Tessera's own weight-streaming kernel (`cpu/gemv.rs`) whichever is picked.",
         "",

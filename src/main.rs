@@ -969,13 +969,34 @@ fn run(
     dims_list.sort();
     outln!("{}: {}", g.name, dims_list.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
     let mut times = Vec::new();
+    // Each kernel kind's seconds in every run (TESSERA_PROFILE), for their medians.
+    let mut kinds: Vec<(&'static str, Vec<f64>)> = Vec::new();
+    let mut note = |stats: Option<&tessera::codegen::RunStats>| {
+        for (kind, secs) in stats.map_or(&[][..], |s| &s.profile[..]) {
+            match kinds.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, v)) => v.push(*secs),
+                None => kinds.push((kind, vec![*secs])),
+            }
+        }
+    };
     for _ in 1..repeat {
         let t = std::time::Instant::now();
         let (_, stats) = engine.run(g, &dims, &all_inputs, &params)?;
         times.push(measured_ms(stats.as_ref(), t.elapsed().as_secs_f64() * 1e3));
+        note(stats.as_ref());
     }
     let start = std::time::Instant::now();
-    let (outputs, stats) = engine.run(g, &dims, &all_inputs, &params)?;
+    let (outputs, mut stats) = engine.run(g, &dims, &all_inputs, &params)?;
+    note(stats.as_ref());
+    // With --repeat, the profile shows each kind's median over the runs.
+    if let Some(s) = stats.as_mut() {
+        for (kind, secs) in &mut s.profile {
+            if let Some((_, v)) = kinds.iter_mut().find(|(k, _)| k == kind) {
+                v.sort_by(f64::total_cmp);
+                *secs = v[v.len() / 2];
+            }
+        }
+    }
     let wall = start.elapsed().as_secs_f64() * 1e3;
     let stats_ms = measured_ms(stats.as_ref(), wall);
     if let Some((device, bytes)) = stats.as_ref().and_then(|s| Some((s.device_seconds?, s.arena_bytes))) {
