@@ -62,7 +62,9 @@ print(json.dumps(res))
 
 
 def run(args: list[str], backend: str, gemm: str | None = None, repeat: int = REPEAT) -> dict | None:
-    env = dict(os.environ)
+    """A `tessera run`: its median time, compile time, and each kernel kind's median
+    (TESSERA_PROFILE)."""
+    env = dict(os.environ, TESSERA_PROFILE="1")
     env.pop("TESSERA_GEMM", None)
     if gemm:
         env["TESSERA_GEMM"] = gemm
@@ -70,8 +72,14 @@ def run(args: list[str], backend: str, gemm: str | None = None, repeat: int = RE
                          env=env, cwd=ROOT)
     if out.returncode != 0:
         return None
+    kinds = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\w+) +([\d.]+) ms$", out.stdout, re.M)}
     return {"ms": float(re.search(r"median of \d+ runs: ([\d.]+) ms", out.stdout).group(1)),
-            "compile_ms": float(re.search(r"compile: ([\d.]+) ms", out.stdout).group(1))}
+            "compile_ms": float(re.search(r"compile: ([\d.]+) ms", out.stdout).group(1)), "kinds": kinds}
+
+
+# The kernel kind each row-kernel model is made of.
+KIND = {"layer_norm": "norm", "rms_norm": "norm", "softmax_rows": "softmax", "gelu_chain": "elementwise",
+        "swiglu_chain": "elementwise", "residual_chain": "elementwise"}
 
 
 def main() -> None:
@@ -107,6 +115,11 @@ def main() -> None:
     def ratio(slow: dict | None, fast: dict | None) -> str:
         return f"{slow['ms'] / fast['ms']:.2f}×" if slow and fast else "–"
 
+    def kernel(r: dict | None, name: str) -> dict | None:
+        """The row kernel's own median time (its kernel kind in the profile)."""
+        k = r and r["kinds"].get(KIND[name])
+        return {"ms": k} if k else None
+
     lines = [
         "<!-- backends: written by bench/backends.py -->",
         "## CPU backends: Cranelift, LLVM, MLIR",
@@ -114,16 +127,18 @@ def main() -> None:
         f"Measured by `bench/backends.py` ({time.strftime('%Y-%m-%d')}, load {load} at start, 2 threads). Medians of 20",
         "runs (row kernels) or 5 (prefill) after a warm-up; `speed-up` = Cranelift's time / the other's.",
         "",
-        "Row kernels at GPT-2-small shapes (`bench/rows.tsr`, seq 512), ms:",
+        "Row kernels at GPT-2-small shapes (`bench/rows.tsr`, seq 512), ms: the kernel's own time (`TESSERA_PROFILE`,",
+        "median), and in brackets the whole run's (which adds a fresh output tensor and the run's set-up):",
         "",
-        "| kernel | Cranelift | LLVM | MLIR | LLVM speed-up | MLIR / LLVM time | PyTorch eager |",
+        "| kernel | Cranelift | LLVM | MLIR | LLVM speed-up (kernel) | MLIR / LLVM time (kernel) | PyTorch eager (whole op) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in ROWS:
         r = rows[name]
         tr = f"{torch_rows[name]:.3f}" if name in torch_rows else "–"
-        lines.append(f"| {name} | {ms(r.get('cpu'))} | {ms(r.get('llvm'))} | {ms(r.get('mlir'))} | {ratio(r.get('cpu'), r.get('llvm'))} | "
-                     f"{ratio(r.get('mlir'), r.get('llvm'))} | {tr} |")
+        cell = lambda b: f"{ms(kernel(r.get(b), name))} ({ms(r.get(b))})"  # noqa: E731
+        lines.append(f"| {name} | {cell('cpu')} | {cell('llvm')} | {cell('mlir')} | {ratio(kernel(r.get('cpu'), name), kernel(r.get('llvm'), name))} | "
+                     f"{ratio(kernel(r.get('mlir'), name), kernel(r.get('llvm'), name))} | {tr} |")
     lines += [
         "",
         "Prefill, batch 1 × 512 tokens, ms. The first three columns use this build's default GEMM library (OpenBLAS, feature",

@@ -1,6 +1,8 @@
 //! OpenBLAS's GEMM (feature `openblas`), and the blocked, packed GEMM around a generated
-//! micro-kernel (the GotoBLAS/BLIS scheme: `B` packed in `KC × NC` blocks of `NR`-wide panels,
-//! `A` in `MC × KC` blocks of `MR`-tall panels, the micro-kernel over one panel pair).
+//! micro-kernel (the GotoBLAS/BLIS scheme: each thread takes a slice of `C`'s columns; per
+//! `KC`-deep block, its slice of `B` is packed in `NR`-wide panels and `A` in `MC × KC` blocks
+//! of `MR`-tall panels, and the micro-kernel runs over each panel pair). `B` is packed at every
+//! call (weights are not cached packed yet), and each thread packs all of `A`.
 //!
 //! `crate::gemm_library` picks which one runs.
 

@@ -178,7 +178,8 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
                 continue;
             }
             #[cfg(feature = "openblas")]
-            crate::gemm_library::Library::OpenBlas if threaded => {
+            // CBLAS takes 32-bit sizes.
+            crate::gemm_library::Library::OpenBlas if threaded && [m, n, k].iter().all(|&d| d < i32::MAX as usize) => {
                 unsafe { super::gemm::openblas(o, av, bv, (m, n, k), trans_b) };
                 continue;
             }
