@@ -7,7 +7,7 @@
 //! gives each one's entry point. The code lives as long as the code generator.
 
 use crate::error::CodegenError;
-use tessera_ir::{DType, NormKind, ScoreFn, BINARY_OPS, UNARY_OPS};
+use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn, BINARY_OPS, UNARY_OPS};
 
 /// A kernel declared to a [`Codegen`].
 pub type Sym = usize;
@@ -19,6 +19,10 @@ pub type NormFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32, *const 
 
 /// A softmax over rows: `(out, x, rows, n)`, f32, rows of `n` contiguous elements.
 pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
+
+/// A reduction of rows: `(out, x, rows, n)`, f32, `out[r]` from the `n` contiguous elements of
+/// row `r`.
+pub type ReduceFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
 
 /// A code generator for the CPU executor.
 pub trait Codegen: Send {
@@ -38,6 +42,11 @@ pub trait Codegen: Send {
 
     /// Declares a softmax kernel ([`SoftmaxFn`]) where the backend compiles one.
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Declares a reduction of rows ([`ReduceFn`]) where the backend compiles one.
+    fn reduce(&mut self, _op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
         Ok(None)
     }
 

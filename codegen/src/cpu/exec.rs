@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::codegen::{Codegen, NormFn, SoftmaxFn, Sym};
+use super::codegen::{Codegen, NormFn, ReduceFn, SoftmaxFn, Sym};
 use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
@@ -113,6 +113,8 @@ enum Native {
     Norm(NormFn),
     /// A softmax over the last axis.
     Softmax(SoftmaxFn),
+    /// A reduction over the last axis.
+    Reduce(ReduceFn),
 }
 
 impl Executable {
@@ -128,6 +130,7 @@ impl Executable {
             Rows(Sym, Option<(Sym, Vec<i64>)>),
             Norm(Sym),
             Softmax(Sym),
+            Reduce(Sym),
         }
         let mut ids = Vec::new();
         for s in &program.steps {
@@ -147,6 +150,15 @@ impl Executable {
                     if *axis == last_axis(s.out) && program.buffers[s.out].ty.dtype == DType::F32 =>
                 {
                     ids.push(jit.softmax()?.map(Declared::Softmax));
+                    continue;
+                }
+                // A reduction over the last axis alone, f32 in and out.
+                Kernel::Op(tessera_ir::Op::Reduce { op, axes, .. })
+                    if axes[..] == [last_axis(s.ins[0])]
+                        && program.buffers[s.ins[0]].ty.dtype == DType::F32
+                        && program.buffers[s.out].ty.dtype == DType::F32 =>
+                {
+                    ids.push(jit.reduce(*op)?.map(Declared::Reduce));
                     continue;
                 }
                 _ => {
@@ -175,6 +187,7 @@ impl Executable {
                 })),
                 Some(Declared::Norm(n)) => Some(Native::Norm(unsafe { std::mem::transmute::<*const u8, NormFn>(fn_at(n)?) })),
                 Some(Declared::Softmax(n)) => Some(Native::Softmax(unsafe { std::mem::transmute::<*const u8, SoftmaxFn>(fn_at(n)?) })),
+                Some(Declared::Reduce(n)) => Some(Native::Reduce(unsafe { std::mem::transmute::<*const u8, ReduceFn>(fn_at(n)?) })),
             });
         }
         let mut clif = jit.dumps();
@@ -472,6 +485,9 @@ impl Executable {
                     let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
+                }
+                (Kernel::Op(tessera_ir::Op::Reduce { .. }), Some(Native::Reduce(f))) => {
+                    host::reduce_rows_in_parallel(out, &ins[0], |y, x, rows, n| f(y, x, rows, n))
                 }
                 (Kernel::Op(tessera_ir::Op::Reduce { op, axes, .. }), _) => host::reduce(out, &ins[0], *op, axes),
                 (Kernel::Op(tessera_ir::Op::Gather { axis }), _) => gather(out, &ins[0], &ins[1], *axis)?,

@@ -315,14 +315,31 @@ pub unsafe fn norm(out: &View, x: &View, kind: NormKind, eps: f64, w: Option<&Vi
 /// f32 views of the same shape; `f` reads and writes `rows` rows of `d` from its pointers.
 pub unsafe fn rows_in_parallel(out: &View, x: &View, f: impl Fn(*mut f32, *const f32, i64, i64) + Sync) {
     let d = x.shape.last().copied().unwrap_or(1);
-    let rows = x.len().checked_div(d).unwrap_or(0);
+    unsafe { blocks_of_rows(out, x, x.len().checked_div(d).unwrap_or(0), d, f) }
+}
+
+/// As [`rows_in_parallel`] for a reduction of each row of `x` to one element of `out`.
+///
+/// # Safety
+/// f32 views; `out` holds one element per row of `x`.
+pub unsafe fn reduce_rows_in_parallel(out: &View, x: &View, f: impl Fn(*mut f32, *const f32, i64, i64) + Sync) {
+    // One row per output element, also where the rows are empty.
+    unsafe { blocks_of_rows(out, x, out.len(), 1, f) }
+}
+
+/// Calls `f(out + r0·out_row, x + r0·d, rows, d)` on parallel blocks of the `rows` rows of `x`.
+///
+/// # Safety
+/// As the callers.
+unsafe fn blocks_of_rows(out: &View, x: &View, rows: usize, out_row: usize, f: impl Fn(*mut f32, *const f32, i64, i64) + Sync) {
+    let d = x.shape.last().copied().unwrap_or(1);
     // Blocks of at least 32 KiB, at most four per thread.
     let per = (32 * 1024 / (4 * d.max(1))).max(rows.div_ceil(4 * rayon::current_num_threads())).max(1);
     let (o, xs) = (Shared(out.ptr), Shared(x.ptr));
     (0..rows.div_ceil(per)).into_par_iter().for_each(|blk| {
         let (r0, r1) = (blk * per, ((blk + 1) * per).min(rows));
         // SAFETY: block `blk` covers rows r0..r1, inside both views; blocks are disjoint.
-        unsafe { f((o.ptr() as *mut f32).add(r0 * d), (xs.ptr() as *const f32).add(r0 * d), (r1 - r0) as i64, d as i64) }
+        unsafe { f((o.ptr() as *mut f32).add(r0 * out_row), (xs.ptr() as *const f32).add(r0 * d), (r1 - r0) as i64, d as i64) }
     });
 }
 

@@ -10,7 +10,7 @@
 //! error below 1e-6); other transcendental functions call the interpreter's definition.
 
 use std::fmt::Write;
-use tessera_ir::{BinaryOp, DType, NormKind, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
+use tessera_ir::{BinaryOp, DType, NormKind, ReduceOp, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
 
 /// An LLVM `double` constant, exactly (hexadecimal bits).
 fn f64c(x: f64) -> String {
@@ -39,6 +39,7 @@ declare i64 @llvm.fptosi.sat.i64.f64(double)
 declare float @llvm.fabs.f32(float)
 declare float @llvm.fma.f32(float, float, float)
 declare float @llvm.maximum.f32(float, float)
+declare float @llvm.minimum.f32(float, float)
 declare float @llvm.copysign.f32(float, float)
 declare float @llvm.sqrt.f32(float)
 ",
@@ -576,6 +577,61 @@ pub fn softmax(name: &str) -> String {
     b.line("%scale.y = fmul float %scale.e, %inv");
     b.line("store float %scale.y, ptr %scale.q");
     close_loop(&mut b, "scale", "scale.done");
+    b.line("%r.next = add nuw nsw i64 %r, 1");
+    b.line("%r.more = icmp slt i64 %r.next, %rows");
+    b.line("br i1 %r.more, label %row, label %exit");
+    b.label("exit");
+    b.line("ret void");
+    format!("define void @{name}(ptr noalias %y, ptr noalias %x, i64 %rows, i64 %d) #0 {{\nentry:\n{}}}\n", b.text)
+}
+
+/// A reduction of rows ([`crate::cpu::codegen::ReduceFn`]): `out[r]` is the sum (in f64, as
+/// the interpreter), mean, max or min (NaN-propagating, in f32: exact) of row `r`; an empty row
+/// gives the reduction's identity (a mean of none is NaN, 0/0).
+pub fn reduce(name: &str, op: ReduceOp) -> String {
+    let mut b = Body::new();
+    let (ty, init, step) = match op {
+        ReduceOp::Sum | ReduceOp::Mean => ("double", "0.0".to_string(), "fadd reassoc double %acc, %xd"),
+        ReduceOp::Max => ("float", f32c(f32::NEG_INFINITY), "call float @llvm.maximum.f32(float %acc, float %x.v)"),
+        ReduceOp::Min => ("float", f32c(f32::INFINITY), "call float @llvm.minimum.f32(float %acc, float %x.v)"),
+    };
+    b.line("%go = icmp sgt i64 %rows, 0");
+    b.line("br i1 %go, label %row, label %exit");
+    b.label("row");
+    b.line("%r = phi i64 [ 0, %entry ], [ %r.next, %done ]");
+    b.line("%off = mul i64 %r, %d");
+    b.line("%xr = getelementptr inbounds float, ptr %x, i64 %off");
+    b.line("%some = icmp sgt i64 %d, 0");
+    b.line("br i1 %some, label %loop, label %done");
+    b.label("loop");
+    b.line("%j = phi i64 [ 0, %row ], [ %j.next, %loop ]");
+    b.line(format!("%acc = phi {ty} [ {init}, %row ], [ %acc.n, %loop ]"));
+    b.line("%x.p = getelementptr inbounds float, ptr %xr, i64 %j");
+    b.line("%x.v = load float, ptr %x.p");
+    b.line("%xd = fpext float %x.v to double");
+    b.line(format!("%acc.n = {step}"));
+    b.line("%j.next = add nuw nsw i64 %j, 1");
+    b.line("%j.more = icmp slt i64 %j.next, %d");
+    b.line("br i1 %j.more, label %loop, label %done");
+    b.label("done");
+    b.line(format!("%a = phi {ty} [ {init}, %row ], [ %acc.n, %loop ]"));
+    let v = match op {
+        ReduceOp::Sum => "%a".to_string(),
+        ReduceOp::Mean => {
+            b.line("%n = sitofp i64 %d to double");
+            b.line("%m = fdiv double %a, %n");
+            "%m".to_string()
+        }
+        ReduceOp::Max | ReduceOp::Min => "%a".to_string(),
+    };
+    let v = if ty == "double" {
+        b.line(format!("%vf = fptrunc double {v} to float"));
+        "%vf".to_string()
+    } else {
+        v
+    };
+    b.line("%y.p = getelementptr inbounds float, ptr %y, i64 %r");
+    b.line(format!("store float {v}, ptr %y.p"));
     b.line("%r.next = add nuw nsw i64 %r, 1");
     b.line("%r.more = icmp slt i64 %r.next, %rows");
     b.line("br i1 %r.more, label %row, label %exit");

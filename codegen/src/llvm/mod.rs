@@ -20,7 +20,7 @@ use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, Targe
 use inkwell::OptimizationLevel;
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
-use tessera_ir::{DType, NormKind, ScoreFn};
+use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn};
 
 /// The placeholder for a kernel's name while its text is compared with the others.
 const NAME: &str = "__kernel__";
@@ -134,6 +134,10 @@ impl Codegen for Llvm {
 
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.declare(emit::softmax(NAME))))
+    }
+
+    fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.declare(emit::reduce(NAME, op))))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
