@@ -7,6 +7,7 @@
 //! gives each one's entry point. The code lives as long as the code generator.
 
 use crate::error::CodegenError;
+use std::collections::HashMap;
 use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn, BINARY_OPS, UNARY_OPS};
 
 /// A kernel declared to a [`Codegen`].
@@ -23,6 +24,46 @@ pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
 /// A reduction of rows: `(out, x, rows, n)`, f32, `out[r]` from the `n` contiguous elements of
 /// row `r`.
 pub type ReduceFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
+
+/// The kernels of a backend that compiles them as one module of text (LLVM, MLIR): each
+/// distinct kernel once, named `k0`, `k1`, ..; identical kernels (one per layer) share one.
+#[derive(Default)]
+pub struct TextKernels {
+    /// Each distinct kernel's text, named.
+    functions: Vec<String>,
+    /// The function name of each [`Sym`].
+    names: Vec<String>,
+    /// Kernels by their text with the placeholder name.
+    seen: HashMap<String, Sym>,
+}
+
+impl TextKernels {
+    /// The placeholder for the kernel's name in the text given to [`TextKernels::declare`].
+    pub const NAME: &'static str = "__kernel__";
+
+    /// Declares the kernel whose text (named [`TextKernels::NAME`]) is `text`, or finds its twin.
+    pub fn declare(&mut self, text: String) -> Sym {
+        if let Some(&s) = self.seen.get(&text) {
+            return s;
+        }
+        let name = format!("k{}", self.functions.len());
+        self.functions.push(text.replace(Self::NAME, &name));
+        self.names.push(name);
+        let s = self.names.len() - 1;
+        self.seen.insert(text, s);
+        s
+    }
+
+    /// The distinct kernels' texts, in declaration order.
+    pub fn functions(&self) -> &[String] {
+        &self.functions
+    }
+
+    /// The function name of each declared [`Sym`].
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
 
 /// A code generator for the CPU executor.
 pub trait Codegen: Send {

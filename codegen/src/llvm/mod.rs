@@ -5,12 +5,12 @@
 //! vectorized row loops) and also the row kernels Cranelift leaves to Rust: norms and softmax.
 //! Everything else (GEMMs, the attention and scan kernels' loops) is the CPU executor's.
 //!
-//! Identical kernels (one per layer) are emitted once.
+//! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
 mod emit;
 pub mod gemm;
 
-use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym};
+use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
@@ -18,27 +18,17 @@ use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::OptimizationLevel;
-use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn};
-
-/// The placeholder for a kernel's name while its text is compared with the others.
-const NAME: &str = "__kernel__";
 
 /// Kernels declared, then compiled as one module.
 pub struct Llvm {
     keep_ir: bool,
-    /// Each distinct kernel's text (named).
-    functions: Vec<String>,
-    /// The function name of each [`Sym`].
-    names: Vec<String>,
-    /// Kernels by their text with the placeholder name: identical kernels share one function.
-    seen: HashMap<String, Sym>,
+    /// The kernels declared (identical ones once).
+    kernels: TextKernels,
     compiled: Option<Compiled>,
     /// The module before and after optimisation, when kept.
     dumps: Vec<String>,
-    /// Seconds spent in [`Codegen::finish`] (parsing, optimising, compiling).
-    pub compile_seconds: f64,
 }
 
 /// Compiled code and what keeps it alive: the execution engine owns the module, which borrows
@@ -78,34 +68,13 @@ impl Llvm {
     /// optimisation.
     pub fn new(keep_ir: bool) -> Result<Llvm, CodegenError> {
         Target::initialize_native(&InitializationConfig::default()).map_err(err)?;
-        Ok(Llvm {
-            keep_ir,
-            functions: Vec::new(),
-            names: Vec::new(),
-            seen: HashMap::new(),
-            compiled: None,
-            dumps: Vec::new(),
-            compile_seconds: 0.0,
-        })
-    }
-
-    /// Declares the kernel whose text (named [`NAME`]) is `text`, or finds its twin.
-    fn declare(&mut self, text: String) -> Sym {
-        if let Some(&s) = self.seen.get(&text) {
-            return s;
-        }
-        let name = format!("k{}", self.functions.len());
-        self.functions.push(text.replace(NAME, &name));
-        self.names.push(name);
-        let s = self.names.len() - 1;
-        self.seen.insert(text, s);
-        s
+        Ok(Llvm { keep_ir, kernels: TextKernels::default(), compiled: None, dumps: Vec::new() })
     }
 
     /// The whole module's text.
     fn module_text(&self, cpu: &str, features: &str) -> String {
         let mut s = emit::prelude(cpu, features);
-        for f in &self.functions {
+        for f in self.kernels.functions() {
             s.push('\n');
             s.push_str(f);
         }
@@ -119,29 +88,30 @@ impl Codegen for Llvm {
     }
 
     fn rows(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Option<&[i64]>) -> Result<(Sym, Option<Sym>), CodegenError> {
-        let any = emit::row(NAME, f, leaf_types, out, None).map_err(CodegenError::Internal)?;
-        let any = self.declare(any);
+        let any = emit::row(TextKernels::NAME, f, leaf_types, out, None).map_err(CodegenError::Internal)?;
+        let any = self.kernels.declare(any);
         let fixed = match steps {
-            Some(st) => Some(self.declare(emit::row(NAME, f, leaf_types, out, Some(st)).map_err(CodegenError::Internal)?)),
+            Some(st) => {
+                Some(self.kernels.declare(emit::row(TextKernels::NAME, f, leaf_types, out, Some(st)).map_err(CodegenError::Internal)?))
+            }
             None => None,
         };
         Ok((any, fixed))
     }
 
     fn norm(&mut self, kind: NormKind, eps: f64, weight: bool, bias: bool) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.declare(emit::norm(NAME, kind, eps, weight, bias))))
+        Ok(Some(self.kernels.declare(emit::norm(TextKernels::NAME, kind, eps, weight, bias))))
     }
 
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.declare(emit::softmax(NAME))))
+        Ok(Some(self.kernels.declare(emit::softmax(TextKernels::NAME))))
     }
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.declare(emit::reduce(NAME, op))))
+        Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
-        let t0 = std::time::Instant::now();
         let cpu = TargetMachine::get_host_cpu_name().to_string();
         let features = TargetMachine::get_host_cpu_features().to_string();
         let text = self.module_text(&cpu, &features);
@@ -177,14 +147,14 @@ impl Codegen for Llvm {
                     engine.add_global_mapping(&f, addr);
                 }
             }
-            let addresses = self.names.iter().map(|n| engine.get_function_address(n).map_err(err)).collect::<Result<Vec<_>, _>>()?;
+            let addresses =
+                self.kernels.names().iter().map(|n| engine.get_function_address(n).map_err(err)).collect::<Result<Vec<_>, _>>()?;
             drop(module);
             Ok::<_, CodegenError>((engine, addresses))
         })();
         match made {
             Ok((engine, addresses)) => {
                 self.compiled = Some(Compiled { engine: ManuallyDrop::new(engine), context, addresses });
-                self.compile_seconds = t0.elapsed().as_secs_f64();
                 Ok(())
             }
             Err(e) => {

@@ -11,11 +11,11 @@
 //! engine's `lookup`; the interpreter's helpers (`tsr_unary`, `tsr_binary`, `tsr_gather`) are
 //! registered with the engine by address.
 //!
-//! Identical kernels (one per layer) are emitted once.
+//! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
 mod emit;
 
-use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym};
+use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
 use melior::dialect::DialectRegistry;
 use melior::ir::operation::OperationLike;
@@ -23,13 +23,9 @@ use melior::ir::Module;
 use melior::pass::PassManager;
 use melior::utility::{parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes};
 use melior::{Context, ExecutionEngine};
-use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
 use tessera_ir::{DType, NormKind, ScoreFn};
-
-/// The placeholder for a kernel's name while its text is compared with the others.
-const NAME: &str = "__kernel__";
 
 /// The lowering pipeline, one pass a stage (each is a pass of `mlir-opt`, run on the module);
 /// with `keep_ir` the module is kept after each (`tessera ir --emit mlir --print-after STAGE`).
@@ -56,17 +52,11 @@ const OPT_LEVEL: usize = 3;
 /// Kernels declared, then compiled as one module.
 pub struct Mlir {
     keep_ir: bool,
-    /// Each distinct kernel's text (named).
-    functions: Vec<String>,
-    /// The function name of each [`Sym`].
-    names: Vec<String>,
-    /// Kernels by their text with the placeholder name: identical kernels share one function.
-    seen: HashMap<String, Sym>,
+    /// The kernels declared (identical ones once).
+    kernels: TextKernels,
     compiled: Option<Compiled>,
     /// The module as emitted and after each stage, when kept.
     dumps: Vec<String>,
-    /// Seconds spent in [`Codegen::finish`] (parsing, lowering, compiling).
-    pub compile_seconds: f64,
 }
 
 /// Compiled code and what keeps it alive: the execution engine (which owns the LLVM module and
@@ -111,35 +101,14 @@ impl Mlir {
     /// A code generator for the host CPU; `keep_ir` keeps the module's text as emitted and
     /// after each stage of the lowering.
     pub fn new(keep_ir: bool) -> Result<Mlir, CodegenError> {
-        Ok(Mlir {
-            keep_ir,
-            functions: Vec::new(),
-            names: Vec::new(),
-            seen: HashMap::new(),
-            compiled: None,
-            dumps: Vec::new(),
-            compile_seconds: 0.0,
-        })
-    }
-
-    /// Declares the kernel whose text (named [`NAME`]) is `text`, or finds its twin.
-    fn declare(&mut self, text: String) -> Sym {
-        if let Some(&s) = self.seen.get(&text) {
-            return s;
-        }
-        let name = format!("k{}", self.functions.len());
-        self.functions.push(text.replace(NAME, &name));
-        self.names.push(name);
-        let s = self.names.len() - 1;
-        self.seen.insert(text, s);
-        s
+        Ok(Mlir { keep_ir, kernels: TextKernels::default(), compiled: None, dumps: Vec::new() })
     }
 
     /// The whole module's text.
     fn module_text(&self) -> String {
         let mut s = String::from("module {\n");
         s.push_str(&emit::prelude());
-        for f in &self.functions {
+        for f in self.kernels.functions() {
             s.push('\n');
             s.push_str(f);
         }
@@ -187,7 +156,8 @@ impl Mlir {
             unsafe { engine.register_symbol(name, addr) };
         }
         let addresses = self
-            .names
+            .kernels
+            .names()
             .iter()
             .map(|n| {
                 let a = engine.lookup(n);
@@ -208,25 +178,26 @@ impl Codegen for Mlir {
     }
 
     fn rows(&mut self, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Option<&[i64]>) -> Result<(Sym, Option<Sym>), CodegenError> {
-        let any = emit::row(NAME, f, leaf_types, out, None).map_err(CodegenError::Internal)?;
-        let any = self.declare(any);
+        let any = emit::row(TextKernels::NAME, f, leaf_types, out, None).map_err(CodegenError::Internal)?;
+        let any = self.kernels.declare(any);
         let fixed = match steps {
-            Some(st) => Some(self.declare(emit::row(NAME, f, leaf_types, out, Some(st)).map_err(CodegenError::Internal)?)),
+            Some(st) => {
+                Some(self.kernels.declare(emit::row(TextKernels::NAME, f, leaf_types, out, Some(st)).map_err(CodegenError::Internal)?))
+            }
             None => None,
         };
         Ok((any, fixed))
     }
 
     fn norm(&mut self, kind: NormKind, eps: f64, weight: bool, bias: bool) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.declare(emit::norm(NAME, kind, eps, weight, bias))))
+        Ok(Some(self.kernels.declare(emit::norm(TextKernels::NAME, kind, eps, weight, bias))))
     }
 
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.declare(emit::softmax(NAME))))
+        Ok(Some(self.kernels.declare(emit::softmax(TextKernels::NAME))))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
-        let t0 = std::time::Instant::now();
         let text = self.module_text();
         register_all_passes();
         let registry = DialectRegistry::new();
@@ -247,7 +218,6 @@ impl Codegen for Mlir {
         context.detach_diagnostic_handler(handler);
         let (engine, addresses) = made?;
         self.compiled = Some(Compiled { engine: ManuallyDrop::new(engine), context: ManuallyDrop::new(context), addresses });
-        self.compile_seconds = t0.elapsed().as_secs_f64();
         Ok(())
     }
 
