@@ -4,16 +4,10 @@
 //! 6 × 2 of 8 with AVX2), one broadcast of `A` per row and two loads of `B` per `k`. The
 //! blocking and packing around it are `crate::cpu::gemm`'s.
 
-use super::{err, lerr, Compiled};
+use super::err;
 use crate::cpu::gemm::MicroKernel;
 use crate::error::CodegenError;
-use inkwell::context::Context;
-use inkwell::memory_buffer::MemoryBuffer;
-use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::{CodeModel, InitializationConfig, RelocMode, Target, TargetMachine};
-use inkwell::OptimizationLevel;
 use std::fmt::Write;
-use std::mem::ManuallyDrop;
 use std::sync::OnceLock;
 
 /// The micro-kernel's text for `mr` rows and two vectors of `w` lanes.
@@ -83,49 +77,19 @@ fn text(mr: usize, w: usize, cpu: &str, features: &str) -> String {
 
 /// The host's micro-kernel, compiled once per process; `Err` says why there is none.
 pub fn microkernel() -> Result<MicroKernel, String> {
-    static KERNEL: OnceLock<Result<(MicroKernel, usize), String>> = OnceLock::new();
-    KERNEL.get_or_init(|| compile().map_err(|e| e.to_string())).clone().map(|(k, _)| k)
+    static KERNEL: OnceLock<Result<MicroKernel, String>> = OnceLock::new();
+    KERNEL.get_or_init(|| compile().map_err(|e| e.to_string())).clone()
 }
 
-fn compile() -> Result<(MicroKernel, usize), CodegenError> {
-    Target::initialize_native(&InitializationConfig::default()).map_err(err)?;
-    let cpu = TargetMachine::get_host_cpu_name().to_string();
-    let features = TargetMachine::get_host_cpu_features().to_string();
+fn compile() -> Result<MicroKernel, CodegenError> {
+    let (cpu, features) = super::host();
     let avx512 = features.split(',').any(|f| f == "+avx512f");
     let (mr, w) = if avx512 { (12, 16) } else { (6, 8) };
-    let text = text(mr, w, &cpu, &features);
-    let triple = TargetMachine::get_default_triple();
-    let target = Target::from_triple(&triple).map_err(err)?;
-    let tm = target
-        .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
-        .ok_or_else(|| err("no target machine for this host"))?;
-    let context: *mut Context = Box::into_raw(Box::new(Context::create()));
-    // SAFETY: as in `Llvm::finish`: the context outlives the engine, which `Compiled` drops
-    // first; the kernel is kept for the whole process (a static).
-    let ctx: &'static Context = unsafe { &*context };
-    let made = (|| {
-        let module = ctx.create_module_from_ir(MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "gemm")).map_err(lerr)?;
-        module.verify().map_err(lerr)?;
-        module.set_triple(&triple);
-        module.set_data_layout(&tm.get_target_data().get_data_layout());
-        module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(lerr)?;
-        let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(lerr)?;
-        let address = engine.get_function_address("ukernel").map_err(err)?;
-        drop(module);
-        Ok::<_, CodegenError>((engine, address))
-    })();
-    match made {
-        Ok((engine, address)) => {
-            // Kept for the process: the kernel is a static.
-            std::mem::forget(Compiled { engine: ManuallyDrop::new(engine), context, addresses: vec![address] });
-            // SAFETY: `ukernel` was compiled with `MicroKernel::f`'s signature.
-            let f = unsafe { std::mem::transmute::<usize, crate::cpu::gemm::MicroFn>(address) };
-            Ok((MicroKernel { f, mr, nr: 2 * w }, address))
-        }
-        Err(e) => {
-            // SAFETY: nothing made from the context is left.
-            drop(unsafe { Box::from_raw(context) });
-            Err(e)
-        }
-    }
+    let compiled = super::compile(&text(mr, w, &cpu, &features), &cpu, &features, &["ukernel".to_string()], None)?;
+    let address = compiled.addresses.first().copied().ok_or_else(|| err("no ukernel"))?;
+    // Kept for the process: the kernel is a static.
+    std::mem::forget(compiled);
+    // SAFETY: `ukernel` was compiled with `MicroKernel::f`'s signature.
+    let f = unsafe { std::mem::transmute::<usize, crate::cpu::gemm::MicroFn>(address) };
+    Ok(MicroKernel { f, mr, nr: 2 * w })
 }

@@ -41,7 +41,7 @@ struct Compiled {
 
 impl Drop for Compiled {
     fn drop(&mut self) {
-        // SAFETY: the engine borrows `context`, which `Llvm::finish` leaked from a box; the engine
+        // SAFETY: the engine borrows `context`, which `compile` leaked from a box; the engine
         // goes first, then the context, and nothing else refers to either.
         unsafe {
             ManuallyDrop::drop(&mut self.engine);
@@ -50,7 +50,7 @@ impl Drop for Compiled {
     }
 }
 
-// SAFETY: the engine and its context are used only by `Llvm::finish`, on one thread; afterwards
+// SAFETY: the engine and its context are used only by `compile`, on one thread; afterwards
 // they are only kept alive (the code is called through the addresses taken then).
 unsafe impl Send for Compiled {}
 
@@ -61,6 +61,63 @@ fn err(e: impl std::fmt::Display) -> CodegenError {
 /// An error message of LLVM's, unquoted.
 fn lerr(e: inkwell::support::LLVMString) -> CodegenError {
     CodegenError::Llvm(e.to_string_lossy().into_owned())
+}
+
+/// The host CPU as LLVM names it: its name and its features.
+fn host() -> (String, String) {
+    (TargetMachine::get_host_cpu_name().to_string(), TargetMachine::get_host_cpu_features().to_string())
+}
+
+/// Parses the module `text`, optimises it at O3 for the host CPU `cpu` with `features` and
+/// compiles it with MCJIT; the interpreter's helpers are mapped where the module calls them.
+/// Returns the compiled code with the addresses of the functions `names`, in order; with
+/// `dumps`, the module as emitted and after O3 is pushed there.
+fn compile(text: &str, cpu: &str, features: &str, names: &[String], mut dumps: Option<&mut Vec<String>>) -> Result<Compiled, CodegenError> {
+    Target::initialize_native(&InitializationConfig::default()).map_err(err)?;
+    let triple = TargetMachine::get_default_triple();
+    let target = Target::from_triple(&triple).map_err(err)?;
+    let tm = target
+        .create_target_machine(&triple, cpu, features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
+        .ok_or_else(|| err(format!("no target machine for {cpu} ({})", triple)))?;
+    let context: *mut Context = Box::into_raw(Box::new(Context::create()));
+    // SAFETY: `context` lives until `Compiled` drops it, after the engine; on the error paths
+    // below it is freed after everything made from it.
+    let ctx: &'static Context = unsafe { &*context };
+    let made = (|| {
+        let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tessera");
+        let module = ctx.create_module_from_ir(buf).map_err(lerr)?;
+        module.verify().map_err(lerr)?;
+        module.set_triple(&triple);
+        module.set_data_layout(&tm.get_target_data().get_data_layout());
+        if let Some(d) = dumps.as_mut() {
+            d.push(format!("; the module as emitted\n{}", module.print_to_string().to_string_lossy()));
+        }
+        module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(lerr)?;
+        if let Some(d) = dumps.as_mut() {
+            d.push(format!("; the module after O3 for {cpu}\n{}", module.print_to_string().to_string_lossy()));
+        }
+        let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(lerr)?;
+        for (name, addr) in [
+            ("tsr_unary", tsr_unary as *const () as usize),
+            ("tsr_binary", tsr_binary as *const () as usize),
+            ("tsr_gather", tsr_gather as *const () as usize),
+        ] {
+            if let Some(f) = module.get_function(name) {
+                engine.add_global_mapping(&f, addr);
+            }
+        }
+        let addresses = names.iter().map(|n| engine.get_function_address(n).map_err(err)).collect::<Result<Vec<_>, _>>()?;
+        drop(module);
+        Ok::<_, CodegenError>((engine, addresses))
+    })();
+    match made {
+        Ok((engine, addresses)) => Ok(Compiled { engine: ManuallyDrop::new(engine), context, addresses }),
+        Err(e) => {
+            // SAFETY: everything made from the context has been dropped.
+            drop(unsafe { Box::from_raw(context) });
+            Err(e)
+        }
+    }
 }
 
 impl Llvm {
@@ -112,57 +169,11 @@ impl Codegen for Llvm {
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
-        let cpu = TargetMachine::get_host_cpu_name().to_string();
-        let features = TargetMachine::get_host_cpu_features().to_string();
+        let (cpu, features) = host();
         let text = self.module_text(&cpu, &features);
-        let triple = TargetMachine::get_default_triple();
-        let target = Target::from_triple(&triple).map_err(err)?;
-        let tm = target
-            .create_target_machine(&triple, &cpu, &features, OptimizationLevel::Aggressive, RelocMode::Default, CodeModel::JITDefault)
-            .ok_or_else(|| err(format!("no target machine for {cpu} ({})", triple)))?;
-        let context: *mut Context = Box::into_raw(Box::new(Context::create()));
-        // SAFETY: `context` lives until `Compiled` drops it, after the engine; on the error paths
-        // below it is freed after everything made from it.
-        let ctx: &'static Context = unsafe { &*context };
-        let made = (|| {
-            let buf = MemoryBuffer::create_from_memory_range_copy(text.as_bytes(), "tessera");
-            let module = ctx.create_module_from_ir(buf).map_err(lerr)?;
-            module.verify().map_err(lerr)?;
-            module.set_triple(&triple);
-            module.set_data_layout(&tm.get_target_data().get_data_layout());
-            if self.keep_ir {
-                self.dumps.push(format!("; the module as emitted\n{}", module.print_to_string().to_string_lossy()));
-            }
-            module.run_passes("default<O3>", &tm, PassBuilderOptions::create()).map_err(lerr)?;
-            if self.keep_ir {
-                self.dumps.push(format!("; the module after O3 for {cpu}\n{}", module.print_to_string().to_string_lossy()));
-            }
-            let engine = module.create_jit_execution_engine(OptimizationLevel::Aggressive).map_err(lerr)?;
-            for (name, addr) in [
-                ("tsr_unary", tsr_unary as *const () as usize),
-                ("tsr_binary", tsr_binary as *const () as usize),
-                ("tsr_gather", tsr_gather as *const () as usize),
-            ] {
-                if let Some(f) = module.get_function(name) {
-                    engine.add_global_mapping(&f, addr);
-                }
-            }
-            let addresses =
-                self.kernels.names().iter().map(|n| engine.get_function_address(n).map_err(err)).collect::<Result<Vec<_>, _>>()?;
-            drop(module);
-            Ok::<_, CodegenError>((engine, addresses))
-        })();
-        match made {
-            Ok((engine, addresses)) => {
-                self.compiled = Some(Compiled { engine: ManuallyDrop::new(engine), context, addresses });
-                Ok(())
-            }
-            Err(e) => {
-                // SAFETY: everything made from the context has been dropped.
-                drop(unsafe { Box::from_raw(context) });
-                Err(e)
-            }
-        }
+        let dumps = if self.keep_ir { Some(&mut self.dumps) } else { None };
+        self.compiled = Some(compile(&text, &cpu, &features, self.kernels.names(), dumps)?);
+        Ok(())
     }
 
     fn address(&self, s: Sym) -> Result<*const u8, CodegenError> {
