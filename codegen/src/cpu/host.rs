@@ -162,16 +162,13 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
     let ob = broadcast_offsets(batch, &b.shape[..rb - 2]);
     let threads = rayon::current_num_threads();
     for (bi, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
-        if m <= super::gemv::MAX_ROWS && m > 0 {
-            let (o, av, bv) = unsafe {
-                ((out.ptr as *mut f32).add(bi * m * n), (a.ptr as *const f32).add(ia * m * k), (b.ptr as *const f32).add(ib * k * n))
-            };
-            unsafe { super::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
-            continue;
-        }
         let (o, av, bv) = unsafe {
             ((out.ptr as *mut f32).add(bi * m * n), (a.ptr as *const f32).add(ia * m * k), (b.ptr as *const f32).add(ib * k * n))
         };
+        if m <= super::gemv::MAX_ROWS && m > 0 {
+            unsafe { super::gemv::product(o, av, bv, (m, n, k), trans_b, threaded) };
+            continue;
+        }
         match crate::gemm_library::library() {
             crate::gemm_library::Library::Packed(micro) => {
                 unsafe { super::gemm::packed(micro, o, av, bv, (m, n, k), trans_b, threaded) };
@@ -190,14 +187,14 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
                 m,
                 n,
                 k,
-                (out.ptr as *mut f32).add(bi * m * n),
+                o,
                 1,
                 n as isize,
                 false,
-                (a.ptr as *const f32).add(ia * m * k),
+                av,
                 1,
                 k as isize,
-                (b.ptr as *const f32).add(ib * k * n),
+                bv,
                 rhs_cs,
                 rhs_rs,
                 0.0,
