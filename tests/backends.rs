@@ -123,6 +123,67 @@ fn run_on_llvm_gives_the_outputs_of_cranelift() {
     }
 }
 
+/// A model's `logits` through `tessera run --out`, with `env` set.
+fn logits_of(args: &[&str], env: &[(&str, &str)], tag: &str) -> Vec<f32> {
+    let out = std::env::temp_dir().join(format!("tessera-{tag}-{}.safetensors", std::process::id()));
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--out", out.to_str().unwrap_or_default()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_tessera")).args(&all).envs(env.iter().copied()).output().expect("runs");
+    assert!(o.status.success(), "{tag}: {}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&out).expect("reads");
+    std::fs::remove_file(&out).ok();
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let t = st.tensor("logits").expect("logits");
+    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The packed GEMM reads weights packed once (`pack_b` steps, kept between runs like merged
+/// weights): GEMMs, a tied (transposed) embedding and gated and plain feed-forward layers
+/// give the interpreter's logits, on the first run and on runs that reuse the packing.
+#[cfg(feature = "llvm")]
+#[test]
+fn weights_packed_once_for_the_llvm_gemm_give_the_interpreters_logits() {
+    let models: [&[&str]; 2] = [
+        &["stdlib/gpt2.tsr", "-D", "layers=2", "-D", "d=96", "-D", "heads=4", "-D", "vocab=300", "--dim", "seq=40"],
+        &[
+            "stdlib/llama.tsr",
+            "-D",
+            "layers=2",
+            "-D",
+            "d=96",
+            "-D",
+            "heads=4",
+            "-D",
+            "kv_heads=2",
+            "-D",
+            "hidden=200",
+            "-D",
+            "vocab=300",
+            "--dim",
+            "seq=40",
+        ],
+    ];
+    for args in models {
+        let want = logits_of(&[args, &["--backend", "interp"]].concat(), &[], "interp");
+        for repeat in ["1", "3"] {
+            let env = [("TESSERA_GEMM", "llvm"), ("TESSERA_PROFILE", "1")];
+            let got = logits_of(&[args, &["--repeat", repeat]].concat(), &env, "packed");
+            assert_eq!(want.len(), got.len());
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = want.iter().zip(&got).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst <= 1e-4 * scale.max(1.0), "{} repeat {repeat}: max |Δ| {worst} of {scale}", args[0]);
+        }
+        // The weights were read packed.
+        let o = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([&["run"], args].concat())
+            .envs([("TESSERA_GEMM", "llvm"), ("TESSERA_PROFILE", "1")])
+            .output()
+            .expect("runs");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("pack_b"), "{}: no pack_b step in the profile", args[0]);
+    }
+}
+
 /// `C = A·B` (or `A·Bᵀ`) in f64, the reference of the GEMM libraries' tests.
 #[cfg(any(feature = "llvm", feature = "openblas"))]
 fn naive(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), trans_b: bool) -> Vec<f64> {
@@ -147,16 +208,28 @@ fn gemm_libraries_equal_a_naive_product_at_odd_sizes() {
     #[cfg(feature = "llvm")]
     {
         let micro = tessera::codegen::llvm::gemm::microkernel().expect("a micro-kernel for this CPU");
+        use tessera::codegen::cpu::gemm::{pack_b, packed, packed_len, Rhs};
         for threaded in [false, true] {
             libs.push((
                 if threaded { "llvm packed, threaded" } else { "llvm packed" },
-                Box::new(move |c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::packed(micro, c, a, b, mnk, t, threaded) }),
+                Box::new(move |c, a, b, mnk, trans_b| unsafe { packed(micro, c, a, Rhs::Plain { b, trans_b }, mnk, threaded) }),
             ));
         }
+        // B packed once (a weight), as the executor's `pack_b` steps do.
+        libs.push((
+            "llvm, B packed once",
+            Box::new(move |c, a, b, (m, n, k), trans_b| {
+                let mut p = vec![f32::NAN; packed_len(micro, (n, k))];
+                unsafe {
+                    pack_b(micro, &mut p, b, (n, k), trans_b);
+                    packed(micro, c, a, Rhs::Packed(p.as_ptr()), (m, n, k), true)
+                }
+            }),
+        ));
     }
     #[cfg(feature = "openblas")]
     libs.push(("openblas", Box::new(|c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::openblas(c, a, b, mnk, t) })));
-    for (m, n, k) in [(1, 1, 1), (5, 7, 3), (13, 33, 17), (150, 70, 300), (37, 65, 513), (12, 32, 256)] {
+    for (m, n, k) in [(1, 1, 1), (5, 7, 3), (13, 33, 17), (150, 70, 300), (37, 65, 513), (12, 32, 256), (300, 100, 600)] {
         for trans_b in [false, true] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();

@@ -85,6 +85,13 @@ pub enum Kernel {
     /// A route (`Op::Route`): the grouped feed-forward kernel where the body is one, else the
     /// body's program once per expert.
     Route(Box<RouteKernel>),
+    /// A weight packed for the CPU's packed GEMM (`cpu::gemm::pack_b`): the CPU executor puts
+    /// one before each GEMM or feed-forward step whose weight is a parameter, into a `Derived`
+    /// buffer, so weights are packed once, not at every product. Scheduling makes none.
+    PackB {
+        /// The weight is stored transposed.
+        trans_b: bool,
+    },
 }
 
 /// A route step: the IR op, its scheduled body, and the grouped kernel's plan.
@@ -161,6 +168,7 @@ impl Kernel {
             Kernel::Scan(_) => "scan",
             Kernel::TopK { .. } => "topk",
             Kernel::Route(_) => "route",
+            Kernel::PackB { .. } => "pack_b",
             // Scheduling makes no step of the other ops.
             Kernel::Op(_) => "op",
         }
@@ -267,6 +275,7 @@ impl fmt::Display for Program {
                 }
                 Kernel::Op(tessera_ir::Op::Reduce { op, axes, .. }) => format!(" {op:?} axes={axes:?}"),
                 Kernel::Fft { axis, inverse } => format!(" axis={axis} inverse={inverse}"),
+                Kernel::PackB { trans_b } => format!(" trans_b={trans_b}"),
                 Kernel::Op(tessera_ir::Op::Segment { op, axis }) => format!(" {} axis={axis}", op.name()),
                 Kernel::Op(tessera_ir::Op::Window { op, axis, size, pad_left }) => {
                     format!(" {} axis={axis} size={size} pad_left={pad_left}", op.name())

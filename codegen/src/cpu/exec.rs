@@ -47,6 +47,8 @@ pub struct Executable {
     natives: Vec<Option<Native>>,
     /// The compiled body of each scan or route step.
     bodies: Vec<Option<Executable>>,
+    /// Per step, per input: the buffer holding that weight packed for the GEMM ([`prepack`]).
+    packed: Vec<Vec<Option<BufId>>>,
     _jit: Box<dyn Codegen>,
     /// Cranelift IR of the compiled kernels (when asked for).
     pub clif: Vec<String>,
@@ -126,6 +128,10 @@ impl Executable {
     /// Compiles the kernels of `program` that `codegen` compiles (elementwise chains, score
     /// functions, and where it has them norms and softmax); the executor runs the others.
     pub fn with(program: Program, mut jit: Box<dyn Codegen>) -> Result<Executable, CodegenError> {
+        let (program, packed) = match crate::gemm_library::library() {
+            crate::gemm_library::Library::Packed(micro) => prepack(program, micro),
+            _ => (program, Vec::new()),
+        };
         enum Declared {
             Rows(Sym, Option<(Sym, Vec<i64>)>),
             Norm(Sym),
@@ -219,6 +225,7 @@ impl Executable {
                 .collect();
         Ok(Executable {
             bodies,
+            packed,
             program,
             derived: Default::default(),
             derived_keys,
@@ -265,7 +272,8 @@ impl Executable {
         let mem = plan(p, &sizes);
         // The arena is kept between runs: no fresh pages (and page faults) at every call.
         let mut arena = self.arena.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-        let words = mem.bytes.div_ceil(8).max(1);
+        // Room to start the arena on a cache line (the plan's offsets are multiples of 64).
+        let words = mem.bytes.div_ceil(8).max(1) + 8;
         if arena.len() < words {
             // Fresh (its contents need not survive), with room for runs a little larger (a
             // decode step's state grows by one position per call).
@@ -273,6 +281,8 @@ impl Executable {
             *arena = vec![0; words + words / 4];
         }
         let base = arena.as_mut_ptr() as *mut u8;
+        // SAFETY: at most 56 bytes in, inside the 8 extra words.
+        let base = unsafe { base.add(base.align_offset(64)) };
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); p.buffers.len()];
         // Outputs computed straight into the memory of the caller's tensors of their names
         // (f32, with room enough): no copy at the end (a decode step's states).
@@ -359,7 +369,11 @@ impl Executable {
                 }
                 Kernel::TopK { axis, results } => unsafe { super::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
                 Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
-                _ => unsafe { self.step(s, &out, &ins, dims, &mut stats) },
+                _ => {
+                    let packed: Vec<Option<*const f32>> =
+                        self.packed.get(s).map_or(Vec::new(), |p| p.iter().map(|b| b.map(|b| ptrs[b] as *const f32)).collect());
+                    unsafe { self.step(s, &out, &ins, &packed, dims, &mut stats) }
+                }
             };
             done.map_err(|e| match e {
                 RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
@@ -458,18 +472,35 @@ impl Executable {
     ///
     /// # Safety
     /// Views as the executor makes them.
-    unsafe fn step(&self, s: usize, out: &View, ins: &[View], dims: &Dims, stats: &mut RunStats) -> Result<(), RunError> {
+    unsafe fn step(
+        &self,
+        s: usize,
+        out: &View,
+        ins: &[View],
+        packed: &[Option<*const f32>],
+        dims: &Dims,
+        stats: &mut RunStats,
+    ) -> Result<(), RunError> {
         let step = &self.program.steps[s];
+        let packed = |i: usize| packed.get(i).copied().flatten();
         unsafe {
             match (&step.kernel, &self.natives[s]) {
                 (Kernel::Elementwise(_), Some(Native::Rows(rows))) => elementwise(rows, out, ins),
                 (Kernel::Gemm { trans_b, bias, act, residual }, _) => {
-                    host::matmul(out, &ins[0], &ins[1], *trans_b);
+                    host::matmul(out, &ins[0], &ins[1], *trans_b, packed(1));
                     host::epilogue(out, bias.then(|| &ins[2]), *act, residual.then(|| &ins[ins.len() - 1]));
                 }
                 (Kernel::Op(tessera_ir::Op::Ffn { gated, act, bias }), _) => {
                     let mut scratch = self.scratch.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                    ffn(out, ins, *gated, *act, *bias, &mut scratch)
+                    ffn(out, ins, (packed(1), packed(ffn_out(*bias))), *gated, *act, *bias, &mut scratch)
+                }
+                (Kernel::PackB { trans_b }, _) => {
+                    let crate::gemm_library::Library::Packed(micro) = crate::gemm_library::library() else {
+                        return Err(RunError::Internal("a packed weight without the packed GEMM".into()));
+                    };
+                    let w = &ins[0];
+                    let (n, k) = if *trans_b { (w.shape[0], w.shape[1]) } else { (w.shape[1], w.shape[0]) };
+                    super::gemm::pack_b(micro, out.f32_mut(), w.ptr as *const f32, (n, k), *trans_b)
                 }
                 (Kernel::Op(tessera_ir::Op::Norm { .. }), Some(Native::Norm(f))) => {
                     // Addresses (not pointers) cross into the threads.
@@ -703,14 +734,73 @@ unsafe fn scatter_add(out: &View, x: &View, idx: &View, upd: &View, axis: usize)
     Ok(())
 }
 
+/// The input position of a feed-forward step's second weight (after `x`, the first weight
+/// and, with biases, the first bias).
+fn ffn_out(bias: bool) -> usize {
+    if bias {
+        3
+    } else {
+        2
+    }
+}
+
+/// For the packed GEMM: each GEMM's `b` and each feed-forward step's two weights that are
+/// parameters (or derived from them) of a fixed 2-D shape are read packed, from a `Derived`
+/// buffer that a [`Kernel::PackB`] step just before the first reader writes (once, then kept
+/// like merged weights). Returns the program and, per step and input, the packed buffer.
+/// Products of at most `gemv::MAX_ROWS` rows still read the weight as stored.
+fn prepack(mut p: Program, micro: super::gemm::MicroKernel) -> (Program, Vec<Vec<Option<BufId>>>) {
+    let old = std::mem::take(&mut p.steps);
+    let mut packed = Vec::with_capacity(old.len());
+    let mut made: HashMap<(BufId, bool), BufId> = HashMap::new();
+    for step in old {
+        let weights: Vec<(usize, bool)> = match &step.kernel {
+            Kernel::Gemm { trans_b, .. } => vec![(1, *trans_b)],
+            Kernel::Op(tessera_ir::Op::Ffn { bias, .. }) => vec![(1, false), (ffn_out(*bias), false)],
+            _ => Vec::new(),
+        };
+        let mut mine = vec![None; step.ins.len()];
+        for (i, trans_b) in weights {
+            let w = step.ins[i];
+            let ty = &p.buffers[w].ty;
+            let dims: Option<Vec<usize>> = ty.shape.iter().map(|d| d.as_known().and_then(|n| usize::try_from(n).ok())).collect();
+            let constant = matches!(p.buffers[p.root(w)].storage, Storage::Param(_) | Storage::Derived);
+            let (Some(dims), true, DType::F32) = (dims, constant, ty.dtype) else { continue };
+            let [rows, cols] = dims[..] else { continue };
+            let pb = *made.entry((w, trans_b)).or_insert_with(|| {
+                let (n, k) = if trans_b { (rows, cols) } else { (cols, rows) };
+                let len = super::gemm::packed_len(micro, (n, k)) as i64;
+                let ty = tessera_ir::TensorType { dtype: DType::F32, shape: vec![tessera_ir::Dim::known(len)] };
+                p.buffers.push(crate::kernel::Buffer { ty, storage: Storage::Derived });
+                let out = p.buffers.len() - 1;
+                p.steps.push(crate::kernel::Step { kernel: Kernel::PackB { trans_b }, out, ins: vec![w], span: step.span, ops: 0 });
+                packed.push(Vec::new());
+                out
+            });
+            mine[i] = Some(pb);
+        }
+        p.steps.push(step);
+        packed.push(mine);
+    }
+    (p, packed)
+}
+
 /// A feed-forward block: two GEMMs around the activation (gated: the first GEMM's output is
 /// `[gate | up]`).
 ///
 /// # Safety
 /// f32 views as `Op::Ffn` types them.
-unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, bias: bool, scratch: &mut (Vec<f32>, Vec<f32>)) {
+unsafe fn ffn(
+    out: &View,
+    ins: &[View],
+    (packed_in, packed_out): (Option<*const f32>, Option<*const f32>),
+    gated: bool,
+    act: tessera_ir::UnaryOp,
+    bias: bool,
+    scratch: &mut (Vec<f32>, Vec<f32>),
+) {
     let x = &ins[0];
-    let (w_in, w_out) = (&ins[1], &ins[if bias { 3 } else { 2 }]);
+    let (w_in, w_out) = (&ins[1], &ins[ffn_out(bias)]);
     let d = x.shape.last().copied().unwrap_or(1);
     // From the shape, not `x.len() / d`: an input of width 0 still has its rows.
     let rows: usize = x.shape.iter().rev().skip(1).product();
@@ -720,7 +810,7 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     h.resize(rows * h_in, 0.0);
     let hv = View { ptr: h.as_mut_ptr() as *mut u8, shape: vec![rows, h_in], dtype: DType::F32 };
     let xv = View { ptr: x.ptr, shape: vec![rows, d], dtype: DType::F32 };
-    unsafe { host::matmul(&hv, &xv, w_in, false) };
+    unsafe { host::matmul(&hv, &xv, w_in, false, packed_in) };
     // Bias and activation in place; a gated layer then multiplies the halves into `hidden`.
     let bias_in = bias.then(|| &ins[2]);
     let width = if gated { h_in / 2 } else { h_in };
@@ -736,7 +826,7 @@ unsafe fn ffn(out: &View, ins: &[View], gated: bool, act: tessera_ir::UnaryOp, b
     let hv = View { ptr: hidden.as_mut_ptr() as *mut u8, shape: vec![rows, width], dtype: DType::F32 };
     let ov = View { ptr: out.ptr, shape: vec![rows, w_out.shape[1]], dtype: DType::F32 };
     unsafe {
-        host::matmul(&ov, &hv, w_out, false);
+        host::matmul(&ov, &hv, w_out, false, packed_out);
         host::epilogue(&ov, bias.then(|| &ins[4]), None, None);
     }
 }

@@ -138,13 +138,14 @@ pub fn strided(out: &[usize], st: &[usize]) -> impl Fn(usize) -> usize + Sync {
     }
 }
 
-/// Batched `out = a @ b` (or `a @ bᵀ` with `trans_b`), batch axes broadcast, with the `gemm`
-/// crate.
+/// Batched `out = a @ b` (or `a @ bᵀ` with `trans_b`), batch axes broadcast, by the GEMM
+/// library of this process (`crate::gemm_library`); `packed`: `b` (2-D) packed once for the
+/// packed library by `gemm::pack_b`, which that library then reads instead.
 ///
 /// # Safety
-/// f32 views, shapes consistent with a matmul.
-pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool) {
-    unsafe { matmul_on(out, a, b, trans_b, true) }
+/// f32 views, shapes consistent with a matmul; `packed` holds `b` as `gemm::pack_b` packs it.
+pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool, packed: Option<*const f32>) {
+    unsafe { matmul_on(out, a, b, trans_b, true, packed) }
 }
 
 /// [`matmul`] on the calling thread only (`threaded` false): for callers that run several
@@ -152,7 +153,7 @@ pub unsafe fn matmul(out: &View, a: &View, b: &View, trans_b: bool) {
 ///
 /// # Safety
 /// As [`matmul`].
-pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded: bool) {
+pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded: bool, packed: Option<*const f32>) {
     let (ra, rb, r) = (a.shape.len(), b.shape.len(), out.shape.len());
     let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
     let n = if trans_b { b.shape[rb - 2] } else { b.shape[rb - 1] };
@@ -171,7 +172,12 @@ pub unsafe fn matmul_on(out: &View, a: &View, b: &View, trans_b: bool, threaded:
         }
         match crate::gemm_library::library() {
             crate::gemm_library::Library::Packed(micro) => {
-                unsafe { super::gemm::packed(micro, o, av, bv, (m, n, k), trans_b, threaded) };
+                let rhs = match packed {
+                    // A packed `b` is 2-D: every batch reads it whole.
+                    Some(p) => super::gemm::Rhs::Packed(p),
+                    None => super::gemm::Rhs::Plain { b: bv, trans_b },
+                };
+                unsafe { super::gemm::packed(micro, o, av, rhs, (m, n, k), threaded) };
                 continue;
             }
             #[cfg(feature = "openblas")]

@@ -75,14 +75,14 @@ pub unsafe fn run_ffn(f: &RoutedFfn, experts: usize, out: &View, ins: &[View], s
         // SAFETY: each expert writes only its own rows of the scratch buffers; the weight
         // slices lie inside their stacked operands (`e < experts`).
         unsafe {
-            host::matmul_on(&g, &a, &slice(&ins[f.gate], e), false, false);
+            host::matmul_on(&g, &a, &slice(&ins[f.gate], e), false, false, None);
             host::epilogue_rows(&g, f.act);
             if let (Some(u), Some(up)) = (f.up, up) {
                 let uv = at(up, h);
-                host::matmul_on(&uv, &a, &slice(&ins[u], e), false, false);
+                host::matmul_on(&uv, &a, &slice(&ins[u], e), false, false, None);
                 g.f32_mut().iter_mut().zip(uv.f32()).for_each(|(g, u)| *g *= u);
             }
-            host::matmul_on(&at(ys, d_out), &g, &slice(&ins[f.down], e), false, false);
+            host::matmul_on(&at(ys, d_out), &g, &slice(&ins[f.down], e), false, false, None);
         }
     });
     // Each token's k results, weighted, in the order of its choices.

@@ -1194,6 +1194,8 @@ fn fixed(p: &Program, index: usize, step: &Step, k: &Kernel, name: &str) -> Stri
         |st: &str| format!("  const int rank = (int)meta[1];\n  i64 off;\n  tsr_offsets<1>(i, meta[0], rank, meta + 2, {st}, &off);\n");
     let body = match k {
         Kernel::Scan(_) | Kernel::TopK { .. } | Kernel::Route(_) => "  // lowered on their own\n".to_string(),
+        // Only the CPU executor makes these.
+        Kernel::PackB { .. } => String::new(),
         // One block per row (a line for softmax), reduced through shared memory.
         Kernel::Op(tessera_ir::Op::Norm { kind, eps }) => {
             let w = if step.ins.len() > 1 { "(double)in1[c]" } else { "1.0" };
@@ -1396,6 +1398,7 @@ pub fn meta(
             m
         }
         Kernel::Route(_) => return Err("a route's launches are made by the executor".into()),
+        Kernel::PackB { .. } => return Err("a CPU step".into()),
         Kernel::Elementwise(_) => elementwise_meta(out, ins),
         Kernel::Op(tessera_ir::Op::Attention(f)) => attention_meta(block, out, ins[0], ins[1], ins[2], &ins[3..], f),
         Kernel::Op(tessera_ir::Op::Norm { .. }) => {
