@@ -12,8 +12,8 @@ Workloads:
   over 3072, a bias/scale/residual chain over 768; and PyTorch eager's same ops;
 - whole-model prefill, batch 1 × 512 tokens: GPT-2 small and the Llama-style model of
   bench/run.py, against PyTorch eager and torch.compile; Tessera with each backend and the
-  build's default GEMM library, Cranelift with the gemm crate (the default build), and LLVM
-  with its own GEMM micro-kernel (`TESSERA_GEMM=llvm`);
+  build's default GEMM library (the packed GEMM around LLVM's micro-kernel), Cranelift with
+  the gemm crate (the default build), and LLVM with OpenBLAS (`TESSERA_GEMM=openblas`);
 - compile time of GPT-2 small for each backend (Tessera's `compile:` line: passes, scheduling
   and code generation).
 
@@ -101,7 +101,7 @@ def main() -> None:
         t["cpu+crate"] = run(args, "cpu", gemm="crate")
         time.sleep(0.3)
         if "llvm" in backends:
-            t["llvm+gemm"] = run(args, "llvm", gemm="llvm")
+            t["llvm+openblas"] = run(args, "llvm", gemm="openblas")
             time.sleep(0.3)
         e = torch_run({"kind": kind, "seq": 512, "compile": False})
         time.sleep(0.3)
@@ -141,16 +141,16 @@ def main() -> None:
                      f"{ratio(kernel(r.get('mlir'), name), kernel(r.get('llvm'), name))} | {tr} |")
     lines += [
         "",
-        "Prefill, batch 1 × 512 tokens, ms. The first three columns use this build's default GEMM library (OpenBLAS, feature",
-        "`openblas`); `Cranelift + gemm crate` is the default build (no system library); `LLVM + own GEMM` is",
-        "`TESSERA_GEMM=llvm`, the packed GEMM around LLVM's micro-kernel:",
+        "Prefill, batch 1 × 512 tokens, ms. The first three columns use this build's default GEMM library (the packed",
+        "GEMM around LLVM's micro-kernel, weights packed once); `Cranelift + gemm crate` is the default build (no system",
+        "library); `LLVM + OpenBLAS` is `TESSERA_GEMM=openblas`:",
         "",
-        "| model | Cranelift | LLVM | MLIR | Cranelift + gemm crate | LLVM + own GEMM | PyTorch eager | torch.compile | best Tessera vs torch.compile |",
+        "| model | Cranelift | LLVM | MLIR | Cranelift + gemm crate | LLVM + OpenBLAS | PyTorch eager | torch.compile | best Tessera vs torch.compile |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for title, t, e, c in prefill:
         best = min((v for v in t.values() if v), key=lambda v: v["ms"], default=None)
-        lines.append(f"| {title} | {ms(t.get('cpu'))} | {ms(t.get('llvm'))} | {ms(t.get('mlir'))} | {ms(t.get('cpu+crate'))} | {ms(t.get('llvm+gemm'))} | "
+        lines.append(f"| {title} | {ms(t.get('cpu'))} | {ms(t.get('llvm'))} | {ms(t.get('mlir'))} | {ms(t.get('cpu+crate'))} | {ms(t.get('llvm+openblas'))} | "
                      f"{e.get('ms', 0):.1f} | {c.get('ms', 0):.1f} | {ratio(c, best)} |")
     gpt2 = prefill[0][1]
     lines += ["", "Compile time of GPT-2 small (passes, scheduling, code generation): " +
