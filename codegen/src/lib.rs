@@ -4,6 +4,7 @@
 //! host kernels, the default) and [`cuda`] (CUDA C, compiled by NVRTC with the `cuda` feature).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod approx;
 pub mod cpu;
 pub mod cuda;
 pub mod engine;

@@ -45,15 +45,15 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// e^-87 ≈ 1.6e-38, negligible next to any visible score or any sum with 1.
 #[inline(always)]
 pub fn exp_neg<const FMA: bool>(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0;
+    use crate::approx::{EXP_LN2_HI, EXP_LN2_LO, EXP_POLY, EXP_ROUND};
     // Not `f32::max`, which turns NaN into -87 (and costs more): NaN stays NaN.
     let x = if x < -87.0 { -87.0 } else { x };
-    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, ROUND);
-    let n = t - ROUND;
-    let bits = (t.to_bits().wrapping_sub(ROUND.to_bits()) as i32).wrapping_add(127) << 23;
-    let r = madd::<FMA>(n, -1.428_606_8e-6, madd::<FMA>(n, -0.693_145_75, x));
-    let mut p = 0.001_388_889;
-    for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+    let t = madd::<FMA>(x, std::f32::consts::LOG2_E, EXP_ROUND);
+    let n = t - EXP_ROUND;
+    let bits = (t.to_bits().wrapping_sub(EXP_ROUND.to_bits()) as i32).wrapping_add(127) << 23;
+    let r = madd::<FMA>(n, EXP_LN2_LO, madd::<FMA>(n, EXP_LN2_HI, x));
+    let mut p = EXP_POLY[0];
+    for c in EXP_POLY[1..].iter().copied() {
         p = madd::<FMA>(p, r, c);
     }
     f32::from_bits(bits as u32) * p
@@ -91,10 +91,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// 1.5e-7, 5e-7 in f32) on `|x|`, with `e^{-x²}` from [`exp_neg`], and the sign put back.
 #[inline(always)]
 pub fn erf<const FMA: bool>(x: f32) -> f32 {
+    use crate::approx::{ERF_P, ERF_POLY};
     let a = x.abs();
-    let t = 1.0 / madd::<FMA>(0.327_591_1, a, 1.0);
-    let mut p = 1.061_405_4;
-    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+    let t = 1.0 / madd::<FMA>(ERF_P, a, 1.0);
+    let mut p = ERF_POLY[0];
+    for c in ERF_POLY[1..].iter().copied() {
         p = madd::<FMA>(p, t, c);
     }
     let y = 1.0 - p * t * exp_neg::<FMA>(-a * a);
@@ -142,7 +143,9 @@ pub fn activate<const FMA: bool>(u: UnaryOp, xs: &mut [f32]) {
         UnaryOp::Sigmoid => xs.iter_mut().for_each(|x| *x = sigmoid::<FMA>(*x)),
         UnaryOp::Silu => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(*x)),
         UnaryOp::Tanh => xs.iter_mut().for_each(|x| *x = tanh::<FMA>(*x)),
-        UnaryOp::GeluTanh => xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(1.595_769_2 * (*x + 0.044715 * *x * *x * *x))),
+        UnaryOp::GeluTanh => {
+            xs.iter_mut().for_each(|x| *x *= sigmoid::<FMA>(crate::approx::GELU_TANH_2C * (*x + crate::approx::GELU_CUBIC * *x * *x * *x)))
+        }
         UnaryOp::GeluErf => xs.iter_mut().for_each(|x| *x *= 0.5 * (1.0 + erf::<FMA>(*x * std::f32::consts::FRAC_1_SQRT_2))),
         other => each(xs, &|x| other.eval(f64::from(x)) as f32),
     }

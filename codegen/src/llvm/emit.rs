@@ -46,7 +46,7 @@ declare float @llvm.sqrt.f32(float)
     );
     // e^x in f32 for any x (vmath's exp_neg, with 2^n split in two factors so that n may reach
     // ±252: results overflow to inf and underflow to 0 as the f64 definition rounded does).
-    let round = 12_582_912f32;
+    use crate::approx::{ERF_P, ERF_POLY, EXP_LN2_HI, EXP_LN2_LO, EXP_POLY, EXP_ROUND as round, TANH_SERIES_BELOW};
     let _ = write!(
         s,
         "
@@ -132,25 +132,25 @@ define internal float @tsr_erff(float %x) #1 {{
         log2e = f32c(std::f32::consts::LOG2_E),
         round = f32c(round),
         roundbits = round.to_bits(),
-        ln2hi = f32c(-0.693_145_75),
-        ln2lo = f32c(-1.428_606_8e-6),
-        c6 = f32c(0.001_388_889),
-        c5 = f32c(0.008_333_334),
-        c4 = f32c(0.041_666_668),
-        c3 = f32c(0.166_666_67),
-        c2 = f32c(0.5),
-        c1 = f32c(1.0),
-        c0 = f32c(1.0),
+        ln2hi = f32c(EXP_LN2_HI),
+        ln2lo = f32c(EXP_LN2_LO),
+        c6 = f32c(EXP_POLY[0]),
+        c5 = f32c(EXP_POLY[1]),
+        c4 = f32c(EXP_POLY[2]),
+        c3 = f32c(EXP_POLY[3]),
+        c2 = f32c(EXP_POLY[4]),
+        c1 = f32c(EXP_POLY[5]),
+        c0 = f32c(EXP_POLY[6]),
         inf = f32c(f32::INFINITY),
         c15 = f32c(2.0 / 15.0),
         cm3 = f32c(-1.0 / 3.0),
-        small = f32c(0.01),
-        p = f32c(0.327_591_1),
-        a5 = f32c(1.061_405_4),
-        a4 = f32c(-1.453_152_1),
-        a3 = f32c(1.421_413_8),
-        a2 = f32c(-0.284_496_74),
-        a1 = f32c(0.254_829_6),
+        small = f32c(TANH_SERIES_BELOW),
+        p = f32c(ERF_P),
+        a5 = f32c(ERF_POLY[0]),
+        a4 = f32c(ERF_POLY[1]),
+        a3 = f32c(ERF_POLY[2]),
+        a2 = f32c(ERF_POLY[3]),
+        a1 = f32c(ERF_POLY[4]),
     );
     let _ = write!(
         s,
@@ -220,8 +220,8 @@ fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
             // x·σ(2c(x + 0.044715x³)), c = √(2/π).
             let x2 = b.fmul_f32(s, s);
             let x3 = b.fmul_f32(&x2, s);
-            let inner = b.let_(format!("call float @llvm.fma.f32(float {}, float {x3}, float {s})", f32c(0.044715)));
-            let z = b.fmul_f32(&inner, &f32c(1.595_769_2));
+            let inner = b.let_(format!("call float @llvm.fma.f32(float {}, float {x3}, float {s})", f32c(crate::approx::GELU_CUBIC)));
+            let z = b.fmul_f32(&inner, &f32c(crate::approx::GELU_TANH_2C));
             let g = b.let_(format!("call float @tsr_sigmoidf(float {z})"));
             b.fmul_f32(s, &g)
         }

@@ -141,7 +141,7 @@ impl Body {
 /// e^x in f32 for any x (vmath's exp_neg, with 2^n split in two factors so that n may reach
 /// ±252: results overflow to inf and underflow to 0 as the f64 definition rounded does).
 fn expf(b: &mut Body, x: &str) -> String {
-    let round = 12_582_912f32;
+    use crate::approx::{EXP_LN2_HI, EXP_LN2_LO, EXP_POLY, EXP_ROUND as round};
     let (lo, hi) = (b.f32(-104.0), b.f32(88.8));
     let c = b.cmpf("olt", x, &lo, "f32");
     let x1 = b.select(&c, &lo, x, "f32");
@@ -163,11 +163,11 @@ fn expf(b: &mut Body, x: &str) -> String {
     let ls = b.bin("arith.shli", &lb, &shift, "i32");
     let s1 = b.let_(format!("arith.bitcast {hs} : i32 to f32"));
     let s2 = b.let_(format!("arith.bitcast {ls} : i32 to f32"));
-    let (ln2hi, ln2lo) = (b.f32(-0.693_145_75), b.f32(-1.428_606_8e-6));
+    let (ln2hi, ln2lo) = (b.f32(EXP_LN2_HI), b.f32(EXP_LN2_LO));
     let r0 = b.fma32(&n, &ln2hi, &x2);
     let r = b.fma32(&n, &ln2lo, &r0);
-    let mut p = b.f32(0.001_388_889);
-    for c in [0.008_333_334, 0.041_666_668, 0.166_666_67, 0.5, 1.0, 1.0] {
+    let mut p = b.f32(EXP_POLY[0]);
+    for c in EXP_POLY[1..].iter().copied() {
         let c = b.f32(c);
         p = b.fma32(&p, &r, &c);
     }
@@ -202,7 +202,7 @@ fn tanhf(b: &mut Body, x: &str) -> String {
     let sg2 = b.bin("arith.mulf", &sg, &two, "f32");
     let big = b.bin("arith.subf", &sg2, &one, "f32");
     let a = b.let_(format!("math.absf {x} : f32"));
-    let small = b.f32(0.01);
+    let small = b.f32(crate::approx::TANH_SERIES_BELOW);
     let c = b.cmpf("olt", &a, &small, "f32");
     b.select(&c, &series, &big, "f32")
 }
@@ -210,11 +210,11 @@ fn tanhf(b: &mut Body, x: &str) -> String {
 /// erf in f32 (Abramowitz–Stegun 7.1.26 with an exact exponential).
 fn erff(b: &mut Body, x: &str) -> String {
     let a = b.let_(format!("math.absf {x} : f32"));
-    let (p, one) = (b.f32(0.327_591_1), b.f32(1.0));
+    let (p, one) = (b.f32(crate::approx::ERF_P), b.f32(1.0));
     let d = b.fma32(&p, &a, &one);
     let t = b.bin("arith.divf", &one, &d, "f32");
-    let mut q = b.f32(1.061_405_4);
-    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+    let mut q = b.f32(crate::approx::ERF_POLY[0]);
+    for c in crate::approx::ERF_POLY[1..].iter().copied() {
         let c = b.f32(c);
         q = b.fma32(&q, &t, &c);
     }
@@ -246,9 +246,9 @@ fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
             // x·σ(2c(x + 0.044715x³)), c = √(2/π).
             let x2 = b.bin("arith.mulf", s, s, "f32");
             let x3 = b.bin("arith.mulf", &x2, s, "f32");
-            let k = b.f32(0.044715);
+            let k = b.f32(crate::approx::GELU_CUBIC);
             let inner = b.fma32(&k, &x3, s);
-            let c = b.f32(1.595_769_2);
+            let c = b.f32(crate::approx::GELU_TANH_2C);
             let z = b.bin("arith.mulf", &inner, &c, "f32");
             let g = sigmoidf(b, &z);
             b.bin("arith.mulf", s, &g, "f32")
