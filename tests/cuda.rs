@@ -46,8 +46,10 @@ fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
         for (i, s) in p.steps.iter().enumerate() {
             let main = kernels.iter().filter(|k| k.step == i && k.role == cuda::Role::Main).count();
             // GEMMs run on cuBLAS; a route launches its gather, activation and sum kernels
-            // around its experts' GEMMs.
-            let gemm = matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. }) | Kernel::Route(_));
+            // around its experts' GEMMs; the CPU executor's weight packing (these programs are
+            // the CPU's) is skipped.
+            let gemm =
+                matches!(s.kernel, Kernel::Gemm { .. } | Kernel::Op(tessera_ir::Op::Ffn { .. }) | Kernel::Route(_) | Kernel::PackB { .. });
             assert_eq!(main, usize::from(!gemm), "{name}: step {i} ({})", s.kernel.name());
         }
         for k in &kernels {

@@ -323,6 +323,11 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Lowered, String>
         }
     }
     for (i, step) in program.steps.iter().enumerate() {
+        // The CPU's packed weights (a program the CPU executor ran): GEMMs here read the
+        // weight as stored.
+        if let Kernel::PackB { .. } = step.kernel {
+            continue;
+        }
         let name = format!("tsr_k{i}");
         let all: Vec<Arg> = std::iter::once(Arg::Out).chain((0..step.ins.len()).map(Arg::In)).collect();
         let last = step.ins.len().saturating_sub(1);
