@@ -67,6 +67,19 @@ pub struct RunStats {
     pub device_seconds: Option<f64>,
 }
 
+/// A value moved to another thread where the compiler cannot see that this is sound: the
+/// executor's step loop, whose pointers and guards the calling thread keeps alive (and does not
+/// touch) until the loop returns.
+struct AssertSend<T>(T);
+// SAFETY: see above; only `run_reusing` makes one, and waits for it.
+unsafe impl<T> Send for AssertSend<T> {}
+
+impl<T> AssertSend<T> {
+    fn into_inner(self) -> T {
+        self.0
+    }
+}
+
 /// A copy of a buffer as a tensor.
 ///
 /// # Safety
@@ -332,66 +345,81 @@ impl Executable {
                 Data::Bool(v) => v.as_ptr() as *mut u8,
             };
         }
-        let mut stats = RunStats { arena_bytes: mem.bytes, ..RunStats::default() };
         let profile = std::env::var_os("TESSERA_PROFILE").is_some();
+        // Taken here, on the caller's thread, before the steps move into the pool: a run of
+        // the same model from another thread waits here, never on a worker that this run's
+        // parallel loops might lend to it.
         let mut derived = self.derived.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-        for (s, step) in p.steps.iter().enumerate() {
-            // Buffers derived from parameters: reuse them while the parameters are the same.
-            let mut fresh = None;
-            if p.buffers[step.out].storage == Storage::Derived {
-                let key = (self.derived_keys[s].clone(), step.ins.iter().map(|&b| ptrs[b] as usize).collect::<Vec<usize>>());
-                if let Some(data) = derived.get_mut(&key) {
+        // The steps run on a worker of the pool, so that each kernel's parallel loop starts on
+        // the thread that is already awake instead of waking one and sleeping until it is done
+        // (two wake-ups per step: most of a small kernel's time on a virtual machine).
+        let steps = AssertSend(|| -> Result<RunStats, RunError> {
+            let mut stats = RunStats { arena_bytes: mem.bytes, ..RunStats::default() };
+            for (s, step) in p.steps.iter().enumerate() {
+                // Buffers derived from parameters: reuse them while the parameters are the same.
+                let mut fresh = None;
+                if p.buffers[step.out].storage == Storage::Derived {
+                    let key = (self.derived_keys[s].clone(), step.ins.iter().map(|&b| ptrs[b] as usize).collect::<Vec<usize>>());
+                    if let Some(data) = derived.get_mut(&key) {
+                        ptrs[step.out] = data.as_mut_ptr() as *mut u8;
+                        alias_views(p, &mut ptrs, step.out);
+                        continue;
+                    }
+                    // New parameters: what this step derived from the old ones goes.
+                    let mut last = self.derived_last.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
+                    if let Some(old) = last.insert(s, key.clone()) {
+                        derived.remove(&old);
+                    }
+                    let mut data = vec![0u64; sizes[step.out].div_ceil(8).max(1)];
                     ptrs[step.out] = data.as_mut_ptr() as *mut u8;
                     alias_views(p, &mut ptrs, step.out);
-                    continue;
+                    fresh = Some((key, data));
                 }
-                // New parameters: what this step derived from the old ones goes.
-                let mut last = self.derived_last.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
-                if let Some(old) = last.insert(s, key.clone()) {
-                    derived.remove(&old);
+                let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
+                let t0 = profile.then(std::time::Instant::now);
+                let out = view(step.out);
+                let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
+                // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
+                // (the plan frees a slot only after its last reader).
+                let at = || step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into());
+                let done = match &step.kernel {
+                    Kernel::Scan(k) => {
+                        let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
+                        unsafe { self.scan(s, k, &outs, &ins, dims) }
+                    }
+                    Kernel::TopK { axis, results } => unsafe { super::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
+                    Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
+                    _ => {
+                        let packed: Vec<Option<*const f32>> =
+                            self.packed.get(s).map_or(Vec::new(), |p| p.iter().map(|b| b.map(|b| ptrs[b] as *const f32)).collect());
+                        unsafe { self.step(s, &out, &ins, &packed, dims, &mut stats) }
+                    }
+                };
+                done.map_err(|e| match e {
+                    RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
+                    RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
+                    other => other,
+                })?;
+                if let Some((key, data)) = fresh {
+                    derived.insert(key, data);
                 }
-                let mut data = vec![0u64; sizes[step.out].div_ceil(8).max(1)];
-                ptrs[step.out] = data.as_mut_ptr() as *mut u8;
-                alias_views(p, &mut ptrs, step.out);
-                fresh = Some((key, data));
-            }
-            let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
-            let t0 = profile.then(std::time::Instant::now);
-            let out = view(step.out);
-            let ins: Vec<View> = step.ins.iter().map(|&b| view(b)).collect();
-            // SAFETY: buffers are live and sized by their types; outputs never overlap inputs
-            // (the plan frees a slot only after its last reader).
-            let at = || step.span.display_in(&p.files).unwrap_or_else(|| "unknown location".into());
-            let done = match &step.kernel {
-                Kernel::Scan(k) => {
-                    let outs: Vec<View> = k.results.iter().map(|&b| view(b)).collect();
-                    unsafe { self.scan(s, k, &outs, &ins, dims) }
-                }
-                Kernel::TopK { axis, results } => unsafe { super::route::topk(&ins[0], &view(results[0]), &view(results[1]), *axis) },
-                Kernel::Route(k) => unsafe { self.route(s, k, &out, &ins, dims) },
-                _ => {
-                    let packed: Vec<Option<*const f32>> =
-                        self.packed.get(s).map_or(Vec::new(), |p| p.iter().map(|b| b.map(|b| ptrs[b] as *const f32)).collect());
-                    unsafe { self.step(s, &out, &ins, &packed, dims, &mut stats) }
-                }
-            };
-            done.map_err(|e| match e {
-                RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
-                RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
-                other => other,
-            })?;
-            if let Some((key, data)) = fresh {
-                derived.insert(key, data);
-            }
-            if let Some(t0) = t0 {
-                let name = step.kernel.name();
-                let dt = t0.elapsed().as_secs_f64();
-                match stats.profile.iter_mut().find(|(n, _)| *n == name) {
-                    Some(e) => e.1 += dt,
-                    None => stats.profile.push((name, dt)),
+                if let Some(t0) = t0 {
+                    let name = step.kernel.name();
+                    let dt = t0.elapsed().as_secs_f64();
+                    match stats.profile.iter_mut().find(|(n, _)| *n == name) {
+                        Some(e) => e.1 += dt,
+                        None => stats.profile.push((name, dt)),
+                    }
                 }
             }
-        }
+            Ok(stats)
+        });
+        let stats = rayon::scope(move |_| {
+            // Through a method, which takes the wrapper whole (a closure capturing its field
+            // alone would not be `Send`).
+            let mut steps = steps.into_inner();
+            steps()
+        })?;
         let view = |b: BufId| View { ptr: ptrs[b], shape: shapes[b].clone(), dtype: p.buffers[b].ty.dtype };
         let outputs = p
             .outputs
