@@ -125,7 +125,7 @@ pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
 pub fn tanh<const FMA: bool>(x: f32) -> f32 {
     let x2 = x * x;
     let series = x * madd::<FMA>(x2, madd::<FMA>(x2, 2.0 / 15.0, -1.0 / 3.0), 1.0);
-    if x.abs() < 0.01 {
+    if x.abs() < crate::approx::TANH_SERIES_BELOW {
         series
     } else {
         2.0 * sigmoid::<FMA>(2.0 * x) - 1.0
