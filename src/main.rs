@@ -438,7 +438,12 @@ fn dispatch(cli: Cli) -> Result<(), Fail> {
             if matches!(emit, Emit::Kernels | Emit::Clif | Emit::Llvm | Emit::Mlir | Emit::Cuda) {
                 let program = tessera::codegen::schedule(&opt);
                 if emit == Emit::Cuda {
-                    out!("{}", tessera::codegen::cuda::dump(&program, dtype.precision()).map_err(Fail::Internal)?);
+                    let source = tessera::codegen::cuda::dump(&program, dtype.precision()).map_err(|e| match e {
+                        // A construct this backend does not lower is the user's to run elsewhere.
+                        e @ tessera::codegen::GpuError::Unsupported { .. } => Fail::User(e.to_string()),
+                        e => Fail::Internal(e.to_string()),
+                    })?;
+                    out!("{source}");
                 } else if emit == Emit::Kernels {
                     // The memory plan at the sizes `run` uses by default.
                     let mut dims = HashMap::new();

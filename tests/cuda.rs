@@ -6,7 +6,7 @@ use common::{is_moe, max_rel_diff, MODELS};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use tessera::codegen::cuda::{self, exec as gpu};
-use tessera::codegen::{Kernel, Storage};
+use tessera::codegen::{GpuError, Kernel, Storage};
 use tessera::ir::DType;
 use tessera::runtime::{Data, Tensor};
 use tessera::{Backend, Compiler};
@@ -30,7 +30,11 @@ fn programs() -> Vec<(String, tessera::codegen::Program)> {
 /// refusal says so.
 fn refuses_scan(name: &str, p: &tessera::codegen::Program) -> bool {
     match cuda::lower(p, cuda::Precision::F32) {
-        Err(e) if e.contains("does not lower this `scan`") || e.contains("does not lower this `route`") => true,
+        Err(e @ GpuError::Unsupported { .. }) => {
+            let e = e.to_string();
+            assert!(e.contains("does not lower this `scan`") || e.contains("does not lower this `route`"), "{name}: {e}");
+            true
+        }
         Err(e) => panic!("{name}: {e}"),
         Ok(_) => false,
     }
@@ -62,6 +66,23 @@ fn every_step_of_every_model_but_gemms_gets_a_cuda_kernel() {
             assert!(!fused || k.source.contains(".tsr:"), "{name}: the kernel names its source line\n{}", k.source);
         }
     }
+}
+
+/// A scan whose body the CUDA backend does not lower is the user's to run on the CPU: exit 1
+/// with the scan's location, not an internal error.
+#[test]
+fn emit_cuda_of_a_scan_it_does_not_lower_says_where_and_exits_1() {
+    let src = "model m(d = 4) {\n  input x: f32[batch, seq, d]\n  param w: [d, d]\n  h0 = x[:, 0, :]\n  ys, h = scan(x, init = h0) |h, x_t| {\n    h = tanh(h @ w + x_t)\n    return h, h\n  }\n  output y = ys\n}\n";
+    let file = std::env::temp_dir().join(format!("tessera-cuda-scan-{}.tsr", std::process::id()));
+    std::fs::write(&file, src).expect("writes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["ir", file.to_str().unwrap_or_default(), "--emit", "cuda"])
+        .output()
+        .expect("runs");
+    std::fs::remove_file(&file).ok();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not lower this `scan` (the scan at ") && err.contains(":5:") && err.contains("--backend cpu"), "{err}");
 }
 
 #[test]
@@ -285,21 +306,21 @@ impl Emulator {
 
 impl gpu::Device for Emulator {
     type Buf = RefCell<Vec<u8>>;
-    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String> {
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, GpuError> {
         self.allocs.set(self.allocs.get() + 1);
         Ok(RefCell::new(vec![0; bytes]))
     }
-    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, GpuError> {
         self.uploads.set(self.uploads.get() + 1);
         Ok(RefCell::new(bytes.to_vec()))
     }
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError> {
         Ok(buf.borrow()[..bytes].to_vec())
     }
-    fn synchronize(&self) -> Result<(), String> {
+    fn synchronize(&self) -> Result<(), GpuError> {
         Ok(())
     }
-    fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
+    fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError> {
         self.launches.set(self.launches.get() + 1);
         let mut file = Vec::new();
         file.extend((args.len() as u64 + 1).to_le_bytes());
@@ -310,18 +331,23 @@ impl gpu::Device for Emulator {
         }
         file.extend(((meta.len() * 8) as u64).to_le_bytes());
         file.extend(meta.iter().flat_map(|m| m.to_le_bytes()));
-        let dir = self.exe.parent().ok_or("no folder")?;
+        let dir = self.exe.parent().ok_or_else(|| GpuError::Driver("no folder".into()))?;
         let (fin, fout) = (dir.join(format!("in{kernel}.bin")), dir.join(format!("out{kernel}.bin")));
-        std::fs::write(&fin, file).map_err(|e| e.to_string())?;
-        let run = std::process::Command::new(&self.exe).arg(&fin).arg(&fout).arg(kernel.to_string()).output().map_err(|e| e.to_string())?;
+        std::fs::write(&fin, file).map_err(|e| GpuError::Driver(e.to_string()))?;
+        let run = std::process::Command::new(&self.exe)
+            .arg(&fin)
+            .arg(&fout)
+            .arg(kernel.to_string())
+            .output()
+            .map_err(|e| GpuError::Driver(e.to_string()))?;
         if !run.status.success() {
-            return Err(format!("emulated kernel {kernel} failed: {}", String::from_utf8_lossy(&run.stderr).trim()));
+            return Err(GpuError::Driver(format!("emulated kernel {kernel} failed: {}", String::from_utf8_lossy(&run.stderr).trim())));
         }
-        let back = std::fs::read(&fout).map_err(|e| e.to_string())?;
+        let back = std::fs::read(&fout).map_err(|e| GpuError::Driver(e.to_string()))?;
         let mut at = 0;
         for a in args.iter().take(self.written.get(kernel).copied().unwrap_or(1)) {
             let n = a.borrow().len();
-            a.borrow_mut().copy_from_slice(back.get(at..at + n).ok_or("the emulator wrote too little")?);
+            a.borrow_mut().copy_from_slice(back.get(at..at + n).ok_or_else(|| GpuError::Driver("the emulator wrote too little".into()))?);
             at += n;
         }
         Ok(())
@@ -333,7 +359,7 @@ impl gpu::Device for Emulator {
         b: (&Self::Buf, usize),
         bias: Option<(&Self::Buf, usize)>,
         g: gpu::GemmShape,
-    ) -> Result<(), String> {
+    ) -> Result<(), GpuError> {
         let es = g.precision.f32_size();
         let read = |(buf, at): (&Self::Buf, usize), len: usize| {
             gpu::tensor_from_bytes(&buf.borrow()[es * at..es * (at + len)], vec![len], DType::F32, g.precision).to_f64()

@@ -182,7 +182,7 @@ impl Engine {
                 let mut resident = gpu.resident.lock().map_err(|_| RunError::Internal("a previous run panicked".into()))?;
                 let (out, stats) =
                     crate::cuda::exec::run(&gpu.program, &gpu.kernels, gpu.precision, &gpu.device, inputs, params, &mut resident, dims)
-                        .map_err(RunError::Device)?;
+                        .map_err(RunError::from)?;
                 Ok((out, Some(RunStats { device_seconds: Some(stats.seconds), arena_bytes: stats.memory_bytes, ..RunStats::default() })))
             }
         }
@@ -193,9 +193,9 @@ impl Engine {
 fn cuda(g: &Graph, gpu: usize, precision: Precision) -> Result<Engine, RunError> {
     use crate::cuda;
     let program = crate::schedule(g);
-    let kernels = cuda::lower(&program, precision).map_err(RunError::Internal)?;
+    let kernels = cuda::lower(&program, precision)?;
     let source = cuda::source(&program, &kernels, precision);
-    let device = crate::cuda::device::CudaDevice::new(gpu, &source, &kernels, precision).map_err(RunError::Device)?;
+    let device = crate::cuda::device::CudaDevice::new(gpu, &source, &kernels, precision)?;
     Ok(Engine::Cuda(Box::new(Gpu { program, kernels, precision, device, resident: Default::default() })))
 }
 

@@ -25,3 +25,49 @@ pub enum CodegenError {
     #[error("{0}")]
     Internal(String),
 }
+
+/// Why a program could not be lowered to CUDA or run on a GPU (`cuda/`).
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    /// No usable device: no driver, no GPU of that ordinal, a CUDA library missing, or a GPU
+    /// too old for what was asked.
+    #[error("{0}")]
+    NoDevice(String),
+    /// The CUDA driver, cuBLAS or cuBLASLt failed a call (out of device memory, a failed
+    /// launch, ...).
+    #[error("CUDA: {0}")]
+    Driver(String),
+    /// NVRTC rejected the generated source (a compiler bug): the error and NVRTC's log.
+    #[error("NVRTC: {0}")]
+    Nvrtc(String),
+    /// The CUDA backend does not lower a construct of this program; the CPU backends run it.
+    #[error("the CUDA backend does not lower this {what}{at}: {why}; run it with --backend cpu or interp")]
+    Unsupported {
+        /// The construct (`scan`, `route`).
+        what: &'static str,
+        /// Where it was written (` (the scan at file:line:col)`), or nothing.
+        at: String,
+        /// Why not.
+        why: String,
+    },
+    /// A size beyond what a device API takes (32-bit counts of cuBLAS, a launch's grid).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The inputs or parameters of a run: missing, of the wrong type, or out of range.
+    #[error(transparent)]
+    Run(#[from] tessera_runtime::RunError),
+    /// An inconsistency of the lowered program or of the memory kept between runs (a compiler
+    /// bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<GpuError> for tessera_runtime::RunError {
+    fn from(e: GpuError) -> Self {
+        match e {
+            GpuError::Run(e) => e,
+            GpuError::Internal(m) => tessera_runtime::RunError::Internal(m),
+            e => tessera_runtime::RunError::Device(e.to_string()),
+        }
+    }
+}

@@ -23,7 +23,7 @@ mod schedule;
 
 pub use cpu::{Codegen, Executable, RunStats};
 pub use engine::{Backend, Engine};
-pub use error::CodegenError;
+pub use error::{CodegenError, GpuError};
 pub use kernel::{broadcast_strides, BufId, Buffer, Kernel, Program, RouteKernel, ScanKernel, Step, Storage};
 pub use plan::{plan, MemoryPlan};
 pub use route::RoutedFfn;

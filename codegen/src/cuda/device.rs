@@ -8,6 +8,7 @@
 
 use super::exec::{Device, GemmAct, GemmShape};
 use super::lower::{CudaKernel, Precision};
+use crate::GpuError;
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -26,8 +27,12 @@ pub struct CudaDevice {
     metas: std::sync::Mutex<std::collections::HashMap<Vec<i64>, CudaSlice<i64>>>,
 }
 
-fn err(e: impl std::fmt::Debug) -> String {
-    format!("CUDA: {e:?}")
+fn err(e: impl std::fmt::Debug) -> GpuError {
+    GpuError::Driver(format!("{e:?}"))
+}
+
+fn internal(what: &str) -> GpuError {
+    GpuError::Internal(what.into())
 }
 
 /// Whether the CUDA driver library can be loaded (cudarc panics on first use when not).
@@ -39,9 +44,9 @@ pub fn driver_present() -> bool {
 impl CudaDevice {
     /// Opens GPU `ordinal` and compiles `kernels` (one NVRTC module, `source`, generated for
     /// `precision`) for it.
-    pub fn new(ordinal: usize, source: &str, kernels: &[CudaKernel], precision: Precision) -> Result<CudaDevice, String> {
+    pub fn new(ordinal: usize, source: &str, kernels: &[CudaKernel], precision: Precision) -> Result<CudaDevice, GpuError> {
         if !driver_present() {
-            return Err("no CUDA device: the CUDA driver library (libcuda) was not found".into());
+            return Err(GpuError::NoDevice("no CUDA device: the CUDA driver library (libcuda) was not found".into()));
         }
         // cuBLAS (and cuBLASLt for bf16) come with the CUDA toolkit, not the driver: say so
         // rather than let cudarc panic when it first loads them.
@@ -49,16 +54,20 @@ impl CudaDevice {
         let (blas, lt) = unsafe { (cudarc::cublas::sys::is_culib_present(), cudarc::cublaslt::sys::is_culib_present()) };
         if !blas || (precision == Precision::Bf16 && !lt) {
             let missing = if blas { "cuBLASLt (libcublasLt)" } else { "cuBLAS (libcublas)" };
-            return Err(format!("{missing} was not found: install the CUDA toolkit's libraries or put them on LD_LIBRARY_PATH"));
+            return Err(GpuError::NoDevice(format!(
+                "{missing} was not found: install the CUDA toolkit's libraries or put them on LD_LIBRARY_PATH"
+            )));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| format!("no CUDA device {ordinal}: {e:?}"))?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::NoDevice(format!("no CUDA device {ordinal}: {e:?}")))?;
         let (major, minor) = (
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(err)?,
             ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(err)?,
         );
         // bf16 GEMMs and the tensor-core attention kernel (`mma.sync` on bf16) need Ampere.
         if precision == Precision::Bf16 && major < 8 {
-            return Err(format!("bf16 storage needs a GPU of compute capability 8.0 or later; GPU {ordinal} is {major}.{minor}"));
+            return Err(GpuError::NoDevice(format!(
+                "bf16 storage needs a GPU of compute capability 8.0 or later; GPU {ordinal} is {major}.{minor}"
+            )));
         }
         // Hopper gets a CUBIN for sm_90a (no driver JIT at load); others PTX for their
         // compute capability. Both come from the disk cache when the source was seen before.
@@ -68,13 +77,13 @@ impl CudaDevice {
         let image = if arch.starts_with("sm_") {
             cudarc::nvrtc::Ptx::from_binary(code)
         } else {
-            cudarc::nvrtc::Ptx::from_src(String::from_utf8(code).map_err(|_| "a cached PTX that is not text")?)
+            cudarc::nvrtc::Ptx::from_src(String::from_utf8(code).map_err(|_| internal("a cached PTX that is not text"))?)
         };
         let module = ctx.load_module(image).map_err(err)?;
         let functions = kernels
             .iter()
-            .map(|k| Ok((module.load_function(&k.name).map_err(err)?, u32::try_from(k.block).map_err(|_| "block too large")?)))
-            .collect::<Result<_, String>>()?;
+            .map(|k| Ok((module.load_function(&k.name).map_err(err)?, u32::try_from(k.block).map_err(|_| internal("block too large"))?)))
+            .collect::<Result<_, GpuError>>()?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(err)?;
         let lt = if precision == Precision::Bf16 { Some(CudaBlasLT::new(stream.clone()).map_err(err)?) } else { None };
@@ -85,41 +94,41 @@ impl CudaDevice {
 impl Device for CudaDevice {
     type Buf = RefCell<CudaSlice<u8>>;
 
-    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String> {
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, GpuError> {
         self.stream.alloc_zeros::<u8>(bytes).map(RefCell::new).map_err(err)
     }
 
-    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String> {
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, GpuError> {
         self.stream.clone_htod(bytes).map(RefCell::new).map_err(err)
     }
 
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String> {
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError> {
         let b = buf.borrow();
         self.stream.clone_dtoh(&b.slice(..bytes)).map_err(err)
     }
 
-    fn synchronize(&self) -> Result<(), String> {
+    fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize().map_err(err)
     }
 
-    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String> {
+    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError> {
         if threads == 0 {
             return Ok(());
         }
-        let (f, block) = self.functions.get(kernel).ok_or_else(|| format!("no kernel {kernel}"))?;
-        let mut metas = self.metas.lock().map_err(|_| "a previous launch panicked")?;
+        let (f, block) = self.functions.get(kernel).ok_or_else(|| GpuError::Internal(format!("no kernel {kernel}")))?;
+        let mut metas = self.metas.lock().map_err(|_| internal("a previous launch panicked"))?;
         if !metas.contains_key(meta) {
             metas.insert(meta.to_vec(), self.stream.clone_htod(meta).map_err(err)?);
         }
-        let meta = metas.get(meta).ok_or("meta vanished")?;
+        let meta = metas.get(meta).ok_or_else(|| internal("meta vanished"))?;
         let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> = args.iter().map(|a| a.borrow()).collect();
         let mut b = self.stream.launch_builder(f);
         for buf in &bufs {
             b.arg(&**buf);
         }
         b.arg(meta);
-        let blocks =
-            u32::try_from(threads.div_ceil(*block as usize)).map_err(|_| format!("{threads} threads are too many for one launch"))?;
+        let blocks = u32::try_from(threads.div_ceil(*block as usize))
+            .map_err(|_| GpuError::TooLarge(format!("{threads} threads are too many for one launch")))?;
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (*block, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the kernel's parameters are the buffers and `meta` in the order lowered, and
         // `meta` describes sizes within those buffers.
@@ -133,20 +142,24 @@ impl Device for CudaDevice {
         b: (&Self::Buf, usize),
         bias: Option<(&Self::Buf, usize)>,
         g: GemmShape,
-    ) -> Result<(), String> {
+    ) -> Result<(), GpuError> {
         let es = g.precision.f32_size();
         let (a_buf, b_buf, mut c_buf) = (a.0.borrow(), b.0.borrow(), c.0.borrow_mut());
         let operands = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..), c_buf.slice_mut(es * c.1..));
         if bias.is_some() || g.act.is_some() {
             // The epilogue runs inside the GEMM: cuBLASLt, bf16 only (see `cuda::fused_in_gemm`).
-            let lt = self.lt.as_ref().filter(|_| g.precision == Precision::Bf16).ok_or("GEMM epilogues are for bf16 storage")?;
+            let lt = self
+                .lt
+                .as_ref()
+                .filter(|_| g.precision == Precision::Bf16)
+                .ok_or_else(|| internal("GEMM epilogues are for bf16 storage"))?;
             let bias_buf = bias.map(|(buf, _)| buf.borrow());
             let bias_view = bias_buf.as_ref().zip(bias).map(|(buf, (_, at))| buf.slice(es * at..));
             // SAFETY: as below, and the bias holds `n` elements.
             return unsafe { lt_bf16(lt, operands, bias_view, g) };
         }
         let cm = g.col_major();
-        let int = |x: usize| i32::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLAS"));
+        let int = |x: usize| i32::try_from(x).map_err(|_| GpuError::TooLarge(format!("GEMM size {x} too large for cuBLAS")));
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (m, n, k, lda, ldb, ldc) = (int(cm.m)?, int(cm.n)?, int(cm.k)?, int(cm.ld.0)?, int(cm.ld.1)?, int(cm.ld.2)?);
         let (transa, transb) = (op(cm.trans_first), op(false));
@@ -177,10 +190,10 @@ unsafe fn lt_bf16(
     (a, b, mut c): (CudaView<u8>, CudaView<u8>, CudaViewMut<u8>),
     bias: Option<CudaView<u8>>,
     g: GemmShape,
-) -> Result<(), String> {
+) -> Result<(), GpuError> {
     use cudarc::cublaslt::{Activation, Matmul, MatmulConfig};
     let cm = g.col_major();
-    let int = |x: usize| i64::try_from(x).map_err(|_| format!("GEMM size {x} too large for cuBLASLt"));
+    let int = |x: usize| i64::try_from(x).map_err(|_| GpuError::TooLarge(format!("GEMM size {x} too large for cuBLASLt")));
     let cfg = MatmulConfig {
         transa: cm.trans_first,
         transb: false,
@@ -205,10 +218,10 @@ unsafe fn lt_bf16(
         GemmAct::GeluTanh => Activation::Gelu,
     });
     unsafe {
-        let a = a.transmute::<half::bf16>(g.m * g.k).ok_or("A too small")?;
-        let b = b.transmute::<half::bf16>(g.k * g.n).ok_or("B too small")?;
-        let bias = bias.map(|v| v.transmute::<half::bf16>(g.n).ok_or("bias too small")).transpose()?;
-        let mut c = c.transmute_mut::<half::bf16>(g.m * g.n).ok_or("C too small")?;
+        let a = a.transmute::<half::bf16>(g.m * g.k).ok_or_else(|| internal("A too small"))?;
+        let b = b.transmute::<half::bf16>(g.k * g.n).ok_or_else(|| internal("B too small"))?;
+        let bias = bias.map(|v| v.transmute::<half::bf16>(g.n).ok_or_else(|| internal("bias too small"))).transpose()?;
+        let mut c = c.transmute_mut::<half::bf16>(g.m * g.n).ok_or_else(|| internal("C too small"))?;
         lt.matmul(cfg, &b, &a, &mut c, bias.as_ref(), act.as_ref()).map_err(err)
     }
 }
@@ -222,14 +235,14 @@ unsafe fn typed<T>(
     cfg: GemmConfig<T>,
     (a, b, mut c): (CudaView<u8>, CudaView<u8>, CudaViewMut<u8>),
     g: GemmShape,
-) -> Result<(), String>
+) -> Result<(), GpuError>
 where
     CudaBlas: Gemm<T>,
 {
     unsafe {
-        let a = a.transmute::<T>(g.m * g.k).ok_or("A too small")?;
-        let b = b.transmute::<T>(g.k * g.n).ok_or("B too small")?;
-        let mut c = c.transmute_mut::<T>(g.m * g.n).ok_or("C too small")?;
+        let a = a.transmute::<T>(g.m * g.k).ok_or_else(|| internal("A too small"))?;
+        let b = b.transmute::<T>(g.k * g.n).ok_or_else(|| internal("B too small"))?;
+        let mut c = c.transmute_mut::<T>(g.m * g.n).ok_or_else(|| internal("C too small"))?;
         blas.gemm(cfg, &b, &a, &mut c).map_err(err)
     }
 }

@@ -13,9 +13,10 @@
 
 use super::lower::{self as cuda, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
+use crate::GpuError;
 use std::collections::HashMap;
 use tessera_ir::{DType, UnaryOp};
-use tessera_runtime::{broadcast_offsets, concrete, Data, Dims, Tensor};
+use tessera_runtime::{broadcast_offsets, concrete, Data, Dims, RunError, Tensor};
 
 /// What the executor needs from a device. Offsets and sizes are in elements unless named
 /// bytes; buffers are untyped.
@@ -23,16 +24,16 @@ pub trait Device {
     /// A device allocation.
     type Buf;
     /// Zeroed memory of `bytes` bytes.
-    fn alloc(&self, bytes: usize) -> Result<Self::Buf, String>;
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, GpuError>;
     /// A copy of `bytes` on the device.
-    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, String>;
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, GpuError>;
     /// The first `bytes` bytes of `buf`.
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, String>;
+    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError>;
     /// Waits until everything launched so far has finished.
-    fn synchronize(&self) -> Result<(), String>;
+    fn synchronize(&self) -> Result<(), GpuError>;
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
     /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
-    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), String>;
+    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError>;
     /// `c = act(a · b + bias)` for one matrix of the shape `g` (`act` is `g.act`; the bias,
     /// a vector of `g.n`, is added to every row), each operand a buffer and an element
     /// offset. A bias or an activation is asked for only where [`cuda::fused_in_gemm`] says
@@ -44,7 +45,7 @@ pub trait Device {
         b: (&Self::Buf, usize),
         bias: Option<(&Self::Buf, usize)>,
         g: GemmShape,
-    ) -> Result<(), String>;
+    ) -> Result<(), GpuError>;
 }
 
 /// A row-major GEMM as the column-major one that cuBLAS and cuBLASLt compute. Row-major
@@ -245,7 +246,7 @@ fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize, own: &HashMap<BufId,
 
 /// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new (then it
 /// returns true).
-fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot: Slot, bytes: usize) -> Result<bool, String> {
+fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot: Slot, bytes: usize) -> Result<bool, GpuError> {
     if memory.get(&slot).is_none_or(|(b, _)| *b != bytes) {
         memory.insert(slot, (bytes, device.alloc(bytes.max(1))?));
         return Ok(true);
@@ -286,15 +287,20 @@ pub fn run<D: Device>(
     params: &HashMap<String, Tensor>,
     resident: &mut Resident<D::Buf>,
     dims: &Dims,
-) -> Result<(Vec<(String, Tensor)>, GpuStats), String> {
-    let shapes: Vec<Vec<usize>> =
-        program.buffers.iter().map(|b| concrete(&b.ty.shape, dims).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+) -> Result<(Vec<(String, Tensor)>, GpuStats), GpuError> {
+    let shapes: Vec<Vec<usize>> = program.buffers.iter().map(|b| concrete(&b.ty.shape, dims)).collect::<Result<_, _>>()?;
     // The host tensor of an input or parameter buffer, checked against the buffer's type.
-    let host = |b: BufId, t: Option<&'_ Tensor>, what: &str, name: &str| -> Result<Vec<u8>, String> {
-        let t = t.ok_or_else(|| format!("no {what} `{name}`"))?;
+    let host = |b: BufId, t: Option<&'_ Tensor>, kind: &'static str, name: &str| -> Result<Vec<u8>, GpuError> {
+        let t = t.ok_or_else(|| RunError::Missing { kind, name: name.into() })?;
         let ty = &program.buffers[b].ty;
         if t.shape != shapes[b] || t.dtype() != ty.dtype {
-            return Err(format!("{what} `{name}`: expected {}{:?}, got {}{:?}", ty.dtype.name(), shapes[b], t.dtype().name(), t.shape));
+            return Err(RunError::BadTensor {
+                kind,
+                name: name.into(),
+                expected: format!("{}{:?}", ty.dtype.name(), shapes[b]),
+                got: format!("{}{:?}", t.dtype().name(), t.shape),
+            }
+            .into());
         }
         Ok(tensor_bytes(t, precision))
     };
@@ -316,7 +322,7 @@ pub fn run<D: Device>(
     // Buffers derived from parameters have memory of their own, kept with the parameters, and
     // are computed again only when a parameter was uploaded or their memory is new.
     let shared = resident.params.clone();
-    let mut resident_params = shared.lock().map_err(|_| "a previous run panicked".to_string())?;
+    let mut resident_params = shared.lock().map_err(|_| GpuError::Internal("a previous run panicked".into()))?;
     let mut derived_current = resident.derived_current.take() == Some(resident_params.uploads);
     for (b, buf) in program.buffers.iter().enumerate() {
         if buf.storage == Storage::Derived && slot(device, &mut resident.memory, Slot::Derived(b), bytes_of(b))? {
@@ -342,7 +348,11 @@ pub fn run<D: Device>(
             }
             Storage::Input(name) => {
                 if resident.carry.contains(name) && inputs.get(name).is_some_and(|t| t.is_empty() && !shapes[b].contains(&0)) {
-                    return Err(format!("input `{name}` has no data and no copy of its shape {:?} on this device", shapes[b]));
+                    return Err(RunError::Shape(format!(
+                        "input `{name}` has no data and no copy of its shape {:?} on this device",
+                        shapes[b]
+                    ))
+                    .into());
                 }
                 uploaded.insert(b, device.upload(&host(b, inputs.get(name), "input", name)?)?);
             }
@@ -406,10 +416,14 @@ pub fn run<D: Device>(
             Storage::Derived => kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m),
             _ => slot_of.get(&r).and_then(|k| kept.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
         }
-        .ok_or_else(|| format!("buf{b} has no memory"))
+        .ok_or_else(|| GpuError::Internal(format!("buf{b} has no memory")))
     };
     let scratch = |s: usize, a: Arg| {
-        scratch_of.get(&(s, a)).and_then(|k| kept.memory.get(k)).map(|(_, m)| m).ok_or_else(|| format!("no scratch {a:?} for step {s}"))
+        scratch_of
+            .get(&(s, a))
+            .and_then(|k| kept.memory.get(k))
+            .map(|(_, m)| m)
+            .ok_or_else(|| GpuError::Internal(format!("no scratch {a:?} for step {s}")))
     };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
     device.synchronize()?;
@@ -420,7 +434,7 @@ pub fn run<D: Device>(
         }
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
         let out_shape = &shapes[step.out];
-        let launch = |n: usize, k: &CudaKernel, meta: &[i64]| -> Result<(), String> {
+        let launch = |n: usize, k: &CudaKernel, meta: &[i64]| -> Result<(), GpuError> {
             let args: Vec<&D::Buf> = k
                 .args
                 .iter()
@@ -485,7 +499,7 @@ pub fn run<D: Device>(
             }
             Kernel::Route(rk) => {
                 let Some((z, f)) = route_sizes(&shapes, step) else {
-                    return Err(format!("step {s}: a route without its grouped plan (refused by `lower`)"));
+                    return Err(GpuError::Internal(format!("step {s}: a route without its grouped plan (refused by `lower`)")));
                 };
                 if z.rows == 0 {
                     continue;
@@ -494,7 +508,7 @@ pub fn run<D: Device>(
                 let raw = device.download(buf(step.ins[1])?, bytes_of(step.ins[1]))?;
                 let choices: Vec<i64> = raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect();
                 let at = step.span.display_in(&program.files).unwrap_or_else(|| "a route".into());
-                let routing = tessera_runtime::Routing::new(&choices, rk.op.experts, &at).map_err(|e| e.to_string())?;
+                let routing = tessera_runtime::Routing::new(&choices, rk.op.experts, &at)?;
                 let mut pos = vec![0i64; z.rows];
                 for (i, &c) in routing.slot.iter().enumerate() {
                     pos[c] = i as i64;
@@ -502,8 +516,9 @@ pub fn run<D: Device>(
                 let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
                 let slot_buf = device.upload(&as_bytes(&routing.slot.iter().map(|&c| c as i64).collect::<Vec<_>>()))?;
                 let pos_buf = device.upload(&as_bytes(&pos))?;
-                let kernel =
-                    |role: Role| kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| format!("step {s}: no {role:?} kernel"));
+                let kernel = |role: Role| {
+                    kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| GpuError::Internal(format!("step {s}: no {role:?} kernel")))
+                };
                 let (rows, gate, up, ys) =
                     (scratch(s, Arg::RouteRows)?, scratch(s, Arg::RouteGate)?, scratch(s, Arg::RouteUp)?, scratch(s, Arg::RouteOut)?);
                 let (n, _) = kernel(Role::RouteGather)?;
@@ -563,7 +578,7 @@ pub fn run<D: Device>(
             let raw = device.download(buf(*b)?, bytes_of(*b))?;
             Ok((name.clone(), tensor_from_bytes(&raw, shapes[*b].clone(), dtype, precision)))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, GpuError>>()?;
     // Each carried output is now the tensor of its name (of the output's shape: its memory
     // may be a view's root); the memory it replaces takes the next run's output.
     for (name, b) in program.outputs.iter().filter(|(_, b)| out_carried.contains_key(&program.root(*b))) {
@@ -625,7 +640,7 @@ fn matmul<D: Device>(
     trans_b: bool,
     precision: Precision,
     (bias, act): (Option<&D::Buf>, Option<GemmAct>),
-) -> Result<(), String> {
+) -> Result<(), GpuError> {
     let (ra, rb, r) = (a.1.len(), b.1.len(), out.1.len());
     let (m, k) = (a.1[ra - 2], a.1[ra - 1]);
     let n = if trans_b { b.1[rb - 2] } else { b.1[rb - 1] };

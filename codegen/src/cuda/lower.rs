@@ -18,6 +18,7 @@
 //! tensor-core one is checked against.
 
 use crate::kernel::{Kernel, Program, Step};
+use crate::GpuError;
 use std::collections::HashMap;
 use std::fmt::Write;
 use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, Var};
@@ -302,26 +303,29 @@ pub enum Role {
 ///
 /// Attention steps whose head sizes [`mma_fits`] at `precision` get the tensor-core kernel
 /// ([`attention_mma`]); the others the plain one ([`attention`]).
-pub fn lower(program: &Program, precision: Precision) -> Result<Lowered, String> {
-    let mut out = Vec::new();
-    // Kernel code without its heading comment and with its name blanked, to the name given.
-    let mut seen: HashMap<String, String> = HashMap::new();
+pub fn lower(program: &Program, precision: Precision) -> Result<Lowered, GpuError> {
     for step in &program.steps {
+        let at = |what: &str| step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the {what} at {l})"));
         if let Kernel::Route(k) = &step.kernel {
             if let Err(why) = &k.ffn {
-                let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the route at {l})"));
-                return Err(format!(
-                    "the CUDA backend does not lower this `route`{at}: it runs experts that are feed-forward blocks, and {why}; run it with --backend cpu or interp"
-                ));
+                let why = format!("it runs experts that are feed-forward blocks, and {why}");
+                return Err(GpuError::Unsupported { what: "`route`", at: at("route"), why });
             }
         }
         if let Kernel::Scan(k) = &step.kernel {
             if let Some(why) = scan_unit(program, k).err() {
-                let at = step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the scan at {l})"));
-                return Err(format!("the CUDA backend does not lower this `scan`{at}: {why}; run it with --backend cpu or interp"));
+                return Err(GpuError::Unsupported { what: "`scan`", at: at("scan"), why });
             }
         }
     }
+    lower_steps(program, precision).map_err(GpuError::Internal)
+}
+
+/// [`lower`] of a program it accepts; an error is a compiler bug.
+fn lower_steps(program: &Program, precision: Precision) -> Result<Lowered, String> {
+    let mut out = Vec::new();
+    // Kernel code without its heading comment and with its name blanked, to the name given.
+    let mut seen: HashMap<String, String> = HashMap::new();
     for (i, step) in program.steps.iter().enumerate() {
         // The CPU's packed weights (a program the CPU executor ran): GEMMs here read the
         // weight as stored.
@@ -448,7 +452,7 @@ pub fn fused_in_gemm(k: &Kernel, precision: Precision) -> bool {
 
 /// The whole program as one CUDA source: the prelude, then each kernel, then a list of the
 /// steps not lowered here.
-pub fn dump(program: &Program, precision: Precision) -> Result<String, String> {
+pub fn dump(program: &Program, precision: Precision) -> Result<String, GpuError> {
     Ok(source(program, &lower(program, precision)?, precision))
 }
 
@@ -711,7 +715,11 @@ fn scan_kernel(p: &Program, index: usize, step: &Step, k: &crate::kernel::ScanKe
 
 /// The `meta` array of a fused scan step (see [`scan_kernel`]) at the results' shapes `outs`
 /// and the operands' shapes `ins`.
-pub fn scan_meta(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], ins: &[&[usize]]) -> Result<Vec<i64>, String> {
+pub fn scan_meta(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], ins: &[&[usize]]) -> Result<Vec<i64>, GpuError> {
+    scan_meta_of(p, k, outs, ins).map_err(GpuError::Internal)
+}
+
+fn scan_meta_of(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], ins: &[&[usize]]) -> Result<Vec<i64>, String> {
     use crate::scan::{access_strides, Node, Source};
     let f = k.fused.as_ref().map_err(|why| why.clone())?;
     let unit = scan_unit(p, k)?;
@@ -1383,6 +1391,16 @@ fn ffn_act(p: &Program, index: usize, step: &Step, name: &str, gated: bool, act:
 /// the dimensions `dims` (a slice's start may depend on them), for a kernel of `block` threads
 /// per block. `meta[0]` is the number of threads to launch.
 pub fn meta(
+    k: &Kernel,
+    block: usize,
+    out: &[usize],
+    ins: &[&[usize]],
+    dims: &std::collections::HashMap<String, i64>,
+) -> Result<Vec<i64>, GpuError> {
+    meta_of(k, block, out, ins, dims).map_err(GpuError::Internal)
+}
+
+fn meta_of(
     k: &Kernel,
     block: usize,
     out: &[usize],

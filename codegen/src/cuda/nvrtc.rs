@@ -4,6 +4,7 @@
 //! source and the target (`$TESSERA_CACHE`, else `$XDG_CACHE_HOME/tessera`, else
 //! `~/.cache/tessera`; a cache that cannot be written is skipped).
 
+use crate::GpuError;
 use std::ffi::CString;
 
 /// Whether the NVRTC library can be loaded. cudarc panics on first use when it cannot, so
@@ -13,29 +14,31 @@ pub fn available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-fn missing() -> String {
-    "NVRTC (libnvrtc) was not found: install the CUDA toolkit or the `nvidia-cuda-nvrtc` wheel and put its lib folder on LD_LIBRARY_PATH"
-        .into()
+fn missing() -> GpuError {
+    GpuError::NoDevice(
+        "NVRTC (libnvrtc) was not found: install the CUDA toolkit or the `nvidia-cuda-nvrtc` wheel and put its lib folder on LD_LIBRARY_PATH"
+            .into(),
+    )
 }
 
 /// Compiles one CUDA C source to PTX for `arch` (e.g. `compute_90`).
-pub fn compile(source: &str, arch: &'static str) -> Result<String, String> {
+pub fn compile(source: &str, arch: &'static str) -> Result<String, GpuError> {
     if !available() {
         return Err(missing());
     }
     let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), ..Default::default() };
-    cudarc::nvrtc::compile_ptx_with_opts(source, opts).map(|p| p.to_src()).map_err(|e| format!("NVRTC: {e}"))
+    cudarc::nvrtc::compile_ptx_with_opts(source, opts).map(|p| p.to_src()).map_err(|e| GpuError::Nvrtc(e.to_string()))
 }
 
 /// Compiles one CUDA C source to a CUBIN for a real architecture (e.g. `sm_90a`, which the
 /// Hopper-only instructions need and which loads without the driver's PTX JIT).
-pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, String> {
+pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, GpuError> {
     use cudarc::nvrtc::{result, sys};
     if !available() {
         return Err(missing());
     }
-    let src = CString::new(source).map_err(|_| "a source with a NUL byte")?;
-    let prog = result::create_program(&src, None).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let src = CString::new(source).map_err(|_| GpuError::Internal("a CUDA source with a NUL byte".into()))?;
+    let prog = result::create_program(&src, None).map_err(|e| GpuError::Nvrtc(format!("{e:?}")))?;
     // SAFETY: `prog` is a live program until destroyed below; sizes come from NVRTC.
     let out = unsafe {
         let compiled = result::compile_program(prog, &[format!("--gpu-architecture={arch}")]);
@@ -43,7 +46,7 @@ pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, String> {
             Err(e) => {
                 let log = result::get_program_log(prog).unwrap_or_default();
                 let log: String = log.iter().map(|&c| c as u8 as char).collect();
-                Err(format!("NVRTC: {e:?}\n{}", log.trim_end_matches('\0')))
+                Err(GpuError::Nvrtc(format!("{e:?}\n{}", log.trim_end_matches('\0'))))
             }
             Ok(()) => {
                 let mut size = 0usize;
@@ -51,7 +54,7 @@ pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, String> {
                 let mut bin = vec![0u8; size];
                 got.and_then(|_| sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut std::ffi::c_char).result())
                     .map(|_| bin)
-                    .map_err(|e| format!("NVRTC: {e:?}"))
+                    .map_err(|e| GpuError::Nvrtc(format!("{e:?}")))
             }
         }
     };
@@ -74,12 +77,12 @@ fn cache_dir() -> Option<std::path::PathBuf> {
 
 /// `compile` or `compile_cubin` through the disk cache: the bytes of a PTX (`compute_XY`) or a
 /// CUBIN (`sm_XY`, `sm_XYa`), and whether they came from the cache.
-pub fn compile_cached(source: &str, arch: &'static str) -> Result<(Vec<u8>, bool), String> {
+pub fn compile_cached(source: &str, arch: &'static str) -> Result<(Vec<u8>, bool), GpuError> {
     compile_cached_in(cache_dir().as_deref(), source, arch)
 }
 
 /// [`compile_cached`] with the cache in `dir` (none: no cache).
-pub fn compile_cached_in(dir: Option<&std::path::Path>, source: &str, arch: &'static str) -> Result<(Vec<u8>, bool), String> {
+pub fn compile_cached_in(dir: Option<&std::path::Path>, source: &str, arch: &'static str) -> Result<(Vec<u8>, bool), GpuError> {
     let file =
         dir.map(|d| d.join(format!("{:016x}-{arch}.{}", fnv(source.as_bytes()), if arch.starts_with("sm_") { "cubin" } else { "ptx" })));
     if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
