@@ -202,7 +202,7 @@ impl Model {
     /// of checkpoint tensors no parameter used.
     pub fn load_weights(&mut self, path: &str) -> Result<Vec<String>, Error> {
         let bound = hf::load_weights(&self.graph, &Dims::new(), self.checkpoint.as_ref(), path)?;
-        self.params = bound.params;
+        self.set_params(bound.params);
         Ok(bound.unused)
     }
 
@@ -214,7 +214,8 @@ impl Model {
             params += n * self.graph.ty(v).dtype.size() as u128;
         }
         tessera_runtime::MemoryEstimate { params, ..Default::default() }.check(self.max_memory)?;
-        self.params = tessera_runtime::random_params(&self.graph, &Dims::new(), seed)?;
+        let params = tessera_runtime::random_params(&self.graph, &Dims::new(), seed)?;
+        self.set_params(params);
         Ok(())
     }
 
@@ -246,8 +247,12 @@ impl Model {
         &self.params
     }
 
-    /// Replaces the parameters.
+    /// Replaces the parameters (and forgets what the engines derived from the old ones).
     pub fn set_params(&mut self, params: HashMap<String, Tensor>) {
         self.params = params;
+        self.engine.forget_params();
+        if let Some(p) = self.generation.get() {
+            p.forget_params();
+        }
     }
 }

@@ -47,6 +47,12 @@ impl Programs {
         decode.carry(&names)?;
         Ok(Programs { derived, prefill, decode })
     }
+
+    /// Forgets what the programs keep of the parameters (see [`Engine::forget_params`]).
+    pub(crate) fn forget_params(&self) {
+        self.prefill.forget_params();
+        self.decode.forget_params();
+    }
 }
 
 /// How the next token is chosen from the logits.

@@ -366,3 +366,29 @@ fn review_findings_on_sizes_and_ir_files() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("seq=20") && out.contains("mean=5.000000"), "{out}");
 }
+
+/// New parameters give the answer of the new parameters: what the CPU backend derives from
+/// parameters (merged projections, weights packed for the GEMM) is keyed by their addresses,
+/// and a new set is often allocated where the freed old one was (it was kept and reused: the
+/// old parameters' answer with exit 0).
+#[test]
+fn replaced_parameters_are_not_confused_with_the_old_ones_merged_or_packed_for_the_gemm() {
+    let (name, overrides) = common::SMALL.iter().find(|(n, _)| *n == "llama").expect("llama");
+    let c = common::small_compiler(overrides);
+    let path = format!("stdlib/{name}.tsr");
+    let mut interp = c.clone().backend(Backend::Interp).compile_file(&path).expect("compiles");
+    let mut cpu = c.compile_file(&path).expect("compiles");
+    let inputs = interp.random_inputs(&[("batch", 1), ("seq", 7)], 3).expect("inputs");
+    for seed in 1..=4 {
+        // The old parameters freed first, then the new ones allocated (often at their addresses).
+        cpu.set_params(HashMap::new());
+        interp.random_weights(seed).expect("weights");
+        cpu.set_params(interp.params().clone());
+        let (want, got) = (interp.run(&inputs).expect("runs"), cpu.run(&inputs).expect("runs"));
+        for ((n, g), (_, w)) in got.iter().zip(&want) {
+            let (gv, wv) = (g.to_f64(), w.to_f64());
+            let worst = gv.iter().zip(&wv).fold(0f64, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+            assert!(worst <= 1e-4, "seed {seed}, {n}: max relative difference {worst}");
+        }
+    }
+}

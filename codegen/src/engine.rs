@@ -122,6 +122,21 @@ impl Engine {
         Ok(e)
     }
 
+    /// Forgets what this engine (and every sibling) keeps of the parameters: call it when
+    /// they are replaced, since what is kept is keyed by their addresses.
+    pub fn forget_params(&self) {
+        match self {
+            Engine::Interp => {}
+            Engine::Cpu(e) => e.forget_derived(),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(g) => {
+                if let Ok(mut r) = g.resident.lock() {
+                    r.forget_params();
+                }
+            }
+        }
+    }
+
     /// Keeps the outputs named `names` where the next run reads them as inputs, when that is
     /// not host memory: on a GPU they stay on the device, and a run returns each as a tensor
     /// of its shape without data, which the caller passes back (generation's states).

@@ -259,6 +259,21 @@ impl Executable {
         self.derived = other.derived.clone();
     }
 
+    /// Drops what was derived from the parameters (for every program sharing the store): the
+    /// store is keyed by the parameters' addresses, and new parameters may be allocated where
+    /// old ones were.
+    pub fn forget_derived(&self) {
+        if let Ok(mut d) = self.derived.lock() {
+            d.clear();
+        }
+        if let Ok(mut last) = self.derived_last.lock() {
+            last.clear();
+        }
+        for body in self.bodies.iter().flatten() {
+            body.forget_derived();
+        }
+    }
+
     /// Runs with concrete `dims`, the model's `inputs` and `params`; returns the outputs by
     /// name and what the run did.
     pub fn run(

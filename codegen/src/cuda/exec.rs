@@ -187,6 +187,17 @@ impl<B> Default for Resident<B> {
 }
 
 impl<B> Resident<B> {
+    /// Drops the parameters on the device (for every program sharing them) and what was
+    /// derived from them: resident copies are keyed by the host tensors' addresses, and new
+    /// parameters may be allocated where old ones were.
+    pub fn forget_params(&mut self) {
+        if let Ok(mut p) = self.params.lock() {
+            p.map.clear();
+            p.uploads += 1;
+        }
+        self.derived_current = None;
+    }
+
     /// Memory for another program of the same model: the same parameters on the device, its
     /// own intermediate buffers.
     pub fn sharing_params(&self) -> Resident<B> {
