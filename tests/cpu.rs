@@ -88,7 +88,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes(backend: Backend) {
         ("glu", "input x: [batch, seq, 11]\n output y = nn.swiglu(x, 17)"),
         ("norms", "input x: [batch, seq, 9]\n output y = nn.layer_norm(x) + nn.rms_norm(x)"),
         ("softmax", "input x: [batch, seq, 9]\n output y = softmax(x, -1) + softmax(x, 1)"),
-        ("reduce", "input x: [batch, seq, 9]\n output y = sum(x, -1) + max(x, -1) + mean(x, -1)"),
+        ("reduce", "input x: [batch, seq, 9]\n output y = sum(x, -1) + max(x, -1) + mean(x, -1) - min(x, -1)"),
         ("gather", "input ids: i64[batch, seq]\n output y = (param e: [23, 6])[ids]"),
         ("layout", "input x: [batch, seq, 6]\n output y = concat(transpose(x, -1, -2), transpose(x, -1, -2) * 2.0, axis = 1)[:, 1:5]"),
         ("slices", "input x: [batch, seq, 11]\n output y = x[:, :, 2:7] * 2.0 + x[:, :, 0:10:2]\n output z = x[:, 1:4]"),

@@ -1,5 +1,5 @@
 //! MLIR (text) for the CPU executor's kernels: row kernels of scalar programs (the ABI of
-//! [`crate::cpu::cranelift::RowFn`]), norms and softmax over rows.
+//! [`crate::cpu::cranelift::RowFn`]), norms, softmax and reductions over rows.
 //!
 //! Every kernel is a `func.func` whose arguments are the ABI's raw pointers (`!llvm.ptr`) and
 //! integers (`i64`), so that `convert-func-to-llvm` makes it a plain C function. Its first
@@ -12,7 +12,7 @@
 //! - a row kernel is an `scf.for` over the row, loading each operand from a strided 1-D memref
 //!   (dynamic strides, or for the fixed-steps version static ones, `strided<[0]>` or
 //!   `strided<[1]>`, which LLVM's vectorizer turns into broadcasts and vector loads);
-//! - a norm or softmax is an `scf.for` over rows, each a few `linalg.generic` ops over the row's
+//! - a norm, softmax or reduction is an `scf.for` over rows, each a few `linalg.generic` ops over the row's
 //!   `memref.subview`: reductions into a 0-D accumulator (`fastmath<reassoc>` sums, so that LLVM
 //!   vectorizes them as the LLVM backend's do), then an elementwise pass.
 //!
@@ -23,7 +23,7 @@
 //! (`tsr_unary`, `tsr_binary`, `tsr_gather`, declared as external `func.func`s).
 
 use std::fmt::Write;
-use tessera_ir::{BinaryOp, DType, NormKind, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
+use tessera_ir::{BinaryOp, DType, NormKind, ReduceOp, SNode, ScoreFn, UnaryOp, BINARY_OPS, UNARY_OPS};
 
 /// An MLIR `f64` constant, exactly (hexadecimal bits).
 fn f64c(x: f64) -> String {
@@ -560,12 +560,15 @@ fn generic(
             n
         })
         .collect();
-    let decl: Vec<String> = args.iter().map(|a| format!("{a}: f32")).collect();
+    // Each argument has its memref's element type (f32, or an f64 accumulator).
+    let elem = |ty: &str| if ty.contains("f64") { "f64" } else { "f32" };
+    let decl: Vec<String> = args.iter().zip(ins.iter().chain(outs)).map(|(a, x)| format!("{a}: {}", elem(x.1))).collect();
     b.indent -= 1;
     b.line(format!("^bb0({}):", decl.join(", ")));
     b.indent += 1;
     let ys = body(b, &args);
-    b.line(format!("linalg.yield {} : {}", ys.join(", "), vec!["f32"; ys.len()].join(", ")));
+    let yield_tys: Vec<&str> = outs.iter().map(|x| elem(x.1)).collect();
+    b.line(format!("linalg.yield {} : {}", ys.join(", "), yield_tys.join(", ")));
     b.close();
 }
 
@@ -665,6 +668,53 @@ pub fn softmax(name: &str) -> String {
     let s = b.let_(format!("memref.load {acc}[] : memref<f32>"));
     let inv = b.bin("arith.divf", &one, &s, "f32");
     generic(&mut b, false, &[], &[("%yr", ROW, false)], &|b, a| vec![b.bin("arith.mulf", &a[0], &inv, "f32")]);
+    b.close();
+    b.line("return");
+    format!("  func.func @{name}(%y: !llvm.ptr {{llvm.noalias}}, %x: !llvm.ptr {{llvm.noalias}}, %rows: i64, %d: i64) {{\n{}  }}\n", b.text)
+}
+
+/// A reduction kernel ([`crate::cpu::codegen::ReduceFn`]): each row of `x` to one element of
+/// `y` by a `linalg.generic` reduction into a 0-D accumulator: sums and means in f64 (the
+/// interpreter's precision, with `reassoc`), maxima and minima NaN-propagating
+/// (`arith.maximumf`/`minimumf`); an empty row gives the identity (a mean: 0/0).
+pub fn reduce(name: &str, op: ReduceOp) -> String {
+    let mut b = Body::new();
+    let x = matrix(&mut b, "%x");
+    let one = b.i64(1);
+    let y = b.memref("%y", &["%rows"], &[&one], "memref<?xf32>");
+    let (ty, init) = match op {
+        ReduceOp::Sum | ReduceOp::Mean => ("f64", b.f64(0.0)),
+        ReduceOp::Max => ("f32", b.f32(f32::NEG_INFINITY)),
+        ReduceOp::Min => ("f32", b.f32(f32::INFINITY)),
+    };
+    let acc_ty = format!("memref<{ty}>");
+    let acc = b.let_(format!("memref.alloca() : {acc_ty}"));
+    let dd = b.let_("arith.sitofp %d : i64 to f64");
+    let c0 = b.let_("arith.constant 0 : index");
+    let c1 = b.let_("arith.constant 1 : index");
+    let nr = b.let_("arith.index_cast %rows : i64 to index");
+    b.line("%dn = arith.index_cast %d : i64 to index");
+    b.open(format!("scf.for %r = {c0} to {nr} step {c1} {{"));
+    b.line(format!("%xr = memref.subview {x}[%r, 0] [1, %dn] [1, 1] : memref<?x?xf32> to {ROW}"));
+    b.line(format!("memref.store {init}, {acc}[] : {acc_ty}"));
+    generic(&mut b, true, &[("%xr", ROW, false)], &[(&acc, &acc_ty, true)], &|b, a| {
+        vec![match op {
+            ReduceOp::Sum | ReduceOp::Mean => {
+                let xd = b.let_(format!("arith.extf {} : f32 to f64", a[0]));
+                b.let_(format!("arith.addf {}, {xd} fastmath<reassoc> : f64", a[1]))
+            }
+            ReduceOp::Max => b.bin("arith.maximumf", &a[1], &a[0], "f32"),
+            ReduceOp::Min => b.bin("arith.minimumf", &a[1], &a[0], "f32"),
+        }]
+    });
+    let mut v = b.let_(format!("memref.load {acc}[] : {acc_ty}"));
+    if op == ReduceOp::Mean {
+        v = b.bin("arith.divf", &v, &dd, "f64");
+    }
+    if ty == "f64" {
+        v = b.let_(format!("arith.truncf {v} : f64 to f32"));
+    }
+    b.line(format!("memref.store {v}, {y}[%r] : memref<?xf32>"));
     b.close();
     b.line("return");
     format!("  func.func @{name}(%y: !llvm.ptr {{llvm.noalias}}, %x: !llvm.ptr {{llvm.noalias}}, %rows: i64, %d: i64) {{\n{}  }}\n", b.text)

@@ -25,7 +25,7 @@ use melior::utility::{parse_pass_pipeline, register_all_dialects, register_all_l
 use melior::{Context, ExecutionEngine};
 use std::mem::ManuallyDrop;
 use std::sync::{Arc, Mutex};
-use tessera_ir::{DType, NormKind, ScoreFn};
+use tessera_ir::{DType, NormKind, ReduceOp, ScoreFn};
 
 /// The lowering pipeline, one pass a stage (each is a pass of `mlir-opt`, run on the module);
 /// with `keep_ir` the module is kept after each (`tessera ir --emit mlir --print-after STAGE`).
@@ -195,6 +195,10 @@ impl Codegen for Mlir {
 
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::softmax(TextKernels::NAME))))
+    }
+
+    fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
