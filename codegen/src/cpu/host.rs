@@ -382,6 +382,31 @@ pub unsafe fn reduce(out: &View, x: &View, op: ReduceOp, axes: &[usize]) {
         ReduceOp::Max => f64::NEG_INFINITY,
         ReduceOp::Min => f64::INFINITY,
     };
+    // f32 rows reduced over their last axis: rows in parallel, each in order as below.
+    if axes.len() == 1 && axes[0] + 1 == x.shape.len() && x.dtype == DType::F32 && out.dtype == DType::F32 {
+        let row = move |y: *mut f32, xs: *const f32, rows: i64, d: i64| {
+            let (rows, d) = (rows as usize, d as usize);
+            for r in 0..rows {
+                // SAFETY: the block's rows of `x` and elements of `out`.
+                let xs = unsafe { std::slice::from_raw_parts(xs.add(r * d), d) };
+                let mut a = init;
+                for &v in xs {
+                    let v = f64::from(v);
+                    a = match op {
+                        ReduceOp::Sum | ReduceOp::Mean => a + v,
+                        ReduceOp::Max => tessera_ir::nan_max(a, v),
+                        ReduceOp::Min => tessera_ir::nan_min(a, v),
+                    };
+                }
+                if op == ReduceOp::Mean {
+                    a /= count as f64;
+                }
+                unsafe { *y.add(r) = a as f32 };
+            }
+        };
+        unsafe { reduce_rows_in_parallel(out, x, row) };
+        return;
+    }
     let mut acc = vec![init; out.len()];
     for i in 0..x.len() {
         let v = unsafe { x.get(i) };
