@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """GEMMs at the models' shapes: the libraries Tessera can use (`TESSERA_GEMM`: the `gemm` crate,
-OpenBLAS, the packed GEMM around LLVM's micro-kernel) against PyTorch's (MKL), on this machine,
+OpenBLAS, the packed GEMM around LLVM's micro-kernel or around the `std::arch` one of the
+default build) against PyTorch's (MKL), on this machine,
 in one run, with 2 threads, each as a fraction of this CPU's measured FMA peak.
 
     cargo build --release --features llvm,openblas
@@ -23,7 +24,7 @@ REPEAT = 100  # short runs leave the second core asleep between products (VM wak
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
 SHAPES = [(512, 768, 2304), (512, 768, 3072), (512, 3072, 768), (512, 768, 768), (512, 768, 2048), (512, 2048, 768),
           (1, 768, 3072), (1, 3072, 768)]
-LIBRARIES = ["crate", "openblas", "llvm"]
+LIBRARIES = ["crate", "openblas", "llvm", "rust"]
 
 TORCH_CHILD = r'''
 import json, sys, time, statistics
@@ -91,14 +92,14 @@ def main() -> None:
         f"{REPEAT} after a warm-up; PyTorch's are `torch.mm` (MKL). `TESSERA_GEMM` picks the library for products",
         "of more than 4 rows; M = 1 runs Tessera's own weight-streaming kernel (`cpu/gemv.rs`) whichever is picked.",
         "",
-        "| x [M, K] @ w [K, N] | gemm crate | OpenBLAS | LLVM micro-kernel, packed | PyTorch (MKL) |",
-        "|---|---|---|---|---|",
+        "| x [M, K] @ w [K, N] | gemm crate | OpenBLAS | LLVM micro-kernel, packed | std::arch micro-kernel, packed | PyTorch (MKL) |",
+        "|---|---|---|---|---|---|",
     ]
     for (m, k, n), times in rows:
         flops = 2.0 * m * k * n
         t = torch.get(f"{m}x{k}x{n}") if "error" not in torch else None
         lines.append(f"| {m} × {k} × {n} | {cell(times['crate'], flops)} | {cell(times['openblas'], flops)} | "
-                     f"{cell(times['llvm'], flops)} | {cell(t, flops)} |")
+                     f"{cell(times['llvm'], flops)} | {cell(times['rust'], flops)} | {cell(t, flops)} |")
     lines += ["", "<!-- end gemm -->"]
     write_section(lines)
 

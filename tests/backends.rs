@@ -170,7 +170,6 @@ fn weights_packed_once_for_the_llvm_gemm_give_the_interpreters_logits() {
 }
 
 /// `C = A·B` (or `A·Bᵀ`) in f64, the reference of the GEMM libraries' tests.
-#[cfg(any(feature = "llvm", feature = "openblas"))]
 fn naive(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), trans_b: bool) -> Vec<f64> {
     let mut c = vec![0f64; m * n];
     for i in 0..m {
@@ -183,26 +182,29 @@ fn naive(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), trans_b: bool) 
 
 /// Every GEMM library this build has, at sizes that leave partial tiles and blocks on every
 /// side (the packed GEMM's tiles are 12 × 32 or 6 × 16, its blocks 144 rows × 256 deep).
-#[cfg(any(feature = "llvm", feature = "openblas"))]
 #[test]
 fn gemm_libraries_equal_a_naive_product_at_odd_sizes() {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     type Gemm = Box<dyn Fn(*mut f32, *const f32, *const f32, (usize, usize, usize), bool)>;
-    let mut libs: Vec<(&str, Gemm)> = Vec::new();
+    let mut libs: Vec<(String, Gemm)> = Vec::new();
+    // The packed GEMM around each micro-kernel this build and CPU have: LLVM's, and the
+    // `std::arch` one of the default build.
+    let mut micros = Vec::new();
     #[cfg(feature = "llvm")]
-    {
-        let micro = tessera::codegen::llvm::gemm::microkernel().expect("a micro-kernel for this CPU");
+    micros.push(("llvm", tessera::codegen::llvm::gemm::microkernel().expect("a micro-kernel for this CPU")));
+    micros.extend(tessera::codegen::cpu::ukernel::available());
+    for (kernel, micro) in micros {
         use tessera::codegen::cpu::gemm::{pack_b, packed, packed_len, Rhs};
         for threaded in [false, true] {
             libs.push((
-                if threaded { "llvm packed, threaded" } else { "llvm packed" },
+                if threaded { format!("{kernel} packed, threaded") } else { format!("{kernel} packed") },
                 Box::new(move |c, a, b, mnk, trans_b| unsafe { packed(micro, c, a, Rhs::Plain { b, trans_b }, mnk, threaded) }),
             ));
         }
         // B packed once (a weight), as the executor's `pack_b` steps do.
         libs.push((
-            "llvm, B packed once",
+            format!("{kernel}, B packed once"),
             Box::new(move |c, a, b, (m, n, k), trans_b| {
                 let mut p = vec![f32::NAN; packed_len(micro, (n, k))];
                 unsafe {
@@ -213,7 +215,7 @@ fn gemm_libraries_equal_a_naive_product_at_odd_sizes() {
         ));
     }
     #[cfg(feature = "openblas")]
-    libs.push(("openblas", Box::new(|c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::openblas(c, a, b, mnk, t) })));
+    libs.push(("openblas".into(), Box::new(|c, a, b, mnk, t| unsafe { tessera::codegen::cpu::gemm::openblas(c, a, b, mnk, t) })));
     for (m, n, k) in [(1, 1, 1), (5, 7, 3), (13, 33, 17), (150, 70, 300), (37, 65, 513), (12, 32, 256), (300, 100, 600)] {
         for trans_b in [false, true] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();

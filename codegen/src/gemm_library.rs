@@ -1,12 +1,14 @@
 //! Which library computes the CPU's GEMMs of more than four rows (smaller ones stream the
-//! weights: `cpu/gemv.rs`): `crate` (the `gemm` crate, pure Rust), `openblas` (feature
-//! `openblas`: Debian's libopenblas) or `llvm` (feature `llvm`: the packed GEMM of
-//! `cpu/gemm.rs` around LLVM's micro-kernel for the host, `llvm/gemm.rs`). By default the
-//! fastest this build has, as `bench/gemm.py` measured them (bench/RESULTS.md): the LLVM
-//! micro-kernel (with weights packed once, equal to or faster than OpenBLAS at every measured
-//! shape), then OpenBLAS, then the gemm crate (the only one the default build has, which needs
-//! no system library). `TESSERA_GEMM` picks one; a choice this build lacks falls back to the
-//! default.
+//! weights: `cpu/gemv.rs`): `llvm` (feature `llvm`: the packed GEMM of `cpu/gemm.rs` around
+//! LLVM's micro-kernel for the host, `llvm/gemm.rs`), `rust` (the same packed GEMM around the
+//! `std::arch` micro-kernel of `cpu/ukernel.rs`, picked at run time: AVX-512F or AVX2+FMA),
+//! `openblas` (feature `openblas`: Debian's libopenblas) or `crate` (the `gemm` crate, pure
+//! Rust, for CPUs with neither). By default the fastest this build has, as `bench/gemm.py`
+//! measured them (bench/RESULTS.md): the LLVM micro-kernel (equal to or faster than OpenBLAS
+//! at every measured shape), then the Rust one (the default build's, no system library:
+//! 7.9 against 13.9 ms for the gemm crate at [512, 768] @ [768, 3072] on this
+//! host), then OpenBLAS, then the gemm crate. `TESSERA_GEMM` picks one; a
+//! choice this build or CPU lacks falls back to the default.
 
 use crate::cpu::gemm::MicroKernel;
 use std::sync::OnceLock;
@@ -31,7 +33,12 @@ pub fn library() -> Library {
             "crate" => Library::Crate,
             "openblas" if cfg!(feature = "openblas") => Library::OpenBlas,
             "llvm" => llvm(true).unwrap_or(Library::Crate),
-            _ => llvm(false).unwrap_or(if cfg!(feature = "openblas") { Library::OpenBlas } else { Library::Crate }),
+            "rust" => crate::cpu::ukernel::host().map_or(Library::Crate, Library::Packed),
+            _ => llvm(false).or_else(|| crate::cpu::ukernel::host().map(Library::Packed)).unwrap_or(if cfg!(feature = "openblas") {
+                Library::OpenBlas
+            } else {
+                Library::Crate
+            }),
         }
     })
 }

@@ -15,6 +15,7 @@ mod route;
 mod scan;
 mod scan_chunked;
 mod tile_gemm;
+pub mod ukernel;
 mod vmath;
 
 pub use codegen::Codegen;
