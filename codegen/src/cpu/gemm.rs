@@ -121,6 +121,9 @@ fn line_aligned(p: *const f32) -> *const f32 {
 /// `b` holds `k × n` (`n × k` with `trans_b`).
 pub unsafe fn pack_b(micro: MicroKernel, dst: &mut [f32], b: *const f32, (n, k): (usize, usize), trans_b: bool) {
     let nr = micro.nr;
+    if n == 0 || k == 0 {
+        return;
+    }
     let panels = n.div_ceil(nr);
     let b = b as usize;
     let skip = line_aligned(dst.as_ptr()).addr().wrapping_sub(dst.as_ptr().addr()) / 4;
