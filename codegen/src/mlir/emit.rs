@@ -515,15 +515,18 @@ fn matrix(b: &mut Body, ptr: &str) -> String {
     b.memref(ptr, &["%rows", "%d"], &["%d", &one], "memref<?x?xf32>")
 }
 
-/// Opens the loop over rows: `%r`, with `%xr` and `%yr` the rows of `x` and `y`.
-fn open_rows(b: &mut Body, x: &str, y: &str) {
+/// Opens the loop over rows: `%r`, with `%xr` and (where `y` is a matrix) `%yr` the rows of
+/// `x` and `y`.
+fn open_rows(b: &mut Body, x: &str, y: Option<&str>) {
     let c0 = b.let_("arith.constant 0 : index");
     let c1 = b.let_("arith.constant 1 : index");
     let nr = b.let_("arith.index_cast %rows : i64 to index");
     b.line("%dn = arith.index_cast %d : i64 to index");
     b.open(format!("scf.for %r = {c0} to {nr} step {c1} {{"));
     b.line(format!("%xr = memref.subview {x}[%r, 0] [1, %dn] [1, 1] : memref<?x?xf32> to {ROW}"));
-    b.line(format!("%yr = memref.subview {y}[%r, 0] [1, %dn] [1, 1] : memref<?x?xf32> to {ROW}"));
+    if let Some(y) = y {
+        b.line(format!("%yr = memref.subview {y}[%r, 0] [1, %dn] [1, 1] : memref<?x?xf32> to {ROW}"));
+    }
 }
 
 /// A `linalg.generic` over one row (`j`): `ins` and `outs` are `(value, type, is_scalar)`,
@@ -588,7 +591,7 @@ pub fn norm(name: &str, kind: NormKind, eps: f64, weight: bool, bias: bool) -> S
     let dd = b.let_("arith.sitofp %d : i64 to f64");
     let eps = b.f64(eps);
     let one64 = b.f64(1.0);
-    open_rows(&mut b, &x, &y);
+    open_rows(&mut b, &x, Some(&y));
     let mean = if kind == NormKind::Layer {
         b.line(format!("memref.store {zero}, {acc}[] : memref<f32>"));
         generic(&mut b, true, &[("%xr", ROW, false)], &[(&acc, "memref<f32>", true)], &|b, a| {
@@ -654,7 +657,7 @@ pub fn softmax(name: &str) -> String {
     let acc = b.let_("memref.alloca() : memref<f32>");
     let (ninf, zero, one) = (b.f32(f32::NEG_INFINITY), b.f32(0.0), b.f32(1.0));
     let accs = (acc.as_str(), "memref<f32>", true);
-    open_rows(&mut b, &x, &y);
+    open_rows(&mut b, &x, Some(&y));
     b.line(format!("memref.store {ninf}, {acc}[] : memref<f32>"));
     generic(&mut b, true, &[("%xr", ROW, false)], &[accs], &|b, a| vec![b.bin("arith.maximumf", &a[1], &a[0], "f32")]);
     let m = b.let_(format!("memref.load {acc}[] : memref<f32>"));
@@ -690,12 +693,7 @@ pub fn reduce(name: &str, op: ReduceOp) -> String {
     let acc_ty = format!("memref<{ty}>");
     let acc = b.let_(format!("memref.alloca() : {acc_ty}"));
     let dd = b.let_("arith.sitofp %d : i64 to f64");
-    let c0 = b.let_("arith.constant 0 : index");
-    let c1 = b.let_("arith.constant 1 : index");
-    let nr = b.let_("arith.index_cast %rows : i64 to index");
-    b.line("%dn = arith.index_cast %d : i64 to index");
-    b.open(format!("scf.for %r = {c0} to {nr} step {c1} {{"));
-    b.line(format!("%xr = memref.subview {x}[%r, 0] [1, %dn] [1, 1] : memref<?x?xf32> to {ROW}"));
+    open_rows(&mut b, &x, None);
     b.line(format!("memref.store {init}, {acc}[] : {acc_ty}"));
     generic(&mut b, true, &[("%xr", ROW, false)], &[(&acc, &acc_ty, true)], &|b, a| {
         vec![match op {
