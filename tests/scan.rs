@@ -96,7 +96,14 @@ fn scans_compute_the_recurrence_on_every_backend() {
             }
         }
     }
-    for backend in [Backend::Interp, Backend::Cpu] {
+    let mut backends = vec![Backend::Interp, Backend::Cpu];
+    if cfg!(feature = "llvm") {
+        backends.push(Backend::Llvm);
+    }
+    if cfg!(feature = "mlir") {
+        backends.push(Backend::Mlir);
+    }
+    for backend in backends {
         let out = run_decay(backend, &x, &rate);
         for (name, want) in [("y", &g), ("last", &last)] {
             let got = &out[name];

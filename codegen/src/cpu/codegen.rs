@@ -21,6 +21,11 @@ pub type NormFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32, *const 
 /// A softmax over rows: `(out, x, rows, n)`, f32, rows of `n` contiguous elements.
 pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
 
+/// One position of a fused scan's body over a tile ([`crate::scan::FusedScan`]): `(slots, n,
+/// inner)`, f32, slot `k` of `n` elements at `slots + k·n`, the leaves' slots filled; reductions
+/// run over rows of `inner` elements.
+pub type ScanEvalFn = unsafe extern "C" fn(*mut f32, i64, i64);
+
 /// A reduction of rows: `(out, x, rows, n)`, f32, `out[r]` from the `n` contiguous elements of
 /// row `r`.
 pub type ReduceFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
@@ -41,13 +46,18 @@ impl TextKernels {
     /// The placeholder for the kernel's name in the text given to [`TextKernels::declare`].
     pub const NAME: &'static str = "__kernel__";
 
+    /// A placeholder that starts the kernel's metadata ids: `!__md__0003` becomes `!N0003`,
+    /// `N` unique to the kernel (LLVM numbers metadata per module). Ids of four digits.
+    pub const MD: &'static str = "__md__";
+
     /// Declares the kernel whose text (named [`TextKernels::NAME`]) is `text`, or finds its twin.
     pub fn declare(&mut self, text: String) -> Sym {
         if let Some(&s) = self.seen.get(&text) {
             return s;
         }
         let name = format!("k{}", self.functions.len());
-        self.functions.push(text.replace(Self::NAME, &name));
+        let md = (self.functions.len() + 1).to_string();
+        self.functions.push(text.replace(Self::NAME, &name).replace(Self::MD, &md));
         self.names.push(name);
         let s = self.names.len() - 1;
         self.seen.insert(text, s);
@@ -88,6 +98,11 @@ pub trait Codegen: Send {
 
     /// Declares a reduction of rows ([`ReduceFn`]) where the backend compiles one.
     fn reduce(&mut self, _op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Declares the body of a fused scan ([`ScanEvalFn`]) where the backend compiles one.
+    fn scan_eval(&mut self, _f: &crate::scan::FusedScan) -> Result<Option<Sym>, CodegenError> {
         Ok(None)
     }
 

@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::codegen::{Codegen, NormFn, ReduceFn, SoftmaxFn, Sym};
+use super::codegen::{Codegen, NormFn, ReduceFn, ScanEvalFn, SoftmaxFn, Sym};
 use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
@@ -130,6 +130,8 @@ enum Native {
     Softmax(SoftmaxFn),
     /// A reduction over the last axis.
     Reduce(ReduceFn),
+    /// The body of a fused scan, one position over a tile.
+    ScanEval(ScanEvalFn),
 }
 
 impl Executable {
@@ -150,6 +152,7 @@ impl Executable {
             Norm(Sym),
             Softmax(Sym),
             Reduce(Sym),
+            ScanEval(Sym),
         }
         let mut ids = Vec::new();
         for s in &program.steps {
@@ -180,6 +183,13 @@ impl Executable {
                     ids.push(jit.reduce(*op)?.map(Declared::Reduce));
                     continue;
                 }
+                Kernel::Scan(k) => {
+                    ids.push(match &k.fused {
+                        Ok(f) => jit.scan_eval(f)?.map(Declared::ScanEval),
+                        Err(_) => None,
+                    });
+                    continue;
+                }
                 _ => {
                     ids.push(None);
                     continue;
@@ -207,6 +217,7 @@ impl Executable {
                 Some(Declared::Norm(n)) => Some(Native::Norm(unsafe { std::mem::transmute::<*const u8, NormFn>(fn_at(n)?) })),
                 Some(Declared::Softmax(n)) => Some(Native::Softmax(unsafe { std::mem::transmute::<*const u8, SoftmaxFn>(fn_at(n)?) })),
                 Some(Declared::Reduce(n)) => Some(Native::Reduce(unsafe { std::mem::transmute::<*const u8, ReduceFn>(fn_at(n)?) })),
+                Some(Declared::ScanEval(n)) => Some(Native::ScanEval(unsafe { std::mem::transmute::<*const u8, ScanEvalFn>(fn_at(n)?) })),
             });
         }
         let mut clif = jit.dumps();
@@ -492,7 +503,11 @@ impl Executable {
         // kernel where the chunked one applies (to compare them).
         let mode = std::env::var("TESSERA_SCAN").unwrap_or_default();
         if let (Ok(f), false) = (&k.fused, mode == "sequential") {
-            return unsafe { super::scan::run(f, &k.op, ins, outs, mode != "fused") };
+            let compiled = match self.natives[s] {
+                Some(Native::ScanEval(e)) => Some(e),
+                _ => None,
+            };
+            return unsafe { super::scan::run(f, &k.op, ins, outs, mode != "fused", compiled) };
         }
         let body = self.bodies[s].as_ref().ok_or_else(|| RunError::Internal("a scan step without its body".into()))?;
         let args: Vec<Tensor> = ins.iter().map(|v| unsafe { to_tensor(v) }).collect();

@@ -1,6 +1,7 @@
 //! The CPU's fused scan kernel: runs a [`FusedScan`] plan as one loop over the sequence per
 //! tile of state elements (see [`crate::scan`] for the plan).
 
+use super::codegen::ScanEvalFn;
 use super::host::View;
 use super::vmath::{self, vectorized};
 use crate::scan::{access_strides, FusedScan, Node, Source};
@@ -34,10 +35,20 @@ impl Access {
 
 /// Runs the fused kernel (or, with `chunked` and where it applies, the chunked one): `ins`
 /// are the scan's operands, `outs` its results (stacked per-step results, then final states).
+/// Each position's body runs as `compiled` where the code generator compiled it, else as
+/// [`eval`].
 ///
 /// # Safety
-/// Views valid and sized by the scan's types; `outs` disjoint from `ins`.
-pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked: bool) -> Result<(), RunError> {
+/// Views valid and sized by the scan's types; `outs` disjoint from `ins`; `compiled` made from
+/// `f`.
+pub unsafe fn run(
+    f: &FusedScan,
+    s: &Scan,
+    ins: &[View],
+    outs: &[View],
+    chunked: bool,
+    compiled: Option<ScanEvalFn>,
+) -> Result<(), RunError> {
     use rayon::prelude::*;
     if let (Some(c), true) = (&f.chunked, chunked) {
         if unsafe { super::scan_chunked::run(c, s, &f.output_maps[0], ins, outs)? } {
@@ -131,7 +142,11 @@ pub unsafe fn run(f: &FusedScan, s: &Scan, ins: &[View], outs: &[View], chunked:
                     }
                 }
             }
-            eval(&f.nodes, &mut slots, n, inner);
+            match compiled {
+                // SAFETY: `slots` holds a slot of `n` elements per node, as the kernel reads.
+                Some(k) => unsafe { k(slots.as_mut_ptr(), n as i64, inner as i64) },
+                None => eval(&f.nodes, &mut slots, n, inner),
+            }
             for k in 0..ny {
                 let (acc, src) = (&results[k], f.outputs[k]);
                 let stride = last_stride(acc);

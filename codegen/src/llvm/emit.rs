@@ -18,7 +18,7 @@ fn f64c(x: f64) -> String {
 }
 
 /// An LLVM `float` constant: LLVM writes floats as the bits of the equal double.
-fn f32c(x: f32) -> String {
+pub(super) fn f32c(x: f32) -> String {
     f64c(f64::from(x))
 }
 
@@ -163,31 +163,31 @@ attributes #1 = {{ alwaysinline nounwind \"target-cpu\"=\"{cpu}\" \"target-featu
 }
 
 /// A function body being written: fresh value names and the text.
-struct Body {
-    text: String,
+pub(super) struct Body {
+    pub(super) text: String,
     next: usize,
 }
 
 impl Body {
-    fn new() -> Body {
+    pub(super) fn new() -> Body {
         Body { text: String::new(), next: 0 }
     }
 
     /// Appends `%tN = <rhs>` and returns `%tN`.
-    fn let_(&mut self, rhs: impl AsRef<str>) -> String {
+    pub(super) fn let_(&mut self, rhs: impl AsRef<str>) -> String {
         let name = format!("%t{}", self.next);
         self.next += 1;
         let _ = writeln!(self.text, "  {name} = {}", rhs.as_ref());
         name
     }
 
-    fn line(&mut self, l: impl AsRef<str>) {
+    pub(super) fn line(&mut self, l: impl AsRef<str>) {
         self.text.push_str("  ");
         self.text.push_str(l.as_ref());
         self.text.push('\n');
     }
 
-    fn label(&mut self, l: &str) {
+    pub(super) fn label(&mut self, l: &str) {
         let _ = writeln!(self.text, "{l}:");
     }
 
@@ -207,7 +207,7 @@ fn has_f32_form(u: UnaryOp) -> bool {
 }
 
 /// The f32 form of `u`, applied to the float value `s`, where there is one.
-fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
+pub(super) fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
     Some(match u {
         UnaryOp::Exp => b.let_(format!("call float @tsr_expf(float {s})")),
         UnaryOp::Sigmoid => b.let_(format!("call float @tsr_sigmoidf(float {s})")),

@@ -2,13 +2,15 @@
 //! as IR text ([`emit`]), optimised by LLVM's O3 pipeline for the host CPU (its name and
 //! features, so AVX2 or AVX-512 where present) and compiled by MCJIT. It compiles what the
 //! Cranelift backend compiles (elementwise chains and attention score functions, as whole
-//! vectorized row loops) and also the row kernels Cranelift leaves to Rust: norms and softmax.
-//! Everything else (GEMMs, the attention and scan kernels' loops) is the CPU executor's.
+//! vectorized row loops) and also the kernels Cranelift leaves to Rust: norms, softmax,
+//! reductions and the bodies of fused scans ([`scan`]). Everything else (GEMMs, the attention
+//! kernel's tile loop, the scan kernel's loop over positions) is the CPU executor's.
 //!
 //! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
 mod emit;
 pub mod gemm;
+mod scan;
 
 use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
@@ -166,6 +168,10 @@ impl Codegen for Llvm {
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
+    }
+
+    fn scan_eval(&mut self, f: &crate::scan::FusedScan) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.kernels.declare(scan::scan_eval(TextKernels::NAME, f).map_err(CodegenError::Internal)?)))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
