@@ -35,12 +35,14 @@ fn refused(args: &[&str], needles: &[&str]) {
 
 /// NaN semantics are torch's on every backend: `maximum`, `minimum`, `relu`, max reductions
 /// and pools propagate a NaN operand, and attention over a NaN score gives NaN (the fused CPU
-/// kernel's online softmax once hid it: one NaN weight gave finite numbers).
+/// kernel's online softmax once hid it: one NaN weight gave finite numbers), also where the
+/// mask is `-inf` (-1e40 in f32) and the NaN is a row's only visible score.
 #[test]
 fn nan_propagates_as_in_torch_on_every_backend() {
     let src = "import nn\nmodel m(d = 8, heads = 2) {\n input x: [batch, seq, d]\n param w: [d, d]\n\
                i = arange(seq)[:, none]\n j = arange(seq)[none, :]\n\
                output att = softmax(where(j <= i, ((x @ w) @ x.T) * 0.3, -1e30), -1) @ x\n\
+               output att_inf = softmax(where(j <= i, ((x @ w) @ x.T) * 0.3, -1e40), -1) @ x\n\
                output ew = maximum(x, w[0]) + minimum(x, w[0]) + relu(x * w[0])\n\
                output red = max(x * w[0], -1) + min(x * w[0], -1) + max_pool(x * w[0], 3)[:, :, 3]\n}\n";
     let mut w: Vec<f32> = (0..64).map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0).collect();
@@ -48,7 +50,14 @@ fn nan_propagates_as_in_torch_on_every_backend() {
     let x: Vec<f32> = (0..2 * 5 * 8).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
     let inputs: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![2, 5, 8], x))].into();
     let mut results = Vec::new();
-    for backend in [Backend::Interp, Backend::Cpu] {
+    let mut backends = vec![Backend::Interp, Backend::Cpu];
+    if cfg!(feature = "llvm") {
+        backends.push(Backend::Llvm);
+    }
+    if cfg!(feature = "mlir") {
+        backends.push(Backend::Mlir);
+    }
+    for backend in backends {
         let mut m = Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
         m.random_weights(5).expect("weights");
         let mut params = m.params().clone();
@@ -56,15 +65,19 @@ fn nan_propagates_as_in_torch_on_every_backend() {
         m.set_params(params);
         let out: HashMap<String, Tensor> = m.run(&inputs).expect("runs").into_iter().collect();
         // The NaN reaches every score (not the values): every attention output is NaN.
-        assert!(out["att"].to_f64().iter().all(|v| v.is_nan()), "{backend:?}: {:?}", out["att"].to_f64());
+        for k in ["att", "att_inf"] {
+            assert!(out[k].to_f64().iter().all(|v| v.is_nan()), "{backend:?} {k}: {:?}", out[k].to_f64());
+        }
         let ew = out["ew"].to_f64();
         assert!(ew.iter().enumerate().all(|(i, v)| v.is_nan() == (i % 8 == 3)), "{backend:?}: {ew:?}");
         assert!(out["red"].to_f64().iter().all(|v| v.is_nan()), "{backend:?}: {:?}", out["red"].to_f64());
         results.push(out);
     }
     let nan_positions = |t: &Tensor| t.to_f64().iter().map(|v| v.is_nan()).collect::<Vec<_>>();
-    for k in ["att", "ew", "red"] {
-        assert_eq!(nan_positions(&results[0][k]), nan_positions(&results[1][k]), "{k}");
+    for r in &results[1..] {
+        for k in ["att", "att_inf", "ew", "red"] {
+            assert_eq!(nan_positions(&results[0][k]), nan_positions(&r[k]), "{k}");
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! with an online softmax, tiles that the mask analysis proves dead are skipped, and the scores
 //! of one tile are the only ones ever stored.
 
+use super::codegen::OnlineSoftmaxFn;
 use super::cranelift::Rows;
 use super::host::{Shared, View};
 use super::tile_gemm::TileProduct;
@@ -28,11 +29,22 @@ pub struct AttentionStats {
 /// Flash-style attention: for each (batch, head, query tile), key tiles are visited with an
 /// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
 /// beyond one tile. The score function runs as a compiled row kernel over each tile row
-/// (`score`, see [`super::cranelift::Rows`]).
+/// (`score`, see [`super::cranelift::Rows`]); the online-softmax step as `online` where the
+/// code generator compiled it, else as [`online_softmax`].
 ///
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
-pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View], f: &ScoreFn, score: &Rows) -> AttentionStats {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attention(
+    out: &View,
+    q: &View,
+    k: &View,
+    v: &View,
+    extra: &[View],
+    f: &ScoreFn,
+    score: &Rows,
+    online: Option<OnlineSoftmaxFn>,
+) -> AttentionStats {
     if out.is_empty() {
         return AttentionStats::default(); // no rows, or no value columns (`ev` = 0)
     }
@@ -154,7 +166,13 @@ pub unsafe fn attention(out: &View, q: &View, k: &View, v: &View, extra: &[View]
                 let row_out = sp[row * n..].as_mut_ptr() as *mut u8;
                 unsafe { score.run(row_out, 4, n, &ptrs, &leaf_steps, &leaf_sizes, Some(vars), tables, f32_exact) };
             }
-            online_softmax(&mut sp[..rows * n], n, &mut m, &mut l, &mut acc, ev);
+            match online {
+                // SAFETY: `sp` holds rows × n scores, `m` and `l` a value per row, `acc` rows × ev.
+                Some(step) => unsafe {
+                    step(sp.as_mut_ptr(), rows as i64, n as i64, m.as_mut_ptr(), l.as_mut_ptr(), acc.as_mut_ptr(), ev as i64)
+                },
+                None => online_softmax(&mut sp[..rows * n], n, &mut m, &mut l, &mut acc, ev),
+            }
             // acc += P V.
             let pv = TileProduct { m: rows, n: ev, k: n, alpha: 1.0, accumulate: true };
             unsafe { pv.run(sp.as_ptr(), n, v_tile.as_ptr(), ev, acc.as_mut_ptr(), ev) };

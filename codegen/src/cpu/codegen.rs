@@ -26,6 +26,12 @@ pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
 /// run over rows of `inner` elements.
 pub type ScanEvalFn = unsafe extern "C" fn(*mut f32, i64, i64);
 
+/// One online-softmax step of the attention kernel over a tile of scores: `(scores, rows, n,
+/// m, l, acc, ev)`: `rows × n` f32 scores (row stride `n`) become probabilities relative to the
+/// rows' new running maxima `m` (f32), the running sums `l` (f64) grow, and the output
+/// accumulators `acc` (`rows × ev` f32) are rescaled where a maximum grew.
+pub type OnlineSoftmaxFn = unsafe extern "C" fn(*mut f32, i64, i64, *mut f32, *mut f64, *mut f32, i64);
+
 /// A reduction of rows: `(out, x, rows, n)`, f32, `out[r]` from the `n` contiguous elements of
 /// row `r`.
 pub type ReduceFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
@@ -98,6 +104,12 @@ pub trait Codegen: Send {
 
     /// Declares a reduction of rows ([`ReduceFn`]) where the backend compiles one.
     fn reduce(&mut self, _op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Declares the attention kernel's online-softmax step ([`OnlineSoftmaxFn`]) where the
+    /// backend compiles one.
+    fn online_softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(None)
     }
 

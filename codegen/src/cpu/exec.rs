@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::codegen::{Codegen, NormFn, ReduceFn, ScanEvalFn, SoftmaxFn, Sym};
+use super::codegen::{Codegen, NormFn, OnlineSoftmaxFn, ReduceFn, ScanEvalFn, SoftmaxFn, Sym};
 use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
@@ -122,8 +122,10 @@ unsafe fn to_tensor_into(v: &View, old: Option<Tensor>) -> Tensor {
 
 /// A kernel compiled by the code generator, for one step.
 enum Native {
-    /// Elementwise chains and attention score rows.
+    /// Elementwise chains.
     Rows(Rows),
+    /// Attention: its score rows, and its online-softmax step where compiled.
+    Attention(Rows, Option<OnlineSoftmaxFn>),
     /// A norm over the last axis.
     Norm(NormFn),
     /// A softmax over the last axis.
@@ -148,7 +150,7 @@ impl Executable {
             _ => (program, Vec::new()),
         };
         enum Declared {
-            Rows(Sym, Option<(Sym, Vec<i64>)>),
+            Rows(Sym, Option<(Sym, Vec<i64>)>, Option<Option<Sym>>),
             Norm(Sym),
             Softmax(Sym),
             Reduce(Sym),
@@ -198,7 +200,12 @@ impl Executable {
             let types: Vec<DType> = leaf_types.iter().map(|&b| program.buffers[b].ty.dtype).collect();
             let steps = along.and_then(|d| static_steps(&program, leaf_types, d));
             let (scalar, simd) = jit.rows(f, &types, out_ty, steps.as_deref())?;
-            ids.push(Some(Declared::Rows(scalar, simd.zip(steps))));
+            // An attention step's online softmax, where the code generator compiles one.
+            let online = match &s.kernel {
+                Kernel::Op(tessera_ir::Op::Attention(_)) => Some(jit.online_softmax()?),
+                _ => None,
+            };
+            ids.push(Some(Declared::Rows(scalar, simd.zip(steps), online)));
         }
         jit.finish()?;
         let fn_at = |s: Sym| jit.address(s);
@@ -207,13 +214,25 @@ impl Executable {
             // SAFETY: each address is of a kernel declared with the matching ABI.
             natives.push(match id {
                 None => None,
-                Some(Declared::Rows(scalar, simd)) => Some(Native::Rows(Rows {
-                    scalar: unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(scalar)?) },
-                    simd: match simd {
-                        Some((v, st)) => Some((unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(v)?) }, st)),
-                        None => None,
-                    },
-                })),
+                Some(Declared::Rows(scalar, simd, online)) => {
+                    let rows = Rows {
+                        scalar: unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(scalar)?) },
+                        simd: match simd {
+                            Some((v, st)) => Some((unsafe { std::mem::transmute::<*const u8, RowFn>(fn_at(v)?) }, st)),
+                            None => None,
+                        },
+                    };
+                    Some(match online {
+                        None => Native::Rows(rows),
+                        Some(o) => Native::Attention(
+                            rows,
+                            match o {
+                                Some(o) => Some(unsafe { std::mem::transmute::<*const u8, OnlineSoftmaxFn>(fn_at(o)?) }),
+                                None => None,
+                            },
+                        ),
+                    })
+                }
                 Some(Declared::Norm(n)) => Some(Native::Norm(unsafe { std::mem::transmute::<*const u8, NormFn>(fn_at(n)?) })),
                 Some(Declared::Softmax(n)) => Some(Native::Softmax(unsafe { std::mem::transmute::<*const u8, SoftmaxFn>(fn_at(n)?) })),
                 Some(Declared::Reduce(n)) => Some(Native::Reduce(unsafe { std::mem::transmute::<*const u8, ReduceFn>(fn_at(n)?) })),
@@ -570,8 +589,8 @@ impl Executable {
                 }
                 (Kernel::Op(tessera_ir::Op::Norm { kind, eps }), _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Op(tessera_ir::Op::Softmax { axis }), _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Op(tessera_ir::Op::Attention(f)), Some(Native::Rows(score))) => {
-                    let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score);
+                (Kernel::Op(tessera_ir::Op::Attention(f)), Some(Native::Attention(score, online))) => {
+                    let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score, *online);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
                 }

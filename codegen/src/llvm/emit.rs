@@ -39,6 +39,7 @@ declare i64 @llvm.fptosi.sat.i64.f64(double)
 declare float @llvm.fabs.f32(float)
 declare float @llvm.fma.f32(float, float, float)
 declare float @llvm.maximum.f32(float, float)
+declare float @llvm.maxnum.f32(float, float)
 declare float @llvm.minimum.f32(float, float)
 declare float @llvm.copysign.f32(float, float)
 declare float @llvm.sqrt.f32(float)
@@ -77,6 +78,30 @@ define internal float @tsr_expf(float %x) #1 {{
   %p5 = call float @llvm.fma.f32(float %p4, float %r, float {c0})
   %y0 = fmul float %p5, %s1
   %y = fmul float %y0, %s2
+  ret float %y
+}}
+
+; e^x for x <= 0 (and NaN), as vmath's exp_neg: below -87, e^-87 (negligible beside any sum
+; with 1); one scale factor, 2^n with n >= -126.
+define internal float @tsr_exp_negf(float %x) #1 {{
+  %lo = fcmp olt float %x, {neg_lo}
+  %x1 = select i1 %lo, float {neg_lo}, float %x
+  %t = call float @llvm.fma.f32(float %x1, float {log2e}, float {round})
+  %n = fsub float %t, {round}
+  %tb = bitcast float %t to i32
+  %ni = sub i32 %tb, {roundbits}
+  %nb = add i32 %ni, 127
+  %ns = shl i32 %nb, 23
+  %s = bitcast i32 %ns to float
+  %r0 = call float @llvm.fma.f32(float %n, float {ln2hi}, float %x1)
+  %r = call float @llvm.fma.f32(float %n, float {ln2lo}, float %r0)
+  %p0 = call float @llvm.fma.f32(float {c6}, float %r, float {c5})
+  %p1 = call float @llvm.fma.f32(float %p0, float %r, float {c4})
+  %p2 = call float @llvm.fma.f32(float %p1, float %r, float {c3})
+  %p3 = call float @llvm.fma.f32(float %p2, float %r, float {c2})
+  %p4 = call float @llvm.fma.f32(float %p3, float %r, float {c1})
+  %p5 = call float @llvm.fma.f32(float %p4, float %r, float {c0})
+  %y = fmul float %p5, %s
   ret float %y
 }}
 
@@ -129,6 +154,7 @@ define internal float @tsr_erff(float %x) #1 {{
 ",
         lo = f32c(-104.0),
         hi = f32c(88.8),
+        neg_lo = f32c(-87.0),
         log2e = f32c(std::f32::consts::LOG2_E),
         round = f32c(round),
         roundbits = round.to_bits(),
@@ -565,7 +591,7 @@ pub fn softmax(name: &str) -> String {
     b.line("%exp.p = getelementptr inbounds float, ptr %xr, i64 %exp.j");
     b.line("%exp.x = load float, ptr %exp.p");
     b.line("%exp.c = fsub float %exp.x, %m.n");
-    b.line("%exp.e = call float @tsr_expf(float %exp.c)");
+    b.line("%exp.e = call float @tsr_exp_negf(float %exp.c)");
     b.line("%exp.q = getelementptr inbounds float, ptr %yr, i64 %exp.j");
     b.line("store float %exp.e, ptr %exp.q");
     b.line("%s.n = fadd reassoc float %s, %exp.e");
@@ -638,4 +664,106 @@ pub fn reduce(name: &str, op: ReduceOp) -> String {
     b.label("exit");
     b.line("ret void");
     format!("define void @{name}(ptr noalias %y, ptr noalias %x, i64 %rows, i64 %d) #0 {{\nentry:\n{}}}\n", b.text)
+}
+
+/// One online-softmax step of the attention kernel over a tile of scores
+/// ([`crate::cpu::codegen::OnlineSoftmaxFn`]), as `cpu/attention.rs`'s: per row, the new
+/// running maximum (NaN scores skipped, as `f32::max` does), the scores replaced by
+/// `e^(s − max)`, the running sum (f64) rescaled and grown, and the row's output accumulators
+/// rescaled where the maximum grew. A row whose scores are all `-inf` (or NaN) becomes zeros,
+/// its sum NaN where a score was NaN.
+pub fn online_softmax(name: &str) -> String {
+    let mut b = Body::new();
+    let ninf = f32c(f32::NEG_INFINITY);
+    b.line("%go = icmp sgt i64 %rows, 0");
+    b.line("br i1 %go, label %row, label %exit");
+    b.label("row");
+    b.line("%r = phi i64 [ 0, %entry ], [ %r.next, %next ]");
+    b.line("%off = mul i64 %r, %d");
+    b.line("%xr = getelementptr inbounds float, ptr %sp, i64 %off");
+    b.line("%mp = getelementptr inbounds float, ptr %m, i64 %r");
+    b.line("%lp = getelementptr inbounds double, ptr %l, i64 %r");
+    b.line("%m0 = load float, ptr %mp");
+    b.line("%some = icmp sgt i64 %d, 0");
+    b.line("br i1 %some, label %max.pre, label %max.done");
+    b.label("max.pre");
+    // NaN-propagating (it vectorizes); a NaN then keeps the old maximum below, and the NaN's
+    // exponential makes the sum NaN, as where the maximum skips it.
+    open_loop(&mut b, "max", "max.pre", &[("mx", "float", &ninf, "%mx.n")]);
+    b.line("%max.p = getelementptr inbounds float, ptr %xr, i64 %max.j");
+    b.line("%max.x = load float, ptr %max.p");
+    b.line("%mx.n = call float @llvm.maximum.f32(float %mx, float %max.x)");
+    close_loop(&mut b, "max", "max.out");
+    b.line("br label %max.done");
+    b.label("max.done");
+    b.line(format!("%rowmax = phi float [ {ninf}, %row ], [ %mx.n, %max.out ]"));
+    b.line("%newm = call float @llvm.maxnum.f32(float %m0, float %rowmax)");
+    b.line(format!("%dead = fcmp oeq float %newm, {ninf}"));
+    b.line("br i1 %dead, label %dead.row, label %live");
+    // Every score so far is -inf or NaN: zeros; a NaN makes the sum NaN.
+    b.label("dead.row");
+    b.line("br i1 %some, label %nan.pre, label %next");
+    b.label("nan.pre");
+    open_loop(&mut b, "nan", "nan.pre", &[("any", "i1", "false", "%any.n")]);
+    b.line("%nan.p = getelementptr inbounds float, ptr %xr, i64 %nan.j");
+    b.line("%nan.x = load float, ptr %nan.p");
+    b.line("%nan.u = fcmp uno float %nan.x, 0.0");
+    b.line("%any.n = or i1 %any, %nan.u");
+    b.line("store float 0.0, ptr %nan.p");
+    close_loop(&mut b, "nan", "nan.out");
+    b.line("br i1 %any.n, label %dead.nan, label %next");
+    b.label("dead.nan");
+    b.line("store double 0x7FF8000000000000, ptr %lp");
+    b.line("br label %next");
+    b.label("live");
+    b.line("%dm = fsub float %m0, %newm");
+    b.line("%rescale = call float @tsr_exp_negf(float %dm)");
+    b.line("br i1 %some, label %exp.pre, label %exp.done");
+    b.label("exp.pre");
+    open_loop(&mut b, "exp", "exp.pre", &[("s", "float", "0.0", "%s.n")]);
+    b.line("%exp.p = getelementptr inbounds float, ptr %xr, i64 %exp.j");
+    b.line("%exp.x = load float, ptr %exp.p");
+    b.line("%exp.c = fsub float %exp.x, %newm");
+    b.line("%exp.e = call float @tsr_exp_negf(float %exp.c)");
+    b.line("store float %exp.e, ptr %exp.p");
+    b.line("%s.n = fadd reassoc float %s, %exp.e");
+    close_loop(&mut b, "exp", "exp.out");
+    b.line("br label %exp.done");
+    b.label("exp.done");
+    b.line("%sum = phi float [ 0.0, %live ], [ %s.n, %exp.out ]");
+    b.line("%l0 = load double, ptr %lp");
+    b.line("%rd = fpext float %rescale to double");
+    b.line("%sd = fpext float %sum to double");
+    b.line("%l1 = fmul double %l0, %rd");
+    b.line("%l2 = fadd double %l1, %sd");
+    b.line("store double %l2, ptr %lp");
+    b.line("store float %newm, ptr %mp");
+    b.line("%same = fcmp oeq float %rescale, 1.0");
+    b.line("%evpos = icmp sgt i64 %ev, 0");
+    b.line("%noscale = xor i1 %evpos, true");
+    b.line("%skip = or i1 %same, %noscale");
+    b.line("br i1 %skip, label %next, label %scale.pre");
+    b.label("scale.pre");
+    b.line("%aoff = mul i64 %r, %ev");
+    b.line("%ar = getelementptr inbounds float, ptr %acc, i64 %aoff");
+    b.line("br label %scale");
+    b.label("scale");
+    b.line("%scale.j = phi i64 [ 0, %scale.pre ], [ %scale.jn, %scale ]");
+    b.line("%scale.p = getelementptr inbounds float, ptr %ar, i64 %scale.j");
+    b.line("%scale.a = load float, ptr %scale.p");
+    b.line("%scale.y = fmul float %scale.a, %rescale");
+    b.line("store float %scale.y, ptr %scale.p");
+    b.line("%scale.jn = add nuw nsw i64 %scale.j, 1");
+    b.line("%scale.more = icmp slt i64 %scale.jn, %ev");
+    b.line("br i1 %scale.more, label %scale, label %next");
+    b.label("next");
+    b.line("%r.next = add nuw nsw i64 %r, 1");
+    b.line("%r.more = icmp slt i64 %r.next, %rows");
+    b.line("br i1 %r.more, label %row, label %exit");
+    b.label("exit");
+    b.line("ret void");
+    format!(
+        "define void @{name}(ptr noalias %sp, i64 %rows, i64 %d, ptr noalias %m, ptr noalias %l, ptr noalias %acc, i64 %ev) #0 {{\nentry:\n{}}}\n",
+        b.text
+    )
 }

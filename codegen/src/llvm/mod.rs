@@ -3,8 +3,9 @@
 //! features, so AVX2 or AVX-512 where present) and compiled by MCJIT. It compiles what the
 //! Cranelift backend compiles (elementwise chains and attention score functions, as whole
 //! vectorized row loops) and also the kernels Cranelift leaves to Rust: norms, softmax,
-//! reductions and the bodies of fused scans ([`scan`]). Everything else (GEMMs, the attention
-//! kernel's tile loop, the scan kernel's loop over positions) is the CPU executor's.
+//! reductions, the attention kernel's online-softmax step and the bodies of fused scans
+//! ([`scan`]). Everything else (GEMMs and the tile products of attention, the loops over tiles
+//! and over a scan's positions) is the CPU executor's.
 //!
 //! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
@@ -168,6 +169,10 @@ impl Codegen for Llvm {
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
+    }
+
+    fn online_softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.kernels.declare(emit::online_softmax(TextKernels::NAME))))
     }
 
     fn scan_eval(&mut self, f: &crate::scan::FusedScan) -> Result<Option<Sym>, CodegenError> {
