@@ -122,9 +122,9 @@ impl Graph {
 
     /// Appends a node after checking its operands and inferring its type (see [`infer_type`];
     /// `declared` is needed by ops whose type is an attribute). Returns the new value.
-    pub fn add(&mut self, op: Op, inputs: Vec<ValueId>, declared: Option<TensorType>, span: Span) -> Result<ValueId, String> {
+    pub fn add(&mut self, op: Op, inputs: Vec<ValueId>, declared: Option<TensorType>, span: Span) -> Result<ValueId, crate::TypeError> {
         if let Some(bad) = inputs.iter().find(|v| v.index() >= self.nodes.len()) {
-            return Err(format!("operand {bad} is not defined"));
+            return Err(crate::TypeError::Operands(format!("operand {bad} is not defined")));
         }
         let tys: Vec<&TensorType> = inputs.iter().map(|&v| self.ty(v)).collect();
         let ty = infer_type(&op, &tys, declared.as_ref())?;

@@ -32,7 +32,7 @@ mod verify;
 pub use checkpoint::{fill_template, match_pattern, NameMap, Parts, WeightExpr, WeightRule};
 pub use dim::Dim;
 pub use graph::{Graph, Node, Span, ValueId};
-pub use infer::{broadcast_shapes, infer_type, multi_results, rfft_bins, route_result, scan_results};
+pub use infer::{broadcast_shapes, infer_type, multi_results, rfft_bins, route_result, scan_results, TypeError};
 pub use op::{nan_max, nan_min, BinaryOp, Init, NormKind, Op, ReduceOp, Route, Scan, UnaryOp, WindowOp, BINARY_OPS, UNARY_OPS};
 pub use parse::{parse, ParseError};
 pub use print::node_line;

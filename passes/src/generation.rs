@@ -734,9 +734,9 @@ fn last_position(g: &mut Graph, v: ValueId, step: &str, memo: &mut HashMap<Value
             inputs.push(last_position(g, x, step, memo)?);
         }
         let ty = TensorType::new(n.ty.dtype, n.ty.shape.iter().map(|d| if *d == s { one.clone() } else { d.clone() }).collect());
-        g.add(n.op.clone(), inputs, Some(ty), n.span).map_err(bad)?
+        g.add(n.op.clone(), inputs, Some(ty), n.span).map_err(|e| bad(e.to_string()))?
     } else {
-        g.add(Op::Slice { axis, start: s.sub(&one), end: s.clone(), step: 1 }, vec![v], None, n.span).map_err(bad)?
+        g.add(Op::Slice { axis, start: s.sub(&one), end: s.clone(), step: 1 }, vec![v], None, n.span).map_err(|e| bad(e.to_string()))?
     };
     memo.insert(v, w);
     Ok(w)

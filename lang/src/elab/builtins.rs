@@ -1027,7 +1027,7 @@ impl Elab<'_> {
                         )
                         .with_help("a real signal of length n has n/2 + 1 non-negative frequencies (`rfft(x, n)` makes them)"),
                     ),
-                    Err(msg) => self.err(Diagnostic::error(codes::SHAPE, msg, n_span(&a[1], span), "this length")),
+                    Err(msg) => self.err(Diagnostic::error(codes::SHAPE, msg.to_string(), n_span(&a[1], span), "this length")),
                 }
             }
         }

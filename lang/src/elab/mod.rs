@@ -301,7 +301,10 @@ impl<'p> Elab<'p> {
         let ispan = self.ir_span(span);
         match self.graph.add(op, inputs, declared, ispan) {
             Ok(v) => Value::Tensor(v),
-            Err(msg) => self.err(Diagnostic::error(codes::SHAPE, format!("invalid operation: {msg}"), span, "in this expression")),
+            Err(e) => {
+                let code = if matches!(e, ir::TypeError::DType(_)) { codes::DTYPE } else { codes::SHAPE };
+                self.err(Diagnostic::error(code, format!("invalid operation: {e}"), span, "in this expression"))
+            }
         }
     }
 
