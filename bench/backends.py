@@ -13,7 +13,12 @@ Workloads:
 - whole-model prefill, batch 1 × 512 tokens: GPT-2 small and the Llama-style model of
   bench/run.py, against PyTorch eager and torch.compile; Tessera with each backend and the
   build's default GEMM library (the packed GEMM around LLVM's micro-kernel), Cranelift with
-  the gemm crate (the default build), and LLVM with OpenBLAS (`TESSERA_GEMM=openblas`);
+  the std::arch micro-kernel (`TESSERA_GEMM=rust`: the default build), and LLVM with OpenBLAS
+  (`TESSERA_GEMM=openblas`);
+- the kernels whose loops the executor keeps but whose bodies a backend may compile: causal
+  attention (bench/attention.tsr, 12 heads of 64, seq 1024: score rows and the online softmax)
+  and Mamba prefill 512 (stdlib/mamba.tsr at its defaults, 24 layers: the fused scan's body),
+  each kernel kind's own time per backend;
 - compile time of GPT-2 small for each backend (Tessera's `compile:` line: passes, scheduling
   and code generation).
 
@@ -98,7 +103,7 @@ def main() -> None:
     for title, kind, args in models:
         t = {b: run(args, b) for b in backends}
         time.sleep(0.3)
-        t["cpu+crate"] = run(args, "cpu", gemm="crate")
+        t["cpu+rust"] = run(args, "cpu", gemm="rust")
         time.sleep(0.3)
         if "llvm" in backends:
             t["llvm+openblas"] = run(args, "llvm", gemm="openblas")
@@ -108,6 +113,14 @@ def main() -> None:
         c = torch_run({"kind": kind, "seq": 512, "compile": True})
         prefill.append((title, t, e, c))
         print(title, t, e, c, flush=True)
+    loops = [("causal attention, 12 × 64, seq 1024", "attention", ["bench/attention.tsr", "--dim", "seq=1024"]),
+             ("Mamba prefill 512 (24 layers)", "scan", ["stdlib/mamba.tsr", "--dim", "seq=512"])]
+    looped = []
+    for title, kind, args in loops:
+        t = {b: run(args, b) for b in backends}
+        looped.append((title, kind, t))
+        print(title, t, flush=True)
+        time.sleep(0.3)
 
     def ms(r: dict | None) -> str:
         return f"{r['ms']:.3f}" if r else "–"
@@ -142,16 +155,29 @@ def main() -> None:
     lines += [
         "",
         "Prefill, batch 1 × 512 tokens, ms. The first three columns use this build's default GEMM library (the packed",
-        "GEMM around LLVM's micro-kernel, weights packed once); `Cranelift + gemm crate` is the default build (no system",
-        "library); `LLVM + OpenBLAS` is `TESSERA_GEMM=openblas`:",
+        "GEMM around LLVM's micro-kernel, weights packed once); `Cranelift + std::arch` is the default build (the packed",
+        "GEMM around the `std::arch` micro-kernel, no system library); `LLVM + OpenBLAS` is `TESSERA_GEMM=openblas`:",
         "",
-        "| model | Cranelift | LLVM | MLIR | Cranelift + gemm crate | LLVM + OpenBLAS | PyTorch eager | torch.compile | best Tessera vs torch.compile |",
+        "| model | Cranelift | LLVM | MLIR | Cranelift + std::arch | LLVM + OpenBLAS | PyTorch eager | torch.compile | best Tessera vs torch.compile |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for title, t, e, c in prefill:
         best = min((v for v in t.values() if v), key=lambda v: v["ms"], default=None)
-        lines.append(f"| {title} | {ms(t.get('cpu'))} | {ms(t.get('llvm'))} | {ms(t.get('mlir'))} | {ms(t.get('cpu+crate'))} | {ms(t.get('llvm+openblas'))} | "
+        lines.append(f"| {title} | {ms(t.get('cpu'))} | {ms(t.get('llvm'))} | {ms(t.get('mlir'))} | {ms(t.get('cpu+rust'))} | {ms(t.get('llvm+openblas'))} | "
                      f"{e.get('ms', 0):.1f} | {c.get('ms', 0):.1f} | {ratio(c, best)} |")
+    lines += [
+        "",
+        "Kernels whose loops stay the executor's (tiles, positions) while a backend may compile their bodies: LLVM",
+        "compiles the attention kernel's score rows and online softmax and the fused scan's body; Cranelift its score",
+        "rows; MLIR its score rows. ms: the kernel kind's own time (and the whole run's):",
+        "",
+        "| workload | kernel | Cranelift | LLVM | MLIR | LLVM speed-up (kernel) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for title, kind, t in looped:
+        k = lambda b: ({"ms": t[b]["kinds"][kind]} if t.get(b) and kind in t[b]["kinds"] else None)  # noqa: E731
+        lines.append(f"| {title} | {kind} | {ms(k('cpu'))} ({ms(t.get('cpu'))}) | {ms(k('llvm'))} ({ms(t.get('llvm'))}) | "
+                     f"{ms(k('mlir'))} ({ms(t.get('mlir'))}) | {ratio(k('cpu'), k('llvm'))} |")
     gpt2 = prefill[0][1]
     lines += ["", "Compile time of GPT-2 small (passes, scheduling, code generation): " +
               ", ".join(f"{b} {gpt2[b]['compile_ms']:.0f} ms" for b in backends if gpt2.get(b)) + ".", "", "<!-- end backends -->"]
