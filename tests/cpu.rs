@@ -104,6 +104,7 @@ fn each_kernel_kind_matches_the_interpreter_on_odd_shapes(backend: Backend) {
         ("route per expert", "input x: [batch, seq, 7]\n output y = route(x, x @ param r: [7, 4], k = 3, gate = \"sigmoid\") |x_e, e| { return tanh(x_e @ param w: [7, 6]) * float(e + 1) }"),
         ("scan fused", "input x: [batch, seq, 7]\n ys, h = scan(x, init = x[:, 0, :] * 0.0) |h, x_t| {\n h = tanh(h * 0.9 + x_t) + where(x_t > 0.2, exp(-abs(x_t)), where(h > x_t, h, x_t) - gelu(x_t) * 0.1)\n m = h - max(h, -1)[.., none]\n return m / (1.0 + sum(exp(m), -1)[.., none] * 0.1) + mean(h, -1)[.., none], h\n }\n output y = ys\n output last = h"),
         ("scan fused ops", "input x: [batch, seq, 5]\n input w: [5]\n ys, h = scan(x, init = x[:, 0, :]) |h, x_t| {\n h = where(x_t > 0.0 and h < 1.0 or x_t < -0.5, h + sqrt(abs(x_t)) * w, silu(h) * 0.5 - min(x_t, -1)[.., none])\n return sum(rsqrt(1.0 + h * h) + float(h > x_t) + sigmoid(x_t) / (2.0 + relu(h)), -1), h\n }\n output y = ys\n output last = h"),
+        ("scan along the first axis", "input x: [seq, 7]\n ys, h = scan(x, init = x[0, :] * 0.0, axis = 0) |h, x_t| {\n h = h * 0.5 + x_t\n return h * 2.0 - x_t, h\n }\n output y = ys\n output last = h"),
         ("attention causal", "input x: [batch, seq, 24]\n output y = nn.attention(x, 4, 2, mask = nn.causal)"),
         ("attention window alibi", "input x: [batch, seq, 24]\n input m: i64[batch, seq]\n output y = nn.attention(x, 4, mask = nn.window(7), score = nn.alibi(4), padding = m)"),
         ("attention f32x4 score", SCORE_X4),

@@ -21,10 +21,17 @@ pub type NormFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32, *const 
 /// A softmax over rows: `(out, x, rows, n)`, f32, rows of `n` contiguous elements.
 pub type SoftmaxFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
 
-/// One position of a fused scan's body over a tile ([`crate::scan::FusedScan`]): `(slots, n,
-/// inner)`, f32, slot `k` of `n` elements at `slots + k·n`, the leaves' slots filled; reductions
-/// run over rows of `inner` elements.
-pub type ScanEvalFn = unsafe extern "C" fn(*mut f32, i64, i64);
+/// A fused scan over one tile of state elements, every position ([`crate::scan::FusedScan`]):
+/// `(slots, n, inner, len, reverse, nseg, segs, ptrs, offs, steps, lasts)`. `slots` holds a slot
+/// of `n` f32 per body node (`slots + k·n`), those of constants, invariants and states filled;
+/// reductions run over rows of `inner`; `len` positions, walked backwards where `reverse` is not
+/// 0; `segs` the tile's `nseg` runs along the last axis (`(first element, length, last
+/// coordinate)` each). Node `k` that reads a sliced operand, and per-step result `k` as entry
+/// `nodes + k`, lie at `ptrs[k]` (of their element type): element `j` of segment `s` at
+/// position `t` is at `t·steps[k] + offs[k·nseg + s] + j·lasts[k]`. After the call, each
+/// state's slot holds the final state.
+pub type ScanTileFn =
+    unsafe extern "C" fn(*mut f32, i64, i64, i64, i64, i64, *const i64, *const *mut u8, *const i64, *const i64, *const i64);
 
 /// One online-softmax step of the attention kernel over a tile of scores: `(scores, rows, n,
 /// m, l, acc, ev)`: `rows × n` f32 scores (row stride `n`) become probabilities relative to the
@@ -113,8 +120,9 @@ pub trait Codegen: Send {
         Ok(None)
     }
 
-    /// Declares the body of a fused scan ([`ScanEvalFn`]) where the backend compiles one.
-    fn scan_eval(&mut self, _f: &crate::scan::FusedScan) -> Result<Option<Sym>, CodegenError> {
+    /// Declares the kernel of fused scan `f` of `s` over a tile ([`ScanTileFn`]) where the
+    /// backend compiles one.
+    fn scan_tile(&mut self, _f: &crate::scan::FusedScan, _s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
         Ok(None)
     }
 

@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::codegen::{Codegen, NormFn, OnlineSoftmaxFn, ReduceFn, ScanEvalFn, SoftmaxFn, Sym};
+use super::codegen::{Codegen, NormFn, OnlineSoftmaxFn, ReduceFn, ScanTileFn, SoftmaxFn, Sym};
 use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
@@ -132,8 +132,8 @@ enum Native {
     Softmax(SoftmaxFn),
     /// A reduction over the last axis.
     Reduce(ReduceFn),
-    /// The body of a fused scan, one position over a tile.
-    ScanEval(ScanEvalFn),
+    /// A fused scan over a tile, every position.
+    ScanTile(ScanTileFn),
 }
 
 impl Executable {
@@ -154,7 +154,7 @@ impl Executable {
             Norm(Sym),
             Softmax(Sym),
             Reduce(Sym),
-            ScanEval(Sym),
+            ScanTile(Sym),
         }
         let mut ids = Vec::new();
         for s in &program.steps {
@@ -187,7 +187,7 @@ impl Executable {
                 }
                 Kernel::Scan(k) => {
                     ids.push(match &k.fused {
-                        Ok(f) => jit.scan_eval(f)?.map(Declared::ScanEval),
+                        Ok(f) => jit.scan_tile(f, &k.op)?.map(Declared::ScanTile),
                         Err(_) => None,
                     });
                     continue;
@@ -236,7 +236,7 @@ impl Executable {
                 Some(Declared::Norm(n)) => Some(Native::Norm(unsafe { std::mem::transmute::<*const u8, NormFn>(fn_at(n)?) })),
                 Some(Declared::Softmax(n)) => Some(Native::Softmax(unsafe { std::mem::transmute::<*const u8, SoftmaxFn>(fn_at(n)?) })),
                 Some(Declared::Reduce(n)) => Some(Native::Reduce(unsafe { std::mem::transmute::<*const u8, ReduceFn>(fn_at(n)?) })),
-                Some(Declared::ScanEval(n)) => Some(Native::ScanEval(unsafe { std::mem::transmute::<*const u8, ScanEvalFn>(fn_at(n)?) })),
+                Some(Declared::ScanTile(n)) => Some(Native::ScanTile(unsafe { std::mem::transmute::<*const u8, ScanTileFn>(fn_at(n)?) })),
             });
         }
         let mut clif = jit.dumps();
@@ -523,7 +523,7 @@ impl Executable {
         let mode = std::env::var("TESSERA_SCAN").unwrap_or_default();
         if let (Ok(f), false) = (&k.fused, mode == "sequential") {
             let compiled = match self.natives[s] {
-                Some(Native::ScanEval(e)) => Some(e),
+                Some(Native::ScanTile(e)) => Some(e),
                 _ => None,
             };
             return unsafe { super::scan::run(f, &k.op, ins, outs, mode != "fused", compiled) };

@@ -1,7 +1,7 @@
 //! The CPU's fused scan kernel: runs a [`FusedScan`] plan as one loop over the sequence per
 //! tile of state elements (see [`crate::scan`] for the plan).
 
-use super::codegen::ScanEvalFn;
+use super::codegen::ScanTileFn;
 use super::host::View;
 use super::vmath::{self, vectorized};
 use crate::scan::{access_strides, FusedScan, Node, Source};
@@ -35,8 +35,8 @@ impl Access {
 
 /// Runs the fused kernel (or, with `chunked` and where it applies, the chunked one): `ins`
 /// are the scan's operands, `outs` its results (stacked per-step results, then final states).
-/// Each position's body runs as `compiled` where the code generator compiled it, else as
-/// [`eval`].
+/// Each tile runs as `compiled` where the code generator compiled the scan, else position by
+/// position here ([`eval`]).
 ///
 /// # Safety
 /// Views valid and sized by the scan's types; `outs` disjoint from `ins`; `compiled` made from
@@ -47,7 +47,7 @@ pub unsafe fn run(
     ins: &[View],
     outs: &[View],
     chunked: bool,
-    compiled: Option<ScanEvalFn>,
+    compiled: Option<ScanTileFn>,
 ) -> Result<(), RunError> {
     use rayon::prelude::*;
     if let (Some(c), true) = (&f.chunked, chunked) {
@@ -133,38 +133,69 @@ pub unsafe fn run(
                 _ => {}
             }
         }
-        for step in 0..len {
-            let t = if s.reverse { len - 1 - step } else { step };
-            for (i, node) in f.nodes.iter().enumerate() {
-                if let (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) = (node, &sources[i], &offsets[i]) {
-                    if (ns..ns + nx).contains(k) {
-                        unsafe { gather(&mut slots[i * n..(i + 1) * n], acc, t * acc.step, &segs, off, last_stride(acc)) }
-                    }
+        if let Some(kernel) = compiled {
+            // The tables of the compiled kernel: sliced operands by node, then per-step results.
+            let nacc = n_slots + ny;
+            let nseg = segs.len();
+            let mut ptrs = vec![std::ptr::null_mut::<u8>(); nacc];
+            let (mut offs, mut steps, mut lasts) = (vec![0i64; nacc * nseg], vec![0i64; nacc], vec![0i64; nacc]);
+            let entries = sources.iter().zip(&offsets).enumerate().filter_map(|(i, (a, o))| Some((i, a.as_ref()?, o.as_ref()?)));
+            let results = results.iter().zip(&out_bases).take(ny).enumerate().map(|(k, (a, o))| (n_slots + k, a, o));
+            for (i, acc, off) in entries.chain(results) {
+                ptrs[i] = acc.ptr as *mut u8;
+                steps[i] = acc.step as i64;
+                lasts[i] = last_stride(acc) as i64;
+                for (sg, &o) in off.iter().enumerate() {
+                    offs[i * nseg + sg] = o as i64;
                 }
             }
-            match compiled {
-                // SAFETY: `slots` holds a slot of `n` elements per node, as the kernel reads.
-                Some(k) => unsafe { k(slots.as_mut_ptr(), n as i64, inner as i64) },
-                None => eval(&f.nodes, &mut slots, n, inner),
-            }
-            for k in 0..ny {
-                let (acc, src) = (&results[k], f.outputs[k]);
-                let stride = last_stride(acc);
-                for (&(e0, len, c0), &o) in segs.iter().zip(&out_bases[k]) {
-                    let base = t * acc.step + o;
-                    if whole[k] {
-                        for j in 0..len {
-                            unsafe { store(acc, base + j * stride, slots[src * n + e0 + j]) };
+            let seg_table: Vec<i64> = segs.iter().flat_map(|&(e0, l, c0)| [e0 as i64, l as i64, c0 as i64]).collect();
+            // SAFETY: the tables describe the views as the loop below reads and writes them.
+            unsafe {
+                kernel(
+                    slots.as_mut_ptr(),
+                    n as i64,
+                    inner as i64,
+                    len as i64,
+                    i64::from(s.reverse),
+                    nseg as i64,
+                    seg_table.as_ptr(),
+                    ptrs.as_ptr(),
+                    offs.as_ptr(),
+                    steps.as_ptr(),
+                    lasts.as_ptr(),
+                )
+            };
+        } else {
+            for step in 0..len {
+                let t = if s.reverse { len - 1 - step } else { step };
+                for (i, node) in f.nodes.iter().enumerate() {
+                    if let (Node::Leaf(Source::Operand(k), _), Some(acc), Some(off)) = (node, &sources[i], &offsets[i]) {
+                        if (ns..ns + nx).contains(k) {
+                            unsafe { gather(&mut slots[i * n..(i + 1) * n], acc, t * acc.step, &segs, off, last_stride(acc)) }
                         }
-                    } else if c0 == 0 {
-                        unsafe { store(acc, base, slots[src * n + e0]) };
                     }
                 }
-            }
-            for (k, &to) in state_slot.iter().enumerate() {
-                let from = f.outputs[ny + k];
-                if to != usize::MAX && to != from {
-                    slots.copy_within(from * n..(from + 1) * n, to * n);
+                eval(&f.nodes, &mut slots, n, inner);
+                for k in 0..ny {
+                    let (acc, src) = (&results[k], f.outputs[k]);
+                    let stride = last_stride(acc);
+                    for (&(e0, len, c0), &o) in segs.iter().zip(&out_bases[k]) {
+                        let base = t * acc.step + o;
+                        if whole[k] {
+                            for j in 0..len {
+                                unsafe { store(acc, base + j * stride, slots[src * n + e0 + j]) };
+                            }
+                        } else if c0 == 0 {
+                            unsafe { store(acc, base, slots[src * n + e0]) };
+                        }
+                    }
+                }
+                for (k, &to) in state_slot.iter().enumerate() {
+                    let from = f.outputs[ny + k];
+                    if to != usize::MAX && to != from {
+                        slots.copy_within(from * n..(from + 1) * n, to * n);
+                    }
                 }
             }
         }

@@ -3,9 +3,9 @@
 //! features, so AVX2 or AVX-512 where present) and compiled by MCJIT. It compiles what the
 //! Cranelift backend compiles (elementwise chains and attention score functions, as whole
 //! vectorized row loops) and also the kernels Cranelift leaves to Rust: norms, softmax,
-//! reductions, the attention kernel's online-softmax step and the bodies of fused scans
-//! ([`scan`]). Everything else (GEMMs and the tile products of attention, the loops over tiles
-//! and over a scan's positions) is the CPU executor's.
+//! reductions, the attention kernel's online-softmax step and fused scans over a tile, every
+//! position ([`scan`]). Everything else (GEMMs, attention's tile products and loop over tiles,
+//! the split of a scan into tiles) is the CPU executor's.
 //!
 //! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
@@ -175,8 +175,18 @@ impl Codegen for Llvm {
         Ok(Some(self.kernels.declare(emit::online_softmax(TextKernels::NAME))))
     }
 
-    fn scan_eval(&mut self, f: &crate::scan::FusedScan) -> Result<Option<Sym>, CodegenError> {
-        Ok(Some(self.kernels.declare(scan::scan_eval(TextKernels::NAME, f).map_err(CodegenError::Internal)?)))
+    fn scan_tile(&mut self, f: &crate::scan::FusedScan, s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
+        let args = s.body.inputs();
+        let ny = s.body.outputs.len().saturating_sub(s.state);
+        // The iteration space is the first state's shape: a scan without states keeps the
+        // executor's kernel.
+        let Some((_, first)) = args.first().filter(|_| s.state > 0) else { return Ok(None) };
+        let types = scan::Types {
+            operands: args.iter().map(|(_, v)| s.body.ty(*v).dtype).collect(),
+            results: s.body.outputs[..ny].iter().map(|(_, v)| s.body.ty(*v).dtype).collect(),
+            rank: s.body.ty(*first).rank(),
+        };
+        Ok(Some(self.kernels.declare(scan::scan_tile(TextKernels::NAME, f, s, &types).map_err(CodegenError::Internal)?)))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {

@@ -14,7 +14,7 @@
 use super::emit::{f32c, unary_f32, Body};
 use crate::cpu::codegen::TextKernels;
 use crate::scan::{FusedScan, Node, Source};
-use tessera_ir::{BinaryOp, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
+use tessera_ir::{BinaryOp, DType, ReduceOp, Scan, UnaryOp, BINARY_OPS, UNARY_OPS};
 
 /// The loop (phase) each node is computed in: a reduction starts a new one after its operand's.
 /// Leaves and aliases are in phase 0 (they are read from their slots in any phase).
@@ -43,11 +43,73 @@ fn operands(n: &Node) -> Vec<usize> {
     }
 }
 
-/// The scan-body kernel of `f`, named `name`: `(slots, n, inner)`.
-pub fn scan_eval(name: &str, f: &FusedScan) -> Result<String, String> {
+/// What the kernel of one scan needs to know of its operands and results: their element types
+/// (operand `k`'s, then each per-step result's).
+pub struct Types {
+    /// Each operand's element type (states, sliced, invariants).
+    pub operands: Vec<DType>,
+    /// Each per-step result's element type.
+    pub results: Vec<DType>,
+    /// The rank of the iteration space (the states' shape).
+    pub rank: usize,
+}
+
+/// The LLVM type an element of `ty` is stored as.
+fn elem(ty: DType) -> &'static str {
+    match ty {
+        DType::F32 => "float",
+        DType::I64 => "i64",
+        DType::Bool => "i8",
+    }
+}
+
+/// The f32 value of the element of type `ty` at `ptr`.
+fn load_as_f32(b: &mut Body, ty: DType, ptr: &str, group: &str) -> String {
+    let x = b.let_(format!("load {}, ptr {ptr}, !llvm.access.group {group}", elem(ty)));
+    match ty {
+        DType::F32 => x,
+        DType::I64 => b.let_(format!("sitofp i64 {x} to float")),
+        DType::Bool => b.let_(format!("uitofp i8 {x} to float")),
+    }
+}
+
+/// Stores the f32 value `v` as an element of type `ty` at `ptr` (as the executor's `store`).
+fn store_f32_as(b: &mut Body, ty: DType, v: &str, ptr: &str) {
+    let x = match ty {
+        DType::F32 => v.to_string(),
+        DType::I64 => b.let_(format!("call i64 @llvm.fptosi.sat.i64.f32(float {v})")),
+        DType::Bool => {
+            let c = b.let_(format!("fcmp une float {v}, 0.0"));
+            b.let_(format!("zext i1 {c} to i8"))
+        }
+    };
+    b.line(format!("store {} {x}, ptr {ptr}", elem(ty)));
+}
+
+/// The kernel of fused scan `f` over one tile, every position ([`crate::cpu::codegen::ScanTileFn`]),
+/// named `name`: `(slots, n, inner, len, reverse, nseg, segs, ptrs, offs, steps, lasts)`.
+///
+/// The executor has laid out the tile (`segs`: `nseg` runs along `I`'s last axis, each `(first
+/// element, length, its last coordinate)`), filled the slots of constants, invariants and the
+/// initial states, and computes nothing per position: here, at each position `t`, each phase
+/// (the nodes between two reductions) is one loop over the segments' elements. A sliced
+/// operand's element is read where it lies (`ptrs[k] + t·steps[k] + offs[k·nseg + s] +
+/// j·lasts[k]`, node `k`'s entries), values stay in registers and are stored to their slots
+/// only where a result, a reduction or a later phase reads them; then the per-step results
+/// are written (entry `nodes + k` of the tables) and each new state is copied to its state's
+/// slot. The final states are the executor's to store.
+pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<String, String> {
     let nodes = &f.nodes;
+    let (ns, nx) = (s.state, s.sliced);
+    let ny = f.outputs.len().checked_sub(ns).ok_or("a scan with fewer outputs than states")?;
+    let sliced = |k: usize| matches!(nodes[k], Node::Leaf(Source::Operand(o), _) if (ns..ns + nx).contains(&o));
+    let leaf_type = |k: usize| match nodes[k] {
+        Node::Leaf(Source::Operand(o), _) => types.operands.get(o).copied().ok_or(format!("no type for operand {o}")),
+        _ => Ok(DType::F32),
+    };
     let phase = phases(nodes);
-    // A computed value is stored where a result, a reduction or another loop reads it.
+    // A value is stored to its slot where a result, a reduction or another phase reads it
+    // (a sliced operand read in another phase is read again where it lies).
     let mut stored = vec![false; nodes.len()];
     for &o in &f.outputs {
         if let Some(s) = stored.get_mut(o) {
@@ -59,92 +121,246 @@ pub fn scan_eval(name: &str, f: &FusedScan) -> Result<String, String> {
             if k >= i {
                 return Err(format!("scan body node {i} reads node {k}, not before it"));
             }
-            if matches!(n, Node::Reduce(..)) || phase[k] != phase[i] {
+            if matches!(n, Node::Reduce(..)) || (phase[k] != phase[i] && !sliced(k)) {
                 stored[k] = true;
             }
         }
     }
+    let computed = |i: usize| matches!(nodes[i], Node::Unary(..) | Node::Binary(..) | Node::Where(..));
+    // Per phase, what its loop computes: its nodes, and in phase 0 the sliced operands stored.
+    let last_phase = phase.iter().copied().max().unwrap_or(0);
+    let work: Vec<Vec<usize>> = (0..=last_phase)
+        .map(|p| (0..nodes.len()).filter(|&i| phase[i] == p && (computed(i) || (p == 0 && sliced(i) && stored[i]))).collect())
+        .collect();
     let mut b = Body::new();
     let mut meta = String::new();
-    b.line("%go = icmp sgt i64 %n, 0");
+    let mut md = 0;
+    let mut fresh_md = |meta: &mut String| {
+        // Metadata ids unique to the kernel (see `TextKernels::MD`).
+        let (group, lp) = (format!("!{}{:04}", TextKernels::MD, md), format!("!{}{:04}", TextKernels::MD, md + 1));
+        md += 2;
+        meta.push_str(&format!("{group} = distinct !{{}}\n{lp} = distinct !{{{lp}, !{{!\"llvm.loop.parallel_accesses\", {group}}}}}\n"));
+        (group, lp)
+    };
+    b.line("%npos = icmp sgt i64 %n, 0");
+    b.line("%lpos = icmp sgt i64 %len, 0");
+    b.line("%go = and i1 %npos, %lpos");
     b.line("br i1 %go, label %start, label %exit");
     b.label("start");
     // Slot k starts at element k·n.
     for k in 0..nodes.len() {
         b.line(format!("%base{k} = mul i64 %n, {k}"));
     }
-    let last = phase.iter().copied().max().unwrap_or(0);
-    let mut from = "start".to_string();
-    for p in 0..=last {
+    // The tables' entries of each sliced operand and per-step result, read once.
+    let tabled: Vec<usize> = (0..nodes.len()).filter(|&k| sliced(k)).chain((0..ny).map(|k| nodes.len() + k)).collect();
+    for &k in &tabled {
+        b.line(format!("%pp{k} = getelementptr inbounds ptr, ptr %ptrs, i64 {k}"));
+        b.line(format!("%ptr{k} = load ptr, ptr %pp{k}"));
+        b.line(format!("%sp{k} = getelementptr inbounds i64, ptr %steps, i64 {k}"));
+        b.line(format!("%step{k} = load i64, ptr %sp{k}"));
+        b.line(format!("%lp{k} = getelementptr inbounds i64, ptr %lasts, i64 {k}"));
+        b.line(format!("%last{k} = load i64, ptr %lp{k}"));
+        b.line(format!("%orow{k} = mul i64 %nseg, {k}"));
+    }
+    b.line("%lenm1 = sub i64 %len, 1");
+    b.line("%rev = icmp ne i64 %reverse, 0");
+    b.line("br label %pos");
+    b.label("pos");
+    b.line("%ts = phi i64 [ 0, %start ], [ %ts.n, %pos.end ]");
+    b.line("%tr = sub i64 %lenm1, %ts");
+    b.line("%t = select i1 %rev, i64 %tr, i64 %ts");
+    let mut from = "pos".to_string();
+    // Opens a loop over the segments' elements (labels `{l}.seg`, `{l}.j`), with each tabled
+    // entry in `entries` based at this position and segment (`%{l}.at{k}`: its element at
+    // `j` is `%{l}.at{k} + j·last{k}`).
+    let open = |b: &mut Body, from: &str, l: &str, entries: &[usize]| {
+        b.line(format!("br label %{l}.seg"));
+        b.label(&format!("{l}.seg"));
+        b.line(format!("%{l}.s = phi i64 [ 0, %{from} ], [ %{l}.sn, %{l}.segend ]"));
+        b.line(format!("%{l}.s3 = mul i64 %{l}.s, 3"));
+        b.line(format!("%{l}.e0p = getelementptr inbounds i64, ptr %segs, i64 %{l}.s3"));
+        b.line(format!("%{l}.e0 = load i64, ptr %{l}.e0p"));
+        b.line(format!("%{l}.lenp = getelementptr inbounds i64, ptr %{l}.e0p, i64 1"));
+        b.line(format!("%{l}.slen = load i64, ptr %{l}.lenp"));
+        b.line(format!("%{l}.c0p = getelementptr inbounds i64, ptr %{l}.e0p, i64 2"));
+        b.line(format!("%{l}.c0 = load i64, ptr %{l}.c0p"));
+        for &k in entries {
+            b.line(format!("%{l}.oi{k} = add i64 %orow{k}, %{l}.s"));
+            b.line(format!("%{l}.op{k} = getelementptr inbounds i64, ptr %offs, i64 %{l}.oi{k}"));
+            b.line(format!("%{l}.off{k} = load i64, ptr %{l}.op{k}"));
+            b.line(format!("%{l}.ts{k} = mul i64 %t, %step{k}"));
+            b.line(format!("%{l}.at{k} = add i64 %{l}.ts{k}, %{l}.off{k}"));
+        }
+    };
+    // Opens the loop over the segment's elements, after what `open` and its caller emitted.
+    let open_j = |b: &mut Body, l: &str| {
+        b.line(format!("br label %{l}.pre"));
+        b.label(&format!("{l}.pre"));
+        b.line(format!("%{l}.any = icmp sgt i64 %{l}.slen, 0"));
+        b.line(format!("br i1 %{l}.any, label %{l}.j, label %{l}.segend"));
+        b.label(&format!("{l}.j"));
+        b.line(format!("%{l}.jj = phi i64 [ 0, %{l}.pre ], [ %{l}.jn, %{l}.latch ]"));
+        b.line(format!("%{l}.e = add i64 %{l}.e0, %{l}.jj"));
+    };
+    let close = |b: &mut Body, l: &str, loop_md: &str| {
+        b.line(format!("br label %{l}.latch"));
+        b.label(&format!("{l}.latch"));
+        b.line(format!("%{l}.jn = add nuw nsw i64 %{l}.jj, 1"));
+        b.line(format!("%{l}.jmore = icmp slt i64 %{l}.jn, %{l}.slen"));
+        b.line(format!("br i1 %{l}.jmore, label %{l}.j, label %{l}.segend, !llvm.loop {loop_md}"));
+        b.label(&format!("{l}.segend"));
+        b.line(format!("%{l}.sn = add nuw nsw i64 %{l}.s, 1"));
+        b.line(format!("%{l}.smore = icmp slt i64 %{l}.sn, %nseg"));
+        b.line(format!("br i1 %{l}.smore, label %{l}.seg, label %{l}.done"));
+        b.label(&format!("{l}.done"));
+    };
+    // Entries that no axis of `I`'s last maps onto stay put along a segment (stride 0, known
+    // here: LLVM then vectorizes the loop with a broadcast, where a stride read at run time
+    // would keep it scalar unless every stride is 1).
+    let r = types.rank;
+    let along_last = |map: &[usize]| r > 0 && map.contains(&(r - 1));
+    let moves: Vec<bool> = (0..nodes.len() + ny)
+        .map(|k| match nodes.get(k) {
+            Some(Node::Leaf(_, map)) => along_last(map),
+            Some(_) => true,
+            None => f.output_maps.get(k - nodes.len()).is_some_and(|m| along_last(m)),
+        })
+        .collect();
+    // Element `j` of a tabled entry: its address.
+    let at = |b: &mut Body, l: &str, k: usize, ty: DType| -> String {
+        let idx = if moves[k] {
+            let jl = b.let_(format!("mul i64 %{l}.jj, %last{k}"));
+            b.let_(format!("add i64 %{l}.at{k}, {jl}"))
+        } else {
+            format!("%{l}.at{k}")
+        };
+        b.let_(format!("getelementptr inbounds {}, ptr %ptr{k}, i64 {idx}", elem(ty)))
+    };
+    let slot_ptr = |b: &mut Body, l: &str, k: usize| -> String {
+        let i = b.let_(format!("add i64 %base{k}, %{l}.e"));
+        b.let_(format!("getelementptr inbounds float, ptr %slots, i64 {i}"))
+    };
+    for (p, here) in work.iter().enumerate() {
         // The reductions that open this phase, each over rows of `inner`, replicated.
         for (i, n) in nodes.iter().enumerate().filter(|(i, _)| phase[*i] == p) {
             if let Node::Reduce(op, a) = *n {
                 reduce(&mut b, &mut from, i, op, a);
             }
         }
-        let here: Vec<usize> =
-            (0..nodes.len()).filter(|&i| phase[i] == p && !matches!(nodes[i], Node::Leaf(..) | Node::Alias | Node::Reduce(..))).collect();
         if here.is_empty() {
             continue;
         }
         let l = format!("p{p}");
-        // Metadata ids unique to the kernel (see `TextKernels::MD`).
-        let group = format!("!{}{:04}", TextKernels::MD, 2 * p);
-        let loop_md = format!("!{}{:04}", TextKernels::MD, 2 * p + 1);
-        meta.push_str(&format!(
-            "{group} = distinct !{{}}\n{loop_md} = distinct !{{{loop_md}, !{{!\"llvm.loop.parallel_accesses\", {group}}}}}\n"
-        ));
-        b.line(format!("br label %{l}"));
-        b.label(&l);
-        b.line(format!("%{l}.e = phi i64 [ 0, %{from} ], [ %{l}.en, %{l} ]"));
+        let (group, loop_md) = fresh_md(&mut meta);
+        let mut entries: Vec<usize> = here.iter().flat_map(|&i| operands(&nodes[i])).filter(|&k| sliced(k)).collect();
+        entries.extend(here.iter().copied().filter(|&i| sliced(i)));
+        entries.sort_unstable();
+        entries.dedup();
+        open(&mut b, &from, &l, &entries);
+        open_j(&mut b, &l);
         let mut val: Vec<Option<String>> = vec![None; nodes.len()];
-        for &i in &here {
-            let mut get = |b: &mut Body, k: usize| -> String {
+        for &i in here {
+            let mut get = |b: &mut Body, k: usize| -> Result<String, String> {
                 if let Some(v) = &val[k] {
-                    return v.clone();
+                    return Ok(v.clone());
                 }
-                if let Node::Leaf(Source::Const(c), _) = nodes[k] {
-                    return f32c(c);
-                }
-                let at = b.let_(format!("add i64 %base{k}, %{l}.e"));
-                let ptr = b.let_(format!("getelementptr inbounds float, ptr %slots, i64 {at}"));
-                let v = b.let_(format!("load float, ptr {ptr}, !llvm.access.group {group}"));
+                let v = match nodes[k] {
+                    Node::Leaf(Source::Const(c), _) => return Ok(f32c(c)),
+                    _ if sliced(k) => {
+                        let ty = leaf_type(k)?;
+                        let ptr = at(b, &l, k, ty);
+                        load_as_f32(b, ty, &ptr, &group)
+                    }
+                    _ => {
+                        let ptr = slot_ptr(b, &l, k);
+                        b.let_(format!("load float, ptr {ptr}, !llvm.access.group {group}"))
+                    }
+                };
                 val[k] = Some(v.clone());
-                v
+                Ok(v)
             };
             let v = match nodes[i] {
                 Node::Unary(u, a) => {
-                    let x = get(&mut b, a);
+                    let x = get(&mut b, a)?;
                     unary(&mut b, u, &x)
                 }
                 Node::Binary(op, x, y) => {
-                    let (x, y) = (get(&mut b, x), get(&mut b, y));
+                    let (x, y) = (get(&mut b, x)?, get(&mut b, y)?);
                     binary(&mut b, op, &x, &y)
                 }
                 Node::Where(c, x, y) => {
-                    let (c, x, y) = (get(&mut b, c), get(&mut b, x), get(&mut b, y));
+                    let (c, x, y) = (get(&mut b, c)?, get(&mut b, x)?, get(&mut b, y)?);
                     let t = b.let_(format!("fcmp une float {c}, 0.0"));
                     b.let_(format!("select i1 {t}, float {x}, float {y}"))
                 }
-                _ => continue,
+                // A sliced operand a reduction or a result reads from its slot.
+                _ => get(&mut b, i)?,
             };
             if stored[i] {
-                let at = b.let_(format!("add i64 %base{i}, %{l}.e"));
-                let ptr = b.let_(format!("getelementptr inbounds float, ptr %slots, i64 {at}"));
+                let ptr = slot_ptr(&mut b, &l, i);
                 b.line(format!("store float {v}, ptr {ptr}, !llvm.access.group {group}"));
             }
             val[i] = Some(v);
         }
-        b.line(format!("%{l}.en = add nuw nsw i64 %{l}.e, 1"));
-        b.line(format!("%{l}.more = icmp slt i64 %{l}.en, %n"));
-        b.line(format!("br i1 %{l}.more, label %{l}, label %{l}.done, !llvm.loop {loop_md}"));
-        b.label(&format!("{l}.done"));
+        close(&mut b, &l, &loop_md);
         from = format!("{l}.done");
     }
-    b.line("br label %exit");
+    // The per-step results where they lie, then each new state into its state's slot.
+    let state_slot: Vec<Option<usize>> =
+        (0..ns).map(|k| nodes.iter().position(|n| matches!(n, Node::Leaf(Source::Operand(j), _) if *j == k))).collect();
+    let (group, loop_md) = fresh_md(&mut meta);
+    let outs: Vec<usize> = (0..ny).map(|k| nodes.len() + k).collect();
+    open(&mut b, &from, "out", &outs);
+    let r = types.rank;
+    let whole: Vec<bool> = (0..ny).map(|k| r == 0 || f.output_maps.get(k).and_then(|m| m.last()) == Some(&(r - 1))).collect();
+    let result_type = |k: usize| types.results.get(k).copied().ok_or(format!("no type for result {k}"));
+    // A reduced result: once per row, from its first element, where the segment starts a row.
+    for k in (0..ny).filter(|&k| !whole[k]) {
+        let ty = result_type(k)?;
+        let go = b.let_("icmp eq i64 %out.c0, 0");
+        let some = b.let_("icmp sgt i64 %out.slen, 0");
+        let both = b.let_(format!("and i1 {go}, {some}"));
+        b.line(format!("br i1 {both}, label %out.r{k}, label %out.r{k}.no"));
+        b.label(&format!("out.r{k}"));
+        let i = b.let_(format!("add i64 %base{}, %out.e0", f.outputs[k]));
+        let src = b.let_(format!("getelementptr inbounds float, ptr %slots, i64 {i}"));
+        let v = b.let_(format!("load float, ptr {src}"));
+        let dst = b.let_(format!("getelementptr inbounds {}, ptr %ptr{}, i64 %out.at{}", elem(ty), nodes.len() + k, nodes.len() + k));
+        store_f32_as(&mut b, ty, &v, &dst);
+        b.line(format!("br label %out.r{k}.no"));
+        b.label(&format!("out.r{k}.no"));
+    }
+    open_j(&mut b, "out");
+    for k in (0..ny).filter(|&k| whole[k]) {
+        let ty = result_type(k)?;
+        let src = slot_ptr(&mut b, "out", f.outputs[k]);
+        let v = b.let_(format!("load float, ptr {src}, !llvm.access.group {group}"));
+        let dst = at(&mut b, "out", nodes.len() + k, ty);
+        store_f32_as(&mut b, ty, &v, &dst);
+    }
+    for (k, to) in state_slot.iter().enumerate() {
+        let from_slot = f.outputs[ny + k];
+        if let Some(to) = *to {
+            if to != from_slot {
+                let src = slot_ptr(&mut b, "out", from_slot);
+                let v = b.let_(format!("load float, ptr {src}, !llvm.access.group {group}"));
+                let dst = slot_ptr(&mut b, "out", to);
+                b.line(format!("store float {v}, ptr {dst}, !llvm.access.group {group}"));
+            }
+        }
+    }
+    close(&mut b, "out", &loop_md);
+    b.line("br label %pos.end");
+    b.label("pos.end");
+    b.line("%ts.n = add nuw nsw i64 %ts, 1");
+    b.line("%ts.more = icmp slt i64 %ts.n, %len");
+    b.line("br i1 %ts.more, label %pos, label %exit");
     b.label("exit");
     b.line("ret void");
-    Ok(format!("define void @{name}(ptr noalias %slots, i64 %n, i64 %inner) #0 {{\nentry:\n{}}}\n{meta}", b.text))
+    Ok(format!(
+        "define void @{name}(ptr noalias %slots, i64 %n, i64 %inner, i64 %len, i64 %reverse, i64 %nseg, ptr noalias %segs, ptr noalias %ptrs, ptr noalias %offs, ptr noalias %steps, ptr noalias %lasts) #0 {{\nentry:\n{}}}\n{meta}",
+        b.text
+    ))
 }
 
 /// Reduction node `i` of slot `a` over rows of `inner` elements, each row's value written to
