@@ -228,3 +228,112 @@ pub(crate) fn access_strides(shape: &[usize], map: &[usize], axis: Option<usize>
     }
     (along, step)
 }
+
+/// How a compiled kernel of a fused scan over one tile computes (`crate::cpu::codegen::ScanTileFn`),
+/// decided once for every backend that compiles one (LLVM, MLIR).
+///
+/// Each position runs its *phases* in order: the nodes between two reductions, one loop over
+/// the tile's elements each, a reduction opening the phase after its operand's. A sliced
+/// operand is read where it lies (table entry `k` for node `k`); a value is stored to its slot
+/// only where a result, a reduction or another phase reads it (a sliced operand read in
+/// another phase is read again where it lies). Then the per-step results are written (table
+/// entry `nodes + k`) and each new state is copied to its state's slot.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(any(feature = "llvm", feature = "mlir")), allow(dead_code))]
+pub(crate) struct TileLayout {
+    /// Whether node `k` reads a sliced operand.
+    pub sliced: Vec<bool>,
+    /// The element type of each node that reads an operand (f32 for the others).
+    pub leaf_types: Vec<DType>,
+    /// The element type of each per-step result.
+    pub result_types: Vec<DType>,
+    /// The phase of each node.
+    pub phase: Vec<usize>,
+    /// Whether each node's value is stored to its slot.
+    pub stored: Vec<bool>,
+    /// Per phase, the nodes its loop computes (and, in phase 0, the sliced operands stored).
+    pub work: Vec<Vec<usize>>,
+    /// Per table entry (nodes, then per-step results): whether it moves along the last axis
+    /// of `I` (else its stride there is 0, known at compile time).
+    pub moves: Vec<bool>,
+    /// Per per-step result: whether it is written at every element (else once per row, a
+    /// reduction over the last axis).
+    pub whole: Vec<bool>,
+    /// Per state: the node that reads it, where one does.
+    pub state_slot: Vec<Option<usize>>,
+    /// How many per-step results.
+    pub ny: usize,
+}
+
+/// The operands of a node.
+#[cfg_attr(not(any(feature = "llvm", feature = "mlir")), allow(dead_code))]
+pub(crate) fn node_operands(n: &Node) -> Vec<usize> {
+    match *n {
+        Node::Leaf(..) | Node::Alias => vec![],
+        Node::Unary(_, a) | Node::Reduce(_, a) => vec![a],
+        Node::Binary(_, a, b) => vec![a, b],
+        Node::Where(c, a, b) => vec![c, a, b],
+    }
+}
+
+#[cfg_attr(not(any(feature = "llvm", feature = "mlir")), allow(dead_code))]
+impl FusedScan {
+    /// The layout of a compiled tile kernel of this plan of `s`, or why there is none (a scan
+    /// without states: its iteration space is not a state's shape known here).
+    pub(crate) fn tile_layout(&self, s: &Scan) -> Result<TileLayout, String> {
+        let nodes = &self.nodes;
+        let (ns, nx) = (s.state, s.sliced);
+        let args = s.body.inputs();
+        let first = args.first().filter(|_| ns > 0).ok_or("a scan without states")?;
+        let rank = s.body.ty(first.1).rank();
+        let ny = self.outputs.len().checked_sub(ns).ok_or("a scan with fewer outputs than states")?;
+        let operand_type = |o: usize| args.get(o).map(|(_, v)| s.body.ty(*v).dtype).ok_or(format!("no operand {o}"));
+        let sliced: Vec<bool> = nodes.iter().map(|n| matches!(n, Node::Leaf(Source::Operand(o), _) if (ns..ns + nx).contains(o))).collect();
+        let leaf_types = nodes
+            .iter()
+            .map(|n| match n {
+                Node::Leaf(Source::Operand(o), _) => operand_type(*o),
+                _ => Ok(DType::F32),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let result_types = s.body.outputs[..ny].iter().map(|(_, v)| s.body.ty(*v).dtype).collect();
+        let mut phase = vec![0usize; nodes.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            let ops = node_operands(n);
+            if let Some(&k) = ops.iter().find(|&&k| k >= i) {
+                return Err(format!("scan body node {i} reads node {k}, not before it"));
+            }
+            let of = ops.iter().map(|&k| phase[k]).max().unwrap_or(0);
+            phase[i] = if matches!(n, Node::Reduce(..)) { of + 1 } else { of };
+        }
+        let mut stored = vec![false; nodes.len()];
+        for &o in &self.outputs {
+            if let Some(s) = stored.get_mut(o) {
+                *s = true;
+            }
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            for k in node_operands(n) {
+                if matches!(n, Node::Reduce(..)) || (phase[k] != phase[i] && !sliced[k]) {
+                    stored[k] = true;
+                }
+            }
+        }
+        let computed = |i: usize| matches!(nodes[i], Node::Unary(..) | Node::Binary(..) | Node::Where(..));
+        let last_phase = phase.iter().copied().max().unwrap_or(0);
+        let work = (0..=last_phase)
+            .map(|p| (0..nodes.len()).filter(|&i| phase[i] == p && (computed(i) || (p == 0 && sliced[i] && stored[i]))).collect())
+            .collect();
+        let along_last = |map: &[usize]| rank > 0 && map.contains(&(rank - 1));
+        let moves = (0..nodes.len() + ny)
+            .map(|k| match nodes.get(k) {
+                Some(Node::Leaf(_, map)) => along_last(map),
+                Some(_) => true,
+                None => self.output_maps.get(k - nodes.len()).is_some_and(|m| along_last(m)),
+            })
+            .collect();
+        let whole = (0..ny).map(|k| rank == 0 || self.output_maps.get(k).and_then(|m| m.last()) == Some(&(rank - 1))).collect();
+        let state_slot = (0..ns).map(|k| nodes.iter().position(|n| matches!(n, Node::Leaf(Source::Operand(j), _) if *j == k))).collect();
+        Ok(TileLayout { sliced, leaf_types, result_types, phase, stored, work, moves, whole, state_slot, ny })
+    }
+}

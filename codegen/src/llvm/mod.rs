@@ -176,17 +176,9 @@ impl Codegen for Llvm {
     }
 
     fn scan_tile(&mut self, f: &crate::scan::FusedScan, s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
-        let args = s.body.inputs();
-        let ny = s.body.outputs.len().saturating_sub(s.state);
-        // The iteration space is the first state's shape: a scan without states keeps the
-        // executor's kernel.
-        let Some((_, first)) = args.first().filter(|_| s.state > 0) else { return Ok(None) };
-        let types = scan::Types {
-            operands: args.iter().map(|(_, v)| s.body.ty(*v).dtype).collect(),
-            results: s.body.outputs[..ny].iter().map(|(_, v)| s.body.ty(*v).dtype).collect(),
-            rank: s.body.ty(*first).rank(),
-        };
-        Ok(Some(self.kernels.declare(scan::scan_tile(TextKernels::NAME, f, s, &types).map_err(CodegenError::Internal)?)))
+        // A scan without states keeps the executor's kernel.
+        let Ok(layout) = f.tile_layout(s) else { return Ok(None) };
+        Ok(Some(self.kernels.declare(scan::scan_tile(TextKernels::NAME, f, &layout).map_err(CodegenError::Internal)?)))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {

@@ -1,58 +1,20 @@
-//! LLVM IR (text) for the body of a fused scan ([`crate::scan::FusedScan`]): one position's
-//! values over a tile of state elements, with the ABI of [`crate::cpu::codegen::ScanEvalFn`]
-//! (the tile's slots, `n` elements each, leaves filled by the executor).
+//! LLVM IR (text) for a fused scan over one tile of state elements, every position
+//! ([`crate::cpu::codegen::ScanTileFn`]), laid out as [`TileLayout`] says.
 //!
-//! The executor's own version computes one node at a time over the whole tile, each into its
-//! slot. Here the nodes between two reductions are one loop over the tile: their values stay
-//! in registers, and a value is stored to its slot only where a result, a reduction or a later
-//! loop reads it. The loop's accesses are marked parallel (each iteration touches element `e`
-//! of each slot only), so LLVM vectorizes it without checking that the slots overlap.
+//! The executor's own kernel gathers each position's operands into the tile's slots and
+//! computes one node at a time over the tile, each into its slot. Here each phase (the nodes
+//! between two reductions) is one loop over the tile's elements whose values stay in
+//! registers; sliced operands are read where they lie. The loops' accesses are marked
+//! parallel (each iteration touches element `e` of each slot only), so LLVM vectorizes them
+//! without checking that the slots overlap.
 //!
 //! Semantics are those of the executor's `eval` (f32, the `cpu/vmath.rs` forms of exp, the
 //! logistic function, tanh, SiLU and both GELUs; the interpreter's definition of the others).
 
 use super::emit::{f32c, unary_f32, Body};
 use crate::cpu::codegen::TextKernels;
-use crate::scan::{FusedScan, Node, Source};
-use tessera_ir::{BinaryOp, DType, ReduceOp, Scan, UnaryOp, BINARY_OPS, UNARY_OPS};
-
-/// The loop (phase) each node is computed in: a reduction starts a new one after its operand's.
-/// Leaves and aliases are in phase 0 (they are read from their slots in any phase).
-fn phases(nodes: &[Node]) -> Vec<usize> {
-    let mut p = vec![0usize; nodes.len()];
-    for (i, n) in nodes.iter().enumerate() {
-        let of = |k: usize| p.get(k).copied().unwrap_or(0);
-        p[i] = match *n {
-            Node::Leaf(..) | Node::Alias => 0,
-            Node::Unary(_, a) => of(a),
-            Node::Binary(_, a, b) => of(a).max(of(b)),
-            Node::Where(c, a, b) => of(c).max(of(a)).max(of(b)),
-            Node::Reduce(_, a) => of(a) + 1,
-        };
-    }
-    p
-}
-
-/// The operands of a node.
-fn operands(n: &Node) -> Vec<usize> {
-    match *n {
-        Node::Leaf(..) | Node::Alias => vec![],
-        Node::Unary(_, a) | Node::Reduce(_, a) => vec![a],
-        Node::Binary(_, a, b) => vec![a, b],
-        Node::Where(c, a, b) => vec![c, a, b],
-    }
-}
-
-/// What the kernel of one scan needs to know of its operands and results: their element types
-/// (operand `k`'s, then each per-step result's).
-pub struct Types {
-    /// Each operand's element type (states, sliced, invariants).
-    pub operands: Vec<DType>,
-    /// Each per-step result's element type.
-    pub results: Vec<DType>,
-    /// The rank of the iteration space (the states' shape).
-    pub rank: usize,
-}
+use crate::scan::{node_operands as operands, FusedScan, Node, Source, TileLayout};
+use tessera_ir::{BinaryOp, DType, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
 
 /// The LLVM type an element of `ty` is stored as.
 fn elem(ty: DType) -> &'static str {
@@ -98,40 +60,10 @@ fn store_f32_as(b: &mut Body, ty: DType, v: &str, ptr: &str) {
 /// only where a result, a reduction or a later phase reads them; then the per-step results
 /// are written (entry `nodes + k` of the tables) and each new state is copied to its state's
 /// slot. The final states are the executor's to store.
-pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<String, String> {
+pub fn scan_tile(name: &str, f: &FusedScan, t: &TileLayout) -> Result<String, String> {
     let nodes = &f.nodes;
-    let (ns, nx) = (s.state, s.sliced);
-    let ny = f.outputs.len().checked_sub(ns).ok_or("a scan with fewer outputs than states")?;
-    let sliced = |k: usize| matches!(nodes[k], Node::Leaf(Source::Operand(o), _) if (ns..ns + nx).contains(&o));
-    let leaf_type = |k: usize| match nodes[k] {
-        Node::Leaf(Source::Operand(o), _) => types.operands.get(o).copied().ok_or(format!("no type for operand {o}")),
-        _ => Ok(DType::F32),
-    };
-    let phase = phases(nodes);
-    // A value is stored to its slot where a result, a reduction or another phase reads it
-    // (a sliced operand read in another phase is read again where it lies).
-    let mut stored = vec![false; nodes.len()];
-    for &o in &f.outputs {
-        if let Some(s) = stored.get_mut(o) {
-            *s = true;
-        }
-    }
-    for (i, n) in nodes.iter().enumerate() {
-        for k in operands(n) {
-            if k >= i {
-                return Err(format!("scan body node {i} reads node {k}, not before it"));
-            }
-            if matches!(n, Node::Reduce(..)) || (phase[k] != phase[i] && !sliced(k)) {
-                stored[k] = true;
-            }
-        }
-    }
-    let computed = |i: usize| matches!(nodes[i], Node::Unary(..) | Node::Binary(..) | Node::Where(..));
-    // Per phase, what its loop computes: its nodes, and in phase 0 the sliced operands stored.
-    let last_phase = phase.iter().copied().max().unwrap_or(0);
-    let work: Vec<Vec<usize>> = (0..=last_phase)
-        .map(|p| (0..nodes.len()).filter(|&i| phase[i] == p && (computed(i) || (p == 0 && sliced(i) && stored[i]))).collect())
-        .collect();
+    let ny = t.ny;
+    let sliced = |k: usize| t.sliced[k];
     let mut b = Body::new();
     let mut meta = String::new();
     let mut md = 0;
@@ -214,18 +146,10 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
         b.line(format!("br i1 %{l}.smore, label %{l}.seg, label %{l}.done"));
         b.label(&format!("{l}.done"));
     };
-    // Entries that no axis of `I`'s last maps onto stay put along a segment (stride 0, known
-    // here: LLVM then vectorizes the loop with a broadcast, where a stride read at run time
-    // would keep it scalar unless every stride is 1).
-    let r = types.rank;
-    let along_last = |map: &[usize]| r > 0 && map.contains(&(r - 1));
-    let moves: Vec<bool> = (0..nodes.len() + ny)
-        .map(|k| match nodes.get(k) {
-            Some(Node::Leaf(_, map)) => along_last(map),
-            Some(_) => true,
-            None => f.output_maps.get(k - nodes.len()).is_some_and(|m| along_last(m)),
-        })
-        .collect();
+    // Entries that do not move along `I`'s last axis have stride 0 there, a constant: LLVM
+    // then vectorizes the loop with a broadcast, where a stride read at run time would keep it
+    // scalar unless every stride is 1.
+    let moves = &t.moves;
     // Element `j` of a tabled entry: its address.
     let at = |b: &mut Body, l: &str, k: usize, ty: DType| -> String {
         let idx = if moves[k] {
@@ -240,9 +164,9 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
         let i = b.let_(format!("add i64 %base{k}, %{l}.e"));
         b.let_(format!("getelementptr inbounds float, ptr %slots, i64 {i}"))
     };
-    for (p, here) in work.iter().enumerate() {
+    for (p, here) in t.work.iter().enumerate() {
         // The reductions that open this phase, each over rows of `inner`, replicated.
-        for (i, n) in nodes.iter().enumerate().filter(|(i, _)| phase[*i] == p) {
+        for (i, n) in nodes.iter().enumerate().filter(|(i, _)| t.phase[*i] == p) {
             if let Node::Reduce(op, a) = *n {
                 reduce(&mut b, &mut from, i, op, a);
             }
@@ -267,7 +191,7 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
                 let v = match nodes[k] {
                     Node::Leaf(Source::Const(c), _) => return Ok(f32c(c)),
                     _ if sliced(k) => {
-                        let ty = leaf_type(k)?;
+                        let ty = t.leaf_types[k];
                         let ptr = at(b, &l, k, ty);
                         load_as_f32(b, ty, &ptr, &group)
                     }
@@ -296,7 +220,7 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
                 // A sliced operand a reduction or a result reads from its slot.
                 _ => get(&mut b, i)?,
             };
-            if stored[i] {
+            if t.stored[i] {
                 let ptr = slot_ptr(&mut b, &l, i);
                 b.line(format!("store float {v}, ptr {ptr}, !llvm.access.group {group}"));
             }
@@ -306,14 +230,11 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
         from = format!("{l}.done");
     }
     // The per-step results where they lie, then each new state into its state's slot.
-    let state_slot: Vec<Option<usize>> =
-        (0..ns).map(|k| nodes.iter().position(|n| matches!(n, Node::Leaf(Source::Operand(j), _) if *j == k))).collect();
     let (group, loop_md) = fresh_md(&mut meta);
     let outs: Vec<usize> = (0..ny).map(|k| nodes.len() + k).collect();
     open(&mut b, &from, "out", &outs);
-    let r = types.rank;
-    let whole: Vec<bool> = (0..ny).map(|k| r == 0 || f.output_maps.get(k).and_then(|m| m.last()) == Some(&(r - 1))).collect();
-    let result_type = |k: usize| types.results.get(k).copied().ok_or(format!("no type for result {k}"));
+    let whole = &t.whole;
+    let result_type = |k: usize| t.result_types.get(k).copied().ok_or(format!("no type for result {k}"));
     // A reduced result: once per row, from its first element, where the segment starts a row.
     for k in (0..ny).filter(|&k| !whole[k]) {
         let ty = result_type(k)?;
@@ -338,7 +259,7 @@ pub fn scan_tile(name: &str, f: &FusedScan, s: &Scan, types: &Types) -> Result<S
         let dst = at(&mut b, "out", nodes.len() + k, ty);
         store_f32_as(&mut b, ty, &v, &dst);
     }
-    for (k, to) in state_slot.iter().enumerate() {
+    for (k, to) in t.state_slot.iter().enumerate() {
         let from_slot = f.outputs[ny + k];
         if let Some(to) = *to {
             if to != from_slot {

@@ -45,82 +45,87 @@ pub fn prelude() -> String {
 }
 
 /// A function body being written: fresh value names and the text.
-struct Body {
-    text: String,
-    next: usize,
-    indent: usize,
+pub(super) struct Body {
+    pub(super) text: String,
+    pub(super) next: usize,
+    pub(super) indent: usize,
 }
 
 impl Body {
-    fn new() -> Body {
+    pub(super) fn new() -> Body {
         Body { text: String::new(), next: 0, indent: 2 }
     }
 
     /// Appends `%vN = <rhs>` and returns `%vN`.
-    fn let_(&mut self, rhs: impl AsRef<str>) -> String {
+    pub(super) fn let_(&mut self, rhs: impl AsRef<str>) -> String {
         let name = format!("%v{}", self.next);
         self.next += 1;
         let _ = writeln!(self.text, "{:w$}{name} = {}", "", rhs.as_ref(), w = self.indent * 2);
         name
     }
 
-    fn line(&mut self, l: impl AsRef<str>) {
+    pub(super) fn line(&mut self, l: impl AsRef<str>) {
         let _ = writeln!(self.text, "{:w$}{}", "", l.as_ref(), w = self.indent * 2);
     }
 
     /// Opens a region (`scf.for … {`, `linalg.generic … {`).
-    fn open(&mut self, l: impl AsRef<str>) {
+    pub(super) fn open(&mut self, l: impl AsRef<str>) {
         self.line(l);
         self.indent += 1;
     }
 
-    fn close(&mut self) {
+    pub(super) fn close(&mut self) {
         self.indent = self.indent.saturating_sub(1);
         self.line("}");
     }
 
-    fn f64(&mut self, x: f64) -> String {
+    pub(super) fn f64(&mut self, x: f64) -> String {
         self.let_(format!("arith.constant {} : f64", f64c(x)))
     }
 
-    fn f32(&mut self, x: f32) -> String {
+    pub(super) fn f32(&mut self, x: f32) -> String {
         self.let_(format!("arith.constant {} : f32", f32c(x)))
     }
 
-    fn i64(&mut self, x: i64) -> String {
+    pub(super) fn i64(&mut self, x: i64) -> String {
         self.let_(format!("arith.constant {x} : i64"))
     }
 
-    fn i32(&mut self, x: i32) -> String {
+    pub(super) fn i32(&mut self, x: i32) -> String {
         self.let_(format!("arith.constant {x} : i32"))
     }
 
     /// `a <op> b` of type `ty` (`arith.addf`, …).
-    fn bin(&mut self, op: &str, a: &str, b: &str, ty: &str) -> String {
+    pub(super) fn bin(&mut self, op: &str, a: &str, b: &str, ty: &str) -> String {
         self.let_(format!("{op} {a}, {b} : {ty}"))
     }
 
-    fn fma32(&mut self, a: &str, b: &str, c: &str) -> String {
+    pub(super) fn fma32(&mut self, a: &str, b: &str, c: &str) -> String {
         self.let_(format!("math.fma {a}, {b}, {c} : f32"))
     }
 
     /// `1.0` or `0.0` (f64) from an `i1`.
-    fn bool_f64(&mut self, c: &str) -> String {
+    pub(super) fn bool_f64(&mut self, c: &str) -> String {
         self.let_(format!("arith.uitofp {c} : i1 to f64"))
     }
 
     /// `select c, a, b` of type `ty`.
-    fn select(&mut self, c: &str, a: &str, b: &str, ty: &str) -> String {
+    pub(super) fn select(&mut self, c: &str, a: &str, b: &str, ty: &str) -> String {
         self.let_(format!("arith.select {c}, {a}, {b} : {ty}"))
     }
 
-    fn cmpf(&mut self, pred: &str, a: &str, b: &str, ty: &str) -> String {
+    pub(super) fn cmpf(&mut self, pred: &str, a: &str, b: &str, ty: &str) -> String {
         self.let_(format!("arith.cmpf {pred}, {a}, {b} : {ty}"))
+    }
+
+    /// An `i64` comparison (`eq`, `ne`, `sgt`, …).
+    pub(super) fn cmpi(&mut self, pred: &str, a: &str, b: &str) -> String {
+        self.let_(format!("arith.cmpi {pred}, {a}, {b} : i64"))
     }
 
     /// A memref of type `ty` over the memory at `ptr` (offset 0) with these sizes and strides
     /// (i64 values): a descriptor struct cast to the memref type.
-    fn memref(&mut self, ptr: &str, sizes: &[&str], strides: &[&str], ty: &str) -> String {
+    pub(super) fn memref(&mut self, ptr: &str, sizes: &[&str], strides: &[&str], ty: &str) -> String {
         let r = sizes.len();
         let st = format!("!llvm.struct<(ptr, ptr, i64, array<{r} x i64>, array<{r} x i64>)>");
         let zero = self.i64(0);
@@ -233,7 +238,7 @@ fn has_f32_form(u: UnaryOp) -> bool {
 }
 
 /// The f32 form of `u`, applied to the f32 value `s`, where there is one.
-fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
+pub(super) fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
     Some(match u {
         UnaryOp::Exp => expf(b, s),
         UnaryOp::Sigmoid => sigmoidf(b, s),
@@ -268,7 +273,7 @@ fn unary_f32(b: &mut Body, u: UnaryOp, s: &str) -> Option<String> {
 }
 
 /// `x` (f64) to i64 as Rust's `as` does: saturating, NaN to 0 (LLVM's `fptosi.sat`).
-fn fptosi_sat(b: &mut Body, x: &str) -> String {
+pub(super) fn fptosi_sat(b: &mut Body, x: &str) -> String {
     let lo = b.f64(-9_223_372_036_854_775_808.0);
     let hi = b.f64(9_223_372_036_854_775_808.0);
     let clamped = b.bin("arith.maximumf", x, &lo, "f64");
@@ -407,7 +412,7 @@ fn nodes(
 }
 
 /// The MLIR type of an element in memory.
-fn elem(ty: DType) -> &'static str {
+pub(super) fn elem(ty: DType) -> &'static str {
     match ty {
         DType::F32 => "f32",
         DType::I64 => "i64",

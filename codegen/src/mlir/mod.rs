@@ -2,7 +2,8 @@
 //! `scf`, `arith`, `math` and `memref` ops, written as text ([`emit`]), parsed by melior, lowered
 //! to the LLVM dialect by the pass pipeline [`STAGES`] and compiled by MLIR's execution engine
 //! (LLVM's O3 and code generation for the host CPU). It compiles what the LLVM backend compiles:
-//! elementwise chains and attention score functions (row kernels), norms and softmax.
+//! elementwise chains and attention score functions (row kernels), norms, softmax, reductions
+//! and fused scans over a tile ([`scan`]); not attention's online-softmax step.
 //!
 //! The kernels keep the executor's raw-pointer ABIs ([`crate::cpu::cranelift::RowFn`],
 //! [`crate::cpu::codegen::NormFn`], [`crate::cpu::codegen::SoftmaxFn`]): each is a `func.func`
@@ -14,6 +15,7 @@
 //! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
 mod emit;
+mod scan;
 
 use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
@@ -199,6 +201,12 @@ impl Codegen for Mlir {
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
+    }
+
+    fn scan_tile(&mut self, f: &crate::scan::FusedScan, s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
+        // A scan without states keeps the executor's kernel.
+        let Ok(layout) = f.tile_layout(s) else { return Ok(None) };
+        Ok(Some(self.kernels.declare(scan::scan_tile(TextKernels::NAME, f, &layout).map_err(CodegenError::Internal)?)))
     }
 
     fn finish(&mut self) -> Result<(), CodegenError> {
