@@ -143,6 +143,34 @@ impl Body {
     }
 }
 
+/// e^x in f32 for x ≤ 0 (and NaN), as vmath's `exp_neg`: below -87, e^-87 (negligible beside
+/// any sum with 1); one scale factor, 2^n with n ≥ -126.
+fn exp_negf(b: &mut Body, x: &str) -> String {
+    use crate::approx::{EXP_LN2_HI, EXP_LN2_LO, EXP_POLY, EXP_ROUND as round};
+    let lo = b.f32(-87.0);
+    let c = b.cmpf("olt", x, &lo, "f32");
+    let x1 = b.select(&c, &lo, x, "f32");
+    let (log2e, rc) = (b.f32(std::f32::consts::LOG2_E), b.f32(round));
+    let t = b.fma32(&x1, &log2e, &rc);
+    let n = b.bin("arith.subf", &t, &rc, "f32");
+    let tb = b.let_(format!("arith.bitcast {t} : f32 to i32"));
+    let rb = b.i32(round.to_bits() as i32);
+    let ni = b.bin("arith.subi", &tb, &rb, "i32");
+    let (bias, shift) = (b.i32(127), b.i32(23));
+    let nb = b.bin("arith.addi", &ni, &bias, "i32");
+    let ns = b.bin("arith.shli", &nb, &shift, "i32");
+    let scale = b.let_(format!("arith.bitcast {ns} : i32 to f32"));
+    let (ln2hi, ln2lo) = (b.f32(EXP_LN2_HI), b.f32(EXP_LN2_LO));
+    let r0 = b.fma32(&n, &ln2hi, &x1);
+    let r = b.fma32(&n, &ln2lo, &r0);
+    let mut p = b.f32(EXP_POLY[0]);
+    for c in EXP_POLY[1..].iter().copied() {
+        let c = b.f32(c);
+        p = b.fma32(&p, &r, &c);
+    }
+    b.bin("arith.mulf", &p, &scale, "f32")
+}
+
 /// e^x in f32 for any x (vmath's exp_neg, with 2^n split in two factors so that n may reach
 /// ±252: results overflow to inf and underflow to 0 as the f64 definition rounded does).
 fn expf(b: &mut Body, x: &str) -> String {
@@ -669,7 +697,7 @@ pub fn softmax(name: &str) -> String {
     b.line(format!("memref.store {zero}, {acc}[] : memref<f32>"));
     generic(&mut b, true, &[("%xr", ROW, false)], &[("%yr", ROW, false), accs], &|b, a| {
         let c = b.bin("arith.subf", &a[0], &m, "f32");
-        let e = expf(b, &c);
+        let e = exp_negf(b, &c);
         let s = b.let_(format!("arith.addf {}, {e} fastmath<reassoc> : f32", a[2]));
         vec![e, s]
     });
@@ -721,4 +749,80 @@ pub fn reduce(name: &str, op: ReduceOp) -> String {
     b.close();
     b.line("return");
     format!("  func.func @{name}(%y: !llvm.ptr {{llvm.noalias}}, %x: !llvm.ptr {{llvm.noalias}}, %rows: i64, %d: i64) {{\n{}  }}\n", b.text)
+}
+
+/// One online-softmax step of the attention kernel ([`crate::cpu::codegen::OnlineSoftmaxFn`]),
+/// as the LLVM backend's: per row of scores, the new running maximum (the row's, NaN-propagating,
+/// then `maxnumf` with the old one), the scores replaced by `e^(s − max)` and summed (one
+/// `linalg.generic` with two outputs), the running sum (f64) rescaled and grown, the row's
+/// accumulators rescaled where the maximum grew. A row whose scores are all `-inf` or NaN
+/// becomes zeros, its sum NaN where a score was NaN.
+pub fn online_softmax(name: &str) -> String {
+    let mut b = Body::new();
+    let x = matrix(&mut b, "%sp");
+    let one = b.i64(1);
+    let acc_m = b.memref("%acc", &["%rows", "%ev"], &["%ev", &one], "memref<?x?xf32>");
+    let m = b.memref("%m", &["%rows"], &[&one], "memref<?xf32>");
+    let l = b.memref("%l", &["%rows"], &[&one], "memref<?xf64>");
+    let cell = b.let_("memref.alloca() : memref<f32>");
+    let (ninf, zero, one32) = (b.f32(f32::NEG_INFINITY), b.f32(0.0), b.f32(1.0));
+    let nan64 = b.f64(f64::NAN);
+    let zero64 = b.i64(0);
+    let evn = b.let_("arith.index_cast %ev : i64 to index");
+    let cells = (cell.as_str(), "memref<f32>", true);
+    open_rows(&mut b, &x, None);
+    let m0 = b.let_(format!("memref.load {m}[%r] : memref<?xf32>"));
+    b.line(format!("memref.store {ninf}, {cell}[] : memref<f32>"));
+    generic(&mut b, true, &[("%xr", ROW, false)], &[cells], &|b, a| vec![b.bin("arith.maximumf", &a[1], &a[0], "f32")]);
+    let rowmax = b.let_(format!("memref.load {cell}[] : memref<f32>"));
+    let newm = b.bin("arith.maxnumf", &m0, &rowmax, "f32");
+    let dead = b.cmpf("oeq", &newm, &ninf, "f32");
+    b.open(format!("scf.if {dead} {{"));
+    // Every score so far is -inf or NaN: zeros; a NaN makes the sum NaN.
+    b.line(format!("memref.store {zero}, {cell}[] : memref<f32>"));
+    generic(&mut b, true, &[("%xr", ROW, false)], &[cells], &|b, a| {
+        let u = b.cmpf("uno", &a[0], &a[0], "f32");
+        let f = b.let_(format!("arith.uitofp {u} : i1 to f32"));
+        vec![b.bin("arith.addf", &a[1], &f, "f32")]
+    });
+    let nans = b.let_(format!("memref.load {cell}[] : memref<f32>"));
+    let any = b.cmpf("ogt", &nans, &zero, "f32");
+    b.open(format!("scf.if {any} {{"));
+    b.line(format!("memref.store {nan64}, {l}[%r] : memref<?xf64>"));
+    b.close();
+    generic(&mut b, false, &[], &[("%xr", ROW, false)], &|_, _| vec![zero.clone()]);
+    b.close();
+    b.open("else {");
+    let dm = b.bin("arith.subf", &m0, &newm, "f32");
+    let rescale = exp_negf(&mut b, &dm);
+    b.line(format!("memref.store {zero}, {cell}[] : memref<f32>"));
+    generic(&mut b, true, &[], &[("%xr", ROW, false), cells], &|b, a| {
+        let c = b.bin("arith.subf", &a[0], &newm, "f32");
+        let e = exp_negf(b, &c);
+        let s = b.let_(format!("arith.addf {}, {e} fastmath<reassoc> : f32", a[1]));
+        vec![e, s]
+    });
+    let sum = b.let_(format!("memref.load {cell}[] : memref<f32>"));
+    let l0 = b.let_(format!("memref.load {l}[%r] : memref<?xf64>"));
+    let rd = b.let_(format!("arith.extf {rescale} : f32 to f64"));
+    let sd = b.let_(format!("arith.extf {sum} : f32 to f64"));
+    let l1 = b.bin("arith.mulf", &l0, &rd, "f64");
+    let l2 = b.bin("arith.addf", &l1, &sd, "f64");
+    b.line(format!("memref.store {l2}, {l}[%r] : memref<?xf64>"));
+    b.line(format!("memref.store {newm}, {m}[%r] : memref<?xf32>"));
+    let same = b.cmpf("oeq", &rescale, &one32, "f32");
+    let evpos = b.let_(format!("arith.cmpi sgt, %ev, {zero64} : i64"));
+    let grew = b.let_(format!("arith.xori {same}, {evpos} : i1"));
+    let go = b.bin("arith.andi", &grew, &evpos, "i1");
+    b.open(format!("scf.if {go} {{"));
+    b.line(format!("%ar = memref.subview {acc_m}[%r, 0] [1, {evn}] [1, 1] : memref<?x?xf32> to {ROW}"));
+    generic(&mut b, false, &[], &[("%ar", ROW, false)], &|b, a| vec![b.bin("arith.mulf", &a[0], &rescale, "f32")]);
+    b.close();
+    b.close();
+    b.close();
+    b.line("return");
+    format!(
+        "  func.func @{name}(%sp: !llvm.ptr {{llvm.noalias}}, %rows: i64, %d: i64, %m: !llvm.ptr {{llvm.noalias}}, %l: !llvm.ptr {{llvm.noalias}}, %acc: !llvm.ptr {{llvm.noalias}}, %ev: i64) {{\n{}  }}\n",
+        b.text
+    )
 }

@@ -3,7 +3,7 @@
 //! to the LLVM dialect by the pass pipeline [`STAGES`] and compiled by MLIR's execution engine
 //! (LLVM's O3 and code generation for the host CPU). It compiles what the LLVM backend compiles:
 //! elementwise chains and attention score functions (row kernels), norms, softmax, reductions
-//! and fused scans over a tile ([`scan`]); not attention's online-softmax step.
+//! the attention kernel's online-softmax step and fused scans over a tile ([`scan`]).
 //!
 //! The kernels keep the executor's raw-pointer ABIs ([`crate::cpu::cranelift::RowFn`],
 //! [`crate::cpu::codegen::NormFn`], [`crate::cpu::codegen::SoftmaxFn`]): each is a `func.func`
@@ -197,6 +197,10 @@ impl Codegen for Mlir {
 
     fn softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::softmax(TextKernels::NAME))))
+    }
+
+    fn online_softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(Some(self.kernels.declare(emit::online_softmax(TextKernels::NAME))))
     }
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
