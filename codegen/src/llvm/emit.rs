@@ -184,6 +184,7 @@ define internal float @tsr_erff(float %x) #1 {{
         "
 attributes #0 = {{ nounwind \"target-cpu\"=\"{cpu}\" \"target-features\"=\"{features}\" }}
 attributes #1 = {{ alwaysinline nounwind \"target-cpu\"=\"{cpu}\" \"target-features\"=\"{features}\" }}
+attributes #2 = {{ nounwind \"target-cpu\"=\"{cpu}\" \"target-features\"=\"{features}\" \"prefer-vector-width\"=\"512\" }}
 "
     );
     s

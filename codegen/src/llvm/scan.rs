@@ -6,7 +6,10 @@
 //! between two reductions) is one loop over the tile's elements whose values stay in
 //! registers; sliced operands are read where they lie. The loops' accesses are marked
 //! parallel (each iteration touches element `e` of each slot only), so LLVM vectorizes them
-//! without checking that the slots overlap.
+//! without checking that the slots overlap. The kernel prefers 512-bit vectors where the CPU
+//! has them (`prefer-vector-width`; LLVM otherwise keeps to 256 bits): a run along the last
+//! axis is often short (Mamba's state rows are 16 wide), and one vector per run halves the
+//! loop's overhead.
 //!
 //! Semantics are those of the executor's `eval` (f32, the `cpu/vmath.rs` forms of exp, the
 //! logistic function, tanh, SiLU and both GELUs; the interpreter's definition of the others).
@@ -279,7 +282,7 @@ pub fn scan_tile(name: &str, f: &FusedScan, t: &TileLayout) -> Result<String, St
     b.label("exit");
     b.line("ret void");
     Ok(format!(
-        "define void @{name}(ptr noalias %slots, i64 %n, i64 %inner, i64 %len, i64 %reverse, i64 %nseg, ptr noalias %segs, ptr noalias %ptrs, ptr noalias %offs, ptr noalias %steps, ptr noalias %lasts) #0 {{\nentry:\n{}}}\n{meta}",
+        "define void @{name}(ptr noalias %slots, i64 %n, i64 %inner, i64 %len, i64 %reverse, i64 %nseg, ptr noalias %segs, ptr noalias %ptrs, ptr noalias %offs, ptr noalias %steps, ptr noalias %lasts) #2 {{\nentry:\n{}}}\n{meta}",
         b.text
     ))
 }
