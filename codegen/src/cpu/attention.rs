@@ -2,7 +2,7 @@
 //! with an online softmax, tiles that the mask analysis proves dead are skipped, and the scores
 //! of one tile are the only ones ever stored.
 
-use super::codegen::OnlineSoftmaxFn;
+use super::codegen::{OnlineSoftmaxFn, TileProductFn};
 use super::cranelift::Rows;
 use super::host::{Shared, View};
 use super::tile_gemm::TileProduct;
@@ -30,7 +30,8 @@ pub struct AttentionStats {
 /// online softmax; tiles the mask analysis proves dead are skipped; scores are never stored
 /// beyond one tile. The score function runs as a compiled row kernel over each tile row
 /// (`score`, see [`super::cranelift::Rows`]); the online-softmax step as `online` where the
-/// code generator compiled it, else as [`online_softmax`].
+/// code generator compiled it, else as [`online_softmax`]; the tile products as `product`
+/// where it compiled one, else as [`TileProduct::run`].
 ///
 /// # Safety
 /// f32 q, k, v, out views as `Op::Attention` types them; `extra` are its other operands.
@@ -44,6 +45,7 @@ pub unsafe fn attention(
     f: &ScoreFn,
     score: &Rows,
     online: Option<OnlineSoftmaxFn>,
+    product: Option<TileProductFn>,
 ) -> AttentionStats {
     if out.is_empty() {
         return AttentionStats::default(); // no rows, or no value columns (`ev` = 0)
@@ -151,7 +153,7 @@ pub unsafe fn attention(
                 }
             } else {
                 let qk = TileProduct { m: rows, n, k: e, alpha, accumulate: false };
-                unsafe { qk.run(q_tile.as_ptr(), e, k_t[(ok[bi] * t + j0) * e..].as_ptr(), n, sp.as_mut_ptr(), n) };
+                unsafe { qk.run_with(product, q_tile.as_ptr(), e, k_t[(ok[bi] * t + j0) * e..].as_ptr(), n, sp.as_mut_ptr(), n) };
             }
             // The score function, row by row, unless the scale was all it does here.
             for row in (0..rows).filter(|_| scale_only.is_none()) {
@@ -175,7 +177,7 @@ pub unsafe fn attention(
             }
             // acc += P V.
             let pv = TileProduct { m: rows, n: ev, k: n, alpha: 1.0, accumulate: true };
-            unsafe { pv.run(sp.as_ptr(), n, v_tile.as_ptr(), ev, acc.as_mut_ptr(), ev) };
+            unsafe { pv.run_with(product, sp.as_ptr(), n, v_tile.as_ptr(), ev, acc.as_mut_ptr(), ev) };
         }
         // A row whose every key is masked gets, as from a softmax over equal masked scores,
         // the mean of the values (only padding rows, in practice).

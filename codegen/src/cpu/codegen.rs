@@ -39,6 +39,11 @@ pub type ScanTileFn =
 /// accumulators `acc` (`rows × ev` f32) are rescaled where a maximum grew.
 pub type OnlineSoftmaxFn = unsafe extern "C" fn(*mut f32, i64, i64, *mut f32, *mut f64, *mut f32, i64);
 
+/// The attention kernel's tile product (see [`super::tile_gemm::TileProduct`]): `(m, n, k, α,
+/// accumulate, a, lda, b, ldb, c, ldc)`, `C[m×n] = α·A·B` or, where `accumulate` is not 0,
+/// `C += A·B`; leading dimensions in elements.
+pub type TileProductFn = unsafe extern "C" fn(i64, i64, i64, f32, i32, *const f32, i64, *const f32, i64, *mut f32, i64);
+
 /// A reduction of rows: `(out, x, rows, n)`, f32, `out[r]` from the `n` contiguous elements of
 /// row `r`.
 pub type ReduceFn = unsafe extern "C" fn(*mut f32, *const f32, i64, i64);
@@ -117,6 +122,12 @@ pub trait Codegen: Send {
     /// Declares the attention kernel's online-softmax step ([`OnlineSoftmaxFn`]) where the
     /// backend compiles one.
     fn online_softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
+        Ok(None)
+    }
+
+    /// Declares the attention kernel's tile product ([`TileProductFn`]) where the backend
+    /// compiles one.
+    fn tile_product(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(None)
     }
 

@@ -2,7 +2,7 @@
 //! arena; a buffer's slot is reused once its last reader has run), and the executor.
 
 use super::attention;
-use super::codegen::{Codegen, NormFn, OnlineSoftmaxFn, ReduceFn, ScanTileFn, SoftmaxFn, Sym};
+use super::codegen::{Codegen, NormFn, OnlineSoftmaxFn, ReduceFn, ScanTileFn, SoftmaxFn, Sym, TileProductFn};
 use super::cranelift::{Jit, RowFn, Rows};
 use super::fourier;
 use super::host::{self, View};
@@ -124,8 +124,8 @@ unsafe fn to_tensor_into(v: &View, old: Option<Tensor>) -> Tensor {
 enum Native {
     /// Elementwise chains.
     Rows(Rows),
-    /// Attention: its score rows, and its online-softmax step where compiled.
-    Attention(Rows, Option<OnlineSoftmaxFn>),
+    /// Attention: its score rows, and its online-softmax step and tile product where compiled.
+    Attention(Rows, Option<OnlineSoftmaxFn>, Option<TileProductFn>),
     /// A norm over the last axis.
     Norm(NormFn),
     /// A softmax over the last axis.
@@ -150,7 +150,7 @@ impl Executable {
             _ => (program, Vec::new()),
         };
         enum Declared {
-            Rows(Sym, Option<(Sym, Vec<i64>)>, Option<Option<Sym>>),
+            Rows(Sym, Option<(Sym, Vec<i64>)>, Option<(Option<Sym>, Option<Sym>)>),
             Norm(Sym),
             Softmax(Sym),
             Reduce(Sym),
@@ -202,7 +202,7 @@ impl Executable {
             let (scalar, simd) = jit.rows(f, &types, out_ty, steps.as_deref())?;
             // An attention step's online softmax, where the code generator compiles one.
             let online = match &s.kernel {
-                Kernel::Op(tessera_ir::Op::Attention(_)) => Some(jit.online_softmax()?),
+                Kernel::Op(tessera_ir::Op::Attention(_)) => Some((jit.online_softmax()?, jit.tile_product()?)),
                 _ => None,
             };
             ids.push(Some(Declared::Rows(scalar, simd.zip(steps), online)));
@@ -224,10 +224,14 @@ impl Executable {
                     };
                     Some(match online {
                         None => Native::Rows(rows),
-                        Some(o) => Native::Attention(
+                        Some((o, p)) => Native::Attention(
                             rows,
                             match o {
                                 Some(o) => Some(unsafe { std::mem::transmute::<*const u8, OnlineSoftmaxFn>(fn_at(o)?) }),
+                                None => None,
+                            },
+                            match p {
+                                Some(p) => Some(unsafe { std::mem::transmute::<*const u8, TileProductFn>(fn_at(p)?) }),
                                 None => None,
                             },
                         ),
@@ -589,8 +593,8 @@ impl Executable {
                 }
                 (Kernel::Op(tessera_ir::Op::Norm { kind, eps }), _) => host::norm(out, &ins[0], *kind, *eps, ins.get(1), ins.get(2)),
                 (Kernel::Op(tessera_ir::Op::Softmax { axis }), _) => host::softmax(out, &ins[0], *axis),
-                (Kernel::Op(tessera_ir::Op::Attention(f)), Some(Native::Attention(score, online))) => {
-                    let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score, *online);
+                (Kernel::Op(tessera_ir::Op::Attention(f)), Some(Native::Attention(score, online, product))) => {
+                    let a = attention::attention(out, &ins[0], &ins[1], &ins[2], &ins[3..], f, score, *online, *product);
                     stats.attention.tiles += a.tiles;
                     stats.attention.skipped += a.skipped;
                 }

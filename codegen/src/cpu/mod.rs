@@ -14,7 +14,7 @@ pub mod host;
 mod route;
 mod scan;
 mod scan_chunked;
-mod tile_gemm;
+pub(crate) mod tile_gemm;
 pub mod ukernel;
 mod vmath;
 

@@ -34,6 +34,30 @@ impl TileProduct {
         unsafe { self.scalar(a, lda, b, ldb, c, ldc, 0, 0) }
     }
 
+    /// As [`TileProduct::run`], by `compiled` where the code generator made one.
+    ///
+    /// # Safety
+    /// As [`TileProduct::run`]; `compiled` computes [`super::codegen::TileProductFn`]'s product.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_with(
+        &self,
+        compiled: Option<super::codegen::TileProductFn>,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        match compiled {
+            #[rustfmt::skip]
+            Some(f) => unsafe {
+                f(self.m as i64, self.n as i64, self.k as i64, self.alpha, i32::from(self.accumulate), a, lda as i64, b, ldb as i64, c, ldc as i64)
+            },
+            None => unsafe { self.run(a, lda, b, ldb, c, ldc) },
+        }
+    }
+
     /// The plain loops, over rows `row0..` and columns `col0..` (what the vector version
     /// leaves over, or everything).
     ///
@@ -125,41 +149,47 @@ mod avx2 {
     }
 }
 
+/// Checks the product of `compiled` (or [`TileProduct::run`]) at `m × n × k`, with leading
+/// dimensions wider than the operands, against sums in f64; panics on a difference.
 #[cfg(test)]
-mod tests {
-    use super::TileProduct;
-
-    fn check(m: usize, n: usize, k: usize, accumulate: bool) {
-        let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
-        let a: Vec<f32> = (0..m * lda).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25).collect();
-        let b: Vec<f32> = (0..k * ldb).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
-        let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
-        let p = TileProduct { m, n, k, alpha: if accumulate { 1.0 } else { 0.5 }, accumulate };
-        let mut fast = c0.clone();
-        unsafe { p.run(a.as_ptr(), lda, b.as_ptr(), ldb, fast.as_mut_ptr(), ldc) };
-        for i in 0..m {
-            for j in 0..ldc {
-                let want = if j >= n {
-                    f64::from(c0[i * ldc + j])
+pub(crate) fn check_product(compiled: Option<super::codegen::TileProductFn>, (m, n, k): (usize, usize, usize), accumulate: bool) {
+    let (lda, ldb, ldc) = (k + 3, n + 5, n + 1);
+    let a: Vec<f32> = (0..m * lda).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25).collect();
+    let b: Vec<f32> = (0..k * ldb).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5).collect();
+    let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 3) as f32).collect();
+    let p = TileProduct { m, n, k, alpha: if accumulate { 1.0 } else { 0.5 }, accumulate };
+    let mut fast = c0.clone();
+    unsafe { p.run_with(compiled, a.as_ptr(), lda, b.as_ptr(), ldb, fast.as_mut_ptr(), ldc) };
+    for i in 0..m {
+        for j in 0..ldc {
+            let want = if j >= n {
+                f64::from(c0[i * ldc + j])
+            } else {
+                let s: f64 = (0..k).map(|q| f64::from(a[i * lda + q]) * f64::from(b[q * ldb + j])).sum();
+                if accumulate {
+                    f64::from(c0[i * ldc + j]) + s
                 } else {
-                    let s: f64 = (0..k).map(|q| f64::from(a[i * lda + q]) * f64::from(b[q * ldb + j])).sum();
-                    if accumulate {
-                        f64::from(c0[i * ldc + j]) + s
-                    } else {
-                        0.5 * s
-                    }
-                };
-                let got = f64::from(fast[i * ldc + j]);
-                assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{m}×{n}×{k} at ({i}, {j}): {got} vs {want}");
-            }
+                    0.5 * s
+                }
+            };
+            let got = f64::from(fast[i * ldc + j]);
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{m}×{n}×{k} at ({i}, {j}): {got} vs {want}");
         }
     }
+}
 
+/// Sizes of tiles and of odd remainders, for [`check_product`].
+#[cfg(test)]
+pub(crate) const CHECKED_SIZES: [(usize, usize, usize); 9] =
+    [(64, 64, 64), (7, 37, 5), (1, 16, 1), (5, 15, 9), (3, 48, 64), (64, 3, 2), (0, 8, 3), (13, 70, 17), (6, 0, 4)];
+
+#[cfg(test)]
+mod tests {
     #[test]
     fn products_of_odd_and_tile_sizes_match_f64_sums() {
-        for (m, n, k) in [(64, 64, 64), (7, 37, 5), (1, 16, 1), (5, 15, 9), (3, 48, 64), (64, 3, 2), (0, 8, 3)] {
-            check(m, n, k, false);
-            check(m, n, k, true);
+        for size in super::CHECKED_SIZES {
+            super::check_product(None, size, false);
+            super::check_product(None, size, true);
         }
     }
 }

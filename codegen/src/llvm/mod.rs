@@ -3,15 +3,16 @@
 //! features, so AVX2 or AVX-512 where present) and compiled by MCJIT. It compiles what the
 //! Cranelift backend compiles (elementwise chains and attention score functions, as whole
 //! vectorized row loops) and also the kernels Cranelift leaves to Rust: norms, softmax,
-//! reductions, the attention kernel's online-softmax step and fused scans over a tile, every
-//! position ([`scan`]). Everything else (GEMMs, attention's tile products and loop over tiles,
-//! the split of a scan into tiles) is the CPU executor's.
+//! reductions, the attention kernel's online-softmax step and tile products ([`tile`]) and
+//! fused scans over a tile, every position ([`scan`]). Everything else (GEMMs, attention's loop
+//! over tiles, the split of a scan into tiles) is the CPU executor's.
 //!
 //! Identical kernels (one per layer) are emitted once ([`TextKernels`]).
 
 mod emit;
 pub mod gemm;
 mod scan;
+mod tile;
 
 use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
@@ -173,6 +174,11 @@ impl Codegen for Llvm {
 
     fn online_softmax(&mut self) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::online_softmax(TextKernels::NAME))))
+    }
+
+    fn tile_product(&mut self) -> Result<Option<Sym>, CodegenError> {
+        let (w, nv) = tile::shape(&host().1);
+        Ok(Some(self.kernels.declare(tile::tile_product(TextKernels::NAME, w, nv))))
     }
 
     fn scan_tile(&mut self, f: &crate::scan::FusedScan, s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
