@@ -1,9 +1,10 @@
 //! The MLIR backend (feature `mlir`): the CPU executor's kernels as one MLIR module of `linalg`,
-//! `scf`, `arith`, `math` and `memref` ops, written as text ([`emit`]), parsed by melior, lowered
+//! `scf`, `vector`, `arith`, `math` and `memref` ops, written as text ([`emit`]), parsed by melior, lowered
 //! to the LLVM dialect by the pass pipeline [`STAGES`] and compiled by MLIR's execution engine
 //! (LLVM's O3 and code generation for the host CPU). It compiles what the LLVM backend compiles:
 //! elementwise chains and attention score functions (row kernels), norms, softmax, reductions
-//! the attention kernel's online-softmax step and fused scans over a tile ([`scan`]).
+//! the attention kernel's online-softmax step and tile products ([`tile`]) and fused scans over
+//! a tile ([`scan`]).
 //!
 //! The kernels keep the executor's raw-pointer ABIs ([`crate::cpu::cranelift::RowFn`],
 //! [`crate::cpu::codegen::NormFn`], [`crate::cpu::codegen::SoftmaxFn`]): each is a `func.func`
@@ -16,6 +17,7 @@
 
 mod emit;
 mod scan;
+mod tile;
 
 use crate::cpu::codegen::{tsr_binary, tsr_gather, tsr_unary, Codegen, Sym, TextKernels};
 use crate::error::CodegenError;
@@ -35,6 +37,8 @@ pub const STAGES: &[&str] = &[
     // linalg.generic → scf.for loops of memref loads and stores.
     "convert-linalg-to-loops",
     "convert-scf-to-cf",
+    // vector.load / maskedload / fma / create_mask (the tile products) → LLVM vector ops.
+    "convert-vector-to-llvm",
     // memref.subview → reinterpret_cast with offsets computed by affine.apply …
     "expand-strided-metadata",
     // … which become arith.
@@ -205,6 +209,11 @@ impl Codegen for Mlir {
 
     fn reduce(&mut self, op: ReduceOp) -> Result<Option<Sym>, CodegenError> {
         Ok(Some(self.kernels.declare(emit::reduce(TextKernels::NAME, op))))
+    }
+
+    fn tile_product(&mut self) -> Result<Option<Sym>, CodegenError> {
+        let (w, nv) = tile::shape();
+        Ok(Some(self.kernels.declare(tile::tile_product(TextKernels::NAME, w, nv))))
     }
 
     fn scan_tile(&mut self, f: &crate::scan::FusedScan, s: &tessera_ir::Scan) -> Result<Option<Sym>, CodegenError> {
