@@ -16,7 +16,7 @@ Workloads:
   the std::arch micro-kernel (`TESSERA_GEMM=rust`: the default build), and LLVM with OpenBLAS
   (`TESSERA_GEMM=openblas`);
 - the kernels of loops: causal attention (bench/attention.tsr, 12 heads of 64, seq 1024: score
-  rows and the online softmax compiled) and Mamba prefill 512 (stdlib/mamba.tsr at its
+  rows, the online softmax and the tile products compiled) and Mamba prefill 512 (stdlib/mamba.tsr at its
   defaults, 24 layers: the fused scan compiled per tile), each kernel kind's own time per
   backend;
 - compile time of GPT-2 small for each backend (Tessera's `compile:` line: passes, scheduling
@@ -167,8 +167,9 @@ def main() -> None:
                      f"{e.get('ms', 0):.1f} | {c.get('ms', 0):.1f} | {ratio(c, best)} |")
     lines += [
         "",
-        "Kernels of loops: attention (the executor's loop over tiles and tile products; score rows compiled by every",
-        "backend, the online-softmax step by LLVM and MLIR) and Mamba's fused scan (compiled whole per tile, every",
+        "Kernels of loops: attention (the executor's loop over tiles; score rows compiled by every backend, the",
+        "online-softmax step and the tile products by LLVM and MLIR, Cranelift's products by the Rust AVX-512/AVX2",
+        "kernel) and Mamba's fused scan (compiled whole per tile, every",
         "position, by LLVM and MLIR; Cranelift runs the executor's Rust kernel). ms: the kernel kind's own time (and the",
         "whole run's):",
         "",

@@ -291,8 +291,8 @@ fn check_with(compiled: Option<super::codegen::TileProductFn>, rust: Option<Kern
 
 /// Sizes of tiles and of odd remainders, for [`check_product`].
 #[cfg(test)]
-pub(crate) const CHECKED_SIZES: [(usize, usize, usize); 9] =
-    [(64, 64, 64), (7, 37, 5), (1, 16, 1), (5, 15, 9), (3, 48, 64), (64, 3, 2), (0, 8, 3), (13, 70, 17), (6, 0, 4)];
+pub(crate) const CHECKED_SIZES: [(usize, usize, usize); 10] =
+    [(64, 64, 64), (7, 37, 5), (1, 16, 1), (5, 15, 9), (3, 48, 64), (64, 3, 2), (0, 8, 3), (13, 70, 17), (6, 0, 4), (4, 20, 0)];
 
 #[cfg(test)]
 mod tests {
