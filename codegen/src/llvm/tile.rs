@@ -96,6 +96,9 @@ fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool) -> String {
             let _ = writeln!(s, "  {dst} = load {v}, ptr {p}, align 4");
         }
     };
+    // A masked vector may start past the operand's end (all its lanes off): its address is
+    // not `inbounds`.
+    let inb = if masked { "" } else { "inbounds " };
     let mut s = format!(
         "define internal fastcc void @{name}.{tag}{rows}(i64 %k, float %alpha, i1 %acc, ptr noalias %a, i64 %lda, ptr noalias %b, i64 %ldb, ptr noalias %c, i64 %ldc{mask_params}) #2 {{\nentry:\n"
     );
@@ -111,7 +114,7 @@ fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool) -> String {
     }
     let _ = writeln!(s, "  %bo = mul i64 %p, %ldb\n  %br = getelementptr inbounds float, ptr %b, i64 %bo");
     for q in 0..nv {
-        let _ = writeln!(s, "  %bp{q} = getelementptr inbounds float, ptr %br, i64 {}", q * w);
+        let _ = writeln!(s, "  %bp{q} = getelementptr {inb}float, ptr %br, i64 {}", q * w);
         load(&mut s, &format!("%b{q}"), &format!("%bp{q}"), q);
     }
     for i in 0..rows {
@@ -133,7 +136,7 @@ fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool) -> String {
     for i in 0..rows {
         let _ = writeln!(s, "  %co{i} = mul i64 %ldc, {i}\n  %cr{i} = getelementptr inbounds float, ptr %c, i64 %co{i}");
         for q in 0..nv {
-            let _ = writeln!(s, "  %cp{i}.{q} = getelementptr inbounds float, ptr %cr{i}, i64 {}", q * w);
+            let _ = writeln!(s, "  %cp{i}.{q} = getelementptr {inb}float, ptr %cr{i}, i64 {}", q * w);
         }
     }
     let _ = writeln!(s, "  br i1 %acc, label %add, label %scale\nadd:");

@@ -62,7 +62,9 @@ pub fn tile_product(name: &str, w: usize, nv: usize) -> String {
         let off = idx(&mut b, (q * w) as i64);
         let rem = b.let_(format!("arith.subi {nc}, {off} : index"));
         masks.push(b.let_(format!("vector.create_mask {rem} : vector<{w}xi1>")));
-        cols.push(b.let_(format!("arith.addi {jb}, {off} : index")));
+        // A vector past the last column (all its lanes off) starts at the end instead.
+        let col = b.let_(format!("arith.addi {jb}, {off} : index"));
+        cols.push(b.let_(format!("arith.minui {col}, {ni} : index")));
     }
     let either = |b: &mut Body, rows: usize, i: &str| {
         b.open(format!("scf.if {full} {{"));
