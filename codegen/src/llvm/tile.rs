@@ -6,6 +6,7 @@
 //! do not fill one, a block of fewer rows. (The `std::arch` kernel of
 //! `crate::cpu::tile_gemm` is the same loop nest for AVX2 only.)
 
+use crate::cpu::codegen::TextKernels;
 use std::fmt::Write;
 
 /// Rows of C per block.
@@ -28,10 +29,14 @@ pub fn shape(features: &str) -> (usize, usize) {
 /// declares the intrinsics it calls where it reads them.)
 pub fn tile_product(name: &str, w: usize, nv: usize) -> String {
     let mut s = String::new();
-    for masked in [false, true] {
-        for rows in 1..=MR {
-            s.push_str(&block(name, w, nv, rows, masked));
-        }
+    // The k loops are not unrolled: their bodies are already 4 to 24 FMAs, and unrolled
+    // copies of twelve blocks would triple the module's compile time.
+    let md = |i: usize| format!("!{}{i:04}", TextKernels::MD);
+    let mut meta = format!("{} = !{{!\"llvm.loop.unroll.disable\"}}\n", md(0));
+    for (bi, (masked, rows)) in [false, true].into_iter().flat_map(|m| (1..=MR).map(move |r| (m, r))).enumerate() {
+        let id = md(bi + 1);
+        s.push_str(&block(name, w, nv, rows, masked, &id));
+        meta.push_str(&format!("{id} = distinct !{{{id}, {}}}\n", md(0)));
     }
     let nb = w * nv;
     let lanes = (0..w).map(|l| format!("i32 {l}")).collect::<Vec<_>>().join(", ");
@@ -79,12 +84,13 @@ pub fn tile_product(name: &str, w: usize, nv: usize) -> String {
     let _ = writeln!(d, "cols.next:\n  %jbn = add nuw nsw i64 %jb, {nb}\n  %cmore = icmp slt i64 %jbn, %n");
     let _ = writeln!(d, "  br i1 %cmore, label %cols, label %exit\nexit:\n  ret void\n}}");
     s.push_str(&d);
+    s.push_str(&meta);
     s
 }
 
 /// One block of `rows` rows and `nv` vectors, its accumulators in registers over `k`; with
 /// `masked`, B and C are read and written under the masks given.
-fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool) -> String {
+fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool, loop_md: &str) -> String {
     let v = format!("<{w} x float>");
     let (tag, mask_params) =
         if masked { ("m", (0..nv).map(|q| format!(", <{w} x i1> %mask{q}")).collect::<String>()) } else { ("f", String::new()) };
@@ -125,7 +131,10 @@ fn block(name: &str, w: usize, nv: usize, rows: usize, masked: bool) -> String {
             let _ = writeln!(s, "  %nacc{i}.{q} = call {v} @llvm.fma.v{w}f32({v} %as{i}, {v} %b{q}, {v} %acc{i}.{q})");
         }
     }
-    let _ = writeln!(s, "  %pn = add nuw nsw i64 %p, 1\n  %pm = icmp slt i64 %pn, %k\n  br i1 %pm, label %loop, label %done\ndone:");
+    let _ = writeln!(
+        s,
+        "  %pn = add nuw nsw i64 %p, 1\n  %pm = icmp slt i64 %pn, %k\n  br i1 %pm, label %loop, label %done, !llvm.loop {loop_md}\ndone:"
+    );
     for i in 0..rows {
         for q in 0..nv {
             let _ = writeln!(s, "  %r{i}.{q} = phi {v} [ zeroinitializer, %entry ], [ %nacc{i}.{q}, %loop ]");
@@ -181,7 +190,8 @@ mod tests {
     fn compiled_tile_products_match_f64_sums_for_each_vector_width() -> Result<(), crate::error::CodegenError> {
         let (cpu, features) = super::super::host();
         for (w, nv) in [(16, 4), (8, 2), (4, 2)] {
-            let text = format!("{}\n{}", super::super::emit::prelude(&cpu, &features), super::tile_product("tp", w, nv));
+            let text = format!("{}\n{}", super::super::emit::prelude(&cpu, &features), super::tile_product("tp", w, nv))
+                .replace(super::TextKernels::MD, "1");
             let compiled = super::super::compile(&text, &cpu, &features, &["tp".to_string()], None)?;
             // SAFETY: `tp` was compiled with `TileProductFn`'s signature.
             let f = unsafe { std::mem::transmute::<usize, TileProductFn>(compiled.addresses[0]) };
