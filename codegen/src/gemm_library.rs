@@ -31,7 +31,10 @@ pub fn library() -> Library {
         let asked = std::env::var("TESSERA_GEMM").unwrap_or_default();
         match asked.as_str() {
             "crate" => Library::Crate,
-            "openblas" if cfg!(feature = "openblas") => Library::OpenBlas,
+            "openblas" if cfg!(feature = "openblas") => {
+                openblas_check();
+                Library::OpenBlas
+            }
             "llvm" => llvm(true).unwrap_or(Library::Crate),
             "rust" => crate::cpu::ukernel::host().map_or(Library::Crate, Library::Packed),
             _ => llvm(false).or_else(|| crate::cpu::ukernel::host().map(Library::Packed)).unwrap_or(if cfg!(feature = "openblas") {
@@ -41,6 +44,25 @@ pub fn library() -> Library {
             }),
         }
     })
+}
+
+/// Warns where OpenBLAS runs kernels older than the CPU: an OpenBLAS older than the CPU model
+/// (Debian 12's 0.3.21 on an Emerald Rapids Xeon) falls back to its SSE3 `Prescott` kernels,
+/// about a quarter of the speed of its AVX-512 ones, unless `OPENBLAS_CORETYPE` names them.
+fn openblas_check() {
+    #[cfg(all(feature = "openblas", target_arch = "x86_64"))]
+    {
+        let core = crate::cpu::gemm::openblas_core();
+        let old = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge"];
+        if old.contains(&core.as_str()) && std::arch::is_x86_feature_detected!("avx2") {
+            let wide = if std::arch::is_x86_feature_detected!("avx512f") { "SkylakeX" } else { "Haswell" };
+            eprintln!(
+                "warning: TESSERA_GEMM=openblas: OpenBLAS chose its {core} kernels for this CPU, which has AVX2{}; \
+                 its GEMMs will be several times slower than they can be: set OPENBLAS_CORETYPE={wide}",
+                if wide == "SkylakeX" { " and AVX-512" } else { "" }
+            );
+        }
+    }
 }
 
 /// The packed GEMM with LLVM's micro-kernel, where this build and this CPU have one; a

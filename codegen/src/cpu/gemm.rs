@@ -43,6 +43,20 @@ unsafe extern "C" {
         c: *mut f32,
         ldc: i32,
     );
+    /// The name of the kernels OpenBLAS chose for this CPU (`Haswell`, `SkylakeX`, …).
+    fn openblas_get_corename() -> *const std::ffi::c_char;
+}
+
+/// The kernels OpenBLAS chose for this CPU, by OpenBLAS's name for them.
+#[cfg(feature = "openblas")]
+pub fn openblas_core() -> String {
+    // SAFETY: OpenBLAS returns a static NUL-terminated string (or null).
+    let name = unsafe { openblas_get_corename() };
+    if name.is_null() {
+        return String::new();
+    }
+    // SAFETY: as above.
+    unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy().into_owned()
 }
 
 /// `C = A·B` (or `A·Bᵀ`) by OpenBLAS, row-major, `C` overwritten.
