@@ -331,31 +331,14 @@ fn nodes(
             SNode::Const(c) => b.f64(*c),
             SNode::Unary(u, a) => {
                 let a = get(a)?;
-                match u {
-                    UnaryOp::Neg => b.let_(format!("arith.negf {a} : f64")),
-                    UnaryOp::Abs => b.let_(format!("math.absf {a} : f64")),
-                    UnaryOp::Sqrt => b.let_(format!("math.sqrt {a} : f64")),
-                    UnaryOp::Rsqrt => {
-                        let r = b.let_(format!("math.sqrt {a} : f64"));
-                        let one = b.f64(1.0);
-                        b.bin("arith.divf", &one, &r, "f64")
-                    }
-                    UnaryOp::Relu => {
-                        let zero = b.f64(0.0);
-                        let c = b.cmpf("olt", &a, &zero, "f64");
-                        b.select(&c, &zero, &a, "f64")
-                    }
-                    UnaryOp::Not => {
-                        let zero = b.f64(0.0);
-                        let c = b.cmpf("oeq", &a, &zero, "f64");
-                        b.bool_f64(&c)
-                    }
-                    _ if *ty == DType::F32 && has_f32_form(*u) => {
+                match plain_unary(b, *u, &a, "f64") {
+                    Some(y) => y,
+                    None if *ty == DType::F32 && has_f32_form(*u) => {
                         let s = b.let_(format!("arith.truncf {a} : f64 to f32"));
                         let y = unary_f32(b, *u, &s).unwrap_or(s);
                         b.let_(format!("arith.extf {y} : f32 to f64"))
                     }
-                    _ => {
+                    None => {
                         let code = UNARY_OPS.iter().position(|(o, _)| o == u).map_or(-1, |c| c as i64);
                         let code = b.i64(code);
                         b.let_(format!("func.call @tsr_unary({code}, {a}) : (i64, f64) -> f64"))
@@ -365,16 +348,8 @@ fn nodes(
             SNode::Binary(op, x, y) => {
                 let int = f.nodes.get(*x as usize).map(|n| n.1) == Some(DType::I64);
                 let (p, q) = (get(x)?, get(y)?);
-                let cmp = |b: &mut Body, cc: &str| {
-                    let c = b.cmpf(cc, &p, &q, "f64");
-                    b.bool_f64(&c)
-                };
                 match op {
-                    BinaryOp::Add => b.bin("arith.addf", &p, &q, "f64"),
-                    BinaryOp::Sub => b.bin("arith.subf", &p, &q, "f64"),
-                    BinaryOp::Mul => b.bin("arith.mulf", &p, &q, "f64"),
-                    BinaryOp::Div if !int => b.bin("arith.divf", &p, &q, "f64"),
-                    BinaryOp::Div => {
+                    BinaryOp::Div if int => {
                         let d = b.bin("arith.divf", &p, &q, "f64");
                         b.let_(format!("math.floor {d} : f64"))
                     }
@@ -384,25 +359,12 @@ fn nodes(
                         let m = b.bin("arith.mulf", &q, &fl, "f64");
                         b.bin("arith.subf", &p, &m, "f64")
                     }
-                    BinaryOp::Max => b.bin("arith.maximumf", &p, &q, "f64"),
-                    BinaryOp::Min => b.bin("arith.minimumf", &p, &q, "f64"),
-                    BinaryOp::Eq => cmp(b, "oeq"),
-                    BinaryOp::Ne => cmp(b, "une"),
-                    BinaryOp::Lt => cmp(b, "olt"),
-                    BinaryOp::Le => cmp(b, "ole"),
-                    BinaryOp::Gt => cmp(b, "ogt"),
-                    BinaryOp::Ge => cmp(b, "oge"),
-                    BinaryOp::And | BinaryOp::Or => {
-                        let zero = b.f64(0.0);
-                        let (c1, c2) = (b.cmpf("une", &p, &zero, "f64"), b.cmpf("une", &q, &zero, "f64"));
-                        let c = b.bin(if *op == BinaryOp::And { "arith.andi" } else { "arith.ori" }, &c1, &c2, "i1");
-                        b.bool_f64(&c)
-                    }
                     BinaryOp::Pow => {
                         let code = BINARY_OPS.iter().position(|(o, _)| o == op).map_or(-1, |c| c as i64);
                         let (code, int) = (b.i64(code), b.i64(i64::from(int)));
                         b.let_(format!("func.call @tsr_binary({code}, {p}, {q}, {int}) : (i64, f64, f64, i64) -> f64"))
                     }
+                    _ => plain_binary(b, *op, &p, &q, "f64").ok_or_else(|| format!("no MLIR lowering of {op:?}"))?,
                 }
             }
             SNode::Where(c, x, y) => {
@@ -537,6 +499,73 @@ pub fn row(name: &str, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Opt
         "  func.func @{name}(%out: !llvm.ptr {{llvm.noalias}}, %len: i64, %ins: !llvm.ptr, %steps: !llvm.ptr, %vars: !llvm.ptr, %tables: !llvm.ptr, %lens: !llvm.ptr) {{\n{}  }}\n",
         b.text
     ))
+}
+
+/// A zero of float type `ty` (`f32` or `f64`).
+fn zero(b: &mut Body, ty: &str) -> String {
+    if ty == "f64" {
+        b.f64(0.0)
+    } else {
+        b.f32(0.0)
+    }
+}
+
+/// `u` of `x` of float type `ty` (`f32` or `f64`) where it is one op or a few, as the
+/// interpreter computes it; `None` for the transcendental ones, which each caller lowers its
+/// own way (row kernels in f64, scan bodies in f32).
+pub(super) fn plain_unary(b: &mut Body, u: UnaryOp, x: &str, ty: &str) -> Option<String> {
+    Some(match u {
+        UnaryOp::Neg => b.let_(format!("arith.negf {x} : {ty}")),
+        UnaryOp::Abs => b.let_(format!("math.absf {x} : {ty}")),
+        UnaryOp::Sqrt => b.let_(format!("math.sqrt {x} : {ty}")),
+        UnaryOp::Rsqrt => {
+            let r = b.let_(format!("math.sqrt {x} : {ty}"));
+            let one = if ty == "f64" { b.f64(1.0) } else { b.f32(1.0) };
+            b.bin("arith.divf", &one, &r, ty)
+        }
+        UnaryOp::Relu => {
+            let zero = zero(b, ty);
+            let c = b.cmpf("olt", x, &zero, ty);
+            b.select(&c, &zero, x, ty)
+        }
+        UnaryOp::Not => {
+            let zero = zero(b, ty);
+            let c = b.cmpf("oeq", x, &zero, ty);
+            b.let_(format!("arith.uitofp {c} : i1 to {ty}"))
+        }
+        _ => return None,
+    })
+}
+
+/// `op` of the float values `x` and `y` of type `ty` where it is arithmetic, a comparison or a
+/// logical op (1 or 0); `None` for `Rem` and `Pow`, and the caller's to treat a division of
+/// integers apart.
+pub(super) fn plain_binary(b: &mut Body, op: BinaryOp, x: &str, y: &str, ty: &str) -> Option<String> {
+    let cmp = |b: &mut Body, cc: &str| {
+        let c = b.cmpf(cc, x, y, ty);
+        b.let_(format!("arith.uitofp {c} : i1 to {ty}"))
+    };
+    Some(match op {
+        BinaryOp::Add => b.bin("arith.addf", x, y, ty),
+        BinaryOp::Sub => b.bin("arith.subf", x, y, ty),
+        BinaryOp::Mul => b.bin("arith.mulf", x, y, ty),
+        BinaryOp::Div => b.bin("arith.divf", x, y, ty),
+        BinaryOp::Max => b.bin("arith.maximumf", x, y, ty),
+        BinaryOp::Min => b.bin("arith.minimumf", x, y, ty),
+        BinaryOp::Eq => cmp(b, "oeq"),
+        BinaryOp::Ne => cmp(b, "une"),
+        BinaryOp::Lt => cmp(b, "olt"),
+        BinaryOp::Le => cmp(b, "ole"),
+        BinaryOp::Gt => cmp(b, "ogt"),
+        BinaryOp::Ge => cmp(b, "oge"),
+        BinaryOp::And | BinaryOp::Or => {
+            let zero = zero(b, ty);
+            let (c1, c2) = (b.cmpf("une", x, &zero, ty), b.cmpf("une", y, &zero, ty));
+            let c = b.bin(if op == BinaryOp::And { "arith.andi" } else { "arith.ori" }, &c1, &c2, "i1");
+            b.let_(format!("arith.uitofp {c} : i1 to {ty}"))
+        }
+        BinaryOp::Rem | BinaryOp::Pow => return None,
+    })
 }
 
 /// The type of a row of a `memref<?x?xf32>`.

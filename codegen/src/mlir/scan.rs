@@ -10,7 +10,7 @@
 //! are the executor's `eval` (f32; exp, the logistic function, tanh, SiLU and both GELUs as
 //! `emit.rs`'s f32 forms; the interpreter's definition of the others).
 
-use super::emit::{elem, fptosi_sat, unary_f32, Body};
+use super::emit::{elem, fptosi_sat, plain_binary, plain_unary, unary_f32, Body};
 use crate::scan::{node_operands, FusedScan, Node, Source, TileLayout};
 use tessera_ir::{BinaryOp, DType, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
 
@@ -324,26 +324,9 @@ fn reduce(b: &mut Body, slots: &str, (c0, c1): (&str, &str), bases: &[String], i
 
 /// `u` of the f32 value `x`, as the executor's `eval` computes it.
 fn unary(b: &mut Body, u: UnaryOp, x: &str) -> String {
-    match u {
-        UnaryOp::Neg => b.let_(format!("arith.negf {x} : f32")),
-        UnaryOp::Abs => b.let_(format!("math.absf {x} : f32")),
-        UnaryOp::Sqrt => b.let_(format!("math.sqrt {x} : f32")),
-        UnaryOp::Rsqrt => {
-            let r = b.let_(format!("math.sqrt {x} : f32"));
-            let one = b.f32(1.0);
-            b.bin("arith.divf", &one, &r, "f32")
-        }
-        UnaryOp::Not => {
-            let zero = b.f32(0.0);
-            let c = b.cmpf("oeq", x, &zero, "f32");
-            b.let_(format!("arith.uitofp {c} : i1 to f32"))
-        }
-        UnaryOp::Relu => {
-            let zero = b.f32(0.0);
-            let c = b.cmpf("olt", x, &zero, "f32");
-            b.select(&c, &zero, x, "f32")
-        }
-        _ => match unary_f32(b, u, x) {
+    match plain_unary(b, u, x, "f32") {
+        Some(y) => y,
+        None => match unary_f32(b, u, x) {
             Some(y) => y,
             None => {
                 let code = UNARY_OPS.iter().position(|(o, _)| *o == u).map_or(-1, |c| c as i64);
@@ -358,30 +341,10 @@ fn unary(b: &mut Body, u: UnaryOp, x: &str) -> String {
 
 /// `op` of the f32 values `x` and `y`, as the executor's `eval` computes it.
 fn binary(b: &mut Body, op: BinaryOp, x: &str, y: &str) -> String {
-    let cmp = |b: &mut Body, cc: &str| {
-        let c = b.cmpf(cc, x, y, "f32");
-        b.let_(format!("arith.uitofp {c} : i1 to f32"))
-    };
-    match op {
-        BinaryOp::Add => b.bin("arith.addf", x, y, "f32"),
-        BinaryOp::Sub => b.bin("arith.subf", x, y, "f32"),
-        BinaryOp::Mul => b.bin("arith.mulf", x, y, "f32"),
-        BinaryOp::Div => b.bin("arith.divf", x, y, "f32"),
-        BinaryOp::Max => b.bin("arith.maximumf", x, y, "f32"),
-        BinaryOp::Min => b.bin("arith.minimumf", x, y, "f32"),
-        BinaryOp::Eq => cmp(b, "oeq"),
-        BinaryOp::Ne => cmp(b, "une"),
-        BinaryOp::Lt => cmp(b, "olt"),
-        BinaryOp::Le => cmp(b, "ole"),
-        BinaryOp::Gt => cmp(b, "ogt"),
-        BinaryOp::Ge => cmp(b, "oge"),
-        BinaryOp::And | BinaryOp::Or => {
-            let zero = b.f32(0.0);
-            let (c1, c2) = (b.cmpf("une", x, &zero, "f32"), b.cmpf("une", y, &zero, "f32"));
-            let c = b.bin(if op == BinaryOp::And { "arith.andi" } else { "arith.ori" }, &c1, &c2, "i1");
-            b.let_(format!("arith.uitofp {c} : i1 to f32"))
-        }
-        BinaryOp::Rem | BinaryOp::Pow => {
+    match plain_binary(b, op, x, y, "f32") {
+        Some(v) => v,
+        // Rem and Pow: the interpreter's helper, in f64.
+        None => {
             let code = BINARY_OPS.iter().position(|(o, _)| *o == op).map_or(-1, |c| c as i64);
             let (code, int) = (b.i64(code), b.i64(0));
             let (p, q) = (b.let_(format!("arith.extf {x} : f32 to f64")), b.let_(format!("arith.extf {y} : f32 to f64")));
