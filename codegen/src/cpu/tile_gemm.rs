@@ -188,7 +188,7 @@ mod avx2 {
     /// Columns per block: two registers of eight.
     const NR: usize = 16;
 
-    /// Blocks of 4 rows × 16 columns, then blocks of fewer rows, then the columns that do not
+    /// Blocks of 6 rows × 16 columns, then a block of fewer rows, then the columns that do not
     /// fill a block by the scalar loops.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn product(p: &TileProduct, a: *const f32, lda: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
