@@ -281,28 +281,14 @@ fn nodes(
             SNode::Const(c) => b.let_(format!("fadd double {}, 0.0", f64c(*c))),
             SNode::Unary(u, a) => {
                 let a = get(a)?;
-                match u {
-                    UnaryOp::Neg => b.let_(format!("fneg double {a}")),
-                    UnaryOp::Abs => b.let_(format!("call double @llvm.fabs.f64(double {a})")),
-                    UnaryOp::Sqrt => b.let_(format!("call double @llvm.sqrt.f64(double {a})")),
-                    UnaryOp::Rsqrt => {
-                        let r = b.let_(format!("call double @llvm.sqrt.f64(double {a})"));
-                        b.let_(format!("fdiv double 1.0, {r}"))
-                    }
-                    UnaryOp::Relu => {
-                        let c = b.let_(format!("fcmp olt double {a}, 0.0"));
-                        b.let_(format!("select i1 {c}, double 0.0, double {a}"))
-                    }
-                    UnaryOp::Not => {
-                        let c = b.let_(format!("fcmp oeq double {a}, 0.0"));
-                        b.bool_f64(&c)
-                    }
-                    _ if *ty == DType::F32 && has_f32_form(*u) => {
+                match plain_unary(b, *u, &a, "double") {
+                    Some(y) => y,
+                    None if *ty == DType::F32 && has_f32_form(*u) => {
                         let s = b.let_(format!("fptrunc double {a} to float"));
                         let y = unary_f32(b, *u, &s).unwrap_or(s);
                         b.let_(format!("fpext float {y} to double"))
                     }
-                    _ => {
+                    None => {
                         let code = UNARY_OPS.iter().position(|(o, _)| o == u).unwrap_or(usize::MAX);
                         b.let_(format!("call double @tsr_unary(i64 {code}, double {a})"))
                     }
@@ -311,16 +297,8 @@ fn nodes(
             SNode::Binary(op, x, y) => {
                 let int = f.nodes.get(*x as usize).map(|n| n.1) == Some(DType::I64);
                 let (p, q) = (get(x)?, get(y)?);
-                let cmp = |b: &mut Body, cc: &str| {
-                    let c = b.let_(format!("fcmp {cc} double {p}, {q}"));
-                    b.bool_f64(&c)
-                };
                 match op {
-                    BinaryOp::Add => b.let_(format!("fadd double {p}, {q}")),
-                    BinaryOp::Sub => b.let_(format!("fsub double {p}, {q}")),
-                    BinaryOp::Mul => b.let_(format!("fmul double {p}, {q}")),
-                    BinaryOp::Div if !int => b.let_(format!("fdiv double {p}, {q}")),
-                    BinaryOp::Div => {
+                    BinaryOp::Div if int => {
                         let d = b.let_(format!("fdiv double {p}, {q}"));
                         b.let_(format!("call double @llvm.floor.f64(double {d})"))
                     }
@@ -330,23 +308,11 @@ fn nodes(
                         let m = b.let_(format!("fmul double {q}, {fl}"));
                         b.let_(format!("fsub double {p}, {m}"))
                     }
-                    BinaryOp::Max => b.let_(format!("call double @llvm.maximum.f64(double {p}, double {q})")),
-                    BinaryOp::Min => b.let_(format!("call double @llvm.minimum.f64(double {p}, double {q})")),
-                    BinaryOp::Eq => cmp(b, "oeq"),
-                    BinaryOp::Ne => cmp(b, "une"),
-                    BinaryOp::Lt => cmp(b, "olt"),
-                    BinaryOp::Le => cmp(b, "ole"),
-                    BinaryOp::Gt => cmp(b, "ogt"),
-                    BinaryOp::Ge => cmp(b, "oge"),
-                    BinaryOp::And | BinaryOp::Or => {
-                        let (c1, c2) = (b.let_(format!("fcmp une double {p}, 0.0")), b.let_(format!("fcmp une double {q}, 0.0")));
-                        let c = b.let_(format!("{} i1 {c1}, {c2}", if *op == BinaryOp::And { "and" } else { "or" }));
-                        b.bool_f64(&c)
-                    }
                     BinaryOp::Pow => {
                         let code = BINARY_OPS.iter().position(|(o, _)| o == op).unwrap_or(usize::MAX);
                         b.let_(format!("call double @tsr_binary(i64 {code}, double {p}, double {q}, i64 {})", i64::from(int)))
                     }
+                    _ => plain_binary(b, *op, &p, &q, "double").ok_or_else(|| format!("no LLVM lowering of {op:?}"))?,
                 }
             }
             SNode::Where(c, x, y) => {
@@ -381,7 +347,73 @@ fn nodes(
 }
 
 /// The LLVM type of an element.
-fn elem(ty: DType) -> &'static str {
+/// The intrinsics' suffix of the float type `ty` (`float` or `double`).
+fn suffix(ty: &str) -> &'static str {
+    if ty == "double" {
+        "f64"
+    } else {
+        "f32"
+    }
+}
+
+/// `u` of `x` of float type `ty` (`float` or `double`) where it is one instruction or a few,
+/// as the interpreter computes it; `None` for the transcendental ones, which each caller
+/// lowers its own way (row kernels in f64, scan bodies in f32).
+pub(super) fn plain_unary(b: &mut Body, u: UnaryOp, x: &str, ty: &str) -> Option<String> {
+    let sx = suffix(ty);
+    Some(match u {
+        UnaryOp::Neg => b.let_(format!("fneg {ty} {x}")),
+        UnaryOp::Abs => b.let_(format!("call {ty} @llvm.fabs.{sx}({ty} {x})")),
+        UnaryOp::Sqrt => b.let_(format!("call {ty} @llvm.sqrt.{sx}({ty} {x})")),
+        UnaryOp::Rsqrt => {
+            let r = b.let_(format!("call {ty} @llvm.sqrt.{sx}({ty} {x})"));
+            b.let_(format!("fdiv {ty} 1.0, {r}"))
+        }
+        UnaryOp::Relu => {
+            let c = b.let_(format!("fcmp olt {ty} {x}, 0.0"));
+            b.let_(format!("select i1 {c}, {ty} 0.0, {ty} {x}"))
+        }
+        UnaryOp::Not => {
+            let c = b.let_(format!("fcmp oeq {ty} {x}, 0.0"));
+            b.let_(format!("uitofp i1 {c} to {ty}"))
+        }
+        _ => return None,
+    })
+}
+
+/// `op` of the float values `x` and `y` of type `ty` where it is arithmetic, a comparison or a
+/// logical op (1 or 0); `None` for `Rem` and `Pow`, and the caller's to treat a division of
+/// integers apart.
+pub(super) fn plain_binary(b: &mut Body, op: BinaryOp, x: &str, y: &str, ty: &str) -> Option<String> {
+    let sx = suffix(ty);
+    let cmp = |b: &mut Body, cc: &str| {
+        let c = b.let_(format!("fcmp {cc} {ty} {x}, {y}"));
+        b.let_(format!("uitofp i1 {c} to {ty}"))
+    };
+    Some(match op {
+        BinaryOp::Add => b.let_(format!("fadd {ty} {x}, {y}")),
+        BinaryOp::Sub => b.let_(format!("fsub {ty} {x}, {y}")),
+        BinaryOp::Mul => b.let_(format!("fmul {ty} {x}, {y}")),
+        BinaryOp::Div => b.let_(format!("fdiv {ty} {x}, {y}")),
+        BinaryOp::Max => b.let_(format!("call {ty} @llvm.maximum.{sx}({ty} {x}, {ty} {y})")),
+        BinaryOp::Min => b.let_(format!("call {ty} @llvm.minimum.{sx}({ty} {x}, {ty} {y})")),
+        BinaryOp::Eq => cmp(b, "oeq"),
+        BinaryOp::Ne => cmp(b, "une"),
+        BinaryOp::Lt => cmp(b, "olt"),
+        BinaryOp::Le => cmp(b, "ole"),
+        BinaryOp::Gt => cmp(b, "ogt"),
+        BinaryOp::Ge => cmp(b, "oge"),
+        BinaryOp::And | BinaryOp::Or => {
+            let (c1, c2) = (b.let_(format!("fcmp une {ty} {x}, 0.0")), b.let_(format!("fcmp une {ty} {y}, 0.0")));
+            let c = b.let_(format!("{} i1 {c1}, {c2}", if op == BinaryOp::And { "and" } else { "or" }));
+            b.let_(format!("uitofp i1 {c} to {ty}"))
+        }
+        BinaryOp::Rem | BinaryOp::Pow => return None,
+    })
+}
+
+/// The LLVM type an element of `ty` is stored as.
+pub(super) fn elem(ty: DType) -> &'static str {
     match ty {
         DType::F32 => "float",
         DType::I64 => "i64",

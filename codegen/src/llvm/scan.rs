@@ -14,19 +14,10 @@
 //! Semantics are those of the executor's `eval` (f32, the `cpu/vmath.rs` forms of exp, the
 //! logistic function, tanh, SiLU and both GELUs; the interpreter's definition of the others).
 
-use super::emit::{f32c, unary_f32, Body};
+use super::emit::{elem, f32c, plain_binary, plain_unary, unary_f32, Body};
 use crate::cpu::codegen::TextKernels;
 use crate::scan::{node_operands as operands, FusedScan, Node, Source, TileLayout};
 use tessera_ir::{BinaryOp, DType, ReduceOp, UnaryOp, BINARY_OPS, UNARY_OPS};
-
-/// The LLVM type an element of `ty` is stored as.
-fn elem(ty: DType) -> &'static str {
-    match ty {
-        DType::F32 => "float",
-        DType::I64 => "i64",
-        DType::Bool => "i8",
-    }
-}
 
 /// The f32 value of the element of type `ty` at `ptr`.
 fn load_as_f32(b: &mut Body, ty: DType, ptr: &str, group: &str) -> String {
@@ -345,23 +336,9 @@ fn reduce(b: &mut Body, from: &mut String, i: usize, op: ReduceOp, a: usize) {
 
 /// `u` of the f32 value `x`, as the executor's `eval` computes it.
 fn unary(b: &mut Body, u: UnaryOp, x: &str) -> String {
-    match u {
-        UnaryOp::Neg => b.let_(format!("fneg float {x}")),
-        UnaryOp::Abs => b.let_(format!("call float @llvm.fabs.f32(float {x})")),
-        UnaryOp::Sqrt => b.let_(format!("call float @llvm.sqrt.f32(float {x})")),
-        UnaryOp::Rsqrt => {
-            let r = b.let_(format!("call float @llvm.sqrt.f32(float {x})"));
-            b.let_(format!("fdiv float 1.0, {r}"))
-        }
-        UnaryOp::Not => {
-            let c = b.let_(format!("fcmp oeq float {x}, 0.0"));
-            b.let_(format!("uitofp i1 {c} to float"))
-        }
-        UnaryOp::Relu => {
-            let c = b.let_(format!("fcmp olt float {x}, 0.0"));
-            b.let_(format!("select i1 {c}, float 0.0, float {x}"))
-        }
-        _ => match unary_f32(b, u, x) {
+    match plain_unary(b, u, x, "float") {
+        Some(y) => y,
+        None => match unary_f32(b, u, x) {
             Some(y) => y,
             None => {
                 let code = UNARY_OPS.iter().position(|(o, _)| *o == u).unwrap_or(usize::MAX);
@@ -375,29 +352,10 @@ fn unary(b: &mut Body, u: UnaryOp, x: &str) -> String {
 
 /// `op` of the f32 values `x` and `y`, as the executor's `eval` computes it.
 fn binary(b: &mut Body, op: BinaryOp, x: &str, y: &str) -> String {
-    let cmp = |b: &mut Body, cc: &str| {
-        let c = b.let_(format!("fcmp {cc} float {x}, {y}"));
-        b.let_(format!("uitofp i1 {c} to float"))
-    };
-    match op {
-        BinaryOp::Add => b.let_(format!("fadd float {x}, {y}")),
-        BinaryOp::Sub => b.let_(format!("fsub float {x}, {y}")),
-        BinaryOp::Mul => b.let_(format!("fmul float {x}, {y}")),
-        BinaryOp::Div => b.let_(format!("fdiv float {x}, {y}")),
-        BinaryOp::Max => b.let_(format!("call float @llvm.maximum.f32(float {x}, float {y})")),
-        BinaryOp::Min => b.let_(format!("call float @llvm.minimum.f32(float {x}, float {y})")),
-        BinaryOp::Eq => cmp(b, "oeq"),
-        BinaryOp::Ne => cmp(b, "une"),
-        BinaryOp::Lt => cmp(b, "olt"),
-        BinaryOp::Le => cmp(b, "ole"),
-        BinaryOp::Gt => cmp(b, "ogt"),
-        BinaryOp::Ge => cmp(b, "oge"),
-        BinaryOp::And | BinaryOp::Or => {
-            let (c1, c2) = (b.let_(format!("fcmp une float {x}, 0.0")), b.let_(format!("fcmp une float {y}, 0.0")));
-            let c = b.let_(format!("{} i1 {c1}, {c2}", if op == BinaryOp::And { "and" } else { "or" }));
-            b.let_(format!("uitofp i1 {c} to float"))
-        }
-        BinaryOp::Rem | BinaryOp::Pow => {
+    match plain_binary(b, op, x, y, "float") {
+        Some(v) => v,
+        // Rem and Pow: the interpreter's helper, in f64.
+        None => {
             let code = BINARY_OPS.iter().position(|(o, _)| *o == op).unwrap_or(usize::MAX);
             let (p, q) = (b.let_(format!("fpext float {x} to double")), b.let_(format!("fpext float {y} to double")));
             let r = b.let_(format!("call double @tsr_binary(i64 {code}, double {p}, double {q}, i64 0)"));
