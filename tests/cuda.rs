@@ -314,20 +314,27 @@ impl gpu::Device for Emulator {
         self.uploads.set(self.uploads.get() + 1);
         Ok(RefCell::new(bytes.to_vec()))
     }
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError> {
-        Ok(buf.borrow()[..bytes].to_vec())
+    fn download(&self, v: gpu::View<'_, Self::Buf>) -> Result<Vec<u8>, GpuError> {
+        Ok(v.buf.borrow()[v.offset..v.end()].to_vec())
     }
     fn synchronize(&self) -> Result<(), GpuError> {
         Ok(())
     }
-    fn launch(&self, kernel: usize, _threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError> {
+    fn launch(&self, kernel: usize, _threads: usize, args: &[gpu::View<'_, Self::Buf>], meta: &[i64]) -> Result<(), GpuError> {
         self.launches.set(self.launches.get() + 1);
         let mut file = Vec::new();
         file.extend((args.len() as u64 + 1).to_le_bytes());
-        for a in args {
-            let a = a.borrow();
-            file.extend((a.len() as u64).to_le_bytes());
-            file.extend(a.iter());
+        // Each view goes as a buffer of its own, and only its bytes come back: views of one
+        // allocation that a kernel writes must not overlap its other arguments (checked).
+        let writes = self.written.get(kernel).copied().unwrap_or(1);
+        for (i, a) in args.iter().enumerate() {
+            for (j, b) in args.iter().enumerate() {
+                if i != j && i < writes && a.overlaps(b) {
+                    return Err(GpuError::Internal(format!("kernel {kernel}: argument {i}, written, overlaps argument {j}")));
+                }
+            }
+            file.extend((a.len as u64).to_le_bytes());
+            file.extend(&a.buf.borrow()[a.offset..a.end()]);
         }
         file.extend(((meta.len() * 8) as u64).to_le_bytes());
         file.extend(meta.iter().flat_map(|m| m.to_le_bytes()));
@@ -345,27 +352,35 @@ impl gpu::Device for Emulator {
         }
         let back = std::fs::read(&fout).map_err(|e| GpuError::Driver(e.to_string()))?;
         let mut at = 0;
-        for a in args.iter().take(self.written.get(kernel).copied().unwrap_or(1)) {
-            let n = a.borrow().len();
-            a.borrow_mut().copy_from_slice(back.get(at..at + n).ok_or_else(|| GpuError::Driver("the emulator wrote too little".into()))?);
+        for a in args.iter().take(writes) {
+            let n = a.len;
+            a.buf.borrow_mut()[a.offset..a.end()]
+                .copy_from_slice(back.get(at..at + n).ok_or_else(|| GpuError::Driver("the emulator wrote too little".into()))?);
             at += n;
         }
         Ok(())
     }
     fn gemm(
         &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        bias: Option<(&Self::Buf, usize)>,
+        c: gpu::View<'_, Self::Buf>,
+        a: gpu::View<'_, Self::Buf>,
+        b: gpu::View<'_, Self::Buf>,
+        bias: Option<gpu::View<'_, Self::Buf>>,
         g: gpu::GemmShape,
     ) -> Result<(), GpuError> {
         let es = g.precision.f32_size();
-        let read = |(buf, at): (&Self::Buf, usize), len: usize| {
-            gpu::tensor_from_bytes(&buf.borrow()[es * at..es * (at + len)], vec![len], DType::F32, g.precision).to_f64()
+        // Each view is exactly its operand, and the output overlaps none (as cuBLAS needs).
+        for (v, len, what) in [(Some(a), g.m * g.k, "a"), (Some(b), g.k * g.n, "b"), (bias, g.n, "bias")] {
+            let Some(v) = v else { continue };
+            assert_eq!(v.len, es * len, "GEMM operand {what}: a view of {} bytes for {len} elements", v.len);
+            assert!(!v.overlaps(&c), "GEMM operand {what} overlaps the output");
+        }
+        assert_eq!(c.len, es * g.m * g.n, "GEMM output view");
+        let read = |v: gpu::View<'_, Self::Buf>| {
+            gpu::tensor_from_bytes(&v.buf.borrow()[v.offset..v.end()], vec![v.len / es], DType::F32, g.precision).to_f64()
         };
-        let (av, bv) = (read(a, g.m * g.k), read(b, g.k * g.n));
-        let bias = bias.map(|b| read(b, g.n));
+        let (av, bv) = (read(a), read(b));
+        let bias = bias.map(read);
         let at = |i: usize, j: usize, q: usize| av[i * g.k + q] as f32 * bv[if g.trans_b { j * g.k + q } else { q * g.n + j }] as f32;
         // The epilogue as cuBLASLt defines it: act(a · b + bias), in f32 before the store.
         let epilogue = |x: f32, j: usize| {
@@ -378,7 +393,7 @@ impl gpu::Device for Emulator {
         };
         let cv: Vec<f32> = (0..g.m * g.n).map(|x| epilogue((0..g.k).map(|q| at(x / g.n, x % g.n, q)).sum(), x % g.n)).collect();
         let bytes = gpu::tensor_bytes(&Tensor::f32(vec![cv.len()], cv), g.precision);
-        c.0.borrow_mut()[es * c.1..es * c.1 + bytes.len()].copy_from_slice(&bytes);
+        c.buf.borrow_mut()[c.offset..c.end()].copy_from_slice(&bytes);
         Ok(())
     }
 }

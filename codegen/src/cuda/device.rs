@@ -6,13 +6,13 @@
 //! NVIDIA GPU: the emulated device of `tests/cuda.rs` checks the executor and the kernels'
 //! meaning, not this file.
 
-use super::exec::{Device, GemmAct, GemmShape};
+use super::exec::{Device, GemmAct, GemmShape, View};
 use super::lower::{CudaKernel, Precision};
 use crate::GpuError;
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
-use std::cell::RefCell;
+use std::cell::{Ref, RefCell};
 use std::sync::Arc;
 
 /// One GPU with the compiled kernels of one program.
@@ -91,8 +91,12 @@ impl CudaDevice {
     }
 }
 
+/// A device allocation: borrowed shared to be read or launched with, mutably to be a GEMM's
+/// output.
+type Buf = RefCell<CudaSlice<u8>>;
+
 impl Device for CudaDevice {
-    type Buf = RefCell<CudaSlice<u8>>;
+    type Buf = Buf;
 
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, GpuError> {
         self.stream.alloc_zeros::<u8>(bytes).map(RefCell::new).map_err(err)
@@ -102,16 +106,16 @@ impl Device for CudaDevice {
         self.stream.clone_htod(bytes).map(RefCell::new).map_err(err)
     }
 
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError> {
-        let b = buf.borrow();
-        self.stream.clone_dtoh(&b.slice(..bytes)).map_err(err)
+    fn download(&self, view: View<'_, Self::Buf>) -> Result<Vec<u8>, GpuError> {
+        let b = view.buf.try_borrow().map_err(|_| internal("a buffer written while read"))?;
+        self.stream.clone_dtoh(&part(&b, view)?).map_err(err)
     }
 
     fn synchronize(&self) -> Result<(), GpuError> {
         self.stream.synchronize().map_err(err)
     }
 
-    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError> {
+    fn launch(&self, kernel: usize, threads: usize, args: &[View<'_, Self::Buf>], meta: &[i64]) -> Result<(), GpuError> {
         if threads == 0 {
             return Ok(());
         }
@@ -121,10 +125,14 @@ impl Device for CudaDevice {
             metas.insert(meta.to_vec(), self.stream.clone_htod(meta).map_err(err)?);
         }
         let meta = metas.get(meta).ok_or_else(|| internal("meta vanished"))?;
-        let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> = args.iter().map(|a| a.borrow()).collect();
+        // Every argument is borrowed shared (the kernel writes through a pointer): views of one
+        // allocation go together.
+        let bufs: Vec<std::cell::Ref<CudaSlice<u8>>> =
+            args.iter().map(|a| a.buf.try_borrow().map_err(|_| internal("a buffer written while launched"))).collect::<Result<_, _>>()?;
+        let views: Vec<CudaView<u8>> = bufs.iter().zip(args).map(|(b, a)| part(b, *a)).collect::<Result<_, _>>()?;
         let mut b = self.stream.launch_builder(f);
-        for buf in &bufs {
-            b.arg(&**buf);
+        for view in &views {
+            b.arg(view);
         }
         b.arg(meta);
         let blocks = u32::try_from(threads.div_ceil(*block as usize))
@@ -137,15 +145,26 @@ impl Device for CudaDevice {
 
     fn gemm(
         &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        bias: Option<(&Self::Buf, usize)>,
+        c: View<'_, Self::Buf>,
+        a: View<'_, Self::Buf>,
+        b: View<'_, Self::Buf>,
+        bias: Option<View<'_, Self::Buf>>,
         g: GemmShape,
     ) -> Result<(), GpuError> {
-        let es = g.precision.f32_size();
-        let (a_buf, b_buf, mut c_buf) = (a.0.borrow(), b.0.borrow(), c.0.borrow_mut());
-        let operands = (a_buf.slice(es * a.1..), b_buf.slice(es * b.1..), c_buf.slice_mut(es * c.1..));
+        // `c` is written, so its allocation is borrowed mutably and split around it; an operand
+        // in the same allocation (the arena) is read from the part before or after `c`.
+        let mut c_buf = c.buf.try_borrow_mut().map_err(|_| internal("a GEMM's output is being read"))?;
+        let (before, rest) = c_buf.try_split_at_mut(c.offset).ok_or_else(|| internal("a GEMM's output outside its buffer"))?;
+        let mut rest = rest;
+        let (out, after) = rest.try_split_at_mut(c.len).ok_or_else(|| internal("a GEMM's output outside its buffer"))?;
+        // Operands in other allocations are borrowed shared.
+        let (ga, gb) = (guard(a, c)?, guard(b, c)?);
+        let gbias = match bias {
+            Some(v) => guard(v, c)?,
+            None => None,
+        };
+        let split = (c, &before, &after);
+        let operands = (operand(a, &ga, split)?, operand(b, &gb, split)?, out);
         if bias.is_some() || g.act.is_some() {
             // The epilogue runs inside the GEMM: cuBLASLt, bf16 only (see `cuda::fused_in_gemm`).
             let lt = self
@@ -153,8 +172,7 @@ impl Device for CudaDevice {
                 .as_ref()
                 .filter(|_| g.precision == Precision::Bf16)
                 .ok_or_else(|| internal("GEMM epilogues are for bf16 storage"))?;
-            let bias_buf = bias.map(|(buf, _)| buf.borrow());
-            let bias_view = bias_buf.as_ref().zip(bias).map(|(buf, (_, at))| buf.slice(es * at..));
+            let bias_view = bias.map(|v| operand(v, &gbias, split)).transpose()?;
             // SAFETY: as below, and the bias holds `n` elements.
             return unsafe { lt_bf16(lt, operands, bias_view, g) };
         }
@@ -176,6 +194,39 @@ impl Device for CudaDevice {
                     typed(&self.blas, GemmConfig { transa, transb, m, n, k, alpha, lda, ldb, beta, ldc }, operands, g)
                 }
             }
+        }
+    }
+}
+
+/// The bytes of `view` in its (borrowed) allocation.
+fn part<'b>(buf: &'b CudaSlice<u8>, view: View<'_, Buf>) -> Result<CudaView<'b, u8>, GpuError> {
+    buf.try_slice(view.offset..view.end()).ok_or_else(|| internal("a view outside its buffer"))
+}
+
+/// `v`'s allocation borrowed shared, unless it is the written `c`'s (then `None`).
+fn guard<'b>(v: View<'b, Buf>, c: View<'_, Buf>) -> Result<Option<Ref<'b, CudaSlice<u8>>>, GpuError> {
+    if std::ptr::eq(v.buf, c.buf) {
+        return Ok(None);
+    }
+    v.buf.try_borrow().map(Some).map_err(|_| internal("a GEMM operand being written"))
+}
+
+/// The memory of the GEMM operand `v`: from its own allocation (`guard`), or from the part
+/// before or after the written `c` in `c`'s allocation.
+fn operand<'s>(
+    v: View<'_, Buf>,
+    guard: &'s Option<Ref<'_, CudaSlice<u8>>>,
+    (c, before, after): (View<'_, Buf>, &'s CudaViewMut<'_, u8>, &'s CudaViewMut<'_, u8>),
+) -> Result<CudaView<'s, u8>, GpuError> {
+    let outside = || internal("a GEMM operand outside its buffer");
+    match guard {
+        Some(g) => part(g, v),
+        None if v.overlaps(&c) => Err(internal("a GEMM's output overlaps an operand")),
+        None if v.end() <= c.offset => before.try_slice(v.offset..v.end()).ok_or_else(outside),
+        None => {
+            // An empty operand may lie inside `c`'s bytes: any empty slice stands for it.
+            let at = v.offset.saturating_sub(c.end());
+            after.try_slice(at..at + v.len).ok_or_else(outside)
         }
     }
 }

@@ -7,9 +7,9 @@
 //! Parameters stay on the device between runs, and so does the memory of intermediate
 //! buffers ([`Resident`]): a second run allocates nothing. Buffers derived from parameters
 //! only (merged weights) are computed once and kept, until a parameter changes. Intermediate
-//! buffers of the same size share memory once dead (`slots`), and feed-forward blocks of the
-//! same size share their scratch. Not yet here: one arena with offsets (sizes that differ do
-//! not share), streams and CUDA graphs.
+//! buffers are [`View`]s of one arena, laid out by the memory plan that the CPU executor uses
+//! too ([`crate::plan`]); feed-forward blocks of the same size share their scratch. Not yet
+//! here: streams and CUDA graphs.
 
 use super::lower::{self as cuda, Arg, CudaKernel, Precision, Role};
 use crate::kernel::{BufId, Kernel, Program, Storage};
@@ -18,8 +18,49 @@ use std::collections::HashMap;
 use tessera_ir::{DType, UnaryOp};
 use tessera_runtime::{broadcast_offsets, concrete, Data, Dims, RunError, Tensor};
 
-/// What the executor needs from a device. Offsets and sizes are in elements unless named
-/// bytes; buffers are untyped.
+/// A piece of device memory: `len` bytes from byte `offset` of `buf`. Intermediate buffers
+/// are views of one allocation (the arena of [`crate::plan`]); others are whole allocations.
+pub struct View<'a, B> {
+    /// The allocation.
+    pub buf: &'a B,
+    /// Where the piece starts, in bytes.
+    pub offset: usize,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl<B> Clone for View<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B> Copy for View<'_, B> {}
+
+impl<'a, B> View<'a, B> {
+    /// The first `len` bytes of `buf`.
+    pub fn whole(buf: &'a B, len: usize) -> Self {
+        View { buf, offset: 0, len }
+    }
+
+    /// `len` bytes from byte `offset` of this view.
+    pub fn sub(self, offset: usize, len: usize) -> Self {
+        View { buf: self.buf, offset: self.offset + offset, len }
+    }
+
+    /// The end of the view in its allocation, in bytes.
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+
+    /// Whether the two views share a byte (an empty view shares none).
+    pub fn overlaps(&self, other: &View<'_, B>) -> bool {
+        std::ptr::eq(self.buf, other.buf) && self.len > 0 && other.len > 0 && self.offset < other.end() && other.offset < self.end()
+    }
+}
+
+/// What the executor needs from a device. Memory is passed as [`View`]s (bytes); buffers are
+/// untyped.
 pub trait Device {
     /// A device allocation.
     type Buf;
@@ -27,23 +68,25 @@ pub trait Device {
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, GpuError>;
     /// A copy of `bytes` on the device.
     fn upload(&self, bytes: &[u8]) -> Result<Self::Buf, GpuError>;
-    /// The first `bytes` bytes of `buf`.
-    fn download(&self, buf: &Self::Buf, bytes: usize) -> Result<Vec<u8>, GpuError>;
+    /// The bytes of `view`.
+    fn download(&self, view: View<'_, Self::Buf>) -> Result<Vec<u8>, GpuError>;
     /// Waits until everything launched so far has finished.
     fn synchronize(&self) -> Result<(), GpuError>;
     /// Runs kernel `kernel` (an index into the lowered kernels) on `threads` threads with the
-    /// buffers `args` (as the kernel's parameters, in order) and then `meta`.
-    fn launch(&self, kernel: usize, threads: usize, args: &[&Self::Buf], meta: &[i64]) -> Result<(), GpuError>;
+    /// memory `args` (as the kernel's parameters, in order: pointers to each view's start) and
+    /// then `meta`. Views of one allocation may be passed together; those a kernel writes
+    /// overlap no other argument.
+    fn launch(&self, kernel: usize, threads: usize, args: &[View<'_, Self::Buf>], meta: &[i64]) -> Result<(), GpuError>;
     /// `c = act(a · b + bias)` for one matrix of the shape `g` (`act` is `g.act`; the bias,
-    /// a vector of `g.n`, is added to every row), each operand a buffer and an element
-    /// offset. A bias or an activation is asked for only where [`cuda::fused_in_gemm`] says
-    /// so.
+    /// a vector of `g.n`, is added to every row), each view exactly its operand's size. `c`
+    /// overlaps no operand, though it may share their allocation. A bias or an activation is
+    /// asked for only where [`cuda::fused_in_gemm`] says so.
     fn gemm(
         &self,
-        c: (&Self::Buf, usize),
-        a: (&Self::Buf, usize),
-        b: (&Self::Buf, usize),
-        bias: Option<(&Self::Buf, usize)>,
+        c: View<'_, Self::Buf>,
+        a: View<'_, Self::Buf>,
+        b: View<'_, Self::Buf>,
+        bias: Option<View<'_, Self::Buf>>,
         g: GemmShape,
     ) -> Result<(), GpuError>;
 }
@@ -216,43 +259,14 @@ impl<B> Resident<B> {
 /// What a piece of kept device memory holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Slot {
-    /// Intermediate buffers of the same size whose lifetimes do not overlap (see [`slots`]).
-    Shared(usize),
+    /// The intermediate buffers, laid out by the memory plan ([`crate::plan`]) that the CPU
+    /// executor uses too: a buffer's memory is reused once its last reader has run.
+    Arena,
     /// Scratch of feed-forward blocks (their gates or hidden layer) of this many bytes: one
     /// block runs at a time, so blocks of the same size share it.
     Scratch(Arg, usize),
     /// A buffer derived from parameters only, kept with them.
     Derived(BufId),
-}
-
-/// Assigns the intermediate buffers (step outputs that are not inputs, parameters, views or
-/// derived from parameters) to shared slots: a buffer takes a free slot of exactly its size,
-/// or a new one; a slot is free once the last step reading its buffer has run (outputs are
-/// read at the end). Returns each buffer's slot and each slot's size.
-fn slots(program: &Program, bytes: &dyn Fn(BufId) -> usize, own: &HashMap<BufId, String>) -> (HashMap<BufId, usize>, Vec<usize>) {
-    let last = program.last_reads();
-    let (mut slot_of, mut sizes, mut holder): (HashMap<BufId, usize>, Vec<usize>, Vec<BufId>) = Default::default();
-    // The step that placed each slot's current holder: a slot is free for a later step only.
-    let mut placed: Vec<usize> = Vec::new();
-    for (s, step) in program.steps.iter().enumerate() {
-        for &b in step.outs() {
-            let out = program.root(b);
-            if program.buffers[out].storage != Storage::Arena || slot_of.contains_key(&out) || own.contains_key(&out) {
-                continue;
-            }
-            let free = (0..sizes.len()).find(|&k| sizes[k] == bytes(out) && last[holder[k]] < s && placed[k] < s);
-            let k = free.unwrap_or_else(|| {
-                sizes.push(bytes(out));
-                holder.push(out);
-                placed.push(s);
-                sizes.len() - 1
-            });
-            holder[k] = out;
-            placed[k] = s;
-            slot_of.insert(out, k);
-        }
-    }
-    (slot_of, sizes)
 }
 
 /// Makes sure `slot` has device memory of `bytes`: kept from an earlier run, or new (then it
@@ -263,6 +277,17 @@ fn slot<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, slot
         return Ok(true);
     }
     Ok(false)
+}
+
+/// Makes sure the arena holds `bytes`: kept from an earlier run where it is large enough,
+/// else new, with room for runs a little larger (a decode step's buffers grow by a position
+/// per call).
+fn arena<D: Device>(device: &D, memory: &mut HashMap<Slot, (usize, D::Buf)>, bytes: usize) -> Result<(), GpuError> {
+    if memory.get(&Slot::Arena).is_none_or(|(cap, _)| *cap < bytes) {
+        let cap = bytes + bytes / 4;
+        memory.insert(Slot::Arena, (cap, device.alloc(cap.max(1))?));
+    }
+    Ok(())
 }
 
 /// Where a tensor's data lives on the host and how long it is: the key that tells whether a
@@ -316,8 +341,8 @@ pub fn run<D: Device>(
         Ok(tensor_bytes(t, precision))
     };
     // Device memory: inputs uploaded; parameters uploaded unless resident from the same host
-    // tensor; intermediate buffers in shared slots, kept from the last run where the size is
-    // the same.
+    // tensor; intermediate buffers in the arena, kept from the last run where it is large
+    // enough.
     let bytes_of = |b: BufId| shapes[b].iter().product::<usize>() * precision.size(program.buffers[b].ty.dtype);
     // Carried outputs have memory of their own (see `Resident::carrying`).
     let out_carried: HashMap<BufId, String> = program
@@ -326,10 +351,9 @@ pub fn run<D: Device>(
         .filter(|(name, b)| resident.carry.contains(name) && program.buffers[program.root(*b)].storage == Storage::Arena)
         .map(|(name, b)| (program.root(*b), name.clone()))
         .collect();
-    let (slot_of, slot_bytes) = slots(program, &bytes_of, &out_carried);
-    for (k, &bytes) in slot_bytes.iter().enumerate() {
-        slot(device, &mut resident.memory, Slot::Shared(k), bytes)?;
-    }
+    let sizes: Vec<usize> = (0..program.buffers.len()).map(|b| if out_carried.contains_key(&b) { 0 } else { bytes_of(b) }).collect();
+    let mem = crate::plan(program, &sizes);
+    arena(device, &mut resident.memory, mem.bytes)?;
     // Buffers derived from parameters have memory of their own, kept with the parameters, and
     // are computed again only when a parameter was uploaded or their memory is new.
     let shared = resident.params.clone();
@@ -407,33 +431,38 @@ pub fn run<D: Device>(
             }
         }
     }
-    // Memory this run does not use (shared slots and scratch of an earlier run's sizes) is
-    // freed.
+    // Memory this run does not use (scratch of an earlier run's sizes) is freed.
     resident.memory.retain(|k, _| match k {
-        Slot::Shared(n) => *n < slot_bytes.len(),
+        Slot::Arena => true,
         Slot::Scratch(..) => scratch_of.values().any(|v| v == k),
         Slot::Derived(_) => true,
     });
     let kept = &*resident;
-    let buf = |b: BufId| {
+    // A buffer's memory: its own allocation, or its place in the arena (a view starts where
+    // its base does).
+    let buf = |b: BufId| -> Result<View<'_, D::Buf>, GpuError> {
         let r = program.root(b);
-        match &program.buffers[r].storage {
-            Storage::Param(name) => resident_params.map.get(name).map(|(_, m)| m),
-            Storage::Input(name) if from_device.contains(&r) => resident_params.carried.get(name).map(|(.., m)| m),
-            Storage::Input(_) => uploaded.get(&r),
-            Storage::Arena if out_carried.contains_key(&r) => {
-                out_carried.get(&r).and_then(|n| resident_params.spare.get(n)).map(|(_, m)| m)
-            }
-            Storage::Derived => kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m),
-            _ => slot_of.get(&r).and_then(|k| kept.memory.get(&Slot::Shared(*k))).map(|(_, m)| m),
+        fn whole<B>(m: Option<&B>) -> Option<(&B, usize)> {
+            m.map(|m| (m, 0))
         }
+        match &program.buffers[r].storage {
+            Storage::Param(name) => whole(resident_params.map.get(name).map(|(_, m)| m)),
+            Storage::Input(name) if from_device.contains(&r) => whole(resident_params.carried.get(name).map(|(.., m)| m)),
+            Storage::Input(_) => whole(uploaded.get(&r)),
+            Storage::Arena if out_carried.contains_key(&r) => {
+                whole(out_carried.get(&r).and_then(|n| resident_params.spare.get(n)).map(|(_, m)| m))
+            }
+            Storage::Derived => whole(kept.memory.get(&Slot::Derived(r)).map(|(_, m)| m)),
+            _ => kept.memory.get(&Slot::Arena).zip(mem.offsets[r]).map(|((_, m), at)| (m, at)),
+        }
+        .map(|(m, offset)| View { buf: m, offset, len: bytes_of(b) })
         .ok_or_else(|| GpuError::Internal(format!("buf{b} has no memory")))
     };
     let scratch = |s: usize, a: Arg| {
         scratch_of
             .get(&(s, a))
             .and_then(|k| kept.memory.get(k))
-            .map(|(_, m)| m)
+            .map(|(bytes, m)| View::whole(m, *bytes))
             .ok_or_else(|| GpuError::Internal(format!("no scratch {a:?} for step {s}")))
     };
     let kernels_of = |s: usize| kernels.iter().enumerate().filter(move |(_, k)| k.step == s);
@@ -446,7 +475,7 @@ pub fn run<D: Device>(
         let in_shapes: Vec<&[usize]> = step.ins.iter().map(|&b| shapes[b].as_slice()).collect();
         let out_shape = &shapes[step.out];
         let launch = |n: usize, k: &CudaKernel, meta: &[i64]| -> Result<(), GpuError> {
-            let args: Vec<&D::Buf> = k
+            let args: Vec<View<'_, D::Buf>> = k
                 .args
                 .iter()
                 .map(|a| match (a, &step.kernel) {
@@ -516,7 +545,7 @@ pub fn run<D: Device>(
                     continue;
                 }
                 // The grouping is made on the host from the chosen experts (tokens·k integers).
-                let raw = device.download(buf(step.ins[1])?, bytes_of(step.ins[1]))?;
+                let raw = device.download(buf(step.ins[1])?)?;
                 let choices: Vec<i64> = raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect();
                 let at = step.span.display_in(&program.files).unwrap_or_else(|| "a route".into());
                 let routing = tessera_runtime::Routing::new(&choices, rk.op.experts, &at)?;
@@ -525,41 +554,46 @@ pub fn run<D: Device>(
                     pos[c] = i as i64;
                 }
                 let as_bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-                let slot_buf = device.upload(&as_bytes(&routing.slot.iter().map(|&c| c as i64).collect::<Vec<_>>()))?;
-                let pos_buf = device.upload(&as_bytes(&pos))?;
+                let (slot_bytes, pos_bytes) = (as_bytes(&routing.slot.iter().map(|&c| c as i64).collect::<Vec<_>>()), as_bytes(&pos));
+                let (slot_buf, pos_buf) = (device.upload(&slot_bytes)?, device.upload(&pos_bytes)?);
+                let (slot_buf, pos_buf) = (View::whole(&slot_buf, slot_bytes.len()), View::whole(&pos_buf, pos_bytes.len()));
                 let kernel = |role: Role| {
                     kernels_of(s).find(|(_, k)| k.role == role).ok_or_else(|| GpuError::Internal(format!("step {s}: no {role:?} kernel")))
                 };
                 let (rows, gate, up, ys) =
                     (scratch(s, Arg::RouteRows)?, scratch(s, Arg::RouteGate)?, scratch(s, Arg::RouteUp)?, scratch(s, Arg::RouteOut)?);
                 let (n, _) = kernel(Role::RouteGather)?;
-                device.launch(n, z.rows * z.d, &[rows, buf(step.ins[0])?, &slot_buf], &[(z.rows * z.d) as i64, z.d as i64, z.k as i64])?;
-                let gemm = |c: (&D::Buf, usize), a: (&D::Buf, usize), w: BufId, e: usize, (m, n, k): (usize, usize, usize)| {
-                    let g = GemmShape { m, n, k, trans_b: false, precision, act: None };
-                    device.gemm(c, a, (buf(w)?, e * k * n), None, g)
-                };
+                device.launch(n, z.rows * z.d, &[rows, buf(step.ins[0])?, slot_buf], &[(z.rows * z.d) as i64, z.d as i64, z.k as i64])?;
+                // Expert `e`'s GEMM over the rows from `start`: `c` (`m × n`) = `a` (`m × k`) · `w[e]`.
+                let es = precision.f32_size();
+                let gemm =
+                    |c: View<'_, D::Buf>, a: View<'_, D::Buf>, w: BufId, e: usize, start: usize, (m, n, k): (usize, usize, usize)| {
+                        let g = GemmShape { m, n, k, trans_b: false, precision, act: None };
+                        let (c, a) = (c.sub(es * start * n, es * m * n), a.sub(es * start * k, es * m * k));
+                        device.gemm(c, a, buf(w)?.sub(es * e * k * n, es * k * n), None, g)
+                    };
                 for e in 0..rk.op.experts {
                     let r = routing.rows(e);
                     if !r.is_empty() {
                         let mnk = (r.len(), z.h, z.d);
-                        gemm((gate, r.start * z.h), (rows, r.start * z.d), step.ins[f.gate], e, mnk)?;
+                        gemm(gate, rows, step.ins[f.gate], e, r.start, mnk)?;
                         if let Some(u) = f.up {
-                            gemm((up, r.start * z.h), (rows, r.start * z.d), step.ins[u], e, mnk)?;
+                            gemm(up, rows, step.ins[u], e, r.start, mnk)?;
                         }
                     }
                 }
                 let (n, _) = kernel(Role::RouteAct)?;
-                let act_args: Vec<&D::Buf> = if f.up.is_some() { vec![gate, up] } else { vec![gate] };
+                let act_args = if f.up.is_some() { vec![gate, up] } else { vec![gate] };
                 device.launch(n, z.rows * z.h, &act_args, &[(z.rows * z.h) as i64])?;
                 for e in 0..rk.op.experts {
                     let r = routing.rows(e);
                     if !r.is_empty() {
-                        gemm((ys, r.start * z.d_out), (gate, r.start * z.h), step.ins[f.down], e, (r.len(), z.d_out, z.h))?;
+                        gemm(ys, gate, step.ins[f.down], e, r.start, (r.len(), z.d_out, z.h))?;
                     }
                 }
                 let (n, _) = kernel(Role::RouteScatter)?;
                 let cells = z.tokens * z.d_out;
-                device.launch(n, cells, &[buf(step.out)?, buf(step.ins[2])?, ys, &pos_buf], &[cells as i64, z.d_out as i64, z.k as i64])?;
+                device.launch(n, cells, &[buf(step.out)?, buf(step.ins[2])?, ys, pos_buf], &[cells as i64, z.d_out as i64, z.k as i64])?;
             }
             Kernel::Scan(sk) => {
                 let outs: Vec<&[usize]> = sk.results.iter().map(|&b| shapes[b].as_slice()).collect();
@@ -586,7 +620,7 @@ pub fn run<D: Device>(
                 // It stays on the device: a tensor of its shape without data stands for it.
                 return Ok((name.clone(), Tensor::from_f64(dtype, shapes[*b].clone(), std::iter::empty())));
             }
-            let raw = device.download(buf(*b)?, bytes_of(*b))?;
+            let raw = device.download(buf(*b)?)?;
             Ok((name.clone(), tensor_from_bytes(&raw, shapes[*b].clone(), dtype, precision)))
         })
         .collect::<Result<_, GpuError>>()?;
@@ -599,7 +633,7 @@ pub fn run<D: Device>(
             }
         }
     }
-    let memory_bytes = slot_bytes.iter().sum::<usize>()
+    let memory_bytes = mem.bytes
         + kept.memory.iter().filter(|(k, _)| matches!(k, Slot::Scratch(..) | Slot::Derived(_))).map(|(_, (b, _))| b).sum::<usize>();
     resident.derived_current = Some(resident_params.uploads);
     Ok((outputs, GpuStats { seconds, memory_bytes }))
@@ -645,21 +679,23 @@ fn ffn_sizes(shapes: &[Vec<usize>], step: &crate::kernel::Step, gated: bool) -> 
 /// activation applied by the GEMM.
 fn matmul<D: Device>(
     device: &D,
-    out: (&D::Buf, &[usize]),
-    a: (&D::Buf, &[usize]),
-    b: (&D::Buf, &[usize]),
+    out: (View<'_, D::Buf>, &[usize]),
+    a: (View<'_, D::Buf>, &[usize]),
+    b: (View<'_, D::Buf>, &[usize]),
     trans_b: bool,
     precision: Precision,
-    (bias, act): (Option<&D::Buf>, Option<GemmAct>),
+    (bias, act): (Option<View<'_, D::Buf>>, Option<GemmAct>),
 ) -> Result<(), GpuError> {
     let (ra, rb, r) = (a.1.len(), b.1.len(), out.1.len());
     let (m, k) = (a.1[ra - 2], a.1[ra - 1]);
     let n = if trans_b { b.1[rb - 2] } else { b.1[rb - 1] };
     let batch = &out.1[..r - 2];
     let (oa, ob) = (broadcast_offsets(batch, &a.1[..ra - 2]), broadcast_offsets(batch, &b.1[..rb - 2]));
+    let es = precision.f32_size();
     for (i, (ia, ib)) in oa.iter().zip(&ob).enumerate() {
         let g = GemmShape { m, n, k, trans_b, precision, act };
-        device.gemm((out.0, i * m * n), (a.0, ia * m * k), (b.0, ib * k * n), bias.map(|b| (b, 0)), g)?;
+        let (c, a, b) = (out.0.sub(es * i * m * n, es * m * n), a.0.sub(es * ia * m * k, es * m * k), b.0.sub(es * ib * k * n, es * k * n));
+        device.gemm(c, a, b, bias.map(|b| b.sub(0, es * n)), g)?;
     }
     Ok(())
 }
@@ -679,6 +715,19 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn views_overlap_where_they_share_a_byte() {
+        let (x, y) = (0u8, 0u8);
+        let at = |buf, offset, len| View { buf, offset, len };
+        // Bytes 64..128 of `x`.
+        let c = at(&x, 64, 64);
+        assert!(!c.overlaps(&at(&x, 0, 64)) && !c.overlaps(&at(&x, 128, 8)), "neighbours");
+        assert!(c.overlaps(&at(&x, 0, 65)) && c.overlaps(&at(&x, 127, 4)) && c.overlaps(&at(&x, 80, 8)), "overlapping");
+        assert!(at(&x, 80, 8).overlaps(&c), "symmetric");
+        assert!(!c.overlaps(&at(&y, 64, 64)), "another allocation");
+        assert!(!c.overlaps(&at(&x, 80, 0)) && !at(&x, 64, 0).overlaps(&c), "empty");
     }
 
     #[test]
