@@ -919,9 +919,10 @@ fn run(
     let RunFiles { weights, inputs, out, budget } = files;
     let mut dims: runtime::Dims = HashMap::new();
     for (k, v) in dim {
-        let n: i64 = v.parse().map_err(|_| runtime::RunError::Shape(format!("--dim {k}={v}: not an integer")))?;
+        let flag = |why| runtime::RunError::DimFlag { key: k.clone(), value: v.clone(), why };
+        let n: i64 = v.parse().map_err(|_| flag("not an integer"))?;
         if n < 0 {
-            return Err(runtime::RunError::Shape(format!("--dim {k}={v}: sizes cannot be negative")));
+            return Err(flag("sizes cannot be negative"));
         }
         dims.insert(k.clone(), n);
     }
@@ -937,18 +938,14 @@ fn run(
     if let Some(p) = inputs {
         let missing: Vec<&str> = declared.iter().copied().filter(|n| !given.contains_key(*n)).collect();
         if !missing.is_empty() {
-            return Err(runtime::RunError::Shape(format!(
-                "{p} lacks the input{} {} that the model declares (give every input, or none to run on random ones)",
-                if missing.len() > 1 { "s" } else { "" },
-                missing.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(runtime::RunError::MissingInputs { file: p.to_string(), names: missing.iter().map(|n| n.to_string()).collect() });
         }
     }
     // A size the model never mentions is a typo, not a no-op.
     let known: std::collections::BTreeSet<&str> = g.nodes().iter().flat_map(|n| n.ty.shape.iter().flat_map(|d| d.symbols())).collect();
     if let Some((k, _)) = dim.iter().find(|(k, _)| !known.contains(k.as_str())) {
         let list = if known.is_empty() { "none".to_string() } else { known.iter().copied().collect::<Vec<_>>().join(", ") };
-        return Err(runtime::RunError::Shape(format!("--dim {k}: the model has no size `{k}` (its sizes: {list})")));
+        return Err(runtime::RunError::UnknownDim { key: k.clone(), known: list });
     }
     runtime::bind_dims(g, &given, &mut dims)?;
     for (_, v) in g.inputs() {

@@ -48,7 +48,7 @@ pub enum GpuError {
         /// Where it was written (` (the scan at file:line:col)`), or nothing.
         at: String,
         /// Why not.
-        why: String,
+        why: Unlowered,
     },
     /// A size beyond what a device API takes (32-bit counts of cuBLAS, a launch's grid).
     #[error("{0}")]
@@ -60,6 +60,20 @@ pub enum GpuError {
     /// bug).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why the CUDA backend does not lower a scan or a route.
+#[derive(Debug, thiserror::Error)]
+pub enum Unlowered {
+    /// A route whose experts are not feed-forward blocks.
+    #[error("it runs experts that are feed-forward blocks, and {0}")]
+    Route(crate::route::NotGrouped),
+    /// A scan whose body is not fused on the CPU either.
+    #[error("its body is not elementwise math over the state ({0})")]
+    ScanBody(crate::scan::NotFused),
+    /// A scan whose reductions read rows longer than a thread walks (the state's last size).
+    #[error("the state's last axis ({0}) is not a constant of at most 1024")]
+    ScanRow(String),
 }
 
 impl From<GpuError> for tessera_runtime::RunError {

@@ -102,7 +102,7 @@ pub struct RouteKernel {
     /// The body, scheduled like any graph.
     pub body: Program,
     /// The grouped feed-forward plan, or why the body is not one.
-    pub ffn: Result<crate::route::RoutedFfn, String>,
+    pub ffn: Result<crate::route::RoutedFfn, crate::route::NotGrouped>,
 }
 
 impl RouteKernel {
@@ -127,7 +127,7 @@ pub struct ScanKernel {
     pub results: Vec<BufId>,
     /// The fused kernel's plan, or why the body does not fit it (then the body's program runs
     /// once per position).
-    pub fused: Result<crate::scan::FusedScan, String>,
+    pub fused: Result<crate::scan::FusedScan, crate::scan::NotFused>,
 }
 
 impl ScanKernel {

@@ -23,9 +23,9 @@ mod schedule;
 
 pub use cpu::{Codegen, Executable, RunStats};
 pub use engine::{Backend, Engine};
-pub use error::{CodegenError, GpuError};
+pub use error::{CodegenError, GpuError, Unlowered};
 pub use kernel::{broadcast_strides, BufId, Buffer, Kernel, Program, RouteKernel, ScanKernel, Step, Storage};
 pub use plan::{plan, MemoryPlan};
-pub use route::RoutedFfn;
-pub use scan::FusedScan;
+pub use route::{NotGrouped, RoutedFfn};
+pub use scan::{FusedScan, NotFused};
 pub use schedule::schedule;

@@ -24,6 +24,8 @@ pub fn plan(p: &Program, sizes: &[usize]) -> MemoryPlan {
     let mut bytes = 0;
     for (s, step) in p.steps.iter().enumerate() {
         for &b in step.outs() {
+            // A step writing into a view writes its base's memory.
+            let b = p.root(b);
             if p.buffers[b].storage == Storage::Arena && offsets[b].is_none() {
                 let size = sizes[b].div_ceil(ALIGN).max(1) * ALIGN;
                 live.sort_unstable();

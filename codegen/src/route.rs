@@ -40,9 +40,24 @@ impl RoutedFfn {
     }
 }
 
+/// Why a route body is not a feed-forward block over expert weights (the route then runs
+/// its body per expert).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotGrouped {
+    /// A body without arguments.
+    #[error("the body has no rows")]
+    NoRows,
+    /// A body with several results.
+    #[error("the body has several results")]
+    SeveralResults,
+    /// A body of another form.
+    #[error("the body is not act(x @ w1) [* (x @ w2)] @ w3 over expert weights")]
+    NotFfn,
+}
+
 /// Recognises the feed-forward form of a route body (before or after the optimizer fused it
 /// into `ffn`), or says why it is not one.
-pub fn plan(r: &Route) -> Result<RoutedFfn, String> {
+pub fn plan(r: &Route) -> Result<RoutedFfn, NotGrouped> {
     let g = &r.body;
     let args: Vec<ValueId> = g.inputs().iter().map(|(_, v)| *v).collect();
     // The operand position of a body argument: the rows are operand 0, argument `k ≥ 1` is
@@ -51,10 +66,10 @@ pub fn plan(r: &Route) -> Result<RoutedFfn, String> {
         Some(0) | None => None,
         Some(k) => (g.ty(v).rank() == 2).then_some(k + 2),
     };
-    let rows = *args.first().ok_or("the body has no rows")?;
-    let [(_, out)] = &g.outputs[..] else { return Err("the body has several results".into()) };
+    let rows = *args.first().ok_or(NotGrouped::NoRows)?;
+    let [(_, out)] = &g.outputs[..] else { return Err(NotGrouped::SeveralResults) };
     let node = g.node(*out);
-    let not = || "the body is not act(x @ w1) [* (x @ w2)] @ w3 over expert weights".to_string();
+    let not = || NotGrouped::NotFfn;
     let activation = |u: UnaryOp| matches!(u, UnaryOp::Silu | UnaryOp::GeluErf | UnaryOp::GeluTanh | UnaryOp::Relu);
     // x @ w with w an expert weight: its operand position.
     let proj = |v: ValueId| {

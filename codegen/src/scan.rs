@@ -86,32 +86,65 @@ fn unit_reshape(from: &[Dim], to: &[Dim]) -> Option<Vec<usize>> {
     Some(m)
 }
 
+/// Why a scan's body does not fit the fused kernel (the scan then runs its body's program
+/// once per position, on the CPU).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotFused {
+    /// A scan that carries nothing.
+    #[error("no state")]
+    NoState,
+    /// States of different shapes: no one iteration space.
+    #[error("states of different shapes")]
+    StatesDiffer,
+    /// Integer values in the body.
+    #[error("integer values in the body")]
+    Integers,
+    /// A body value read along different axes of the iteration space.
+    #[error("value %{0} is read along different axes")]
+    MixedAxes(usize),
+    /// A per-step result of another shape than the states or their last-axis reduction.
+    #[error("per-step result {0} is neither the states' shape nor a reduction of it over the last axis")]
+    ResultShape(usize),
+    /// A reshape that moves elements.
+    #[error("a reshape that moves elements")]
+    Reshape,
+    /// A reduction read along other axes than the ones it reduces.
+    #[error("a reduction read along other axes")]
+    ReductionAxes,
+    /// A body argument that is not one of the scan's operands.
+    #[error("an argument out of place")]
+    Argument,
+    /// An op the fused kernel does not evaluate.
+    #[error("`{0}` in the body")]
+    Op(String),
+}
+
 /// Plans the fused kernel for `s`, or says why the body does not fit.
-pub fn plan(s: &Scan) -> Result<FusedScan, String> {
+pub fn plan(s: &Scan) -> Result<FusedScan, NotFused> {
     let g: &Graph = &s.body;
     let nodes = g.nodes();
     let one = Dim::known(1);
     let (ns, ny) = (s.state, g.outputs.len() - s.state);
     if ns == 0 {
-        return Err("no state".into());
+        return Err(NotFused::NoState);
     }
     let space = g.ty(g.outputs[ny].1).clone();
     if g.outputs[ny..].iter().any(|(_, v)| *g.ty(*v) != space) {
-        return Err("states of different shapes".into());
+        return Err(NotFused::StatesDiffer);
     }
     let r = space.rank();
     if nodes.iter().any(|n| !matches!(n.ty.dtype, DType::F32 | DType::Bool)) {
-        return Err("integer values in the body".into());
+        return Err(NotFused::Integers);
     }
     // Each value's map onto I, propagated from the results back to the leaves.
     let mut maps: Vec<Option<Vec<usize>>> = vec![None; nodes.len()];
     let norm =
         |m: Vec<usize>, shape: &[Dim]| -> Vec<usize> { m.into_iter().zip(shape).map(|(a, d)| if *d == one { NONE } else { a }).collect() };
     let identity: Vec<usize> = (0..r).collect();
-    let set = |maps: &mut Vec<Option<Vec<usize>>>, v: usize, m: Vec<usize>| -> Result<(), String> {
+    let set = |maps: &mut Vec<Option<Vec<usize>>>, v: usize, m: Vec<usize>| -> Result<(), NotFused> {
         let m = norm(m, &nodes[v].ty.shape);
         match &maps[v] {
-            Some(old) if *old != m => Err(format!("value %{v} is read along different axes")),
+            Some(old) if *old != m => Err(NotFused::MixedAxes(v)),
             _ => {
                 maps[v] = Some(m);
                 Ok(())
@@ -132,7 +165,7 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
                         (0..r - 1).collect()
                     }
                 }
-                _ => return Err(format!("per-step result {k} is neither the states' shape nor a reduction of it over the last axis")),
+                _ => return Err(NotFused::ResultShape(k)),
             }
         };
         set(&mut maps, v.index(), m.clone())?;
@@ -160,19 +193,19 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
             Op::Cast if n.ty.dtype == DType::F32 || nodes[operand(0)].ty.dtype == DType::Bool => set(&mut maps, operand(0), m)?,
             Op::Reshape => {
                 let from = &nodes[operand(0)].ty.shape;
-                let to_axes = unit_reshape(from, &n.ty.shape).ok_or("a reshape that moves elements")?;
+                let to_axes = unit_reshape(from, &n.ty.shape).ok_or(NotFused::Reshape)?;
                 let om = to_axes.iter().map(|&a| if a == NONE { NONE } else { m[a] }).collect();
                 set(&mut maps, operand(0), om)?;
             }
             Op::Reduce { axes, keepdim, .. } if r > 0 && *axes == [r - 1] && *g.ty(n.inputs[0]) == space => {
                 let want = norm(if *keepdim { identity.clone() } else { (0..r - 1).collect() }, &n.ty.shape);
                 if norm(m, &n.ty.shape) != want {
-                    return Err("a reduction read along other axes".into());
+                    return Err(NotFused::ReductionAxes);
                 }
                 reduces = true;
                 set(&mut maps, operand(0), identity.clone())?;
             }
-            other => return Err(format!("`{}` in the body", other.mnemonic())),
+            other => return Err(NotFused::Op(other.mnemonic())),
         }
     }
     // The programs, in body order.
@@ -184,7 +217,7 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
         let node = match &n.op {
             _ if maps[i].is_none() => Node::Leaf(Source::Const(0.0), vec![]), // unused
             Op::Input(_) => {
-                let k = args.iter().position(|&x| x == i).ok_or("an argument out of place")?;
+                let k = args.iter().position(|&x| x == i).ok_or(NotFused::Argument)?;
                 Node::Leaf(Source::Operand(k), maps[i].clone().unwrap_or_default())
             }
             Op::Const(c) => Node::Leaf(Source::Const(*c as f32), vec![]),
@@ -197,7 +230,7 @@ pub fn plan(s: &Scan) -> Result<FusedScan, String> {
                 alias[i] = src;
                 Node::Alias
             }
-            other => return Err(format!("`{}` in the body", other.mnemonic())),
+            other => return Err(NotFused::Op(other.mnemonic())),
         };
         prog.push(node);
     }

@@ -25,8 +25,7 @@ pub fn concrete(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
         _ => {
             let sizes = out.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
             let symbolic = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
-            let named = if symbolic == sizes { String::new() } else { format!(" ([{symbolic}])") };
-            Err(RunError::Shape(format!("a tensor of shape [{sizes}]{named} would hold more than {MAX_ELEMENTS} elements")))
+            Err(RunError::TooLarge { shape: out, symbolic: (symbolic != sizes).then_some(symbolic) })
         }
     }
 }
@@ -70,9 +69,9 @@ pub fn memory_estimate(g: &Graph, dims: &Dims) -> Result<MemoryEstimate, RunErro
     let mut bytes = vec![0u128; g.len()];
     let (mut live, mut peak) = (0u128, 0u128);
     for (i, node) in g.nodes().iter().enumerate() {
-        let shape = concrete(&node.ty.shape, dims).map_err(|e| match (e, node.span.display_in(&g.files)) {
-            (RunError::Shape(m), Some(at)) => RunError::Shape(format!("{m} (the {} at {at})", node.op.mnemonic())),
-            (e, _) => e,
+        let shape = concrete(&node.ty.shape, dims).map_err(|e| match node.span.display_in(&g.files) {
+            Some(at) => e.located(|| format!("the {} at {at}", node.op.mnemonic())),
+            None => e,
         })?;
         let n: u128 = shape.iter().map(|&n| n as u128).product();
         bytes[i] = n * node.ty.dtype.size() as u128;
@@ -102,10 +101,8 @@ fn concrete_dims(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
         .map(|d| {
             for (name, k) in d.quotients() {
                 match dims.get(name) {
-                    Some(n) if n % k != 0 => {
-                        return Err(RunError::Shape(format!(
-                            "{name} = {n} is not a multiple of {k}: the program cuts {name} into blocks of {k} (a size {d})"
-                        )))
+                    Some(&n) if n % k != 0 => {
+                        return Err(RunError::NotMultiple { name: name.to_string(), value: n, block: k, dim: d.to_string() })
                     }
                     _ => {}
                 }
@@ -115,7 +112,7 @@ fn concrete_dims(shape: &[Dim], dims: &Dims) -> Result<Vec<usize>, RunError> {
         .map(|d| {
             d.and_then(|d| match d.eval(dims) {
                 Some(n) if n >= 0 => Ok(n as usize),
-                Some(n) => Err(RunError::Shape(format!("dimension {d} evaluates to {n}"))),
+                Some(n) => Err(RunError::NegativeSize { dim: d.to_string(), value: n }),
                 None => Err(RunError::UnboundDim(d.symbols().find(|s| !dims.contains_key(*s)).unwrap_or("?").to_string())),
             })
         })
@@ -154,10 +151,7 @@ pub fn run(
                 Op::TopK { axis, .. } => {
                     let x = args[0];
                     let k = shape[*axis];
-                    let (vals, idxs) = crate::topk(&x.shape, k, *axis, |i| x.get(i)).map_err(|e| match e {
-                        RunError::Shape(m) => RunError::Shape(format!("{m} ({})", location(graph, node))),
-                        e => e,
-                    })?;
+                    let (vals, idxs) = crate::topk(&x.shape, k, *axis, |i| x.get(i)).map_err(|e| e.located(|| location(graph, node)))?;
                     let mut shape = x.shape.clone();
                     shape[*axis] = k;
                     tuples[i] = Some(vec![Tensor::from_f64(x.dtype(), shape.clone(), vals.into_iter()), Tensor::i64(shape, idxs)]);
@@ -365,10 +359,8 @@ fn eval(
             let (size, out_size) = (t.shape[*axis], shape[*axis]);
             let inner: usize = t.shape[axis + 1..].iter().product();
             if start < 0 || (out_size > 0 && start as usize + (out_size - 1) * *step as usize >= size) {
-                return Err(RunError::Shape(format!(
-                    "slice from {start} by {step} of {out_size} is out of range for size {size} ({})",
-                    location(graph, node)
-                )));
+                let e = RunError::SliceOutOfRange { start, step: *step, len: out_size, size };
+                return Err(e.located(|| location(graph, node)));
             }
             let offs = (0..outer).flat_map(|o| {
                 (0..out_size).flat_map(move |k| (0..inner).map(move |j| (o * size + start as usize + k * *step as usize) * inner + j))

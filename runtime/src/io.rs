@@ -128,7 +128,7 @@ pub fn bind_dims(g: &Graph, inputs: &HashMap<String, Tensor>, dims: &mut Dims) -
             if let Some(s) = s {
                 match dims.get(s) {
                     Some(&have) if have != n => {
-                        return Err(RunError::Shape(format!("input `{name}` gives {s} = {n}, but {s} = {have} elsewhere")));
+                        return Err(RunError::DimConflict { input: name.to_string(), name: s.to_string(), value: n, other: have });
                     }
                     _ => {
                         dims.insert(s.to_string(), n);
@@ -158,8 +158,7 @@ pub fn random_params(g: &Graph, dims: &Dims, seed: u64) -> Result<HashMap<String
             Init::Fill(v) => Tensor::from_f64(node.ty.dtype, shape, std::iter::repeat_n(v, n)),
             Init::Normal(std) => {
                 let mut rng = StdRng::seed_from_u64(seed ^ fnv(name));
-                let dist = Normal::new(0.0, std.abs())
-                    .map_err(|_| RunError::Shape(format!("parameter `{name}`: init normal({std}) needs a finite standard deviation")))?;
+                let dist = Normal::new(0.0, std.abs()).map_err(|_| RunError::BadInit { name: name.clone(), std })?;
                 Tensor::from_f64(node.ty.dtype, shape, (0..n).map(|_| dist.sample(&mut rng)))
             }
         };
@@ -196,15 +195,9 @@ pub fn check_indices(g: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>) -
                 let Some(t) = inputs.get(name) else { continue };
                 let bad = (0..t.len()).map(|i| (i, t.get(i))).find(|&(_, x)| x < 0.0 || x >= rows as f64 || x.is_nan());
                 if let Some((i, x)) = bad {
-                    let pos: Vec<String> = crate::tensor::strides(&t.shape)
-                        .iter()
-                        .zip(&t.shape)
-                        .map(|(s, n)| ((i / s.max(&1)) % n.max(&1)).to_string())
-                        .collect();
-                    return Err(RunError::Shape(format!(
-                        "input `{name}` holds {x} at [{}], outside the {rows} rows of {table} that it indexes{at}",
-                        pos.join(", ")
-                    )));
+                    let position =
+                        crate::tensor::strides(&t.shape).iter().zip(&t.shape).map(|(s, n)| (i / s.max(&1)) % n.max(&1)).collect();
+                    return Err(RunError::IndexInput { input: name.clone(), value: x, position, rows, table, at });
                 }
             }
             Op::Iota { axis: ia } => {
@@ -212,7 +205,7 @@ pub fn check_indices(g: &Graph, dims: &Dims, inputs: &HashMap<String, Tensor>) -
                 if len > rows {
                     let size = &src.ty.shape[*ia];
                     let named = if size.as_known().is_some() { String::new() } else { format!(" ({size} = {len})") };
-                    return Err(RunError::Shape(format!("{len} positions{named} are more than the {rows} rows of {table}{at}")));
+                    return Err(RunError::TooManyPositions { len, named, rows, table, at });
                 }
             }
             _ => {}

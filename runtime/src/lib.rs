@@ -51,9 +51,148 @@ pub enum RunError {
     /// A symbolic dimension has no value.
     #[error("dimension `{0}` has no value: pass it with --dim {0}=N or give an input that fixes it")]
     UnboundDim(String),
-    /// Two inputs disagree on a dimension.
-    #[error("{0}")]
-    Shape(String),
+    /// Two inputs disagree on a size.
+    #[error("input `{input}` gives {name} = {value}, but {name} = {other} elsewhere")]
+    DimConflict {
+        /// The input that disagrees.
+        input: String,
+        /// The size's name.
+        name: String,
+        /// The value this input gives.
+        value: i64,
+        /// The value given before.
+        other: i64,
+    },
+    /// A size that the program cuts into blocks is not a multiple of the block.
+    #[error("{name} = {value} is not a multiple of {block}: the program cuts {name} into blocks of {block} (a size {dim})")]
+    NotMultiple {
+        /// The size's name.
+        name: String,
+        /// Its value.
+        value: i64,
+        /// The block.
+        block: i64,
+        /// The size expression that cuts it.
+        dim: String,
+    },
+    /// A size expression that evaluates below zero.
+    #[error("dimension {dim} evaluates to {value}")]
+    NegativeSize {
+        /// The size expression.
+        dim: String,
+        /// Its value.
+        value: i64,
+    },
+    /// A tensor of more than [`MAX_ELEMENTS`] elements.
+    #[error("a tensor of shape [{}]{} would hold more than {MAX_ELEMENTS} elements", list(shape), symbolic.as_ref().map_or_else(String::new, |s| format!(" ([{s}])")))]
+    TooLarge {
+        /// Its sizes.
+        shape: Vec<usize>,
+        /// Its symbolic shape, where it differs.
+        symbolic: Option<String>,
+    },
+    /// A slice reaching outside its axis.
+    #[error("slice from {start} by {step} of {len} is out of range for size {size}")]
+    SliceOutOfRange {
+        /// The first index.
+        start: i64,
+        /// The stride.
+        step: i64,
+        /// How many elements it takes.
+        len: usize,
+        /// The axis size.
+        size: usize,
+    },
+    /// A top-k taking more elements than its axis holds.
+    #[error("top-{k} of {n} elements along axis {axis}")]
+    TopK {
+        /// How many it takes.
+        k: usize,
+        /// How many there are.
+        n: usize,
+        /// The axis.
+        axis: usize,
+    },
+    /// An index input pointing outside the table it gathers from.
+    #[error("input `{input}` holds {value} at [{}], outside the {rows} rows of {table} that it indexes{at}", list(position))]
+    IndexInput {
+        /// The input.
+        input: String,
+        /// The bad value.
+        value: f64,
+        /// Where it is in the input.
+        position: Vec<usize>,
+        /// The table's rows.
+        rows: i64,
+        /// The table (a parameter's name, or "the table").
+        table: String,
+        /// Where the gather is (`, gathered at …`), or nothing.
+        at: String,
+    },
+    /// More positions (an `iota`) than the rows of the table they index.
+    #[error("{len} positions{named} are more than the {rows} rows of {table}{at}")]
+    TooManyPositions {
+        /// How many positions.
+        len: i64,
+        /// Their size expression (` (seq = 9)`), where it is not a number.
+        named: String,
+        /// The table's rows.
+        rows: i64,
+        /// The table.
+        table: String,
+        /// Where the gather is, or nothing.
+        at: String,
+    },
+    /// A parameter initialiser that cannot be sampled.
+    #[error("parameter `{name}`: init normal({std}) needs a finite standard deviation")]
+    BadInit {
+        /// The parameter.
+        name: String,
+        /// The standard deviation given.
+        std: f64,
+    },
+    /// A carried input (generation's state on a device) given without data and without a copy.
+    #[error("input `{name}` has no data and no copy of its shape {shape:?} on this device")]
+    NoCarriedCopy {
+        /// The input.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A size given on the command line (`--dim KEY=VALUE`) that is not one.
+    #[error("--dim {key}={value}: {why}")]
+    DimFlag {
+        /// The size's name.
+        key: String,
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A size given that the model never mentions.
+    #[error("--dim {key}: the model has no size `{key}` (its sizes: {known})")]
+    UnknownDim {
+        /// The size's name.
+        key: String,
+        /// The model's sizes, or "none".
+        known: String,
+    },
+    /// A file of inputs that lacks some the model declares.
+    #[error("{file} lacks the input{} {} that the model declares (give every input, or none to run on random ones)", if names.len() > 1 { "s" } else { "" }, names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    MissingInputs {
+        /// The file.
+        file: String,
+        /// The inputs it lacks.
+        names: Vec<String>,
+    },
+    /// One of the errors above at an op of the program: the op and its source location.
+    #[error("{inner} ({at})")]
+    At {
+        /// The error.
+        inner: Box<RunError>,
+        /// Where: the op and its source location.
+        at: String,
+    },
     /// A gather index outside its table.
     #[error("index {index} is out of range for an axis of size {size} (at {at})")]
     IndexOutOfRange {
@@ -96,6 +235,28 @@ pub enum RunError {
     /// A bug in Tessera.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl RunError {
+    /// This error, said to happen `at` (an op and its source location, made only when
+    /// needed): errors about sizes are wrapped in [`RunError::At`], an index out of range
+    /// takes it as its place; others (missing tensors, files, bugs) are left as they are.
+    pub fn located(self, at: impl FnOnce() -> String) -> RunError {
+        match self {
+            RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
+            RunError::NotMultiple { .. }
+            | RunError::NegativeSize { .. }
+            | RunError::TooLarge { .. }
+            | RunError::SliceOutOfRange { .. }
+            | RunError::TopK { .. } => RunError::At { inner: Box::new(self), at: at() },
+            other => other,
+        }
+    }
+}
+
+/// Sizes as a list: `2, 3`.
+fn list(sizes: &[usize]) -> String {
+    sizes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// A byte count for people: `1.5 GiB`.

@@ -24,7 +24,7 @@ fn descending(a: f64, b: f64) -> Ordering {
 pub fn topk(shape: &[usize], k: usize, axis: usize, get: impl Fn(usize) -> f64) -> Result<(Vec<f64>, Vec<i64>), RunError> {
     let n = shape[axis];
     if k > n {
-        return Err(RunError::Shape(format!("top-{k} of {n} elements along axis {axis}")));
+        return Err(RunError::TopK { k, n, axis });
     }
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();

@@ -444,11 +444,7 @@ impl Executable {
                         unsafe { self.step(s, &out, &ins, &packed, dims, &mut stats) }
                     }
                 };
-                done.map_err(|e| match e {
-                    RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
-                    RunError::Shape(m) => RunError::Shape(format!("{m} ({})", at())),
-                    other => other,
-                })?;
+                done.map_err(|e| e.located(at))?;
                 if let Some((key, data)) = fresh {
                     derived.insert(key, data);
                 }
@@ -620,7 +616,7 @@ impl Executable {
                     let inner: usize = x.shape[axis + 1..].iter().product();
                     let by = *by as usize;
                     if osize > 0 && start + (osize - 1) * by >= size {
-                        return Err(RunError::Shape(format!("slice from {start} by {by} of {osize} is out of range for size {size}")));
+                        return Err(RunError::SliceOutOfRange { start: start as i64, step: by as i64, len: osize, size });
                     }
                     if by == 1 {
                         // A contiguous range of each outer row: one run per row.

@@ -383,11 +383,7 @@ pub fn run<D: Device>(
             }
             Storage::Input(name) => {
                 if resident.carry.contains(name) && inputs.get(name).is_some_and(|t| t.is_empty() && !shapes[b].contains(&0)) {
-                    return Err(RunError::Shape(format!(
-                        "input `{name}` has no data and no copy of its shape {:?} on this device",
-                        shapes[b]
-                    ))
-                    .into());
+                    return Err(RunError::NoCarriedCopy { name: name.clone(), shape: shapes[b].clone() }.into());
                 }
                 uploaded.insert(b, device.upload(&host(b, inputs.get(name), "input", name)?)?);
             }

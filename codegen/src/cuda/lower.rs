@@ -18,7 +18,7 @@
 //! tensor-core one is checked against.
 
 use crate::kernel::{Kernel, Program, Step};
-use crate::GpuError;
+use crate::{GpuError, Unlowered};
 use std::collections::HashMap;
 use std::fmt::Write;
 use tessera_ir::{BinaryOp, DType, SNode, ScoreFn, UnaryOp, Var};
@@ -308,8 +308,7 @@ pub fn lower(program: &Program, precision: Precision) -> Result<Lowered, GpuErro
         let at = |what: &str| step.span.display_in(&program.files).map_or_else(String::new, |l| format!(" (the {what} at {l})"));
         if let Kernel::Route(k) = &step.kernel {
             if let Err(why) = &k.ffn {
-                let why = format!("it runs experts that are feed-forward blocks, and {why}");
-                return Err(GpuError::Unsupported { what: "`route`", at: at("route"), why });
+                return Err(GpuError::Unsupported { what: "`route`", at: at("route"), why: Unlowered::Route(why.clone()) });
             }
         }
         if let Kernel::Scan(k) = &step.kernel {
@@ -584,18 +583,15 @@ fn buffer_params(p: &Program, step: &Step) -> Vec<String> {
 /// The elements of a scan's state that one CUDA thread walks the sequence with: a row along
 /// the last axis when a reduction reads it whole, else one. Refuses scans that are not fused
 /// on the CPU either (their body runs as a program per position there).
-fn scan_unit(p: &Program, k: &crate::kernel::ScanKernel) -> Result<usize, String> {
-    let f = k.fused.as_ref().map_err(|why| format!("its body is not elementwise math over the state ({why})"))?;
+fn scan_unit(p: &Program, k: &crate::kernel::ScanKernel) -> Result<usize, Unlowered> {
+    let f = k.fused.as_ref().map_err(|why| Unlowered::ScanBody(why.clone()))?;
     let state = &p.buffers[k.results[k.results.len() - k.op.state]].ty;
     if !f.reduces {
         return Ok(1);
     }
     match state.shape.last().and_then(|d| d.as_known()) {
         Some(n) if (1..=1024).contains(&n) => Ok(n as usize),
-        _ => Err(format!(
-            "the state's last axis ({}) is not a constant of at most 1024",
-            state.shape.last().map_or("none".into(), |d| d.to_string())
-        )),
+        _ => Err(Unlowered::ScanRow(state.shape.last().map_or("none".into(), |d| d.to_string()))),
     }
 }
 
@@ -606,8 +602,8 @@ fn scan_unit(p: &Program, k: &crate::kernel::ScanKernel) -> Result<usize, String
 /// strides along the states' axes and along the sequence ([`scan_meta`]).
 fn scan_kernel(p: &Program, index: usize, step: &Step, k: &crate::kernel::ScanKernel, name: &str) -> Result<String, String> {
     use crate::scan::{Node, Source};
-    let f = k.fused.as_ref().map_err(|why| why.clone())?;
-    let unit = scan_unit(p, k)?;
+    let f = k.fused.as_ref().map_err(|why| why.to_string())?;
+    let unit = scan_unit(p, k).map_err(|e| e.to_string())?;
     let (ns, nx) = (k.op.state, k.op.sliced);
     let ny = k.results.len() - ns;
     let r = p.buffers[k.results[ny]].ty.rank();
@@ -721,8 +717,8 @@ pub fn scan_meta(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], 
 
 fn scan_meta_of(p: &Program, k: &crate::kernel::ScanKernel, outs: &[&[usize]], ins: &[&[usize]]) -> Result<Vec<i64>, String> {
     use crate::scan::{access_strides, Node, Source};
-    let f = k.fused.as_ref().map_err(|why| why.clone())?;
-    let unit = scan_unit(p, k)?;
+    let f = k.fused.as_ref().map_err(|why| why.to_string())?;
+    let unit = scan_unit(p, k).map_err(|e| e.to_string())?;
     let (ns, nx) = (k.op.state, k.op.sliced);
     let ny = outs.len() - ns;
     let space = outs[ny];
