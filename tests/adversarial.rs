@@ -50,14 +50,7 @@ fn nan_propagates_as_in_torch_on_every_backend() {
     let x: Vec<f32> = (0..2 * 5 * 8).map(|i| ((i * 5 % 11) as f32 - 5.0) / 7.0).collect();
     let inputs: HashMap<String, Tensor> = [("x".to_string(), Tensor::f32(vec![2, 5, 8], x))].into();
     let mut results = Vec::new();
-    let mut backends = vec![Backend::Interp, Backend::Cpu];
-    if cfg!(feature = "llvm") {
-        backends.push(Backend::Llvm);
-    }
-    if cfg!(feature = "mlir") {
-        backends.push(Backend::Mlir);
-    }
-    for backend in backends {
+    for backend in common::host_backends() {
         let mut m = Compiler::new().backend(backend).compile_str("m.tsr", src).expect("compiles");
         m.random_weights(5).expect("weights");
         let mut params = m.params().clone();

@@ -313,3 +313,17 @@ pub fn prompt_rows(ids: &Tensor, mask: &Tensor) -> Vec<Vec<i64>> {
     let (ids, mask, s) = (i64s(ids), i64s(mask), ids.shape[1]);
     (0..ids.len() / s).map(|r| (0..s).filter(|&j| mask[r * s + j] != 0).map(|j| ids[r * s + j]).collect()).collect()
 }
+
+/// The interpreter and every backend of this build that runs on this machine's CPU
+/// (Cranelift always; LLVM and MLIR with their features).
+pub fn host_backends() -> Vec<tessera::Backend> {
+    use tessera::Backend;
+    let mut backends = vec![Backend::Interp, Backend::Cpu];
+    if cfg!(feature = "llvm") {
+        backends.push(Backend::Llvm);
+    }
+    if cfg!(feature = "mlir") {
+        backends.push(Backend::Mlir);
+    }
+    backends
+}

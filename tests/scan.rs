@@ -1,6 +1,8 @@
 //! `scan`: the region's invariants in the verifier and the parser, and its semantics on the
 //! interpreter and the CPU backend against a recurrence computed here in plain Rust.
 
+mod common;
+
 use std::collections::HashMap;
 use tessera::runtime::Tensor;
 use tessera::Backend;
@@ -96,14 +98,7 @@ fn scans_compute_the_recurrence_on_every_backend() {
             }
         }
     }
-    let mut backends = vec![Backend::Interp, Backend::Cpu];
-    if cfg!(feature = "llvm") {
-        backends.push(Backend::Llvm);
-    }
-    if cfg!(feature = "mlir") {
-        backends.push(Backend::Mlir);
-    }
-    for backend in backends {
+    for backend in common::host_backends() {
         let out = run_decay(backend, &x, &rate);
         for (name, want) in [("y", &g), ("last", &last)] {
             let got = &out[name];
