@@ -173,7 +173,7 @@ impl Model {
         inputs: &HashMap<String, Tensor>,
         reuse: HashMap<String, Tensor>,
     ) -> Result<(tessera_codegen::engine::Outputs, Option<tessera_codegen::RunStats>), Error> {
-        tessera_runtime::memory_estimate(g, dims)?.check(self.max_memory)?;
+        engine.memory_estimate(g, dims)?.check(self.max_memory)?;
         Ok(engine.run_reusing(g, dims, inputs, &self.params, reuse)?)
     }
 
@@ -238,7 +238,7 @@ impl Model {
         if let Some(extra) = inputs.keys().find(|k| !declared.contains(&k.as_str())) {
             return Err(RunError::Unknown { kind: "input", name: extra.clone() }.into());
         }
-        tessera_runtime::memory_estimate(&self.graph, dims)?.check(self.max_memory)?;
+        self.engine.memory_estimate(&self.graph, dims)?.check(self.max_memory)?;
         Ok(self.engine.run(&self.graph, dims, inputs, &self.params)?.0)
     }
 

@@ -956,7 +956,7 @@ fn run(
         }
     }
     // Before anything is allocated: every size bound, and the memory of the run estimated.
-    runtime::memory_estimate(g, &dims)?.check(budget)?;
+    engine.memory_estimate(g, &dims)?.check(budget)?;
     let params = match weights {
         Some(p) => {
             let bound = tessera::hf::load_weights(g, &dims, map, p)?;

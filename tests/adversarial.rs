@@ -165,6 +165,9 @@ fn huge_sizes_are_refused_before_allocating() {
     refused(&["run", "stdlib/llama.tsr", "-D", "hidden=1000000000000"], &["would hold more than"]);
     refused(&["run", "stdlib/gpt2.tsr", "-D", "layers=1", "--max-memory", "10M"], &["more than the memory budget of 10.0 MiB"]);
     refused(&["run", "stdlib/gpt2.tsr", "--max-memory", "10Q"], &["the unit must be K, M, G, T or P"]);
+    // A compiled backend also keeps what it derives from the parameters (Llama's merged
+    // projections, weights packed for the GEMM): 2.0 GiB on the interpreter, more here.
+    refused(&["run", "stdlib/llama.tsr", "-D", "layers=1", "--backend", "cpu", "--max-memory", "2100M"], &["derived from parameters"]);
     // Element counts: [2^62, 4] summed to 0 elements (wrapped), or panicked.
     let wrap = file("wrap.tsr", "model m() {\n input x: [4611686018427387904, 4]\n output y = x\n}\n");
     refused(&["run", &wrap], &["would hold more than"]);

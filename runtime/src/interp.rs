@@ -42,12 +42,15 @@ pub struct MemoryEstimate {
     /// each parameter and input until its last use, and a GPU run's device memory is not
     /// counted here.
     pub intermediates: u128,
+    /// What a compiled backend derives from the parameters and keeps (merged weights, weights
+    /// packed for its GEMM): set by the engine that runs, 0 for the interpreter.
+    pub derived: u128,
 }
 
 impl MemoryEstimate {
     /// The total.
     pub fn total(&self) -> u128 {
-        self.params + self.inputs + self.intermediates
+        self.params + self.inputs + self.intermediates + self.derived
     }
 
     /// Refuses a run whose estimate exceeds `budget` bytes.
@@ -56,7 +59,10 @@ impl MemoryEstimate {
             return Ok(());
         }
         let h = crate::human_bytes;
-        let parts = format!("parameters {}, inputs {}, intermediates {}", h(self.params), h(self.inputs), h(self.intermediates));
+        let mut parts = format!("parameters {}, inputs {}, intermediates {}", h(self.params), h(self.inputs), h(self.intermediates));
+        if self.derived > 0 {
+            parts += &format!(", derived from parameters {}", h(self.derived));
+        }
         Err(RunError::Memory { need: self.total(), parts, budget })
     }
 }
