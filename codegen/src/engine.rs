@@ -149,13 +149,15 @@ impl Engine {
         Ok(())
     }
 
-    /// The memory a run of `g` (the graph this engine compiled) at `dims` needs, estimated
-    /// before anything is allocated: the graph's ([`tessera_runtime::memory_estimate`]) and
-    /// what the compiled program derives from the parameters and keeps (merged weights, and
-    /// on the CPU weights packed for the GEMM, about as large as the weights).
+    /// The host memory a run of `g` (the graph this engine compiled) at `dims` needs,
+    /// estimated before anything is allocated: the graph's
+    /// ([`tessera_runtime::memory_estimate`]) and, on the CPU, what the compiled program
+    /// derives from the parameters and keeps (merged weights, and weights packed for the
+    /// GEMM, about as large as the weights). A GPU keeps those in device memory, not counted.
     pub fn memory_estimate(&self, g: &Graph, dims: &Dims) -> Result<tessera_runtime::MemoryEstimate, RunError> {
         let mut estimate = tessera_runtime::memory_estimate(g, dims)?;
-        if let Some(p) = self.program() {
+        if let Engine::Cpu(e) = self {
+            let p = &e.program;
             for b in p.buffers.iter().filter(|b| b.storage == crate::kernel::Storage::Derived) {
                 let n: u128 = tessera_runtime::concrete(&b.ty.shape, dims)?.iter().map(|&n| n as u128).product();
                 estimate.derived += n * b.ty.dtype.size() as u128;

@@ -239,8 +239,9 @@ pub enum RunError {
 
 impl RunError {
     /// This error, said to happen `at` (an op and its source location, made only when
-    /// needed): errors about sizes are wrapped in [`RunError::At`], an index out of range
-    /// takes it as its place; others (missing tensors, files, bugs) are left as they are.
+    /// needed): errors about sizes are wrapped in [`RunError::At`] (one already located, in a
+    /// scan's or route's body, gets the outer place too), an index out of range takes it as
+    /// its place; others (missing tensors, files, bugs) are left as they are.
     pub fn located(self, at: impl FnOnce() -> String) -> RunError {
         match self {
             RunError::IndexOutOfRange { index, size, .. } => RunError::IndexOutOfRange { index, size, at: at() },
@@ -248,7 +249,8 @@ impl RunError {
             | RunError::NegativeSize { .. }
             | RunError::TooLarge { .. }
             | RunError::SliceOutOfRange { .. }
-            | RunError::TopK { .. } => RunError::At { inner: Box::new(self), at: at() },
+            | RunError::TopK { .. }
+            | RunError::At { .. } => RunError::At { inner: Box::new(self), at: at() },
             other => other,
         }
     }

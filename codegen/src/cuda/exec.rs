@@ -43,8 +43,9 @@ impl<'a, B> View<'a, B> {
         View { buf, offset: 0, len }
     }
 
-    /// `len` bytes from byte `offset` of this view.
+    /// `len` bytes from byte `offset` of this view (which holds them).
     pub fn sub(self, offset: usize, len: usize) -> Self {
+        debug_assert!(offset + len <= self.len, "a view of {len} bytes at {offset} in one of {}", self.len);
         View { buf: self.buf, offset: self.offset + offset, len }
     }
 
@@ -305,8 +306,9 @@ fn fingerprint(t: &Tensor) -> (usize, usize) {
 pub struct GpuStats {
     /// Seconds from the first launch to the last one's end (uploads and downloads excluded).
     pub seconds: f64,
-    /// Bytes of device memory for intermediate buffers, scratch and buffers derived from
-    /// parameters.
+    /// Bytes of device memory this run used for intermediate buffers (the plan's arena: the
+    /// one kept may be larger, from a larger run or with room to grow, as on the CPU),
+    /// scratch and buffers derived from parameters.
     pub memory_bytes: usize,
 }
 
