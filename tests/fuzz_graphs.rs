@@ -2,8 +2,10 @@
 //! pipeline, and on the CPU backend before and after it: a fixed-seed budget of graphs (see
 //! `tests/fuzz/graphs.rs` for what is generated and compared). Findings that `graphs::KNOWN_BUGS`
 //! (fixed elsewhere), `graphs::FOUND` (found here, not fixed yet) or `graphs::NUMERICS` explain are
-//! counted, not failed; every op must be generated. The long mode runs for minutes with fresh
-//! seeds: `cargo run --release --example fuzz_graphs -- --minutes N [--seed S]`.
+//! counted, not failed; every op must be generated. With the `llvm` and `mlir` features, every
+//! sixteenth graph also runs on those backends (they compile for 0.1–0.5 s per graph). The long
+//! mode runs for minutes with fresh seeds, every graph on every backend of the build:
+//! `cargo run --release --example fuzz_graphs -- --minutes N [--seed S]`.
 
 #[path = "fuzz/graphs.rs"]
 mod graphs;
@@ -24,7 +26,8 @@ fn random_graphs_agree_on_every_backend() {
             tessera::ir::Op::Window { op, .. } => format!("window_{}", op.name()),
             op => op.mnemonic(),
         }));
-        for f in graphs::check(&case, &mut ran) {
+        let backends = if seed % 16 == 0 { graphs::COMPILED } else { &graphs::COMPILED[..1] };
+        for f in graphs::check_on(&case, &mut ran, backends) {
             match f.known {
                 Some(k) => *known.entry(k).or_insert(0) += 1,
                 None => failures.push(format!(
@@ -47,5 +50,7 @@ fn random_graphs_agree_on_every_backend() {
     let missing: Vec<&str> = every.split_whitespace().filter(|op| !ops.contains(*op)).collect();
     assert!(missing.is_empty(), "never generated: {missing:?}");
     assert!(ran.cpu_opt as u64 > BUDGET / 2, "too few graphs reached the optimized CPU backend: {ran:?}");
+    let others = (graphs::COMPILED.len() as u64 - 1) * (BUDGET / 16);
+    assert!(ran.others_opt as u64 * 2 >= others, "too few graphs reached the optimized LLVM and MLIR backends: {ran:?}");
     assert!(failures.is_empty(), "{} findings:\n{}", failures.len(), failures.join("\n"));
 }

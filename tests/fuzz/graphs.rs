@@ -6,8 +6,9 @@
 //! rule rejects are dropped) over every primitive op and a few written patterns the optimizer
 //! fuses (softmax, attention, norms, MLPs), with shapes of size 0, 1 and odd sizes, the
 //! symbolic `batch` and `seq`, and inputs holding NaN, ±Inf and huge values. [`check`] runs it
-//! on the interpreter (the oracle), on the interpreter after the pass pipeline, and on the CPU
-//! backend before and after the pipeline, and compares: same output names, shapes and dtypes,
+//! on the interpreter (the oracle), on the interpreter after the pass pipeline, and on each CPU
+//! backend of the build (Cranelift; LLVM and MLIR with their features) before and after the
+//! pipeline, and compares: same output names, shapes and dtypes,
 //! NaN and ±Inf at the same positions, finite values within [`RTOL`] (relative) or [`ATOL`].
 //! A panic in any stage, or a typed error on one side only, is a finding too. [`minimize`]
 //! cuts a failing graph down by replacing nodes with inputs holding their oracle values.
@@ -37,7 +38,7 @@ pub const KNOWN_BUGS: &[(&str, Explains)] = &[];
 /// Bugs this tester found outside what it may fix (`runtime/`, the attention kernel's design).
 pub const FOUND: &[(&str, Explains)] =
     &[("the fused attention takes a row whose best unmasked score is -inf or below -1e29 for a fully masked one", |f, c, gs| {
-        f.stage == "cpu-opt"
+        COMPILED.iter().any(|b| f.stage == b.opt)
             && matches!(f.kind, "value" | "inf")
             && (c.huge || holds_inf(c))
             && gs.iter().any(|g| g.nodes().iter().any(|n| matches!(n.op, Op::Attention(_))))
@@ -137,7 +138,8 @@ fn max_like(op: &Op) -> bool {
 /// Something a stage did that it should not have.
 #[derive(Clone, Debug)]
 pub struct Finding {
-    /// `verify`, `roundtrip`, `interp`, `optimize`, `interp-opt`, `cpu` or `cpu-opt`.
+    /// `verify`, `roundtrip`, `interp`, `optimize`, `interp-opt`, or a compiled backend's
+    /// stage before or after the pipeline (`cpu`, `cpu-opt`, `llvm`, …: [`COMPILED`]).
     pub stage: &'static str,
     /// `panic`, `error` (here only), `no-error` (the oracle failed), `missing`, `shape`,
     /// `dtype`, `nan`, `inf`, `value` or `invalid`.
@@ -151,7 +153,18 @@ pub struct Finding {
 
 type Outs = Result<Vec<(String, Tensor)>, String>;
 
+/// When the stage running now began, in milliseconds since the Unix epoch: the long mode's
+/// watchdog reports a stage that runs for over 30 s as a hang (a seed may run many stages:
+/// every compiled backend, and again for each cut while a finding is minimised).
+pub static STAGE_START: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    STAGE_START.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
     catch_unwind(AssertUnwindSafe(f))
         .map_err(|p| p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default())
 }
@@ -160,10 +173,26 @@ fn interp(c: &Case, g: &Graph) -> Outs {
     tessera::runtime::run(g, &c.dims, &c.inputs, &c.params).map_err(|e| e.to_string())
 }
 
-fn cpu(c: &Case, g: &Graph) -> Outs {
-    let e = tessera::Engine::new(g, tessera::Backend::Cpu, false, tessera::Precision::F32).map_err(|e| e.to_string())?;
+fn compiled(c: &Case, g: &Graph, backend: tessera::Backend) -> Outs {
+    let e = tessera::Engine::new(g, backend, false, tessera::Precision::F32).map_err(|e| e.to_string())?;
     e.run(g, &c.dims, &c.inputs, &c.params).map(|r| r.0).map_err(|e| e.to_string())
 }
+
+/// A compiled CPU backend and the names of its stages before and after the pipeline.
+pub struct Compiled {
+    pub backend: tessera::Backend,
+    pub plain: &'static str,
+    pub opt: &'static str,
+}
+
+/// Every compiled CPU backend: Cranelift, and LLVM and MLIR where this build has them.
+pub const COMPILED: &[Compiled] = &[
+    Compiled { backend: tessera::Backend::Cpu, plain: "cpu", opt: "cpu-opt" },
+    #[cfg(feature = "llvm")]
+    Compiled { backend: tessera::Backend::Llvm, plain: "llvm", opt: "llvm-opt" },
+    #[cfg(feature = "mlir")]
+    Compiled { backend: tessera::Backend::Mlir, plain: "mlir", opt: "mlir-opt" },
+];
 
 /// The first difference between two tensors, as `(kind, detail)`.
 pub fn differ(want: &Tensor, got: &Tensor) -> Option<(&'static str, String)> {
@@ -222,10 +251,13 @@ pub struct Ran {
     pub interp_opt: usize,
     pub cpu: usize,
     pub cpu_opt: usize,
+    /// Graphs run on the other compiled backends (LLVM, MLIR), before and after the pipeline.
+    pub others: usize,
+    pub others_opt: usize,
 }
 
 /// Runs every stage on `c`; returns the findings (unexplained) and the optimized graph.
-fn run_stages(c: &Case, ran: &mut Ran) -> (Vec<Finding>, Option<Graph>) {
+fn run_stages(c: &Case, ran: &mut Ran, backends: &[Compiled]) -> (Vec<Finding>, Option<Graph>) {
     let g = &c.graph;
     let mut out = Vec::new();
     let mut push = |stage, kind, detail: String| out.push(Finding { stage, kind, output: String::new(), detail, known: None });
@@ -256,20 +288,24 @@ fn run_stages(c: &Case, ran: &mut Ran) -> (Vec<Finding>, Option<Graph>) {
             None
         }
     };
-    compare("cpu", &oracle, guarded(|| cpu(c, g)), &mut out);
-    ran.cpu += 1;
+    for (i, b) in backends.iter().enumerate() {
+        compare(b.plain, &oracle, guarded(|| compiled(c, g, b.backend)), &mut out);
+        *if i == 0 { &mut ran.cpu } else { &mut ran.others } += 1;
+    }
     if let Some(opt) = &opt {
         compare("interp-opt", &oracle, guarded(|| interp(c, opt)), &mut out);
-        compare("cpu-opt", &oracle, guarded(|| cpu(c, opt)), &mut out);
         ran.interp_opt += 1;
-        ran.cpu_opt += 1;
+        for (i, b) in backends.iter().enumerate() {
+            compare(b.opt, &oracle, guarded(|| compiled(c, opt, b.backend)), &mut out);
+            *if i == 0 { &mut ran.cpu_opt } else { &mut ran.others_opt } += 1;
+        }
     }
     (out, opt)
 }
 
 fn explain(f: &Finding, c: &Case, opt: Option<&Graph>) -> Option<&'static str> {
     let graphs: Vec<&Graph> = match (f.stage, opt) {
-        ("interp-opt" | "cpu-opt", Some(o)) => vec![&c.graph, o],
+        (stage, Some(o)) if stage == "interp-opt" || COMPILED.iter().any(|b| stage == b.opt) => vec![&c.graph, o],
         _ => vec![&c.graph],
     };
     FOUND.iter().chain(KNOWN_BUGS).chain(NUMERICS).find(|(_, p)| p(f, c, &graphs)).map(|(n, _)| *n)
@@ -279,12 +315,17 @@ fn explain(f: &Finding, c: &Case, opt: Option<&Graph>) -> Option<&'static str> {
 /// [`KNOWN_BUGS`] or [`NUMERICS`] where one applies. A NaN explained by a `max`-like op, and
 /// the numerical classes but the first, are explained only if the minimised case still is.
 pub fn check(c: &Case, ran: &mut Ran) -> Vec<Finding> {
-    let (mut out, opt) = run_stages(c, ran);
+    check_on(c, ran, COMPILED)
+}
+
+/// As [`check`], on the compiled backends `backends` only (the first is Cranelift's).
+pub fn check_on(c: &Case, ran: &mut Ran, backends: &[Compiled]) -> Vec<Finding> {
+    let (mut out, opt) = run_stages(c, ran, backends);
     for f in &mut out {
         f.known = explain(f, c, opt.as_ref());
         if f.known.is_some_and(|k| NUMERICS[1..].iter().any(|(n, _)| *n == k)) {
             let small = minimize(c, f);
-            let (again, opt) = run_stages(&small, &mut Ran::default());
+            let (again, opt) = run_stages(&small, &mut Ran::default(), backends);
             f.known = again.iter().find(|g| g.stage == f.stage && g.kind == f.kind).and_then(|g| explain(g, &small, opt.as_ref()));
         }
     }
@@ -296,7 +337,7 @@ pub fn check(c: &Case, ran: &mut Ran) -> Vec<Finding> {
 
 /// Whether `c` still shows a finding like `f` (same stage and kind).
 fn reproduces(c: &Case, f: &Finding) -> bool {
-    run_stages(c, &mut Ran::default()).0.iter().any(|g| g.stage == f.stage && g.kind == f.kind)
+    run_stages(c, &mut Ran::default(), COMPILED).0.iter().any(|g| g.stage == f.stage && g.kind == f.kind)
 }
 
 /// `c` with node `i` replaced by an input holding `value`, dead nodes and unused inputs dropped.
