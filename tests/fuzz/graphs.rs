@@ -179,6 +179,7 @@ fn compiled(c: &Case, g: &Graph, backend: tessera::Backend) -> Outs {
 }
 
 /// A compiled CPU backend and the names of its stages before and after the pipeline.
+#[derive(Clone, Copy)]
 pub struct Compiled {
     pub backend: tessera::Backend,
     pub plain: &'static str,
