@@ -346,7 +346,6 @@ fn nodes(
     vals.last().cloned().ok_or_else(|| "an empty scalar program".to_string())
 }
 
-/// The LLVM type of an element.
 /// The intrinsics' suffix of the float type `ty` (`float` or `double`).
 fn suffix(ty: &str) -> &'static str {
     if ty == "double" {

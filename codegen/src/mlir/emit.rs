@@ -501,12 +501,12 @@ pub fn row(name: &str, f: &ScoreFn, leaf_types: &[DType], out: DType, steps: Opt
     ))
 }
 
-/// A zero of float type `ty` (`f32` or `f64`).
-fn zero(b: &mut Body, ty: &str) -> String {
+/// The constant `x` of float type `ty` (`f32` or `f64`; `x` is exact in both).
+fn float(b: &mut Body, ty: &str, x: f32) -> String {
     if ty == "f64" {
-        b.f64(0.0)
+        b.f64(x.into())
     } else {
-        b.f32(0.0)
+        b.f32(x)
     }
 }
 
@@ -520,16 +520,16 @@ pub(super) fn plain_unary(b: &mut Body, u: UnaryOp, x: &str, ty: &str) -> Option
         UnaryOp::Sqrt => b.let_(format!("math.sqrt {x} : {ty}")),
         UnaryOp::Rsqrt => {
             let r = b.let_(format!("math.sqrt {x} : {ty}"));
-            let one = if ty == "f64" { b.f64(1.0) } else { b.f32(1.0) };
+            let one = float(b, ty, 1.0);
             b.bin("arith.divf", &one, &r, ty)
         }
         UnaryOp::Relu => {
-            let zero = zero(b, ty);
+            let zero = float(b, ty, 0.0);
             let c = b.cmpf("olt", x, &zero, ty);
             b.select(&c, &zero, x, ty)
         }
         UnaryOp::Not => {
-            let zero = zero(b, ty);
+            let zero = float(b, ty, 0.0);
             let c = b.cmpf("oeq", x, &zero, ty);
             b.let_(format!("arith.uitofp {c} : i1 to {ty}"))
         }
@@ -559,7 +559,7 @@ pub(super) fn plain_binary(b: &mut Body, op: BinaryOp, x: &str, y: &str, ty: &st
         BinaryOp::Gt => cmp(b, "ogt"),
         BinaryOp::Ge => cmp(b, "oge"),
         BinaryOp::And | BinaryOp::Or => {
-            let zero = zero(b, ty);
+            let zero = float(b, ty, 0.0);
             let (c1, c2) = (b.cmpf("une", x, &zero, ty), b.cmpf("une", y, &zero, ty));
             let c = b.bin(if op == BinaryOp::And { "arith.andi" } else { "arith.ori" }, &c1, &c2, "i1");
             b.let_(format!("arith.uitofp {c} : i1 to {ty}"))
